@@ -1,0 +1,197 @@
+//! The records that travel on the traces and sessions topics, as the rest of the code sees them.
+//!
+//! JSON-typed fields (`inputs`, `output`, `metadata`) are `serde_json` values here; the Avro
+//! wire form in [`crate::codec::avro`] carries them as JSON text. The JSON wire form is this
+//! type serialized directly, so both encodings use the same field names.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version written by this build; `schemas/trace_event.avsc` carries the same number.
+pub const TRACE_EVENT_SCHEMA_VERSION: i32 = 2;
+/// Version written by this build; `schemas/session_summary.avsc` carries the same number.
+pub const SESSION_SUMMARY_SCHEMA_VERSION: i32 = 1;
+
+/// JSON object with sorted keys: the form inputs and metadata take in every record.
+pub type JsonMap = Map<String, Value>;
+
+/// One traced request; becomes one Openlayer row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    #[serde(default = "default_trace_event_version")]
+    pub schema_version: i32,
+    /// Absent ids are derived by the sessionizer from the Kafka position, so that a
+    /// redelivered trace keeps its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub kind: TraceKind,
+    /// Event time: when the trace started, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    pub name: String,
+    #[serde(default)]
+    pub inputs: JsonMap,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub metadata: JsonMap,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// What a record on the traces topic means to the sessionizer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// A traced request: one row.
+    #[default]
+    Trace,
+    /// Marks the end of its session: closes the window, produces no row.
+    SessionEnd,
+}
+
+impl TraceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceKind::Trace => "trace",
+            TraceKind::SessionEnd => "session_end",
+        }
+    }
+
+    /// `None` for a name this build does not know.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "trace" => Some(TraceKind::Trace),
+            "session_end" => Some(TraceKind::SessionEnd),
+            _ => None,
+        }
+    }
+}
+
+/// A nested step of a trace: retrieval, chat completion, tool call, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    pub name: String,
+    /// `user_call`, `chat_completion`, `retriever`, `tool`, `agent`, ... (Openlayer's step types).
+    #[serde(default = "default_step_type")]
+    pub step_type: String,
+    #[serde(default)]
+    pub inputs: JsonMap,
+    #[serde(default)]
+    pub output: Value,
+    pub start_time_ms: i64,
+    pub end_time_ms: i64,
+    pub latency_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub metadata: JsonMap,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+/// One closed session (or session segment), as produced to the sessions topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    #[serde(default = "default_session_summary_version")]
+    pub schema_version: i32,
+    pub session_key: String,
+    pub pipeline_id: String,
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// 0 for the first segment; incremented each time `max_duration` splits the session.
+    #[serde(default)]
+    pub segment: i32,
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    pub num_turns: i64,
+    pub total_tokens: i64,
+    pub total_cost: f64,
+    pub total_latency_ms: f64,
+    /// `gap`, `max_duration` or `end_event`.
+    pub close_reason: String,
+    pub first_inference_id: String,
+    pub last_inference_id: String,
+}
+
+fn default_trace_event_version() -> i32 {
+    TRACE_EVENT_SCHEMA_VERSION
+}
+
+fn default_session_summary_version() -> i32 {
+    SESSION_SUMMARY_SCHEMA_VERSION
+}
+
+fn default_step_type() -> String {
+    "user_call".to_owned()
+}
+
+impl TraceEvent {
+    /// A trace with the given name and event time and nothing else set.
+    pub fn new(name: impl Into<String>, timestamp_ms: i64) -> Self {
+        TraceEvent {
+            schema_version: TRACE_EVENT_SCHEMA_VERSION,
+            inference_id: None,
+            pipeline_id: None,
+            user_id: None,
+            session_id: None,
+            kind: TraceKind::Trace,
+            timestamp_ms,
+            name: name.into(),
+            inputs: JsonMap::new(),
+            output: Value::Null,
+            latency_ms: None,
+            tokens: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost: None,
+            model: None,
+            metadata: JsonMap::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The Kafka key that keeps a session in one partition, in order: the session id, or
+    /// the user id for traces without a session. `None` lets the producer spread the rest.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.session_id.as_deref().or(self.user_id.as_deref())
+    }
+
+    /// Depth-first walk over every nested step.
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        let mut stack: Vec<&Step> = self.steps.iter().rev().collect();
+        std::iter::from_fn(move || {
+            let step = stack.pop()?;
+            stack.extend(step.steps.iter().rev());
+            Some(step)
+        })
+    }
+}
