@@ -41,7 +41,9 @@ pub fn with_user_session<F: Future>(
     user_id: Option<&str>,
     session_id: Option<&str>,
     future: F,
-) -> impl Future<Output = F::Output> {
+) -> impl Future<Output = F::Output> + use<F> {
+    // `use<F>`: the ids are copied before this returns, so the future does not borrow them
+    // (edition 2024 would otherwise tie it to their lifetime and refuse `tokio::spawn`).
     with_context(UserSession::new(user_id, session_id), future)
 }
 
@@ -149,7 +151,10 @@ mod tests {
                     UserSession::new(Some("inner"), Some("s"))
                 );
             }
-            assert_eq!(current_user_session(), UserSession::new(Some("outer"), None));
+            assert_eq!(
+                current_user_session(),
+                UserSession::new(Some("outer"), None)
+            );
         })
         .await;
     }

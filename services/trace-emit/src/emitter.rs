@@ -9,9 +9,9 @@
 use crate::metrics::EmitterMetrics;
 use crate::sink::TraceSink;
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -172,7 +172,7 @@ impl Emitter {
                 let dropped = self.metrics.dropped_queue_full.get();
                 self.metrics.dropped_queue_full.inc();
                 // Log the first drop and then one in a thousand, not one line per trace.
-                if dropped % 1000 == 0 {
+                if dropped.is_multiple_of(1000) {
                     tracing::warn!(dropped = dropped + 1, "trace queue full, dropping traces");
                 }
                 false

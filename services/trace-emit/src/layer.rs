@@ -32,7 +32,9 @@ pub struct UserSessionLayer {
 
 impl fmt::Debug for UserSessionLayer {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("UserSessionLayer").finish_non_exhaustive()
+        formatter
+            .debug_struct("UserSessionLayer")
+            .finish_non_exhaustive()
     }
 }
 

@@ -52,3 +52,8 @@ pub use trace::{
     CHAT_COMPLETION, NoActiveTrace, RETRIEVER, TOOL, Trace, USER_CALL, Usage, add_metadata,
     record_usage, session_end_event, set_output, trace, update_trace_user_session,
 };
+
+/// The README's examples, compiled and run as doc tests so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -40,7 +40,12 @@ impl CollectingSink {
 
     /// Takes the traces collected so far.
     pub fn take(&self) -> Vec<TraceEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
@@ -71,7 +76,10 @@ impl<W: Write + Send + 'static> TraceSink for JsonLinesSink<W> {
     fn emit(&self, event: TraceEvent) {
         let mut line = trace_model::codec::json::encode_trace(&event);
         line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(error) = out.write_all(&line) {
             tracing::warn!(%error, "failed to print trace");
         }

@@ -64,7 +64,9 @@ struct Frame {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ms() -> i64 {
@@ -300,7 +302,11 @@ impl Finish {
             },
         );
         // An explicit set_output wins over the recorded return value.
-        let output = frame.output.take().or(recorded_output).unwrap_or(Value::Null);
+        let output = frame
+            .output
+            .take()
+            .or(recorded_output)
+            .unwrap_or(Value::Null);
         match self {
             Finish::Step { parent } => {
                 let step = frame.into_step(output, latency);

@@ -21,8 +21,9 @@ pub const TRACE_EVENT_AVSC: &str = include_str!("../../../../schemas/trace_event
 /// The current `SessionSummary` schema, as checked into `schemas/`.
 pub const SESSION_SUMMARY_AVSC: &str = include_str!("../../../../schemas/session_summary.avsc");
 /// Earlier `TraceEvent` schemas whose records must stay readable.
-pub const TRACE_EVENT_HISTORY_AVSC: &[&str] =
-    &[include_str!("../../../../schemas/history/trace_event.v1.avsc")];
+pub const TRACE_EVENT_HISTORY_AVSC: &[&str] = &[include_str!(
+    "../../../../schemas/history/trace_event.v1.avsc"
+)];
 
 /// First two bytes of Avro single-object encoding.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -230,7 +231,10 @@ fn max_record_depth(limits: &Limits) -> usize {
 }
 
 /// Decodes a trace in single-object encoding, from the current or an earlier schema.
-pub(crate) fn decode_single_object(bytes: &[u8], limits: &Limits) -> Result<TraceEvent, DecodeError> {
+pub(crate) fn decode_single_object(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<TraceEvent, DecodeError> {
     let datum = strip_single_object_header(bytes)?;
     let fingerprint = read_fingerprint(bytes);
     let schemas = schemas();
@@ -244,7 +248,10 @@ pub(crate) fn decode_single_object(bytes: &[u8], limits: &Limits) -> Result<Trac
 }
 
 /// Decodes a datum written with the current schema (the fast path).
-pub(crate) fn decode_current_datum(datum: &[u8], limits: &Limits) -> Result<TraceEvent, DecodeError> {
+pub(crate) fn decode_current_datum(
+    datum: &[u8],
+    limits: &Limits,
+) -> Result<TraceEvent, DecodeError> {
     let schemas = schemas();
     let length = schemas
         .scan_plan
@@ -553,7 +560,11 @@ mod tests {
     fn history_holds_earlier_schemas_only() {
         let schemas = schemas();
         assert!(!schemas.history.is_empty());
-        assert!(!schemas.history.contains_key(&schemas.trace_event_fingerprint));
+        assert!(
+            !schemas
+                .history
+                .contains_key(&schemas.trace_event_fingerprint)
+        );
     }
 
     #[test]

@@ -154,9 +154,9 @@ impl Scanner<'_> {
             Schema::Decimal(_) | Schema::Uuid(_) => Err(ScanError::Malformed(
                 "logical types decimal and uuid are not used by trace schemas",
             )),
-            Schema::Array(array) => self.blocks(depth, |scanner, depth| {
-                scanner.walk(&array.items, depth)
-            }),
+            Schema::Array(array) => {
+                self.blocks(depth, |scanner, depth| scanner.walk(&array.items, depth))
+            }
             Schema::Map(map) => self.blocks(depth, |scanner, depth| {
                 scanner.sized()?;
                 scanner.walk(&map.types, depth)

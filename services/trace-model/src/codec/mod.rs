@@ -47,7 +47,9 @@ pub enum DecodeError {
     TooLarge { size: usize, limit: usize },
     #[error("message ends before its header or datum is complete")]
     Truncated,
-    #[error("unknown framing: first byte {0:#04x} is not avro (c3 01), confluent (00) or json ({{)")]
+    #[error(
+        "unknown framing: first byte {0:#04x} is not avro (c3 01), confluent (00) or json ({{)"
+    )]
     UnknownFraming(u8),
     #[error("unknown avro schema fingerprint {0:#018x}")]
     UnknownFingerprint(u64),

@@ -120,7 +120,10 @@ impl SchemaRegistry {
 
     /// The writer schema for `id` if it was fetched before.
     pub fn cached(&self, id: u32) -> Option<Arc<WriterSchema>> {
-        let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.by_id.get(&id).cloned()
     }
 
@@ -152,7 +155,10 @@ impl SchemaRegistry {
         let body: SchemaResponse = response.json().await.map_err(RegistryError::Request)?;
         let schema = Schema::parse_str(&body.schema).map_err(RegistryError::InvalidSchema)?;
         let writer = Arc::new(WriterSchema::try_new(schema).map_err(RegistryError::InvalidSchema)?);
-        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         Ok(cache.by_id.entry(id).or_insert(writer).clone())
     }
 
@@ -191,7 +197,10 @@ impl SchemaRegistry {
         let IdResponse { id } = response.json().await.map_err(RegistryError::Request)?;
         let writer =
             Arc::new(WriterSchema::try_new(schema.clone()).map_err(RegistryError::InvalidSchema)?);
-        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.registered.insert(key, id);
         cache.by_id.entry(id).or_insert(writer);
         Ok(id)

@@ -1,0 +1,33 @@
+# The two commands a new user needs are `make run` and `make test`; the rest serve development.
+.PHONY: run test lint bench broker-up broker-down broker-status fmt
+
+CARGO ?= cargo
+
+## run: the embedded demo (in-process Kafka, no broker or account needed)
+run:
+	$(CARGO) run --locked -p trace-emit --example chat_service
+
+## test: start the real test broker if needed, run every test, stop what was started
+test:
+	scripts/test.sh
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: benchmarks, each reported as a ratio to a baseline measured in the same run
+bench:
+	scripts/bench.sh
+
+broker-up:
+	scripts/kafka-broker.sh up
+
+broker-down:
+	scripts/kafka-broker.sh down
+
+broker-status:
+	scripts/kafka-broker.sh status
