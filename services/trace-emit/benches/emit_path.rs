@@ -1,1 +1,203 @@
-fn main(){}
+//! Cost of the helper path per trace, against a bare rdkafka `send` of the same bytes
+//! measured in the same run.
+//!
+//! - `bare_send`: the baseline, `BaseProducer::send` of a pre-encoded trace (same key, same
+//!   producer settings as the emitter).
+//! - `request_path`: what a request pays: context scope and lookup, building a trace with
+//!   three nested steps, and the enqueue. Encoding happens on the emitter's thread.
+//! - `full_cost`: request path plus the emitter thread's Avro encode and hand-off to
+//!   librdkafka, timed until the queue is empty: the emitter's sustained time per trace
+//!   (the two threads overlap, so this is throughput, not summed CPU).
+//!
+//! Every variant produces to an in-process cluster, so no broker is needed; delivery runs in
+//! librdkafka's threads for all of them alike. `scripts/bench.sh` turns the medians into ratios.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trace_emit::{
+    CHAT_COMPLETION, CollectingSink, Emitter, EmitterConfig, RETRIEVER, TraceSink, Usage,
+    record_usage, trace, with_user_session_sync,
+};
+
+const TOPIC: &str = "bench-traces";
+/// Traces emitted between drains: well under the emitter queue, so nothing is dropped.
+const CHUNK: u64 = 2_000;
+
+const QUESTION: &str = "I booked a flight to Lisbon for the second week of May and I am trying to \
+    decide between staying in Alfama or Príncipe Real. Which one is better for walking to \
+    restaurants in the evening, and is it easy to get to Belém from there by tram?";
+const DOCUMENT: &str = "Alfama is Lisbon's oldest district, a maze of narrow streets between the \
+    castle and the river, known for fado houses and small tascas. Tram 28 passes through it. \
+    Príncipe Real is a quieter, leafy neighbourhood near Bairro Alto with concept stores and \
+    restaurants around its central garden.";
+const ANSWER: &str = "For evening walks to restaurants, Alfama is hard to beat: most tascas and \
+    fado houses are a few minutes apart, though the streets are steep. Príncipe Real is calmer \
+    and closer to Bairro Alto's restaurants. For Belém, take tram 15 from Praça da Figueira or \
+    Cais do Sodré; from Alfama that means a short walk or tram 28 first.";
+
+/// One request: a chat trace with three nested steps (retrieve, rerank, complete).
+fn traced_request(sink: Arc<dyn TraceSink>) {
+    with_user_session_sync(Some("user-4711"), Some("session-4711-lisbon"), || {
+        trace("chat")
+            .input("user_message", QUESTION)
+            .sink(sink)
+            .run_sync(|| {
+                let documents = trace("retrieve")
+                    .step_type(RETRIEVER)
+                    .input("query", QUESTION)
+                    .run_sync(|| vec![DOCUMENT, DOCUMENT]);
+                let best = trace("rerank")
+                    .input("candidates", documents.len())
+                    .run_sync(|| documents[0]);
+                trace("complete")
+                    .step_type(CHAT_COMPLETION)
+                    .model("gpt-4o-mini")
+                    .input("context", best)
+                    .run_sync(|| {
+                        let _in_trace = record_usage(Usage::tokens(412, 96).cost(0.000_119));
+                        ANSWER
+                    })
+            });
+    });
+}
+
+/// Producer settings shared by the baseline and the emitter, plus room for a long run.
+fn producer_settings(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151");
+    config
+}
+
+fn wait_until_drained(emitter: &Emitter) {
+    while emitter.queued() > 0 {
+        std::thread::yield_now();
+    }
+}
+
+fn bench_emit_path(criterion: &mut Criterion) {
+    let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 3, 1).expect("topic");
+    let bootstrap = cluster.bootstrap_servers();
+
+    let collector = CollectingSink::new();
+    traced_request(collector.clone());
+    let sample = collector.take().pop().expect("one trace");
+    let payload = trace_model::encode(&sample, trace_model::Encoding::Avro).expect("encode");
+    let key = sample.partition_key().expect("key").to_owned();
+    println!(
+        "trace: {} bytes in Avro, {} steps",
+        payload.len(),
+        sample.all_steps().count()
+    );
+
+    let mut group = criterion.benchmark_group("emit_path");
+
+    let producer: BaseProducer = producer_settings(&bootstrap).create().expect("producer");
+    group.bench_function("bare_send", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut measured = Duration::ZERO;
+            let mut remaining = iterations;
+            while remaining > 0 {
+                let chunk = remaining.min(CHUNK);
+                let started = Instant::now();
+                for _ in 0..chunk {
+                    producer
+                        .send(BaseRecord::to(TOPIC).key(&key).payload(black_box(&payload)))
+                        .map_err(|(error, _)| error)
+                        .expect("librdkafka has room");
+                    producer.poll(Duration::ZERO);
+                }
+                measured += started.elapsed();
+                // Deliver outside the measured time, as the emitter variants drain outside it.
+                producer
+                    .flush(Duration::from_secs(30))
+                    .expect("flush baseline");
+                remaining -= chunk;
+            }
+            measured
+        });
+    });
+    let registry = prometheus::Registry::new();
+    let mut config = EmitterConfig::new(&bootstrap, TOPIC);
+    config.queue_capacity = CHUNK as usize * 2;
+    config
+        .client
+        .insert("queue.buffering.max.messages".into(), "2000000".into());
+    config
+        .client
+        .insert("queue.buffering.max.kbytes".into(), "2097151".into());
+    let emitter = Emitter::try_new(config, &registry).expect("emitter");
+    let sink: Arc<dyn TraceSink> = emitter.clone();
+
+    group.bench_function("request_path", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut measured = Duration::ZERO;
+            let mut remaining = iterations;
+            while remaining > 0 {
+                let chunk = remaining.min(CHUNK);
+                let started = Instant::now();
+                for _ in 0..chunk {
+                    traced_request(black_box(sink.clone()));
+                }
+                measured += started.elapsed();
+                // Drain outside the measured time: the request does not wait for it.
+                wait_until_drained(&emitter);
+                remaining -= chunk;
+            }
+            measured
+        });
+    });
+
+    group.bench_function("full_cost", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut measured = Duration::ZERO;
+            let mut remaining = iterations;
+            while remaining > 0 {
+                let chunk = remaining.min(CHUNK);
+                let started = Instant::now();
+                for _ in 0..chunk {
+                    traced_request(black_box(sink.clone()));
+                }
+                wait_until_drained(&emitter);
+                measured += started.elapsed();
+                remaining -= chunk;
+            }
+            measured
+        });
+    });
+    group.finish();
+
+    emitter
+        .close(Duration::from_secs(30))
+        .expect("close emitter");
+    let dropped = registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "trace_emit_events_dropped_total")
+        .flat_map(|family| family.get_metric().iter())
+        .map(|metric| metric.get_counter().get_value())
+        .sum::<f64>();
+    assert_eq!(dropped, 0.0, "the bench must not measure the drop path");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
+    targets = bench_emit_path
+}
+criterion_main!(benches);

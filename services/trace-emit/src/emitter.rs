@@ -13,6 +13,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -106,6 +107,9 @@ pub struct Emitter {
     commands: SyncSender<Command>,
     metrics: EmitterMetrics,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Set by `close` and drop: the worker stops waiting for room in a full librdkafka
+    /// buffer (an unreachable cluster) and drops what does not fit, so shutdown ends.
+    closing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -143,11 +147,13 @@ impl Emitter {
             })
             .map_err(EmitterError::CreateProducer)?;
         let (commands, queue) = mpsc::sync_channel(config.queue_capacity.max(1));
+        let closing = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             producer,
             topic: config.topic,
             encoding: config.encoding,
             metrics: metrics.clone(),
+            closing: closing.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("trace-emit".into())
@@ -157,11 +163,16 @@ impl Emitter {
             commands,
             metrics,
             worker: Mutex::new(Some(handle)),
+            closing,
         }))
     }
 
     /// Queues a trace; never blocks. Returns `false` when it was dropped (queue full or closed).
     pub fn emit(&self, event: TraceEvent) -> bool {
+        if self.closing.load(Ordering::Relaxed) {
+            self.metrics.dropped_closed.inc();
+            return false;
+        }
         match self.commands.try_send(Command::Emit(Box::new(event))) {
             Ok(()) => {
                 self.metrics.queued.inc();
@@ -209,6 +220,7 @@ impl Emitter {
     /// # Errors
     /// As [`Emitter::flush`].
     pub fn close(&self, timeout: Duration) -> Result<(), EmitterError> {
+        self.closing.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
         let (done, answer) = mpsc::sync_channel(1);
         let sent = self.commands.send(Command::Stop { deadline, done });
@@ -243,6 +255,14 @@ impl Emitter {
     }
 }
 
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        // The worker drains what is queued once the sender is gone; never let it wait on a
+        // full buffer forever.
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
 impl TraceSink for Emitter {
     fn emit(&self, event: TraceEvent) {
         Emitter::emit(self, event);
@@ -254,6 +274,7 @@ struct Worker {
     topic: String,
     encoding: Encoding,
     metrics: EmitterMetrics,
+    closing: Arc<AtomicBool>,
 }
 
 /// How long the worker waits for a command before serving librdkafka's callbacks anyway.
@@ -306,6 +327,10 @@ impl Worker {
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    if self.closing.load(Ordering::Relaxed) {
+                        self.metrics.dropped_closed.inc();
+                        return;
+                    }
                     // librdkafka's buffer is full: wait here, off the request path, for
                     // deliveries to free space. New traces pile up in our bounded queue.
                     record = returned;
@@ -318,5 +343,54 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .filter(|metric| {
+                label
+                    .is_none_or(|label| metric.get_label().iter().any(|pair| pair.value() == label))
+            })
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    }
+
+    #[test]
+    fn emit_never_waits_on_an_unreachable_cluster_and_counts_drops() {
+        let registry = prometheus::Registry::new();
+        // Nothing listens on port 1; librdkafka may buffer only 10 messages.
+        let mut config = EmitterConfig::new("127.0.0.1:1", "traces");
+        config.queue_capacity = 100;
+        config
+            .client
+            .insert("queue.buffering.max.messages".into(), "10".into());
+        let emitter = Emitter::try_new(config, &registry).expect("emitter");
+        let total = 5_000;
+        let accepted = (0..total)
+            .filter(|turn| emitter.emit(TraceEvent::new(format!("t{turn}"), 0)))
+            .count();
+        // The queue (100), librdkafka's buffer (10) and the one the worker holds fill up;
+        // the rest is dropped at once instead of blocking the caller.
+        assert!(accepted <= 100 + 10 + 2, "accepted {accepted}");
+        let dropped = counter(
+            &registry,
+            "trace_emit_events_dropped_total",
+            Some("queue_full"),
+        );
+        assert_eq!(dropped as usize, total - accepted);
+        assert!(matches!(
+            emitter.close(Duration::from_millis(200)),
+            Err(EmitterError::FlushTimeout(_))
+        ));
+        assert!(!emitter.emit(TraceEvent::new("after close", 0)));
     }
 }

@@ -474,7 +474,12 @@ pub fn record_usage(usage: Usage) -> Result<(), NoActiveTrace> {
     with_frame(|frame| {
         frame.prompt_tokens = add(frame.prompt_tokens, usage.prompt_tokens);
         frame.completion_tokens = add(frame.completion_tokens, usage.completion_tokens);
-        frame.tokens = add(frame.tokens, usage.tokens);
+        // Each call's total is its explicit one or prompt plus completion, so that calls
+        // giving only a total and calls giving only the split add up on one step.
+        let usage_tokens = usage
+            .tokens
+            .or_else(|| add(usage.prompt_tokens, usage.completion_tokens));
+        frame.tokens = add(frame.tokens, usage_tokens);
         frame.cost = add_cost(frame.cost, usage.cost);
         if usage.model.is_some() {
             frame.model = usage.model;
