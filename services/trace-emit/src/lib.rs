@@ -35,6 +35,7 @@
 
 pub mod context;
 pub mod emitter;
+mod ids;
 pub mod layer;
 mod metrics;
 pub mod sink;

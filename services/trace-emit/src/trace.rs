@@ -226,7 +226,7 @@ impl Trace {
 
     fn start(self) -> (Active, Finish) {
         let frame = Arc::new(Mutex::new(Frame {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::ids::new_id(),
             name: self.name,
             step_type: self.step_type,
             inputs: self.inputs,
@@ -404,7 +404,7 @@ impl Frame {
             completion_tokens = add(completion_tokens, step.completion_tokens);
             cost = add_cost(cost, step.cost);
         }
-        event.inference_id = Some(inference_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
+        event.inference_id = Some(inference_id.unwrap_or_else(crate::ids::new_id));
         event.pipeline_id = pipeline_id;
         event.user_id = ids.user_id;
         event.session_id = ids.session_id;
@@ -533,7 +533,7 @@ pub fn update_trace_user_session(
 pub fn session_end_event(ids: &UserSession) -> TraceEvent {
     let mut event = TraceEvent::new("session_end", now_ms());
     event.kind = TraceKind::SessionEnd;
-    event.inference_id = Some(uuid::Uuid::new_v4().to_string());
+    event.inference_id = Some(crate::ids::new_id());
     event.user_id = ids.user_id.clone();
     event.session_id = ids.session_id.clone();
     event

@@ -107,12 +107,6 @@ fn writer_for(schema: &'static Schema) -> Result<GenericDatumWriter<'static>, ap
     GenericDatumWriter::builder(schema).validate(false).build()
 }
 
-fn trace_event_writer() -> &'static GenericDatumWriter<'static> {
-    static WRITER: OnceLock<GenericDatumWriter<'static>> = OnceLock::new();
-    #[allow(clippy::expect_used)]
-    WRITER.get_or_init(|| writer_for(trace_event_schema()).expect("checked-in schema resolves"))
-}
-
 fn session_summary_writer() -> &'static GenericDatumWriter<'static> {
     static WRITER: OnceLock<GenericDatumWriter<'static>> = OnceLock::new();
     #[allow(clippy::expect_used)]
@@ -138,15 +132,10 @@ fn single_object_header(fingerprint: u64, capacity: usize) -> Vec<u8> {
 /// Avro datum of a trace, without any framing (Confluent framing prepends its own header).
 ///
 /// # Errors
-/// Only on a build defect (wire struct and schema out of step).
+/// None today (the direct writer cannot fail); kept so callers handle a future codec's errors.
 pub fn encode_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    trace_event_writer()
-        .write_ser(out, &WireTraceEvent::from(event))
-        .map(drop)
-        .map_err(|source| EncodeError {
-            record: "TraceEvent",
-            source,
-        })
+    super::avro_write::write_trace_datum(event, out);
+    Ok(())
 }
 
 /// Avro single-object encoding of a trace: `C3 01`, fingerprint, datum.
@@ -281,12 +270,16 @@ pub(crate) fn decode_resolving_datum(
     if length != datum.len() {
         return Err(DecodeError::TrailingBytes(datum.len() - length));
     }
-    // read_deser cannot resolve schemas yet (it panics), so resolution goes through Value.
+    // read_deser cannot resolve schemas yet (it panics), so resolution goes through Value:
+    // reading with the writer schema fails only on a malformed datum, resolving to ours only
+    // when the writer schema cannot be read as a trace.
     let reader = GenericDatumReader::builder(writer)
-        .reader_schema(trace_event_schema())
         .build()
         .map_err(|error| DecodeError::IncompatibleSchema(error.to_string()))?;
-    let value = reader.read_value(&mut &datum[..]).map_err(avro_error)?;
+    let written = reader.read_value(&mut &datum[..]).map_err(avro_error)?;
+    let value = written
+        .resolve(trace_event_schema())
+        .map_err(|error| DecodeError::IncompatibleSchema(error.to_string()))?;
     let wire: WireTraceEvent = apache_avro::from_value(&value).map_err(avro_error)?;
     wire.try_into()
 }
@@ -359,16 +352,6 @@ pub(crate) struct WireSessionSummary {
     last_inference_id: String,
 }
 
-fn json_texts(map: &JsonMap) -> HashMap<String, String> {
-    map.iter()
-        .map(|(key, value)| (key.clone(), value.to_string()))
-        .collect()
-}
-
-fn optional_json_text(value: &Value) -> Option<String> {
-    (!value.is_null()).then(|| value.to_string())
-}
-
 fn parse_json_text(field: &'static str, text: &str) -> Result<Value, DecodeError> {
     serde_json::from_str(text).map_err(|_| DecodeError::InvalidJsonText { field })
 }
@@ -388,53 +371,6 @@ fn parse_optional_json_text(
     text: Option<String>,
 ) -> Result<Value, DecodeError> {
     text.map_or(Ok(Value::Null), |text| parse_json_text(field, &text))
-}
-
-impl From<&TraceEvent> for WireTraceEvent {
-    fn from(event: &TraceEvent) -> Self {
-        WireTraceEvent {
-            schema_version: event.schema_version,
-            inference_id: event.inference_id.clone(),
-            pipeline_id: event.pipeline_id.clone(),
-            user_id: event.user_id.clone(),
-            session_id: event.session_id.clone(),
-            kind: event.kind.as_str().to_owned(),
-            timestamp_ms: event.timestamp_ms,
-            name: event.name.clone(),
-            inputs: json_texts(&event.inputs),
-            output: optional_json_text(&event.output),
-            latency_ms: event.latency_ms,
-            tokens: event.tokens,
-            prompt_tokens: event.prompt_tokens,
-            completion_tokens: event.completion_tokens,
-            cost: event.cost,
-            model: event.model.clone(),
-            metadata: json_texts(&event.metadata),
-            steps: event.steps.iter().map(WireStep::from).collect(),
-        }
-    }
-}
-
-impl From<&Step> for WireStep {
-    fn from(step: &Step) -> Self {
-        WireStep {
-            id: step.id.clone(),
-            name: step.name.clone(),
-            step_type: step.step_type.clone(),
-            inputs: json_texts(&step.inputs),
-            output: optional_json_text(&step.output),
-            start_time_ms: step.start_time_ms,
-            end_time_ms: step.end_time_ms,
-            latency_ms: step.latency_ms,
-            tokens: step.tokens,
-            prompt_tokens: step.prompt_tokens,
-            completion_tokens: step.completion_tokens,
-            cost: step.cost,
-            model: step.model.clone(),
-            metadata: json_texts(&step.metadata),
-            steps: step.steps.iter().map(WireStep::from).collect(),
-        }
-    }
 }
 
 impl TryFrom<WireTraceEvent> for TraceEvent {

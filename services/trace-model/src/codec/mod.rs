@@ -11,6 +11,7 @@
 
 pub mod avro;
 mod avro_scan;
+mod avro_write;
 pub mod json;
 pub mod registry;
 
@@ -227,6 +228,12 @@ impl Decoder {
                 Ok(_) => {}
                 Err(RegistryError::NotFound { .. }) => {
                     return Err(DecodeError::UnknownSchemaId(schema_id));
+                }
+                // Deterministic (a Protobuf or JSON Schema id, say): retrying cannot help.
+                Err(RegistryError::InvalidSchema(source)) => {
+                    return Err(DecodeError::IncompatibleSchema(format!(
+                        "schema id {schema_id} is not an avro schema: {source}"
+                    )));
                 }
                 Err(source) => {
                     return Err(DecodeError::RegistryUnavailable {
