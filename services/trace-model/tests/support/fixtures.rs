@@ -1,7 +1,11 @@
 //! Records with every field set, and wire bytes built by hand where the production encoder
 //! cannot be used (recursion tens of thousands of levels deep, earlier schema versions).
 
+use apache_avro::Schema;
+use apache_avro::types::Value as AvroValue;
+use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use trace_model::codec::avro::SINGLE_OBJECT_MAGIC;
 use trace_model::{JsonMap, SessionSummary, Step, TraceEvent, TraceKind};
 
@@ -165,7 +169,7 @@ pub(crate) enum SchemaVersion {
 /// Written byte by byte from the schema, without recursion, so a test can build tens of
 /// thousands of levels that no struct could be encoded (or even dropped) from.
 pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(64 + depth * 25);
+    let mut bytes = Vec::with_capacity(64 + depth * 28);
     match version {
         // schema_version int 1, inference_id null
         SchemaVersion::V1 => bytes.extend([0x02, 0x00]),
@@ -180,17 +184,16 @@ pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec
     bytes.push(0x00); // output: null
     bytes.extend([0x00; 6]); // latency_ms, tokens, prompt_tokens, completion_tokens, cost, model
     bytes.push(0x00); // metadata: empty map
-    const STEP_FIELDS: [u8; 24] = [
+    const STEP_FIELDS: [u8; 27] = [
         0x02, b's', // id "s"
         0x02, b'n', // name "n"
         0x08, b't', b'o', b'o', b'l', // step_type "tool"
         0x00, // inputs: empty map
         0x00, // output: null
         0x00, 0x00, // start_time_ms, end_time_ms
-        0, 0, 0, 0, 0, 0, 0, 0, // latency_ms 0.0
+        0, 0, 0, 0, 0, 0, 0, 0,    // latency_ms 0.0
         0x00, // tokens, prompt_tokens, completion_tokens, cost, model: null
-        0x00, 0x00, 0x00, 0x00,
-        0x00, // metadata: empty map
+        0x00, 0x00, 0x00, 0x00, 0x00, // metadata: empty map
     ];
     for _ in 0..depth {
         bytes.push(0x02); // a block of one step
@@ -239,4 +242,149 @@ pub(crate) fn header_fingerprint(message: &[u8]) -> u64 {
         .and_then(|slice| slice.try_into().ok())
         .expect("message has a single-object header");
     u64::from_le_bytes(bytes)
+}
+
+// ---- the previous schema version, written by hand ----
+
+/// `schemas/history/trace_event.v1.avsc`: the schema before `pipeline_id` was added.
+pub(crate) const V1_AVSC: &str = include_str!("../../../../schemas/history/trace_event.v1.avsc");
+
+pub(crate) fn v1_schema() -> Schema {
+    Schema::parse_str(V1_AVSC).expect("v1 schema parses")
+}
+
+/// The v1 fingerprint as apache-avro computes it (the contract test checks it against the spec).
+pub(crate) fn v1_fingerprint() -> u64 {
+    let bytes = v1_schema().fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+fn optional_string(value: Option<&str>) -> AvroValue {
+    match value {
+        Some(text) => AvroValue::Union(1, Box::new(AvroValue::String(text.to_owned()))),
+        None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+    }
+}
+
+fn optional_long(value: Option<i64>) -> AvroValue {
+    match value {
+        Some(number) => AvroValue::Union(1, Box::new(AvroValue::Long(number))),
+        None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+    }
+}
+
+fn optional_double(value: Option<f64>) -> AvroValue {
+    match value {
+        Some(number) => AvroValue::Union(1, Box::new(AvroValue::Double(number))),
+        None => AvroValue::Union(0, Box::new(AvroValue::Null)),
+    }
+}
+
+fn json_text_map(map: &trace_model::JsonMap) -> AvroValue {
+    AvroValue::Map(
+        map.iter()
+            .map(|(key, value)| (key.clone(), AvroValue::String(value.to_string())))
+            .collect::<HashMap<_, _>>(),
+    )
+}
+
+fn json_text(value: &Value) -> AvroValue {
+    if value.is_null() {
+        optional_string(None)
+    } else {
+        optional_string(Some(&value.to_string()))
+    }
+}
+
+/// A v1 `Step` record built field by field in the v1 schema's order.
+fn v1_step(step: &Step) -> AvroValue {
+    AvroValue::Record(vec![
+        ("id".into(), AvroValue::String(step.id.clone())),
+        ("name".into(), AvroValue::String(step.name.clone())),
+        (
+            "step_type".into(),
+            AvroValue::String(step.step_type.clone()),
+        ),
+        ("inputs".into(), json_text_map(&step.inputs)),
+        ("output".into(), json_text(&step.output)),
+        ("start_time_ms".into(), AvroValue::Long(step.start_time_ms)),
+        ("end_time_ms".into(), AvroValue::Long(step.end_time_ms)),
+        ("latency_ms".into(), AvroValue::Double(step.latency_ms)),
+        ("tokens".into(), optional_long(step.tokens)),
+        ("prompt_tokens".into(), optional_long(step.prompt_tokens)),
+        (
+            "completion_tokens".into(),
+            optional_long(step.completion_tokens),
+        ),
+        ("cost".into(), optional_double(step.cost)),
+        ("model".into(), optional_string(step.model.as_deref())),
+        ("metadata".into(), json_text_map(&step.metadata)),
+        (
+            "steps".into(),
+            AvroValue::Array(step.steps.iter().map(v1_step).collect()),
+        ),
+    ])
+}
+
+/// A v1 `TraceEvent` record (no `pipeline_id`) built field by field in the v1 schema's order.
+fn v1_trace(event: &TraceEvent) -> AvroValue {
+    AvroValue::Record(vec![
+        (
+            "schema_version".into(),
+            AvroValue::Int(event.schema_version),
+        ),
+        (
+            "inference_id".into(),
+            optional_string(event.inference_id.as_deref()),
+        ),
+        ("user_id".into(), optional_string(event.user_id.as_deref())),
+        (
+            "session_id".into(),
+            optional_string(event.session_id.as_deref()),
+        ),
+        (
+            "kind".into(),
+            AvroValue::String(event.kind.as_str().to_owned()),
+        ),
+        ("timestamp_ms".into(), AvroValue::Long(event.timestamp_ms)),
+        ("name".into(), AvroValue::String(event.name.clone())),
+        ("inputs".into(), json_text_map(&event.inputs)),
+        ("output".into(), json_text(&event.output)),
+        ("latency_ms".into(), optional_double(event.latency_ms)),
+        ("tokens".into(), optional_long(event.tokens)),
+        ("prompt_tokens".into(), optional_long(event.prompt_tokens)),
+        (
+            "completion_tokens".into(),
+            optional_long(event.completion_tokens),
+        ),
+        ("cost".into(), optional_double(event.cost)),
+        ("model".into(), optional_string(event.model.as_deref())),
+        ("metadata".into(), json_text_map(&event.metadata)),
+        (
+            "steps".into(),
+            AvroValue::Array(event.steps.iter().map(v1_step).collect()),
+        ),
+    ])
+}
+
+/// The full trace as a v1 producer would have sent it: no pipeline id, version 1.
+pub(crate) fn v1_full_trace() -> TraceEvent {
+    TraceEvent {
+        schema_version: 1,
+        pipeline_id: None,
+        ..full_trace()
+    }
+}
+
+/// A v1 datum (no header) written with the v1 schema by apache-avro's generic writer.
+pub(crate) fn v1_datum(event: &TraceEvent) -> Vec<u8> {
+    let schema = v1_schema();
+    let writer = GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("v1 writer");
+    let mut datum = Vec::new();
+    writer
+        .write_value_ref(&mut datum, &v1_trace(event))
+        .expect("value matches the v1 schema");
+    datum
 }

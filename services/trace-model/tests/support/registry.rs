@@ -28,8 +28,18 @@ pub(crate) struct RegistryState {
     registrations: Mutex<HashMap<String, usize>>,
     /// When set, every request is answered with this status (an outage).
     failure: Mutex<Option<StatusCode>>,
-    /// `Accept` and `Content-Type` headers seen, to check the client speaks the media type.
-    headers_seen: Mutex<Vec<(String, String)>>,
+    /// When set, requests are accepted and never answered.
+    hang: Mutex<bool>,
+    /// Headers of every request, to check what the client sends.
+    headers_seen: Mutex<Vec<SeenHeaders>>,
+}
+
+/// The request headers the tests look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SeenHeaders {
+    pub(crate) accept: String,
+    pub(crate) content_type: String,
+    pub(crate) authorization: String,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,10 +75,15 @@ impl RegistryState {
 
     pub(crate) fn recover(&self) {
         *lock(&self.failure) = None;
+        *lock(&self.hang) = false;
     }
 
-    /// `(Accept, Content-Type)` of every request, in order.
-    pub(crate) fn headers_seen(&self) -> Vec<(String, String)> {
+    pub(crate) fn hang(&self) {
+        *lock(&self.hang) = true;
+    }
+
+    /// Headers of every request, in order.
+    pub(crate) fn headers_seen(&self) -> Vec<SeenHeaders> {
         lock(&self.headers_seen).clone()
     }
 
@@ -80,10 +95,19 @@ impl RegistryState {
                 .unwrap_or_default()
                 .to_owned()
         };
-        lock(&self.headers_seen).push((value(header::ACCEPT), value(header::CONTENT_TYPE)));
+        lock(&self.headers_seen).push(SeenHeaders {
+            accept: value(header::ACCEPT),
+            content_type: value(header::CONTENT_TYPE),
+            authorization: value(header::AUTHORIZATION),
+        });
     }
 
-    fn failure(&self) -> Option<Response> {
+    /// The answer to give instead of the real one during a simulated outage.
+    async fn failure(&self) -> Option<Response> {
+        let hangs = *lock(&self.hang);
+        if hangs {
+            std::future::pending::<()>().await;
+        }
         let status = (*lock(&self.failure))?;
         Some(registry_response(
             status,
@@ -112,7 +136,7 @@ async fn get_schema_by_id(
 ) -> Response {
     state.record_headers(&headers);
     *lock(&state.fetches).entry(id).or_default() += 1;
-    if let Some(failure) = state.failure() {
+    if let Some(failure) = state.failure().await {
         return failure;
     }
     let schema = usize::try_from(id)
@@ -136,7 +160,7 @@ async fn register_schema(
 ) -> Response {
     state.record_headers(&headers);
     *lock(&state.registrations).entry(subject).or_default() += 1;
-    if let Some(failure) = state.failure() {
+    if let Some(failure) = state.failure().await {
         return failure;
     }
     let schema = serde_json::from_slice::<serde_json::Value>(&body)
