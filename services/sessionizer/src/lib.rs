@@ -1,10 +1,23 @@
 //! The sessionizer: reads traces from Kafka as a consumer group, groups each session's traces
 //! in windowed state, enriches every trace with its session context, and bulk-ships rows to
-//! Openlayer's data-stream API.
+//! Openlayer's data-stream API with at-least-once delivery.
 //!
 //! # Layout
-//! Not built yet: the stages (source, sessionize, enrich, batch, sink, commit) arrive with the
-//! sessionizer issue. See `docs/ARCHITECTURE.md` for the intended flow.
+//! - [`config`]: `SessionizerConfig` → `validate()` → `ValidatedConfig` (file < env)
+//! - [`source`]: Kafka consumer group, decode and validate, dead letters
+//! - [`sessionize`]: pure session-window state machine per partition
+//! - [`enrich`]: session columns and the Openlayer row of a trace
+//! - [`batch`]: rows grouped per Openlayer pipeline, flushed by rows, bytes or linger
+//! - [`sink`]: Openlayer data-stream client with the retry policy
+//! - [`commit`]: the lowest fully acknowledged offset per partition
+//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`
+//! - [`secret`]: a string that never prints
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod secret;
+pub mod sink;
 
 /// Version of this build, as `--version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,256 @@
+//! Every metric the sessionizer exports, declared in one place with its help text.
+//!
+//! Names follow Prometheus conventions (`sessionizer_` prefix, base units, `_total` on
+//! counters). Labels are bounded sets (`partition`, `reason`, `stage`, `status`, `outcome`):
+//! never user, session or inference ids, raw error text or URLs.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+/// Buckets for lags and delays: from 5 ms to 30 minutes.
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+/// Buckets for Openlayer request durations.
+const REQUEST_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Buckets for session durations: from a minute to a day.
+const SESSION_DURATION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+];
+/// Buckets for turns per session.
+const SESSION_TURN_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0];
+
+/// Handles to every metric; cheap to clone (clones share the values).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub events_consumed: IntCounter,
+    pub events_invalid: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub late_events: IntCounterVec,
+    pub passthrough_events: IntCounter,
+    pub sessions_open: IntGauge,
+    pub sessions_opened: IntCounter,
+    pub sessions_closed: IntCounterVec,
+    pub session_duration: Histogram,
+    pub session_turns: Histogram,
+    pub summaries_produced: IntCounter,
+    pub sessionization_lag: Histogram,
+    pub partition_lag: prometheus::GaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub openlayer_requests: IntCounterVec,
+    pub openlayer_request_duration: HistogramVec,
+    pub openlayer_retries: IntCounterVec,
+    pub rows_shipped: IntCounter,
+    pub rows_in_flight: IntGauge,
+    pub end_to_end_delay: Histogram,
+    pub rebalances: IntCounterVec,
+    pub partitions_assigned: IntGauge,
+    pub partitions_paused: IntGauge,
+    pub backpressure_seconds: prometheus::Counter,
+    pub commits: IntCounterVec,
+    pub errors: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let metric = IntCounter::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let metric = IntGauge::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    /// Registers every metric on `registry`.
+    ///
+    /// # Errors
+    /// When a metric is already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let partition_lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "sessionizer_partition_lag_seconds",
+                "How far behind real time the newest processed record of each owned partition is.",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(partition_lag.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "sessionizer_consumer_lag_records",
+                "Records between the fetch high watermark and the next record to process, per owned partition.",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let openlayer_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sessionizer_openlayer_request_duration_seconds",
+                "Duration of Openlayer data-stream requests, by status.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["status"],
+        )?;
+        registry.register(Box::new(openlayer_request_duration.clone()))?;
+        let backpressure_seconds = prometheus::Counter::new(
+            "sessionizer_backpressure_seconds_total",
+            "Time partitions spent paused because too many rows were unacknowledged.",
+        )?;
+        registry.register(Box::new(backpressure_seconds.clone()))?;
+        Ok(Metrics {
+            events_consumed: counter(
+                registry,
+                "sessionizer_events_consumed_total",
+                "Messages read from the traces topic.",
+            )?,
+            events_invalid: counter_vec(
+                registry,
+                "sessionizer_events_invalid_total",
+                "Messages that could not be decoded or failed validation, by reason.",
+                &["reason"],
+            )?,
+            dead_letters: counter_vec(
+                registry,
+                "sessionizer_dead_letters_total",
+                "Messages and rows written to the dead-letter topic, by stage and reason.",
+                &["stage", "reason"],
+            )?,
+            late_events: counter_vec(
+                registry,
+                "sessionizer_late_events_total",
+                "Traces older than their session's window: joined within grace, or shipped with a late marker.",
+                &["outcome"],
+            )?,
+            passthrough_events: counter(
+                registry,
+                "sessionizer_passthrough_events_total",
+                "Traces without user or session shipped without session enrichment.",
+            )?,
+            sessions_open: gauge(
+                registry,
+                "sessionizer_sessions_open",
+                "Sessions currently open in owned partitions.",
+            )?,
+            sessions_opened: counter(
+                registry,
+                "sessionizer_sessions_opened_total",
+                "Sessions (or session segments) opened.",
+            )?,
+            sessions_closed: counter_vec(
+                registry,
+                "sessionizer_sessions_closed_total",
+                "Sessions closed, by reason (gap, idle, max_duration, end_event).",
+                &["reason"],
+            )?,
+            session_duration: histogram(
+                registry,
+                "sessionizer_session_duration_seconds",
+                "Event-time duration of closed sessions.",
+                SESSION_DURATION_BUCKETS,
+            )?,
+            session_turns: histogram(
+                registry,
+                "sessionizer_session_turns",
+                "Turns per closed session.",
+                SESSION_TURN_BUCKETS,
+            )?,
+            summaries_produced: counter(
+                registry,
+                "sessionizer_session_summaries_produced_total",
+                "SessionSummary records produced to the sessions topic.",
+            )?,
+            sessionization_lag: histogram(
+                registry,
+                "sessionizer_sessionization_lag_seconds",
+                "Seconds between a trace's Kafka timestamp and its enrichment.",
+                LAG_BUCKETS,
+            )?,
+            partition_lag,
+            consumer_lag,
+            openlayer_requests: counter_vec(
+                registry,
+                "sessionizer_openlayer_requests_total",
+                "Openlayer data-stream requests, by HTTP status (\"error\" for no response).",
+                &["status"],
+            )?,
+            openlayer_request_duration,
+            openlayer_retries: counter_vec(
+                registry,
+                "sessionizer_openlayer_retries_total",
+                "Openlayer requests retried, by reason.",
+                &["reason"],
+            )?,
+            rows_shipped: counter(
+                registry,
+                "sessionizer_rows_shipped_total",
+                "Rows acknowledged by Openlayer.",
+            )?,
+            rows_in_flight: gauge(
+                registry,
+                "sessionizer_rows_in_flight",
+                "Rows enriched and not yet acknowledged by Openlayer or dead-lettered.",
+            )?,
+            end_to_end_delay: histogram(
+                registry,
+                "sessionizer_end_to_end_delay_seconds",
+                "Seconds between a trace's Kafka timestamp and Openlayer's acknowledgement of its row.",
+                LAG_BUCKETS,
+            )?,
+            rebalances: counter_vec(
+                registry,
+                "sessionizer_rebalances_total",
+                "Consumer group rebalances seen, by kind (assign, revoke).",
+                &["kind"],
+            )?,
+            partitions_assigned: gauge(
+                registry,
+                "sessionizer_partitions_assigned",
+                "Partitions of the traces topic this instance owns.",
+            )?,
+            partitions_paused: gauge(
+                registry,
+                "sessionizer_partitions_paused",
+                "Owned partitions paused for backpressure.",
+            )?,
+            backpressure_seconds,
+            commits: counter_vec(
+                registry,
+                "sessionizer_commits_total",
+                "Offset commits, by outcome.",
+                &["outcome"],
+            )?,
+            errors: counter_vec(
+                registry,
+                "sessionizer_errors_total",
+                "Errors by type and stage (receiving, processing, sending).",
+                &["error_type", "stage"],
+            )?,
+        })
+    }
+}
