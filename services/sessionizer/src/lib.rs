@@ -17,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod secret;
+pub mod sessionize;
 pub mod sink;
 
 /// Version of this build, as `--version` prints it.

@@ -1,0 +1,701 @@
+//! Session windows of one partition: a pure state machine with three entry points, like a
+//! reduce transform: [`PartitionWindows::add`] places a trace in its session,
+//! [`PartitionWindows::expire`] closes sessions whose gap passed, and
+//! [`PartitionWindows::close_all`] empties the partition (tests, revocation).
+//!
+//! Time rules:
+//! - event time orders a session: a window closes when the partition's event time (the
+//!   newest trace timestamp seen) passes the session's last trace by `gap`;
+//! - wall clock closes sessions of quiet partitions: while a partition receives nothing, its
+//!   event time is taken to advance with the wall clock (the idleness rule of Flink's
+//!   watermarks), so its sessions still close a gap after their last trace. A backlog after a
+//!   restart is not idle: its traces arrive at once and close sessions by event time;
+//! - a session longer than `max_duration` (event time) closes and the next trace opens a new
+//!   segment of the same session id;
+//! - a `session_end` trace closes its session at once;
+//! - a trace older than the partition's event time minus `grace` is late: it is shipped with
+//!   a late marker and joins no window; within grace it joins its session as the next turn.
+//!
+//! Turns are numbered in arrival (offset) order within a window, which is what makes a replay
+//! of the same offsets produce the same numbers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use trace_model::{TraceEvent, TraceKind};
+
+/// Window rules for every session of a partition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowSettings {
+    pub gap: Duration,
+    pub max_duration: Duration,
+    pub grace: Duration,
+    /// Give traces with a user and no session an inferred session (deterministic id).
+    pub infer_user_sessions: bool,
+    /// Inactivity gap of inferred sessions.
+    pub user_gap: Duration,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        WindowSettings {
+            gap: Duration::from_secs(30 * 60),
+            max_duration: Duration::from_secs(24 * 60 * 60),
+            grace: Duration::from_secs(5 * 60),
+            infer_user_sessions: false,
+            user_gap: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Why a session window closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The partition's event time passed the last trace by the gap.
+    Gap,
+    /// No trace for the gap on the wall clock (a quiet partition).
+    Idle,
+    /// The session reached `max_duration`; the next trace opens a new segment.
+    MaxDuration,
+    /// A `session_end` trace arrived.
+    EndEvent,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Gap => "gap",
+            CloseReason::Idle => "idle",
+            CloseReason::MaxDuration => "max_duration",
+            CloseReason::EndEvent => "end_event",
+        }
+    }
+}
+
+/// Identifies a session within the pipeline: Openlayer pipeline and session id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub pipeline_id: String,
+    pub session_id: String,
+}
+
+impl SessionKey {
+    /// `pipeline/session`, the key of summaries and changelog records.
+    pub fn joined(&self) -> String {
+        format!("{}/{}", self.pipeline_id, self.session_id)
+    }
+}
+
+/// What the window knows about one open session: small, so millions fit in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionState {
+    pub user_id: Option<String>,
+    /// 0 for the first window of this session id, +1 per window after a close.
+    pub segment: i32,
+    pub inferred: bool,
+    pub started_at_ms: i64,
+    /// Newest event time of the session's traces.
+    pub last_event_ms: i64,
+    /// Event time of the previous turn (the newest trace placed), for turn spacing.
+    pub previous_turn_ms: i64,
+    pub turns: i64,
+    pub tokens: i64,
+    pub cost: f64,
+    pub latency_ms: f64,
+    pub first_inference_id: String,
+    pub last_inference_id: String,
+}
+
+/// Where a trace landed and the session context its row gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// No user and no session (and no inference): shipped without session columns.
+    Passthrough,
+    /// A turn of an open session.
+    Turn(Turn),
+    /// Older than the partition's event time minus grace: shipped with a late marker.
+    Late {
+        session_id: Option<String>,
+        user_id: Option<String>,
+    },
+    /// A `session_end` trace: no row. `closed` is the session it ended, if one was open.
+    End { closed: Option<ClosedSession> },
+}
+
+/// Session context of one turn, as the row's enrichment columns show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    pub key: SessionKey,
+    pub user_id: Option<String>,
+    pub segment: i32,
+    pub inferred: bool,
+    /// 1-based.
+    pub turn: i64,
+    pub started_at_ms: i64,
+    pub since_start_ms: i64,
+    /// `None` on the first turn.
+    pub since_previous_ms: Option<i64>,
+    pub previous_inference_id: Option<String>,
+    /// Running totals including this turn.
+    pub tokens_so_far: i64,
+    pub cost_so_far: f64,
+    /// Joined within grace although older than the partition's event time.
+    pub late_within_grace: bool,
+}
+
+/// A session window that closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedSession {
+    pub key: SessionKey,
+    pub state: SessionState,
+    pub reason: CloseReason,
+}
+
+/// Every open session of one partition, and its event-time clock.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionWindows {
+    settings: WindowSettingsCell,
+    sessions: HashMap<SessionKey, SessionState>,
+    /// Newest trace timestamp seen in this partition (stream time).
+    event_time_ms: Option<i64>,
+    /// Wall-clock time the partition last received a trace, for the idleness rule.
+    last_message_wall_ms: Option<i64>,
+    /// Open inferred session of each (pipeline, user).
+    inferred_by_user: HashMap<(String, String), String>,
+    /// Segment and end (event time) of sessions split by `max_duration`, for the window that
+    /// continues them; forgotten once used or a gap later.
+    next_segment: HashMap<SessionKey, (i32, i64)>,
+}
+
+/// `WindowSettings` with a `Default` for `PartitionWindows`' derive.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowSettingsCell(Option<WindowSettings>);
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// FNV-1a: stable across Rust versions and processes, unlike the std hasher, so inferred
+/// session ids are the same after a restart.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in *part {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Deterministic id of an inferred session: the user and the event time it started.
+pub fn inferred_session_id(user_id: &str, started_at_ms: i64) -> String {
+    let hash = fnv1a(&[user_id.as_bytes(), &started_at_ms.to_le_bytes()]);
+    format!("inferred-{hash:016x}")
+}
+
+impl PartitionWindows {
+    pub fn new(settings: WindowSettings) -> Self {
+        PartitionWindows {
+            settings: WindowSettingsCell(Some(settings)),
+            ..PartitionWindows::default()
+        }
+    }
+
+    fn settings(&self) -> WindowSettings {
+        self.settings.0.unwrap_or_default()
+    }
+
+    pub fn num_open(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Newest trace timestamp seen in this partition.
+    pub fn event_time_ms(&self) -> Option<i64> {
+        self.event_time_ms
+    }
+
+    pub fn session(&self, key: &SessionKey) -> Option<&SessionState> {
+        self.sessions.get(key)
+    }
+
+    /// Open sessions, for persistence.
+    pub fn sessions(&self) -> impl Iterator<Item = (&SessionKey, &SessionState)> {
+        self.sessions.iter()
+    }
+
+    /// Puts a restored session back (state recovery).
+    pub fn restore(&mut self, key: SessionKey, state: SessionState, event_time_ms: Option<i64>) {
+        self.event_time_ms = self.event_time_ms.max(event_time_ms);
+        if state.inferred
+            && let Some(user_id) = &state.user_id
+        {
+            self.inferred_by_user.insert(
+                (key.pipeline_id.clone(), user_id.clone()),
+                key.session_id.clone(),
+            );
+        }
+        self.sessions.insert(key, state);
+    }
+
+    fn gap_for(&self, inferred: bool) -> i64 {
+        let settings = self.settings();
+        millis(if inferred {
+            settings.user_gap
+        } else {
+            settings.gap
+        })
+    }
+
+    /// Places `event` (already validated) of pipeline `pipeline_id`, processed at wall-clock
+    /// `wall_ms`. Windows the trace closes on its way (gap passed, max duration reached) are
+    /// appended to `closed`.
+    pub fn add(
+        &mut self,
+        event: &TraceEvent,
+        pipeline_id: &str,
+        wall_ms: i64,
+        closed: &mut Vec<ClosedSession>,
+    ) -> Placement {
+        let settings = self.settings();
+        let timestamp = event.timestamp_ms;
+        self.last_message_wall_ms = Some(wall_ms);
+        let is_late = self
+            .event_time_ms
+            .is_some_and(|now| timestamp < now.saturating_sub(millis(settings.grace)));
+        if !is_late {
+            self.event_time_ms = Some(
+                self.event_time_ms
+                    .map_or(timestamp, |now| now.max(timestamp)),
+            );
+        }
+
+        let (session_id, inferred) = match (&event.session_id, &event.user_id) {
+            (Some(session_id), _) => (Some(session_id.clone()), false),
+            (None, Some(_)) if settings.infer_user_sessions => (None, true),
+            _ => (None, false),
+        };
+        if event.kind == TraceKind::SessionEnd {
+            let closed_session = session_id.and_then(|session_id| {
+                let key = SessionKey {
+                    pipeline_id: pipeline_id.to_owned(),
+                    session_id,
+                };
+                self.close(&key, CloseReason::EndEvent)
+            });
+            return Placement::End {
+                closed: closed_session,
+            };
+        }
+        if session_id.is_none() && !inferred {
+            return Placement::Passthrough;
+        }
+        if is_late {
+            return Placement::Late {
+                session_id: event.session_id.clone(),
+                user_id: event.user_id.clone(),
+            };
+        }
+
+        let mut key = match session_id {
+            Some(session_id) => SessionKey {
+                pipeline_id: pipeline_id.to_owned(),
+                session_id,
+            },
+            None => self.inferred_key(pipeline_id, event, timestamp),
+        };
+        let gap = self.gap_for(inferred);
+        if let Some(state) = self.sessions.get(&key) {
+            let reason = if timestamp.saturating_sub(state.last_event_ms) >= gap {
+                Some(CloseReason::Gap)
+            } else if timestamp.saturating_sub(state.started_at_ms) >= millis(settings.max_duration)
+            {
+                Some(CloseReason::MaxDuration)
+            } else {
+                None
+            };
+            if let Some(reason) = reason
+                && let Some(closed_session) = self.close(&key, reason)
+            {
+                closed.push(closed_session);
+            }
+        }
+        // An inferred session that just closed continues under a new id, started now.
+        if inferred && !self.sessions.contains_key(&key) {
+            key = self.inferred_key(pipeline_id, event, timestamp);
+        }
+
+        let inference_id = event.inference_id.clone().unwrap_or_default();
+        let event_tokens = event.tokens.unwrap_or(0);
+        let event_cost = event.cost.unwrap_or(0.0);
+        let late_within_grace = self.event_time_ms.is_some_and(|now| timestamp < now);
+        match self.sessions.get_mut(&key) {
+            Some(state) => {
+                let previous_turn_ms = state.previous_turn_ms;
+                let previous_inference_id =
+                    std::mem::replace(&mut state.last_inference_id, inference_id);
+                state.turns += 1;
+                state.tokens = state.tokens.saturating_add(event_tokens);
+                state.cost += event_cost;
+                state.latency_ms += event.latency_ms.unwrap_or(0.0);
+                state.last_event_ms = state.last_event_ms.max(timestamp);
+                state.previous_turn_ms = timestamp;
+                if state.user_id.is_none() {
+                    state.user_id.clone_from(&event.user_id);
+                }
+                Placement::Turn(Turn {
+                    user_id: state.user_id.clone(),
+                    segment: state.segment,
+                    inferred: state.inferred,
+                    turn: state.turns,
+                    started_at_ms: state.started_at_ms,
+                    since_start_ms: timestamp.saturating_sub(state.started_at_ms),
+                    since_previous_ms: Some(timestamp.saturating_sub(previous_turn_ms)),
+                    previous_inference_id: Some(previous_inference_id),
+                    tokens_so_far: state.tokens,
+                    cost_so_far: state.cost,
+                    late_within_grace,
+                    key,
+                })
+            }
+            None => {
+                let segment = self
+                    .next_segment
+                    .remove(&key)
+                    .map_or(0, |(segment, _)| segment);
+                if inferred && let Some(user_id) = &event.user_id {
+                    self.inferred_by_user.insert(
+                        (pipeline_id.to_owned(), user_id.clone()),
+                        key.session_id.clone(),
+                    );
+                }
+                let state = SessionState {
+                    user_id: event.user_id.clone(),
+                    segment,
+                    inferred,
+                    started_at_ms: timestamp,
+                    last_event_ms: timestamp,
+                    previous_turn_ms: timestamp,
+                    turns: 1,
+                    tokens: event_tokens,
+                    cost: event_cost,
+                    latency_ms: event.latency_ms.unwrap_or(0.0),
+                    first_inference_id: inference_id.clone(),
+                    last_inference_id: inference_id,
+                };
+                let turn = Turn {
+                    key: key.clone(),
+                    user_id: state.user_id.clone(),
+                    segment,
+                    inferred,
+                    turn: 1,
+                    started_at_ms: timestamp,
+                    since_start_ms: 0,
+                    since_previous_ms: None,
+                    previous_inference_id: None,
+                    tokens_so_far: state.tokens,
+                    cost_so_far: state.cost,
+                    late_within_grace,
+                };
+                self.sessions.insert(key, state);
+                Placement::Turn(turn)
+            }
+        }
+    }
+
+    /// The open inferred session of this user, or the key of a new one starting now.
+    fn inferred_key(&self, pipeline_id: &str, event: &TraceEvent, timestamp: i64) -> SessionKey {
+        let user_id = event.user_id.as_deref().unwrap_or_default();
+        let open = self
+            .inferred_by_user
+            .get(&(pipeline_id.to_owned(), user_id.to_owned()));
+        SessionKey {
+            pipeline_id: pipeline_id.to_owned(),
+            session_id: open
+                .cloned()
+                .unwrap_or_else(|| inferred_session_id(user_id, timestamp)),
+        }
+    }
+
+    fn close(&mut self, key: &SessionKey, reason: CloseReason) -> Option<ClosedSession> {
+        let state = self.sessions.remove(key)?;
+        if state.inferred
+            && let Some(user_id) = &state.user_id
+        {
+            self.inferred_by_user
+                .remove(&(key.pipeline_id.clone(), user_id.clone()));
+        }
+        // A session split by max_duration continues in a new segment; other closes end it.
+        if reason == CloseReason::MaxDuration && !state.inferred {
+            self.next_segment
+                .insert(key.clone(), (state.segment + 1, state.last_event_ms));
+        }
+        Some(ClosedSession {
+            key: key.clone(),
+            state,
+            reason,
+        })
+    }
+
+    /// Closes sessions whose gap passed. The partition's clock is its event time, advanced by
+    /// the wall-clock time since its last trace: a busy partition closes by event time alone,
+    /// a quiet one still closes its sessions a gap after their last trace (reason `Idle`).
+    /// Scans every open session: call it on a tick, not per trace.
+    pub fn expire(&mut self, wall_ms: i64, closed: &mut Vec<ClosedSession>) {
+        let (Some(event_time), Some(last_wall)) = (self.event_time_ms, self.last_message_wall_ms)
+        else {
+            return;
+        };
+        let quiet_for = wall_ms.saturating_sub(last_wall).max(0);
+        let clock = event_time.saturating_add(quiet_for);
+        let gap = millis(self.settings().gap);
+        let user_gap = millis(self.settings().user_gap);
+        let due: Vec<(SessionKey, CloseReason)> = self
+            .sessions
+            .iter()
+            .filter_map(|(key, state)| {
+                let gap = if state.inferred { user_gap } else { gap };
+                if event_time.saturating_sub(state.last_event_ms) >= gap {
+                    Some((key.clone(), CloseReason::Gap))
+                } else if clock.saturating_sub(state.last_event_ms) >= gap {
+                    Some((key.clone(), CloseReason::Idle))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (key, reason) in due {
+            closed.extend(self.close(&key, reason));
+        }
+        self.next_segment
+            .retain(|_, (_, ended_ms)| clock.saturating_sub(*ended_ms) < gap);
+    }
+
+    /// Removes every open session without a close reason (the partition moved elsewhere).
+    pub fn close_all(&mut self) -> Vec<(SessionKey, SessionState)> {
+        self.next_segment.clear();
+        self.inferred_by_user.clear();
+        self.sessions.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+
+    fn settings() -> WindowSettings {
+        WindowSettings {
+            gap: Duration::from_secs(30 * 60),
+            max_duration: Duration::from_secs(2 * 60 * 60),
+            grace: Duration::from_secs(5 * 60),
+            infer_user_sessions: false,
+            user_gap: Duration::from_secs(10 * 60),
+        }
+    }
+
+    fn trace(id: &str, user: Option<&str>, session: Option<&str>, at_ms: i64) -> TraceEvent {
+        let mut event = TraceEvent::new("chat", at_ms);
+        event.inference_id = Some(id.to_owned());
+        event.user_id = user.map(str::to_owned);
+        event.session_id = session.map(str::to_owned);
+        event.tokens = Some(10);
+        event.cost = Some(0.5);
+        event
+    }
+
+    fn turn(placement: Placement) -> Turn {
+        match placement {
+            Placement::Turn(turn) => turn,
+            other => panic!("expected a turn, got {other:?}"),
+        }
+    }
+
+    fn add(windows: &mut PartitionWindows, event: &TraceEvent) -> (Placement, Vec<ClosedSession>) {
+        let mut closed = Vec::new();
+        let placement = windows.add(event, "pipe", event.timestamp_ms, &mut closed);
+        (placement, closed)
+    }
+
+    #[test]
+    fn numbers_turns_and_keeps_running_totals() {
+        let mut windows = PartitionWindows::new(settings());
+        let first = turn(add(&mut windows, &trace("a", Some("u"), Some("s"), 0)).0);
+        assert_eq!(
+            (
+                first.turn,
+                first.since_previous_ms,
+                first.previous_inference_id
+            ),
+            (1, None, None)
+        );
+        let second = turn(add(&mut windows, &trace("b", Some("u"), Some("s"), 2 * MINUTE)).0);
+        assert_eq!(second.turn, 2);
+        assert_eq!(second.since_start_ms, 2 * MINUTE);
+        assert_eq!(second.since_previous_ms, Some(2 * MINUTE));
+        assert_eq!(second.previous_inference_id.as_deref(), Some("a"));
+        assert_eq!(second.tokens_so_far, 20);
+        assert!((second.cost_so_far - 1.0).abs() < 1e-12);
+        assert_eq!(windows.num_open(), 1);
+    }
+
+    #[test]
+    fn a_trace_after_the_gap_starts_a_new_window_of_the_same_session() {
+        let mut windows = PartitionWindows::new(settings());
+        add(&mut windows, &trace("a", Some("u"), Some("s"), 0));
+        let (placement, closed) = add(&mut windows, &trace("b", Some("u"), Some("s"), 31 * MINUTE));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].reason, CloseReason::Gap);
+        assert_eq!(closed[0].state.turns, 1);
+        let reopened = turn(placement);
+        assert_eq!((reopened.turn, reopened.segment), (1, 0));
+    }
+
+    #[test]
+    fn max_duration_splits_into_segments() {
+        let mut windows = PartitionWindows::new(settings());
+        for minute in (0..=100).step_by(20) {
+            add(
+                &mut windows,
+                &trace(&format!("t{minute}"), None, Some("s"), minute * MINUTE),
+            );
+        }
+        let (placement, closed) = add(
+            &mut windows,
+            &trace("late-turn", None, Some("s"), 120 * MINUTE),
+        );
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].reason, CloseReason::MaxDuration);
+        assert_eq!(closed[0].state.turns, 6);
+        let next = turn(placement);
+        assert_eq!((next.turn, next.segment), (1, 1));
+    }
+
+    #[test]
+    fn session_end_closes_the_window_and_makes_no_row() {
+        let mut windows = PartitionWindows::new(settings());
+        add(&mut windows, &trace("a", Some("u"), Some("s"), 0));
+        let mut end = trace("end", Some("u"), Some("s"), MINUTE);
+        end.kind = TraceKind::SessionEnd;
+        let (placement, _) = add(&mut windows, &end);
+        match placement {
+            Placement::End {
+                closed: Some(closed),
+            } => {
+                assert_eq!(closed.reason, CloseReason::EndEvent);
+                assert_eq!(closed.state.turns, 1);
+            }
+            other => panic!("expected a closed session, got {other:?}"),
+        }
+        assert_eq!(windows.num_open(), 0);
+        let again = turn(add(&mut windows, &trace("b", Some("u"), Some("s"), 2 * MINUTE)).0);
+        assert_eq!(again.turn, 1);
+    }
+
+    #[test]
+    fn traces_without_ids_pass_through() {
+        let mut windows = PartitionWindows::new(settings());
+        assert_eq!(
+            add(&mut windows, &trace("a", None, None, 0)).0,
+            Placement::Passthrough
+        );
+        assert_eq!(
+            add(&mut windows, &trace("b", Some("u"), None, 0)).0,
+            Placement::Passthrough
+        );
+    }
+
+    #[test]
+    fn late_traces_within_grace_join_and_later_ones_are_marked() {
+        let mut windows = PartitionWindows::new(settings());
+        add(&mut windows, &trace("a", None, Some("s"), 10 * MINUTE));
+        add(&mut windows, &trace("other", None, Some("t"), 20 * MINUTE));
+        let joined = turn(add(&mut windows, &trace("b", None, Some("s"), 16 * MINUTE)).0);
+        assert!(joined.late_within_grace);
+        assert_eq!(joined.turn, 2);
+        let (placement, _) = add(&mut windows, &trace("c", Some("u"), Some("s"), 14 * MINUTE));
+        assert_eq!(
+            placement,
+            Placement::Late {
+                session_id: Some("s".into()),
+                user_id: Some("u".into())
+            }
+        );
+        assert_eq!(
+            windows
+                .session(&SessionKey {
+                    pipeline_id: "pipe".into(),
+                    session_id: "s".into()
+                })
+                .map(|state| state.turns),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn quiet_partitions_close_sessions_by_wall_clock() {
+        let mut windows = PartitionWindows::new(settings());
+        let mut closed = Vec::new();
+        windows.add(
+            &trace("a", None, Some("s"), 0),
+            "pipe",
+            1_000_000,
+            &mut closed,
+        );
+        windows.expire(1_000_000 + 29 * MINUTE, &mut closed);
+        assert!(closed.is_empty());
+        windows.expire(1_000_000 + 30 * MINUTE, &mut closed);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].reason, CloseReason::Idle);
+    }
+
+    #[test]
+    fn busy_partitions_close_stale_sessions_by_event_time() {
+        let mut windows = PartitionWindows::new(settings());
+        let mut closed = Vec::new();
+        windows.add(&trace("a", None, Some("stale"), 0), "pipe", 0, &mut closed);
+        windows.add(
+            &trace("b", None, Some("busy"), 31 * MINUTE),
+            "pipe",
+            1,
+            &mut closed,
+        );
+        windows.expire(2, &mut closed);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].key.session_id, "stale");
+        assert_eq!(closed[0].reason, CloseReason::Gap);
+    }
+
+    #[test]
+    fn infers_deterministic_sessions_for_users_without_one() {
+        let mut windows = PartitionWindows::new(WindowSettings {
+            infer_user_sessions: true,
+            ..settings()
+        });
+        let first = turn(add(&mut windows, &trace("a", Some("u"), None, 0)).0);
+        let second = turn(add(&mut windows, &trace("b", Some("u"), None, MINUTE)).0);
+        assert!(first.inferred);
+        assert_eq!(first.key, second.key);
+        assert_eq!(second.turn, 2);
+        assert_eq!(first.key.session_id, inferred_session_id("u", 0));
+        // After the user gap (10 minutes here) a new inferred session starts.
+        let (placement, closed) = add(&mut windows, &trace("c", Some("u"), None, 12 * MINUTE));
+        assert_eq!(closed.len(), 1);
+        let third = turn(placement);
+        assert_ne!(third.key, first.key);
+        assert_eq!(third.turn, 1);
+    }
+
+    #[test]
+    fn pipelines_keep_separate_sessions() {
+        let mut windows = PartitionWindows::new(settings());
+        let mut closed = Vec::new();
+        let event = trace("a", None, Some("s"), 0);
+        turn(windows.add(&event, "one", 0, &mut closed));
+        let other = turn(windows.add(&event, "two", 0, &mut closed));
+        assert_eq!(other.turn, 1);
+        assert_eq!(windows.num_open(), 2);
+    }
+}
