@@ -14,6 +14,7 @@
 //! - [`secret`]: a string that never prints
 
 pub mod config;
+pub mod enrich;
 pub mod http;
 pub mod metrics;
 pub mod secret;

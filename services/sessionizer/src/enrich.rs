@@ -1,0 +1,420 @@
+//! The Openlayer row of a trace, with its session columns.
+//!
+//! Rows follow what Openlayer's official tracer sends (see `docs/ARCHITECTURE.md`):
+//! `inferenceId`, `inferenceTimestamp` in float seconds, `output`, `latency` in ms, `tokens`,
+//! `cost`, one top-level `user_call` step holding the nested steps, the trace's inputs and
+//! metadata flattened to top-level columns, and `user_id` / `session_id` as strings. Unlike
+//! the tracer, row `tokens` and `cost` are the sum over all steps. Session columns are
+//! snake_case. The row is serialized straight from the trace (no intermediate JSON tree).
+
+use crate::sessionize::{Placement, Turn};
+use crate::sink::RowJson;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use trace_model::{JsonMap, Step, TraceEvent};
+
+/// Columns every row may carry; flattened inputs and metadata never overwrite them.
+const RESERVED_COLUMNS: &[&str] = &[
+    "inferenceId",
+    "inferenceTimestamp",
+    "output",
+    "latency",
+    "tokens",
+    "cost",
+    "steps",
+    "user_id",
+    "session_id",
+    "session_turn",
+    "session_started_at",
+    "seconds_since_session_start",
+    "seconds_since_previous_turn",
+    "previous_inference_id",
+    "session_tokens_so_far",
+    "session_cost_so_far",
+    "session_segment",
+    "session_inferred",
+    "session_late",
+];
+
+/// The session columns added to every row of a session, for the README and tests.
+pub const SESSION_COLUMNS: &[&str] = &[
+    "session_turn",
+    "session_started_at",
+    "seconds_since_session_start",
+    "seconds_since_previous_turn",
+    "previous_inference_id",
+    "session_tokens_so_far",
+    "session_cost_so_far",
+    "session_segment",
+    "session_inferred",
+    "session_late",
+];
+
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A trace and where it landed, serialized as one Openlayer row.
+struct RowView<'a> {
+    event: &'a TraceEvent,
+    inference_id: &'a str,
+    placement: &'a Placement,
+}
+
+struct StepsView<'a>(&'a [Step]);
+
+impl Serialize for StepsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(StepView))
+    }
+}
+
+struct StepView<'a>(&'a Step);
+
+impl Serialize for StepView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let step = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("name", &step.name)?;
+        map.serialize_entry("id", &step.id)?;
+        map.serialize_entry("type", &step.step_type)?;
+        map.serialize_entry("inputs", &step.inputs)?;
+        map.serialize_entry("output", &step.output)?;
+        map.serialize_entry("groundTruth", &Value::Null)?;
+        map.serialize_entry("metadata", &step.metadata)?;
+        map.serialize_entry("steps", &StepsView(&step.steps))?;
+        map.serialize_entry("latency", &step.latency_ms)?;
+        map.serialize_entry("startTime", &seconds(step.start_time_ms))?;
+        map.serialize_entry("endTime", &seconds(step.end_time_ms))?;
+        if let Some(prompt_tokens) = step.prompt_tokens {
+            map.serialize_entry("promptTokens", &prompt_tokens)?;
+        }
+        if let Some(completion_tokens) = step.completion_tokens {
+            map.serialize_entry("completionTokens", &completion_tokens)?;
+        }
+        if let Some(tokens) = step.tokens {
+            map.serialize_entry("tokens", &tokens)?;
+        }
+        if let Some(cost) = step.cost {
+            map.serialize_entry("cost", &cost)?;
+        }
+        if let Some(model) = &step.model {
+            map.serialize_entry("model", model)?;
+        }
+        map.end()
+    }
+}
+
+/// The top-level `user_call` step: the traced function itself.
+struct RootStepView<'a> {
+    event: &'a TraceEvent,
+    inference_id: &'a str,
+}
+
+impl Serialize for RootStepView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let event = self.event;
+        let latency_ms = event.latency_ms.unwrap_or(0.0);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("name", &event.name)?;
+        map.serialize_entry("id", self.inference_id)?;
+        map.serialize_entry("type", "user_call")?;
+        map.serialize_entry("inputs", &event.inputs)?;
+        map.serialize_entry("output", &event.output)?;
+        map.serialize_entry("groundTruth", &Value::Null)?;
+        map.serialize_entry("metadata", &event.metadata)?;
+        map.serialize_entry("steps", &StepsView(&event.steps))?;
+        map.serialize_entry("latency", &latency_ms)?;
+        map.serialize_entry("startTime", &seconds(event.timestamp_ms))?;
+        map.serialize_entry("endTime", &((event.timestamp_ms as f64 + latency_ms) / 1000.0))?;
+        if let Some(model) = &event.model {
+            map.serialize_entry("model", model)?;
+        }
+        map.end()
+    }
+}
+
+fn serialize_turn<M: SerializeMap>(map: &mut M, turn: &Turn) -> Result<(), M::Error> {
+    map.serialize_entry("session_turn", &turn.turn)?;
+    map.serialize_entry("session_started_at", &seconds(turn.started_at_ms))?;
+    map.serialize_entry("seconds_since_session_start", &seconds(turn.since_start_ms))?;
+    map.serialize_entry(
+        "seconds_since_previous_turn",
+        &turn.since_previous_ms.map(seconds),
+    )?;
+    map.serialize_entry("previous_inference_id", &turn.previous_inference_id)?;
+    map.serialize_entry("session_tokens_so_far", &turn.tokens_so_far)?;
+    map.serialize_entry("session_cost_so_far", &turn.cost_so_far)?;
+    map.serialize_entry("session_segment", &turn.segment)?;
+    map.serialize_entry("session_inferred", &turn.inferred)?;
+    map.serialize_entry("session_late", &false)
+}
+
+fn serialize_flattened<M: SerializeMap>(
+    map: &mut M,
+    columns: &JsonMap,
+    taken: impl Fn(&str) -> bool,
+) -> Result<(), M::Error> {
+    for (name, value) in columns {
+        if !RESERVED_COLUMNS.contains(&name.as_str()) && !taken(name) {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+impl Serialize for RowView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let event = self.event;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("inferenceId", self.inference_id)?;
+        map.serialize_entry("inferenceTimestamp", &seconds(event.timestamp_ms))?;
+        map.serialize_entry("output", &event.output)?;
+        map.serialize_entry("latency", &event.latency_ms)?;
+        map.serialize_entry("tokens", &event.tokens)?;
+        map.serialize_entry("cost", &event.cost)?;
+        map.serialize_entry(
+            "steps",
+            &[RootStepView {
+                event,
+                inference_id: self.inference_id,
+            }],
+        )?;
+        match self.placement {
+            Placement::Turn(turn) => {
+                let user_id = turn.user_id.as_deref().or(event.user_id.as_deref());
+                if let Some(user_id) = user_id {
+                    map.serialize_entry("user_id", user_id)?;
+                }
+                map.serialize_entry("session_id", &turn.key.session_id)?;
+                serialize_turn(&mut map, turn)?;
+            }
+            Placement::Late {
+                session_id,
+                user_id,
+            } => {
+                if let Some(user_id) = user_id {
+                    map.serialize_entry("user_id", user_id)?;
+                }
+                if let Some(session_id) = session_id {
+                    map.serialize_entry("session_id", session_id)?;
+                }
+                map.serialize_entry("session_late", &true)?;
+            }
+            Placement::Passthrough | Placement::End { .. } => {
+                if let Some(user_id) = &event.user_id {
+                    map.serialize_entry("user_id", user_id)?;
+                }
+            }
+        }
+        serialize_flattened(&mut map, &event.inputs, |_| false)?;
+        serialize_flattened(&mut map, &event.metadata, |name| {
+            event.inputs.contains_key(name)
+        })?;
+        map.end()
+    }
+}
+
+/// The Openlayer row of `event` placed by the session window.
+///
+/// # Panics
+/// Never in practice: serializing the record cannot fail (string keys only).
+pub fn openlayer_row(event: &TraceEvent, inference_id: &str, placement: &Placement) -> RowJson {
+    let view = RowView {
+        event,
+        inference_id,
+        placement,
+    };
+    #[allow(clippy::expect_used)]
+    let text = serde_json::to_string(&view).expect("rows always serialize");
+    #[allow(clippy::expect_used)]
+    serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid json")
+}
+
+/// Whether the row carries `user_id` / `session_id` columns (the config names them only then).
+pub fn row_id_columns(event: &TraceEvent, placement: &Placement) -> (bool, bool) {
+    match placement {
+        Placement::Turn(turn) => (turn.user_id.is_some() || event.user_id.is_some(), true),
+        Placement::Late {
+            session_id,
+            user_id,
+        } => (user_id.is_some(), session_id.is_some()),
+        Placement::Passthrough | Placement::End { .. } => (event.user_id.is_some(), false),
+    }
+}
+
+/// The `config` of a data-stream request for rows with these input columns and id columns.
+pub fn openlayer_config(input_names: &BTreeSet<String>, has_user: bool, has_session: bool) -> Value {
+    let mut config = serde_json::json!({
+        "outputColumnName": "output",
+        "inputVariableNames": input_names,
+        "latencyColumnName": "latency",
+        "costColumnName": "cost",
+        "timestampColumnName": "inferenceTimestamp",
+        "inferenceIdColumnName": "inferenceId",
+        "numOfTokenColumnName": "tokens",
+    });
+    if has_user {
+        config["userIdColumnName"] = Value::from("user_id");
+    }
+    if has_session {
+        config["sessionIdColumnName"] = Value::from("session_id");
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessionize::SessionKey;
+    use serde_json::json;
+
+    fn event() -> TraceEvent {
+        let mut event = TraceEvent::new("chat", 1_700_000_000_250);
+        event.inference_id = Some("inf-2".into());
+        event.user_id = Some("ana".into());
+        event.session_id = Some("trip".into());
+        event.inputs.insert("user_message".into(), json!("Best time for Lisbon?"));
+        event.inputs.insert("inferenceId".into(), json!("collides"));
+        event.metadata.insert("region".into(), json!("eu"));
+        event.metadata.insert("user_message".into(), json!("collides with input"));
+        event.output = json!("Spring.");
+        event.latency_ms = Some(1500.0);
+        event.tokens = Some(49);
+        event.cost = Some(0.002);
+        event.steps = vec![Step {
+            id: "step-1".into(),
+            name: "complete".into(),
+            step_type: "chat_completion".into(),
+            inputs: JsonMap::new(),
+            output: json!("Spring."),
+            start_time_ms: 1_700_000_000_300,
+            end_time_ms: 1_700_000_001_700,
+            latency_ms: 1400.0,
+            tokens: Some(49),
+            prompt_tokens: Some(42),
+            completion_tokens: Some(7),
+            cost: Some(0.002),
+            model: Some("gpt-4o-mini".into()),
+            metadata: JsonMap::new(),
+            steps: Vec::new(),
+        }];
+        event
+    }
+
+    fn second_turn() -> Placement {
+        Placement::Turn(Turn {
+            key: SessionKey {
+                pipeline_id: "pipe".into(),
+                session_id: "trip".into(),
+            },
+            user_id: Some("ana".into()),
+            segment: 0,
+            inferred: false,
+            turn: 2,
+            started_at_ms: 1_700_000_000_000 - 60_000,
+            since_start_ms: 60_250,
+            since_previous_ms: Some(30_000),
+            previous_inference_id: Some("inf-1".into()),
+            tokens_so_far: 90,
+            cost_so_far: 0.004,
+            late_within_grace: false,
+        })
+    }
+
+    fn row(placement: &Placement) -> Value {
+        let event = event();
+        serde_json::from_str(openlayer_row(&event, "inf-2", placement).get()).expect("json")
+    }
+
+    #[test]
+    fn maps_a_turn_to_the_tracer_row_shape_with_session_columns() {
+        let row = row(&second_turn());
+        assert_eq!(row["inferenceId"], "inf-2");
+        assert_eq!(row["inferenceTimestamp"], 1_700_000_000.25);
+        assert_eq!(row["output"], "Spring.");
+        assert_eq!(row["latency"], 1500.0);
+        assert_eq!(row["tokens"], 49);
+        assert_eq!(row["user_id"], "ana");
+        assert_eq!(row["session_id"], "trip");
+        assert_eq!(row["user_message"], "Best time for Lisbon?");
+        assert_eq!(row["region"], "eu");
+        assert_eq!(row["session_turn"], 2);
+        assert_eq!(row["seconds_since_previous_turn"], 30.0);
+        assert_eq!(row["previous_inference_id"], "inf-1");
+        assert_eq!(row["session_tokens_so_far"], 90);
+        assert_eq!(row["session_late"], false);
+        let root = &row["steps"][0];
+        assert_eq!(root["type"], "user_call");
+        assert_eq!(root["endTime"], 1_700_000_001.75);
+        let completion = &root["steps"][0];
+        assert_eq!(completion["type"], "chat_completion");
+        assert_eq!(completion["promptTokens"], 42);
+        assert_eq!(completion["model"], "gpt-4o-mini");
+    }
+
+    /// Top-level keys of a JSON object in order, duplicates kept.
+    struct TopLevelKeys(Vec<String>);
+
+    impl<'de> serde::Deserialize<'de> for TopLevelKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = TopLevelKeys;
+                fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    formatter.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<TopLevelKeys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        keys.push(key);
+                    }
+                    Ok(TopLevelKeys(keys))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+
+    #[test]
+    fn flattened_columns_never_overwrite_row_columns() {
+        let text = openlayer_row(&event(), "inf-2", &second_turn()).get().to_owned();
+        let TopLevelKeys(keys) = serde_json::from_str(&text).expect("object");
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "duplicate columns in {keys:?}");
+        assert_eq!(row(&second_turn())["user_message"], "Best time for Lisbon?");
+        assert_eq!(row(&second_turn())["inferenceId"], "inf-2");
+    }
+
+    #[test]
+    fn late_and_passthrough_rows_carry_no_turn_columns() {
+        let late = row(&Placement::Late {
+            session_id: Some("trip".into()),
+            user_id: Some("ana".into()),
+        });
+        assert_eq!(late["session_late"], true);
+        assert!(late.get("session_turn").is_none());
+        let plain = row(&Placement::Passthrough);
+        assert!(plain.get("session_id").is_none());
+        assert!(plain.get("session_late").is_none());
+        assert_eq!(plain["user_id"], "ana");
+    }
+
+    #[test]
+    fn config_names_id_columns_only_when_rows_carry_them() {
+        let inputs = BTreeSet::from(["user_message".to_owned()]);
+        let config = openlayer_config(&inputs, true, true);
+        assert_eq!(config["userIdColumnName"], "user_id");
+        assert_eq!(config["sessionIdColumnName"], "session_id");
+        assert_eq!(config["inputVariableNames"], json!(["user_message"]));
+        let config = openlayer_config(&inputs, false, false);
+        assert!(config.get("userIdColumnName").is_none());
+        assert!(config.get("sessionIdColumnName").is_none());
+    }
+}
