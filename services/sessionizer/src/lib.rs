@@ -13,6 +13,8 @@
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`
 //! - [`secret`]: a string that never prints
 
+pub mod batch;
+pub mod commit;
 pub mod config;
 pub mod enrich;
 pub mod http;
