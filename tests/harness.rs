@@ -5,10 +5,12 @@
 //! `KAFKA_BOOTSTRAP`). Without it these tests fail with a message saying so: they are never
 //! skipped silently.
 
+pub mod openlayer_server;
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,8 @@ pub struct ReadRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Header names and values (values read as UTF-8, lossily).
+    pub headers: Vec<(String, String)>,
 }
 
 /// Reads `topic` from the beginning of each of its `partitions` until `expected` records
@@ -91,7 +95,23 @@ pub fn read_topic(
             continue;
         };
         let message = result.expect("consume");
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        let value = header
+                            .value
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
+                        (header.key.to_owned(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         records.push(ReadRecord {
+            headers,
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),

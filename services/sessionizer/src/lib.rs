@@ -10,18 +10,22 @@
 //! - [`batch`]: rows grouped per Openlayer pipeline, flushed by rows, bytes or linger
 //! - [`sink`]: Openlayer data-stream client with the retry policy
 //! - [`commit`]: the lowest fully acknowledged offset per partition
-//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`
+//! - [`pipeline`]: the task that runs the stages, rebalances and shutdown
+//! - [`metrics`], [`health`], [`http`]: `/metrics`, `/healthz`, `/readyz`
 //! - [`secret`]: a string that never prints
 
 pub mod batch;
 pub mod commit;
 pub mod config;
 pub mod enrich;
+pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod pipeline;
 pub mod secret;
 pub mod sessionize;
 pub mod sink;
+pub mod source;
 
 /// Version of this build, as `--version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,8 +5,8 @@
 //! never user, session or inference ids, raw error text or URLs.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Buckets for lags and delays: from 5 ms to 30 minutes.
@@ -14,13 +14,16 @@ const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 /// Buckets for Openlayer request durations.
-const REQUEST_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const REQUEST_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 /// Buckets for session durations: from a minute to a day.
 const SESSION_DURATION_BUCKETS: &[f64] = &[
     1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
 ];
 /// Buckets for turns per session.
-const SESSION_TURN_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0];
+const SESSION_TURN_BUCKETS: &[f64] =
+    &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0];
 
 /// Handles to every metric; cheap to clone (clones share the values).
 #[derive(Debug, Clone)]
@@ -214,7 +217,7 @@ impl Metrics {
             rows_in_flight: gauge(
                 registry,
                 "sessionizer_rows_in_flight",
-                "Rows enriched and not yet acknowledged by Openlayer or dead-lettered.",
+                "Messages consumed and not yet settled (row acknowledged by Openlayer or dead-lettered).",
             )?,
             end_to_end_delay: histogram(
                 registry,

@@ -1,0 +1,100 @@
+//! Liveness and readiness as the pipeline reports them and `/healthz` / `/readyz` read them.
+//!
+//! Liveness means the processing loop is making progress, not that the process exists: the
+//! loop records progress on every message and tick, and a stuck loop stops doing so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Shared health flags; cheap to clone (clones share the values).
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    inner: Arc<HealthFlags>,
+}
+
+#[derive(Debug, Default)]
+struct HealthFlags {
+    last_progress_ms: AtomicU64,
+    assigned: AtomicBool,
+    broker_reachable: AtomicBool,
+    sink_failing: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Why the service is not ready, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    NoPartitionsAssigned,
+    BrokerUnreachable,
+    SinkFailing,
+}
+
+impl NotReady {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReady::NoPartitionsAssigned => "no partitions assigned",
+            NotReady::BrokerUnreachable => "kafka broker unreachable",
+            NotReady::SinkFailing => "openlayer requests failing",
+        }
+    }
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Health::default()
+    }
+
+    /// The loop moved: a message, an acknowledgement or a tick.
+    pub fn record_progress(&self) {
+        self.inner
+            .last_progress_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn set_assigned(&self, assigned: bool) {
+        self.inner.assigned.store(assigned, Ordering::Relaxed);
+    }
+
+    pub fn set_broker_reachable(&self, reachable: bool) {
+        self.inner
+            .broker_reachable
+            .store(reachable, Ordering::Relaxed);
+    }
+
+    pub fn set_sink_failing(&self, failing: bool) {
+        self.inner.sink_failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Alive when the loop made progress within `window`.
+    pub fn is_alive(&self, window: Duration) -> bool {
+        let last = self.inner.last_progress_ms.load(Ordering::Relaxed);
+        last != 0
+            && now_ms().saturating_sub(last)
+                <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Ready when partitions are assigned, the broker answers and the sink is not failing.
+    ///
+    /// # Errors
+    /// The first check that fails.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if !self.inner.broker_reachable.load(Ordering::Relaxed) {
+            return Err(NotReady::BrokerUnreachable);
+        }
+        if !self.inner.assigned.load(Ordering::Relaxed) {
+            return Err(NotReady::NoPartitionsAssigned);
+        }
+        if self.inner.sink_failing.load(Ordering::Relaxed) {
+            return Err(NotReady::SinkFailing);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The Kafka consumer of the traces topic and the producer of side outputs (dead letters,
+//! session summaries).
+//!
+//! Rebalance protocol: rdkafka calls the context's rebalance hooks synchronously from inside
+//! the consumer's poll, which runs on the pipeline task itself. The hooks therefore never wait
+//! for the pipeline (that would deadlock); they do the synchronous part at once (commit the
+//! offsets already stored, i.e. acknowledged) and leave a [`RebalanceEvent`] for the pipeline,
+//! which drains them before handling anything else. Rows still in flight for a revoked
+//! partition are not committed; its new owner redoes them (at-least-once).
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+
+/// Consumer settings of the traces topic.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    /// `None` turns session summaries off.
+    pub sessions_topic: Option<String>,
+    pub session_timeout_ms: u32,
+    /// librdkafka settings applied last (TLS, SASL, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+/// A change of ownership, for the pipeline to apply to its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// High watermarks per partition, from the fetch responses librdkafka reports in its
+/// statistics (not from ListOffsets requests, which cost a round trip and which some brokers
+/// answer wrongly).
+pub type HighWatermarks = Arc<Mutex<HashMap<i32, i64>>>;
+
+/// Consumer context: turns rebalances into events and statistics into high watermarks.
+pub struct SourceContext {
+    topic: String,
+    events: Mutex<Sender<RebalanceEvent>>,
+    high_watermarks: HighWatermarks,
+}
+
+impl std::fmt::Debug for SourceContext {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SourceContext")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut high_watermarks = self
+            .high_watermarks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for partition in topic.partitions.values() {
+            // -1 is librdkafka's "not fetched yet"; the internal partition is -1 too.
+            if partition.partition >= 0 && partition.hi_offset >= 0 {
+                high_watermarks.insert(partition.partition, partition.hi_offset);
+            }
+        }
+    }
+}
+
+fn partitions_of(list: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
+    let mut partitions: Vec<i32> = list
+        .elements()
+        .iter()
+        .filter(|element| element.topic() == topic)
+        .map(|element| element.partition())
+        .collect();
+    partitions.sort_unstable();
+    partitions
+}
+
+impl SourceContext {
+    fn send(&self, event: RebalanceEvent) {
+        let sender = self
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The pipeline owns the receiver for the consumer's whole life.
+        let _pipeline_gone = sender.send(event);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = partitions_of(list, &self.topic);
+            // Offsets stored so far are acknowledged ones: commit them while we still own
+            // the partitions, so the next owner starts exactly after them.
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // NoOffset: nothing stored since the last commit.
+                tracing::debug!(%error, "commit on revoke");
+            }
+            tracing::info!(?partitions, "partitions revoked");
+            self.send(RebalanceEvent::Revoked(partitions));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = partitions_of(list, &self.topic);
+                tracing::info!(?partitions, "partitions assigned");
+                self.send(RebalanceEvent::Assigned(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
+/// The traces consumer, its rebalance events and the high watermarks it observed.
+pub struct Source {
+    pub consumer: StreamConsumer<SourceContext>,
+    pub rebalances: Receiver<RebalanceEvent>,
+    pub high_watermarks: HighWatermarks,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Source").finish_non_exhaustive()
+    }
+}
+
+/// Creates the consumer of the traces topic and subscribes it.
+///
+/// # Errors
+/// Invalid librdkafka settings or a failed subscription.
+pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error::KafkaError> {
+    let (sender, rebalances) = channel();
+    let high_watermarks = HighWatermarks::default();
+    let context = SourceContext {
+        topic: settings.topic.clone(),
+        events: Mutex::new(sender),
+        high_watermarks: high_watermarks.clone(),
+    };
+    let heartbeat_ms = (settings.session_timeout_ms / 3).max(100);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("group.id", &settings.group_id)
+        // Offsets are stored only once every row at and below them is acknowledged
+        // (commit.rs); librdkafka then commits the stored offsets periodically.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // A new group reads the topic from the start: no trace is skipped.
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set("heartbeat.interval.ms", heartbeat_ms.to_string())
+        // Statistics carry the fetch high watermark for the consumer-lag metric.
+        .set("statistics.interval.ms", "2000")
+        // Classic protocol: KIP-848 groups are not available on every broker.
+        .set("group.protocol", "classic");
+    for (key, value) in &settings.client {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer<SourceContext> = config.create_with_context(context)?;
+    consumer.subscribe(&[settings.topic.as_str()])?;
+    Ok(Source {
+        consumer,
+        rebalances,
+        high_watermarks,
+    })
+}
+
+/// Creates the producer of dead letters and session summaries.
+///
+/// # Errors
+/// Invalid librdkafka settings.
+pub fn create_producer(
+    settings: &KafkaSettings,
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        // A dead letter settles its offset only once Kafka has it: no duplicates, no loss.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20");
+    for (key, value) in &settings.client {
+        // librdkafka ignores (with a warning) consumer-only settings on a producer.
+        config.set(key, value);
+    }
+    config.create()
+}

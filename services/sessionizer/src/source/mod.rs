@@ -1,0 +1,4 @@
+//! The source stage: the traces consumer group and the dead-letter side output.
+
+pub mod dlq;
+pub mod kafka;

@@ -1,0 +1,437 @@
+//! The sessionizer pipeline end to end: traces produced through the helpers to the real
+//! broker, consumed as a group, sessionized, enriched and shipped to a local
+//! Openlayer-compatible server that checks every request.
+
+use end_to_end::openlayer_server::OpenlayerServer;
+use end_to_end::{ReadRecord, bootstrap, create_topic, read_topic, unique_name};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use sessionizer::batch::BatchSettings;
+use sessionizer::health::Health;
+use sessionizer::metrics::Metrics;
+use sessionizer::pipeline::{PipelineSettings, run};
+use sessionizer::secret::Secret;
+use sessionizer::sessionize::WindowSettings;
+use sessionizer::sink::SinkSettings;
+use sessionizer::source::kafka::KafkaSettings;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use trace_model::{Encoding, Limits, TraceEvent, TraceKind};
+
+const PARTITIONS: i32 = 3;
+const API_KEY: &str = "test-key-not-a-secret";
+const PIPELINE: &str = "pipeline-main";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+struct Topics {
+    traces: String,
+    dead_letters: String,
+    sessions: String,
+}
+
+async fn topics() -> Topics {
+    let bootstrap = bootstrap();
+    let topics = Topics {
+        traces: unique_name("traces"),
+        dead_letters: unique_name("dlq"),
+        sessions: unique_name("sessions"),
+    };
+    create_topic(&bootstrap, &topics.traces, PARTITIONS).await;
+    create_topic(&bootstrap, &topics.dead_letters, 1).await;
+    create_topic(&bootstrap, &topics.sessions, 1).await;
+    topics
+}
+
+fn settings(topics: &Topics, server: &OpenlayerServer) -> PipelineSettings {
+    PipelineSettings {
+        kafka: KafkaSettings {
+            bootstrap_servers: bootstrap(),
+            group_id: unique_name("sessionizer"),
+            topic: topics.traces.clone(),
+            dead_letter_topic: topics.dead_letters.clone(),
+            sessions_topic: Some(topics.sessions.clone()),
+            // Short: the test broker holds each JoinGroup for half of it.
+            session_timeout_ms: 6000,
+            client: BTreeMap::new(),
+        },
+        windows: WindowSettings {
+            gap: Duration::from_secs(3),
+            max_duration: Duration::from_secs(3600),
+            grace: Duration::from_secs(60),
+            infer_user_sessions: false,
+            user_gap: Duration::from_secs(3),
+        },
+        idle_check: Duration::from_millis(200),
+        default_pipeline_id: Some(PIPELINE.to_owned()),
+        batch: BatchSettings {
+            max_rows: 50,
+            max_bytes: 1024 * 1024,
+            linger: Duration::from_millis(100),
+        },
+        max_in_flight_requests: 2,
+        max_unacked_rows: 10_000,
+        sink: SinkSettings {
+            base_url: server.base_url(),
+            api_key: Secret::new(API_KEY),
+            request_timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            retry_deadline: None,
+            verify_tls: true,
+        },
+        limits: Limits::default(),
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    registry: prometheus::Registry,
+}
+
+fn start(settings: PipelineSettings) -> Running {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry).expect("metrics");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        run(settings, metrics, Health::default(), async {
+            // A dropped sender stops the pipeline too.
+            let _stop_or_drop = stopped.await;
+        })
+        .await
+        .expect("pipeline runs");
+    });
+    Running {
+        stop: Some(stop),
+        task,
+        registry,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) -> prometheus::Registry {
+        if let Some(stop) = self.stop.take() {
+            let _already_stopped = stop.send(());
+        }
+        (&mut self.task).await.expect("pipeline task");
+        self.registry.clone()
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
+    let mut record = FutureRecord::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| error)
+        .expect("produced");
+}
+
+fn chat_trace(user: &str, session: &str, turn: i64, at_ms: i64) -> TraceEvent {
+    let mut event = TraceEvent::new("chat", at_ms);
+    event.inference_id = Some(format!("{session}-turn-{turn}"));
+    event.user_id = Some(user.to_owned());
+    event.session_id = Some(session.to_owned());
+    event.inputs.insert(
+        "user_message".into(),
+        Value::from(format!("question {turn}")),
+    );
+    event.output = Value::from(format!("answer {turn}"));
+    event.latency_ms = Some(120.0);
+    event.tokens = Some(10 * turn);
+    event.cost = Some(0.001 * turn as f64);
+    event
+}
+
+async fn produce_trace(producer: &FutureProducer, topic: &str, event: &TraceEvent) {
+    let payload = trace_model::encode(event, Encoding::Avro).expect("encode");
+    produce(producer, topic, event.partition_key(), &payload).await;
+}
+
+fn by_inference_id(rows: &[Value]) -> HashMap<String, Value> {
+    rows.iter()
+        .map(|row| {
+            (
+                row["inferenceId"].as_str().expect("id").to_owned(),
+                row.clone(),
+            )
+        })
+        .collect()
+}
+
+fn header(record: &ReadRecord, name: &str) -> Option<String> {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ships_every_trace_once_with_session_enrichment() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    let producer = producer();
+    let base = now_ms();
+    let mut expected = Vec::new();
+    for session in 0..12 {
+        let user = format!("user-{}", session % 4);
+        let session_id = format!("session-{session}");
+        for turn in 1..=5 {
+            let event = chat_trace(&user, &session_id, turn, base + turn * 1000);
+            produce_trace(&producer, &topics.traces, &event).await;
+            expected.push(event);
+        }
+    }
+    let mut anonymous = TraceEvent::new("anonymous", base);
+    anonymous.inference_id = Some("no-ids".into());
+    anonymous.output = Value::from("hello");
+    produce_trace(&producer, &topics.traces, &anonymous).await;
+
+    let running = start(settings(&topics, &server));
+    let rows = server.wait_for_rows(61, Duration::from_secs(60)).await;
+    let registry = running.stop().await;
+
+    assert_eq!(rows.len(), 61, "every trace shipped once");
+    let rows = by_inference_id(&rows);
+    assert_eq!(rows.len(), 61, "no inference id shipped twice");
+    for event in &expected {
+        let id = event.inference_id.as_deref().expect("id");
+        let row = &rows[id];
+        let turn = id
+            .rsplit('-')
+            .next()
+            .expect("turn")
+            .parse::<i64>()
+            .expect("number");
+        assert_eq!(row["session_turn"], turn, "{row}");
+        assert_eq!(
+            row["session_id"],
+            event.session_id.as_deref().expect("session")
+        );
+        assert_eq!(row["user_id"], event.user_id.as_deref().expect("user"));
+        assert_eq!(row["user_message"], format!("question {turn}"));
+        assert_eq!(
+            row["session_tokens_so_far"],
+            (1..=turn).map(|t| 10 * t).sum::<i64>()
+        );
+        assert_eq!(row["seconds_since_session_start"], (turn - 1) as f64);
+        if turn == 1 {
+            assert_eq!(row["previous_inference_id"], Value::Null);
+        } else {
+            let session = event.session_id.as_deref().expect("session");
+            assert_eq!(
+                row["previous_inference_id"],
+                format!("{session}-turn-{}", turn - 1)
+            );
+            assert_eq!(row["seconds_since_previous_turn"], 1.0);
+        }
+    }
+    assert!(
+        rows["no-ids"].get("session_turn").is_none(),
+        "passthrough row is not enriched"
+    );
+
+    for request in server.requests() {
+        assert!(request.accepted());
+        assert_eq!(request.pipeline_id, PIPELINE);
+        let config = request.config.expect("config");
+        assert_eq!(config["inferenceIdColumnName"], "inferenceId");
+        assert_eq!(config["timestampColumnName"], "inferenceTimestamp");
+        if request
+            .rows
+            .iter()
+            .any(|row| row.get("session_id").is_some())
+        {
+            assert_eq!(config["sessionIdColumnName"], "session_id");
+            assert_eq!(config["userIdColumnName"], "user_id");
+        }
+    }
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("metrics");
+    assert!(
+        metrics.contains("sessionizer_rows_shipped_total 61"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sessionizer_events_consumed_total 61"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    let producer = producer();
+    let base = now_ms();
+    let good = chat_trace("ana", "poison-test", 1, base);
+    let valid = trace_model::encode(&good, Encoding::Avro).expect("encode");
+    let mut too_long_user = chat_trace(&"u".repeat(201), "poison-test", 2, base);
+    too_long_user.inference_id = Some("long-user".into());
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", valid[..valid.len() / 2].to_vec()),
+        ("unknown_framing", b"\x42not a trace".to_vec()),
+        ("invalid_utf8", b"{\"name\": \"\xff\xfe\"}".to_vec()),
+        ("json_shape", b"{\"name\": 5}".to_vec()),
+        (
+            "id_too_long",
+            trace_model::encode(&too_long_user, Encoding::Json).expect("encode"),
+        ),
+    ];
+    produce(&producer, &topics.traces, Some("poison-test"), &valid).await;
+    for (_, payload) in &poison {
+        produce(&producer, &topics.traces, Some("poison-test"), payload).await;
+    }
+    let mut after = chat_trace("ana", "poison-test", 3, base + 1000);
+    after.inference_id = Some("after-poison".into());
+    produce_trace(&producer, &topics.traces, &after).await;
+
+    let running = start(settings(&topics, &server));
+    let rows = server.wait_for_rows(2, Duration::from_secs(60)).await;
+    let letters = read_topic(
+        &bootstrap(),
+        &topics.dead_letters,
+        1,
+        poison.len(),
+        Duration::from_secs(30),
+    );
+    running.stop().await;
+
+    let ids: HashSet<&str> = rows
+        .iter()
+        .filter_map(|row| row["inferenceId"].as_str())
+        .collect();
+    assert_eq!(ids, HashSet::from(["poison-test-turn-1", "after-poison"]));
+    assert_eq!(
+        letters.len(),
+        poison.len(),
+        "every poison message dead-lettered"
+    );
+    for ((reason, payload), letter) in poison.iter().zip(&letters) {
+        assert_eq!(header(letter, "error.reason").as_deref(), Some(*reason));
+        assert_eq!(header(letter, "error.stage").as_deref(), Some("decode"));
+        assert_eq!(
+            header(letter, "source.topic").as_deref(),
+            Some(topics.traces.as_str())
+        );
+        assert!(header(letter, "source.offset").is_some());
+        assert_eq!(&letter.payload, payload, "original bytes kept");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    server.reject_inference_id("refused-turn-2");
+    let producer = producer();
+    let base = now_ms();
+    for turn in 1..=3 {
+        produce_trace(
+            &producer,
+            &topics.traces,
+            &chat_trace("ben", "refused", turn, base + turn),
+        )
+        .await;
+    }
+    let mut config = settings(&topics, &server);
+    // One row per request, so only the refused row is refused.
+    config.batch.max_rows = 1;
+    let running = start(config);
+    let rows = server.wait_for_rows(2, Duration::from_secs(60)).await;
+    let letters = read_topic(
+        &bootstrap(),
+        &topics.dead_letters,
+        1,
+        1,
+        Duration::from_secs(30),
+    );
+    running.stop().await;
+
+    let ids: HashSet<&str> = rows
+        .iter()
+        .filter_map(|row| row["inferenceId"].as_str())
+        .collect();
+    assert_eq!(ids, HashSet::from(["refused-turn-1", "refused-turn-3"]));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(header(&letters[0], "error.stage").as_deref(), Some("sink"));
+    assert_eq!(header(&letters[0], "http.status").as_deref(), Some("400"));
+    let row: Value = serde_json::from_slice(&letters[0].payload).expect("row json");
+    assert_eq!(row["inferenceId"], "refused-turn-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    let producer = producer();
+    let base = now_ms();
+    let mut ended = chat_trace("cy", "ended", 1, base);
+    ended.pipeline_id = Some("pipeline-other".into());
+    produce_trace(&producer, &topics.traces, &ended).await;
+    let mut end = TraceEvent::new("session_end", base + 10);
+    end.kind = TraceKind::SessionEnd;
+    end.session_id = Some("ended".into());
+    end.pipeline_id = Some("pipeline-other".into());
+    produce_trace(&producer, &topics.traces, &end).await;
+    produce_trace(
+        &producer,
+        &topics.traces,
+        &chat_trace("dee", "quiet", 1, base),
+    )
+    .await;
+
+    let running = start(settings(&topics, &server));
+    server.wait_for_rows(2, Duration::from_secs(60)).await;
+    // The quiet session closes a gap (3 s) after its trace on the wall clock.
+    let summaries = read_topic(
+        &bootstrap(),
+        &topics.sessions,
+        1,
+        2,
+        Duration::from_secs(60),
+    );
+    running.stop().await;
+
+    assert_eq!(server.rows_for("pipeline-other").len(), 1);
+    assert_eq!(server.rows_for(PIPELINE).len(), 1);
+    let mut reasons: Vec<(String, String)> = summaries
+        .iter()
+        .map(|record| {
+            let summary = trace_model::codec::avro::decode_session_summary(&record.payload)
+                .expect("summary decodes");
+            assert_eq!(summary.num_turns, 1);
+            (summary.session_id, summary.close_reason)
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("ended".to_owned(), "end_event".to_owned()),
+            ("quiet".to_owned(), "idle".to_owned())
+        ]
+    );
+}
