@@ -128,7 +128,10 @@ impl Serialize for RootStepView<'_> {
         map.serialize_entry("steps", &StepsView(&event.steps))?;
         map.serialize_entry("latency", &latency_ms)?;
         map.serialize_entry("startTime", &seconds(event.timestamp_ms))?;
-        map.serialize_entry("endTime", &((event.timestamp_ms as f64 + latency_ms) / 1000.0))?;
+        map.serialize_entry(
+            "endTime",
+            &((event.timestamp_ms as f64 + latency_ms) / 1000.0),
+        )?;
         if let Some(model) = &event.model {
             map.serialize_entry("model", model)?;
         }
@@ -246,7 +249,11 @@ pub fn row_id_columns(event: &TraceEvent, placement: &Placement) -> (bool, bool)
 }
 
 /// The `config` of a data-stream request for rows with these input columns and id columns.
-pub fn openlayer_config(input_names: &BTreeSet<String>, has_user: bool, has_session: bool) -> Value {
+pub fn openlayer_config(
+    input_names: &BTreeSet<String>,
+    has_user: bool,
+    has_session: bool,
+) -> Value {
     let mut config = serde_json::json!({
         "outputColumnName": "output",
         "inputVariableNames": input_names,
@@ -276,10 +283,14 @@ mod tests {
         event.inference_id = Some("inf-2".into());
         event.user_id = Some("ana".into());
         event.session_id = Some("trip".into());
-        event.inputs.insert("user_message".into(), json!("Best time for Lisbon?"));
+        event
+            .inputs
+            .insert("user_message".into(), json!("Best time for Lisbon?"));
         event.inputs.insert("inferenceId".into(), json!("collides"));
         event.metadata.insert("region".into(), json!("eu"));
-        event.metadata.insert("user_message".into(), json!("collides with input"));
+        event
+            .metadata
+            .insert("user_message".into(), json!("collides with input"));
         event.output = json!("Spring.");
         event.latency_ms = Some(1500.0);
         event.tokens = Some(49);
@@ -384,7 +395,9 @@ mod tests {
 
     #[test]
     fn flattened_columns_never_overwrite_row_columns() {
-        let text = openlayer_row(&event(), "inf-2", &second_turn()).get().to_owned();
+        let text = openlayer_row(&event(), "inf-2", &second_turn())
+            .get()
+            .to_owned();
         let TopLevelKeys(keys) = serde_json::from_str(&text).expect("object");
         let unique: BTreeSet<&String> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "duplicate columns in {keys:?}");
