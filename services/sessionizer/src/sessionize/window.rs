@@ -86,7 +86,7 @@ impl SessionKey {
 }
 
 /// What the window knows about one open session: small, so millions fit in memory.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionState {
     pub user_id: Option<String>,
     /// 0 for the first window of this session id, +1 per window after a close.
@@ -470,6 +470,32 @@ impl PartitionWindows {
         }
         self.next_segment
             .retain(|_, (_, ended_ms)| clock.saturating_sub(*ended_ms) < gap);
+    }
+
+    /// Segment the next window of `key` starts at (non-zero after a max-duration split).
+    pub fn next_segment_of(&self, key: &SessionKey) -> i32 {
+        self.next_segment
+            .get(key)
+            .map_or(0, |(segment, _)| *segment)
+    }
+
+    /// Restores a pending max-duration continuation (state recovery).
+    pub fn restore_next_segment(&mut self, key: SessionKey, segment: i32, ended_ms: i64) {
+        self.next_segment.insert(key, (segment, ended_ms));
+    }
+
+    /// The key `event` would be placed under, without placing it (`None`: no session).
+    pub fn peek_key(&self, event: &TraceEvent, pipeline_id: &str) -> Option<SessionKey> {
+        match (&event.session_id, &event.user_id) {
+            (Some(session_id), _) => Some(SessionKey {
+                pipeline_id: pipeline_id.to_owned(),
+                session_id: session_id.clone(),
+            }),
+            (None, Some(_)) if self.settings().infer_user_sessions => {
+                Some(self.inferred_key(pipeline_id, event, event.timestamp_ms))
+            }
+            _ => None,
+        }
     }
 
     /// Removes every open session without a close reason (the partition moved elsewhere).

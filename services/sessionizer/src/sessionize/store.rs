@@ -1,0 +1,417 @@
+//! Session state that survives crashes and follows its partition: a changelog written as of
+//! the commit point.
+//!
+//! The scheme (DESIGN "changelog as of the commit point"):
+//! - For every session touched by a not-yet-settled message, the journal keeps the session's
+//!   state after each such message, and the partition's event time after each message.
+//! - A checkpoint of partition `p` at watermark `W` (everything below `W` settled) writes,
+//!   for every session whose state changed below `W` since the last checkpoint, its state
+//!   *as of `W`* (after exactly the messages below `W`) to changelog partition `p`, each
+//!   record carrying `W`; then a checkpoint record with `W` and the event time as of `W`.
+//!   Only when Kafka acknowledged all of them is `W` stored as the partition's offset.
+//! - On assignment the partition's records are read back (newest per key wins) and the
+//!   consumer resumes at the committed offset. Messages below the checkpoint's `W` are
+//!   skipped (already applied and acknowledged); a message of a session whose own record
+//!   carries a higher `W` (a crash halfway through a checkpoint) is skipped below that `W`.
+//!   Replayed messages thus get exactly the enrichment they had, and turn numbers and running
+//!   totals continue as if nothing happened.
+//!
+//! Records are JSON: the state is internal to the sessionizer and JSON keeps it readable
+//! with any Kafka tool. Closed sessions are written as closed (not as tombstones), so their
+//! `W` is kept.
+
+use super::window::{SessionKey, SessionState};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Key of the checkpoint record of a partition (cannot collide with a session key, which
+/// always starts with a digit).
+pub const CHECKPOINT_KEY: &str = "checkpoint";
+
+/// Changelog key of a session: length-prefixed so that no two (pipeline, session) pairs share
+/// one, whatever characters the ids hold.
+pub fn changelog_key(key: &SessionKey) -> String {
+    format!(
+        "{}:{}/{}",
+        key.pipeline_id.len(),
+        key.pipeline_id,
+        key.session_id
+    )
+}
+
+/// A session's state as of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Watermark this state is as of: it includes exactly the messages below it.
+    pub w: i64,
+    pub pipeline_id: String,
+    pub session_id: String,
+    /// `None`: no window open (closed by an end event, a gap, or idleness).
+    pub state: Option<SessionState>,
+    /// Segment the next window of this session starts at (non-zero after a max-duration split).
+    #[serde(default)]
+    pub next_segment: i32,
+}
+
+/// The partition's own checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub w: i64,
+    /// The partition's event time after the messages below `w`.
+    pub event_time_ms: Option<i64>,
+}
+
+/// One record to write to the changelog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangelogWrite {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// A session's state after one message, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateAfter {
+    pub state: Option<SessionState>,
+    pub next_segment: i32,
+}
+
+#[derive(Debug, Default)]
+struct KeyJournal {
+    /// State after the messages below the last checkpoint... or, once `pending` moved on, below
+    /// the current watermark. `None` inside `Some` means closed; outer `None` means unknown
+    /// (the session was not touched before: its base is whatever the window held then).
+    base: Option<StateAfter>,
+    pending: VecDeque<(i64, StateAfter)>,
+}
+
+/// The journal of one partition between checkpoints.
+#[derive(Debug, Default)]
+pub struct PartitionJournal {
+    keys: HashMap<SessionKey, KeyJournal>,
+    /// Event time after each unsettled message.
+    event_times: VecDeque<(i64, Option<i64>)>,
+    base_event_time: Option<i64>,
+    /// Keys whose state as of the watermark changed since the last checkpoint.
+    dirty: HashSet<SessionKey>,
+    /// Watermark of the last checkpoint written.
+    checkpointed: Option<i64>,
+}
+
+impl PartitionJournal {
+    pub fn new(checkpointed: Option<i64>, event_time_ms: Option<i64>) -> Self {
+        PartitionJournal {
+            base_event_time: event_time_ms,
+            checkpointed,
+            ..PartitionJournal::default()
+        }
+    }
+
+    /// Records the state of `key` after the message at `offset`.
+    pub fn record_state(&mut self, offset: i64, key: &SessionKey, after: StateAfter) {
+        self.keys
+            .entry(key.clone())
+            .or_default()
+            .pending
+            .push_back((offset, after));
+    }
+
+    /// Records the partition's event time after the message at `offset`.
+    pub fn record_event_time(&mut self, offset: i64, event_time_ms: Option<i64>) {
+        self.event_times.push_back((offset, event_time_ms));
+    }
+
+    /// Watermark of the last checkpoint written.
+    pub fn checkpointed(&self) -> Option<i64> {
+        self.checkpointed
+    }
+
+    /// Moves the journal to watermark `w`: everything below `w` becomes the base.
+    fn advance(&mut self, w: i64) {
+        for (key, journal) in &mut self.keys {
+            let mut moved = false;
+            while journal
+                .pending
+                .front()
+                .is_some_and(|(offset, _)| *offset < w)
+            {
+                if let Some((_, after)) = journal.pending.pop_front() {
+                    journal.base = Some(after);
+                    moved = true;
+                }
+            }
+            if moved {
+                self.dirty.insert(key.clone());
+            }
+        }
+        while self
+            .event_times
+            .front()
+            .is_some_and(|(offset, _)| *offset < w)
+        {
+            if let Some((_, event_time)) = self.event_times.pop_front() {
+                self.base_event_time = event_time;
+            }
+        }
+    }
+
+    /// The records of a checkpoint at watermark `w`, or nothing when `w` was checkpointed
+    /// already. Call [`PartitionJournal::checkpoint_written`] once Kafka has them all.
+    pub fn checkpoint(&mut self, w: i64) -> Vec<ChangelogWrite> {
+        if self
+            .checkpointed
+            .is_some_and(|checkpointed| checkpointed >= w)
+        {
+            return Vec::new();
+        }
+        self.advance(w);
+        let mut writes = Vec::with_capacity(self.dirty.len() + 1);
+        for key in self.dirty.drain() {
+            let Some(after) = self.keys.get(&key).and_then(|journal| journal.base.clone()) else {
+                continue;
+            };
+            let record = SessionRecord {
+                w,
+                pipeline_id: key.pipeline_id.clone(),
+                session_id: key.session_id.clone(),
+                state: after.state,
+                next_segment: after.next_segment,
+            };
+            writes.push(ChangelogWrite {
+                key: changelog_key(&key),
+                // Serializing plain data to a Vec cannot fail.
+                value: serde_json::to_vec(&record).unwrap_or_default(),
+            });
+        }
+        let checkpoint = CheckpointRecord {
+            w,
+            event_time_ms: self.base_event_time,
+        };
+        writes.push(ChangelogWrite {
+            key: CHECKPOINT_KEY.to_owned(),
+            value: serde_json::to_vec(&checkpoint).unwrap_or_default(),
+        });
+        // Keys with nothing pending are fully described by the window now; forget them.
+        self.keys.retain(|_, journal| !journal.pending.is_empty());
+        writes
+    }
+
+    /// Marks the checkpoint at `w` as durable.
+    pub fn checkpoint_written(&mut self, w: i64) {
+        self.checkpointed = Some(self.checkpointed.map_or(w, |previous| previous.max(w)));
+    }
+
+    /// Sessions with journal entries (for memory accounting in tests).
+    pub fn num_keys(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// What a partition's changelog holds, read back on assignment.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RestoredPartition {
+    pub checkpoint: Option<CheckpointRecord>,
+    /// Newest record per session.
+    pub sessions: HashMap<SessionKey, SessionRecord>,
+}
+
+impl RestoredPartition {
+    /// Applies one changelog record (in log order); undecodable records are skipped and
+    /// reported.
+    ///
+    /// # Errors
+    /// The record's JSON error, for the caller to count and log.
+    pub fn apply(&mut self, key: &[u8], value: &[u8]) -> Result<(), serde_json::Error> {
+        if key == CHECKPOINT_KEY.as_bytes() {
+            let checkpoint: CheckpointRecord = serde_json::from_slice(value)?;
+            if self
+                .checkpoint
+                .is_none_or(|current| checkpoint.w >= current.w)
+            {
+                self.checkpoint = Some(checkpoint);
+            }
+            return Ok(());
+        }
+        let record: SessionRecord = serde_json::from_slice(value)?;
+        let session_key = SessionKey {
+            pipeline_id: record.pipeline_id.clone(),
+            session_id: record.session_id.clone(),
+        };
+        self.sessions.insert(session_key, record);
+        Ok(())
+    }
+
+    /// Watermark below which every message was applied and acknowledged.
+    pub fn checkpoint_w(&self) -> Option<i64> {
+        self.checkpoint.map(|checkpoint| checkpoint.w)
+    }
+
+    /// Whether the message at `offset` of `key` is already in the restored state.
+    pub fn already_applied(&self, key: Option<&SessionKey>, offset: i64) -> bool {
+        if self.checkpoint_w().is_some_and(|w| offset < w) {
+            return true;
+        }
+        key.and_then(|key| self.sessions.get(key))
+            .is_some_and(|record| offset < record.w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(session: &str) -> SessionKey {
+        SessionKey {
+            pipeline_id: "pipe".into(),
+            session_id: session.into(),
+        }
+    }
+
+    fn state(turns: i64) -> SessionState {
+        SessionState {
+            user_id: Some("u".into()),
+            segment: 0,
+            inferred: false,
+            started_at_ms: 0,
+            last_event_ms: turns * 1000,
+            previous_turn_ms: turns * 1000,
+            turns,
+            tokens: turns * 10,
+            cost: 0.0,
+            latency_ms: 0.0,
+            first_inference_id: "first".into(),
+            last_inference_id: format!("t{turns}"),
+        }
+    }
+
+    fn after(turns: i64) -> StateAfter {
+        StateAfter {
+            state: Some(state(turns)),
+            next_segment: 0,
+        }
+    }
+
+    fn decode(writes: &[ChangelogWrite]) -> RestoredPartition {
+        let mut restored = RestoredPartition::default();
+        for write in writes {
+            restored
+                .apply(write.key.as_bytes(), &write.value)
+                .expect("record decodes");
+        }
+        restored
+    }
+
+    #[test]
+    fn writes_state_as_of_the_watermark_not_the_newest() {
+        let mut journal = PartitionJournal::new(None, None);
+        journal.record_state(0, &key("s"), after(1));
+        journal.record_event_time(0, Some(1000));
+        journal.record_state(1, &key("s"), after(2));
+        journal.record_event_time(1, Some(2000));
+        let restored = decode(&journal.checkpoint(1));
+        assert_eq!(restored.checkpoint_w(), Some(1));
+        assert_eq!(
+            restored.checkpoint.and_then(|c| c.event_time_ms),
+            Some(1000)
+        );
+        let record = &restored.sessions[&key("s")];
+        assert_eq!(record.w, 1);
+        assert_eq!(record.state.as_ref().map(|state| state.turns), Some(1));
+    }
+
+    #[test]
+    fn writes_only_sessions_that_changed_below_the_watermark() {
+        let mut journal = PartitionJournal::new(None, None);
+        journal.record_state(0, &key("a"), after(1));
+        journal.record_state(1, &key("b"), after(1));
+        let first = decode(&journal.checkpoint(1));
+        assert_eq!(first.sessions.len(), 1);
+        journal.checkpoint_written(1);
+        assert!(journal.checkpoint(1).is_empty(), "checkpointed already");
+        let second = decode(&journal.checkpoint(2));
+        assert_eq!(second.sessions.keys().collect::<Vec<_>>(), [&key("b")]);
+        assert_eq!(journal.num_keys(), 0, "nothing pending is kept");
+    }
+
+    #[test]
+    fn closed_sessions_are_written_as_closed_with_their_watermark() {
+        let mut journal = PartitionJournal::new(None, None);
+        journal.record_state(
+            4,
+            &key("s"),
+            StateAfter {
+                state: None,
+                next_segment: 2,
+            },
+        );
+        let restored = decode(&journal.checkpoint(5));
+        let record = &restored.sessions[&key("s")];
+        assert_eq!(
+            (record.state.is_none(), record.next_segment, record.w),
+            (true, 2, 5)
+        );
+    }
+
+    #[test]
+    fn replay_skips_messages_below_the_checkpoint_and_below_a_session_record() {
+        let mut restored = RestoredPartition::default();
+        let checkpoint = CheckpointRecord {
+            w: 10,
+            event_time_ms: None,
+        };
+        restored
+            .apply(
+                CHECKPOINT_KEY.as_bytes(),
+                &serde_json::to_vec(&checkpoint).expect("json"),
+            )
+            .expect("applies");
+        let record = SessionRecord {
+            w: 14,
+            pipeline_id: "pipe".into(),
+            session_id: "ahead".into(),
+            state: Some(state(3)),
+            next_segment: 0,
+        };
+        restored
+            .apply(
+                changelog_key(&key("ahead")).as_bytes(),
+                &serde_json::to_vec(&record).expect("json"),
+            )
+            .expect("applies");
+        assert!(restored.already_applied(None, 9));
+        assert!(!restored.already_applied(None, 10));
+        assert!(restored.already_applied(Some(&key("ahead")), 13));
+        assert!(!restored.already_applied(Some(&key("ahead")), 14));
+        assert!(!restored.already_applied(Some(&key("other")), 12));
+    }
+
+    #[test]
+    fn keys_of_different_id_splits_never_collide() {
+        let one = SessionKey {
+            pipeline_id: "a/b".into(),
+            session_id: "c".into(),
+        };
+        let two = SessionKey {
+            pipeline_id: "a".into(),
+            session_id: "b/c".into(),
+        };
+        assert_ne!(changelog_key(&one), changelog_key(&two));
+    }
+
+    #[test]
+    fn newest_checkpoint_wins_on_restore() {
+        let mut restored = RestoredPartition::default();
+        for w in [3, 7, 5] {
+            let checkpoint = CheckpointRecord {
+                w,
+                event_time_ms: Some(w),
+            };
+            restored
+                .apply(
+                    CHECKPOINT_KEY.as_bytes(),
+                    &serde_json::to_vec(&checkpoint).expect("json"),
+                )
+                .expect("applies");
+        }
+        assert_eq!(restored.checkpoint_w(), Some(7));
+    }
+}
