@@ -14,9 +14,11 @@ use crate::commit::OffsetTracker;
 use crate::enrich::{openlayer_row, row_id_columns};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{ClosedSession, PartitionWindows, Placement, WindowSettings};
 use crate::sink::openlayer::OpenlayerSink;
 use crate::sink::{ShipReport, SinkSettings};
+use crate::source::changelog::{ChangelogError, ensure_changelog_topic, read_partition};
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{KafkaSettings, RebalanceEvent, Source, create_producer, create_source};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -52,6 +54,8 @@ pub struct PipelineSettings {
     pub limits: Limits,
     /// Longest wait for acknowledgements at shutdown.
     pub drain_timeout: Duration,
+    /// How often session state is checkpointed to the changelog (and offsets stored).
+    pub checkpoint_interval: Duration,
 }
 
 /// Why the pipeline stopped with an error.
@@ -64,6 +68,8 @@ pub enum RunError {
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the openlayer client")]
     Sink(#[source] crate::sink::openlayer::SinkError),
+    #[error("failed to prepare the session state changelog")]
+    Changelog(#[source] ChangelogError),
 }
 
 fn wall_ms() -> i64 {
@@ -103,6 +109,14 @@ struct Pipeline {
     paused: bool,
     paused_since: Option<Instant>,
     last_idle_check: Instant,
+    /// Per-partition journal of state changes since the last checkpoint.
+    journals: HashMap<i32, PartitionJournal>,
+    /// What each partition's changelog held at assignment, for skipping replayed messages.
+    restored: HashMap<i32, RestoredPartition>,
+    /// Checkpoint writes awaiting Kafka: (partition, watermark, all delivered).
+    checkpoints: JoinSet<(i32, i64, bool)>,
+    checkpoint_in_flight: HashSet<i32>,
+    last_checkpoint: Instant,
 }
 
 /// Runs the sessionizer until `shutdown` resolves, then drains and commits.
@@ -115,6 +129,11 @@ pub async fn run(
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    if let Some(changelog) = &settings.kafka.changelog_topic {
+        ensure_changelog_topic(&settings.kafka, changelog)
+            .await
+            .map_err(RunError::Changelog)?;
+    }
     let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
     let sink =
@@ -139,6 +158,11 @@ pub async fn run(
         paused: false,
         paused_since: None,
         last_idle_check: Instant::now(),
+        journals: HashMap::new(),
+        restored: HashMap::new(),
+        checkpoints: JoinSet::new(),
+        checkpoint_in_flight: HashSet::new(),
+        last_checkpoint: Instant::now(),
     };
     pipeline.consume(shutdown).await;
     pipeline.drain().await;
@@ -167,6 +191,9 @@ impl Pipeline {
                 Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
                     self.on_summary(produced);
                 }
+                Some(written) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
+                    self.on_checkpoint_written(written);
+                }
                 _ = tick.tick() => self.on_tick(),
                 received = self.source.consumer.recv() => {
                     match received {
@@ -193,9 +220,7 @@ impl Pipeline {
                     self.metrics.rebalances.with_label_values(&["assign"]).inc();
                     for partition in partitions {
                         self.tracker.assign(partition);
-                        self.windows
-                            .entry(partition)
-                            .or_insert_with(|| PartitionWindows::new(self.settings.windows));
+                        self.restore_partition(partition);
                     }
                 }
                 RebalanceEvent::Revoked(partitions) => {
@@ -203,6 +228,9 @@ impl Pipeline {
                     for partition in &partitions {
                         self.tracker.revoke(*partition);
                         self.positions.remove(partition);
+                        self.journals.remove(partition);
+                        self.restored.remove(partition);
+                        self.checkpoint_in_flight.remove(partition);
                         if let Some(mut windows) = self.windows.remove(partition) {
                             let num_dropped = windows.close_all().len();
                             self.metrics.sessions_open.sub(num_dropped as i64);
@@ -237,6 +265,16 @@ impl Pipeline {
             return;
         }
         self.positions.insert(partition, offset + 1);
+        if self
+            .restored
+            .get(&partition)
+            .is_some_and(|restored| restored.already_applied(None, offset))
+        {
+            // Applied and acknowledged before the last checkpoint: replaying it would count
+            // it twice.
+            self.tracker.track(partition, offset, 0);
+            return;
+        }
         let kafka_timestamp_ms = message.timestamp().to_millis();
         let origin = Origin {
             partition,
@@ -316,6 +354,15 @@ impl Pipeline {
         let Some(windows) = self.windows.get_mut(&partition) else {
             return;
         };
+        let key = windows.peek_key(event, pipeline_id);
+        if self
+            .restored
+            .get(&partition)
+            .is_some_and(|restored| restored.already_applied(key.as_ref(), offset))
+        {
+            self.tracker.track(partition, offset, 0);
+            return;
+        }
         let num_open_before = windows.num_open();
         let placement = windows.add(event, pipeline_id, wall_ms(), &mut closed);
         let num_open_after = windows.num_open();
@@ -332,6 +379,24 @@ impl Pipeline {
         } = &placement
         {
             closed.push(ended.clone());
+        }
+        if let Some(journal) = self.journals.get_mut(&partition) {
+            let mut touched: Vec<&crate::sessionize::SessionKey> =
+                closed.iter().map(|session| &session.key).collect();
+            if let Placement::Turn(turn) = &placement {
+                touched.push(&turn.key);
+            }
+            for key in touched {
+                journal.record_state(
+                    offset,
+                    key,
+                    StateAfter {
+                        state: windows.session(key).cloned(),
+                        next_segment: windows.next_segment_of(key),
+                    },
+                );
+            }
+            journal.record_event_time(offset, windows.event_time_ms());
         }
         for session in closed {
             self.on_session_closed(partition, session);
@@ -609,32 +674,173 @@ impl Pipeline {
         }
     }
 
-    /// Stores the offsets whose watermark advanced; librdkafka commits them periodically.
+    /// Makes settled offsets durable. Without a changelog they are stored at once; with one,
+    /// a checkpoint of session state as of the watermark goes first (on the tick), and the
+    /// offset is stored when Kafka acknowledged it. librdkafka commits stored offsets.
     fn store_advanced_offsets(&mut self) {
-        let advanced = self.tracker.take_advanced();
-        if advanced.is_empty() {
+        if self.settings.kafka.changelog_topic.is_some() {
             return;
         }
+        for (partition, watermark) in self.tracker.take_advanced() {
+            self.store_offset(partition, watermark);
+        }
+    }
+
+    fn store_offset(&mut self, partition: i32, watermark: i64) {
         let mut offsets = TopicPartitionList::new();
-        for (partition, watermark) in &advanced {
-            if let Err(error) = offsets.add_partition_offset(
-                &self.settings.kafka.topic,
-                *partition,
-                Offset::Offset(*watermark),
-            ) {
-                tracing::warn!(%error, partition, "failed to list an offset to store");
-            }
+        if let Err(error) = offsets.add_partition_offset(
+            &self.settings.kafka.topic,
+            partition,
+            Offset::Offset(watermark),
+        ) {
+            tracing::warn!(%error, partition, "failed to list an offset to store");
+            return;
         }
         match self.source.consumer.store_offsets(&offsets) {
             Ok(()) => self.metrics.commits.with_label_values(&["stored"]).inc(),
             Err(error) => {
+                // The partition was revoked meanwhile: its new owner carries on.
                 self.metrics
                     .commits
                     .with_label_values(&["store_failed"])
                     .inc();
-                tracing::debug!(%error, "failed to store offsets");
+                tracing::debug!(%error, partition, "failed to store an offset");
             }
         }
+    }
+
+    /// Writes a checkpoint for every partition whose watermark moved past its last one.
+    fn checkpoint(&mut self) {
+        let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
+            return;
+        };
+        self.last_checkpoint = Instant::now();
+        let partitions: Vec<i32> = self.journals.keys().copied().collect();
+        for partition in partitions {
+            if self.checkpoint_in_flight.contains(&partition) {
+                continue;
+            }
+            let Some(watermark) = self.tracker.watermark(partition) else {
+                continue;
+            };
+            let Some(journal) = self.journals.get_mut(&partition) else {
+                continue;
+            };
+            let writes = journal.checkpoint(watermark);
+            if writes.is_empty() {
+                continue;
+            }
+            let mut deliveries = Vec::with_capacity(writes.len());
+            let mut queued_all = true;
+            for write in &writes {
+                let record = FutureRecord::to(&changelog)
+                    .partition(partition)
+                    .key(write.key.as_str())
+                    .payload(write.value.as_slice());
+                match self.producer.send_result(record) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err((error, _)) => {
+                        tracing::error!(%error, partition, "failed to queue a changelog record");
+                        queued_all = false;
+                        break;
+                    }
+                }
+            }
+            self.checkpoint_in_flight.insert(partition);
+            self.checkpoints.spawn(async move {
+                let mut delivered = queued_all;
+                for delivery in deliveries {
+                    delivered &= matches!(delivery.await, Ok(Ok(_)));
+                }
+                (partition, watermark, delivered)
+            });
+        }
+    }
+
+    fn on_checkpoint_written(&mut self, written: Result<(i32, i64, bool), tokio::task::JoinError>) {
+        let Ok((partition, watermark, delivered)) = written else {
+            return;
+        };
+        if !self.tracker.owns(partition) {
+            return;
+        }
+        if !delivered {
+            // Leaving the partition's checkpoint in flight stops further checkpoints and
+            // offset stores for it: a restart replays from the last durable checkpoint,
+            // which is slower but exact. Writing a newer checkpoint over a partial one is not.
+            self.metrics
+                .errors
+                .with_label_values(&["changelog", "sending"])
+                .inc();
+            tracing::error!(
+                partition,
+                "changelog checkpoint not delivered; offsets of this partition stay where they are until restart"
+            );
+            return;
+        }
+        self.checkpoint_in_flight.remove(&partition);
+        if let Some(journal) = self.journals.get_mut(&partition) {
+            journal.checkpoint_written(watermark);
+        }
+        self.store_offset(partition, watermark);
+    }
+
+    /// Builds the partition's windows, from its changelog when there is one.
+    fn restore_partition(&mut self, partition: i32) {
+        let mut windows = PartitionWindows::new(self.settings.windows);
+        let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
+            self.windows.insert(partition, windows);
+            return;
+        };
+        let kafka = self.settings.kafka.clone();
+        // A blocking read on this worker thread: nothing of this partition may be processed
+        // before its state is back.
+        let restored = tokio::task::block_in_place(|| {
+            read_partition(&kafka, &changelog, partition, Duration::from_secs(60))
+        });
+        match restored {
+            Ok(mut restored) => {
+                let event_time = restored
+                    .checkpoint
+                    .and_then(|checkpoint| checkpoint.event_time_ms);
+                windows.restore_event_time(event_time);
+                let mut num_open = 0;
+                for (key, record) in &restored.sessions {
+                    match &record.state {
+                        Some(state) => {
+                            windows.restore(key.clone(), state.clone(), event_time);
+                            num_open += 1;
+                        }
+                        None if record.next_segment > 0 => windows.restore_next_segment(
+                            key.clone(),
+                            record.next_segment,
+                            event_time.unwrap_or(0),
+                        ),
+                        None => {}
+                    }
+                }
+                let checkpoint_w = restored.checkpoint_w();
+                tracing::info!(partition, num_open, ?checkpoint_w, "session state restored");
+                self.metrics.sessions_open.add(num_open);
+                self.journals
+                    .insert(partition, PartitionJournal::new(checkpoint_w, event_time));
+                // Only records ahead of the checkpoint matter for skipping replays.
+                restored
+                    .sessions
+                    .retain(|_, record| checkpoint_w.is_none_or(|w| record.w > w));
+                self.restored.insert(partition, restored);
+            }
+            Err(error) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "receiving"])
+                    .inc();
+                tracing::error!(%error, partition, "failed to restore session state; continuing without it");
+                self.journals
+                    .insert(partition, PartitionJournal::new(None, None));
+            }
+        }
+        self.windows.insert(partition, windows);
     }
 
     fn owned_partitions(&self) -> TopicPartitionList {
@@ -694,6 +900,9 @@ impl Pipeline {
         let mut ready = Vec::new();
         self.batcher.flush_due(Instant::now(), &mut ready);
         self.dispatch(ready);
+        if self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
+            self.checkpoint();
+        }
         if self.last_idle_check.elapsed() >= self.settings.idle_check {
             self.last_idle_check = Instant::now();
             self.close_idle_sessions();
@@ -713,6 +922,22 @@ impl Pipeline {
         }
         for (partition, closed) in closed_by_partition {
             self.metrics.sessions_open.sub(closed.len() as i64);
+            // Idle closes happen between messages: record them after the last one consumed.
+            let last_offset = self.positions.get(&partition).map(|next| next - 1);
+            if let (Some(journal), Some(last_offset)) =
+                (self.journals.get_mut(&partition), last_offset)
+            {
+                for session in &closed {
+                    journal.record_state(
+                        last_offset,
+                        &session.key,
+                        StateAfter {
+                            state: None,
+                            next_segment: 0,
+                        },
+                    );
+                }
+            }
             for session in closed {
                 self.on_session_closed(partition, session);
             }
@@ -765,6 +990,16 @@ impl Pipeline {
             self.dead_letters.abort_all();
         }
         self.store_advanced_offsets();
+        self.checkpoint();
+        let checkpointed = tokio::time::timeout_at(deadline, async {
+            while let Some(written) = self.checkpoints.join_next().await {
+                self.on_checkpoint_written(written);
+            }
+        })
+        .await;
+        if checkpointed.is_err() {
+            tracing::warn!("drain deadline passed before the last checkpoint was written");
+        }
         match self.source.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => self.metrics.commits.with_label_values(&["committed"]).inc(),
             Err(error) => {

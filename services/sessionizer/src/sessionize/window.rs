@@ -472,6 +472,11 @@ impl PartitionWindows {
             .retain(|_, (_, ended_ms)| clock.saturating_sub(*ended_ms) < gap);
     }
 
+    /// Restores the partition's event time (state recovery).
+    pub fn restore_event_time(&mut self, event_time_ms: Option<i64>) {
+        self.event_time_ms = self.event_time_ms.max(event_time_ms);
+    }
+
     /// Segment the next window of `key` starts at (non-zero after a max-duration split).
     pub fn next_segment_of(&self, key: &SessionKey) -> i32 {
         self.next_segment

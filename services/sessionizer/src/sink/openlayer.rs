@@ -205,7 +205,8 @@ impl OpenlayerSink {
         let mut content_splits_left = MAX_CONTENT_SPLITS;
         // A stack of parts still to ship, the next one on top: halves are pushed second half
         // first, so rows go out in order and the report comes out sorted.
-        let mut pending: Vec<Range<usize>> = vec![0..rows.len()];
+        let mut pending: Vec<Range<usize>> = Vec::with_capacity(16);
+        pending.push(0..rows.len());
         while let Some(part) = pending.pop() {
             let settled = self
                 .settle(
@@ -295,7 +296,7 @@ impl OpenlayerSink {
                     row_specific: false,
                 };
             };
-            num_attempts += 1;
+            num_attempts = num_attempts.saturating_add(1);
             let attempt = self.attempt(this_request).await;
             let (reason, server_hint) = match attempt.action {
                 RetryAction::Successful => {

@@ -98,23 +98,8 @@ impl RetryAction {
             429 => retry("rate_limited"),
             500..=599 => retry("server_error"),
             413 => RetryAction::TooLarge,
-            400 => RetryAction::DontRetry {
-                reason: "bad_request",
-            },
-            401 => RetryAction::DontRetry {
-                reason: "unauthorized",
-            },
-            403 => RetryAction::DontRetry {
-                reason: "forbidden",
-            },
-            404 => RetryAction::DontRetry {
-                reason: "not_found",
-            },
-            422 => RetryAction::DontRetry {
-                reason: "unprocessable",
-            },
-            400..=499 => RetryAction::DontRetry {
-                reason: "client_error",
+            code if status.is_client_error() => RetryAction::DontRetry {
+                reason: client_error_reason(code),
             },
             300..=399 => RetryAction::DontRetry { reason: "redirect" },
             _ => RetryAction::DontRetry {
@@ -142,6 +127,18 @@ impl RetryAction {
                 reason: "invalid_request",
             },
         }
+    }
+}
+
+/// Metric label of a 4xx that is not retried.
+fn client_error_reason(code: u16) -> &'static str {
+    match code {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        422 => "unprocessable",
+        _ => "client_error",
     }
 }
 

@@ -27,6 +27,9 @@ pub struct KafkaSettings {
     pub dead_letter_topic: String,
     /// `None` turns session summaries off.
     pub sessions_topic: Option<String>,
+    /// Session state changelog; `None` keeps state in memory only (restarts and rebalances
+    /// then restart turn numbering of open sessions).
+    pub changelog_topic: Option<String>,
     pub session_timeout_ms: u32,
     /// librdkafka settings applied last (TLS, SASL, ...).
     pub client: BTreeMap<String, String>,

@@ -1,0 +1,155 @@
+//! The changelog topic of session state: created to match the traces topic partition for
+//! partition, and read back when a partition is assigned (see `sessionize::store`).
+
+use crate::sessionize::store::RestoredPartition;
+use crate::source::kafka::KafkaSettings;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why the changelog could not be prepared or read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ChangelogError {
+    #[error("kafka request failed")]
+    Kafka(#[from] KafkaError),
+    #[error(
+        "topic {topic} does not exist yet; create it (the changelog copies its partition count)"
+    )]
+    MissingTopic { topic: String },
+    #[error("changelog topic {changelog} has {found} partitions, the traces topic {expected}")]
+    PartitionMismatch {
+        changelog: String,
+        found: usize,
+        expected: usize,
+    },
+    #[error("reading changelog partition {partition} did not finish within {timeout:?}")]
+    RestoreTimeout { partition: i32, timeout: Duration },
+}
+
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.bootstrap_servers);
+    for (key, value) in &settings.client {
+        config.set(key, value);
+    }
+    config
+}
+
+fn partition_count(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|candidate| candidate.name() == topic && candidate.error().is_none())
+        .map(|found| found.partitions().len())
+        .filter(|count| *count > 0))
+}
+
+/// Makes sure `changelog` exists with as many partitions as the traces topic, so that state
+/// of traces partition `p` lives in changelog partition `p`.
+///
+/// # Errors
+/// The traces topic is missing, the changelog has another partition count, or Kafka fails.
+pub async fn ensure_changelog_topic(
+    settings: &KafkaSettings,
+    changelog: &str,
+) -> Result<(), ChangelogError> {
+    let timeout = Duration::from_secs(10);
+    let probe: BaseConsumer = client_config(settings).create()?;
+    let expected = partition_count(&probe, &settings.topic, timeout)?.ok_or_else(|| {
+        ChangelogError::MissingTopic {
+            topic: settings.topic.clone(),
+        }
+    })?;
+    if let Some(found) = partition_count(&probe, changelog, timeout)? {
+        if found != expected {
+            return Err(ChangelogError::PartitionMismatch {
+                changelog: changelog.to_owned(),
+                found,
+                expected,
+            });
+        }
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
+    let num_partitions = i32::try_from(expected).unwrap_or(i32::MAX);
+    // Compaction keeps the newest record per session; on brokers that never compact the
+    // restore still works, it only reads more.
+    let topic = NewTopic::new(changelog, num_partitions, TopicReplication::Fixed(-1))
+        .set("cleanup.policy", "compact");
+    let results = admin.create_topics([&topic], &AdminOptions::new()).await?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(
+                topic = changelog,
+                num_partitions,
+                "created the changelog topic"
+            ),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads changelog partition `partition` from the start to its end (the high watermark of
+/// the fetch responses, signalled by partition EOF). Blocks the calling thread.
+///
+/// # Errors
+/// Kafka errors, or the end not reached within `timeout`.
+pub fn read_partition(
+    settings: &KafkaSettings,
+    changelog: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<RestoredPartition, ChangelogError> {
+    let consumer: BaseConsumer = client_config(settings)
+        .set("group.id", format!("{}-restore", settings.group_id))
+        .set("enable.auto.commit", "false")
+        // EOF comes from the fetch high watermark, not from a ListOffsets request.
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    drop(assignment);
+    let until = Instant::now() + timeout;
+    let mut restored = RestoredPartition::default();
+    let mut num_skipped = 0usize;
+    loop {
+        if Instant::now() >= until {
+            return Err(ChangelogError::RestoreTimeout { partition, timeout });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(message)) => {
+                let (Some(key), Some(value)) = (message.key(), message.payload()) else {
+                    continue;
+                };
+                if restored.apply(key, value).is_err() {
+                    num_skipped += 1;
+                }
+            }
+        }
+    }
+    if num_skipped > 0 {
+        tracing::warn!(
+            partition,
+            num_skipped,
+            "skipped undecodable changelog records"
+        );
+    }
+    Ok(restored)
+}
