@@ -10,6 +10,7 @@
 //! - [`batch`]: rows grouped per Openlayer pipeline, flushed by rows, bytes or linger
 //! - [`sink`]: Openlayer data-stream client with the retry policy
 //! - [`commit`]: the lowest fully acknowledged offset per partition
+//! - [`service`]: the deployed service: HTTP endpoints plus the pipeline, from the config
 //! - [`pipeline`]: the task that runs the stages, rebalances and shutdown
 //! - [`metrics`], [`health`], [`http`]: `/metrics`, `/healthz`, `/readyz`
 //! - [`secret`]: a string that never prints
@@ -23,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod secret;
+pub mod service;
 pub mod sessionize;
 pub mod sink;
 pub mod source;

@@ -1,16 +1,164 @@
 //! Entry point of the sessionizer service (thin: behaviour lives in the library).
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use sessionizer::config::{
+    ConfigError, LogFormat, LogSettings, SessionizerConfig, ValidatedConfig,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Session-aware LLM trace pipeline: Kafka in, sessionized and enriched rows out to Openlayer.
+/// Exit code for a configuration that cannot be used (clap uses the same code for bad usage).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+const AFTER_HELP: &str = "\
+Configuration sources, each overriding the ones before it:
+  1. built-in defaults
+  2. the TOML file given with --config (or SESSIONIZER_CONFIG)
+  3. environment variables SESSIONIZER__SECTION__KEY, e.g. SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS
+The Openlayer SDK's variables OPENLAYER_API_KEY, OPENLAYER_BASE_URL,
+OPENLAYER_INFERENCE_PIPELINE_ID and OPENLAYER_VERIFY_SSL fill the [openlayer] options that
+none of these set. Every option is described in docs/configuration.md.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.";
+
+/// Session-aware LLM trace pipeline: reads traces from Kafka as a consumer group, groups them
+/// into sessions, enriches every trace with its session context and ships rows to Openlayer.
 #[derive(Parser, Debug)]
-#[command(version = sessionizer::VERSION)]
-struct Cli {}
+#[command(name = "sessionizer", version = sessionizer::VERSION, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!(
-        "sessionizer: the consumer service is not built yet; see README.md for what works today"
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the consumer until SIGTERM or Ctrl-C, then drain, commit and exit.
+    Run(ConfigArgs),
+    /// Print the effective configuration with secrets redacted, or every problem in it
+    /// (exit code 2).
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+struct ConfigArgs {
+    /// TOML configuration file; without it, defaults and environment variables only.
+    #[arg(long, short, value_name = "FILE", env = "SESSIONIZER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::CheckConfig(args) => check_config(&args),
+    }
+}
+
+fn run(args: &ConfigArgs) -> ExitCode {
+    let config = match load_config(args) {
+        Ok(config) => config,
+        Err(error) => return report_invalid_config(&error),
+    };
+    if let Err(error) = init_tracing(&config.log) {
+        eprintln!("sessionizer: cannot set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    for warning in &config.warnings {
+        tracing::warn!(warning = %warning, "risky configuration");
+    }
+    tracing::info!(
+        version = sessionizer::VERSION,
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        group_id = %config.kafka.group_id,
+        topic = %config.kafka.topic,
+        openlayer = %config.sink.base_url,
+        "configuration loaded"
     );
-    std::process::ExitCode::FAILURE
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sessionizer: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sessionizer::service::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %anyhow::Error::from(error), "sessionizer stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn check_config(args: &ConfigArgs) -> ExitCode {
+    match load_config(args) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", config.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(error) => report_invalid_config(&error),
+    }
+}
+
+fn load_config(args: &ConfigArgs) -> Result<ValidatedConfig, ConfigError> {
+    // Variables that are not Unicode cannot be configuration; skip them rather than panic.
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect();
+    SessionizerConfig::load(args.config.as_deref(), &env)?.validate()
+}
+
+fn report_invalid_config(error: &ConfigError) -> ExitCode {
+    match error {
+        // The config crate's message names the key and its source but not what failed.
+        ConfigError::Load(_) => eprintln!("sessionizer: invalid configuration: {error}"),
+        _ => eprintln!("sessionizer: {error}"),
+    }
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|error| anyhow::anyhow!("{error}"))
 }

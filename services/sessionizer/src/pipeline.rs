@@ -18,7 +18,7 @@ use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{ClosedSession, PartitionWindows, Placement, WindowSettings};
 use crate::sink::openlayer::OpenlayerSink;
 use crate::sink::{ShipReport, SinkSettings};
-use crate::source::changelog::{ChangelogError, ensure_changelog_topic, read_partition};
+use crate::source::changelog::{ChangelogError, ensure_changelog_topic, read_partitions};
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{KafkaSettings, RebalanceEvent, Source, create_producer, create_source};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -204,6 +204,15 @@ impl Pipeline {
                         }
                         Err(error) => {
                             self.metrics.errors.with_label_values(&["kafka", "receiving"]).inc();
+                            if matches!(
+                                error.rdkafka_error_code(),
+                                Some(
+                                    rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                                        | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                                )
+                            ) {
+                                self.health.set_broker_reachable(false);
+                            }
                             tracing::warn!(%error, "kafka consumer error");
                         }
                     }
@@ -218,10 +227,12 @@ impl Pipeline {
             match event {
                 RebalanceEvent::Assigned(partitions) => {
                     self.metrics.rebalances.with_label_values(&["assign"]).inc();
-                    for partition in partitions {
-                        self.tracker.assign(partition);
-                        self.restore_partition(partition);
+                    // An assignment came from the group coordinator: the broker answers.
+                    self.health.set_broker_reachable(true);
+                    for partition in &partitions {
+                        self.tracker.assign(*partition);
                     }
+                    self.restore_partitions(&partitions);
                 }
                 RebalanceEvent::Revoked(partitions) => {
                     self.metrics.rebalances.with_label_values(&["revoke"]).inc();
@@ -785,61 +796,69 @@ impl Pipeline {
         self.store_offset(partition, watermark);
     }
 
-    /// Builds the partition's windows, from its changelog when there is one.
-    fn restore_partition(&mut self, partition: i32) {
-        let mut windows = PartitionWindows::new(self.settings.windows);
+    /// Builds the partitions' windows, from their changelog when there is one.
+    fn restore_partitions(&mut self, partitions: &[i32]) {
         let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
-            self.windows.insert(partition, windows);
+            for partition in partitions {
+                self.windows
+                    .insert(*partition, PartitionWindows::new(self.settings.windows));
+            }
             return;
         };
         let kafka = self.settings.kafka.clone();
-        // A blocking read on this worker thread: nothing of this partition may be processed
-        // before its state is back.
+        // A blocking read on this worker thread: nothing of these partitions may be processed
+        // before their state is back.
         let restored = tokio::task::block_in_place(|| {
-            read_partition(&kafka, &changelog, partition, Duration::from_secs(60))
+            read_partitions(&kafka, &changelog, partitions, Duration::from_secs(60))
         });
-        match restored {
-            Ok(mut restored) => {
-                let event_time = restored
-                    .checkpoint
-                    .and_then(|checkpoint| checkpoint.event_time_ms);
-                windows.restore_event_time(event_time);
-                let mut num_open = 0;
-                for (key, record) in &restored.sessions {
-                    match &record.state {
-                        Some(state) => {
-                            windows.restore(key.clone(), state.clone(), event_time);
-                            num_open += 1;
-                        }
-                        None if record.next_segment > 0 => windows.restore_next_segment(
-                            key.clone(),
-                            record.next_segment,
-                            event_time.unwrap_or(0),
-                        ),
-                        None => {}
-                    }
-                }
-                let checkpoint_w = restored.checkpoint_w();
-                tracing::info!(partition, num_open, ?checkpoint_w, "session state restored");
-                self.metrics.sessions_open.add(num_open);
-                self.journals
-                    .insert(partition, PartitionJournal::new(checkpoint_w, event_time));
-                // Only records ahead of the checkpoint matter for skipping replays.
-                restored
-                    .sessions
-                    .retain(|_, record| checkpoint_w.is_none_or(|w| record.w > w));
-                self.restored.insert(partition, restored);
-            }
+        let mut restored = match restored {
+            Ok(restored) => restored,
             Err(error) => {
                 self.metrics
                     .errors
                     .with_label_values(&["changelog", "receiving"])
                     .inc();
-                tracing::error!(%error, partition, "failed to restore session state; continuing without it");
-                self.journals
-                    .insert(partition, PartitionJournal::new(None, None));
+                tracing::error!(%error, "failed to restore session state; continuing without it");
+                HashMap::new()
+            }
+        };
+        for partition in partitions {
+            let restored = restored.remove(partition).unwrap_or_default();
+            self.install_partition(*partition, restored);
+        }
+    }
+
+    fn install_partition(&mut self, partition: i32, mut restored: RestoredPartition) {
+        let mut windows = PartitionWindows::new(self.settings.windows);
+        let event_time = restored
+            .checkpoint
+            .and_then(|checkpoint| checkpoint.event_time_ms);
+        windows.restore_event_time(event_time);
+        let mut num_open = 0;
+        for (key, record) in &restored.sessions {
+            match &record.state {
+                Some(state) => {
+                    windows.restore(key.clone(), state.clone(), event_time);
+                    num_open += 1;
+                }
+                None if record.next_segment > 0 => windows.restore_next_segment(
+                    key.clone(),
+                    record.next_segment,
+                    event_time.unwrap_or(0),
+                ),
+                None => {}
             }
         }
+        let checkpoint_w = restored.checkpoint_w();
+        tracing::info!(partition, num_open, ?checkpoint_w, "session state restored");
+        self.metrics.sessions_open.add(num_open);
+        self.journals
+            .insert(partition, PartitionJournal::new(checkpoint_w, event_time));
+        // Only records ahead of the checkpoint matter for skipping replays.
+        restored
+            .sessions
+            .retain(|_, record| checkpoint_w.is_none_or(|w| record.w > w));
+        self.restored.insert(partition, restored);
         self.windows.insert(partition, windows);
     }
 

@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -102,54 +103,79 @@ pub async fn ensure_changelog_topic(
     Ok(())
 }
 
-/// Reads changelog partition `partition` from the start to its end (the high watermark of
-/// the fetch responses, signalled by partition EOF). Blocks the calling thread.
+/// Context of the restore consumer: partition EOF is how a restore knows it is done, not an
+/// error worth a log line.
+struct RestoreContext;
+
+impl rdkafka::ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "changelog restore consumer error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreContext {}
+
+/// Reads changelog `partitions` from the start to their end (the high watermark of the fetch
+/// responses, signalled by partition EOF). Blocks the calling thread.
 ///
 /// # Errors
 /// Kafka errors, or the end not reached within `timeout`.
-pub fn read_partition(
+pub fn read_partitions(
     settings: &KafkaSettings,
     changelog: &str,
-    partition: i32,
+    partitions: &[i32],
     timeout: Duration,
-) -> Result<RestoredPartition, ChangelogError> {
-    let consumer: BaseConsumer = client_config(settings)
+) -> Result<HashMap<i32, RestoredPartition>, ChangelogError> {
+    let mut restored: HashMap<i32, RestoredPartition> = partitions
+        .iter()
+        .map(|partition| (*partition, RestoredPartition::default()))
+        .collect();
+    if partitions.is_empty() {
+        return Ok(restored);
+    }
+    let consumer: BaseConsumer<RestoreContext> = client_config(settings)
         .set("group.id", format!("{}-restore", settings.group_id))
         .set("enable.auto.commit", "false")
         // EOF comes from the fetch high watermark, not from a ListOffsets request.
         .set("enable.partition.eof", "true")
-        .create()?;
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(RestoreContext)?;
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
+    for partition in partitions {
+        assignment.add_partition_offset(changelog, *partition, Offset::Beginning)?;
+    }
     consumer.assign(&assignment)?;
     drop(assignment);
     let until = Instant::now() + timeout;
-    let mut restored = RestoredPartition::default();
+    let mut unfinished: HashSet<i32> = partitions.iter().copied().collect();
     let mut num_skipped = 0usize;
-    loop {
+    while !unfinished.is_empty() {
         if Instant::now() >= until {
+            let partition = unfinished.iter().copied().min().unwrap_or_default();
             return Err(ChangelogError::RestoreTimeout { partition, timeout });
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
+            }
             Some(Err(error)) => return Err(error.into()),
             Some(Ok(message)) => {
                 let (Some(key), Some(value)) = (message.key(), message.payload()) else {
                     continue;
                 };
-                if restored.apply(key, value).is_err() {
+                if let Some(partition_state) = restored.get_mut(&message.partition())
+                    && partition_state.apply(key, value).is_err()
+                {
                     num_skipped += 1;
                 }
             }
         }
     }
     if num_skipped > 0 {
-        tracing::warn!(
-            partition,
-            num_skipped,
-            "skipped undecodable changelog records"
-        );
+        tracing::warn!(num_skipped, "skipped undecodable changelog records");
     }
     Ok(restored)
 }
