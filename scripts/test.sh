@@ -24,6 +24,8 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
 fi
 echo "test: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP" >&2
 
+# The binary tests run the real sessionizer executable as a child process.
+cargo build --locked -p sessionizer
 cargo test --locked --workspace "$@"
 # Benchmarks run once each in test mode, so a broken bench fails here, not in `make bench`.
 cargo test --locked --workspace --benches "$@"
