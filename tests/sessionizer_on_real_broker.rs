@@ -92,6 +92,7 @@ fn settings(topics: &Topics, server: &OpenlayerServer) -> PipelineSettings {
         },
         limits: Limits::default(),
         drain_timeout: Duration::from_secs(10),
+        mark_final_turn: true,
         checkpoint_interval: Duration::from_millis(200),
     }
 }
@@ -421,6 +422,20 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
 
     assert_eq!(server.rows_for("pipeline-other").len(), 1);
     assert_eq!(server.rows_for(PIPELINE).len(), 1);
+    let mut updates: Vec<(String, Option<String>)> = server
+        .row_updates()
+        .into_iter()
+        .map(|update| (update.pipeline_id, update.inference_id))
+        .collect();
+    updates.sort();
+    assert_eq!(
+        updates,
+        [
+            (PIPELINE.to_owned(), Some("quiet-turn-1".to_owned())),
+            ("pipeline-other".to_owned(), Some("ended-turn-1".to_owned())),
+        ],
+        "each closed session's last row is marked as its final turn"
+    );
     let mut reasons: Vec<(String, String)> = summaries
         .iter()
         .map(|record| {

@@ -54,6 +54,8 @@ pub struct PipelineSettings {
     pub limits: Limits,
     /// Longest wait for acknowledgements at shutdown.
     pub drain_timeout: Duration,
+    /// Mark each closed session's last row with `session_final_turn: true` (row update).
+    pub mark_final_turn: bool,
     /// How often session state is checkpointed to the changelog (and offsets stored).
     pub checkpoint_interval: Duration,
 }
@@ -104,6 +106,8 @@ struct Pipeline {
     shipping_started: HashMap<tokio::task::Id, Instant>,
     dead_letters: JoinSet<DeadLetterDelivered>,
     summaries: JoinSet<bool>,
+    /// Final-turn row updates in flight (best-effort, like summaries).
+    row_updates: JoinSet<bool>,
     /// Next offset to process per owned partition, for consumer lag.
     positions: HashMap<i32, i64>,
     paused: bool,
@@ -154,6 +158,7 @@ pub async fn run(
         shipping_started: HashMap::new(),
         dead_letters: JoinSet::new(),
         summaries: JoinSet::new(),
+        row_updates: JoinSet::new(),
         positions: HashMap::new(),
         paused: false,
         paused_since: None,
@@ -191,6 +196,7 @@ impl Pipeline {
                 Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
                     self.on_summary(produced);
                 }
+                Some(_updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => {}
                 Some(written) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
                     self.on_checkpoint_written(written);
                 }
@@ -472,6 +478,15 @@ impl Pipeline {
         self.metrics.session_duration.observe(duration_seconds);
         self.metrics.session_turns.observe(state.turns as f64);
         tracing::debug!(partition, reason, turns = state.turns, "session closed");
+        if self.settings.mark_final_turn && !state.last_inference_id.is_empty() {
+            let sink = self.sink.clone();
+            let pipeline_id = session.key.pipeline_id.clone();
+            let inference_id = state.last_inference_id.clone();
+            self.row_updates.spawn(async move {
+                let columns = serde_json::json!({ "session_final_turn": true });
+                sink.update_row(&pipeline_id, &inference_id, &columns).await
+            });
+        }
         let Some(topic) = self.settings.kafka.sessions_topic.clone() else {
             return;
         };

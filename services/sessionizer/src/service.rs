@@ -64,6 +64,7 @@ impl PipelineSettings {
             sink: config.sink.clone(),
             limits: config.limits,
             drain_timeout: config.shutdown.drain_timeout,
+            mark_final_turn: config.openlayer.mark_final_turn,
             checkpoint_interval: config.kafka.checkpoint_interval,
         }
     }

@@ -65,6 +65,9 @@ pub enum SinkError {
     BuildClient(#[source] reqwest::Error),
 }
 
+/// Attempts of a final-turn row update before it is given up (it is best-effort).
+const MAX_ROW_UPDATE_ATTEMPTS: usize = 5;
+
 /// Ships batches of rows to Openlayer. Cheap to share: `ship` takes `&self` and may run
 /// concurrently for different batches.
 pub struct OpenlayerSink {
@@ -329,6 +332,57 @@ impl OpenlayerSink {
             );
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Sets columns of an already streamed row (`PUT .../rows?inferenceId=`), used to mark a
+    /// session's final turn. Retried like data-stream requests, at most
+    /// `MAX_ROW_UPDATE_ATTEMPTS` times; returns whether Openlayer accepted it.
+    pub async fn update_row(
+        &self,
+        pipeline_id: &str,
+        inference_id: &str,
+        columns: &serde_json::Value,
+    ) -> bool {
+        // Unreserved-only percent-encoding is valid in a query value as in a path segment.
+        let (Ok(segment), Ok(query)) = (
+            encode_path_segment(pipeline_id),
+            encode_path_segment(inference_id),
+        ) else {
+            self.count_error("invalid_pipeline_id");
+            return false;
+        };
+        let url = format!(
+            "{}/inference-pipelines/{segment}/rows?inferenceId={query}",
+            self.base_url
+        );
+        let body = serde_json::json!({ "row": columns, "config": null }).to_string();
+        let mut backoff = Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
+        for _ in 0..MAX_ROW_UPDATE_ATTEMPTS {
+            let request = self
+                .client
+                .put(&url)
+                .header(AUTHORIZATION, self.authorization.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .build();
+            let Ok(request) = request else {
+                return false;
+            };
+            let attempt = self.attempt(request).await;
+            match attempt.action {
+                RetryAction::Successful => return true,
+                RetryAction::Retry { reason, after } => {
+                    self.metrics
+                        .openlayer_retries
+                        .with_label_values(&[reason])
+                        .inc();
+                    tokio::time::sleep(backoff.next_wait(after, retry::jitter())).await;
+                }
+                RetryAction::DontRetry { .. } | RetryAction::TooLarge => break,
+            }
+        }
+        self.count_error("openlayer_row_update");
+        false
     }
 
     /// One request, with its metrics.
