@@ -176,7 +176,10 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         // Statistics carry the fetch high watermark for the consumer-lag metric.
         .set("statistics.interval.ms", "2000")
         // Classic protocol: KIP-848 groups are not available on every broker.
-        .set("group.protocol", "classic");
+        .set("group.protocol", "classic")
+        // Incremental rebalances: a member joining or leaving moves only the partitions that
+        // change owner; the others keep their state and in-flight rows.
+        .set("partition.assignment.strategy", "cooperative-sticky");
     for (key, value) in &settings.client {
         config.set(key, value);
     }
