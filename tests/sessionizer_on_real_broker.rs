@@ -2,7 +2,7 @@
 //! broker, consumed as a group, sessionized, enriched and shipped to a local
 //! Openlayer-compatible server that checks every request.
 
-use end_to_end::openlayer_server::OpenlayerServer;
+use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{ReadRecord, bootstrap, create_topic, read_topic, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -192,22 +192,81 @@ fn header(record: &ReadRecord, name: &str) -> Option<String> {
         .map(|(_, value)| value.clone())
 }
 
+/// Emits `turns` chat traces for each of `num_sessions` sessions through the producer helpers
+/// (context scope, traced function with nested steps, Kafka emitter), one turn a second of
+/// event time apart, and returns the traces as emitted.
+async fn emit_chats_through_helpers(
+    topic: &str,
+    num_sessions: usize,
+    turns: i64,
+) -> Vec<TraceEvent> {
+    let registry = prometheus::Registry::new();
+    let emitter = trace_emit::Emitter::try_new(
+        trace_emit::EmitterConfig::new(bootstrap(), topic),
+        &registry,
+    )
+    .expect("emitter");
+    let collected = trace_emit::CollectingSink::new();
+    for session in 0..num_sessions {
+        let user = format!("user-{}", session % 4);
+        let session_id = format!("session-{session}");
+        trace_emit::with_user_session(Some(&user), Some(&session_id), async {
+            for turn in 1..=turns {
+                trace_emit::trace("chat")
+                    .input("user_message", format!("question {turn}"))
+                    .inference_id(format!("{session_id}-turn-{turn}"))
+                    .sink(collected.clone())
+                    .run(async {
+                        trace_emit::trace("retrieve")
+                            .step_type(trace_emit::RETRIEVER)
+                            .run(async { vec!["a document"] })
+                            .await;
+                        trace_emit::trace("complete")
+                            .step_type(trace_emit::CHAT_COMPLETION)
+                            .run(async {
+                                trace_emit::record_usage(trace_emit::Usage::tokens(
+                                    7 * turn,
+                                    3 * turn,
+                                ))
+                                .expect("inside a trace");
+                                format!("answer {turn}")
+                            })
+                            .await
+                    })
+                    .await;
+            }
+        })
+        .await;
+    }
+    let mut events = collected.take();
+    // One second of event time between turns, so the expected timings are exact.
+    let base = now_ms();
+    for event in &mut events {
+        let id = event.inference_id.clone().expect("id");
+        let turn: i64 = id
+            .rsplit('-')
+            .next()
+            .expect("turn")
+            .parse()
+            .expect("number");
+        event.timestamp_ms = base + turn * 1000;
+        assert!(emitter.emit(event.clone()));
+    }
+    emitter.flush(Duration::from_secs(30)).expect("flush");
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ships_every_trace_once_with_session_enrichment() {
     let topics = topics().await;
     let server = OpenlayerServer::start(API_KEY).await;
+    // Openlayer misbehaves first: rows must still arrive, once each.
+    server.push_fault(Fault::Status(503));
+    server.push_fault(Fault::RateLimitedMs(200));
+    server.push_fault(Fault::Status(500));
     let producer = producer();
+    let expected = emit_chats_through_helpers(&topics.traces, 12, 5).await;
     let base = now_ms();
-    let mut expected = Vec::new();
-    for session in 0..12 {
-        let user = format!("user-{}", session % 4);
-        let session_id = format!("session-{session}");
-        for turn in 1..=5 {
-            let event = chat_trace(&user, &session_id, turn, base + turn * 1000);
-            produce_trace(&producer, &topics.traces, &event).await;
-            expected.push(event);
-        }
-    }
     let mut anonymous = TraceEvent::new("anonymous", base);
     anonymous.inference_id = Some("no-ids".into());
     anonymous.output = Value::from("hello");
@@ -257,8 +316,11 @@ async fn ships_every_trace_once_with_session_enrichment() {
         "passthrough row is not enriched"
     );
 
-    for request in server.requests() {
-        assert!(request.accepted());
+    for request in server
+        .requests()
+        .into_iter()
+        .filter(|request| request.accepted())
+    {
         assert_eq!(request.pipeline_id, PIPELINE);
         let config = request.config.expect("config");
         assert_eq!(config["inferenceIdColumnName"], "inferenceId");
@@ -570,5 +632,95 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
     assert!(
         first_shipped > 0.0 && second_shipped > 0.0,
         "both members shipped: {first_shipped} {second_shipped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    let producer = producer();
+    let base = now_ms();
+    // gap 3 s: turn 2 comes 4 s of event time later and opens a new window at turn 1.
+    produce_trace(
+        &producer,
+        &topics.traces,
+        &chat_trace("gus", "gapped", 1, base),
+    )
+    .await;
+    produce_trace(
+        &producer,
+        &topics.traces,
+        &chat_trace("gus", "gapped", 2, base + 4000),
+    )
+    .await;
+    // max duration 5 s, turns 2 s apart: turns 1-3 fill a segment, turn 4 opens segment 1.
+    for turn in 1..=4 {
+        produce_trace(
+            &producer,
+            &topics.traces,
+            &chat_trace("hal", "long", turn, base + (turn - 1) * 2000),
+        )
+        .await;
+    }
+    // grace 60 s: after a trace at +120 s, one at +30 s is late for its partition.
+    produce_trace(
+        &producer,
+        &topics.traces,
+        &chat_trace("ivy", "late", 1, base + 120_000),
+    )
+    .await;
+    produce_trace(
+        &producer,
+        &topics.traces,
+        &chat_trace("ivy", "late", 2, base + 30_000),
+    )
+    .await;
+
+    let mut config = settings(&topics, &server);
+    config.windows.max_duration = Duration::from_secs(5);
+    let running = start(config);
+    let rows = server.wait_for_rows(8, Duration::from_secs(60)).await;
+    let summaries = read_topic(
+        &bootstrap(),
+        &topics.sessions,
+        1,
+        2,
+        Duration::from_secs(60),
+    );
+    running.stop().await;
+
+    let rows = by_inference_id(&rows);
+    assert_eq!(
+        rows["gapped-turn-2"]["session_turn"], 1,
+        "a gap starts a new window"
+    );
+    assert_eq!(rows["long-turn-3"]["session_turn"], 3);
+    assert_eq!(rows["long-turn-4"]["session_turn"], 1);
+    assert_eq!(
+        rows["long-turn-4"]["session_segment"], 1,
+        "max duration opens the next segment"
+    );
+    assert_eq!(rows["late-turn-2"]["session_late"], true);
+    assert!(
+        rows["late-turn-2"].get("session_turn").is_none(),
+        "late traces join no window"
+    );
+    assert_eq!(rows["late-turn-2"]["session_id"], "late");
+    let reasons: HashSet<(String, String)> = summaries
+        .iter()
+        .map(|record| {
+            let summary = trace_model::codec::avro::decode_session_summary(&record.payload)
+                .expect("summary decodes");
+            (summary.session_id, summary.close_reason)
+        })
+        .collect();
+    assert!(
+        reasons.contains(&("gapped".to_owned(), "gap".to_owned())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("long".to_owned(), "max_duration".to_owned())),
+        "{reasons:?}"
     );
 }
