@@ -3,9 +3,9 @@
 
 CARGO ?= cargo
 
-## run: the embedded demo (in-process Kafka, no broker or account needed)
+## run: the embedded demo (in-process Kafka, helpers, sessionizer, local Openlayer endpoint)
 run:
-	$(CARGO) run --locked -p trace-emit --example chat_service
+	$(CARGO) run --locked -p sessionizer -- demo
 
 ## test: start the real test broker if needed, run every test, stop what was started
 test:

@@ -10,6 +10,7 @@
 //! - [`batch`]: rows grouped per Openlayer pipeline, flushed by rows, bytes or linger
 //! - [`sink`]: Openlayer data-stream client with the retry policy
 //! - [`commit`]: the lowest fully acknowledged offset per partition
+//! - [`demo`]: the embedded demo (`make run`): in-process Kafka, helpers, local endpoint
 //! - [`service`]: the deployed service: HTTP endpoints plus the pipeline, from the config
 //! - [`pipeline`]: the task that runs the stages, rebalances and shutdown
 //! - [`metrics`], [`health`], [`http`]: `/metrics`, `/healthz`, `/readyz`
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod commit;
 pub mod config;
+pub mod demo;
 pub mod enrich;
 pub mod health;
 pub mod http;

@@ -38,6 +38,36 @@ enum Command {
     /// Print the effective configuration with secrets redacted, or every problem in it
     /// (exit code 2).
     CheckConfig(ConfigArgs),
+    /// Run the whole product in one process with nothing to install: an in-process Kafka
+    /// cluster, synthetic multi-user chat traffic emitted through the producer helpers, this
+    /// sessionizer, and a local Openlayer-compatible endpoint that records every request (or
+    /// the real Openlayer when OPENLAYER_API_KEY and OPENLAYER_INFERENCE_PIPELINE_ID are set).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Users chatting.
+    #[arg(long, default_value_t = 6)]
+    users: usize,
+    /// Sessions per user.
+    #[arg(long, default_value_t = 2)]
+    sessions_per_user: usize,
+    /// Chat turns per second, over all sessions.
+    #[arg(long, default_value_t = 8.0)]
+    rate: f64,
+    /// Inactivity gap in seconds; short so that sessions close by inactivity during the demo.
+    #[arg(long, default_value_t = 4)]
+    gap_secs: u64,
+    /// Directory for the recorded Openlayer requests.
+    #[arg(long, default_value = "target/demo")]
+    output_dir: PathBuf,
+    /// Address for /metrics, /healthz and /readyz while the demo runs (a free port if taken).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: std::net::SocketAddr,
+    /// Give up (exit code 1) if not every row was shipped after this many seconds.
+    #[arg(long, default_value_t = 90)]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +83,44 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Demo(args) => demo(args),
+    }
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    let log = LogSettings {
+        format: LogFormat::Text,
+        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    };
+    if let Err(error) = init_tracing(&log) {
+        eprintln!("sessionizer: cannot set up logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    let settings = sessionizer::demo::DemoSettings {
+        num_users: args.users,
+        sessions_per_user: args.sessions_per_user,
+        turns_per_second: args.rate,
+        gap: std::time::Duration::from_secs(args.gap_secs),
+        output_dir: args.output_dir,
+        metrics_listen: args.metrics_listen,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sessionizer: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sessionizer::demo::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sessionizer demo failed: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -82,6 +82,14 @@ fn wall_ms() -> i64 {
         })
 }
 
+/// A closed session's last row, to be marked as its final turn.
+struct FinalTurn {
+    partition: i32,
+    close_offset: i64,
+    pipeline_id: String,
+    inference_id: String,
+}
+
 /// A finished dead-letter delivery: settles its message when Kafka has it.
 struct DeadLetterDelivered {
     origin: Origin,
@@ -108,6 +116,8 @@ struct Pipeline {
     summaries: JoinSet<bool>,
     /// Final-turn row updates in flight (best-effort, like summaries).
     row_updates: JoinSet<bool>,
+    /// Final-turn updates waiting for their session's rows to be acknowledged.
+    final_turns: Vec<FinalTurn>,
     /// Next offset to process per owned partition, for consumer lag.
     positions: HashMap<i32, i64>,
     paused: bool,
@@ -159,6 +169,7 @@ pub async fn run(
         dead_letters: JoinSet::new(),
         summaries: JoinSet::new(),
         row_updates: JoinSet::new(),
+        final_turns: Vec::new(),
         positions: HashMap::new(),
         paused: false,
         paused_since: None,
@@ -416,7 +427,7 @@ impl Pipeline {
             journal.record_event_time(offset, windows.event_time_ms());
         }
         for session in closed {
-            self.on_session_closed(partition, session);
+            self.on_session_closed(partition, session, offset);
         }
         match &placement {
             Placement::End { .. } => {
@@ -467,7 +478,9 @@ impl Pipeline {
         self.apply_backpressure();
     }
 
-    fn on_session_closed(&mut self, partition: i32, session: ClosedSession) {
+    /// `close_offset`: the message that closed it, or the last one consumed (idle closes); the
+    /// session's rows all sit at or below it.
+    fn on_session_closed(&mut self, partition: i32, session: ClosedSession, close_offset: i64) {
         let reason = session.reason.as_str();
         self.metrics
             .sessions_closed
@@ -479,12 +492,13 @@ impl Pipeline {
         self.metrics.session_turns.observe(state.turns as f64);
         tracing::debug!(partition, reason, turns = state.turns, "session closed");
         if self.settings.mark_final_turn && !state.last_inference_id.is_empty() {
-            let sink = self.sink.clone();
-            let pipeline_id = session.key.pipeline_id.clone();
-            let inference_id = state.last_inference_id.clone();
-            self.row_updates.spawn(async move {
-                let columns = serde_json::json!({ "session_final_turn": true });
-                sink.update_row(&pipeline_id, &inference_id, &columns).await
+            // Sent once the final row itself is acknowledged: updating a row Openlayer has not
+            // stored yet would be lost.
+            self.final_turns.push(FinalTurn {
+                partition,
+                close_offset,
+                pipeline_id: session.key.pipeline_id.clone(),
+                inference_id: state.last_inference_id.clone(),
             });
         }
         let Some(topic) = self.settings.kafka.sessions_topic.clone() else {
@@ -919,8 +933,35 @@ impl Pipeline {
         }
     }
 
+    /// Sends final-turn updates whose session rows are all settled; forgets those of
+    /// partitions this instance no longer owns.
+    fn send_final_turn_updates(&mut self) {
+        if self.final_turns.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<FinalTurn>, Vec<FinalTurn>) =
+            std::mem::take(&mut self.final_turns)
+                .into_iter()
+                .filter(|final_turn| self.tracker.owns(final_turn.partition))
+                .partition(|final_turn| {
+                    self.tracker
+                        .watermark(final_turn.partition)
+                        .is_some_and(|watermark| watermark > final_turn.close_offset)
+                });
+        self.final_turns = waiting;
+        for final_turn in ready {
+            let sink = self.sink.clone();
+            self.row_updates.spawn(async move {
+                let columns = serde_json::json!({ "session_final_turn": true });
+                sink.update_row(&final_turn.pipeline_id, &final_turn.inference_id, &columns)
+                    .await
+            });
+        }
+    }
+
     fn on_tick(&mut self) {
         self.health.record_progress();
+        self.send_final_turn_updates();
         self.metrics
             .rows_in_flight
             .set(self.tracker.num_pending() as i64);
@@ -973,7 +1014,7 @@ impl Pipeline {
                 }
             }
             for session in closed {
-                self.on_session_closed(partition, session);
+                self.on_session_closed(partition, session, last_offset.unwrap_or(-1));
             }
         }
     }
@@ -1033,6 +1074,14 @@ impl Pipeline {
         .await;
         if checkpointed.is_err() {
             tracing::warn!("drain deadline passed before the last checkpoint was written");
+        }
+        self.send_final_turn_updates();
+        let updated = tokio::time::timeout_at(deadline, async {
+            while self.row_updates.join_next().await.is_some() {}
+        })
+        .await;
+        if updated.is_err() {
+            tracing::warn!("drain deadline passed before every final-turn update was sent");
         }
         match self.source.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => self.metrics.commits.with_label_values(&["committed"]).inc(),

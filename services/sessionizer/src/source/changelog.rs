@@ -103,11 +103,12 @@ pub async fn ensure_changelog_topic(
     Ok(())
 }
 
-/// Context of the restore consumer: partition EOF is how a restore knows it is done, not an
-/// error worth a log line.
-struct RestoreContext;
+/// Context of consumers that read a partition to its end: partition EOF is how they know they
+/// are done, not an error worth a log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadToEndContext;
 
-impl rdkafka::ClientContext for RestoreContext {
+impl rdkafka::ClientContext for ReadToEndContext {
     fn error(&self, error: KafkaError, reason: &str) {
         let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
@@ -117,7 +118,7 @@ impl rdkafka::ClientContext for RestoreContext {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for RestoreContext {}
+impl rdkafka::consumer::ConsumerContext for ReadToEndContext {}
 
 /// Reads changelog `partitions` from the start to their end (the high watermark of the fetch
 /// responses, signalled by partition EOF). Blocks the calling thread.
@@ -137,13 +138,13 @@ pub fn read_partitions(
     if partitions.is_empty() {
         return Ok(restored);
     }
-    let consumer: BaseConsumer<RestoreContext> = client_config(settings)
+    let consumer: BaseConsumer<ReadToEndContext> = client_config(settings)
         .set("group.id", format!("{}-restore", settings.group_id))
         .set("enable.auto.commit", "false")
         // EOF comes from the fetch high watermark, not from a ListOffsets request.
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50")
-        .create_with_context(RestoreContext)?;
+        .create_with_context(ReadToEndContext)?;
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
         assignment.add_partition_offset(changelog, *partition, Offset::Beginning)?;
