@@ -43,6 +43,30 @@ enum Command {
     /// sessionizer, and a local Openlayer-compatible endpoint that records every request (or
     /// the real Openlayer when OPENLAYER_API_KEY and OPENLAYER_INFERENCE_PIPELINE_ID are set).
     Demo(DemoArgs),
+    /// Produce traces given as JSON lines (one TraceEvent per line, the field names of
+    /// schemas/trace_event.avsc) with the same keys and encoding as the Rust helpers: for
+    /// services in other languages and for backfills. Invalid lines are reported with their
+    /// line number and skipped; the exit code is 1 if any line was invalid or undelivered.
+    Emit(EmitArgs),
+}
+
+#[derive(Args, Debug)]
+struct EmitArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS")]
+    brokers: String,
+    /// Topic to produce to.
+    #[arg(long, default_value = "llm-traces")]
+    topic: String,
+    /// Read from this file instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Wire encoding: avro (single-object, the helpers' default) or json.
+    #[arg(long, default_value = "avro", value_parser = ["avro", "json"])]
+    encoding: String,
+    /// librdkafka setting for TLS/SASL and the like, as KEY=VALUE; repeatable.
+    #[arg(long = "client", value_name = "KEY=VALUE")]
+    client: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +108,93 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Demo(args) => demo(args),
+        Command::Emit(args) => emit(&args),
+    }
+}
+
+fn emit(args: &EmitArgs) -> ExitCode {
+    use std::io::BufRead as _;
+    let mut config = trace_emit::EmitterConfig::new(&args.brokers, &args.topic);
+    config.encoding = if args.encoding == "json" {
+        trace_model::Encoding::Json
+    } else {
+        trace_model::Encoding::Avro
+    };
+    for setting in &args.client {
+        let Some((key, value)) = setting.split_once('=') else {
+            eprintln!("sessionizer emit: --client expects KEY=VALUE, got `{setting}`");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        };
+        config.client.insert(key.to_owned(), value.to_owned());
+    }
+    let registry = prometheus::Registry::new();
+    let emitter = match trace_emit::Emitter::try_new(config, &registry) {
+        Ok(emitter) => emitter,
+        Err(error) => {
+            eprintln!("sessionizer emit: {:#}", anyhow::Error::from(error));
+            return ExitCode::FAILURE;
+        }
+    };
+    let input: Box<dyn std::io::BufRead> = match &args.file {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(file) => Box::new(std::io::BufReader::new(file)),
+            Err(error) => {
+                eprintln!("sessionizer emit: cannot read {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Box::new(std::io::stdin().lock()),
+    };
+    // The same checks the sessionizer applies, so a line that is produced will be accepted.
+    let decoder = trace_model::Decoder::new(trace_model::Limits::default());
+    let (mut num_emitted, mut num_invalid) = (0usize, 0usize);
+    for (index, line) in input.lines().enumerate() {
+        let line_number = index + 1;
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                eprintln!("line {line_number}: cannot read: {error}");
+                num_invalid += 1;
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match decoder.decode(line.as_bytes()) {
+            Ok(event) => {
+                if emitter.emit(event) {
+                    num_emitted += 1;
+                } else {
+                    eprintln!("line {line_number}: producer buffer full or closed, not emitted");
+                    num_invalid += 1;
+                }
+            }
+            Err(error) => {
+                eprintln!("line {line_number}: {error}");
+                num_invalid += 1;
+            }
+        }
+    }
+    let flushed = emitter.close(std::time::Duration::from_secs(30));
+    let num_undelivered: f64 = registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "trace_emit_delivery_errors_total")
+        .flat_map(|family| family.get_metric().iter())
+        .map(|metric| metric.get_counter().get_value())
+        .sum();
+    eprintln!(
+        "emitted {num_emitted} traces, {num_invalid} lines invalid, {num_undelivered} undelivered"
+    );
+    if let Err(error) = flushed {
+        eprintln!("sessionizer emit: {error}");
+        return ExitCode::FAILURE;
+    }
+    if num_invalid > 0 || num_undelivered > 0.0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
