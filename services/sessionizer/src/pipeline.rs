@@ -250,6 +250,16 @@ impl Pipeline {
                         self.tracker.assign(*partition);
                     }
                     self.restore_partitions(&partitions);
+                    if self.paused {
+                        // Backpressure holds for partitions gained while paused, too.
+                        let mut gained = TopicPartitionList::new();
+                        for partition in &partitions {
+                            gained.add_partition(&self.settings.kafka.topic, *partition);
+                        }
+                        if let Err(error) = self.source.consumer.pause(&gained) {
+                            tracing::warn!(%error, "failed to pause newly assigned partitions");
+                        }
+                    }
                 }
                 RebalanceEvent::Revoked(partitions) => {
                     self.metrics.rebalances.with_label_values(&["revoke"]).inc();
