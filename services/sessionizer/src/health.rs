@@ -86,11 +86,12 @@ impl Health {
     /// # Errors
     /// The first check that fails.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        if !self.inner.broker_reachable.load(Ordering::Relaxed) {
-            return Err(NotReady::BrokerUnreachable);
-        }
+        // Before the first assignment the broker has simply not been heard from yet.
         if !self.inner.assigned.load(Ordering::Relaxed) {
             return Err(NotReady::NoPartitionsAssigned);
+        }
+        if !self.inner.broker_reachable.load(Ordering::Relaxed) {
+            return Err(NotReady::BrokerUnreachable);
         }
         if self.inner.sink_failing.load(Ordering::Relaxed) {
             return Err(NotReady::SinkFailing);

@@ -334,7 +334,10 @@ fn report_invalid_config(error: &ConfigError) -> ExitCode {
 
 fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal, never into a log collector.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let installed = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -254,6 +254,36 @@ impl Metrics {
                 "Errors by type and stage (receiving, processing, sending).",
                 &["error_type", "stage"],
             )?,
-        })
+        }
+        .with_known_series())
+    }
+
+    /// Creates the series whose labels are known in advance at zero: a labelled series only
+    /// appears once touched, and dashboards, alerts and `increase()` need it from the start.
+    fn with_known_series(self) -> Self {
+        for labels in [
+            ["kafka", "receiving"],
+            ["kafka", "sending"],
+            ["changelog", "receiving"],
+            ["changelog", "sending"],
+            ["encode", "processing"],
+        ] {
+            self.errors.with_label_values(&labels);
+        }
+        for outcome in ["stored", "store_failed", "committed", "commit_failed"] {
+            self.commits.with_label_values(&[outcome]);
+        }
+        for kind in ["assign", "revoke"] {
+            self.rebalances.with_label_values(&[kind]);
+        }
+        for outcome in ["joined", "marked"] {
+            self.late_events.with_label_values(&[outcome]);
+        }
+        for reason in ["gap", "idle", "max_duration", "end_event"] {
+            self.sessions_closed.with_label_values(&[reason]);
+        }
+        self.dead_letters
+            .with_label_values(&["sink", "openlayer_rejected"]);
+        self
     }
 }

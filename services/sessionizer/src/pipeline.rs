@@ -1075,8 +1075,13 @@ impl Pipeline {
             self.dead_letters.abort_all();
         }
         self.store_advanced_offsets();
-        self.checkpoint();
+        // A checkpoint already in flight would make `checkpoint` skip its partition: let it
+        // land first, then write the final one for everything acknowledged since.
         let checkpointed = tokio::time::timeout_at(deadline, async {
+            while let Some(written) = self.checkpoints.join_next().await {
+                self.on_checkpoint_written(written);
+            }
+            self.checkpoint();
             while let Some(written) = self.checkpoints.join_next().await {
                 self.on_checkpoint_written(written);
             }

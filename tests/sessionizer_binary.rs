@@ -1,0 +1,864 @@
+//! The `sessionizer` executable as it is deployed: configured by environment variables only,
+//! run as a child process against the real broker and the Openlayer-compatible test server,
+//! stopped with SIGTERM.
+//!
+//! The binary is the one `cargo build -p sessionizer` leaves in the target directory
+//! (`make test` builds it first).
+
+use end_to_end::openlayer_server::{Fault, OpenlayerServer};
+use end_to_end::{bootstrap, create_topic, unique_name};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trace_model::{Encoding, TraceEvent, TraceKind};
+
+const PIPELINE: &str = "pipeline-binary";
+/// What the test broker needs for quick joins (it holds each JoinGroup for half of it).
+const SESSION_TIMEOUT_MS: u64 = 6000;
+/// Shorter than the session timeout, as validation requires.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Beyond the drain deadline: the final commit, the producer flush and leaving the group.
+const EXIT_MARGIN: Duration = Duration::from_secs(20);
+/// Bound of every wait for the pipeline to do something (a join alone takes about 3 s).
+const WAIT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------------
+// The child process
+// ---------------------------------------------------------------------------------------------
+
+/// `sessionizer` in the target directory, or a panic saying how to build it.
+fn sessionizer_path() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace.join(dir),
+        _ => workspace.join("target"),
+    };
+    let binary = target.join("debug").join("sessionizer");
+    assert!(
+        binary.is_file(),
+        "{} does not exist: run `cargo build -p sessionizer` first (`make test` does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A loopback address nothing listens on right now.
+fn free_local_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("bound address")
+}
+
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+fn capture(mut stream: impl Read + Send + 'static) -> Captured {
+    let captured = Captured::default();
+    let sink = Arc::clone(&captured);
+    std::thread::spawn(move || {
+        let mut buffer = [0_u8; 8192];
+        while let Ok(read) = stream.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(&buffer[..read]);
+        }
+    });
+    captured
+}
+
+/// The captured text without ANSI escape sequences (text logs are coloured), so that a
+/// search cannot be defeated by a colour code in the middle of what it looks for.
+fn text_of(captured: &Captured) -> String {
+    let text = String::from_utf8_lossy(&captured.lock().unwrap_or_else(PoisonError::into_inner))
+        .into_owned();
+    let mut plain = String::with_capacity(text.len());
+    let mut characters = text.chars();
+    while let Some(character) = characters.next() {
+        if character != '\u{1b}' {
+            plain.push(character);
+            continue;
+        }
+        // CSI: ESC [ parameters, ended by a byte in @..~.
+        if characters.next() == Some('[') {
+            for ending in characters.by_ref() {
+                if ('@'..='~').contains(&ending) {
+                    break;
+                }
+            }
+        }
+    }
+    plain
+}
+
+/// A running `sessionizer` child; killed (SIGKILL) when dropped while still running, and its
+/// output printed when that happens during a failing test.
+struct Sessionizer {
+    name: &'static str,
+    child: Child,
+    stdout: Captured,
+    stderr: Captured,
+    exit: Option<ExitStatus>,
+}
+
+impl Sessionizer {
+    fn spawn(name: &'static str, args: &[&str], env: &BTreeMap<String, String>) -> Sessionizer {
+        let mut child = Command::new(sessionizer_path())
+            .args(args)
+            // Only the configuration the test chose: nothing inherited from the shell.
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the sessionizer binary");
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        Sessionizer {
+            name,
+            child,
+            stdout,
+            stderr,
+            exit: None,
+        }
+    }
+
+    fn run(env: &BTreeMap<String, String>) -> Sessionizer {
+        Self::spawn("run", &["run"], env)
+    }
+
+    fn stdout(&self) -> String {
+        text_of(&self.stdout)
+    }
+
+    fn stderr(&self) -> String {
+        text_of(&self.stderr)
+    }
+
+    /// Both streams, for searching and for failure messages.
+    fn output(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+            self.name,
+            self.stdout(),
+            self.name,
+            self.stderr()
+        )
+    }
+
+    fn still_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait().expect("query the child") {
+            Some(status) => {
+                self.exit = Some(status);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to stop a pod.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// The exit status, or `None` when the process still runs after `timeout`.
+    async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + timeout;
+        while self.still_running() {
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The pipes close with the process; give the readers a moment to take the rest.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.exit
+    }
+
+    /// SIGTERM, then asserts a successful exit within the drain deadline plus a margin.
+    async fn stop(&mut self) {
+        self.terminate();
+        let exit = self.wait_exit(DRAIN_TIMEOUT + EXIT_MARGIN).await;
+        let output = self.output();
+        let Some(exit) = exit else {
+            panic!(
+                "still running {:?} after SIGTERM\n{output}",
+                DRAIN_TIMEOUT + EXIT_MARGIN
+            );
+        };
+        assert_eq!(exit.code(), Some(0), "exit after SIGTERM: {exit}\n{output}");
+    }
+}
+
+impl Drop for Sessionizer {
+    fn drop(&mut self) {
+        if self.still_running() {
+            let _gone = self.child.kill();
+            let _reaped = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.output());
+        }
+    }
+}
+
+/// `GET http://{address}{path}`: status and body, or `None` when nothing answered.
+async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.text().await.ok()?;
+    Some((status, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration, topics and traces
+// ---------------------------------------------------------------------------------------------
+
+struct Topics {
+    traces: String,
+    dead_letters: String,
+    sessions: String,
+    changelog: String,
+}
+
+async fn topics() -> Topics {
+    let bootstrap = bootstrap();
+    let topics = Topics {
+        traces: unique_name("bin-traces"),
+        dead_letters: unique_name("bin-dlq"),
+        sessions: unique_name("bin-sessions"),
+        // Created by the sessionizer, co-partitioned with the traces topic.
+        changelog: unique_name("bin-state"),
+    };
+    create_topic(&bootstrap, &topics.traces, 3).await;
+    create_topic(&bootstrap, &topics.dead_letters, 1).await;
+    create_topic(&bootstrap, &topics.sessions, 1).await;
+    topics
+}
+
+/// A complete, valid configuration in environment variables, as a deployment sets them.
+fn service_env(
+    topics: &Topics,
+    group_id: &str,
+    server: &OpenlayerServer,
+    api_key: &str,
+    http: SocketAddr,
+) -> BTreeMap<String, String> {
+    let settings = [
+        ("SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS", bootstrap()),
+        ("SESSIONIZER__KAFKA__GROUP_ID", group_id.to_owned()),
+        ("SESSIONIZER__KAFKA__TOPIC", topics.traces.clone()),
+        (
+            "SESSIONIZER__KAFKA__DEAD_LETTER_TOPIC",
+            topics.dead_letters.clone(),
+        ),
+        (
+            "SESSIONIZER__KAFKA__SESSIONS_TOPIC",
+            topics.sessions.clone(),
+        ),
+        (
+            "SESSIONIZER__KAFKA__CHANGELOG_TOPIC",
+            topics.changelog.clone(),
+        ),
+        (
+            "SESSIONIZER__KAFKA__SESSION_TIMEOUT_MS",
+            SESSION_TIMEOUT_MS.to_string(),
+        ),
+        // Sessions stay open across the restarts of a test.
+        ("SESSIONIZER__SESSION__GAP_SECS", "3600".to_owned()),
+        ("SESSIONIZER__SESSION__IDLE_CHECK_MS", "200".to_owned()),
+        ("SESSIONIZER__BATCH__LINGER_MS", "100".to_owned()),
+        (
+            "SESSIONIZER__OPENLAYER__INITIAL_BACKOFF_MS",
+            "20".to_owned(),
+        ),
+        ("SESSIONIZER__OPENLAYER__MAX_BACKOFF_MS", "200".to_owned()),
+        (
+            "SESSIONIZER__OPENLAYER__REQUEST_TIMEOUT_SECS",
+            "10".to_owned(),
+        ),
+        (
+            "SESSIONIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS",
+            DRAIN_TIMEOUT.as_secs().to_string(),
+        ),
+        ("SESSIONIZER__HTTP__LISTEN", http.to_string()),
+        ("SESSIONIZER__LOG__FILTER", "info".to_owned()),
+        ("SESSIONIZER__LOG__FORMAT", "text".to_owned()),
+        ("OPENLAYER_API_KEY", api_key.to_owned()),
+        ("OPENLAYER_BASE_URL", server.base_url()),
+        ("OPENLAYER_INFERENCE_PIPELINE_ID", PIPELINE.to_owned()),
+    ];
+    settings
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
+fn set(env: &mut BTreeMap<String, String>, name: &str, value: &str) {
+    env.insert(name.to_owned(), value.to_owned());
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
+    let mut record = FutureRecord::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| error)
+        .expect("produced");
+}
+
+async fn produce_trace(producer: &FutureProducer, topic: &str, event: &TraceEvent) {
+    let payload = trace_model::encode(event, Encoding::Avro).expect("encode");
+    produce(producer, topic, event.partition_key(), &payload).await;
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+fn chat_trace(user: &str, session: &str, turn: i64, tokens: i64, at_ms: i64) -> TraceEvent {
+    let mut event = TraceEvent::new("chat", at_ms);
+    event.inference_id = Some(format!("{session}-turn-{turn}"));
+    event.user_id = Some(user.to_owned());
+    event.session_id = Some(session.to_owned());
+    event.inputs.insert(
+        "user_message".into(),
+        Value::from(format!("question {turn}")),
+    );
+    event.output = Value::from(format!("answer {turn}"));
+    event.latency_ms = Some(120.0);
+    event.tokens = Some(tokens);
+    event
+}
+
+/// What each row's session enrichment must be, from the traces in the order produced.
+#[derive(Debug, Clone, PartialEq)]
+struct ExpectedRow {
+    session_id: String,
+    turn: i64,
+    tokens_so_far: i64,
+    previous_inference_id: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Expectations {
+    rows: HashMap<String, ExpectedRow>,
+    /// Per session: turns so far, tokens so far, last inference id.
+    sessions: HashMap<String, (i64, i64, String)>,
+}
+
+impl Expectations {
+    fn produced(&mut self, event: &TraceEvent) {
+        let id = event.inference_id.clone().expect("inference id");
+        let session = event.session_id.clone().expect("session id");
+        let tokens = event.tokens.unwrap_or(0);
+        let (turn, tokens_so_far, previous) = match self.sessions.get(&session) {
+            Some((turns, total, last)) => (turns + 1, total + tokens, Some(last.clone())),
+            None => (1, tokens, None),
+        };
+        self.sessions
+            .insert(session.clone(), (turn, tokens_so_far, id.clone()));
+        self.rows.insert(
+            id,
+            ExpectedRow {
+                session_id: session,
+                turn,
+                tokens_so_far,
+                previous_inference_id: previous,
+            },
+        );
+    }
+}
+
+fn shipped_ids(server: &OpenlayerServer) -> HashSet<String> {
+    inference_ids(&server.rows()).into_iter().collect()
+}
+
+fn inference_ids(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|row| row["inferenceId"].as_str().expect("inferenceId").to_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_drains_and_a_restart_ships_nothing_twice() {
+    sigterm_then_restart(&[]).await;
+}
+
+/// The same stop and restart, with the producer's `linger.ms` (a passthrough librdkafka
+/// property) keeping every changelog checkpoint in flight for a second, so that SIGTERM
+/// comes while the checkpoint of the rows acknowledged before it is still being written.
+/// The drain must still checkpoint and commit everything it acknowledged once that write is
+/// done; a restart that redoes acknowledged rows ships them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_checkpoint_is_in_flight_ships_nothing_twice_after_restart() {
+    sigterm_then_restart(&[("SESSIONIZER__KAFKA__CLIENT__LINGER__MS", "1000")]).await;
+}
+
+/// Produces traces of several sessions, stops a first instance with SIGTERM while one of its
+/// requests is in flight, produces more, and lets a second instance of the same group finish.
+async fn sigterm_then_restart(extra_env: &[(&str, &str)]) {
+    const SESSIONS: i64 = 15;
+    const FIRST_TURNS: i64 = 20;
+    const MORE_TURNS: i64 = 5;
+    /// Data-stream requests answered before the one held while SIGTERM comes.
+    const HELD_REQUEST: usize = 4;
+    /// How long that request is held: SIGTERM comes half a second into it, and the drain
+    /// (five seconds at most) waits for the rest.
+    const HOLD: Duration = Duration::from_secs(3);
+    const SIGTERM_INTO_HOLD: Duration = Duration::from_millis(500);
+    let topics = topics().await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    // One request is held for a while: SIGTERM comes while it is in flight, and the drain
+    // must wait for its acknowledgement. Meanwhile the first instance checkpoints what was
+    // acknowledged before it.
+    let held = Arc::new(AtomicBool::new(false));
+    let holding = Arc::clone(&held);
+    server.set_responder(move |request| {
+        (request.index == HELD_REQUEST).then(|| {
+            holding.store(true, Ordering::SeqCst);
+            Fault::Delay(HOLD)
+        })
+    });
+    let producer = producer();
+    let base = now_ms();
+    let mut expected = Expectations::default();
+    let mut produce_turns = async |turns: std::ops::RangeInclusive<i64>| {
+        for turn in turns {
+            for session in 0..SESSIONS {
+                let tokens = (turn * 7 + session) % 13 + 1;
+                let event = chat_trace(
+                    &format!("user-{}", session % 4),
+                    &format!("sigterm-{session}"),
+                    turn,
+                    tokens,
+                    base + turn * 1000,
+                );
+                produce_trace(&producer, &topics.traces, &event).await;
+                expected.produced(&event);
+            }
+        }
+    };
+    produce_turns(1..=FIRST_TURNS).await;
+    let first_total = (SESSIONS * FIRST_TURNS) as usize;
+
+    let group = unique_name("bin-group");
+    let mut env = service_env(&topics, &group, &server, &api_key, free_local_address());
+    // Small batches, one request at a time, and backpressure after two batches: little is
+    // unacknowledged when SIGTERM comes, so the drain finishes well inside its deadline.
+    set(&mut env, "SESSIONIZER__BATCH__MAX_ROWS", "10");
+    set(&mut env, "SESSIONIZER__BATCH__MAX_IN_FLIGHT_REQUESTS", "1");
+    set(&mut env, "SESSIONIZER__BATCH__MAX_UNACKED_ROWS", "20");
+    // A checkpoint at least every 200 ms: one starts between the hold and SIGTERM.
+    set(
+        &mut env,
+        "SESSIONIZER__KAFKA__CHECKPOINT_INTERVAL_MS",
+        "200",
+    );
+    for (name, value) in extra_env {
+        set(&mut env, name, value);
+    }
+    let mut first = Sessionizer::run(&env);
+    let until = Instant::now() + WAIT;
+    while !held.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < until && first.still_running(),
+            "the first instance never sent request {HELD_REQUEST}\n{}",
+            first.output()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(SIGTERM_INTO_HOLD).await;
+    let shipped_at_sigterm = server.rows().len();
+    assert!(
+        (1..first_total).contains(&shipped_at_sigterm),
+        "SIGTERM comes mid-stream: {shipped_at_sigterm} of {first_total} rows shipped"
+    );
+    first.stop().await;
+    let first_output = first.output();
+    assert!(
+        first_output.contains("SIGTERM received"),
+        "the signal is handled\n{first_output}"
+    );
+    assert!(
+        !first_output.contains("drain deadline passed"),
+        "the drain finished inside its deadline\n{first_output}"
+    );
+    let shipped_by_first = server.rows().len();
+    assert!(
+        (shipped_at_sigterm + 1..first_total).contains(&shipped_by_first),
+        "the drain shipped the rows in flight at SIGTERM, and the first instance stopped \
+         before the end of the stream: {shipped_at_sigterm} rows at SIGTERM, \
+         {shipped_by_first} at exit"
+    );
+
+    produce_turns(FIRST_TURNS + 1..=FIRST_TURNS + MORE_TURNS).await;
+    let total = expected.rows.len();
+    set(
+        &mut env,
+        "SESSIONIZER__HTTP__LISTEN",
+        &free_local_address().to_string(),
+    );
+    let mut second = Sessionizer::run(&env);
+    // Every id, not a row count: a duplicate must not end the wait before the last row.
+    let until = Instant::now() + WAIT;
+    while !expected
+        .rows
+        .keys()
+        .all(|id| shipped_ids(&server).contains(id))
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.stop().await;
+
+    let rows = server.rows();
+    let ids = inference_ids(&rows);
+    let unique: HashSet<&String> = ids.iter().collect();
+    let expected_ids: HashSet<&String> = expected.rows.keys().collect();
+    let missing: Vec<&&String> = expected_ids.difference(&unique).collect();
+    assert!(missing.is_empty(), "never shipped: {missing:?}");
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for id in &ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    let mut twice: Vec<(&String, usize)> = counts.into_iter().filter(|(_, n)| *n > 1).collect();
+    twice.sort();
+    assert!(
+        twice.is_empty(),
+        "a clean SIGTERM and restart ship nothing twice; {} rows shipped more than once \
+         (the first instance shipped {shipped_by_first}): {twice:?}\n{first_output}\n{}",
+        twice.len(),
+        second.output()
+    );
+    assert_eq!(rows.len(), total);
+    for row in &rows {
+        let id = row["inferenceId"].as_str().expect("id");
+        let want = &expected.rows[id];
+        assert_eq!(row["session_id"], want.session_id.as_str(), "{row}");
+        assert_eq!(row["session_turn"], want.turn, "turn of {id}: {row}");
+        assert_eq!(
+            row["session_tokens_so_far"], want.tokens_so_far,
+            "tokens so far of {id}: {row}"
+        );
+        match &want.previous_inference_id {
+            Some(previous) => assert_eq!(row["previous_inference_id"], previous.as_str(), "{row}"),
+            None => assert_eq!(row["previous_inference_id"], Value::Null, "{row}"),
+        }
+    }
+}
+
+/// Metric names the catalogue declares: every `"sessionizer_..."` string literal of
+/// `services/sessionizer/src/metrics.rs`.
+fn declared_metric_names() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/sessionizer/src/metrics.rs");
+    let source = std::fs::read_to_string(&path).expect("read metrics.rs");
+    let mut names = Vec::new();
+    let mut rest = source.as_str();
+    while let Some(start) = rest.find("\"sessionizer_") {
+        let literal = &rest[start + 1..];
+        let end = literal.find('"').expect("closing quote");
+        let name = &literal[..end];
+        if name
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || character == '_')
+        {
+            names.push(name.to_owned());
+        }
+        rest = &literal[end + 1..];
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_exports_the_documented_names() {
+    let declared = declared_metric_names();
+    assert!(
+        declared.len() >= 20,
+        "the scan found the catalogue: {declared:?}"
+    );
+    let topics = topics().await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    // One retried request, so the retry metrics have a sample.
+    server.push_fault(Fault::Status(503));
+    let http = free_local_address();
+    let env = service_env(&topics, &unique_name("bin-group"), &server, &api_key, http);
+    let mut sessionizer = Sessionizer::run(&env);
+
+    // Ready only once partitions are assigned, which takes a group join.
+    let mut first_answer = None;
+    let until = Instant::now() + WAIT;
+    let ready_body = loop {
+        if let Some((status, body)) = http_get(http, "/readyz").await {
+            first_answer.get_or_insert((status, body.clone()));
+            if status == 200 {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < until && sessionizer.still_running(),
+            "/readyz never became 200: {first_answer:?}\n{}",
+            sessionizer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready_body, "ready\n");
+    let (first_status, first_body) = first_answer.expect("an answer");
+    assert!(
+        first_status == 503 && first_body.starts_with("not ready: "),
+        "not ready, saying why, before the assignment: {first_status} {first_body:?}"
+    );
+
+    let producer = producer();
+    let base = now_ms();
+    for turn in 1..=3 {
+        let event = chat_trace("mia", "metrics", turn, 5, base + turn * 1000);
+        produce_trace(&producer, &topics.traces, &event).await;
+    }
+    // Ten minutes older than the partition's event time: beyond grace, shipped marked late.
+    let mut late = chat_trace("mia", "metrics", 99, 5, base - 600_000);
+    late.inference_id = Some("metrics-late".into());
+    produce_trace(&producer, &topics.traces, &late).await;
+    let mut end = TraceEvent::new("session_end", base + 4000);
+    end.kind = TraceKind::SessionEnd;
+    end.session_id = Some("metrics".into());
+    produce_trace(&producer, &topics.traces, &end).await;
+    let mut anonymous = TraceEvent::new("anonymous", base);
+    anonymous.inference_id = Some("metrics-anonymous".into());
+    produce_trace(&producer, &topics.traces, &anonymous).await;
+    produce(
+        &producer,
+        &topics.traces,
+        Some("metrics"),
+        b"\x42not a trace",
+    )
+    .await;
+    let rows = server.wait_for_rows(5, WAIT).await;
+    assert_eq!(rows.len(), 5, "{}", sessionizer.output());
+
+    let (status, healthz) = http_get(http, "/healthz").await.expect("/healthz answers");
+    assert_eq!((status, healthz.as_str()), (200, "ok\n"));
+    for path in ["/", "/metrics/extra", "/health", "/nope"] {
+        let (status, _) = http_get(http, path).await.expect("an answer");
+        assert_eq!(status, 404, "{path}");
+    }
+
+    // Counters and gauges that move with this traffic may lag a checkpoint or a statistics
+    // interval; poll until every declared name is exported.
+    let until = Instant::now() + Duration::from_secs(30);
+    let (missing, exposition) = loop {
+        let (status, exposition) = http_get(http, "/metrics").await.expect("/metrics answers");
+        assert_eq!(status, 200);
+        let missing: Vec<&String> = declared
+            .iter()
+            .filter(|name| !exposition.contains(&format!("# TYPE {name} ")))
+            .collect();
+        if missing.is_empty() || Instant::now() >= until {
+            break (missing.into_iter().cloned().collect::<Vec<_>>(), exposition);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        exposition.contains("sessionizer_rows_shipped_total 5"),
+        "{exposition}"
+    );
+    // A family with labels has no series until a first label set is used, and the Prometheus
+    // client leaves it out of the exposition: the catalogue then promises a name that
+    // dashboards and alerts (`increase(..)` misses the first sample of a new series) cannot see.
+    assert!(
+        missing.is_empty(),
+        "declared in metrics.rs but not exported by /metrics after traffic: {missing:?} \
+         (labelled families need their known label sets initialised)\n{exposition}"
+    );
+    sessionizer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_never_appears_in_logs_metrics_or_check_config() {
+    let topics = topics().await;
+    let api_key = format!("sk-live-DISTINCTIVE-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    // Every request refused as unauthorized: the failures are logged, with whatever context
+    // the service gives them.
+    server.push_faults(Fault::Status(401), 10_000);
+    let http = free_local_address();
+    let mut env = service_env(&topics, &unique_name("bin-group"), &server, &api_key, http);
+    set(&mut env, "SESSIONIZER__LOG__FILTER", "trace");
+    set(&mut env, "SESSIONIZER__BATCH__MAX_ROWS", "2");
+    let producer = producer();
+    let base = now_ms();
+    for turn in 1..=6 {
+        let event = chat_trace("kim", "secret", turn, 3, base + turn * 1000);
+        produce_trace(&producer, &topics.traces, &event).await;
+    }
+    let mut sessionizer = Sessionizer::run(&env);
+    let until = Instant::now() + WAIT;
+    while server.requests().len() < 3 {
+        assert!(
+            Instant::now() < until && sessionizer.still_running(),
+            "no refused requests\n{}",
+            sessionizer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = server.requests();
+    assert!(requests.iter().all(|request| request.status == 401));
+    assert!(
+        requests.iter().all(|request| request
+            .headers
+            .get("authorization")
+            .is_some_and(|value| value.as_bytes() == format!("Bearer {api_key}").as_bytes())),
+        "the key is sent where it belongs"
+    );
+    let (status, metrics) = http_get(http, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("sessionizer_openlayer_requests_total{status=\"401\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&api_key), "the key is in /metrics");
+    sessionizer.stop().await;
+    let logs = sessionizer.output();
+    assert!(
+        logs.contains("401") && logs.contains("TRACE"),
+        "the refusals were logged at trace level\n{logs}"
+    );
+    let leaks: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(&api_key))
+        .collect();
+    assert!(leaks.is_empty(), "the key is in the logs: {leaks:#?}");
+
+    let mut check = Sessionizer::spawn("check-config", &["check-config"], &env);
+    let exit = check
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("check-config exits");
+    let printed = check.output();
+    assert_eq!(exit.code(), Some(0), "{printed}");
+    assert!(!printed.contains(&api_key), "the key is printed\n{printed}");
+    assert!(
+        check
+            .stdout()
+            .lines()
+            .any(|line| line == "api_key = \"**redacted**\""),
+        "the key's place says redacted\n{printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_fails_at_start_naming_the_key() {
+    let topics = Topics {
+        traces: "bin-traces-never-created".to_owned(),
+        dead_letters: "bin-dlq-never-created".to_owned(),
+        sessions: "bin-sessions-never-created".to_owned(),
+        changelog: "bin-state-never-created".to_owned(),
+    };
+    let api_key = format!("sk-live-DISTINCTIVE-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    let valid = service_env(
+        &topics,
+        "bin-group-never-joined",
+        &server,
+        &api_key,
+        free_local_address(),
+    );
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("SESSIONIZER__BATCH__MAX_ROWS", "abc", &["batch.max_rows"]),
+        (
+            "SESSIONIZER__KAFKA__BOGUS",
+            "1",
+            &["kafka.bogus", "SESSIONIZER__KAFKA__BOGUS"],
+        ),
+        // Inconsistent with the session timeout (6000 ms).
+        (
+            "SESSIONIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS",
+            "6",
+            &["shutdown.drain_timeout_secs", "kafka.session_timeout_ms"],
+        ),
+        (
+            "OPENLAYER_BASE_URL",
+            "http://127.0.0.1:1/not-v1",
+            &["openlayer.base_url"],
+        ),
+    ];
+    for (variable, value, named) in cases {
+        let mut env = valid.clone();
+        set(&mut env, variable, value);
+        for command in ["run", "check-config"] {
+            let mut sessionizer = Sessionizer::spawn("invalid", &[command], &env);
+            let Some(exit) = sessionizer.wait_exit(Duration::from_secs(30)).await else {
+                panic!(
+                    "`{command}` with {variable}={value} did not exit\n{}",
+                    sessionizer.output()
+                );
+            };
+            let stderr = sessionizer.stderr();
+            assert_eq!(
+                exit.code(),
+                Some(2),
+                "`{command}` with {variable}={value}\n{}",
+                sessionizer.output()
+            );
+            for key in named {
+                assert!(
+                    stderr.contains(key),
+                    "`{command}` with {variable}={value}: stderr names `{key}`\n{stderr}"
+                );
+            }
+            assert!(!stderr.contains(&api_key), "the key is printed\n{stderr}");
+            assert!(
+                sessionizer.stdout().is_empty(),
+                "nothing on stdout for an invalid configuration\n{}",
+                sessionizer.output()
+            );
+        }
+    }
+}
