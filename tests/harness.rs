@@ -11,8 +11,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trace_model::{Encoding, TraceEvent};
 
 /// Bootstrap address of the test broker.
 ///
@@ -122,4 +125,72 @@ pub fn read_topic(
     // alive can hang; see rust-rdkafka's consumer drop notes).
     drop(assignment);
     records
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch, as trace timestamps use it.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// An idempotent producer on the test broker.
+///
+/// # Panics
+/// When the client cannot be created.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+/// Produces one record and waits for Kafka's acknowledgement.
+///
+/// # Panics
+/// When Kafka refuses it.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
+    let mut record = FutureRecord::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| error)
+        .expect("produced");
+}
+
+/// Produces `event` as the Rust helpers do: Avro single-object, keyed by session (else user).
+///
+/// # Panics
+/// When Kafka refuses it.
+pub async fn produce_trace(producer: &FutureProducer, topic: &str, event: &TraceEvent) {
+    let payload = trace_model::encode(event, Encoding::Avro).expect("encode");
+    produce(producer, topic, event.partition_key(), &payload).await;
+}
+
+/// The `sessionizer` executable in the target directory.
+///
+/// # Panics
+/// When it was not built: run `cargo build -p sessionizer` first (`make test` does).
+pub fn sessionizer_path() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace.join(dir),
+        _ => workspace.join("target"),
+    };
+    let binary = target.join("debug").join("sessionizer");
+    assert!(
+        binary.is_file(),
+        "{} does not exist: run `cargo build -p sessionizer` first (`make test` does)",
+        binary.display()
+    );
+    binary
 }

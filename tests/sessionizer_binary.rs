@@ -6,19 +6,20 @@
 //! (`make test` builds it first).
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
-use end_to_end::{bootstrap, create_topic, unique_name};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use end_to_end::{
+    bootstrap, create_topic, now_ms, produce, produce_trace, producer, sessionizer_path,
+    unique_name,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use trace_model::{Encoding, TraceEvent, TraceKind};
+use std::time::{Duration, Instant};
+use trace_model::{TraceEvent, TraceKind};
 
 const PIPELINE: &str = "pipeline-binary";
 /// What the test broker needs for quick joins (it holds each JoinGroup for half of it).
@@ -33,25 +34,6 @@ const WAIT: Duration = Duration::from_secs(90);
 // ---------------------------------------------------------------------------------------------
 // The child process
 // ---------------------------------------------------------------------------------------------
-
-/// `sessionizer` in the target directory, or a panic saying how to build it.
-fn sessionizer_path() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf();
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace.join(dir),
-        _ => workspace.join("target"),
-    };
-    let binary = target.join("debug").join("sessionizer");
-    assert!(
-        binary.is_file(),
-        "{} does not exist: run `cargo build -p sessionizer` first (`make test` does)",
-        binary.display()
-    );
-    binary
-}
 
 /// A loopback address nothing listens on right now.
 fn free_local_address() -> SocketAddr {
@@ -320,39 +302,6 @@ fn service_env(
 
 fn set(env: &mut BTreeMap<String, String>, name: &str, value: &str) {
     env.insert(name.to_owned(), value.to_owned());
-}
-
-fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer")
-}
-
-async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
-    let mut record = FutureRecord::to(topic).payload(payload);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(error, _)| error)
-        .expect("produced");
-}
-
-async fn produce_trace(producer: &FutureProducer, topic: &str, event: &TraceEvent) {
-    let payload = trace_model::encode(event, Encoding::Avro).expect("encode");
-    produce(producer, topic, event.partition_key(), &payload).await;
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 fn chat_trace(user: &str, session: &str, turn: i64, tokens: i64, at_ms: i64) -> TraceEvent {

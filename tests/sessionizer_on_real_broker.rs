@@ -3,9 +3,10 @@
 //! Openlayer-compatible server that checks every request.
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
-use end_to_end::{ReadRecord, bootstrap, create_topic, read_topic, unique_name};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use end_to_end::{
+    ReadRecord, bootstrap, create_topic, now_ms, produce, produce_trace, producer, read_topic,
+    unique_name,
+};
 use serde_json::Value;
 use sessionizer::batch::BatchSettings;
 use sessionizer::health::Health;
@@ -16,7 +17,7 @@ use sessionizer::sessionize::WindowSettings;
 use sessionizer::sink::SinkSettings;
 use sessionizer::source::kafka::KafkaSettings;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use trace_model::{Encoding, Limits, TraceEvent, TraceKind};
@@ -24,12 +25,6 @@ use trace_model::{Encoding, Limits, TraceEvent, TraceKind};
 const PARTITIONS: i32 = 3;
 const API_KEY: &str = "test-key-not-a-secret";
 const PIPELINE: &str = "pipeline-main";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
 
 struct Topics {
     traces: String,
@@ -132,26 +127,6 @@ impl Running {
     }
 }
 
-fn producer() -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer")
-}
-
-async fn produce(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) {
-    let mut record = FutureRecord::to(topic).payload(payload);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(error, _)| error)
-        .expect("produced");
-}
-
 fn chat_trace(user: &str, session: &str, turn: i64, at_ms: i64) -> TraceEvent {
     let mut event = TraceEvent::new("chat", at_ms);
     event.inference_id = Some(format!("{session}-turn-{turn}"));
@@ -166,11 +141,6 @@ fn chat_trace(user: &str, session: &str, turn: i64, at_ms: i64) -> TraceEvent {
     event.tokens = Some(10 * turn);
     event.cost = Some(0.001 * turn as f64);
     event
-}
-
-async fn produce_trace(producer: &FutureProducer, topic: &str, event: &TraceEvent) {
-    let payload = trace_model::encode(event, Encoding::Avro).expect("encode");
-    produce(producer, topic, event.partition_key(), &payload).await;
 }
 
 fn by_inference_id(rows: &[Value]) -> HashMap<String, Value> {

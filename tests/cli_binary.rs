@@ -1,0 +1,140 @@
+//! The command-line entry points a new user meets first: `sessionizer demo` (what `make run`
+//! runs) and `sessionizer emit`, run as the real executable.
+
+use end_to_end::{ReadRecord, bootstrap, create_topic, read_topic, sessionizer_path, unique_name};
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use trace_model::{Decoder, Limits};
+
+#[test]
+fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
+    let output_dir = std::env::temp_dir().join(unique_name("sessionizer-demo"));
+    let output = Command::new(sessionizer_path())
+        .args([
+            "demo",
+            "--timeout-secs",
+            "60",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--output-dir")
+        .arg(&output_dir)
+        // The demo must not pick up a real account from the environment in a test.
+        .env_remove("OPENLAYER_API_KEY")
+        .env_remove("OPENLAYER_INFERENCE_PIPELINE_ID")
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("12 sessions closed"), "{stdout}");
+    assert!(
+        stdout.contains("end_event: 6") && stdout.contains("idle: 6"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rows shipped: 45"), "{stdout}");
+    assert!(stdout.contains("dead letters: 3"), "{stdout}");
+
+    let recorded =
+        std::fs::read_to_string(output_dir.join("requests.jsonl")).expect("requests recorded");
+    let requests: Vec<Value> = recorded
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json line"))
+        .collect();
+    let rows: Vec<&Value> = requests
+        .iter()
+        .filter(|request| request["request"] == "data-stream")
+        .flat_map(|request| request["rows"].as_array().expect("rows").iter())
+        .collect();
+    assert_eq!(rows.len(), 45);
+    let late = rows
+        .iter()
+        .filter(|row| row["session_late"] == true)
+        .count();
+    assert_eq!(late, 2, "the two late traces are marked");
+    assert!(
+        requests
+            .iter()
+            .filter(|request| request["request"] == "data-stream")
+            .all(|request| request["config"]["sessionIdColumnName"] == "session_id")
+    );
+    let updates = requests
+        .iter()
+        .filter(|request| request["request"] == "row-update")
+        .count();
+    assert_eq!(updates, 12, "each closed session's final turn is marked");
+    let _cleanup = std::fs::remove_dir_all(&output_dir);
+}
+
+fn header(record: &ReadRecord, name: &str) -> Option<String> {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_produces_json_lines_like_the_helpers_and_reports_bad_lines_by_number() {
+    let topic = unique_name("emitted");
+    create_topic(&bootstrap(), &topic, 3).await;
+    let lines = [
+        r#"{"name":"chat","timestamp_ms":1700000000000,"inference_id":"e-1","session_id":"s-1","user_id":"u-1","inputs":{"q":"hi"},"output":"hello"}"#,
+        "not json at all",
+        r#"{"name":"chat","timestamp_ms":1700000000001,"inference_id":"e-2","user_id":""}"#,
+        "",
+        r#"{"name":"chat","timestamp_ms":1700000000002,"inference_id":"e-3","user_id":"u-2"}"#,
+    ];
+    let mut child = Command::new(sessionizer_path())
+        .args(["emit", "--brokers", &bootstrap(), "--topic", &topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("emit starts");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for line in lines {
+            writeln!(stdin, "{line}").expect("write line");
+        }
+    }
+    let output = child.wait_with_output().expect("emit finishes");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "invalid lines make the exit code 1: {stderr}"
+    );
+    assert!(stderr.contains("line 2:"), "{stderr}");
+    assert!(stderr.contains("line 3: user_id is empty"), "{stderr}");
+    assert!(
+        stderr.contains("emitted 2 traces, 2 lines invalid"),
+        "{stderr}"
+    );
+
+    let records = read_topic(&bootstrap(), &topic, 3, 2, Duration::from_secs(30));
+    assert_eq!(records.len(), 2);
+    let decoder = Decoder::new(Limits::default());
+    for record in &records {
+        assert_eq!(
+            record.payload[..2],
+            [0xC3, 0x01],
+            "avro single-object, as the helpers send"
+        );
+        let event = decoder.decode(&record.payload).expect("decodes");
+        let expected_key = event.session_id.clone().or(event.user_id.clone());
+        assert_eq!(
+            record
+                .key
+                .clone()
+                .map(|key| String::from_utf8(key).expect("utf-8")),
+            expected_key
+        );
+        assert!(header(record, "error.reason").is_none());
+    }
+}
