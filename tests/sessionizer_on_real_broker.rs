@@ -56,6 +56,7 @@ fn settings(topics: &Topics, server: &OpenlayerServer) -> PipelineSettings {
             dead_letter_topic: topics.dead_letters.clone(),
             sessions_topic: Some(topics.sessions.clone()),
             changelog_topic: Some(topics.changelog.clone()),
+            schema_registry_url: None,
             // Short: the test broker holds each JoinGroup for half of it.
             session_timeout_ms: 6000,
             client: BTreeMap::new(),
@@ -692,5 +693,72 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     assert!(
         reasons.contains(&("long".to_owned(), "max_duration".to_owned())),
         "{reasons:?}"
+    );
+}
+
+/// A Schema Registry that knows one id: the current `TraceEvent` schema.
+async fn start_schema_registry(known_id: u32) -> String {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/schemas/ids/{id}",
+        axum::routing::get(move |Path(id): Path<u32>| async move {
+            if id == known_id {
+                let body =
+                    serde_json::json!({ "schema": trace_model::codec::avro::TRACE_EVENT_AVSC });
+                (StatusCode::OK, body.to_string())
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("registry serves");
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decodes_confluent_framed_traces_through_the_schema_registry() {
+    let topics = topics().await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    let registry_url = start_schema_registry(7).await;
+    let producer = producer();
+    let base = now_ms();
+    let known = chat_trace("jo", "confluent", 1, base);
+    let payload =
+        trace_model::encode(&known, Encoding::Confluent { schema_id: 7 }).expect("encode");
+    produce(&producer, &topics.traces, Some("confluent"), &payload).await;
+    let unknown = chat_trace("jo", "confluent", 2, base + 1);
+    let payload =
+        trace_model::encode(&unknown, Encoding::Confluent { schema_id: 99 }).expect("encode");
+    produce(&producer, &topics.traces, Some("confluent"), &payload).await;
+
+    let mut config = settings(&topics, &server);
+    config.kafka.schema_registry_url = Some(registry_url);
+    let running = start(config);
+    let rows = server.wait_for_rows(1, Duration::from_secs(60)).await;
+    let letters = read_topic(
+        &bootstrap(),
+        &topics.dead_letters,
+        1,
+        1,
+        Duration::from_secs(30),
+    );
+    running.stop().await;
+
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["inferenceId"], "confluent-turn-1");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        header(&letters[0], "error.reason").as_deref(),
+        Some("unknown_schema_id")
     );
 }

@@ -109,6 +109,10 @@ pub struct KafkaConfig {
     /// How often session state is written to `changelog_topic` and acknowledged offsets are
     /// stored for the next commit.
     pub checkpoint_interval_ms: u64,
+    /// Confluent Schema Registry (`http(s)://host:port`) that resolves the schema ids of
+    /// Confluent-framed traces; empty: such traces are dead-lettered as `unknown_schema_id`.
+    /// Avro single-object and JSON traces need no registry.
+    pub schema_registry_url: String,
     /// Consumer group session timeout (librdkafka `session.timeout.ms`): a replica silent for
     /// this long is removed from the group. Must be longer than `shutdown.drain_timeout_secs`.
     pub session_timeout_ms: u64,
@@ -370,6 +374,7 @@ impl Default for KafkaConfig {
             sessions_topic: default_sessions_topic(),
             changelog_topic: default_changelog_topic(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            schema_registry_url: String::new(),
             session_timeout_ms: default_session_timeout_ms(),
             client: ClientProperties::default(),
         }
@@ -959,6 +964,8 @@ pub struct KafkaSettings {
     pub sessions_topic: Option<String>,
     /// `None` keeps session state in memory only.
     pub changelog_topic: Option<String>,
+    /// `None`: Confluent-framed traces cannot be resolved.
+    pub schema_registry_url: Option<String>,
     pub checkpoint_interval: Duration,
     pub session_timeout: Duration,
     /// Applied last with [`ClientProperties::apply_to`].
@@ -1162,7 +1169,21 @@ fn validate_kafka(
         );
     }
     check_client_properties(&kafka.client, problems);
+    let schema_registry_url = kafka
+        .schema_registry_url
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    let is_http =
+        schema_registry_url.starts_with("http://") || schema_registry_url.starts_with("https://");
+    if !schema_registry_url.is_empty() && !is_http {
+        problems.push(
+            "kafka.schema_registry_url",
+            "must be an http(s) URL or empty, e.g. `http://schema-registry:8081`",
+        );
+    }
     KafkaSettings {
+        schema_registry_url: (!schema_registry_url.is_empty()).then_some(schema_registry_url),
         bootstrap_servers: servers.join(","),
         group_id: kafka.group_id,
         topic: kafka.topic,
@@ -1695,6 +1716,7 @@ impl ValidatedConfig {
                 sessions_topic: self.kafka.sessions_topic.clone().unwrap_or_default(),
                 changelog_topic: self.kafka.changelog_topic.clone().unwrap_or_default(),
                 checkpoint_interval_ms: millis(self.kafka.checkpoint_interval),
+                schema_registry_url: self.kafka.schema_registry_url.clone().unwrap_or_default(),
                 session_timeout_ms: millis(self.kafka.session_timeout),
                 client: self.kafka.client.clone(),
             },

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tokio::task::JoinSet;
 use trace_model::codec::avro::encode_session_summary;
-use trace_model::{Decoder, Limits, SessionSummary, TraceEvent};
+use trace_model::codec::registry::SchemaRegistry;
+use trace_model::{DecodeError, Decoder, Limits, SessionSummary, TraceEvent};
 
 /// How often batches are checked for linger and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(50);
@@ -70,6 +71,8 @@ pub enum RunError {
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the openlayer client")]
     Sink(#[source] crate::sink::openlayer::SinkError),
+    #[error("failed to create the schema registry client")]
+    SchemaRegistry(#[source] trace_model::codec::registry::RegistryError),
     #[error("failed to prepare the session state changelog")]
     Changelog(#[source] ChangelogError),
 }
@@ -152,8 +155,14 @@ pub async fn run(
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
     let sink =
         OpenlayerSink::try_new(settings.sink.clone(), metrics.clone()).map_err(RunError::Sink)?;
+    let mut decoder = Decoder::new(settings.limits);
+    if let Some(url) = &settings.kafka.schema_registry_url {
+        let registry = SchemaRegistry::try_new(url.clone(), Duration::from_secs(10))
+            .map_err(RunError::SchemaRegistry)?;
+        decoder = decoder.with_registry(registry);
+    }
     let mut pipeline = Pipeline {
-        decoder: Decoder::new(settings.limits),
+        decoder,
         batcher: Batcher::new(settings.batch),
         settings,
         metrics,
@@ -216,8 +225,10 @@ impl Pipeline {
                     match received {
                         Ok(message) => {
                             let message = message.detach();
+                            let schema_error =
+                                prefetch_schema(&self.decoder, &self.metrics, &message).await;
                             self.apply_rebalances();
-                            self.on_message(&message);
+                            self.on_message(&message, schema_error);
                         }
                         Err(error) => {
                             self.metrics.errors.with_label_values(&["kafka", "receiving"]).inc();
@@ -292,7 +303,7 @@ impl Pipeline {
         }
     }
 
-    fn on_message(&mut self, message: &OwnedMessage) {
+    fn on_message(&mut self, message: &OwnedMessage, schema_error: Option<DecodeError>) {
         self.health.record_progress();
         self.health.set_broker_reachable(true);
         self.metrics.events_consumed.inc();
@@ -321,7 +332,11 @@ impl Pipeline {
         };
         let payload = message.payload().unwrap_or_default();
         let source_topic = self.settings.kafka.topic.clone();
-        let event = match self.decoder.decode(payload) {
+        let decoded = match schema_error {
+            Some(error) => Err(error),
+            None => self.decoder.decode(payload),
+        };
+        let event = match decoded {
             Ok(event) => event,
             Err(error) => {
                 self.metrics
@@ -1130,4 +1145,43 @@ fn retain_owned_rows(batch: &mut Batch, revoked: &[i32]) {
             index += 1;
         }
     }
+}
+
+/// Fetches a Confluent writer schema the message needs, waiting out registry outages (a
+/// transient failure must not dead-letter good traces). Returns a permanent failure, which
+/// dead-letters the message.
+async fn prefetch_schema(
+    decoder: &Decoder,
+    metrics: &Metrics,
+    message: &OwnedMessage,
+) -> Option<DecodeError> {
+    let payload = message.payload().unwrap_or_default();
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match decoder.prefetch_schema(payload).await {
+            Ok(()) => return None,
+            Err(error) if error.is_transient() => {
+                metrics
+                    .errors
+                    .with_label_values(&["schema_registry", "receiving"])
+                    .inc();
+                tracing::warn!(error = %anyhow_chain(&error), "schema registry unavailable, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => return Some(error),
+        }
+    }
+}
+
+/// An error and its sources on one line, for logs.
+fn anyhow_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -40,6 +40,7 @@ impl PipelineSettings {
                 dead_letter_topic: config.kafka.dead_letter_topic.clone(),
                 sessions_topic: config.kafka.sessions_topic.clone(),
                 changelog_topic: config.kafka.changelog_topic.clone(),
+                schema_registry_url: config.kafka.schema_registry_url.clone(),
                 // Validation bounds it to an hour.
                 session_timeout_ms: u32::try_from(config.kafka.session_timeout.as_millis())
                     .unwrap_or(u32::MAX),

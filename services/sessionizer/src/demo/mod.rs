@@ -195,6 +195,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
             dead_letter_topic: DEAD_LETTERS.to_owned(),
             sessions_topic: Some(SESSIONS.to_owned()),
             changelog_topic: Some(CHANGELOG.to_owned()),
+            schema_registry_url: None,
             session_timeout_ms: 6000,
             client: BTreeMap::new(),
         },

@@ -30,6 +30,8 @@ pub struct KafkaSettings {
     /// Session state changelog; `None` keeps state in memory only (restarts and rebalances
     /// then restart turn numbering of open sessions).
     pub changelog_topic: Option<String>,
+    /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
+    pub schema_registry_url: Option<String>,
     pub session_timeout_ms: u32,
     /// librdkafka settings applied last (TLS, SASL, ...).
     pub client: BTreeMap<String, String>,

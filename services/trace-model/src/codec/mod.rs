@@ -220,6 +220,17 @@ impl Decoder {
     /// As [`Decoder::decode`]; `RegistryUnavailable` (transient) when the registry cannot be
     /// reached, `UnknownSchemaId` when it does not know the id.
     pub async fn decode_fetching(&self, bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
+        self.prefetch_schema(bytes).await?;
+        self.decode(bytes)
+    }
+
+    /// Fetches the writer schema of a Confluent-framed message when the registry is configured
+    /// and the id is not cached yet; does nothing for other messages. After `Ok`,
+    /// [`Decoder::decode`] needs no network.
+    ///
+    /// # Errors
+    /// `RegistryUnavailable` (transient), `UnknownSchemaId` or `IncompatibleSchema` (permanent).
+    pub async fn prefetch_schema(&self, bytes: &[u8]) -> Result<(), DecodeError> {
         if let (Ok(Framing::Confluent { schema_id }), Some(registry)) =
             (detect_framing(bytes), &self.registry)
             && registry.cached(schema_id).is_none()
@@ -243,7 +254,7 @@ impl Decoder {
                 }
             }
         }
-        self.decode(bytes)
+        Ok(())
     }
 
     fn check_size_and_framing(&self, bytes: &[u8]) -> Result<Framing, DecodeError> {
