@@ -1,7 +1,7 @@
 //! The command-line entry points a new user meets first: `sessionizer demo` (what `make run`
 //! runs) and `sessionizer emit`, run as the real executable.
 
-use end_to_end::{ReadRecord, bootstrap, create_topic, read_topic, sessionizer_path, unique_name};
+use end_to_end::{bootstrap, create_topic, read_topic, sessionizer_path, unique_name};
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -71,14 +71,6 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
     let _cleanup = std::fs::remove_dir_all(&output_dir);
 }
 
-fn header(record: &ReadRecord, name: &str) -> Option<String> {
-    record
-        .headers
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.clone())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emit_produces_json_lines_like_the_helpers_and_reports_bad_lines_by_number() {
     let topic = unique_name("emitted");
@@ -135,6 +127,6 @@ async fn emit_produces_json_lines_like_the_helpers_and_reports_bad_lines_by_numb
                 .map(|key| String::from_utf8(key).expect("utf-8")),
             expected_key
         );
-        assert!(header(record, "error.reason").is_none());
+        assert!(record.header("error.reason").is_none());
     }
 }

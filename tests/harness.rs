@@ -66,6 +66,45 @@ pub struct ReadRecord {
     pub headers: Vec<(String, String)>,
 }
 
+impl ReadRecord {
+    /// The value of header `name`, if the record has it.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    }
+}
+
+/// The topics one sessionizer under test uses, uniquely named.
+#[derive(Debug, Clone)]
+pub struct ServiceTopics {
+    pub traces: String,
+    pub dead_letters: String,
+    pub sessions: String,
+    /// Left to the sessionizer to create, co-partitioned with `traces`.
+    pub changelog: String,
+}
+
+/// Creates the traces (with `partitions`), dead-letter and sessions topics under names
+/// starting with `prefix`.
+///
+/// # Panics
+/// When the broker refuses.
+pub async fn create_service_topics(prefix: &str, partitions: i32) -> ServiceTopics {
+    let bootstrap = bootstrap();
+    let topics = ServiceTopics {
+        traces: unique_name(&format!("{prefix}traces")),
+        dead_letters: unique_name(&format!("{prefix}dlq")),
+        sessions: unique_name(&format!("{prefix}sessions")),
+        changelog: unique_name(&format!("{prefix}state")),
+    };
+    create_topic(&bootstrap, &topics.traces, partitions).await;
+    create_topic(&bootstrap, &topics.dead_letters, 1).await;
+    create_topic(&bootstrap, &topics.sessions, 1).await;
+    topics
+}
+
 /// Reads `topic` from the beginning of each of its `partitions` until `expected` records
 /// arrived or `deadline` passed, with a plain consumer (no group coordination: assigned).
 ///

@@ -7,8 +7,8 @@
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
-    bootstrap, create_topic, now_ms, produce, produce_trace, producer, sessionizer_path,
-    unique_name,
+    ServiceTopics, bootstrap, create_service_topics, now_ms, produce, produce_trace, producer,
+    sessionizer_path, unique_name,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -220,31 +220,9 @@ async fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
 // Configuration, topics and traces
 // ---------------------------------------------------------------------------------------------
 
-struct Topics {
-    traces: String,
-    dead_letters: String,
-    sessions: String,
-    changelog: String,
-}
-
-async fn topics() -> Topics {
-    let bootstrap = bootstrap();
-    let topics = Topics {
-        traces: unique_name("bin-traces"),
-        dead_letters: unique_name("bin-dlq"),
-        sessions: unique_name("bin-sessions"),
-        // Created by the sessionizer, co-partitioned with the traces topic.
-        changelog: unique_name("bin-state"),
-    };
-    create_topic(&bootstrap, &topics.traces, 3).await;
-    create_topic(&bootstrap, &topics.dead_letters, 1).await;
-    create_topic(&bootstrap, &topics.sessions, 1).await;
-    topics
-}
-
 /// A complete, valid configuration in environment variables, as a deployment sets them.
 fn service_env(
-    topics: &Topics,
+    topics: &ServiceTopics,
     group_id: &str,
     server: &OpenlayerServer,
     api_key: &str,
@@ -399,7 +377,7 @@ async fn sigterm_then_restart(extra_env: &[(&str, &str)]) {
     /// (five seconds at most) waits for the rest.
     const HOLD: Duration = Duration::from_secs(3);
     const SIGTERM_INTO_HOLD: Duration = Duration::from_millis(500);
-    let topics = topics().await;
+    let topics = create_service_topics("bin-", 3).await;
     let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&api_key).await;
     // One request is held for a while: SIGTERM comes while it is in flight, and the drain
@@ -572,7 +550,7 @@ async fn metrics_endpoint_exports_the_documented_names() {
         declared.len() >= 20,
         "the scan found the catalogue: {declared:?}"
     );
-    let topics = topics().await;
+    let topics = create_service_topics("bin-", 3).await;
     let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&api_key).await;
     // One retried request, so the retry metrics have a sample.
@@ -671,7 +649,7 @@ async fn metrics_endpoint_exports_the_documented_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_never_appears_in_logs_metrics_or_check_config() {
-    let topics = topics().await;
+    let topics = create_service_topics("bin-", 3).await;
     let api_key = format!("sk-live-DISTINCTIVE-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&api_key).await;
     // Every request refused as unauthorized: the failures are logged, with whatever context
@@ -744,7 +722,7 @@ async fn api_key_never_appears_in_logs_metrics_or_check_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_fails_at_start_naming_the_key() {
-    let topics = Topics {
+    let topics = ServiceTopics {
         traces: "bin-traces-never-created".to_owned(),
         dead_letters: "bin-dlq-never-created".to_owned(),
         sessions: "bin-sessions-never-created".to_owned(),

@@ -4,8 +4,8 @@
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
-    ReadRecord, bootstrap, create_topic, now_ms, produce, produce_trace, producer, read_topic,
-    unique_name,
+    ServiceTopics, bootstrap, create_service_topics, now_ms, produce, produce_trace, producer,
+    read_topic, unique_name,
 };
 use serde_json::Value;
 use sessionizer::batch::BatchSettings;
@@ -26,28 +26,7 @@ const PARTITIONS: i32 = 3;
 const API_KEY: &str = "test-key-not-a-secret";
 const PIPELINE: &str = "pipeline-main";
 
-struct Topics {
-    traces: String,
-    dead_letters: String,
-    sessions: String,
-    changelog: String,
-}
-
-async fn topics() -> Topics {
-    let bootstrap = bootstrap();
-    let topics = Topics {
-        traces: unique_name("traces"),
-        dead_letters: unique_name("dlq"),
-        sessions: unique_name("sessions"),
-        changelog: unique_name("state"),
-    };
-    create_topic(&bootstrap, &topics.traces, PARTITIONS).await;
-    create_topic(&bootstrap, &topics.dead_letters, 1).await;
-    create_topic(&bootstrap, &topics.sessions, 1).await;
-    topics
-}
-
-fn settings(topics: &Topics, server: &OpenlayerServer) -> PipelineSettings {
+fn settings(topics: &ServiceTopics, server: &OpenlayerServer) -> PipelineSettings {
     PipelineSettings {
         kafka: KafkaSettings {
             bootstrap_servers: bootstrap(),
@@ -155,14 +134,6 @@ fn by_inference_id(rows: &[Value]) -> HashMap<String, Value> {
         .collect()
 }
 
-fn header(record: &ReadRecord, name: &str) -> Option<String> {
-    record
-        .headers
-        .iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.clone())
-}
-
 /// Emits `turns` chat traces for each of `num_sessions` sessions through the producer helpers
 /// (context scope, traced function with nested steps, Kafka emitter), one turn a second of
 /// event time apart, and returns the traces as emitted.
@@ -229,7 +200,7 @@ async fn emit_chats_through_helpers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ships_every_trace_once_with_session_enrichment() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     // Openlayer misbehaves first: rows must still arrive, once each.
     server.push_fault(Fault::Status(503));
@@ -320,7 +291,7 @@ async fn ships_every_trace_once_with_session_enrichment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
@@ -368,20 +339,20 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
         "every poison message dead-lettered"
     );
     for ((reason, payload), letter) in poison.iter().zip(&letters) {
-        assert_eq!(header(letter, "error.reason").as_deref(), Some(*reason));
-        assert_eq!(header(letter, "error.stage").as_deref(), Some("decode"));
+        assert_eq!(letter.header("error.reason").as_deref(), Some(*reason));
+        assert_eq!(letter.header("error.stage").as_deref(), Some("decode"));
         assert_eq!(
-            header(letter, "source.topic").as_deref(),
+            letter.header("source.topic").as_deref(),
             Some(topics.traces.as_str())
         );
-        assert!(header(letter, "source.offset").is_some());
+        assert!(letter.header("source.offset").is_some());
         assert_eq!(&letter.payload, payload, "original bytes kept");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     server.reject_inference_id("refused-turn-2");
     let producer = producer();
@@ -414,15 +385,15 @@ async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
         .collect();
     assert_eq!(ids, HashSet::from(["refused-turn-1", "refused-turn-3"]));
     assert_eq!(letters.len(), 1);
-    assert_eq!(header(&letters[0], "error.stage").as_deref(), Some("sink"));
-    assert_eq!(header(&letters[0], "http.status").as_deref(), Some("400"));
+    assert_eq!(letters[0].header("error.stage").as_deref(), Some("sink"));
+    assert_eq!(letters[0].header("http.status").as_deref(), Some("400"));
     let row: Value = serde_json::from_slice(&letters[0].payload).expect("row json");
     assert_eq!(row["inferenceId"], "refused-turn-2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
@@ -500,7 +471,7 @@ fn metric_value(registry: &prometheus::Registry, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_instance_continues_turn_numbers_and_totals() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
@@ -553,7 +524,7 @@ async fn a_restarted_instance_continues_turn_numbers_and_totals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let config = settings(&topics, &server);
@@ -608,7 +579,7 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
@@ -727,7 +698,7 @@ async fn start_schema_registry(known_id: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_confluent_framed_traces_through_the_schema_registry() {
-    let topics = topics().await;
+    let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let registry_url = start_schema_registry(7).await;
     let producer = producer();
@@ -758,7 +729,7 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     assert_eq!(rows[0]["inferenceId"], "confluent-turn-1");
     assert_eq!(letters.len(), 1);
     assert_eq!(
-        header(&letters[0], "error.reason").as_deref(),
+        letters[0].header("error.reason").as_deref(),
         Some("unknown_schema_id")
     );
 }

@@ -659,43 +659,26 @@ impl Pipeline {
             }
             self.tracker.settle(origin.partition, origin.offset);
         }
+        let source_topic = self.settings.kafka.topic.clone();
         for (origin, index, rejection) in letters {
             if !self.tracker.owns(origin.partition) {
                 continue;
             }
-            let payload = batch.rows[index].get().as_bytes();
-            let letter = DeadLetter {
-                reason: "openlayer_rejected",
-                stage: "sink",
-                message: rejection.body.clone(),
-                source_topic: &self.settings.kafka.topic,
-                partition: origin.partition,
-                offset: origin.offset,
-                key: None,
-                payload,
-                http_status: rejection.status,
-                pipeline_id: Some(&batch.pipeline_id),
-            };
-            let topic = self.settings.kafka.dead_letter_topic.clone();
-            self.metrics
-                .dead_letters
-                .with_label_values(&["sink", "openlayer_rejected"])
-                .inc();
-            match send_dead_letter(&self.producer, &topic, &letter) {
-                Ok(delivery) => {
-                    self.dead_letters.spawn(async move {
-                        let delivered = matches!(delivery.await, Ok(Ok(_)));
-                        DeadLetterDelivered { origin, delivered }
-                    });
-                }
-                Err(error) => {
-                    self.metrics
-                        .errors
-                        .with_label_values(&["kafka", "sending"])
-                        .inc();
-                    tracing::error!(%error, "failed to queue a dead letter; the row stays uncommitted");
-                }
-            }
+            self.dead_letter(
+                origin,
+                DeadLetter {
+                    reason: "openlayer_rejected",
+                    stage: "sink",
+                    message: rejection.body.clone(),
+                    source_topic: &source_topic,
+                    partition: origin.partition,
+                    offset: origin.offset,
+                    key: None,
+                    payload: batch.rows[index].get().as_bytes(),
+                    http_status: rejection.status,
+                    pipeline_id: Some(&batch.pipeline_id),
+                },
+            );
         }
         self.store_advanced_offsets();
         self.dispatch(Vec::new());
