@@ -733,3 +733,57 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
         Some("unknown_schema_id")
     );
 }
+
+fn gauge_value(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().iter())
+        .map(|metric| metric.get_gauge().get_value())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
+    let topics = create_service_topics("", PARTITIONS).await;
+    let server = OpenlayerServer::start(API_KEY).await;
+    // Openlayer answers slowly: rows pile up unacknowledged.
+    server.set_latency(Duration::from_millis(700));
+    let producer = producer();
+    let base = now_ms();
+    for turn in 1..=150 {
+        let session = format!("slow-{}", turn % 10);
+        produce_trace(
+            &producer,
+            &topics.traces,
+            &chat_trace("kim", &session, turn, base + turn),
+        )
+        .await;
+    }
+    let mut config = settings(&topics, &server);
+    config.max_unacked_rows = 20;
+    config.batch.max_rows = 5;
+    config.max_in_flight_requests = 1;
+    let running = start(config);
+    let registry = running.registry.clone();
+    let mut paused_seen = false;
+    for _ in 0..300 {
+        if gauge_value(&registry, "sessionizer_partitions_paused") > 0.0 {
+            paused_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        paused_seen,
+        "partitions pause while unacknowledged rows pass the limit"
+    );
+    server.set_latency(Duration::ZERO);
+    let rows = server.wait_for_rows(150, Duration::from_secs(90)).await;
+    let resumed = gauge_value(&registry, "sessionizer_partitions_paused") == 0.0;
+    running.stop().await;
+    assert_eq!(rows.len(), 150, "nothing lost");
+    assert_eq!(by_inference_id(&rows).len(), 150, "nothing shipped twice");
+    assert!(resumed, "partitions resume once Openlayer catches up");
+}
