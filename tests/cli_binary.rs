@@ -33,10 +33,14 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("12 sessions closed"), "{stdout}");
-    assert!(
-        stdout.contains("end_event: 6") && stdout.contains("idle: 6"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("end_event: 6"), "{stdout}");
+    // The other six close by inactivity: on the wall clock (idle) or, when other sessions'
+    // traces moved the partition's event time on first, by event time (gap).
+    let closed_by_inactivity = stdout
+        .lines()
+        .filter(|line| line.ends_with(" idle") || line.ends_with(" gap"))
+        .count();
+    assert_eq!(closed_by_inactivity, 6, "{stdout}");
     assert!(stdout.contains("rows shipped: 45"), "{stdout}");
     assert!(stdout.contains("dead letters: 3"), "{stdout}");
 

@@ -230,10 +230,9 @@ pub fn openlayer_row(event: &TraceEvent, inference_id: &str, placement: &Placeme
         inference_id,
         placement,
     };
+    // to_raw_value keeps the text serde_json just wrote instead of parsing it again.
     #[allow(clippy::expect_used)]
-    let text = serde_json::to_string(&view).expect("rows always serialize");
-    #[allow(clippy::expect_used)]
-    serde_json::value::RawValue::from_string(text).expect("serde_json wrote valid json")
+    serde_json::value::to_raw_value(&view).expect("rows always serialize")
 }
 
 /// Whether the row carries `user_id` / `session_id` columns (the config names them only then).

@@ -99,7 +99,7 @@ impl Metrics {
         let partition_lag = prometheus::GaugeVec::new(
             Opts::new(
                 "sessionizer_partition_lag_seconds",
-                "How far behind real time the newest processed record of each owned partition is.",
+                "How far behind real time the newest processed record of each owned partition is while records wait (0 when caught up).",
             ),
             &["partition"],
         )?;

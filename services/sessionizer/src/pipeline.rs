@@ -123,6 +123,9 @@ struct Pipeline {
     final_turns: Vec<FinalTurn>,
     /// Next offset to process per owned partition, for consumer lag.
     positions: HashMap<i32, i64>,
+    /// Kafka timestamp of the newest processed record per owned partition, for the
+    /// partition lag gauge (set on the tick, not per message).
+    newest_timestamps: HashMap<i32, i64>,
     paused: bool,
     paused_since: Option<Instant>,
     last_idle_check: Instant,
@@ -180,6 +183,7 @@ pub async fn run(
         row_updates: JoinSet::new(),
         final_turns: Vec::new(),
         positions: HashMap::new(),
+        newest_timestamps: HashMap::new(),
         paused: false,
         paused_since: None,
         last_idle_check: Instant::now(),
@@ -277,6 +281,7 @@ impl Pipeline {
                     for partition in &partitions {
                         self.tracker.revoke(*partition);
                         self.positions.remove(partition);
+                        self.newest_timestamps.remove(partition);
                         self.journals.remove(partition);
                         self.restored.remove(partition);
                         self.checkpoint_in_flight.remove(partition);
@@ -331,7 +336,6 @@ impl Pipeline {
             kafka_timestamp_ms,
         };
         let payload = message.payload().unwrap_or_default();
-        let source_topic = self.settings.kafka.topic.clone();
         let decoded = match schema_error {
             Some(error) => Err(error),
             None => self.decoder.decode(payload),
@@ -345,6 +349,7 @@ impl Pipeline {
                     .inc();
                 tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
                 self.tracker.track(partition, offset, 1);
+                let source_topic = self.settings.kafka.topic.clone();
                 self.dead_letter(
                     origin,
                     DeadLetter {
@@ -373,6 +378,7 @@ impl Pipeline {
                 .with_label_values(&["no_pipeline_id"])
                 .inc();
             self.tracker.track(partition, offset, 1);
+            let source_topic = self.settings.kafka.topic.clone();
             self.dead_letter(
                 origin,
                 DeadLetter {
@@ -478,10 +484,7 @@ impl Pipeline {
         if let Some(kafka_timestamp_ms) = origin.kafka_timestamp_ms {
             let lag_seconds = (wall_ms() - kafka_timestamp_ms).max(0) as f64 / 1000.0;
             self.metrics.sessionization_lag.observe(lag_seconds);
-            self.metrics
-                .partition_lag
-                .with_label_values(&[&partition.to_string()])
-                .set(lag_seconds);
+            self.newest_timestamps.insert(partition, kafka_timestamp_ms);
         }
         let row = openlayer_row(event, &inference_id, &placement);
         let (has_user, has_session) = row_id_columns(event, &placement);
@@ -1035,16 +1038,30 @@ impl Pipeline {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let owned: HashSet<i32> = self.windows.keys().copied().collect();
+        let now_ms = wall_ms();
+        let owned: Vec<i32> = self.windows.keys().copied().collect();
         for partition in owned {
-            let Some(high) = high_watermarks.get(&partition) else {
-                continue;
+            let label = partition.to_string();
+            let behind_records = high_watermarks.get(&partition).map(|high| {
+                let next = self.positions.get(&partition).copied().unwrap_or(0);
+                (high - next).max(0)
+            });
+            if let Some(behind_records) = behind_records {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&label])
+                    .set(behind_records);
+            }
+            // Behind real time only while records wait: a caught-up quiet partition is not
+            // lagging, however old its newest record is.
+            let lag_seconds = match (behind_records, self.newest_timestamps.get(&partition)) {
+                (Some(0), _) | (_, None) => 0.0,
+                (_, Some(newest_ms)) => (now_ms - newest_ms).max(0) as f64 / 1000.0,
             };
-            let next = self.positions.get(&partition).copied().unwrap_or(0);
             self.metrics
-                .consumer_lag
-                .with_label_values(&[&partition.to_string()])
-                .set((high - next).max(0));
+                .partition_lag
+                .with_label_values(&[&label])
+                .set(lag_seconds);
         }
     }
 

@@ -327,6 +327,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     let reasons = dead_letters_by_reason(&registry);
     let described: Vec<String> = reasons
         .iter()
+        .filter(|(_, count)| **count > 0)
         .map(|(reason, count)| format!("{reason}: {count}"))
         .collect();
     println!(
