@@ -36,6 +36,7 @@ const RESERVED_COLUMNS: &[&str] = &[
     "session_segment",
     "session_inferred",
     "session_late",
+    "session_final_turn",
 ];
 
 /// The session columns added to every row of a session, for the README and tests.
@@ -356,6 +357,9 @@ mod tests {
         assert_eq!(row["previous_inference_id"], "inf-1");
         assert_eq!(row["session_tokens_so_far"], 90);
         assert_eq!(row["session_late"], false);
+        for column in SESSION_COLUMNS {
+            assert!(row.get(*column).is_some(), "turn rows carry {column}");
+        }
         let root = &row["steps"][0];
         assert_eq!(root["type"], "user_call");
         assert_eq!(root["endTime"], 1_700_000_001.75);

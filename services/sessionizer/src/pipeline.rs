@@ -1165,7 +1165,7 @@ async fn prefetch_schema(
                     .errors
                     .with_label_values(&["schema_registry", "receiving"])
                     .inc();
-                tracing::warn!(error = %anyhow_chain(&error), "schema registry unavailable, retrying");
+                tracing::warn!(error = %error_chain(&error), "schema registry unavailable, retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
@@ -1175,7 +1175,7 @@ async fn prefetch_schema(
 }
 
 /// An error and its sources on one line, for logs.
-fn anyhow_chain(error: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
