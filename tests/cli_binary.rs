@@ -56,6 +56,53 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .flat_map(|request| request["rows"].as_array().expect("rows").iter())
         .collect();
     assert_eq!(rows.len(), 45);
+    let ids: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter_map(|row| row["inferenceId"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 45, "every good trace exactly once");
+
+    // Every session in the printed table matches its rows: as many turns, numbered 1..n in
+    // order, with running token totals that end at the table's total.
+    let mut by_session: std::collections::BTreeMap<&str, Vec<&Value>> = Default::default();
+    for row in rows.iter().filter(|row| row["session_late"] == false) {
+        by_session
+            .entry(row["session_id"].as_str().expect("session id"))
+            .or_default()
+            .push(row);
+    }
+    let table: Vec<(&str, usize, i64)> = stdout
+        .lines()
+        .filter(|line| line.starts_with("user-"))
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let turns = columns[2].parse().expect("turns");
+            let tokens = columns[4].parse().expect("tokens");
+            (columns[1], turns, tokens)
+        })
+        .collect();
+    assert_eq!(table.len(), 12, "{stdout}");
+    for (session, turns, tokens) in table {
+        let mut session_rows = by_session
+            .remove(session)
+            .expect("rows of a listed session");
+        session_rows.sort_by_key(|row| row["session_turn"].as_i64());
+        let numbered: Vec<i64> = session_rows
+            .iter()
+            .map(|row| row["session_turn"].as_i64().expect("turn"))
+            .collect();
+        assert_eq!(
+            numbered,
+            (1..=turns as i64).collect::<Vec<_>>(),
+            "{session}"
+        );
+        let last = session_rows.last().expect("a row");
+        assert_eq!(last["session_tokens_so_far"], tokens, "{session}");
+    }
+    assert!(
+        by_session.is_empty(),
+        "rows of sessions missing from the table: {by_session:?}"
+    );
     let late = rows
         .iter()
         .filter(|row| row["session_late"] == true)
