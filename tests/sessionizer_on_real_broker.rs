@@ -10,7 +10,7 @@ use end_to_end::{
 use serde_json::Value;
 use sessionizer::batch::BatchSettings;
 use sessionizer::health::Health;
-use sessionizer::metrics::Metrics;
+use sessionizer::metrics::{Metrics, sample_sum};
 use sessionizer::pipeline::{PipelineSettings, run};
 use sessionizer::secret::Secret;
 use sessionizer::sessionize::WindowSettings;
@@ -459,16 +459,6 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
     );
 }
 
-fn metric_value(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric().iter())
-        .map(|metric| metric.get_counter().get_value())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_instance_continues_turn_numbers_and_totals() {
     let topics = create_service_topics("", PARTITIONS).await;
@@ -569,8 +559,8 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
             assert_eq!(row["session_turn"], round, "{row}");
         }
     }
-    let first_shipped = metric_value(&first_registry, "sessionizer_rows_shipped_total");
-    let second_shipped = metric_value(&second_registry, "sessionizer_rows_shipped_total");
+    let first_shipped = sample_sum(&first_registry, "sessionizer_rows_shipped_total", None);
+    let second_shipped = sample_sum(&second_registry, "sessionizer_rows_shipped_total", None);
     assert!(
         first_shipped > 0.0 && second_shipped > 0.0,
         "both members shipped: {first_shipped} {second_shipped}"
@@ -734,16 +724,6 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     );
 }
 
-fn gauge_value(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric().iter())
-        .map(|metric| metric.get_gauge().get_value())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
     let topics = create_service_topics("", PARTITIONS).await;
@@ -769,7 +749,7 @@ async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
     let registry = running.registry.clone();
     let mut paused_seen = false;
     for _ in 0..300 {
-        if gauge_value(&registry, "sessionizer_partitions_paused") > 0.0 {
+        if sample_sum(&registry, "sessionizer_partitions_paused", None) > 0.0 {
             paused_seen = true;
             break;
         }
@@ -781,7 +761,7 @@ async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
     );
     server.set_latency(Duration::ZERO);
     let rows = server.wait_for_rows(150, Duration::from_secs(90)).await;
-    let resumed = gauge_value(&registry, "sessionizer_partitions_paused") == 0.0;
+    let resumed = sample_sum(&registry, "sessionizer_partitions_paused", None) == 0.0;
     running.stop().await;
     assert_eq!(rows.len(), 150, "nothing lost");
     assert_eq!(by_inference_id(&rows).len(), 150, "nothing shipped twice");

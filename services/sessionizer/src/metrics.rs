@@ -287,3 +287,23 @@ impl Metrics {
         self
     }
 }
+
+/// Value of the counter or gauge family `name` in `registry`, summed over its series, or over
+/// those whose label `label.0` equals `label.1`. For reports and tests, not the hot path.
+pub fn sample_sum(registry: &Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().iter())
+        .filter(|sample| {
+            label.is_none_or(|(key, value)| {
+                sample
+                    .get_label()
+                    .iter()
+                    .any(|pair| pair.name() == key && pair.value() == value)
+            })
+        })
+        .map(|sample| sample.get_counter().get_value() + sample.get_gauge().get_value())
+        .sum()
+}

@@ -343,28 +343,8 @@ impl Pipeline {
         let event = match decoded {
             Ok(event) => event,
             Err(error) => {
-                self.metrics
-                    .events_invalid
-                    .with_label_values(&[error.reason()])
-                    .inc();
                 tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
-                self.tracker.track(partition, offset, 1);
-                let source_topic = self.settings.kafka.topic.clone();
-                self.dead_letter(
-                    origin,
-                    DeadLetter {
-                        reason: error.reason(),
-                        stage: "decode",
-                        message: error.to_string(),
-                        source_topic: &source_topic,
-                        partition,
-                        offset,
-                        key: message.key(),
-                        payload,
-                        http_status: None,
-                        pipeline_id: None,
-                    },
-                );
+                self.reject_message(origin, message, error.reason(), error.to_string());
                 return;
             }
         };
@@ -373,30 +353,47 @@ impl Pipeline {
             .clone()
             .or_else(|| self.settings.default_pipeline_id.clone())
         else {
-            self.metrics
-                .events_invalid
-                .with_label_values(&["no_pipeline_id"])
-                .inc();
-            self.tracker.track(partition, offset, 1);
-            let source_topic = self.settings.kafka.topic.clone();
-            self.dead_letter(
+            self.reject_message(
                 origin,
-                DeadLetter {
-                    reason: "no_pipeline_id",
-                    stage: "decode",
-                    message: "trace names no pipeline_id and no default is configured".to_owned(),
-                    source_topic: &source_topic,
-                    partition,
-                    offset,
-                    key: message.key(),
-                    payload,
-                    http_status: None,
-                    pipeline_id: None,
-                },
+                message,
+                "no_pipeline_id",
+                "trace names no pipeline_id and no default is configured".to_owned(),
             );
             return;
         };
         self.place(&event, &pipeline_id, origin);
+    }
+
+    /// Dead-letters a message that cannot become a row (decode or validation failure, no
+    /// pipeline); it settles once the dead letter is acknowledged.
+    fn reject_message(
+        &mut self,
+        origin: Origin,
+        message: &OwnedMessage,
+        reason: &'static str,
+        description: String,
+    ) {
+        self.metrics
+            .events_invalid
+            .with_label_values(&[reason])
+            .inc();
+        self.tracker.track(origin.partition, origin.offset, 1);
+        let source_topic = self.settings.kafka.topic.clone();
+        self.dead_letter(
+            origin,
+            DeadLetter {
+                reason,
+                stage: "decode",
+                message: description,
+                source_topic: &source_topic,
+                partition: origin.partition,
+                offset: origin.offset,
+                key: message.key(),
+                payload: message.payload().unwrap_or_default(),
+                http_status: None,
+                pipeline_id: None,
+            },
+        );
     }
 
     fn place(&mut self, event: &TraceEvent, pipeline_id: &str, origin: Origin) {

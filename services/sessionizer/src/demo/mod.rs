@@ -12,7 +12,7 @@ pub mod workload;
 use crate::batch::BatchSettings;
 use crate::health::Health;
 use crate::http::{HttpState, serve};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, sample_sum};
 use crate::pipeline::PipelineSettings;
 use crate::secret::Secret;
 use crate::sessionize::WindowSettings;
@@ -54,31 +54,6 @@ pub struct DemoSettings {
     pub metrics_listen: SocketAddr,
     /// Give up waiting for every row after this long.
     pub timeout: Duration,
-}
-
-/// Reads a counter or gauge family from the registry, summed over the matching label value.
-fn metric(registry: &prometheus::Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric().iter())
-        .filter(|sample| {
-            label.is_none_or(|(key, value)| {
-                sample
-                    .get_label()
-                    .iter()
-                    .any(|pair| pair.name() == key && pair.value() == value)
-            })
-        })
-        .map(|sample| {
-            if sample.get_counter().get_value() != 0.0 {
-                sample.get_counter().get_value()
-            } else {
-                sample.get_gauge().get_value()
-            }
-        })
-        .sum()
 }
 
 fn dead_letters_by_reason(registry: &prometheus::Registry) -> BTreeMap<String, u64> {
@@ -290,9 +265,9 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + settings.timeout;
     loop {
-        let shipped = metric(&registry, "sessionizer_rows_shipped_total", None);
-        let open = metric(&registry, "sessionizer_sessions_open", None);
-        let poisoned = metric(
+        let shipped = sample_sum(&registry, "sessionizer_rows_shipped_total", None);
+        let open = sample_sum(&registry, "sessionizer_sessions_open", None);
+        let poisoned = sample_sum(
             &registry,
             "sessionizer_dead_letters_total",
             Some(("stage", "decode")),
@@ -312,7 +287,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     http_stop.cancel();
     let _ = http.await;
 
-    let shipped = metric(&registry, "sessionizer_rows_shipped_total", None);
+    let shipped = sample_sum(&registry, "sessionizer_rows_shipped_total", None);
     let summaries = read_summaries(&bootstrap)?;
     print_sessions(&summaries);
     println!();
@@ -394,13 +369,13 @@ async fn print_progress(registry: prometheus::Registry, stop: CancellationToken,
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let consumed = metric(&registry, "sessionizer_events_consumed_total", None);
+        let consumed = sample_sum(&registry, "sessionizer_events_consumed_total", None);
         println!(
             "[{:>4.1}s] consumed {:>4}  shipped {:>4}  open sessions {:>3}  {:>5.0} events/s",
             started.elapsed().as_secs_f64(),
             consumed,
-            metric(&registry, "sessionizer_rows_shipped_total", None),
-            metric(&registry, "sessionizer_sessions_open", None),
+            sample_sum(&registry, "sessionizer_rows_shipped_total", None),
+            sample_sum(&registry, "sessionizer_sessions_open", None),
             consumed - previous,
         );
         previous = consumed;
