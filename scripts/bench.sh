@@ -12,24 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started_at=$(date +%s)
-started_broker=0
-stop_broker() {
-  if [ "$started_broker" = 1 ]; then
-    scripts/kafka-broker.sh down >&2 || true
-  fi
-}
-trap stop_broker EXIT
-
-if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
-  if line=$(scripts/kafka-broker.sh env 2>/dev/null); then
-    echo "bench: using the running test broker (${line#KAFKA_BOOTSTRAP=})" >&2
-  else
-    line=$(scripts/kafka-broker.sh up | tail -n 1)
-    started_broker=1
-  fi
-  export "${line?}"
-fi
-echo "bench: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP" >&2
+WITH_BROKER_NAME="bench"
+# shellcheck source=scripts/with-broker.sh
+source scripts/with-broker.sh
 
 # The broker's pid lets pipeline-bench report its CPU apart from everything else on the box.
 state_dir=${KAFKA_BROKER_CACHE:-.cache/kafka-broker}/state

@@ -5,24 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-started_broker=0
-stop_broker() {
-  if [ "$started_broker" = 1 ]; then
-    scripts/kafka-broker.sh down >&2 || true
-  fi
-}
-trap stop_broker EXIT
-
-if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
-  if line=$(scripts/kafka-broker.sh env 2>/dev/null); then
-    echo "test: using the running test broker (${line#KAFKA_BOOTSTRAP=})" >&2
-  else
-    line=$(scripts/kafka-broker.sh up | tail -n 1)
-    started_broker=1
-  fi
-  export "${line?}"
-fi
-echo "test: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP" >&2
+WITH_BROKER_NAME="test"
+# shellcheck source=scripts/with-broker.sh
+source scripts/with-broker.sh
 
 # The binary tests run the real sessionizer executable as a child process.
 cargo build --locked -p sessionizer
