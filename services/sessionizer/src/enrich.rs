@@ -15,8 +15,9 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use trace_model::{JsonMap, Step, TraceEvent};
 
-/// Columns every row may carry; flattened inputs and metadata never overwrite them.
-const RESERVED_COLUMNS: &[&str] = &[
+/// Columns of the tracer's row shape; flattened inputs and metadata never overwrite them,
+/// nor the session columns below.
+const ROW_COLUMNS: &[&str] = &[
     "inferenceId",
     "inferenceTimestamp",
     "output",
@@ -26,18 +27,16 @@ const RESERVED_COLUMNS: &[&str] = &[
     "steps",
     "user_id",
     "session_id",
-    "session_turn",
-    "session_started_at",
-    "seconds_since_session_start",
-    "seconds_since_previous_turn",
-    "previous_inference_id",
-    "session_tokens_so_far",
-    "session_cost_so_far",
-    "session_segment",
-    "session_inferred",
-    "session_late",
-    "session_final_turn",
 ];
+
+/// Set later by the final-turn row update.
+pub const FINAL_TURN_COLUMN: &str = "session_final_turn";
+
+fn is_reserved(column: &str) -> bool {
+    ROW_COLUMNS.contains(&column)
+        || SESSION_COLUMNS.contains(&column)
+        || column == FINAL_TURN_COLUMN
+}
 
 /// The session columns added to every row of a session, for the README and tests.
 pub const SESSION_COLUMNS: &[&str] = &[
@@ -162,7 +161,7 @@ fn serialize_flattened<M: SerializeMap>(
     taken: impl Fn(&str) -> bool,
 ) -> Result<(), M::Error> {
     for (name, value) in columns {
-        if !RESERVED_COLUMNS.contains(&name.as_str()) && !taken(name) {
+        if !is_reserved(name) && !taken(name) {
             map.serialize_entry(name, value)?;
         }
     }

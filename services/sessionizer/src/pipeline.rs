@@ -960,7 +960,7 @@ impl Pipeline {
         for final_turn in ready {
             let sink = self.sink.clone();
             self.row_updates.spawn(async move {
-                let columns = serde_json::json!({ "session_final_turn": true });
+                let columns = serde_json::json!({ crate::enrich::FINAL_TURN_COLUMN: true });
                 sink.update_row(&final_turn.pipeline_id, &final_turn.inference_id, &columns)
                     .await
             });
