@@ -116,7 +116,9 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
     );
     let updates = requests
         .iter()
-        .filter(|request| request["request"] == "row-update")
+        .filter(|request| {
+            request["request"] == "row-update" && request["row"]["session_final_turn"] == true
+        })
         .count();
     assert_eq!(updates, 12, "each closed session's final turn is marked");
     let _cleanup = std::fs::remove_dir_all(&output_dir);
