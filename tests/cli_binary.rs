@@ -183,3 +183,35 @@ async fn emit_produces_json_lines_like_the_helpers_and_reports_bad_lines_by_numb
         assert!(record.header("error.reason").is_none());
     }
 }
+
+#[test]
+fn check_config_prints_the_effective_configuration_from_file_and_environment() {
+    let file = std::env::temp_dir().join(format!("{}.toml", unique_name("check-config")));
+    std::fs::write(
+        &file,
+        "[kafka]\nbootstrap_servers = \"kafka-a:9092\"\ntopic = \"from-file\"\n\n[batch]\nmax_rows = 250\n",
+    )
+    .expect("config file");
+    let output = Command::new(sessionizer_path())
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("OPENLAYER_API_KEY", "sk-check-config-secret")
+        // The environment overrides the file.
+        .env("SESSIONIZER__BATCH__MAX_ROWS", "500")
+        .output()
+        .expect("check-config runs");
+    let _cleanup = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("bootstrap_servers = \"kafka-a:9092\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("topic = \"from-file\""), "{stdout}");
+    assert!(stdout.contains("max_rows = 500"), "{stdout}");
+    assert!(!stdout.contains("sk-check-config-secret"), "{stdout}");
+}
