@@ -14,3 +14,5 @@ cargo build --locked -p sessionizer
 cargo test --locked --workspace "$@"
 # Benchmarks run once each in test mode, so a broken bench fails here, not in `make bench`.
 cargo test --locked --workspace --benches "$@"
+# Everything under deploy/ checked with the real tools (promtool, kubectl kustomize, check-config).
+scripts/check-deploy.sh
