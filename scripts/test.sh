@@ -14,5 +14,8 @@ cargo build --locked -p sessionizer
 cargo test --locked --workspace "$@"
 # Benchmarks run once each in test mode, so a broken bench fails here, not in `make bench`.
 cargo test --locked --workspace --benches "$@"
+# The pipeline bench at a smoke size, so it cannot rot (its figures mean nothing at this size).
+cargo run --locked -q -p pipeline-bench -- --sessions 20 --turns 3 --reps 1 --lag-secs 2 \
+  --lag-warmup-secs 0 --memory-sessions 1000 --journal-sessions 1000 --out target/bench/smoke.json
 # Everything under deploy/ checked with the real tools (promtool, kubectl kustomize, check-config).
 scripts/check-deploy.sh
