@@ -26,7 +26,7 @@ done
 command -v promtool >/dev/null 2>&1 \
   || fail "promtool not found; install it with: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus"
 
-bin="${SESSIONIZER_BIN:-target/debug/sessionizer}"
+bin="${SESSIONIZER_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer}"
 if [[ ! -x "$bin" ]]; then
   step "building sessionizer (cargo build -p sessionizer)"
   cargo build -q -p sessionizer || fail "cargo build -p sessionizer failed"
