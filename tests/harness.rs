@@ -233,3 +233,20 @@ pub fn sessionizer_path() -> PathBuf {
     );
     binary
 }
+
+/// Turn `turn` of a chat session: inference id `{session}-turn-{turn}`, a question input, an
+/// answer output, `tokens` tokens and a cost proportional to them.
+pub fn chat_trace(user: &str, session: &str, turn: i64, tokens: i64, at_ms: i64) -> TraceEvent {
+    let mut event = TraceEvent::new("chat", at_ms);
+    event.inference_id = Some(format!("{session}-turn-{turn}"));
+    event.user_id = Some(user.to_owned());
+    event.session_id = Some(session.to_owned());
+    event
+        .inputs
+        .insert("user_message".into(), format!("question {turn}").into());
+    event.output = format!("answer {turn}").into();
+    event.latency_ms = Some(120.0);
+    event.tokens = Some(tokens);
+    event.cost = Some(0.0001 * tokens as f64);
+    event
+}

@@ -7,8 +7,8 @@
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
-    ServiceTopics, bootstrap, create_service_topics, now_ms, produce, produce_trace, producer,
-    sessionizer_path, unique_name,
+    ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce, produce_trace,
+    producer, sessionizer_path, unique_name,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -280,21 +280,6 @@ fn service_env(
 
 fn set(env: &mut BTreeMap<String, String>, name: &str, value: &str) {
     env.insert(name.to_owned(), value.to_owned());
-}
-
-fn chat_trace(user: &str, session: &str, turn: i64, tokens: i64, at_ms: i64) -> TraceEvent {
-    let mut event = TraceEvent::new("chat", at_ms);
-    event.inference_id = Some(format!("{session}-turn-{turn}"));
-    event.user_id = Some(user.to_owned());
-    event.session_id = Some(session.to_owned());
-    event.inputs.insert(
-        "user_message".into(),
-        Value::from(format!("question {turn}")),
-    );
-    event.output = Value::from(format!("answer {turn}"));
-    event.latency_ms = Some(120.0);
-    event.tokens = Some(tokens);
-    event
 }
 
 /// What each row's session enrichment must be, from the traces in the order produced.

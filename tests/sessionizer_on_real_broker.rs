@@ -4,8 +4,8 @@
 
 use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
-    ServiceTopics, bootstrap, create_service_topics, now_ms, produce, produce_trace, producer,
-    read_topic, unique_name,
+    ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce, produce_trace,
+    producer, read_topic, unique_name,
 };
 use serde_json::Value;
 use sessionizer::batch::BatchSettings;
@@ -105,22 +105,6 @@ impl Running {
         (&mut self.task).await.expect("pipeline task");
         self.registry.clone()
     }
-}
-
-fn chat_trace(user: &str, session: &str, turn: i64, at_ms: i64) -> TraceEvent {
-    let mut event = TraceEvent::new("chat", at_ms);
-    event.inference_id = Some(format!("{session}-turn-{turn}"));
-    event.user_id = Some(user.to_owned());
-    event.session_id = Some(session.to_owned());
-    event.inputs.insert(
-        "user_message".into(),
-        Value::from(format!("question {turn}")),
-    );
-    event.output = Value::from(format!("answer {turn}"));
-    event.latency_ms = Some(120.0);
-    event.tokens = Some(10 * turn);
-    event.cost = Some(0.001 * turn as f64);
-    event
 }
 
 fn by_inference_id(rows: &[Value]) -> HashMap<String, Value> {
@@ -295,9 +279,9 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
-    let good = chat_trace("ana", "poison-test", 1, base);
+    let good = chat_trace("ana", "poison-test", 1, 10, base);
     let valid = trace_model::encode(&good, Encoding::Avro).expect("encode");
-    let mut too_long_user = chat_trace(&"u".repeat(201), "poison-test", 2, base);
+    let mut too_long_user = chat_trace(&"u".repeat(201), "poison-test", 2, 20, base);
     too_long_user.inference_id = Some("long-user".into());
     let poison: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", valid[..valid.len() / 2].to_vec()),
@@ -313,7 +297,7 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
     for (_, payload) in &poison {
         produce(&producer, &topics.traces, Some("poison-test"), payload).await;
     }
-    let mut after = chat_trace("ana", "poison-test", 3, base + 1000);
+    let mut after = chat_trace("ana", "poison-test", 3, 30, base + 1000);
     after.inference_id = Some("after-poison".into());
     produce_trace(&producer, &topics.traces, &after).await;
 
@@ -361,7 +345,7 @@ async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
         produce_trace(
             &producer,
             &topics.traces,
-            &chat_trace("ben", "refused", turn, base + turn),
+            &chat_trace("ben", "refused", turn, 10 * turn, base + turn),
         )
         .await;
     }
@@ -397,7 +381,7 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
     let base = now_ms();
-    let mut ended = chat_trace("cy", "ended", 1, base);
+    let mut ended = chat_trace("cy", "ended", 1, 10, base);
     ended.pipeline_id = Some("pipeline-other".into());
     produce_trace(&producer, &topics.traces, &ended).await;
     let mut end = TraceEvent::new("session_end", base + 10);
@@ -408,7 +392,7 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
     produce_trace(
         &producer,
         &topics.traces,
-        &chat_trace("dee", "quiet", 1, base),
+        &chat_trace("dee", "quiet", 1, 10, base),
     )
     .await;
 
@@ -469,7 +453,7 @@ async fn a_restarted_instance_continues_turn_numbers_and_totals() {
         produce_trace(
             &producer,
             &topics.traces,
-            &chat_trace("eve", "resume", turn, base + turn * 1000),
+            &chat_trace("eve", "resume", turn, 10 * turn, base + turn * 1000),
         )
         .await;
     }
@@ -487,7 +471,7 @@ async fn a_restarted_instance_continues_turn_numbers_and_totals() {
         produce_trace(
             &producer,
             &topics.traces,
-            &chat_trace("eve", "resume", turn, base + turn * 1000),
+            &chat_trace("eve", "resume", turn, 10 * turn, base + turn * 1000),
         )
         .await;
     }
@@ -529,6 +513,7 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
                 "fay",
                 &format!("split-{session}"),
                 round,
+                10 * round,
                 base + round * 100,
             );
             expected.insert(event.inference_id.clone().expect("id"));
@@ -577,13 +562,13 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     produce_trace(
         &producer,
         &topics.traces,
-        &chat_trace("gus", "gapped", 1, base),
+        &chat_trace("gus", "gapped", 1, 10, base),
     )
     .await;
     produce_trace(
         &producer,
         &topics.traces,
-        &chat_trace("gus", "gapped", 2, base + 4000),
+        &chat_trace("gus", "gapped", 2, 20, base + 4000),
     )
     .await;
     // max duration 5 s, turns 2 s apart: turns 1-3 fill a segment, turn 4 opens segment 1.
@@ -591,7 +576,7 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
         produce_trace(
             &producer,
             &topics.traces,
-            &chat_trace("hal", "long", turn, base + (turn - 1) * 2000),
+            &chat_trace("hal", "long", turn, 10 * turn, base + (turn - 1) * 2000),
         )
         .await;
     }
@@ -599,13 +584,13 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     produce_trace(
         &producer,
         &topics.traces,
-        &chat_trace("ivy", "late", 1, base + 120_000),
+        &chat_trace("ivy", "late", 1, 10, base + 120_000),
     )
     .await;
     produce_trace(
         &producer,
         &topics.traces,
-        &chat_trace("ivy", "late", 2, base + 30_000),
+        &chat_trace("ivy", "late", 2, 20, base + 30_000),
     )
     .await;
 
@@ -693,11 +678,11 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     let registry_url = start_schema_registry(7).await;
     let producer = producer();
     let base = now_ms();
-    let known = chat_trace("jo", "confluent", 1, base);
+    let known = chat_trace("jo", "confluent", 1, 10, base);
     let payload =
         trace_model::encode(&known, Encoding::Confluent { schema_id: 7 }).expect("encode");
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
-    let unknown = chat_trace("jo", "confluent", 2, base + 1);
+    let unknown = chat_trace("jo", "confluent", 2, 20, base + 1);
     let payload =
         trace_model::encode(&unknown, Encoding::Confluent { schema_id: 99 }).expect("encode");
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
@@ -737,7 +722,7 @@ async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
         produce_trace(
             &producer,
             &topics.traces,
-            &chat_trace("kim", &session, turn, base + turn),
+            &chat_trace("kim", &session, turn, 10 * turn, base + turn),
         )
         .await;
     }

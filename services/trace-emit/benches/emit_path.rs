@@ -78,6 +78,24 @@ fn producer_settings(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// Runs `one` `iterations` times in chunks of `CHUNK`, timing only the chunks: `deliver`
+/// runs between them, unmeasured, so every variant pays delivery outside the figure alike.
+fn time_in_chunks(iterations: u64, mut one: impl FnMut(), mut deliver: impl FnMut()) -> Duration {
+    let mut measured = Duration::ZERO;
+    let mut remaining = iterations;
+    while remaining > 0 {
+        let chunk = remaining.min(CHUNK);
+        let started = Instant::now();
+        for _ in 0..chunk {
+            one();
+        }
+        measured += started.elapsed();
+        deliver();
+        remaining -= chunk;
+    }
+    measured
+}
+
 fn bench_emit_path(criterion: &mut Criterion) {
     let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock cluster");
     cluster.create_topic(TOPIC, 3, 1).expect("topic");
@@ -102,25 +120,20 @@ fn bench_emit_path(criterion: &mut Criterion) {
         producer_settings(&bootstrap).create().expect("producer");
     group.bench_function("bare_send", |bencher| {
         bencher.iter_custom(|iterations| {
-            let mut measured = Duration::ZERO;
-            let mut remaining = iterations;
-            while remaining > 0 {
-                let chunk = remaining.min(CHUNK);
-                let started = Instant::now();
-                for _ in 0..chunk {
+            time_in_chunks(
+                iterations,
+                || {
                     producer
                         .send(BaseRecord::to(TOPIC).key(&key).payload(black_box(&payload)))
                         .map_err(|(error, _)| error)
                         .expect("librdkafka has room");
-                }
-                measured += started.elapsed();
-                // Deliver outside the measured time, as the emitter variants drain outside it.
-                producer
-                    .flush(Duration::from_secs(30))
-                    .expect("flush baseline");
-                remaining -= chunk;
-            }
-            measured
+                },
+                || {
+                    producer
+                        .flush(Duration::from_secs(30))
+                        .expect("flush baseline")
+                },
+            )
         });
     });
     struct Discard;
@@ -139,10 +152,7 @@ fn bench_emit_path(criterion: &mut Criterion) {
 
     let registry = prometheus::Registry::new();
     let mut config = EmitterConfig::new(&bootstrap, TOPIC);
-    config.queue_capacity = CHUNK as usize * 2;
-    config
-        .client
-        .insert("queue.buffering.max.messages".into(), "2000000".into());
+    config.queue_capacity = 2_000_000;
     config
         .client
         .insert("queue.buffering.max.kbytes".into(), "2097151".into());
@@ -151,22 +161,15 @@ fn bench_emit_path(criterion: &mut Criterion) {
 
     group.bench_function("request_path", |bencher| {
         bencher.iter_custom(|iterations| {
-            let mut measured = Duration::ZERO;
-            let mut remaining = iterations;
-            while remaining > 0 {
-                let chunk = remaining.min(CHUNK);
-                let started = Instant::now();
-                for _ in 0..chunk {
-                    traced_request(black_box(sink.clone()));
-                }
-                measured += started.elapsed();
-                // Deliver outside the measured time, as the baseline does.
-                emitter
-                    .flush(Duration::from_secs(30))
-                    .expect("flush emitter");
-                remaining -= chunk;
-            }
-            measured
+            time_in_chunks(
+                iterations,
+                || traced_request(black_box(sink.clone())),
+                || {
+                    emitter
+                        .flush(Duration::from_secs(30))
+                        .expect("flush emitter")
+                },
+            )
         });
     });
     group.finish();
