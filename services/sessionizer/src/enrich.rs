@@ -6,6 +6,13 @@
 //! metadata flattened to top-level columns, and `user_id` / `session_id` as strings. Unlike
 //! the tracer, row `tokens` and `cost` are the sum over all steps. Session columns are
 //! snake_case. The row is serialized straight from the trace (no intermediate JSON tree).
+//!
+//! Traces ingested by the gateway carry the row an Openlayer SDK sent (`TraceEvent::row`):
+//! that row is shipped with every key and value as sent, and the session columns are added
+//! on top (a sent column named like a session column takes the session value). Columns the
+//! batch `config` names (`inferenceId`, `inferenceTimestamp`, `output`, `latency`, `tokens`,
+//! `cost`, `user_id`, `session_id`) are added from the trace only where the sent row lacks
+//! them, so every row of a batch answers to the one config.
 
 use crate::sessionize::{Placement, Turn};
 use crate::sink::RowJson;
@@ -168,10 +175,95 @@ fn serialize_flattened<M: SerializeMap>(
     Ok(())
 }
 
+/// The ids and session columns of a placement, skipping id columns in `present`.
+fn serialize_placement<M: SerializeMap>(
+    map: &mut M,
+    event: &TraceEvent,
+    placement: &Placement,
+    present: impl Fn(&str) -> bool,
+) -> Result<(), M::Error> {
+    let (user_id, session_id) = match placement {
+        Placement::Turn(turn) => (
+            turn.user_id.as_deref().or(event.user_id.as_deref()),
+            Some(turn.key.session_id.as_str()),
+        ),
+        Placement::Late {
+            session_id,
+            user_id,
+        } => (user_id.as_deref(), session_id.as_deref()),
+        Placement::Passthrough | Placement::End { .. } => (event.user_id.as_deref(), None),
+    };
+    if let Some(user_id) = user_id
+        && !present("user_id")
+    {
+        map.serialize_entry("user_id", user_id)?;
+    }
+    if let Some(session_id) = session_id
+        && !present("session_id")
+    {
+        map.serialize_entry("session_id", session_id)?;
+    }
+    match placement {
+        Placement::Turn(turn) => serialize_turn(map, turn),
+        Placement::Late { .. } => map.serialize_entry("session_late", &true),
+        Placement::Passthrough | Placement::End { .. } => Ok(()),
+    }
+}
+
+/// A row as an Openlayer SDK sent it (gateway ingest), with the session columns on top.
+fn serialize_sent_row<M: SerializeMap>(
+    map: &mut M,
+    sent: &JsonMap,
+    view: &RowView<'_>,
+) -> Result<(), M::Error> {
+    let event = view.event;
+    let session_columns = placement_columns(view.placement);
+    for (name, value) in sent {
+        if !session_columns.contains(&name.as_str()) {
+            map.serialize_entry(name, value)?;
+        }
+    }
+    let absent = |column: &str| !sent.contains_key(column);
+    if absent("inferenceId") {
+        map.serialize_entry("inferenceId", view.inference_id)?;
+    }
+    if absent("inferenceTimestamp") {
+        map.serialize_entry("inferenceTimestamp", &seconds(event.timestamp_ms))?;
+    }
+    if absent("output") {
+        map.serialize_entry("output", &event.output)?;
+    }
+    if absent("latency") {
+        map.serialize_entry("latency", &event.latency_ms)?;
+    }
+    if absent("tokens") {
+        map.serialize_entry("tokens", &event.tokens)?;
+    }
+    if absent("cost") {
+        map.serialize_entry("cost", &event.cost)?;
+    }
+    serialize_placement(map, event, view.placement, |column| {
+        sent.contains_key(column)
+    })
+}
+
+/// The session columns a placement writes (a sent row's columns of these names give way).
+fn placement_columns(placement: &Placement) -> &'static [&'static str] {
+    match placement {
+        Placement::Turn(_) => SESSION_COLUMNS,
+        Placement::Late { .. } => &["session_late"],
+        Placement::Passthrough | Placement::End { .. } => &[],
+    }
+}
+
 impl Serialize for RowView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let event = self.event;
         let mut map = serializer.serialize_map(None)?;
+        if let Some(sent) = &event.row {
+            serialize_sent_row(&mut map, sent, self)?;
+            return map.end();
+        }
         map.serialize_entry("inferenceId", self.inference_id)?;
         map.serialize_entry("inferenceTimestamp", &seconds(event.timestamp_ms))?;
         map.serialize_entry("output", &event.output)?;
@@ -185,33 +277,7 @@ impl Serialize for RowView<'_> {
                 inference_id: self.inference_id,
             }],
         )?;
-        match self.placement {
-            Placement::Turn(turn) => {
-                let user_id = turn.user_id.as_deref().or(event.user_id.as_deref());
-                if let Some(user_id) = user_id {
-                    map.serialize_entry("user_id", user_id)?;
-                }
-                map.serialize_entry("session_id", &turn.key.session_id)?;
-                serialize_turn(&mut map, turn)?;
-            }
-            Placement::Late {
-                session_id,
-                user_id,
-            } => {
-                if let Some(user_id) = user_id {
-                    map.serialize_entry("user_id", user_id)?;
-                }
-                if let Some(session_id) = session_id {
-                    map.serialize_entry("session_id", session_id)?;
-                }
-                map.serialize_entry("session_late", &true)?;
-            }
-            Placement::Passthrough | Placement::End { .. } => {
-                if let Some(user_id) = &event.user_id {
-                    map.serialize_entry("user_id", user_id)?;
-                }
-            }
-        }
+        serialize_placement(&mut map, event, self.placement, |_| false)?;
         serialize_flattened(&mut map, &event.inputs, |_| false)?;
         serialize_flattened(&mut map, &event.metadata, |name| {
             event.inputs.contains_key(name)
@@ -419,6 +485,78 @@ mod tests {
         assert!(plain.get("session_id").is_none());
         assert!(plain.get("session_late").is_none());
         assert_eq!(plain["user_id"], "ana");
+    }
+
+    /// A row as the official tracer sends it, with columns of every JSON type.
+    fn sent_row() -> JsonMap {
+        json!({
+            "inferenceId": "sdk-1",
+            "inferenceTimestamp": 1_700_000_000.5,
+            "output": {"text": "Spring.", "scores": [0.5, 1, null]},
+            "latency": 1500.25,
+            "tokens": 0,
+            "cost": 0,
+            "user_message": "Best time for Lisbon?",
+            "steps": [{"name": "chat", "type": "user_call", "steps": []}],
+            "user_id": "ana",
+            "session_id": "trip",
+            "flag": true,
+            "nothing": null,
+            "session_turn": "sent by the client",
+        })
+        .as_object()
+        .cloned()
+        .expect("object")
+    }
+
+    #[test]
+    fn sent_rows_keep_every_column_as_sent_and_gain_session_columns() {
+        let mut event = event();
+        event.row = Some(sent_row());
+        let text = openlayer_row(&event, "sdk-1", &second_turn()).get().to_owned();
+        let TopLevelKeys(keys) = serde_json::from_str(&text).expect("object");
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "duplicate columns in {keys:?}");
+        let row: Value = serde_json::from_str(&text).expect("json");
+        for (name, value) in sent_row() {
+            if name != "session_turn" {
+                assert_eq!(row[&name], value, "column {name} as sent");
+            }
+        }
+        // The session column wins over a sent column of the same name.
+        assert_eq!(row["session_turn"], 2);
+        for column in SESSION_COLUMNS {
+            assert!(row.get(*column).is_some(), "turn rows carry {column}");
+        }
+        // Nothing of the trace's own shape leaks in: no flattened metadata.
+        assert!(row.get("region").is_none());
+        assert_eq!(
+            row.as_object().expect("object").len(),
+            sent_row().len() + SESSION_COLUMNS.len() - 1
+        );
+    }
+
+    #[test]
+    fn sent_rows_gain_the_config_columns_they_lack() {
+        let mut event = event();
+        event.row = Some(
+            json!({"answer": "Spring.", "extra": [1, 2]})
+                .as_object()
+                .cloned()
+                .expect("object"),
+        );
+        let row: Value = serde_json::from_str(
+            openlayer_row(&event, "derived-id", &Placement::Passthrough).get(),
+        )
+        .expect("json");
+        assert_eq!(row["answer"], "Spring.");
+        assert_eq!(row["extra"], json!([1, 2]));
+        assert_eq!(row["inferenceId"], "derived-id");
+        assert_eq!(row["inferenceTimestamp"], 1_700_000_000.25);
+        assert_eq!(row["output"], "Spring.");
+        assert_eq!(row["tokens"], 49);
+        assert_eq!(row["user_id"], "ana");
+        assert!(row.get("session_id").is_none());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!   - [`codec::json`]: the same record as JSON
 //!   - [`codec::registry`]: Schema Registry client for Confluent framing
 //! - [`validate`]: id, number and step limits with bounded reason codes
+//! - [`secret`]: a string (an API key) that never prints
 
 pub mod codec;
 pub mod record;
+pub mod secret;
 pub mod validate;
 
 pub use codec::{DecodeError, Decoder, Encoding, encode};

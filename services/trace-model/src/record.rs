@@ -1,6 +1,7 @@
 //! The records that travel on the traces and sessions topics, as the rest of the code sees them.
 //!
-//! JSON-typed fields (`inputs`, `output`, `metadata`) are `serde_json` values here; the Avro
+//! JSON-typed fields (`inputs`, `output`, `metadata`, `row`, `row_config`) are `serde_json`
+//! values here; the Avro
 //! wire form in [`crate::codec::avro`] carries them as JSON text. The JSON wire form is this
 //! type serialized directly, so both encodings use the same field names.
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Version written by this build; `schemas/trace_event.avsc` carries the same number.
-pub const TRACE_EVENT_SCHEMA_VERSION: i32 = 2;
+pub const TRACE_EVENT_SCHEMA_VERSION: i32 = 3;
 /// Version written by this build; `schemas/session_summary.avsc` carries the same number.
 pub const SESSION_SUMMARY_SCHEMA_VERSION: i32 = 1;
 
@@ -55,6 +56,15 @@ pub struct TraceEvent {
     pub metadata: JsonMap,
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// The Openlayer row exactly as an Openlayer SDK sent it (traces ingested by the gateway):
+    /// the sessionizer ships these columns unchanged and adds its session columns. For a
+    /// [`TraceKind::RowUpdate`], the columns to set. `None` for traces of the Rust helpers,
+    /// whose row is built from the fields above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<JsonMap>,
+    /// The Openlayer `config` the row came with (gateway ingest); forwarded with row updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_config: Option<JsonMap>,
 }
 
 /// What a record on the traces topic means to the sessionizer.
@@ -66,6 +76,9 @@ pub enum TraceKind {
     Trace,
     /// Marks the end of its session: closes the window, produces no row.
     SessionEnd,
+    /// Sets the columns in `row` on the already streamed row `inference_id` (Openlayer's
+    /// `PUT .../rows?inferenceId=`); joins no session.
+    RowUpdate,
 }
 
 impl TraceKind {
@@ -73,6 +86,7 @@ impl TraceKind {
         match self {
             TraceKind::Trace => "trace",
             TraceKind::SessionEnd => "session_end",
+            TraceKind::RowUpdate => "row_update",
         }
     }
 
@@ -81,6 +95,7 @@ impl TraceKind {
         match name {
             "trace" => Some(TraceKind::Trace),
             "session_end" => Some(TraceKind::SessionEnd),
+            "row_update" => Some(TraceKind::RowUpdate),
             _ => None,
         }
     }
@@ -176,6 +191,8 @@ impl TraceEvent {
             model: None,
             metadata: JsonMap::new(),
             steps: Vec::new(),
+            row: None,
+            row_config: None,
         }
     }
 

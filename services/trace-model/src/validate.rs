@@ -3,7 +3,7 @@
 //! Reasons are a bounded set ([`ValidationError::reason`]) so they can label metrics and
 //! dead-letter headers.
 
-use crate::record::{Step, TraceEvent};
+use crate::record::{Step, TraceEvent, TraceKind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -64,6 +64,12 @@ impl Default for Limits {
 pub enum ValidationError {
     #[error("{field} is empty")]
     EmptyId { field: &'static str },
+    /// A row update names no row to update.
+    #[error("{field} is required for kind {kind}")]
+    MissingId {
+        field: &'static str,
+        kind: &'static str,
+    },
     #[error("{field} has {chars} characters, more than the limit of {limit}")]
     IdTooLong {
         field: &'static str,
@@ -87,6 +93,7 @@ impl ValidationError {
     pub fn reason(&self) -> &'static str {
         match self {
             ValidationError::EmptyId { .. } => "empty_id",
+            ValidationError::MissingId { .. } => "missing_id",
             ValidationError::IdTooLong { .. } => "id_too_long",
             ValidationError::IdNotPrintable { .. } => "id_not_printable",
             ValidationError::StepsTooDeep { .. } => "steps_too_deep",
@@ -152,6 +159,12 @@ fn validate_count(field: &'static str, value: Option<i64>) -> Result<(), Validat
 /// # Errors
 /// The first rule the trace breaks.
 pub fn validate_trace(event: &TraceEvent, limits: &Limits) -> Result<(), ValidationError> {
+    if event.kind == TraceKind::RowUpdate && event.inference_id.is_none() {
+        return Err(ValidationError::MissingId {
+            field: "inference_id",
+            kind: TraceKind::RowUpdate.as_str(),
+        });
+    }
     validate_optional_id("inference_id", event.inference_id.as_deref(), limits)?;
     validate_optional_id("pipeline_id", event.pipeline_id.as_deref(), limits)?;
     validate_optional_id("user_id", event.user_id.as_deref(), limits)?;
@@ -286,6 +299,19 @@ mod tests {
             validate_trace(&event, &limits),
             Err(ValidationError::TooManySteps { limit: 5 })
         );
+    }
+
+    #[test]
+    fn row_updates_must_name_their_row() {
+        let limits = Limits::default();
+        let mut event = TraceEvent::new("update", 0);
+        event.kind = TraceKind::RowUpdate;
+        assert_eq!(
+            validate_trace(&event, &limits).map_err(|error| error.reason()),
+            Err("missing_id")
+        );
+        event.inference_id = Some("inf-1".into());
+        assert_eq!(validate_trace(&event, &limits), Ok(()));
     }
 
     #[test]

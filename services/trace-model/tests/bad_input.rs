@@ -490,6 +490,7 @@ fn rejects_messages_over_max_message_bytes_as_too_large() {
 fn avro_chain(depth: usize, version: SchemaVersion) -> Vec<u8> {
     let fingerprint = match version {
         SchemaVersion::V1 => v1_fingerprint(),
+        SchemaVersion::V2 => support::fixtures::v2_fingerprint(),
         SchemaVersion::Current => avro::trace_event_fingerprint(),
     };
     single_object(fingerprint, &avro_step_chain_datum(depth, version))
@@ -507,7 +508,7 @@ fn accepts_steps_nested_to_max_step_depth_and_rejects_one_level_more() {
         let too_deep = step_chain_trace(max_step_depth + 1);
         // v1 records take the resolving path, whose stack use is covered on its own below.
         let versions: &[SchemaVersion] = if max_step_depth <= 3 {
-            &[SchemaVersion::Current, SchemaVersion::V1]
+            &[SchemaVersion::Current, SchemaVersion::V1, SchemaVersion::V2]
         } else {
             &[SchemaVersion::Current]
         };
@@ -517,7 +518,7 @@ fn accepts_steps_nested_to_max_step_depth_and_rejects_one_level_more() {
                 .expect("depth at the limit decodes");
             assert_eq!(decoded.steps, at_limit.steps);
         }
-        for version in [SchemaVersion::Current, SchemaVersion::V1] {
+        for version in [SchemaVersion::Current, SchemaVersion::V1, SchemaVersion::V2] {
             assert_refused(
                 &decoder,
                 &avro_chain(max_step_depth + 1, version),

@@ -326,7 +326,11 @@ fn trace_event() -> impl Strategy<Value = TraceEvent> {
             proptest::option::of(id()),
             proptest::option::of(id()),
             proptest::option::of(id()),
-            prop_oneof![Just(TraceKind::Trace), Just(TraceKind::SessionEnd)],
+            prop_oneof![
+                Just(TraceKind::Trace),
+                Just(TraceKind::SessionEnd),
+                Just(TraceKind::RowUpdate)
+            ],
         ),
         (any::<i64>(), any::<String>()),
         (json_map(), json_value(), json_map()),
@@ -339,6 +343,10 @@ fn trace_event() -> impl Strategy<Value = TraceEvent> {
             proptest::option::of(any::<String>()),
         ),
         steps(3),
+        (
+            proptest::option::of(json_map()),
+            proptest::option::of(json_map()),
+        ),
     )
         .prop_map(
             |(
@@ -347,9 +355,14 @@ fn trace_event() -> impl Strategy<Value = TraceEvent> {
                 (inputs, output, metadata),
                 (latency_ms, tokens, prompt_tokens, completion_tokens, cost, model),
                 steps,
+                (row, row_config),
             )| TraceEvent {
                 schema_version,
-                inference_id,
+                // A row update always names its row (validation requires it).
+                inference_id: match (kind, inference_id) {
+                    (TraceKind::RowUpdate, None) => Some("updated-row".to_owned()),
+                    (_, inference_id) => inference_id,
+                },
                 pipeline_id,
                 user_id,
                 session_id,
@@ -366,6 +379,8 @@ fn trace_event() -> impl Strategy<Value = TraceEvent> {
                 model,
                 metadata,
                 steps,
+                row,
+                row_config,
             },
         )
 }

@@ -1,6 +1,6 @@
 //! The schema contract: every field survives every encoding, the single-object header is the
 //! one the Avro spec defines, JSON uses the schema's field names, and records written with the
-//! previous or a next schema version stay readable.
+//! earlier or a next schema version stay readable.
 
 mod support;
 
@@ -10,15 +10,16 @@ use apache_avro::types::Value as AvroValue;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use support::fixtures::{
-    SchemaVersion, V1_AVSC, avro_step_chain_datum, full_session_summary, full_trace,
+    SchemaVersion, V1_AVSC, V2_AVSC, avro_step_chain_datum, full_session_summary, full_trace,
     header_fingerprint, single_object, step_chain_trace, v1_datum, v1_full_trace, v1_schema,
+    v2_datum, v2_full_trace, v2_schema,
 };
 use support::registry::RegistryServer;
 use trace_model::codec::avro::{
     self, SESSION_SUMMARY_AVSC, SINGLE_OBJECT_HEADER_LEN, TRACE_EVENT_AVSC,
     TRACE_EVENT_HISTORY_AVSC,
 };
-use trace_model::{Decoder, Encoding, Limits, TraceEvent, encode};
+use trace_model::{Decoder, Encoding, Limits, TraceEvent, TraceKind, encode};
 
 fn decoder() -> Decoder {
     Decoder::new(Limits::default())
@@ -194,12 +195,49 @@ fn hand_built_step_chain_bytes_match_the_production_encoding() {
 // ---- evolution ----
 
 #[test]
-fn history_holds_the_v1_schema_file() {
-    assert_eq!(TRACE_EVENT_HISTORY_AVSC, [V1_AVSC]);
-    assert_ne!(
-        v1_schema().canonical_form(),
-        avro::trace_event_schema().canonical_form()
+fn history_holds_the_v1_and_v2_schema_files() {
+    assert_eq!(TRACE_EVENT_HISTORY_AVSC, [V1_AVSC, V2_AVSC]);
+    for earlier in [v1_schema(), v2_schema()] {
+        assert_ne!(
+            earlier.canonical_form(),
+            avro::trace_event_schema().canonical_form()
+        );
+    }
+}
+
+#[test]
+fn v2_record_decodes_without_row_columns_and_every_other_field_intact() {
+    let expected = v2_full_trace();
+    let v2_fingerprint = crc64_avro(v2_schema().canonical_form().as_bytes());
+    let bytes = single_object(v2_fingerprint, &v2_datum(&expected));
+    assert_eq!(header_fingerprint(&bytes), v2_fingerprint);
+
+    let decoded = decoder().decode(&bytes).expect("v2 record decodes");
+    assert_eq!((&decoded.row, &decoded.row_config), (&None, &None));
+    assert_eq!(decoded.pipeline_id, expected.pipeline_id);
+    assert_eq!(decoded, expected);
+}
+
+#[test]
+fn row_update_with_its_columns_round_trips_through_avro_and_json() {
+    let mut update = TraceEvent::new("row_update", 1_700_000_000_000);
+    update.kind = TraceKind::RowUpdate;
+    update.inference_id = Some("inf-7".to_owned());
+    update.pipeline_id = Some("pipeline-7f3c".to_owned());
+    update.row = Some(
+        serde_json::json!({"groundTruth": "yes", "score": 0.5, "tags": [1, null]})
+            .as_object()
+            .cloned()
+            .expect("object"),
     );
+    for encoding in [Encoding::Avro, Encoding::Json] {
+        let bytes = encode(&update, encoding).expect("encodes");
+        assert_eq!(decoder().decode(&bytes).expect("decodes"), update);
+    }
+    update.inference_id = None;
+    let bytes = encode(&update, Encoding::Avro).expect("encodes");
+    let error = decoder().decode(&bytes).expect_err("a row update names its row");
+    assert_eq!(error.reason(), "missing_id");
 }
 
 #[test]
@@ -215,23 +253,29 @@ fn v1_record_decodes_with_the_pipeline_id_default_and_every_other_field_intact()
 }
 
 #[test]
-fn every_field_added_since_v1_has_a_default() {
-    let v1: Value = serde_json::from_str(V1_AVSC).expect("v1 is JSON");
+fn every_field_added_since_each_earlier_version_has_a_default() {
     let current: Value = serde_json::from_str(TRACE_EVENT_AVSC).expect("schema is JSON");
-    let v1_fields = avsc_field_names(&v1);
-    let added: Vec<&Value> = current["fields"]
-        .as_array()
-        .expect("record has fields")
-        .iter()
-        .filter(|field| !v1_fields.contains(field["name"].as_str().unwrap_or_default()))
-        .collect();
-    assert!(!added.is_empty(), "v1 and the current schema are the same");
-    for field in added {
+    for earlier in [V1_AVSC, V2_AVSC] {
+        let earlier: Value = serde_json::from_str(earlier).expect("history file is JSON");
+        let earlier_fields = avsc_field_names(&earlier);
+        let added: Vec<&Value> = current["fields"]
+            .as_array()
+            .expect("record has fields")
+            .iter()
+            .filter(|field| !earlier_fields.contains(field["name"].as_str().unwrap_or_default()))
+            .collect();
         assert!(
-            field.get("default").is_some(),
-            "field {} has no default",
-            field["name"]
+            !added.is_empty(),
+            "{} and the current schema are the same",
+            earlier["doc"]
         );
+        for field in added {
+            assert!(
+                field.get("default").is_some(),
+                "field {} has no default",
+                field["name"]
+            );
+        }
     }
 }
 

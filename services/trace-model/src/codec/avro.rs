@@ -21,9 +21,10 @@ pub const TRACE_EVENT_AVSC: &str = include_str!("../../../../schemas/trace_event
 /// The current `SessionSummary` schema, as checked into `schemas/`.
 pub const SESSION_SUMMARY_AVSC: &str = include_str!("../../../../schemas/session_summary.avsc");
 /// Earlier `TraceEvent` schemas whose records must stay readable.
-pub const TRACE_EVENT_HISTORY_AVSC: &[&str] = &[include_str!(
-    "../../../../schemas/history/trace_event.v1.avsc"
-)];
+pub const TRACE_EVENT_HISTORY_AVSC: &[&str] = &[
+    include_str!("../../../../schemas/history/trace_event.v1.avsc"),
+    include_str!("../../../../schemas/history/trace_event.v2.avsc"),
+];
 
 /// First two bytes of Avro single-object encoding.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -308,6 +309,8 @@ pub(crate) struct WireTraceEvent {
     model: Option<String>,
     metadata: HashMap<String, String>,
     steps: Vec<WireStep>,
+    row: Option<String>,
+    row_config: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -366,6 +369,20 @@ fn parse_json_texts(
         .collect()
 }
 
+/// JSON text that must hold an object (a row or a config).
+fn parse_optional_json_object(
+    field: &'static str,
+    text: Option<String>,
+) -> Result<Option<JsonMap>, DecodeError> {
+    match text {
+        None => Ok(None),
+        Some(text) => match parse_json_text(field, &text)? {
+            Value::Object(map) => Ok(Some(map)),
+            _ => Err(DecodeError::InvalidJsonText { field }),
+        },
+    }
+}
+
 fn parse_optional_json_text(
     field: &'static str,
     text: Option<String>,
@@ -400,6 +417,8 @@ impl TryFrom<WireTraceEvent> for TraceEvent {
                 .into_iter()
                 .map(Step::try_from)
                 .collect::<Result<_, _>>()?,
+            row: parse_optional_json_object("row", wire.row)?,
+            row_config: parse_optional_json_object("row_config", wire.row_config)?,
         })
     }
 }

@@ -126,6 +126,22 @@ pub(crate) fn write_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) {
     optional(out, event.model.as_deref(), string);
     json_map(out, &event.metadata, &mut scratch);
     steps(out, &event.steps, &mut scratch);
+    optional_json_object(out, event.row.as_ref(), &mut scratch);
+    optional_json_object(out, event.row_config.as_ref(), &mut scratch);
+}
+
+/// `["null", "string"]` holding the JSON text of an object.
+fn optional_json_object(out: &mut Vec<u8>, map: Option<&JsonMap>, scratch: &mut Vec<u8>) {
+    match map {
+        None => long(out, 0),
+        Some(map) => {
+            long(out, 1);
+            scratch.clear();
+            // Writing a map into a Vec cannot fail.
+            let _infallible = serde_json::to_writer(&mut *scratch, map);
+            bytes(out, scratch);
+        }
+    }
 }
 
 #[cfg(test)]

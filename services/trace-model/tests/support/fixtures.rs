@@ -99,6 +99,15 @@ pub(crate) fn full_trace() -> TraceEvent {
         model: Some("claude-sonnet ∞".to_owned()),
         metadata: object(json!({"env": "prod", "version": 3, "flags": {"beta": true}})),
         steps: full_steps(),
+        row: Some(object(json!({
+            "inferenceId": "inf-01J9Z3Q5 ✓",
+            "output": "a rocket",
+            "all_types": json_of_every_type(),
+        }))),
+        row_config: Some(object(json!({
+            "outputColumnName": "output",
+            "inputVariableNames": ["question"],
+        }))),
     }
 }
 
@@ -160,6 +169,8 @@ pub(crate) fn step_chain_trace(depth: usize) -> TraceEvent {
 pub(crate) enum SchemaVersion {
     /// `schemas/history/trace_event.v1.avsc`: no `pipeline_id`.
     V1,
+    /// `schemas/history/trace_event.v2.avsc`: no `row`, `row_config`.
+    V2,
     /// `schemas/trace_event.avsc`.
     Current,
 }
@@ -174,7 +185,9 @@ pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec
         // schema_version int 1, inference_id null
         SchemaVersion::V1 => bytes.extend([0x02, 0x00]),
         // schema_version int 2, inference_id null, pipeline_id null
-        SchemaVersion::Current => bytes.extend([0x04, 0x00, 0x00]),
+        SchemaVersion::V2 => bytes.extend([0x04, 0x00, 0x00]),
+        // schema_version int 3, inference_id null, pipeline_id null
+        SchemaVersion::Current => bytes.extend([0x06, 0x00, 0x00]),
     }
     bytes.extend([0x00, 0x00]); // user_id, session_id: null
     bytes.extend([0x0A, b't', b'r', b'a', b'c', b'e']); // kind "trace"
@@ -201,6 +214,9 @@ pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec
     }
     bytes.push(0x00); // the innermost steps array is empty
     bytes.extend(std::iter::repeat_n(0x00, depth)); // end every block opened above
+    if version == SchemaVersion::Current {
+        bytes.extend([0x00, 0x00]); // row, row_config: null
+    }
     bytes
 }
 
@@ -372,8 +388,57 @@ pub(crate) fn v1_full_trace() -> TraceEvent {
     TraceEvent {
         schema_version: 1,
         pipeline_id: None,
+        row: None,
+        row_config: None,
         ..full_trace()
     }
+}
+
+/// The full trace as a v2 producer would have sent it: no row columns, version 2.
+pub(crate) fn v2_full_trace() -> TraceEvent {
+    TraceEvent {
+        schema_version: 2,
+        row: None,
+        row_config: None,
+        ..full_trace()
+    }
+}
+
+/// `schemas/history/trace_event.v2.avsc`: the schema before `row` and `row_config`.
+pub(crate) const V2_AVSC: &str = include_str!("../../../../schemas/history/trace_event.v2.avsc");
+
+pub(crate) fn v2_schema() -> Schema {
+    Schema::parse_str(V2_AVSC).expect("v2 schema parses")
+}
+
+/// The v2 fingerprint as apache-avro computes it.
+pub(crate) fn v2_fingerprint() -> u64 {
+    let bytes = v2_schema().fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+/// A v2 datum (no header): the v1 record with `pipeline_id` in third place, written with the
+/// v2 schema by apache-avro's generic writer.
+pub(crate) fn v2_datum(event: &TraceEvent) -> Vec<u8> {
+    let AvroValue::Record(mut fields) = v1_trace(event) else {
+        unreachable!("v1_trace builds a record");
+    };
+    fields.insert(
+        2,
+        (
+            "pipeline_id".into(),
+            optional_string(event.pipeline_id.as_deref()),
+        ),
+    );
+    let schema = v2_schema();
+    let writer = GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("v2 writer");
+    let mut datum = Vec::new();
+    writer
+        .write_value_ref(&mut datum, &AvroValue::Record(fields))
+        .expect("value matches the v2 schema");
+    datum
 }
 
 /// A v1 datum (no header) written with the v1 schema by apache-avro's generic writer.
