@@ -6,6 +6,7 @@
 //! skipped silently.
 
 pub mod openlayer_server;
+pub mod service;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

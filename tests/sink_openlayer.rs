@@ -165,6 +165,40 @@ async fn waits_retry_after_seconds_after_a_429() {
     );
 }
 
+/// `Retry-After` speaks of the server: a batch sent after another batch got a 429 waits too,
+/// instead of adding to the load the server asked to stop.
+#[tokio::test]
+async fn a_retry_after_holds_back_every_batch_of_the_sink() {
+    let server = OpenlayerServer::start(KEY).await;
+    server.push_fault(Fault::RateLimitedSecs(1));
+    let (sink, _registry) = sink_for(&server);
+    let first_rows = rows(2);
+    let second_rows = rows(3);
+    let config = config();
+
+    // The second batch starts while the first waits out its 429 (a loopback response takes
+    // far less than the 200 ms head start).
+    let (first, second) = tokio::join!(sink.ship(PIPELINE, &config, &first_rows), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sink.ship(PIPELINE, &config, &second_rows).await
+    });
+
+    assert_eq!(
+        (first, second),
+        (ShipReport::default(), ShipReport::default())
+    );
+    let requests = server.requests();
+    let statuses: Vec<u16> = requests.iter().map(|request| request.status).collect();
+    assert_eq!(statuses, [429, 200, 200]);
+    for later in &requests[1..] {
+        let gap = later.arrived - requests[0].arrived;
+        assert!(
+            gap >= Duration::from_secs(1),
+            "a request came {gap:?} after the 429"
+        );
+    }
+}
+
 #[tokio::test]
 async fn waits_retry_after_ms_after_a_429() {
     let server = OpenlayerServer::start(KEY).await;

@@ -6,7 +6,8 @@
 //!
 //! - transient failures (no response, 408, 409, 429, 5xx) are retried after a backoff, never
 //!   sooner than the server's `Retry-After`, until success or until the batch's retry
-//!   deadline would pass; then the rows are refused with the last status and body;
+//!   deadline would pass; then the rows are refused with the last status and body. A
+//!   `Retry-After` holds back every request of the sink, not only the retried one;
 //! - 413 splits the rows in halves, shipped one after the other, down to single rows; a single
 //!   row still too large is refused with 413;
 //! - 400 and 422 may be caused by a few rows only, so the batch is bisected the same way to let
@@ -31,6 +32,7 @@ use reqwest::{StatusCode, Url};
 use std::fmt;
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::{debug, instrument, warn};
@@ -78,6 +80,10 @@ pub struct OpenlayerSink {
     authorization: HeaderValue,
     settings: SinkSettings,
     metrics: Metrics,
+    /// Set by a `Retry-After` (or `retry-after-ms`) on any response: no request of this sink,
+    /// whichever batch it carries, starts before it. The hint is about the server, not about
+    /// the one request that got it, so other batches in flight honour it too.
+    not_before: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for OpenlayerSink {
@@ -167,6 +173,7 @@ impl OpenlayerSink {
             authorization,
             settings,
             metrics,
+            not_before: Mutex::new(None),
         })
     }
 
@@ -385,8 +392,42 @@ impl OpenlayerSink {
         false
     }
 
-    /// One request, with its metrics.
+    /// Waits until the server's last `Retry-After` has passed.
+    async fn honour_server_wait(&self) {
+        loop {
+            let not_before = *self
+                .not_before
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match not_before {
+                Some(instant) if instant > Instant::now() => {
+                    tokio::time::sleep_until(instant).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn remember_server_wait(&self, action: &RetryAction) {
+        let RetryAction::Retry {
+            after: Some(hint), ..
+        } = action
+        else {
+            return;
+        };
+        let until = Instant::now() + (*hint).min(retry::MAX_SERVER_WAIT);
+        let mut not_before = self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if not_before.is_none_or(|current| current < until) {
+            *not_before = Some(until);
+        }
+    }
+
+    /// One request, with its metrics; it starts no sooner than the server's last wait hint.
     async fn attempt(&self, request: reqwest::Request) -> Attempt {
+        self.honour_server_wait().await;
         let started = Instant::now();
         let attempt = match self.client.execute(request).await {
             Ok(mut response) => {
@@ -407,6 +448,7 @@ impl OpenlayerSink {
                 detail: describe_transport_error(error),
             },
         };
+        self.remember_server_wait(&attempt.action);
         let status_label = attempt.status_label();
         self.metrics
             .openlayer_requests
