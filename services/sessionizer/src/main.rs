@@ -92,6 +92,10 @@ struct DemoArgs {
     /// Give up (exit code 1) if not every row was shipped after this many seconds.
     #[arg(long, default_value_t = 90)]
     timeout_secs: u64,
+    /// Keep the pipeline and /metrics running this many seconds after the traffic was
+    /// shipped, so that a Prometheus can scrape the finished demo.
+    #[arg(long, default_value_t = 0)]
+    keep_serving_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +219,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         output_dir: args.output_dir,
         metrics_listen: args.metrics_listen,
         timeout: std::time::Duration::from_secs(args.timeout_secs),
+        keep_serving: std::time::Duration::from_secs(args.keep_serving_secs),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

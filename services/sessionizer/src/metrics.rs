@@ -282,11 +282,27 @@ impl Metrics {
         for reason in ["gap", "idle", "max_duration", "end_event"] {
             self.sessions_closed.with_label_values(&[reason]);
         }
+        for reason in RETRY_REASONS {
+            self.openlayer_retries.with_label_values(&[reason]);
+        }
         self.dead_letters
             .with_label_values(&["sink", "openlayer_rejected"]);
         self
     }
 }
+
+/// Every `reason` of `sink::retry::RetryAction::Retry`, created at zero so that the retry
+/// panel and `OpenlayerRetriesHigh` see the series before the first retry (a test below keeps
+/// the list equal to what `RetryAction` returns).
+const RETRY_REASONS: [&str; 7] = [
+    "request_timeout",
+    "conflict",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection",
+    "interrupted",
+];
 
 /// Value of the counter or gauge family `name` in `registry`, summed over its series, or over
 /// those whose label `label.0` equals `label.1`. For reports and tests, not the hot path.
@@ -306,4 +322,39 @@ pub fn sample_sum(registry: &Registry, name: &str, label: Option<(&str, &str)>) 
         })
         .map(|sample| sample.get_counter().get_value() + sample.get_gauge().get_value())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RETRY_REASONS;
+    use crate::sink::retry::{RetryAction, TransportError};
+    use std::collections::BTreeSet;
+    use std::time::SystemTime;
+
+    #[test]
+    fn precreated_retry_reasons_are_exactly_those_retry_action_returns() {
+        let mut reasons = BTreeSet::new();
+        for code in 100..=599 {
+            let status = reqwest::StatusCode::from_u16(code).expect("valid status code");
+            let action = RetryAction::for_response(
+                status,
+                &reqwest::header::HeaderMap::new(),
+                SystemTime::now(),
+            );
+            if let RetryAction::Retry { reason, .. } = action {
+                reasons.insert(reason);
+            }
+        }
+        for error in [
+            TransportError::Timeout,
+            TransportError::Connect,
+            TransportError::Interrupted,
+            TransportError::InvalidRequest,
+        ] {
+            if let RetryAction::Retry { reason, .. } = RetryAction::for_transport_error(error) {
+                reasons.insert(reason);
+            }
+        }
+        assert_eq!(reasons, RETRY_REASONS.into_iter().collect::<BTreeSet<_>>());
+    }
 }

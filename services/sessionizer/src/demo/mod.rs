@@ -54,6 +54,9 @@ pub struct DemoSettings {
     pub metrics_listen: SocketAddr,
     /// Give up waiting for every row after this long.
     pub timeout: Duration,
+    /// Keep the pipeline and /metrics running this long after every row was shipped (for
+    /// scraping the finished demo, e.g. scripts/check-prometheus-live.sh); zero stops at once.
+    pub keep_serving: Duration,
 }
 
 fn dead_letters_by_reason(registry: &prometheus::Registry) -> BTreeMap<String, u64> {
@@ -279,6 +282,13 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !settings.keep_serving.is_zero() {
+        println!(
+            "demo traffic done; serving {metrics_url} for {:?} more",
+            settings.keep_serving
+        );
+        tokio::time::sleep(settings.keep_serving).await;
     }
     progress_stop.cancel();
     let _ = progress.await;
