@@ -33,7 +33,7 @@ use thiserror::Error;
 use tokio::task::JoinSet;
 use trace_model::codec::avro::encode_session_summary;
 use trace_model::codec::registry::SchemaRegistry;
-use trace_model::{DecodeError, Decoder, Limits, SessionSummary, TraceEvent};
+use trace_model::{DecodeError, Decoder, Limits, SessionSummary, TraceEvent, TraceKind};
 
 /// How often batches are checked for linger and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(50);
@@ -93,6 +93,16 @@ struct FinalTurn {
     inference_id: String,
 }
 
+/// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once
+/// every message below it is settled, so it reaches Openlayer after the rows produced before
+/// it (the gateway keys an update like its row, so they share a partition), and it settles its
+/// own message when Openlayer accepted it or its dead letter is written.
+struct ForwardedUpdate {
+    origin: Origin,
+    pipeline_id: String,
+    event: TraceEvent,
+}
+
 /// A finished dead-letter delivery: settles its message when Kafka has it.
 struct DeadLetterDelivered {
     origin: Origin,
@@ -121,6 +131,10 @@ struct Pipeline {
     row_updates: JoinSet<bool>,
     /// Final-turn updates waiting for their session's rows to be acknowledged.
     final_turns: Vec<FinalTurn>,
+    /// Row updates from the traces topic waiting for the messages below them to settle.
+    forwarded_updates: Vec<ForwardedUpdate>,
+    /// Row updates sent, with whether Openlayer accepted them.
+    forwarded_in_flight: JoinSet<(ForwardedUpdate, bool)>,
     /// Next offset to process per owned partition, for consumer lag.
     positions: HashMap<i32, i64>,
     /// Kafka timestamp of the newest processed record per owned partition, for the
@@ -182,6 +196,8 @@ pub async fn run(
         summaries: JoinSet::new(),
         row_updates: JoinSet::new(),
         final_turns: Vec::new(),
+        forwarded_updates: Vec::new(),
+        forwarded_in_flight: JoinSet::new(),
         positions: HashMap::new(),
         newest_timestamps: HashMap::new(),
         paused: false,
@@ -221,6 +237,9 @@ impl Pipeline {
                     self.on_summary(produced);
                 }
                 Some(_updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => {}
+                Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => {
+                    self.on_forwarded_update(forwarded);
+                }
                 Some(written) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
                     self.on_checkpoint_written(written);
                 }
@@ -361,7 +380,86 @@ impl Pipeline {
             );
             return;
         };
+        if event.kind == TraceKind::RowUpdate {
+            self.tracker.track(partition, offset, 1);
+            self.forwarded_updates.push(ForwardedUpdate {
+                origin,
+                pipeline_id,
+                event,
+            });
+            return;
+        }
         self.place(&event, &pipeline_id, origin);
+    }
+
+    /// Sends the row updates whose messages below are all settled; forgets those of
+    /// partitions this instance no longer owns (their new owner sends them).
+    fn send_forwarded_updates(&mut self) {
+        if self.forwarded_updates.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<ForwardedUpdate>, Vec<ForwardedUpdate>) =
+            std::mem::take(&mut self.forwarded_updates)
+                .into_iter()
+                .filter(|update| self.tracker.owns(update.origin.partition))
+                .partition(|update| {
+                    self.tracker
+                        .watermark(update.origin.partition)
+                        .is_some_and(|watermark| watermark >= update.origin.offset)
+                });
+        self.forwarded_updates = waiting;
+        for update in ready {
+            let sink = self.sink.clone();
+            self.forwarded_in_flight.spawn(async move {
+                let columns = serde_json::Value::Object(update.event.row.clone().unwrap_or_default());
+                let inference_id = update.event.inference_id.as_deref().unwrap_or_default();
+                let accepted = sink
+                    .update_row(&update.pipeline_id, inference_id, &columns)
+                    .await;
+                (update, accepted)
+            });
+        }
+    }
+
+    /// Settles an accepted row update; dead-letters one Openlayer did not accept.
+    fn on_forwarded_update(
+        &mut self,
+        forwarded: Result<(ForwardedUpdate, bool), tokio::task::JoinError>,
+    ) {
+        let Ok((update, accepted)) = forwarded else {
+            // Only a panic in the sink gets here; the message stays unsettled (redelivered).
+            self.metrics
+                .errors
+                .with_label_values(&["panic", "sending"])
+                .inc();
+            return;
+        };
+        let origin = update.origin;
+        if !self.tracker.owns(origin.partition) {
+            return;
+        }
+        if accepted {
+            self.tracker.settle(origin.partition, origin.offset);
+            self.store_advanced_offsets();
+            return;
+        }
+        let payload = trace_model::codec::json::encode_trace(&update.event);
+        let source_topic = self.settings.kafka.topic.clone();
+        self.dead_letter(
+            origin,
+            DeadLetter {
+                reason: "openlayer_row_update_failed",
+                stage: "sink",
+                message: "openlayer did not accept the row update".to_owned(),
+                source_topic: &source_topic,
+                partition: origin.partition,
+                offset: origin.offset,
+                key: update.event.partition_key().map(str::as_bytes),
+                payload: &payload,
+                http_status: None,
+                pipeline_id: Some(&update.pipeline_id),
+            },
+        );
     }
 
     /// Dead-letters a message that cannot become a row (decode or validation failure, no
@@ -970,6 +1068,7 @@ impl Pipeline {
     fn on_tick(&mut self) {
         self.health.record_progress();
         self.send_final_turn_updates();
+        self.send_forwarded_updates();
         self.metrics
             .rows_in_flight
             .set(self.tracker.num_pending() as i64);
@@ -1068,11 +1167,20 @@ impl Pipeline {
         self.batcher.flush_all(&mut ready);
         self.dispatch(ready);
         let drained = tokio::time::timeout_at(deadline, async {
-            while !self.shipping.is_empty() || !self.dead_letters.is_empty() || !self.waiting.is_empty() {
+            loop {
+                self.send_forwarded_updates();
+                if self.shipping.is_empty()
+                    && self.dead_letters.is_empty()
+                    && self.waiting.is_empty()
+                    && self.forwarded_in_flight.is_empty()
+                {
+                    break;
+                }
                 tokio::select! {
                     biased;
                     Some(shipped) = self.shipping.join_next_with_id(), if !self.shipping.is_empty() => self.on_shipped(shipped),
                     Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => self.on_dead_letter(delivered),
+                    Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => self.on_forwarded_update(forwarded),
                     else => break,
                 }
             }
@@ -1085,6 +1193,7 @@ impl Pipeline {
             );
             self.shipping.abort_all();
             self.dead_letters.abort_all();
+            self.forwarded_in_flight.abort_all();
         }
         self.store_advanced_offsets();
         // A checkpoint already in flight would make `checkpoint` skip its partition: let it
