@@ -19,9 +19,10 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: benchmarks, each reported as a ratio to a baseline measured in the same run
+## bench: benchmarks, each reported as a ratio to a baseline measured in the same run;
+##   BENCH_SIZE=quick (the default, about 5 minutes) or BENCH_SIZE=full (under 30 minutes)
 bench:
-	scripts/bench.sh
+	scripts/bench.sh --$(or $(BENCH_SIZE),quick)
 
 broker-up:
 	scripts/kafka-broker.sh up

@@ -5,11 +5,37 @@ Each figure is divided by a baseline measured in the same run; absolute numbers 
 for context only. Two sources:
 - criterion's medians for the producer helpers (target/criterion);
 - pipeline-bench's JSON for the sessionizer end to end (target/bench/pipeline.json).
+It prints the detailed report, then one table (figure, value, unit, baseline, ratio, goal,
+met) and writes the same table to bench-results/latest.json (third argument) as
+{"figures": [{"name", "value", "unit", "baseline", "ratio", "goal", "met"}], "run": {...}}.
 Exit status is 0 even when a goal is missed: the report says so.
+
+Usage: bench_report.py [CRITERION_DIR] [PIPELINE_JSON] [RESULTS_JSON] [SIZE]
 """
+import datetime
 import json
+import os
 import sys
 from pathlib import Path
+
+# The table: one dict per figure, in the order printed.
+FIGURES: list = []
+
+
+def figure(name, value, unit, baseline=None, ratio=None, goal=None, met=None) -> None:
+    """Adds a row. `baseline` says what the ratio divides by (with its value); `goal` is the
+    condition on the ratio or value; `met` is None when the figure has no goal."""
+    FIGURES.append(
+        {
+            "name": name,
+            "value": None if value is None else round(float(value), 4),
+            "unit": unit,
+            "baseline": baseline,
+            "ratio": None if ratio is None else round(float(ratio), 4),
+            "goal": goal,
+            "met": met,
+        }
+    )
 
 
 def estimates_path(root: Path, group: str, bench: str) -> Path:
@@ -60,6 +86,15 @@ def producer_report(root: Path, goals: list) -> None:
             met = ratio <= goal
             verdict_text = f"  goal <= {goal:.1f}x: {verdict(met)}"
             goals.append((f"producer request path <= {goal:.1f}x bare send", f"{ratio:.2f}x", met))
+            figure(
+                "producer helper request path (context, 3-step trace, Avro, enqueue)",
+                value / 1000,
+                "µs/trace",
+                f"bare rdkafka send of the same bytes, {baseline / 1000:.2f} µs",
+                ratio,
+                f"<= {goal:.1f}x",
+                met,
+            )
         print(f"  {label}: median {value / 1000:.2f} µs = {ratio:.2f}x baseline{verdict_text}")
 
 
@@ -102,12 +137,35 @@ def throughput_report(t: dict, goals: list) -> None:
         f"goal >= {goal:.1f}x: {verdict(ratio >= goal)}"
     )
     goals.append((f"throughput >= {goal:.1f}x minimal pipeline", f"{ratio:.2f}x", ratio >= goal))
+    figure(
+        "end-to-end throughput (sessionizer, changelog on)",
+        s["median_traces_per_second"],
+        "traces/s",
+        f"minimal consume-decode-serialize loop, {t['minimal']['median_traces_per_second']:.0f} traces/s",
+        ratio,
+        f">= {goal:.1f}x",
+        ratio >= goal,
+    )
+    figure(
+        "end-to-end throughput against bare consumption",
+        s["median_traces_per_second"],
+        "traces/s",
+        f"bare consumer (count only), {t['bare']['median_traces_per_second']:.0f} traces/s",
+        t["ratio_to_bare"],
+    )
     print(
         f"  sessionizer / bare consumption = {t['ratio_to_bare']:.2f}x; "
         f"minimal / bare = {t['minimal_ratio_to_bare']:.2f}x"
     )
     cpu_ratio = s["median_cpu_us_per_trace_without_ack"] / t["minimal"]["median_cpu_us_per_trace"]
     print(f"  CPU per trace, sessionizer (without ack server) / minimal = {cpu_ratio:.2f}x")
+    figure(
+        "sessionizer CPU per trace (process, without the ack server)",
+        s["median_cpu_us_per_trace_without_ack"],
+        "µs/trace",
+        f"minimal loop, {t['minimal']['median_cpu_us_per_trace']:.1f} µs/trace",
+        cpu_ratio,
+    )
 
 
 def lag_report(lag: dict, goals: list) -> None:
@@ -152,6 +210,25 @@ def lag_report(lag: dict, goals: list) -> None:
         f"p99 interpolated {p99 * 1000:.0f} ms): {verdict(met)}"
     )
     goals.append((f"sessionization lag p99 < {goal:.0f} s", f"{p99 * 1000:.0f} ms", met))
+    reference = whole["reference_consumer_lag"]
+    p50 = whole["sessionization_lag"]["p50_seconds"]
+    rate = f"{lag['achieved_rate']:.0f} traces/s for {lag['seconds']:.0f} s"
+    figure(
+        f"sessionization lag p50 at half max rate ({rate})",
+        p50,
+        "s",
+        f"bare reference consumer p50, {reference['p50_seconds']:.3f} s",
+        p50 / reference["p50_seconds"] if reference["p50_seconds"] else None,
+    )
+    figure(
+        f"sessionization lag p99 at half max rate ({rate})",
+        p99,
+        "s",
+        f"bare reference consumer p99, {reference['p99_seconds']:.3f} s",
+        p99 / reference["p99_seconds"] if reference["p99_seconds"] else None,
+        f"< {goal:.0f} s ({whole['share_within_1s'] * 100:.2f} % within 1 s)",
+        met,
+    )
     a = lag["ack_arrival_delay"]
     print(
         f"    rows at the ack server (event time to arrival, batch linger included): "
@@ -176,12 +253,128 @@ def memory_report(memory: dict, goals: list) -> None:
         f"over the last doubling; largest/smallest N = {memory['growth_ratio_largest_to_smallest']:.2f}x "
         f"(the session table doubles)"
     )
+    probes = sorted(memory["probes"], key=lambda probe: probe["sessions"])
+    smallest = probes[0]
+    for probe in probes:
+        b = probe["bytes_per_session"]
+        is_smallest = probe is smallest
+        figure(
+            f"state memory per open session at {probe['sessions']:,} sessions",
+            b,
+            "B/session",
+            None if is_smallest else f"{smallest['sessions']:,} sessions, {smallest['bytes_per_session']:.0f} B/session",
+            None if is_smallest else b / smallest["bytes_per_session"],
+            f"< {goal:.0f} B" + ("" if is_smallest else ", linear"),
+            b < goal and (is_smallest or memory["linear"]),
+        )
     journal = memory.get("journal")
     if journal and journal.get("journal_bytes_per_session") is not None:
         print(
             f"    changelog journal: +{journal['journal_bytes_per_session']:.0f} B per session touched since "
             f"the last checkpoint (transient, freed at each checkpoint)"
         )
+
+
+def sdk_report(sdk: dict, throughput, goals: list) -> None:
+    sync, background = sdk["sync"], sdk["background"]
+    print(
+        f"  official Openlayer SDK {sdk['sdk_version']} (Python tracer, same traces: "
+        f"{sdk['trace_json_bytes_mean']:.0f} B of trace JSON each, same ack server):"
+    )
+    print(
+        f"    synchronous publishing: {sync['delivered']} of {sync['traces']} rows in {sync['seconds']:.1f} s = "
+        f"{sync['rows_per_second']:.0f} rows/s ({sync['request_bytes_per_row']:.0f} B per request)"
+    )
+    print(
+        f"    default background mode, burst of {background['traces']}: {background['delivered']} delivered, "
+        f"{background['dropped_logged']} dropped (logged by the SDK), {background['seconds']:.1f} s"
+    )
+    if throughput:
+        rows = throughput["sessionizer"]["median_traces_per_second"]
+        ratio = rows / sync["rows_per_second"]
+        met = ratio >= 50
+        print(f"    sessionizer {rows:.0f} rows/s / SDK sync = {ratio:.1f}x  goal >= 50x: {verdict(met)}")
+        goals.append(("rows/s >= 50x the official SDK (sync)", f"{ratio:.1f}x", met))
+        figure(
+            "rows/s delivered to the same Openlayer-compatible server",
+            rows,
+            "rows/s",
+            f"official Python SDK {sdk['sdk_version']}, sync publishing, {sync['rows_per_second']:.0f} rows/s",
+            ratio,
+            ">= 50x",
+            met,
+        )
+        runs = [run for run in throughput["runs"] if run["variant"] == "sessionizer"]
+        delivered = sum(run["traces"] for run in runs)
+        figure(
+            f"sessionizer: traces not delivered ({len(runs)} runs)",
+            0,
+            "rows",
+            f"{delivered} traces produced, all acknowledged",
+            0.0,
+        )
+    figure(
+        "official SDK, default background mode: delivered of a burst",
+        background["delivered"],
+        "rows",
+        f"burst of {background['traces']} traces",
+        background["delivered"] / background["traces"] if background["traces"] else None,
+    )
+    figure(
+        "official SDK, default background mode: dropped of the burst",
+        background["dropped_logged"],
+        "rows",
+        f"burst of {background['traces']} traces",
+        background["dropped_logged"] / background["traces"] if background["traces"] else None,
+    )
+
+
+def scaling_report(scaling: dict) -> None:
+    print(f"  scaling with work (median of {scaling['reps']} run(s) each; ratios to the same run's baseline):")
+    for title, key, baseline in [
+        ("input partitions = sessionizer instances (one group, in-process)", "partitions", "partitions_baseline"),
+        ("batch size (rows per Openlayer request), 3 partitions, 1 instance", "batches", "batches_baseline"),
+    ]:
+        points = scaling[key]
+        if not points:
+            continue
+        print(f"    {title}; baseline: {scaling[baseline]}")
+        base = next((p for p in points if p["throughput_ratio"] == 1.0 and p["cpu_ratio"] == 1.0), None)
+        for p in points:
+            label = (
+                f"{p['partitions']} partition(s) x {p['instances']} instance(s)"
+                if key == "partitions"
+                else f"batch {p['batch_rows']} rows"
+            )
+            print(
+                f"      {label:<34} {p['median_traces_per_second']:>8.0f} traces/s ({p['throughput_ratio']:.2f}x)  "
+                f"{p['median_cpu_us_per_trace_without_ack']:>6.1f} µs CPU/trace ({p['cpu_ratio']:.2f}x)  "
+                f"{p['mean_rows_per_request']:.0f} rows/request, others busy {p['median_others_cpu_share'] * 100:.0f} %"
+            )
+            is_base = p is base
+            base_text = (
+                "itself (the baseline)"
+                if is_base
+                else (
+                    f"1 partition x 1 instance, {base['median_traces_per_second']:.0f} traces/s"
+                    if key == "partitions" and base
+                    else f"batch {base['batch_rows']} rows, {base['median_traces_per_second']:.0f} traces/s"
+                    if base
+                    else scaling[baseline]
+                )
+            )
+            figure(f"throughput, {label}", p["median_traces_per_second"], "traces/s", base_text, p["throughput_ratio"])
+            if not is_base:
+                cpu_base = (
+                    f"{base['median_cpu_us_per_trace_without_ack']:.1f} µs/trace at the baseline" if base else scaling[baseline]
+                )
+                figure(
+                    f"CPU per trace, {label}",
+                    p["median_cpu_us_per_trace_without_ack"],
+                    "µs/trace",
+                    cpu_base,
+                    p["cpu_ratio"],
+                )
 
 
 def pipeline_report(path: Path, goals: list) -> None:
@@ -194,17 +387,87 @@ def pipeline_report(path: Path, goals: list) -> None:
         print(f"  no pipeline-bench results ({error})")
         return
     print(f"  {report['cores']:.0f} cores; pipeline-bench took {report['seconds']:.0f} s")
+    RUN["cores"] = report["cores"]
+    RUN["pipeline_bench_seconds"] = round(report["seconds"], 1)
     if report.get("throughput"):
         throughput_report(report["throughput"], goals)
+        RUN["others_busy_share_median"] = round(report["throughput"]["sessionizer"]["median_others_cpu_share"], 3)
+        RUN["workload"] = report["throughput"]["workload"]
+    if report.get("sdk"):
+        sdk_report(report["sdk"], report.get("throughput"), goals)
+    if report.get("scaling"):
+        scaling_report(report["scaling"])
     if report.get("lag"):
         lag_report(report["lag"], goals)
     if report.get("memory"):
         memory_report(report["memory"], goals)
 
 
+# What the table was measured on (README's Performance section quotes it).
+RUN: dict = {}
+
+
+def machine() -> dict:
+    info = {"cpus": os.cpu_count()}
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        info["load_average_1m_at_report"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def number(value) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def print_table() -> None:
+    print()
+    header = ["figure", "value", "unit", "baseline (same run)", "ratio", "goal", "met"]
+    rows = [
+        [
+            f["name"],
+            number(f["value"]),
+            f["unit"],
+            f["baseline"] or "-",
+            "-" if f["ratio"] is None else f"{f['ratio']:.2f}x",
+            f["goal"] or "-",
+            "-" if f["met"] is None else ("yes" if f["met"] else "NO"),
+        ]
+        for f in FIGURES
+    ]
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
     pipeline = Path(sys.argv[2] if len(sys.argv) > 2 else "target/bench/pipeline.json")
+    results = Path(sys.argv[3] if len(sys.argv) > 3 else "bench-results/latest.json")
+    RUN["size"] = sys.argv[4] if len(sys.argv) > 4 else None
+    RUN["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    RUN["machine"] = machine()
     goals: list = []
     producer_report(root, goals)
     pipeline_report(pipeline, goals)
@@ -213,6 +476,12 @@ def main() -> int:
         print("Goals")
         for label, value, met in goals:
             print(f"  {'ok ' if met else 'NO '} {label:<45} {value:>10}")
+    print_table()
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("w") as handle:
+        json.dump({"figures": FIGURES, "run": RUN}, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    print(f"\ntable written to {results}")
     return 0
 
 

@@ -2,10 +2,11 @@
 //!
 //! It runs on its own thread with a single-threaded runtime, so its CPU time can be read
 //! from that one thread (`/proc/self/task/TID/schedstat`) and told apart from the
-//! sessionizer's. Per request it counts rows with one substring scan (every row starts with
-//! `{"inferenceId":`) and answers `{"success": true}`; it parses no JSON. In delay mode (the
-//! lag run only) it also reads each row's `inferenceTimestamp` to record how long after its
-//! event time the row arrived.
+//! sessionizer's. Per request it counts rows with one substring scan (every row has one
+//! `"inferenceId":` key, the sessionizer's first and the official SDK's second; inside JSON
+//! strings the quotes would be escaped) and answers `{"success": true}`; it parses no JSON.
+//! In delay mode (the lag run only) it also reads each row's `inferenceTimestamp` to record
+//! how long after its event time the row arrived.
 
 use crate::measure::current_tid;
 use anyhow::{Context as _, Result};
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const ROW_START: &[u8] = b"{\"inferenceId\":";
+const ROW_START: &[u8] = b"\"inferenceId\":";
 const TIMESTAMP_FIELD: &[u8] = b"\"inferenceTimestamp\":";
 
 #[derive(Debug, Default)]

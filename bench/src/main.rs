@@ -39,6 +39,8 @@
 mod ack;
 mod measure;
 mod memory;
+mod scaling;
+mod sdk;
 mod traces;
 
 use ack::AckServer;
@@ -99,7 +101,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     turns: usize,
     /// Runs of each throughput variant, interleaved (medians are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     reps: usize,
     /// Seconds of production at half the maximum rate for the lag figure.
     #[arg(long, default_value_t = 30)]
@@ -117,6 +119,31 @@ struct Args {
     /// Sessions of the probe that also measures the changelog journal (0: skip it).
     #[arg(long, default_value_t = 100_000)]
     journal_sessions: usize,
+    /// Python of the official Openlayer SDK's venv (`scripts/python-venv.sh openlayer-sdk`
+    /// prints its bin directory); without it the SDK comparison is skipped.
+    #[arg(long, env = "OPENLAYER_SDK_PYTHON")]
+    sdk_python: Option<PathBuf>,
+    /// The SDK replay script.
+    #[arg(long, default_value = "bench/openlayer_sdk.py")]
+    sdk_script: PathBuf,
+    /// Traces the SDK publishes synchronously (rows/s figure).
+    #[arg(long, default_value_t = 1_000)]
+    sdk_traces: usize,
+    /// Traces of the burst in the SDK's default background mode (delivered/dropped figure).
+    #[arg(long, default_value_t = 1_000)]
+    sdk_burst: usize,
+    /// Sessions of each scaling topic (sessions × turns traces per partition count).
+    #[arg(long, default_value_t = 2_000)]
+    scaling_sessions: usize,
+    /// Runs of each scaling configuration, interleaved (medians are reported).
+    #[arg(long, default_value_t = 1)]
+    scaling_reps: usize,
+    /// Input partition counts of the scaling figure (as many sessionizer instances each).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
+    partition_counts: Vec<i32>,
+    /// `batch.max_rows` values of the batch-size figure (on the throughput topic).
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 5_000])]
+    batch_rows: Vec<usize>,
     /// Pid of the broker process, to report its CPU apart (scripts/bench.sh finds it).
     #[arg(long, env = "KAFKA_BROKER_PID")]
     broker_pid: Option<u32>,
@@ -124,7 +151,7 @@ struct Args {
     #[arg(long)]
     no_changelog: bool,
     /// Parts to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Lag, Part::Memory])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Sdk, Part::Scaling, Part::Lag, Part::Memory])]
     only: Vec<Part>,
     /// Where the JSON figures go.
     #[arg(long, default_value = "target/bench/pipeline.json")]
@@ -134,6 +161,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Throughput,
+    Sdk,
+    Scaling,
     Lag,
     Memory,
 }
@@ -466,11 +495,13 @@ struct Topics {
 
 /// Production defaults (`SessionizerConfig::default()`), validated as the service validates
 /// them, with the bench's broker, topics, ack server and a short group session timeout.
+/// `customize` changes the configuration before it is validated (group, batch size).
 fn sessionizer_settings(
     bootstrap: &str,
     topics: &Topics,
     ack: &AckServer,
     changelog: Option<String>,
+    customize: &dyn Fn(&mut SessionizerConfig),
 ) -> Result<PipelineSettings> {
     let mut config = SessionizerConfig::default();
     config.kafka.bootstrap_servers = bootstrap.to_owned();
@@ -489,6 +520,7 @@ fn sessionizer_settings(
     config.openlayer.base_url = Some(ack.base_url());
     config.openlayer.api_key = Some(Secret::new("bench-key-not-a-secret"));
     config.openlayer.default_pipeline_id = Some(PIPELINE_ID.to_owned());
+    customize(&mut config);
     let validated = config
         .validate()
         .map_err(|error| anyhow::anyhow!("bench configuration: {error}"))?;
@@ -669,7 +701,8 @@ fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
                     if let Some(changelog) = &changelog {
                         created.push(changelog.clone());
                     }
-                    let settings = sessionizer_settings(bootstrap, topics, ack, changelog)?;
+                    let settings =
+                        sessionizer_settings(bootstrap, topics, ack, changelog, &|_| {})?;
                     run_sessionizer(runtime, settings, ack, traces, *broker_pid)?
                 }
                 _ => run_baseline(bootstrap, &topics.traces, traces, variant, *broker_pid)?,
@@ -837,7 +870,7 @@ fn lag(bench: &mut Bench<'_>, rate: f64, rate_source: &'static str) -> Result<La
     if let Some(changelog) = &changelog {
         created.push(changelog.clone());
     }
-    let settings = sessionizer_settings(bootstrap, &lag_topics, ack, changelog)?;
+    let settings = sessionizer_settings(bootstrap, &lag_topics, ack, changelog, &|_| {})?;
     ack.reset(true);
     let running = start_pipeline(runtime, settings)?;
     let reference_assigned = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1086,6 +1119,8 @@ struct Report {
     cores: f64,
     seconds: f64,
     throughput: Option<Throughput>,
+    sdk: Option<sdk::Sdk>,
+    scaling: Option<scaling::Scaling>,
     lag: Option<Lag>,
     memory: Option<Memory>,
 }
@@ -1148,6 +1183,43 @@ fn print_report(report: &Report) {
             "  sessionizer / bare = {:.2}x, minimal / bare = {:.2}x",
             t.ratio_to_bare, t.minimal_ratio_to_bare
         );
+    }
+    if let Some(sdk) = &report.sdk {
+        println!(
+            "  official SDK {} (Python): synchronous {:.0} rows/s ({} traces in {:.1} s); \
+             background burst of {}: {} delivered, {} dropped",
+            sdk.sdk_version,
+            sdk.sync.rows_per_second,
+            sdk.sync.traces,
+            sdk.sync.seconds,
+            sdk.background.traces,
+            sdk.background.delivered,
+            sdk.background.dropped_logged
+        );
+        if let Some(t) = &report.throughput {
+            println!(
+                "    sessionizer / SDK sync = {:.1}x (goal >= 50x: {})",
+                t.sessionizer.median_traces_per_second / sdk.sync.rows_per_second,
+                verdict(t.sessionizer.median_traces_per_second / sdk.sync.rows_per_second >= 50.0)
+            );
+        }
+    }
+    if let Some(s) = &report.scaling {
+        for (label, points) in [("partitions", &s.partitions), ("batch rows", &s.batches)] {
+            for point in points {
+                println!(
+                    "  scaling {label}: {} partition(s) x {} instance(s), batch {}: {:.0} traces/s \
+                     ({:.2}x), {:.1} µs CPU/trace ({:.2}x)",
+                    point.partitions,
+                    point.instances,
+                    point.batch_rows,
+                    point.median_traces_per_second,
+                    point.throughput_ratio,
+                    point.median_cpu_us_per_trace_without_ack,
+                    point.cpu_ratio
+                );
+            }
+        }
     }
     if let Some(l) = &report.lag {
         println!(
@@ -1252,10 +1324,17 @@ fn main() -> Result<()> {
         cores: cores(),
         seconds: 0.0,
         throughput: None,
+        sdk: None,
+        scaling: None,
         lag: None,
         memory: None,
     };
-    if wants(Part::Throughput) || wants(Part::Lag) {
+    if wants(Part::Sdk) && args.sdk_python.is_none() {
+        eprintln!(
+            "bench: no --sdk-python (OPENLAYER_SDK_PYTHON): skipping the official SDK comparison"
+        );
+    }
+    if wants(Part::Throughput) || wants(Part::Lag) || wants(Part::Scaling) || wants(Part::Sdk) {
         let bootstrap = args.bootstrap.clone().context(
             "KAFKA_BOOTSTRAP is not set: run scripts/bench.sh, or `scripts/kafka-broker.sh up` \
              and pass the KAFKA_BOOTSTRAP it prints",
@@ -1291,6 +1370,31 @@ fn main() -> Result<()> {
             ))?;
             if wants(Part::Throughput) {
                 report.throughput = Some(throughput(&mut bench)?);
+            }
+            if wants(Part::Sdk)
+                && let Some(python) = &args.sdk_python
+            {
+                let work_dir = args
+                    .out
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from);
+                report.sdk = Some(sdk::measure(
+                    python,
+                    &args.sdk_script,
+                    &work_dir,
+                    args.sessions,
+                    (args.sdk_traces, args.sdk_burst),
+                    &bench.ack,
+                )?);
+            }
+            if wants(Part::Scaling) {
+                let throughput_traces = report.throughput.as_ref().map(|t| t.workload.traces);
+                report.scaling = Some(scaling::scaling(
+                    &mut bench,
+                    throughput_traces,
+                    &args.partition_counts,
+                    &args.batch_rows,
+                )?);
             }
             if wants(Part::Lag) {
                 let measured = report
