@@ -1,0 +1,638 @@
+//! Configuration of the gateway: what users write, how it is loaded, and the checked form the
+//! runtime sees.
+//!
+//! Same conventions as the sessionizer: one struct per TOML section with every field
+//! documented (`docs/configuration.md` repeats these docs), loaded as built-in defaults < the
+//! TOML file < `GATEWAY__SECTION__KEY` environment variables, unknown keys refused, and
+//! [`GatewayConfig::validate`] turning it into a [`ValidatedConfig`] or listing every problem
+//! with its key path. Client keys are [`Secret`]s: never printed, in errors neither.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use trace_model::Limits;
+use trace_model::secret::Secret;
+
+/// Prefix of the environment variables that set options: `GATEWAY__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "GATEWAY";
+/// Separator between the prefix, the section and the key of those variables.
+pub const ENV_SEPARATOR: &str = "__";
+/// How secrets are shown wherever the configuration is printed.
+const REDACTED: &str = "**redacted**";
+/// Kafka's longest legal topic name.
+const MAX_TOPIC_CHARS: usize = 249;
+
+/// The whole configuration as written: TOML file, `GATEWAY__*` variables and defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `[http]`: the Openlayer-compatible API the SDKs talk to.
+    pub http: HttpConfig,
+    /// `[ops]`: `/metrics`, `/healthz`, `/readyz`, on their own port.
+    pub ops: OpsConfig,
+    /// `[auth]`: the bearer keys clients must present.
+    pub auth: AuthConfig,
+    /// `[kafka]`: where rows are produced.
+    pub kafka: KafkaConfig,
+    /// `[limits]`: bounds every row must respect, as the sessionizer applies them; a row
+    /// that breaks one is refused with 400 instead of being dead-lettered later.
+    pub limits: Limits,
+    /// `[log]`: what is logged and how.
+    pub log: LogConfig,
+    /// `[shutdown]`: how long a stopping replica may take.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[http]`: the Openlayer-compatible API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port of the API; SDKs set `OPENLAYER_BASE_URL=http://<host>:<port>/v1`.
+    pub listen: String,
+    /// Largest request body, in bytes; larger requests are answered 413.
+    pub max_body_bytes: usize,
+    /// `Retry-After` sent with 503 when Kafka is slow or down, in seconds: the SDK waits this
+    /// long before its own retry.
+    pub retry_after_secs: u64,
+    /// Rows produced and not yet acknowledged by Kafka, over all requests; beyond it new
+    /// requests are answered 503 at once instead of queueing without bound.
+    pub max_rows_in_flight: usize,
+    /// Recently produced rows whose partition key is remembered, so that a later row update
+    /// (`PUT .../rows?inferenceId=`) goes to the same partition as its row, after it.
+    pub update_key_cache_entries: usize,
+}
+
+/// `[ops]`: the operations endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Address and port serving `/metrics`, `/healthz` and `/readyz`.
+    pub listen: String,
+    /// How often the broker is asked for the topic's metadata to decide readiness.
+    pub readiness_check_ms: u64,
+}
+
+/// `[auth]`: the bearer keys clients must present.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted keys (`Authorization: Bearer <key>`). In the environment, comma-separated:
+    /// `GATEWAY__AUTH__API_KEYS=key-a,key-b`. Prefer `api_keys_file`.
+    #[serde(serialize_with = "serialize_secrets")]
+    pub api_keys: Vec<Secret>,
+    /// File holding accepted keys, one per line (blank lines and surrounding whitespace
+    /// ignored), e.g. a Kubernetes Secret mounted as a volume. Read at start.
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// `[kafka]`: where rows are produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Brokers to bootstrap from, comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// The traces topic the sessionizer reads.
+    pub topic: String,
+    /// Longest wait for Kafka to acknowledge a request's rows (librdkafka
+    /// `message.timeout.ms`); after it the request is answered 503 and the SDK retries.
+    pub produce_timeout_ms: u64,
+    /// Further librdkafka properties (TLS, SASL, ...) passed through verbatim and applied
+    /// last. In environment variables write each dot as `__`:
+    /// `GATEWAY__KAFKA__CLIENT__SASL__PASSWORD`.
+    #[serde(
+        deserialize_with = "deserialize_client",
+        serialize_with = "serialize_client"
+    )]
+    pub client: BTreeMap<String, String>,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` (one object per line) for log collectors.
+    pub format: LogFormat,
+    /// Which events are logged, in `tracing` filter syntax, e.g. `info,gateway=debug`.
+    pub filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[shutdown]`: how long a stopping replica may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After SIGTERM `/readyz` fails at once; requests keep being served for this long so
+    /// the Service stops routing here before the listener closes.
+    pub unready_delay_secs: u64,
+    /// Then: longest wait for open requests to finish and Kafka to acknowledge their rows.
+    /// Keep `unready_delay_secs + drain_timeout_secs` below the pod's grace period.
+    pub drain_timeout_secs: u64,
+}
+
+// Defaults, with where each value comes from.
+
+// An unprivileged port commonly used for HTTP APIs in pods.
+fn default_http_listen() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+// The sessionizer's default request size (`batch.max_bytes`); the SDK sends one trace per request.
+const fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+// Short enough that the SDK's default two retries span a broker leader election.
+const fn default_retry_after_secs() -> u64 {
+    2
+}
+// Bounded memory (rows are a few KiB) while hiding Kafka's latency for many concurrent requests.
+const fn default_max_rows_in_flight() -> usize {
+    10_000
+}
+// Minutes of traffic at a few hundred rows per second; ~100 bytes per entry.
+const fn default_update_key_cache_entries() -> usize {
+    100_000
+}
+// Next to the sessionizer's 9464, in the range registered for Prometheus exporters.
+fn default_ops_listen() -> String {
+    "0.0.0.0:9465".to_owned()
+}
+// A readiness probe runs every 10 s by default; a fresher answer than that costs nothing.
+const fn default_readiness_check_ms() -> u64 {
+    2_000
+}
+// Kafka's conventional listener on the local machine.
+fn default_bootstrap_servers() -> String {
+    "localhost:9092".to_owned()
+}
+// The sessionizer's and the producer helpers' default topic.
+fn default_topic() -> String {
+    "llm-traces".to_owned()
+}
+// Well inside the SDK's 60 s request timeout, long enough for a leader election.
+const fn default_produce_timeout_ms() -> u64 {
+    10_000
+}
+fn default_log_filter() -> String {
+    "info".to_owned()
+}
+// Endpoints of a terminating pod are removed within a few seconds.
+const fn default_unready_delay_secs() -> u64 {
+    5
+}
+// With the unready delay, inside Kubernetes' default 30 s grace period.
+const fn default_drain_timeout_secs() -> u64 {
+    20
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            retry_after_secs: default_retry_after_secs(),
+            max_rows_in_flight: default_max_rows_in_flight(),
+            update_key_cache_entries: default_update_key_cache_entries(),
+        }
+    }
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: default_ops_listen(),
+            readiness_check_ms: default_readiness_check_ms(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: default_bootstrap_servers(),
+            topic: default_topic(),
+            produce_timeout_ms: default_produce_timeout_ms(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            filter: default_log_filter(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            unready_delay_secs: default_unready_delay_secs(),
+            drain_timeout_secs: default_drain_timeout_secs(),
+        }
+    }
+}
+
+fn serialize_secrets<S: Serializer>(secrets: &[Secret], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(secrets.iter().map(|_| REDACTED))
+}
+
+/// Whether a librdkafka property holds a secret (its value is never printed).
+fn is_secret_property(key: &str) -> bool {
+    const SECRET_MARKERS: &[&str] = &[
+        "password",
+        "passphrase",
+        "secret",
+        "private.key",
+        "pem",
+        "token",
+    ];
+    let lowercase_key = key.to_ascii_lowercase();
+    SECRET_MARKERS
+        .iter()
+        .any(|marker| lowercase_key.contains(marker))
+}
+
+fn serialize_client<S: Serializer>(
+    client: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(client.iter().map(|(key, value)| {
+        let shown = if is_secret_property(key) {
+            REDACTED
+        } else {
+            value.as_str()
+        };
+        (key, shown)
+    }))
+}
+
+/// librdkafka properties from a table whose keys may be dotted, quoted or nested (what
+/// `__` in environment variables produces): `{sasl: {password: x}}` is `sasl.password`.
+fn deserialize_client<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    fn flatten(
+        prefix: &str,
+        value: &serde_json::Value,
+        out: &mut BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let text = match value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Number(number) => number.to_string(),
+            serde_json::Value::Bool(flag) => flag.to_string(),
+            serde_json::Value::Object(table) => {
+                for (key, nested) in table {
+                    flatten(&format!("{prefix}.{key}"), nested, out)?;
+                }
+                return Ok(());
+            }
+            serde_json::Value::Null | serde_json::Value::Array(_) => {
+                return Err(format!(
+                    "librdkafka property `{prefix}` in kafka.client must be a string, number or boolean"
+                ));
+            }
+        };
+        out.insert(prefix.to_owned(), text);
+        Ok(())
+    }
+    let table = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    let mut client = BTreeMap::new();
+    for (key, value) in &table {
+        flatten(key, value, &mut client).map_err(D::Error::custom)?;
+    }
+    Ok(client)
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file is missing or not TOML, a key is unknown or a value has the wrong type; the
+    /// message names the key.
+    #[error(transparent)]
+    Load(#[from] config::ConfigError),
+    /// Values out of range or inconsistent; every problem found is listed.
+    #[error("invalid configuration:\n{}", .0.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One invalid value: its key path and what was expected (never a secret's value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{} {}", self.key, self.message)
+    }
+}
+
+/// The configuration the runtime runs with.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    pub listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub retry_after: Duration,
+    pub max_rows_in_flight: usize,
+    pub update_key_cache_entries: usize,
+    pub readiness_check: Duration,
+    /// Every accepted key, from `auth.api_keys` and `auth.api_keys_file`.
+    pub api_keys: Vec<Secret>,
+    pub kafka: KafkaSettings,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub unready_delay: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// What the producer is built from.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub produce_timeout: Duration,
+    /// librdkafka passthrough; values may be secrets, so `Debug` of the parent hides nothing:
+    /// never log this struct.
+    pub client: RedactedProperties,
+}
+
+/// librdkafka properties whose `Debug` redacts secret-looking values.
+#[derive(Clone, Default)]
+pub struct RedactedProperties(pub BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedProperties {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_map()
+            .entries(self.0.iter().map(|(key, value)| {
+                let shown = if is_secret_property(key) {
+                    REDACTED
+                } else {
+                    value.as_str()
+                };
+                (key, shown)
+            }))
+            .finish()
+    }
+}
+
+impl GatewayConfig {
+    /// Loads defaults < the TOML file at `path` (if any) < `GATEWAY__*` variables in `env`
+    /// (the process environment in production, a map in tests).
+    ///
+    /// # Errors
+    /// [`ConfigError::Load`] naming the key for a missing file, an unknown key or a wrong type.
+    pub fn load(path: Option<&Path>, env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(File::new(&path.to_string_lossy(), FileFormat::Toml));
+        }
+        let environment = Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("auth.api_keys")
+            .ignore_empty(true)
+            .source(Some(env.into_iter().collect()));
+        let loaded = builder.add_source(environment).build()?;
+        Ok(loaded.try_deserialize()?)
+    }
+
+    /// Checks every value and reads the key file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem with its key.
+    pub fn validate(&self) -> Result<ValidatedConfig, ConfigError> {
+        let mut problems: Vec<Problem> = Vec::new();
+        fn push(problems: &mut Vec<Problem>, key: &str, message: String) {
+            problems.push(Problem {
+                key: key.to_owned(),
+                message,
+            });
+        }
+        fn address(problems: &mut Vec<Problem>, key: &str, text: &str) -> Option<SocketAddr> {
+            let parsed = text.parse().ok();
+            if parsed.is_none() {
+                push(
+                    problems,
+                    key,
+                    format!("must be an address and port, e.g. `0.0.0.0:8080`, got `{text}`"),
+                );
+            }
+            parsed
+        }
+        let listen = address(&mut problems, "http.listen", &self.http.listen);
+        let ops_listen = address(&mut problems, "ops.listen", &self.ops.listen);
+        if self.http.max_body_bytes == 0 {
+            push(
+                &mut problems,
+                "http.max_body_bytes",
+                "must be at least 1, e.g. `4194304`".to_owned(),
+            );
+        }
+        if self.http.max_rows_in_flight == 0 {
+            push(
+                &mut problems,
+                "http.max_rows_in_flight",
+                "must be at least 1, e.g. `10000`".to_owned(),
+            );
+        }
+        if self.ops.readiness_check_ms == 0 {
+            push(
+                &mut problems,
+                "ops.readiness_check_ms",
+                "must be at least 1, e.g. `2000`".to_owned(),
+            );
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            push(
+                &mut problems,
+                "kafka.bootstrap_servers",
+                "must not be empty, e.g. `kafka-0.kafka:9092`".to_owned(),
+            );
+        }
+        let topic = &self.kafka.topic;
+        if topic.is_empty()
+            || topic.len() > MAX_TOPIC_CHARS
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            push(
+                &mut problems,
+                "kafka.topic",
+                format!(
+                    "must be a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `llm-traces`, got `{topic}`"
+                ),
+            );
+        }
+        if self.kafka.produce_timeout_ms == 0 {
+            push(
+                &mut problems,
+                "kafka.produce_timeout_ms",
+                "must be at least 1, e.g. `10000`".to_owned(),
+            );
+        }
+        if self.limits.max_id_chars == 0 || self.limits.max_message_bytes == 0 {
+            push(
+                &mut problems,
+                "limits",
+                "max_id_chars and max_message_bytes must be at least 1".to_owned(),
+            );
+        }
+        let mut api_keys: Vec<Secret> = self
+            .auth
+            .api_keys
+            .iter()
+            .filter(|key| !key.expose().trim().is_empty())
+            .map(|key| Secret::new(key.expose().trim()))
+            .collect();
+        if let Some(path) = &self.auth.api_keys_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => api_keys.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty())
+                        .map(Secret::new),
+                ),
+                Err(error) => push(
+                    &mut problems,
+                    "auth.api_keys_file",
+                    format!("cannot be read ({}): {error}", path.display()),
+                ),
+            }
+        }
+        if api_keys.is_empty() && problems.iter().all(|p| p.key != "auth.api_keys_file") {
+            push(
+                &mut problems,
+                "auth.api_keys",
+                "no client key configured: set auth.api_keys_file (e.g. `/etc/gateway/keys`) or auth.api_keys".to_owned(),
+            );
+        }
+        let (Some(listen), Some(ops_listen), true) = (listen, ops_listen, problems.is_empty())
+        else {
+            return Err(ConfigError::Invalid(problems));
+        };
+        Ok(ValidatedConfig {
+            listen,
+            ops_listen,
+            max_body_bytes: self.http.max_body_bytes,
+            retry_after: Duration::from_secs(self.http.retry_after_secs),
+            max_rows_in_flight: self.http.max_rows_in_flight,
+            update_key_cache_entries: self.http.update_key_cache_entries,
+            readiness_check: Duration::from_millis(self.ops.readiness_check_ms),
+            api_keys,
+            kafka: KafkaSettings {
+                bootstrap_servers: self.kafka.bootstrap_servers.clone(),
+                topic: self.kafka.topic.clone(),
+                produce_timeout: Duration::from_millis(self.kafka.produce_timeout_ms),
+                client: RedactedProperties(self.kafka.client.clone()),
+            },
+            limits: self.limits,
+            log: self.log.clone(),
+            unready_delay: Duration::from_secs(self.shutdown.unready_delay_secs),
+            drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_lists_keys() {
+        let config = GatewayConfig::load(
+            None,
+            env(&[
+                ("GATEWAY__AUTH__API_KEYS", "key-a,key-b"),
+                ("GATEWAY__KAFKA__TOPIC", "traces-x"),
+                ("GATEWAY__KAFKA__CLIENT__SASL__PASSWORD", "hunter2"),
+                ("GATEWAY__HTTP__MAX_BODY_BYTES", "1024"),
+            ]),
+        )
+        .expect("loads");
+        let validated = config.validate().expect("valid");
+        let keys: Vec<&str> = validated.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, ["key-a", "key-b"]);
+        assert_eq!(validated.kafka.topic, "traces-x");
+        assert_eq!(validated.max_body_bytes, 1024);
+        assert_eq!(
+            validated
+                .kafka
+                .client
+                .0
+                .get("sasl.password")
+                .map(String::as_str),
+            Some("hunter2")
+        );
+        let shown = format!(
+            "{validated:?} {}",
+            serde_json::to_string(&config).expect("serializes")
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("key-a"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        let unknown = GatewayConfig::load(None, env(&[("GATEWAY__KAFKA__TOPICS", "x")]))
+            .expect_err("unknown key");
+        assert!(unknown.to_string().contains("topics"), "{unknown}");
+        let wrong = GatewayConfig::load(None, env(&[("GATEWAY__HTTP__MAX_BODY_BYTES", "lots")]))
+            .expect_err("wrong type");
+        assert!(wrong.to_string().contains("http.max_body_bytes"), "{wrong}");
+    }
+
+    #[test]
+    fn validation_lists_every_problem_by_key_without_secrets() {
+        let mut config = GatewayConfig::default();
+        config.http.listen = "nowhere".into();
+        config.kafka.topic = "bad topic".into();
+        let error = config.validate().expect_err("invalid");
+        let keys: Vec<String> = match &error {
+            ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.clone()).collect(),
+            other => panic!("{other}"),
+        };
+        assert_eq!(keys, ["http.listen", "kafka.topic", "auth.api_keys"]);
+    }
+
+    #[test]
+    fn reads_keys_from_a_mounted_file() {
+        let path = std::env::temp_dir().join(format!("gateway-keys-{}", std::process::id()));
+        std::fs::write(&path, "  key-one \n\nkey-two\n").expect("write");
+        let mut config = GatewayConfig::default();
+        config.auth.api_keys_file = Some(path.clone());
+        let validated = config.validate().expect("valid");
+        let _removed = std::fs::remove_file(&path);
+        let keys: Vec<&str> = validated.api_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, ["key-one", "key-two"]);
+    }
+}

@@ -1,0 +1,463 @@
+//! The HTTP surface: the Openlayer-compatible API and the operations endpoint.
+//!
+//! API (what Openlayer accepts, under `/v1`):
+//! - `POST /v1/inference-pipelines/{id}/data-stream` with `{"config", "rows"}`: every row
+//!   becomes a record on the traces topic; `200 {"success": true}` once Kafka acknowledged
+//!   all of them;
+//! - `PUT /v1/inference-pipelines/{id}/rows?inferenceId=..` with `{"row", "config"}`: one
+//!   `row_update` record, shipped by the sessionizer after the rows before it.
+//!
+//! Answers: 401 without a configured bearer key (checked before the body is read); 400 with
+//! `{"success": false, "error", "row", "field"}` for a malformed request, nothing produced;
+//! 413 for a body over `http.max_body_bytes` (or a row over the message limit); 503 with
+//! `Retry-After` when Kafka is unreachable, slow, or too many rows are in flight, which the
+//! SDK retries on its own. Errors never echo a key.
+//!
+//! Operations (own port): `/metrics`, `/healthz` (the process serves), `/readyz` (the broker
+//! answers and no shutdown has begun).
+
+use crate::auth::ApiKeys;
+use crate::metrics::Metrics;
+use crate::publish::{BrokerState, Publish, PublishError};
+use crate::rows::{self, Outgoing, Refusal};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use trace_model::Limits;
+
+/// Partition keys of recently produced rows by inference id, oldest evicted first.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    capacity: usize,
+    keys: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize) -> Self {
+        KeyCache {
+            capacity,
+            ..KeyCache::default()
+        }
+    }
+
+    pub fn insert(&mut self, inference_id: String, key: String) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.keys.insert(inference_id.clone(), key).is_none() {
+            self.order.push_back(inference_id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn get(&self, inference_id: &str) -> Option<String> {
+        self.keys.get(inference_id).cloned()
+    }
+}
+
+/// What the handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: Arc<ApiKeys>,
+    pub publisher: Arc<dyn Publish>,
+    pub metrics: Metrics,
+    pub broker: BrokerState,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub retry_after: Duration,
+    pub max_rows_in_flight: usize,
+    rows_in_flight: Arc<AtomicUsize>,
+    key_cache: Arc<Mutex<KeyCache>>,
+    /// Set at SIGTERM: `/readyz` fails so the Service stops routing here.
+    draining: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AppState")
+            .field("limits", &self.limits)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`AppState::new`] takes beyond the shared handles.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings {
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub retry_after: Duration,
+    pub max_rows_in_flight: usize,
+    pub update_key_cache_entries: usize,
+}
+
+impl AppState {
+    pub fn new(
+        keys: ApiKeys,
+        publisher: Arc<dyn Publish>,
+        metrics: Metrics,
+        broker: BrokerState,
+        settings: ApiSettings,
+    ) -> Self {
+        AppState {
+            keys: Arc::new(keys),
+            publisher,
+            metrics,
+            broker,
+            limits: settings.limits,
+            max_body_bytes: settings.max_body_bytes,
+            retry_after: settings.retry_after,
+            max_rows_in_flight: settings.max_rows_in_flight,
+            rows_in_flight: Arc::default(),
+            key_cache: Arc::new(Mutex::new(KeyCache::new(settings.update_key_cache_entries))),
+            draining: Arc::default(),
+        }
+    }
+
+    /// Marks the start of shutdown: `/readyz` fails from now on.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn is_ready(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("shutting down");
+        }
+        if !self.broker.is_reachable() {
+            return Err("kafka broker unreachable");
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Every failure a request can meet, answered in one place.
+#[derive(Debug)]
+enum ApiError {
+    Unauthorized,
+    Refused(Refusal),
+    BodyTooLarge {
+        limit: usize,
+    },
+    Unavailable {
+        reason: &'static str,
+        retry_after: Duration,
+    },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"success": false, "error": "missing or invalid API key"})),
+            )
+                .into_response(),
+            ApiError::Refused(refusal) => {
+                let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+                let body = json!({
+                    "success": false,
+                    "error": refusal.to_string(),
+                    "row": refusal.row,
+                    "field": refusal.field,
+                });
+                (status, Json(body)).into_response()
+            }
+            ApiError::BodyTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({"success": false, "error": format!("the body is larger than {limit} bytes")})),
+            )
+                .into_response(),
+            ApiError::Unavailable { reason, retry_after } => {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"success": false, "error": format!("{reason}; retry later")})),
+                )
+                    .into_response();
+                let seconds = retry_after.as_secs().max(1).to_string();
+                if let Ok(value) = HeaderValue::from_str(&seconds) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                response
+            }
+        }
+    }
+}
+
+fn route_label(path: &str) -> &'static str {
+    if path.starts_with("/v1/inference-pipelines/") && path.ends_with("/data-stream") {
+        "data_stream"
+    } else if path.starts_with("/v1/inference-pipelines/") && path.ends_with("/rows") {
+        "row_update"
+    } else {
+        "other"
+    }
+}
+
+/// Counts and times every API request by route and status.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = route_label(request.uri().path());
+    let started = Instant::now();
+    state.metrics.requests_in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.requests_in_flight.dec();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Refuses requests without a configured key before their body is read.
+async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.keys.allows(request.headers()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// The Openlayer-compatible API.
+pub fn api_app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/inference-pipelines/{pipeline_id}/data-stream",
+            post(data_stream),
+        )
+        .route(
+            "/v1/inference-pipelines/{pipeline_id}/rows",
+            put(update_row),
+        )
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"success": false, "error": "no such endpoint"})),
+    )
+        .into_response()
+}
+
+fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit: state.max_body_bytes,
+            }
+        } else {
+            ApiError::Refused(Refusal {
+                status: 400,
+                row: None,
+                field: Some("body".to_owned()),
+                message: "the body could not be read".to_owned(),
+            })
+        }
+    })
+}
+
+/// Hands the records to Kafka, within the in-flight bound; `Ok` once all are acknowledged.
+async fn produce(
+    state: &AppState,
+    records: Vec<Outgoing>,
+    kind: &'static str,
+) -> Result<(), ApiError> {
+    let num_rows = records.len();
+    let unavailable = |reason: &'static str| ApiError::Unavailable {
+        reason,
+        retry_after: state.retry_after,
+    };
+    if !state.broker.is_reachable() {
+        state
+            .metrics
+            .produce_errors
+            .with_label_values(&[PublishError::Unreachable.reason()])
+            .inc();
+        return Err(unavailable("kafka is unreachable"));
+    }
+    let before = state.rows_in_flight.fetch_add(num_rows, Ordering::SeqCst);
+    if before + num_rows > state.max_rows_in_flight && before > 0 {
+        state.rows_in_flight.fetch_sub(num_rows, Ordering::SeqCst);
+        state
+            .metrics
+            .produce_errors
+            .with_label_values(&[PublishError::QueueFull.reason()])
+            .inc();
+        return Err(unavailable("too many rows in flight"));
+    }
+    state.metrics.rows_in_flight.add(num_rows as i64);
+    let started = Instant::now();
+    let published = state.publisher.publish(records).await;
+    state.rows_in_flight.fetch_sub(num_rows, Ordering::SeqCst);
+    state.metrics.rows_in_flight.sub(num_rows as i64);
+    match published {
+        Ok(()) => {
+            state
+                .metrics
+                .produce_duration
+                .observe(started.elapsed().as_secs_f64());
+            state
+                .metrics
+                .rows_produced
+                .with_label_values(&[kind])
+                .inc_by(num_rows as u64);
+            Ok(())
+        }
+        Err(error) => {
+            state
+                .metrics
+                .produce_errors
+                .with_label_values(&[error.reason()])
+                .inc();
+            tracing::warn!(%error, num_rows, "records not produced, answering 503");
+            Err(unavailable("kafka did not acknowledge the rows"))
+        }
+    }
+}
+
+fn success() -> Response {
+    (StatusCode::OK, Json(json!({"success": true}))).into_response()
+}
+
+async fn data_stream(
+    State(state): State<AppState>,
+    Path(pipeline_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let records =
+        rows::stream_records(&pipeline_id, &body, &state.limits, now_ms()).map_err(|refusal| {
+            tracing::debug!(error = %refusal, "data-stream request refused");
+            ApiError::Refused(refusal)
+        })?;
+    let remembered: Vec<(String, String)> = records
+        .iter()
+        .filter_map(|record| Some((record.inference_id.clone()?, record.key.clone()?)))
+        .collect();
+    produce(&state, records, "trace").await?;
+    let mut cache = state
+        .key_cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for (inference_id, key) in remembered {
+        cache.insert(inference_id, key);
+    }
+    drop(cache);
+    Ok(success())
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateQuery {
+    #[serde(rename = "inferenceId")]
+    inference_id: Option<String>,
+}
+
+async fn update_row(
+    State(state): State<AppState>,
+    Path(pipeline_id): Path<String>,
+    Query(query): Query<UpdateQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let record = rows::update_record(
+        &pipeline_id,
+        query.inference_id.as_deref(),
+        &body,
+        &state.limits,
+        now_ms(),
+        |inference_id| {
+            state
+                .key_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(inference_id)
+        },
+    )
+    .map_err(ApiError::Refused)?;
+    produce(&state, vec![record], "row_update").await?;
+    Ok(success())
+}
+
+/// What the operations endpoint reads.
+#[derive(Clone)]
+pub struct OpsState {
+    pub registry: Registry,
+    pub app: AppState,
+}
+
+impl std::fmt::Debug for OpsState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("OpsState").finish_non_exhaustive()
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub fn ops_app(state: OpsState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    state
+        .app
+        .metrics
+        .broker_reachable
+        .set(i64::from(state.app.broker.is_reachable()));
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "failed to encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    match state.app.is_ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}

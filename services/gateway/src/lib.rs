@@ -1,0 +1,164 @@
+//! The gateway: an Openlayer-compatible ingest endpoint. Services instrumented with
+//! Openlayer's official SDKs point `OPENLAYER_BASE_URL` here; every row they stream becomes a
+//! `TraceEvent` on the traces topic (the SDK's row kept as sent), and the sessionizer ships it
+//! to Openlayer with session columns. The clients' keys stay here: the sessionizer ships with
+//! its own.
+//!
+//! # Layout
+//! - [`config`]: `GatewayConfig` → `validate()` → `ValidatedConfig` (defaults < TOML < env)
+//! - [`auth`]: bearer keys compared in constant time
+//! - [`rows`]: Openlayer requests to trace records, with per-row refusals
+//! - [`publish`]: the idempotent Kafka producer behind the `Publish` seam
+//! - [`http`]: the API routes and the operations endpoint
+//! - [`metrics`]: every `gateway_` metric
+//! - [`run`]: serve until shutdown, then drain
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod publish;
+pub mod rows;
+
+use crate::auth::ApiKeys;
+use crate::config::ValidatedConfig;
+use crate::http::{ApiSettings, AppState, OpsState};
+use crate::metrics::Metrics;
+use crate::publish::{BrokerState, KafkaPublisher};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Version of this build, as `--version` prints it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("failed to create the kafka producer")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("failed to bind {address}")]
+    Bind {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to register metrics")]
+    Metrics(#[source] prometheus::Error),
+}
+
+/// Serves the API and the operations endpoint until `shutdown` resolves, then drains:
+/// `/readyz` fails at once, requests are still served for `unready_delay` (so the Service
+/// routes elsewhere first), then the listener closes, open requests finish (their rows
+/// acknowledged or answered 503) within `drain_timeout`, and the producer is flushed.
+///
+/// # Errors
+/// When the producer cannot be created or a port cannot be bound.
+pub async fn run(
+    config: ValidatedConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::try_new(&registry).map_err(RunError::Metrics)?;
+    let broker = BrokerState::default();
+    let publisher = Arc::new(
+        KafkaPublisher::try_new(&config.kafka, broker.clone()).map_err(RunError::Producer)?,
+    );
+    let bind = |address| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| RunError::Bind { address, source })
+    };
+    let api_listener = bind(config.listen).await?;
+    let ops_listener = bind(config.ops_listen).await?;
+    let state = AppState::new(
+        ApiKeys::new(config.api_keys.clone()),
+        publisher.clone(),
+        metrics,
+        broker,
+        ApiSettings {
+            limits: config.limits,
+            max_body_bytes: config.max_body_bytes,
+            retry_after: config.retry_after,
+            max_rows_in_flight: config.max_rows_in_flight,
+            update_key_cache_entries: config.update_key_cache_entries,
+        },
+    );
+    tracing::info!(
+        listen = %config.listen,
+        ops_listen = %config.ops_listen,
+        topic = %config.kafka.topic,
+        num_keys = config.api_keys.len(),
+        "gateway serving"
+    );
+
+    // The readiness check: owned, stopped when `stop_checks` is dropped or set.
+    let (stop_checks, mut checks_stopped) = watch::channel(false);
+    let checker = publisher.clone();
+    let interval = config.readiness_check;
+    let readiness = tokio::spawn(async move {
+        loop {
+            let probe = checker.clone();
+            let _reachable = tokio::task::spawn_blocking(move || {
+                probe.check_broker(interval.max(std::time::Duration::from_secs(1)))
+            })
+            .await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = checks_stopped.changed() => return,
+            }
+        }
+    });
+
+    let (close_api, mut api_closing) = watch::channel(false);
+    let api = axum::serve(api_listener, http::api_app(state.clone())).with_graceful_shutdown(
+        async move {
+            let _closed = api_closing.wait_for(|closing| *closing).await;
+        },
+    );
+    let mut api_task = tokio::spawn(async move { api.await });
+    let (close_ops, mut ops_closing) = watch::channel(false);
+    let ops = axum::serve(
+        ops_listener,
+        http::ops_app(OpsState {
+            registry,
+            app: state.clone(),
+        }),
+    )
+    .with_graceful_shutdown(async move {
+        let _closed = ops_closing.wait_for(|closing| *closing).await;
+    });
+    let ops_task = tokio::spawn(async move { ops.await });
+
+    shutdown.await;
+    tracing::info!("shutdown requested: failing readiness, then draining");
+    state.begin_draining();
+    tokio::time::sleep(config.unready_delay).await;
+    let _closing = close_api.send(true);
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    match tokio::time::timeout_at(deadline, &mut api_task).await {
+        Ok(_served) => tracing::info!("open requests finished"),
+        Err(_elapsed) => {
+            tracing::warn!("drain deadline passed with requests still open; aborting them");
+            api_task.abort();
+        }
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let flusher = publisher.clone();
+    let flushed = tokio::task::spawn_blocking(move || {
+        flusher.flush(remaining.max(std::time::Duration::from_secs(1)))
+    })
+    .await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!(
+            "records left unacknowledged at shutdown (their requests were answered 503)"
+        );
+    }
+    let _stopped = stop_checks.send(true);
+    let _stopped = readiness.await;
+    let _closing = close_ops.send(true);
+    let _served = ops_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Producing a request's records to the traces topic, and knowing whether the broker answers.
+//!
+//! [`Publish`] is the seam between HTTP and Kafka: the handlers hand it every record of one
+//! request and answer 200 only when it returns `Ok`, i.e. when Kafka acknowledged them all
+//! (idempotent producer, `acks=all`). [`KafkaPublisher`] sets librdkafka's
+//! `message.timeout.ms` to the produce timeout, so librdkafka itself reports a record it could
+//! not deliver in time and no record is delivered after its request was answered 503; the SDK
+//! then retries the whole request. A request some of whose records were acknowledged before
+//! the failure is produced again in full on retry: at-least-once, with the rows' inference
+//! ids unchanged. Tests use their own implementation to answer with `.oneshot`.
+
+use crate::config::KafkaSettings;
+use crate::rows::Outgoing;
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Why records could not be produced (the request is answered 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The broker did not acknowledge in time (down, or slow).
+    #[error("kafka did not acknowledge in time")]
+    Timeout,
+    /// The producer's buffer is full.
+    #[error("the producer queue is full")]
+    QueueFull,
+    /// The broker refused or the connection failed.
+    #[error("kafka refused the records")]
+    Kafka,
+    /// Known unreachable: answered before trying.
+    #[error("kafka is unreachable")]
+    Unreachable,
+}
+
+impl PublishError {
+    /// Every reason, for creating metric series at zero.
+    pub const REASONS: &'static [&'static str] = &["timeout", "queue_full", "kafka", "unreachable"];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            PublishError::Timeout => "timeout",
+            PublishError::QueueFull => "queue_full",
+            PublishError::Kafka => "kafka",
+            PublishError::Unreachable => "unreachable",
+        }
+    }
+}
+
+pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
+/// Where the handlers put a request's records.
+pub trait Publish: Send + Sync + 'static {
+    /// Resolves when every record is acknowledged, or with the first failure.
+    fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_>;
+}
+
+/// Whether the broker answers: set by the readiness check and by deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerState {
+    reachable: Arc<AtomicBool>,
+}
+
+impl BrokerState {
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
+    }
+}
+
+/// The idempotent producer on the traces topic.
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+    produce_timeout: Duration,
+    broker: BrokerState,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KafkaPublisher")
+            .field("topic", &self.topic)
+            .field("produce_timeout", &self.produce_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// # Errors
+    /// When librdkafka refuses a setting (a passthrough property, most likely).
+    pub fn try_new(settings: &KafkaSettings, broker: BrokerState) -> Result<Self, KafkaError> {
+        let timeout_ms = settings.produce_timeout.as_millis().to_string();
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            // Exactly-once per partition and no reordering on retries; implies acks=all.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // librdkafka gives up on (and reports) a record after this long, so a record is
+            // never delivered after its request was answered 503.
+            .set("message.timeout.ms", &timeout_ms)
+            // The producer helpers' codec: cheap, and the sessionizer reads it.
+            .set("compression.type", "lz4");
+        for (key, value) in &settings.client.0 {
+            client.set(key, value);
+        }
+        Ok(KafkaPublisher {
+            producer: client.create()?,
+            topic: settings.topic.clone(),
+            produce_timeout: settings.produce_timeout,
+            broker,
+        })
+    }
+
+    /// Asks the broker for the topic's metadata (blocking; run it off the async threads).
+    pub fn check_broker(&self, timeout: Duration) -> bool {
+        let reachable = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .is_ok_and(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|topic| topic.error().is_none())
+            });
+        self.broker.set_reachable(reachable);
+        reachable
+    }
+
+    /// Waits for records still queued, at most `timeout` (shutdown).
+    ///
+    /// # Errors
+    /// When records are still unacknowledged after it.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+impl Publish for KafkaPublisher {
+    fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_> {
+        Box::pin(async move {
+            let mut deliveries = Vec::with_capacity(records.len());
+            for record in &records {
+                let mut future_record = FutureRecord::to(&self.topic).payload(&record.payload);
+                if let Some(key) = &record.key {
+                    future_record = future_record.key(key);
+                }
+                match self.producer.send_result(future_record) {
+                    Ok(delivery) => deliveries.push(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        return Err(PublishError::QueueFull);
+                    }
+                    Err(_) => return Err(PublishError::Kafka),
+                }
+            }
+            // librdkafka reports every record within message.timeout.ms; the margin only
+            // guards against a report that never comes.
+            let all_acknowledged =
+                tokio::time::timeout(self.produce_timeout + Duration::from_secs(5), async {
+                    let mut outcome = Ok(());
+                    for delivery in deliveries {
+                        match delivery.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                                _,
+                            ))) => {
+                                outcome = outcome.and(Err(PublishError::Timeout));
+                            }
+                            Ok(Err(_)) | Err(_) => outcome = outcome.and(Err(PublishError::Kafka)),
+                        }
+                    }
+                    outcome
+                })
+                .await
+                .unwrap_or(Err(PublishError::Timeout));
+            match all_acknowledged {
+                Ok(()) => self.broker.set_reachable(true),
+                Err(PublishError::Timeout) => self.broker.set_reachable(false),
+                Err(_) => {}
+            }
+            all_acknowledged
+        })
+    }
+}

@@ -1,0 +1,772 @@
+//! Openlayer requests to trace records: a data-stream body becomes one `TraceEvent` per row,
+//! a row update one `row_update` record; all checked before anything is produced.
+//!
+//! Column names come from the request's `config` as Openlayer reads them
+//! (`outputColumnName`, `inferenceIdColumnName`, `timestampColumnName`, `userIdColumnName`,
+//! `sessionIdColumnName`, `latencyColumnName`, `costColumnName`, `numOfTokenColumnName`,
+//! `inputVariableNames`). The typed fields of the record are read from those columns; the
+//! whole row, unknown columns included, travels as sent in `TraceEvent::row` (and the config
+//! in `row_config`), so the sessionizer ships what the SDK sent.
+//!
+//! Token and cost totals: the official tracer's row `tokens`/`cost` come from the top-level
+//! step only and read 0 when the tokens sit in nested completion steps. When the row's column
+//! is absent or zero, the record's total is the sum over every step of the row's `steps`
+//! tree, so session running totals are right; the row's own column is shipped unchanged.
+//!
+//! Any refusal names the row (its index in `rows`) and the column; one bad row refuses the
+//! whole request, so a request is produced entirely or not at all.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use trace_model::validate::{Limits, validate_id, validate_trace};
+use trace_model::{Encoding, JsonMap, TraceEvent, TraceKind, encode};
+
+/// Trace name when the row has no root step name to borrow.
+const DEFAULT_TRACE_NAME: &str = "openlayer_row";
+
+/// A request the gateway refuses, with the row and field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400, or 413 when one row's record would exceed the message size limit.
+    pub status: u16,
+    /// Index of the row in `rows`, when one row is at fault.
+    pub row: Option<usize>,
+    /// The column or body field at fault (`config.outputColumnName`, `inferenceId`, ...).
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(row) = self.row {
+            write!(formatter, "row {row}: ")?;
+        }
+        formatter.write_str(&self.message)
+    }
+}
+
+fn bad_request(row: Option<usize>, field: impl Into<String>, message: String) -> Refusal {
+    Refusal {
+        status: 400,
+        row,
+        field: Some(field.into()),
+        message,
+    }
+}
+
+/// One record ready for Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Partition key: session id, else user id, else (updates) the row's inference id.
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    /// Remembered with `key` once produced, so a later row update finds the partition.
+    pub inference_id: Option<String>,
+}
+
+/// The column names a request's `config` declares.
+#[derive(Debug, Clone, Default)]
+struct Columns {
+    output: String,
+    inference_id: Option<String>,
+    timestamp: Option<String>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    latency: Option<String>,
+    cost: Option<String>,
+    tokens: Option<String>,
+    inputs: Vec<String>,
+}
+
+fn optional_name(config: &JsonMap, key: &str) -> Result<Option<String>, Refusal> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => Ok(Some(name.clone())),
+        Some(_) => Err(bad_request(
+            None,
+            format!("config.{key}"),
+            format!("config.{key} must be a column name (a string)"),
+        )),
+    }
+}
+
+impl Columns {
+    fn from_config(config: &JsonMap) -> Result<Self, Refusal> {
+        let output = optional_name(config, "outputColumnName")?.ok_or_else(|| {
+            bad_request(
+                None,
+                "config.outputColumnName",
+                "config.outputColumnName is required, e.g. \"output\"".to_owned(),
+            )
+        })?;
+        let inputs = match config.get("inputVariableNames") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(names)) => names
+                .iter()
+                .map(|name| name.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    bad_request(
+                        None,
+                        "config.inputVariableNames",
+                        "config.inputVariableNames must be a list of column names".to_owned(),
+                    )
+                })?,
+            Some(_) => {
+                return Err(bad_request(
+                    None,
+                    "config.inputVariableNames",
+                    "config.inputVariableNames must be a list of column names".to_owned(),
+                ));
+            }
+        };
+        Ok(Columns {
+            output,
+            inference_id: optional_name(config, "inferenceIdColumnName")?,
+            timestamp: optional_name(config, "timestampColumnName")?,
+            user_id: optional_name(config, "userIdColumnName")?,
+            session_id: optional_name(config, "sessionIdColumnName")?,
+            latency: optional_name(config, "latencyColumnName")?,
+            cost: optional_name(config, "costColumnName")?,
+            tokens: optional_name(config, "numOfTokenColumnName")?,
+            inputs,
+        })
+    }
+}
+
+/// Reads the row's id column: a string (or an integer, as the SDK allows for user ids),
+/// checked against the id limits. `record_field` names the record field for the limits.
+fn id_column(
+    row: &JsonMap,
+    index: usize,
+    column: Option<&str>,
+    record_field: &'static str,
+    limits: &Limits,
+) -> Result<Option<String>, Refusal> {
+    let Some(column) = column else {
+        return Ok(None);
+    };
+    let id = match row.get(column) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => number.to_string(),
+        Some(_) => {
+            return Err(bad_request(
+                Some(index),
+                column,
+                format!("column `{column}` must be a string id"),
+            ));
+        }
+    };
+    validate_id(record_field, &id, limits)
+        .map_err(|error| bad_request(Some(index), column, format!("column `{column}`: {error}")))?;
+    Ok(Some(id))
+}
+
+/// Reads a non-negative number column; absent or null is `None`.
+fn amount_column(
+    row: &JsonMap,
+    index: usize,
+    column: Option<&str>,
+) -> Result<Option<f64>, Refusal> {
+    let Some(column) = column else {
+        return Ok(None);
+    };
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => match number.as_f64() {
+            Some(value) if value.is_finite() && value >= 0.0 => Ok(Some(value)),
+            _ => Err(bad_request(
+                Some(index),
+                column,
+                format!("column `{column}` must be a number >= 0"),
+            )),
+        },
+        Some(_) => Err(bad_request(
+            Some(index),
+            column,
+            format!("column `{column}` must be a number >= 0"),
+        )),
+    }
+}
+
+/// Sum of `key` over every step of a `steps` tree (any depth); `None` when no step has one.
+fn sum_over_steps(steps: Option<&Value>, key: &str) -> Option<f64> {
+    let mut stack: Vec<&Value> = match steps {
+        Some(Value::Array(steps)) => steps.iter().collect(),
+        _ => return None,
+    };
+    let mut total = None;
+    while let Some(step) = stack.pop() {
+        if let Some(value) = step.get(key).and_then(Value::as_f64)
+            && value.is_finite()
+            && value >= 0.0
+        {
+            total = Some(total.unwrap_or(0.0) + value);
+        }
+        if let Some(Value::Array(children)) = step.get("steps") {
+            stack.extend(children.iter());
+        }
+    }
+    total
+}
+
+/// The row's column when present and positive, else the steps' sum (see the module doc).
+fn total(column: Option<f64>, steps: Option<&Value>, key: &str) -> Option<f64> {
+    match column {
+        Some(value) if value > 0.0 => Some(value),
+        _ => sum_over_steps(steps, key)
+            .filter(|sum| *sum > 0.0)
+            .or(column),
+    }
+}
+
+fn encode_checked(
+    event: &TraceEvent,
+    index: Option<usize>,
+    limits: &Limits,
+) -> Result<Vec<u8>, Refusal> {
+    let payload = encode(event, Encoding::Avro).map_err(|error| Refusal {
+        status: 400,
+        row: index,
+        field: None,
+        message: format!("cannot be encoded: {error}"),
+    })?;
+    if payload.len() > limits.max_message_bytes {
+        return Err(Refusal {
+            status: 413,
+            row: index,
+            field: None,
+            message: format!(
+                "the row's record has {} bytes, more than the limit of {}",
+                payload.len(),
+                limits.max_message_bytes
+            ),
+        });
+    }
+    Ok(payload)
+}
+
+/// The pipeline id of the path, checked like any id.
+///
+/// # Errors
+/// 400 naming `inferencePipelineId` when it breaks the id limits.
+pub fn check_pipeline_id(pipeline_id: &str, limits: &Limits) -> Result<(), Refusal> {
+    validate_id("pipeline_id", pipeline_id, limits).map_err(|error| {
+        bad_request(
+            None,
+            "inferencePipelineId",
+            format!("inferencePipelineId: {error}"),
+        )
+    })
+}
+
+fn parse_object(body: &[u8]) -> Result<JsonMap, Refusal> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_request(
+            None,
+            "body",
+            "the body must be a JSON object".to_owned(),
+        )),
+        Err(error) => Err(bad_request(
+            None,
+            "body",
+            format!("the body is not valid JSON: {error}"),
+        )),
+    }
+}
+
+/// Maps one row to its record.
+fn trace_of_row(
+    pipeline_id: &str,
+    config: &JsonMap,
+    columns: &Columns,
+    index: usize,
+    row: JsonMap,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<TraceEvent, Refusal> {
+    if !row.contains_key(&columns.output) {
+        return Err(bad_request(
+            Some(index),
+            columns.output.clone(),
+            format!("the output column `{}` is missing", columns.output),
+        ));
+    }
+    let timestamp_ms = match columns.timestamp.as_deref() {
+        None => now_ms,
+        Some(column) => match row.get(column) {
+            None | Some(Value::Null) => now_ms,
+            Some(Value::Number(number)) => match number.as_f64() {
+                // Openlayer timestamps are Unix seconds; the record keeps milliseconds.
+                Some(seconds) if seconds.is_finite() => (seconds * 1000.0).round() as i64,
+                _ => now_ms,
+            },
+            Some(_) => {
+                return Err(bad_request(
+                    Some(index),
+                    column,
+                    format!("column `{column}` must be a Unix timestamp in seconds"),
+                ));
+            }
+        },
+    };
+    let steps = row.get("steps");
+    let tokens_column = amount_column(&row, index, columns.tokens.as_deref())?;
+    let cost_column = amount_column(&row, index, columns.cost.as_deref())?;
+    let mut event = TraceEvent::new(
+        steps
+            .and_then(|steps| steps.get(0))
+            .and_then(|root| root.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_TRACE_NAME),
+        timestamp_ms,
+    );
+    event.pipeline_id = Some(pipeline_id.to_owned());
+    event.inference_id = id_column(
+        &row,
+        index,
+        columns.inference_id.as_deref(),
+        "inference_id",
+        limits,
+    )?;
+    event.user_id = id_column(&row, index, columns.user_id.as_deref(), "user_id", limits)?;
+    event.session_id = id_column(
+        &row,
+        index,
+        columns.session_id.as_deref(),
+        "session_id",
+        limits,
+    )?;
+    event.latency_ms = amount_column(&row, index, columns.latency.as_deref())?;
+    event.tokens = total(tokens_column, steps, "tokens").map(|tokens| tokens.round() as i64);
+    event.cost = total(cost_column, steps, "cost");
+    event.output = row.get(&columns.output).cloned().unwrap_or(Value::Null);
+    for name in &columns.inputs {
+        if let Some(value) = row.get(name) {
+            event.inputs.insert(name.clone(), value.clone());
+        }
+    }
+    event.row_config = Some(config.clone());
+    event.row = Some(row);
+    validate_trace(&event, limits).map_err(|error| Refusal {
+        status: 400,
+        row: Some(index),
+        field: None,
+        message: error.to_string(),
+    })?;
+    Ok(event)
+}
+
+/// Maps a data-stream body (`{"config": {..}, "rows": [..]}`) to one record per row.
+///
+/// # Errors
+/// The first problem found, naming the row and column; nothing is returned for the others.
+pub fn stream_records(
+    pipeline_id: &str,
+    body: &[u8],
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<Vec<Outgoing>, Refusal> {
+    check_pipeline_id(pipeline_id, limits)?;
+    let mut body = parse_object(body)?;
+    let config = match body.remove("config") {
+        Some(Value::Object(config)) => config,
+        _ => {
+            return Err(bad_request(
+                None,
+                "config",
+                "config must be an object naming at least outputColumnName".to_owned(),
+            ));
+        }
+    };
+    let rows = match body.remove("rows") {
+        Some(Value::Array(rows)) if !rows.is_empty() => rows,
+        _ => {
+            return Err(bad_request(
+                None,
+                "rows",
+                "rows must be a non-empty list of objects".to_owned(),
+            ));
+        }
+    };
+    let columns = Columns::from_config(&config)?;
+    rows.into_iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let Value::Object(row) = row else {
+                return Err(bad_request(
+                    Some(index),
+                    "rows",
+                    "a row must be a JSON object".to_owned(),
+                ));
+            };
+            let event = trace_of_row(pipeline_id, &config, &columns, index, row, limits, now_ms)?;
+            Ok(Outgoing {
+                key: event.partition_key().map(str::to_owned),
+                payload: encode_checked(&event, Some(index), limits)?,
+                inference_id: event.inference_id,
+            })
+        })
+        .collect()
+}
+
+/// Maps a row update (`PUT .../rows?inferenceId=`, body `{"row": {..}, "config": {..} | null}`)
+/// to a `row_update` record. `known_key` is the partition key remembered for the row, used
+/// when the update itself carries no session or user id.
+///
+/// # Errors
+/// 400 naming `inferenceId`, `row` or `config`.
+pub fn update_record(
+    pipeline_id: &str,
+    inference_id: Option<&str>,
+    body: &[u8],
+    limits: &Limits,
+    now_ms: i64,
+    known_key: impl FnOnce(&str) -> Option<String>,
+) -> Result<Outgoing, Refusal> {
+    check_pipeline_id(pipeline_id, limits)?;
+    let inference_id = inference_id.ok_or_else(|| {
+        bad_request(
+            None,
+            "inferenceId",
+            "the query parameter inferenceId is required".to_owned(),
+        )
+    })?;
+    validate_id("inference_id", inference_id, limits)
+        .map_err(|error| bad_request(None, "inferenceId", format!("inferenceId: {error}")))?;
+    let mut body = parse_object(body)?;
+    let Some(Value::Object(row)) = body.remove("row") else {
+        return Err(bad_request(
+            None,
+            "row",
+            "row must be an object of the columns to set".to_owned(),
+        ));
+    };
+    let config = match body.remove("config") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(config)) => Some(config),
+        Some(_) => {
+            return Err(bad_request(
+                None,
+                "config",
+                "config must be an object or null".to_owned(),
+            ));
+        }
+    };
+    let empty = Map::new();
+    let named = |key: &str, default: &str| {
+        config
+            .as_ref()
+            .unwrap_or(&empty)
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned()
+    };
+    let mut event = TraceEvent::new("row_update", now_ms);
+    event.kind = TraceKind::RowUpdate;
+    event.pipeline_id = Some(pipeline_id.to_owned());
+    event.inference_id = Some(inference_id.to_owned());
+    let user_column = named("userIdColumnName", "user_id");
+    let session_column = named("sessionIdColumnName", "session_id");
+    event.user_id =
+        id_column(&row, 0, Some(&user_column), "user_id", limits).map_err(|refusal| Refusal {
+            row: None,
+            ..refusal
+        })?;
+    event.session_id =
+        id_column(&row, 0, Some(&session_column), "session_id", limits).map_err(|refusal| {
+            Refusal {
+                row: None,
+                ..refusal
+            }
+        })?;
+    event.row = Some(row);
+    event.row_config = config;
+    let key = event
+        .partition_key()
+        .map(str::to_owned)
+        .or_else(|| known_key(inference_id))
+        .unwrap_or_else(|| inference_id.to_owned());
+    Ok(Outgoing {
+        key: Some(key),
+        payload: encode_checked(&event, None, limits)?,
+        inference_id: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use trace_model::Decoder;
+
+    const NOW_MS: i64 = 1_800_000_000_000;
+
+    /// A request as the official tracer sends it: tokens in the nested completion step only.
+    fn tracer_request() -> Value {
+        json!({
+            "config": {
+                "outputColumnName": "output",
+                "inputVariableNames": ["user_message"],
+                "latencyColumnName": "latency",
+                "costColumnName": "cost",
+                "timestampColumnName": "inferenceTimestamp",
+                "inferenceIdColumnName": "inferenceId",
+                "numOfTokenColumnName": "tokens",
+                "userIdColumnName": "user_id",
+                "sessionIdColumnName": "session_id"
+            },
+            "rows": [{
+                "user_message": "Best time for Lisbon?",
+                "output": "Spring.",
+                "inferenceTimestamp": 1_700_000_000.25,
+                "inferenceId": "inf-1",
+                "latency": 812.5,
+                "cost": 0,
+                "tokens": 0,
+                "user_id": "ana",
+                "session_id": "trip",
+                "custom": {"nested": [1, 2.5, null, true]},
+                "steps": [{
+                    "name": "answer", "type": "user_call", "latency": 812.5,
+                    "steps": [
+                        {"name": "retrieve", "type": "retriever", "steps": []},
+                        {"name": "complete", "type": "chat_completion", "tokens": 42, "cost": 0.002, "steps": [
+                            {"name": "inner", "type": "chat_completion", "tokens": 7, "cost": 0.0005, "steps": []}
+                        ]}
+                    ]
+                }]
+            }]
+        })
+    }
+
+    fn body(value: &Value) -> Vec<u8> {
+        serde_json::to_vec(value).expect("serializes")
+    }
+
+    fn decode(outgoing: &Outgoing) -> TraceEvent {
+        Decoder::new(Limits::default())
+            .decode(&outgoing.payload)
+            .expect("decodes")
+    }
+
+    #[test]
+    fn maps_a_tracer_row_to_a_trace_keeping_the_row_as_sent() {
+        let request = tracer_request();
+        let records = stream_records("pipe-1", &body(&request), &Limits::default(), NOW_MS)
+            .expect("accepted");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].key.as_deref(), Some("trip"));
+        assert_eq!(records[0].inference_id.as_deref(), Some("inf-1"));
+        let event = decode(&records[0]);
+        assert_eq!(event.kind, TraceKind::Trace);
+        assert_eq!(event.pipeline_id.as_deref(), Some("pipe-1"));
+        assert_eq!(event.inference_id.as_deref(), Some("inf-1"));
+        assert_eq!(event.user_id.as_deref(), Some("ana"));
+        assert_eq!(event.session_id.as_deref(), Some("trip"));
+        assert_eq!(event.timestamp_ms, 1_700_000_000_250);
+        assert_eq!(event.name, "answer");
+        assert_eq!(event.output, json!("Spring."));
+        assert_eq!(event.latency_ms, Some(812.5));
+        assert_eq!(
+            event.inputs.get("user_message"),
+            Some(&json!("Best time for Lisbon?"))
+        );
+        // Row columns read 0; the totals come from the nested steps.
+        assert_eq!(event.tokens, Some(49));
+        assert!((event.cost.expect("cost") - 0.0025).abs() < 1e-12);
+        assert_eq!(Value::Object(event.row.expect("row")), request["rows"][0]);
+        assert_eq!(
+            Value::Object(event.row_config.expect("config")),
+            request["config"]
+        );
+    }
+
+    #[test]
+    fn keys_by_user_without_a_session_and_reads_integer_user_ids() {
+        let mut request = tracer_request();
+        let row = request["rows"][0].as_object_mut().expect("row");
+        row.remove("session_id");
+        row.insert("user_id".into(), json!(42));
+        let records = stream_records("pipe-1", &body(&request), &Limits::default(), NOW_MS)
+            .expect("accepted");
+        assert_eq!(records[0].key.as_deref(), Some("42"));
+        let event = decode(&records[0]);
+        assert_eq!(event.user_id.as_deref(), Some("42"));
+        assert_eq!(event.row.expect("row")["user_id"], json!(42));
+    }
+
+    #[test]
+    fn reads_columns_under_the_names_the_config_gives() {
+        let request = json!({
+            "config": {"outputColumnName": "answer", "inferenceIdColumnName": "id",
+                       "sessionIdColumnName": "conversation", "numOfTokenColumnName": "n"},
+            "rows": [{"answer": {"text": "hi"}, "id": "x-1", "conversation": "c-9", "n": 12}]
+        });
+        let records =
+            stream_records("p", &body(&request), &Limits::default(), NOW_MS).expect("accepted");
+        let event = decode(&records[0]);
+        assert_eq!(event.output, json!({"text": "hi"}));
+        assert_eq!(event.inference_id.as_deref(), Some("x-1"));
+        assert_eq!(event.session_id.as_deref(), Some("c-9"));
+        assert_eq!(event.tokens, Some(12));
+        assert_eq!(
+            event.timestamp_ms, NOW_MS,
+            "no timestamp column: received now"
+        );
+        assert_eq!(event.name, DEFAULT_TRACE_NAME);
+    }
+
+    fn refusal(request: &Value) -> Refusal {
+        stream_records("p", &body(request), &Limits::default(), NOW_MS).expect_err("refused")
+    }
+
+    #[test]
+    fn refuses_a_request_naming_the_row_and_field_at_fault() {
+        let mut request = tracer_request();
+        let good = request["rows"][0].clone();
+        let mut missing_output = good.clone();
+        missing_output
+            .as_object_mut()
+            .expect("row")
+            .remove("output");
+        request["rows"] = json!([good.clone(), missing_output]);
+        let missing = refusal(&request);
+        assert_eq!(
+            (missing.status, missing.row, missing.field.as_deref()),
+            (400, Some(1), Some("output"))
+        );
+
+        let mut long_id = good.clone();
+        long_id["session_id"] = json!("s".repeat(201));
+        request["rows"] = json!([good.clone(), good.clone(), long_id]);
+        let long = refusal(&request);
+        assert_eq!(
+            (long.status, long.row, long.field.as_deref()),
+            (400, Some(2), Some("session_id"))
+        );
+        assert!(long.message.contains("201"), "{}", long.message);
+
+        let mut wrong_type = good.clone();
+        wrong_type["latency"] = json!("fast");
+        request["rows"] = json!([wrong_type]);
+        assert_eq!(refusal(&request).field.as_deref(), Some("latency"));
+
+        request["rows"] = json!([good, 7]);
+        assert_eq!(refusal(&request).row, Some(1));
+    }
+
+    #[test]
+    fn refuses_malformed_bodies_and_configs() {
+        let malformed =
+            stream_records("p", b"{\"rows\": [", &Limits::default(), NOW_MS).expect_err("refused");
+        assert_eq!(
+            (malformed.status, malformed.field.as_deref()),
+            (400, Some("body"))
+        );
+        let no_output = refusal(&json!({"config": {}, "rows": [{"output": 1}]}));
+        assert_eq!(no_output.field.as_deref(), Some("config.outputColumnName"));
+        let no_rows = refusal(&json!({"config": {"outputColumnName": "o"}, "rows": []}));
+        assert_eq!(no_rows.field.as_deref(), Some("rows"));
+        let long_pipeline = stream_records(
+            &"p".repeat(201),
+            &body(&tracer_request()),
+            &Limits::default(),
+            NOW_MS,
+        )
+        .expect_err("refused");
+        assert_eq!(long_pipeline.field.as_deref(), Some("inferencePipelineId"));
+    }
+
+    #[test]
+    fn refuses_a_row_whose_record_exceeds_the_message_limit_with_413() {
+        let limits = Limits {
+            max_message_bytes: 600,
+            ..Limits::default()
+        };
+        let mut request = tracer_request();
+        request["rows"][0]["custom"] = json!("x".repeat(1000));
+        let too_large = stream_records("p", &body(&request), &limits, NOW_MS).expect_err("refused");
+        assert_eq!((too_large.status, too_large.row), (413, Some(0)));
+    }
+
+    #[test]
+    fn maps_a_row_update_keyed_like_its_row() {
+        let update = json!({"row": {"groundTruth": "Spring", "score": 0.5}, "config": {"groundTruthColumnName": "groundTruth"}});
+        let outgoing = update_record(
+            "p",
+            Some("inf-1"),
+            &body(&update),
+            &Limits::default(),
+            NOW_MS,
+            |id| (id == "inf-1").then(|| "trip".to_owned()),
+        )
+        .expect("accepted");
+        assert_eq!(outgoing.key.as_deref(), Some("trip"));
+        let event = decode(&outgoing);
+        assert_eq!(event.kind, TraceKind::RowUpdate);
+        assert_eq!(event.inference_id.as_deref(), Some("inf-1"));
+        assert_eq!(Value::Object(event.row.expect("row")), update["row"]);
+        assert_eq!(
+            Value::Object(event.row_config.expect("config")),
+            update["config"]
+        );
+
+        let unknown = update_record(
+            "p",
+            Some("inf-2"),
+            &body(&json!({"row": {"a": 1}})),
+            &Limits::default(),
+            NOW_MS,
+            |_| None,
+        )
+        .expect("accepted");
+        assert_eq!(
+            unknown.key.as_deref(),
+            Some("inf-2"),
+            "unknown rows are keyed by their id"
+        );
+        let own_session = update_record(
+            "p",
+            Some("inf-3"),
+            &body(&json!({"row": {"session_id": "s-3"}, "config": null})),
+            &Limits::default(),
+            NOW_MS,
+            |_| Some("other".into()),
+        )
+        .expect("accepted");
+        assert_eq!(own_session.key.as_deref(), Some("s-3"));
+    }
+
+    #[test]
+    fn refuses_row_updates_without_an_id_or_columns() {
+        let ok_body = body(&json!({"row": {"a": 1}}));
+        let no_id = update_record("p", None, &ok_body, &Limits::default(), NOW_MS, |_| None)
+            .expect_err("refused");
+        assert_eq!(no_id.field.as_deref(), Some("inferenceId"));
+        let long_id = "i".repeat(201);
+        let too_long = update_record(
+            "p",
+            Some(&long_id),
+            &ok_body,
+            &Limits::default(),
+            NOW_MS,
+            |_| None,
+        )
+        .expect_err("refused");
+        assert_eq!(too_long.field.as_deref(), Some("inferenceId"));
+        let no_row = update_record(
+            "p",
+            Some("i"),
+            &body(&json!({"row": [1]})),
+            &Limits::default(),
+            NOW_MS,
+            |_| None,
+        )
+        .expect_err("refused");
+        assert_eq!(no_row.field.as_deref(), Some("row"));
+    }
+}
