@@ -5,12 +5,18 @@
 #   3. each render's PrometheusRule .spec equals deploy/prometheus/alerts.yml (and passes promtool);
 #   4. each render's objects agree with what the binary really uses: probes /healthz and
 #      /readyz on port 9464 (named metrics), the --config path served by the generated ConfigMap,
-#      OPENLAYER_API_KEY from Secret sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/
-#      ScaledObject wiring, terminationGracePeriodSeconds > drain timeout + 10 s; and the
-#      rendered ConfigMap TOML plus the Deployment's literal env vars load through
-#      `sessionizer check-config`.
+#      the API key file (openlayer.api_key_file) mounted read-only from Secret
+#      sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/ScaledObject wiring,
+#      terminationGracePeriodSeconds > drain timeout + 10 s; and the rendered ConfigMap TOML
+#      plus the Deployment's literal env vars load through `sessionizer check-config`;
+#   5. the Grafana dashboard and provisioning files, offline (scripts/check-monitoring.py static:
+#      structure, ids, variables, every query through promtool check rules);
+#   6. the security and schema scan: checkov, hadolint, kubernetes-validate --strict
+#      (scripts/check-deploy-scan.sh; pinned tools in a venv under .cache/venv);
+#   7. the live test: a real Prometheus scrapes `sessionizer demo`, and every dashboard query
+#      and alert runs through its HTTP API (scripts/check-prometheus-live.sh).
 # Run from anywhere: ./scripts/check-deploy.sh  (SESSIONIZER_BIN overrides the binary).
-# Needs kubectl, yq, jq, python3 >= 3.11 and promtool
+# Needs kubectl, yq, jq, curl, python3 >= 3.11 with venv, prometheus and promtool
 # (Debian: apt-get install -y --no-install-recommends prometheus).
 set -euo pipefail
 
@@ -23,8 +29,10 @@ step() { echo "== $*"; }
 for tool in kubectl yq jq python3; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool not found on PATH"
 done
-command -v promtool >/dev/null 2>&1 \
-  || fail "promtool not found; install it with: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus"
+for tool in promtool prometheus; do
+  command -v "$tool" >/dev/null 2>&1 \
+    || fail "$tool not found; install it with: DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus"
+done
 
 bin="${SESSIONIZER_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer}"
 if [[ ! -x "$bin" ]]; then
@@ -43,7 +51,9 @@ step "promtool test rules deploy/prometheus/alerts_test.yml"
 promtool test rules deploy/prometheus/alerts_test.yml || fail "promtool test rules"
 
 step "sessionizer check-config deploy/k8s/base/sessionizer.toml"
-env -i PATH="$PATH" OPENLAYER_API_KEY=dummy "$bin" check-config --config deploy/k8s/base/sessionizer.toml \
+# The key file lives in the pod's Secret volume; a dummy stands in for it here.
+echo dummy-key >"$tmp/api-key"
+env -i PATH="$PATH" SESSIONIZER__OPENLAYER__API_KEY_FILE="$tmp/api-key" "$bin" check-config --config deploy/k8s/base/sessionizer.toml \
   >"$tmp/base-effective.toml" || fail "check-config rejected deploy/k8s/base/sessionizer.toml"
 
 yq -S -c . "$rules" >"$tmp/alerts.json" || fail "yq cannot read $rules"
@@ -121,12 +131,28 @@ if mount:
     toml_text = cm.get("data", {}).get(key)
     check(toml_text is not None, f"ConfigMap has no key {key} for {config_path}")
 
-# Secret: OPENLAYER_API_KEY from sessionizer-openlayer/api-key.
+# Secret: the API key is a file from Secret sessionizer-openlayer, key api-key, mounted read-only
+# where openlayer.api_key_file points; never an environment variable.
 env = c.get("env", [])
-key_env = [e for e in env if e["name"] == "OPENLAYER_API_KEY"]
-ref = key_env[0].get("valueFrom", {}).get("secretKeyRef", {}) if key_env else {}
-check(ref.get("name") == "sessionizer-openlayer" and ref.get("key") == "api-key",
-      f"OPENLAYER_API_KEY must come from secretKeyRef sessionizer-openlayer/api-key, is {ref}")
+check(not any(e["name"] in ("OPENLAYER_API_KEY", "SESSIONIZER__OPENLAYER__API_KEY") for e in env),
+      "the API key must come from the mounted Secret file, not an environment variable")
+key_file = None
+secret_volumes = [v for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == "sessionizer-openlayer"]
+check(len(secret_volumes) == 1, "expected one volume from Secret sessionizer-openlayer")
+if secret_volumes:
+    volume = secret_volumes[0]
+    item = next((i for i in volume["secret"].get("items", []) if i.get("key") == "api-key"), None)
+    secret_mount = next((m for m in c.get("volumeMounts", []) if m["name"] == volume["name"]), None)
+    check(item is not None, "the Secret volume must project key api-key")
+    check(secret_mount is not None and secret_mount.get("readOnly") is True, "the Secret volume must be mounted read-only")
+    if item and secret_mount:
+        key_file = secret_mount["mountPath"].rstrip("/") + "/" + item["path"]
+literal_env = {e["name"]: e["value"] for e in env if "value" in e}
+configured_key_file = literal_env.get("SESSIONIZER__OPENLAYER__API_KEY_FILE")
+if configured_key_file is None and toml_text is not None:
+    configured_key_file = tomllib.loads(toml_text).get("openlayer", {}).get("api_key_file")
+check(key_file is not None and configured_key_file == key_file,
+      f"openlayer.api_key_file is {configured_key_file}, not the mounted Secret file {key_file}")
 
 # Security context.
 sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
@@ -145,10 +171,10 @@ if toml_text is not None:
     path = os.path.join(tmp, os.path.basename(target) + "-sessionizer.toml")
     with open(path, "w") as f:
         f.write(toml_text)
-    run_env = {"PATH": os.environ["PATH"], "OPENLAYER_API_KEY": "dummy"}
-    for e in env:
-        if "value" in e:
-            run_env[e["name"]] = e["value"]
+    run_env = {"PATH": os.environ["PATH"], **literal_env}
+    # The key file exists only in the pod; a dummy file stands in for it (its path was checked above).
+    dummy_key_file = os.path.join(tmp, "api-key")
+    run_env["SESSIONIZER__OPENLAYER__API_KEY_FILE"] = dummy_key_file
     proc = subprocess.run([binary, "check-config", "--config", path], env=run_env, capture_output=True, text=True)
     if proc.returncode != 0:
         errors.append(f"check-config rejected the rendered config + env:\n{proc.stdout}{proc.stderr}")
@@ -162,7 +188,8 @@ if effective:
     drain = effective["shutdown"]["drain_timeout_secs"]
     grace = pod.get("terminationGracePeriodSeconds", 30)
     check(grace >= drain + 10, f"terminationGracePeriodSeconds {grace} must be >= drain_timeout_secs {drain} + 10")
-    check(effective["openlayer"].get("api_key") == "**redacted**", "API key not taken from OPENLAYER_API_KEY")
+    check(effective["openlayer"].get("api_key_file") == dummy_key_file and "api_key" not in effective["openlayer"],
+          "check-config did not take the API key from openlayer.api_key_file")
     trig = next((t for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"), {}).get("metadata", {})
     check(trig.get("topic") == effective["kafka"]["topic"], f"ScaledObject topic {trig.get('topic')} != kafka.topic")
     check(trig.get("consumerGroup") == effective["kafka"]["group_id"], f"ScaledObject consumerGroup != kafka.group_id")
@@ -194,4 +221,19 @@ print(f"{target}: Deployment, Service, PDB, ServiceMonitor, ScaledObject, Config
 PY
 done
 
-echo "check-deploy: OK (${#targets[@]} renders: ${targets[*]})"
+step "Grafana dashboard and provisioning (offline)"
+provisioning=()
+for file in deploy/grafana/provisioning/*.yaml; do
+  yq . "$file" >"$tmp/$(basename "$file").json" || fail "yq cannot read $file"
+  provisioning+=(--provisioning "$tmp/$(basename "$file").json")
+done
+python3 scripts/check-monitoring.py static --promtool promtool --workdir "$tmp" "${provisioning[@]}" \
+  deploy/grafana/*.json || fail "dashboard static check"
+
+step "security and schema scan (scripts/check-deploy-scan.sh)"
+scripts/check-deploy-scan.sh || fail "deploy scan"
+
+step "live Prometheus test (scripts/check-prometheus-live.sh)"
+SESSIONIZER_BIN="$bin" scripts/check-prometheus-live.sh || fail "live Prometheus test"
+
+echo "check-deploy: OK (${#targets[@]} renders: ${targets[*]}; dashboard; scan; live Prometheus)"

@@ -345,9 +345,14 @@ def shorten_subquery_resolution(expr, resolution):
 # live: Prometheus HTTP API
 
 
-def api(base, path, params=None):
-    data = urllib.parse.urlencode(params or {}, doseq=True).encode()
-    request = urllib.request.Request(base.rstrip("/") + path, data=data if params else None)
+def api(base, path, params=None, method="POST"):
+    """GET or POST (form-encoded, so PromQL needs no escaping) to the HTTP API."""
+    encoded = urllib.parse.urlencode(params or {}, doseq=True)
+    url = base.rstrip("/") + path
+    if method == "GET":
+        request = urllib.request.Request(url + ("?" + encoded if encoded else ""))
+    else:
+        request = urllib.request.Request(url, data=encoded.encode())
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
@@ -439,35 +444,37 @@ def live_checks(args):
             for index, side in enumerate(measured_sides(expr)):
                 checks.append(Check(f"alert {name} measured side {index + 1}",
                                     shorten_subquery_resolution(side, args.scrape_interval), True, labels))
-    return checks, variable_checks, names
+    return checks, variable_checks, names, values
 
 
 def run_live(args):
-    checks, variable_checks, names = live_checks(args)
+    checks, variable_checks, names, values = live_checks(args)
     print(f"live: {len(checks)} expressions ({sum(c.needs_data for c in checks)} must return data), "
-          f"{len(variable_checks)} variable queries, {len(names)} sessionizer metric names")
-
-    # Every sessionizer metric the dashboard and the alerts name is in the service's /metrics.
-    exposition = fetch_text(args.metrics_url)
-    exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines()
-                if line and not line.startswith("#")}
-    problems = Problems()
-    for name in sorted(names - exported):
-        problems.add(f"metric {name} is referenced but not in {args.metrics_url}")
-    problems.report_and_exit("metric names")
-    print(f"live: all {len(names)} referenced sessionizer metrics are exported by the running service")
+          f"{len(variable_checks)} variable queries, {len(names)} sessionizer metric names", flush=True)
 
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
     while True:
         failures = [f for f in (c.run(args.prometheus) for c in checks) if f]
+        # Every sessionizer metric the dashboard and the alerts name is in the service's
+        # /metrics (labelled series appear once touched, so this is polled too).
+        try:
+            exposition = fetch_text(args.metrics_url)
+        except (urllib.error.URLError, OSError) as error:
+            exposition = ""
+            failures.append(f"cannot read {args.metrics_url}: {error}")
+        exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines()
+                    if line and not line.startswith("#")}
+        for name in sorted(names - exported):
+            failures.append(f"metric {name} is referenced but not in {args.metrics_url}")
         for name, selector, label in variable_checks:
-            answer = api(args.prometheus, f"/api/v1/label/{label}/values", {"match[]": selector})
+            # What Grafana's label_values(selector, label) asks (this endpoint is GET only).
+            answer = api(args.prometheus, f"/api/v1/label/{label}/values", {"match[]": selector}, "GET")
             want = values.get(label)
             if answer.get("status") != "success" or want not in answer.get("data", []):
                 failures.append(f"variable {name}: label_values({selector}, {label}) gives "
                                 f"{answer.get('data', answer)}, not {want!r}")
-        rules = api(args.prometheus, "/api/v1/rules")
+        rules = api(args.prometheus, "/api/v1/rules", method="GET")
         for group in rules.get("data", {}).get("groups", []):
             for rule in group["rules"]:
                 if rule.get("health") != "ok":
@@ -476,7 +483,10 @@ def run_live(args):
             failures.append("Prometheus has loaded no alert rules")
         # Parse errors never heal: stop at once.
         parse_errors = [f for f in failures if "does not parse" in f]
-        if not failures or parse_errors or time.monotonic() >= deadline:
+        if parse_errors:
+            failures = parse_errors
+            break
+        if not failures or time.monotonic() >= deadline:
             break
         time.sleep(2)
     if failures:
@@ -484,8 +494,8 @@ def run_live(args):
             print(f"  - {failure}", file=sys.stderr)
         print(f"live: {len(failures)} failure(s) after {time.monotonic() - started:.0f} s", file=sys.stderr)
         sys.exit(1)
-    print(f"live: every panel and alert expression parses and returns data; variables resolve; "
-          f"rules healthy (after {time.monotonic() - started:.0f} s of polling)")
+    print(f"live: all {len(names)} referenced sessionizer metrics are exported by the service; "
+          f"every panel and alert expression parses and returns data; variables resolve; rules healthy (after {time.monotonic() - started:.0f} s of polling)")
 
 
 def main():

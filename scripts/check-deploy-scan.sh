@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Static security and schema scan of deploy/, offline, with pinned tools
+# (scripts/requirements/deploy-scan.txt, installed once by scripts/python-venv.sh deploy-scan):
+#   1. checkov, kubernetes framework, on the render of every overlay (not the base: it has no
+#      namespace, which checkov reports as the default namespace);
+#   2. checkov, dockerfile framework, on deploy/Dockerfile;
+#   3. hadolint on deploy/Dockerfile (any finding fails, warnings included);
+#   4. kubernetes-validate --strict (unknown fields fail) on every overlay render; the custom
+#      resources (ScaledObject, ServiceMonitor, PrometheusRule) have no bundled schema and are
+#      checked by check-deploy.sh's wiring checks and promtool instead.
+# Pass means: no failed check, no parsing error, checks actually ran, and every exception is
+# justified: checkov skips need a reason (`checkov.io/skipN: ID=reason` annotations on the
+# resource, `# checkov:skip=ID: reason` in the Dockerfile), and every `# hadolint ignore=IDS`
+# needs the comment block just above it to name each ID with its reason.
+# Severity filtering is not used: it needs a vendor API key and silently runs no check offline.
+# Usage: scripts/check-deploy-scan.sh  (called by scripts/check-deploy.sh; needs kubectl, python3)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+fail() { echo "check-deploy-scan: FAIL: $*" >&2; exit 1; }
+step() { echo "== $*"; }
+
+venv_bin="$(scripts/python-venv.sh deploy-scan)" || fail "cannot install scripts/requirements/deploy-scan.txt"
+checkov="$venv_bin/checkov"
+hadolint="$venv_bin/hadolint"
+kubernetes_validate="$venv_bin/kubernetes-validate"
+python="$venv_bin/python"
+for tool in "$checkov" "$hadolint" "$kubernetes_validate"; do
+  [[ -x "$tool" ]] || fail "$tool missing from the deploy-scan venv"
+done
+# Kubernetes version of the schemas: the kubectl client's minor version.
+k8s_version=1.32
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# Judges a checkov JSON report: no failures or parsing errors, some checks passed, every skip
+# has a reason. Prints the skips with their reasons.
+judge_checkov() { # judge_checkov REPORT.json WHAT
+  "$python" - "$1" "$2" <<'PY'
+import json, sys
+path, what = sys.argv[1:3]
+try:
+    report = json.load(open(path))
+except (OSError, json.JSONDecodeError) as error:
+    sys.exit(f"{what}: no checkov JSON report ({error})")
+reports = report if isinstance(report, list) else [report]
+problems, num_passed = [], 0
+for one in reports:
+    summary = one.get("summary", {})
+    num_passed += summary.get("passed", 0)
+    if summary.get("parsing_errors", 0):
+        problems.append(f"{summary['parsing_errors']} parsing error(s)")
+    for check in one.get("results", {}).get("failed_checks", []):
+        problems.append(f"FAILED {check['check_id']} {check['check_name']!r} on {check['resource']} "
+                        f"({check['file_path']}:{check['file_line_range']})")
+    for check in one.get("results", {}).get("skipped_checks", []):
+        reason = (check.get("check_result", {}).get("suppress_comment") or "").strip()
+        if len(reason) < 10:
+            problems.append(f"skip of {check['check_id']} on {check['resource']} has no reason: {reason!r}")
+        else:
+            print(f"  skipped {check['check_id']} on {check['resource']}: {reason}")
+if num_passed == 0:
+    problems.append("no check passed: checkov ran no checks (wrong framework or file name?)")
+if problems:
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    sys.exit(f"{what}: {len(problems)} problem(s)")
+print(f"{what}: {num_passed} checks passed, none failed")
+PY
+}
+
+# checkov exits 1 when a check fails and 2 when it crashes; the JSON report is judged either way.
+run_checkov() { # run_checkov FRAMEWORK FILE WHAT
+  local status=0
+  (cd "$(dirname "$2")" && "$checkov" -f "$(basename "$2")" --framework "$1" --skip-download \
+    -o json >"$tmp/checkov.json" 2>"$tmp/checkov.err") || status=$?
+  if [[ $status -gt 1 ]]; then
+    tail -n 20 "$tmp/checkov.err" >&2
+    fail "$3: checkov exited with $status"
+  fi
+  judge_checkov "$tmp/checkov.json" "$3" || fail "$3: checkov"
+  [[ $status -eq 0 ]] || fail "$3: checkov exited with $status"
+}
+
+overlays=()
+for overlay in deploy/k8s/overlays/*/; do overlays+=("${overlay%/}"); done
+[[ ${#overlays[@]} -ge 1 ]] || fail "no overlays under deploy/k8s/overlays"
+
+for overlay in "${overlays[@]}"; do
+  name="$(basename "$overlay")"
+  mkdir -p "$tmp/$name"
+  rendered="$tmp/$name/$name.yaml"
+  kubectl kustomize "$overlay" >"$rendered" || fail "kubectl kustomize $overlay"
+  step "checkov (kubernetes) $overlay"
+  run_checkov kubernetes "$rendered" "checkov $overlay"
+  step "kubernetes-validate --strict -k $k8s_version $overlay"
+  "$kubernetes_validate" --strict -k "$k8s_version" "$rendered" >"$tmp/kv.out" 2>&1 \
+    || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate rejects the render of $overlay"; }
+  # The core kinds must really have been validated (a kind without schema only warns).
+  for kind in deployment service poddisruptionbudget networkpolicy configmap; do
+    grep -q "passed for resource $kind/" "$tmp/kv.out" \
+      || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate did not validate the $kind of $overlay"; }
+  done
+  echo "kubernetes-validate: $(grep -c 'passed for resource' "$tmp/kv.out") objects pass; no bundled schema for: $(grep -o 'kind [A-Za-z]*' "$tmp/kv.out" | cut -d' ' -f2 | sort -u | tr '\n' ' ')"
+done
+
+dockerfile=deploy/Dockerfile
+step "checkov (dockerfile) $dockerfile"
+run_checkov dockerfile "$dockerfile" "checkov $dockerfile"
+
+step "hadolint $dockerfile"
+"$hadolint" --no-color "$dockerfile" || fail "hadolint findings in $dockerfile"
+# Every `# hadolint ignore=A,B` has, in the comment block just above it, each rule's id with a reason.
+awk -v file="$dockerfile" '
+  /^# hadolint ignore=/ {
+    split(substr($0, index($0, "=") + 1), ids, ",")
+    for (i in ids) {
+      gsub(/[[:space:]]/, "", ids[i])
+      if (index(block, ids[i] " ") == 0 && index(block, ids[i] ")") == 0 && index(block, ids[i] ":") == 0) {
+        printf "%s:%d: hadolint ignore=%s: no reason naming %s in the comment block above\n", file, NR, ids[i], ids[i]
+        bad = 1
+      }
+    }
+  }
+  /^#/ { block = block $0 "\n"; next }
+  { block = "" }
+  END { exit bad }
+' "$dockerfile" || fail "unjustified hadolint ignore in $dockerfile"
+
+echo "check-deploy-scan: OK (checkov on ${overlays[*]} and $dockerfile, hadolint, kubernetes-validate --strict)"
