@@ -323,6 +323,32 @@ async fn metrics_endpoint_exports_the_documented_names() {
     sessionizer.stop().await;
 }
 
+/// Kubernetes may stop a pod at any moment, also while it is still joining the group or
+/// restoring state: that is a clean stop with exit code 0, not a death by signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_is_a_clean_stop() {
+    let topics = create_service_topics("bin-", 3).await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    let http = free_local_address();
+    let env = service_env(&topics, &unique_name("bin-group"), &server, &api_key, http);
+    let mut sessionizer = Sessionizer::run(&env);
+    // The first sign of life: the HTTP server, served before the changelog topic is ensured
+    // and the group joined.
+    let until = Instant::now() + WAIT;
+    while http_get(http, "/healthz").await.is_none() {
+        assert!(
+            Instant::now() < until && sessionizer.still_running(),
+            "/healthz never answered\n{}",
+            sessionizer.output()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, _) = http_get(http, "/readyz").await.expect("/readyz answers");
+    assert_eq!(status, 503, "still starting: not ready");
+    sessionizer.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_never_appears_in_logs_metrics_or_check_config() {
     let topics = create_service_topics("bin-", 3).await;
