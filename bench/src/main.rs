@@ -133,7 +133,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     sdk_burst: usize,
     /// Sessions of each scaling topic (sessions × turns traces per partition count).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     scaling_sessions: usize,
     /// Runs of each scaling configuration, interleaved (medians are reported).
     #[arg(long, default_value_t = 1)]

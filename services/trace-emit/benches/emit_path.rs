@@ -26,38 +26,48 @@ const TOPIC: &str = "bench-traces";
 /// Traces sent between flushes (flushing is not measured); far below the buffer size.
 const CHUNK: u64 = 2_000;
 
-const QUESTION: &str = "I booked a flight to Lisbon for the second week of May and I am trying to \
-    decide between staying in Alfama or Príncipe Real. Which one is better for walking to \
-    restaurants in the evening, and is it easy to get to Belém from there by tram?";
+// The first of pipeline-bench's realistic traces (bench/src/traces.rs): same shape, same
+// texts, so this bench measures the traces the end-to-end figures use (about 1.3 KB in Avro).
+const QUESTION: &str =
+    "Which neighbourhood in Lisbon is best for walking to restaurants in the evening?";
 const DOCUMENT: &str = "Alfama is Lisbon's oldest district, a maze of narrow streets between the \
-    castle and the river, known for fado houses and small tascas. Tram 28 passes through it. \
-    Príncipe Real is a quieter, leafy neighbourhood near Bairro Alto with concept stores and \
-    restaurants around its central garden.";
-const ANSWER: &str = "For evening walks to restaurants, Alfama is hard to beat: most tascas and \
-    fado houses are a few minutes apart, though the streets are steep. Príncipe Real is calmer \
-    and closer to Bairro Alto's restaurants. For Belém, take tram 15 from Praça da Figueira or \
-    Cais do Sodré; from Alfama that means a short walk or tram 28 first.";
+    castle and the river, known for fado houses and small tascas. Tram 28 passes through it.";
+const ANSWER: &str = "Alfama is hard to beat for evening walks: most tascas and fado houses are a \
+    few minutes apart, though the streets are steep.";
 
-/// One request: a chat trace with three nested steps (retrieve, rerank, complete).
+/// One request, as pipeline-bench's template: a `chat` trace with a `retrieve` step (holding
+/// a nested `embed_query` model call) and a `complete` chat-completion step; three steps, two
+/// levels deep, token usage and cost on the model calls, two metadata entries.
 fn traced_request(sink: Arc<dyn TraceSink>) {
-    with_user_session_sync(Some("user-4711"), Some("session-4711-lisbon"), || {
+    let question_tokens = 40 + QUESTION.len() as i64 / 4;
+    with_user_session_sync(Some("user-004711"), Some("session-4711-lisbon"), || {
         trace("chat")
             .input("user_message", QUESTION)
+            .metadata("app_version", "2.14.1")
+            .metadata("region", "eu-west-1")
             .sink(sink)
             .run_sync(|| {
                 let documents = trace("retrieve")
                     .step_type(RETRIEVER)
                     .input("query", QUESTION)
-                    .run_sync(|| vec![DOCUMENT, DOCUMENT]);
-                let best = trace("rerank")
-                    .input("candidates", documents.len())
-                    .run_sync(|| documents[0]);
+                    .run_sync(|| {
+                        trace("embed_query")
+                            .model("text-embedding-3-small")
+                            .run_sync(|| {
+                                let _in_trace = record_usage(
+                                    Usage::tokens(question_tokens, 0).cost(2e-8 * 20.0),
+                                );
+                                1536
+                            });
+                        vec![DOCUMENT]
+                    });
                 trace("complete")
                     .step_type(CHAT_COMPLETION)
                     .model("gpt-4o-mini")
-                    .input("context", best)
+                    .input("context", documents[0])
                     .run_sync(|| {
-                        let _in_trace = record_usage(Usage::tokens(412, 96).cost(0.000_119));
+                        let _in_trace =
+                            record_usage(Usage::tokens(question_tokens + 60, 45).cost(0.000_119));
                         ANSWER
                     })
             });
