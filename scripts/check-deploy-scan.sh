@@ -36,66 +36,74 @@ k8s_version=1.32
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# Judges a checkov JSON report: no failures or parsing errors, some checks passed, every skip
-# has a reason. Prints the skips with their reasons.
-judge_checkov() { # judge_checkov REPORT.json WHAT
-  "$python" - "$1" "$2" <<'PY'
+overlays=()
+for overlay in deploy/k8s/overlays/*/; do overlays+=("${overlay%/}"); done
+[[ ${#overlays[@]} -ge 1 ]] || fail "no overlays under deploy/k8s/overlays"
+dockerfile=deploy/Dockerfile
+
+# One directory for one checkov run (its start-up costs more than a scan): each overlay's
+# render as scan/NAME/NAME.yaml, and the Dockerfile as scan/Dockerfile (checkov's dockerfile
+# framework only picks up files named Dockerfile, Dockerfile.x or x.Dockerfile).
+mkdir -p "$tmp/scan"
+expected=(/Dockerfile)
+for overlay in "${overlays[@]}"; do
+  name="$(basename "$overlay")"
+  mkdir -p "$tmp/scan/$name"
+  kubectl kustomize "$overlay" >"$tmp/scan/$name/$name.yaml" || fail "kubectl kustomize $overlay"
+  expected+=("/$name/$name.yaml")
+done
+cp "$dockerfile" "$tmp/scan/Dockerfile"
+
+step "checkov (kubernetes: ${overlays[*]}; dockerfile: $dockerfile)"
+# checkov exits 1 when a check fails and 2 when it crashes; the JSON report is judged either way.
+status=0
+(cd "$tmp/scan" && "$checkov" -d . --framework kubernetes dockerfile --skip-download -o json \
+  >"$tmp/checkov.json" 2>"$tmp/checkov.err") || status=$?
+if [[ $status -gt 1 ]]; then
+  tail -n 20 "$tmp/checkov.err" >&2
+  fail "checkov exited with $status"
+fi
+# No failures or parsing errors; checks passed on every expected file (else checkov did not
+# scan it); every skip has a reason.
+"$python" - "$tmp/checkov.json" "${expected[@]}" <<'PY' || fail "checkov"
 import json, sys
-path, what = sys.argv[1:3]
+path, expected = sys.argv[1], sys.argv[2:]
 try:
     report = json.load(open(path))
 except (OSError, json.JSONDecodeError) as error:
-    sys.exit(f"{what}: no checkov JSON report ({error})")
+    sys.exit(f"no checkov JSON report ({error})")
 reports = report if isinstance(report, list) else [report]
-problems, num_passed = [], 0
+problems, passed_by_file = [], {}
 for one in reports:
     summary = one.get("summary", {})
-    num_passed += summary.get("passed", 0)
     if summary.get("parsing_errors", 0):
-        problems.append(f"{summary['parsing_errors']} parsing error(s)")
-    for check in one.get("results", {}).get("failed_checks", []):
+        problems.append(f"{one.get('check_type')}: {summary['parsing_errors']} parsing error(s)")
+    results = one.get("results", {})
+    for check in results.get("passed_checks", []):
+        passed_by_file[check["file_path"]] = passed_by_file.get(check["file_path"], 0) + 1
+    for check in results.get("failed_checks", []):
         problems.append(f"FAILED {check['check_id']} {check['check_name']!r} on {check['resource']} "
                         f"({check['file_path']}:{check['file_line_range']})")
-    for check in one.get("results", {}).get("skipped_checks", []):
+    for check in results.get("skipped_checks", []):
         reason = (check.get("check_result", {}).get("suppress_comment") or "").strip()
         if len(reason) < 10:
             problems.append(f"skip of {check['check_id']} on {check['resource']} has no reason: {reason!r}")
         else:
             print(f"  skipped {check['check_id']} on {check['resource']}: {reason}")
-if num_passed == 0:
-    problems.append("no check passed: checkov ran no checks (wrong framework or file name?)")
+for file in expected:
+    if not passed_by_file.get(file):
+        problems.append(f"{file}: no check ran on it")
 if problems:
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
-    sys.exit(f"{what}: {len(problems)} problem(s)")
-print(f"{what}: {num_passed} checks passed, none failed")
+    sys.exit(f"checkov: {len(problems)} problem(s)")
+print("checkov: " + ", ".join(f"{file} {passed_by_file[file]} passed" for file in expected) + "; none failed")
 PY
-}
-
-# checkov exits 1 when a check fails and 2 when it crashes; the JSON report is judged either way.
-run_checkov() { # run_checkov FRAMEWORK FILE WHAT
-  local status=0
-  (cd "$(dirname "$2")" && "$checkov" -f "$(basename "$2")" --framework "$1" --skip-download \
-    -o json >"$tmp/checkov.json" 2>"$tmp/checkov.err") || status=$?
-  if [[ $status -gt 1 ]]; then
-    tail -n 20 "$tmp/checkov.err" >&2
-    fail "$3: checkov exited with $status"
-  fi
-  judge_checkov "$tmp/checkov.json" "$3" || fail "$3: checkov"
-  [[ $status -eq 0 ]] || fail "$3: checkov exited with $status"
-}
-
-overlays=()
-for overlay in deploy/k8s/overlays/*/; do overlays+=("${overlay%/}"); done
-[[ ${#overlays[@]} -ge 1 ]] || fail "no overlays under deploy/k8s/overlays"
+[[ $status -eq 0 ]] || fail "checkov exited with $status"
 
 for overlay in "${overlays[@]}"; do
   name="$(basename "$overlay")"
-  mkdir -p "$tmp/$name"
-  rendered="$tmp/$name/$name.yaml"
-  kubectl kustomize "$overlay" >"$rendered" || fail "kubectl kustomize $overlay"
-  step "checkov (kubernetes) $overlay"
-  run_checkov kubernetes "$rendered" "checkov $overlay"
+  rendered="$tmp/scan/$name/$name.yaml"
   step "kubernetes-validate --strict -k $k8s_version $overlay"
   "$kubernetes_validate" --strict -k "$k8s_version" "$rendered" >"$tmp/kv.out" 2>&1 \
     || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate rejects the render of $overlay"; }
@@ -106,10 +114,6 @@ for overlay in "${overlays[@]}"; do
   done
   echo "kubernetes-validate: $(grep -c 'passed for resource' "$tmp/kv.out") objects pass; no bundled schema for: $(grep -o 'kind [A-Za-z]*' "$tmp/kv.out" | cut -d' ' -f2 | sort -u | tr '\n' ' ')"
 done
-
-dockerfile=deploy/Dockerfile
-step "checkov (dockerfile) $dockerfile"
-run_checkov dockerfile "$dockerfile" "checkov $dockerfile"
 
 step "hadolint $dockerfile"
 "$hadolint" --no-color "$dockerfile" || fail "hadolint findings in $dockerfile"

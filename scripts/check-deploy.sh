@@ -36,8 +36,8 @@ done
 
 bin="${SESSIONIZER_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer}"
 if [[ ! -x "$bin" ]]; then
-  step "building sessionizer (cargo build -p sessionizer)"
-  cargo build -q -p sessionizer || fail "cargo build -p sessionizer failed"
+  step "building sessionizer (cargo build --locked -p sessionizer)"
+  cargo build -q --locked -p sessionizer || fail "cargo build --locked -p sessionizer failed"
   bin=target/debug/sessionizer
 fi
 
