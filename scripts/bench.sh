@@ -25,7 +25,7 @@ esac
 case "$size" in
   quick) size_args=() ;;  # pipeline-bench's defaults are the quick size
   full)
-    size_args=(--sessions 10000 --reps 5 --scaling-sessions 10000 --scaling-reps 3
+    size_args=(--sessions 10000 --reps 9 --scaling-sessions 10000 --scaling-reps 5
       --sdk-traces 3000 --sdk-burst 2000 --lag-secs 60 --lag-warmup-secs 10) ;;
   *) echo "bench: unknown size '$size' (quick or full)" >&2; exit 2 ;;
 esac

@@ -101,7 +101,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     turns: usize,
     /// Runs of each throughput variant, interleaved (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Seconds of production at half the maximum rate for the lag figure.
     #[arg(long, default_value_t = 30)]
@@ -136,7 +136,7 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     scaling_sessions: usize,
     /// Runs of each scaling configuration, interleaved (medians are reported).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     scaling_reps: usize,
     /// Input partition counts of the scaling figure (as many sessionizer instances each).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
