@@ -8,6 +8,13 @@
 //! then retries the whole request. A request some of whose records were acknowledged before
 //! the failure is produced again in full on retry: at-least-once, with the rows' inference
 //! ids unchanged. Tests use their own implementation to answer with `.oneshot`.
+//!
+//! A producer can get stuck: librdkafka's idempotent producer keeps retrying with a producer
+//! id the cluster no longer knows (a cluster whose state was lost, as the in-memory test
+//! broker loses it on restart), or hits a fatal error. Because the rows of a failed request
+//! are retried by the SDK anyway, the publisher then replaces its producer: after a fatal
+//! error, or after [`REBUILD_AFTER_FAILURES`] failed publishes in a row while the broker
+//! answers metadata requests.
 
 use crate::config::KafkaSettings;
 use crate::rows::Outgoing;
@@ -18,7 +25,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 /// Why records could not be produced (the request is answered 503).
@@ -77,9 +85,16 @@ impl BrokerState {
     }
 }
 
+/// Failed publishes in a row, while the broker answers, after which the producer is replaced.
+pub const REBUILD_AFTER_FAILURES: u32 = 3;
+
 /// The idempotent producer on the traces topic.
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced when stuck (see the module doc); requests in flight keep the old one.
+    producer: RwLock<Arc<FutureProducer>>,
+    /// How to build another producer.
+    client: ClientConfig,
+    consecutive_failures: AtomicU32,
     topic: String,
     produce_timeout: Duration,
     broker: BrokerState,
@@ -115,7 +130,9 @@ impl KafkaPublisher {
             client.set(key, value);
         }
         Ok(KafkaPublisher {
-            producer: client.create()?,
+            producer: RwLock::new(Arc::new(client.create()?)),
+            client,
+            consecutive_failures: AtomicU32::new(0),
             topic: settings.topic.clone(),
             produce_timeout: settings.produce_timeout,
             broker,
@@ -123,17 +140,14 @@ impl KafkaPublisher {
     }
 
     /// Asks the broker for the topic's metadata (blocking; run it off the async threads).
+    /// An answer is enough: a topic the broker does not know yet (a fresh cluster that
+    /// creates topics on first produce) must not keep the gateway from producing.
     pub fn check_broker(&self, timeout: Duration) -> bool {
         let reachable = self
-            .producer
+            .producer()
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
-            .is_ok_and(|metadata| {
-                metadata
-                    .topics()
-                    .iter()
-                    .any(|topic| topic.error().is_none())
-            });
+            .is_ok();
         self.broker.set_reachable(reachable);
         reachable
     }
@@ -143,20 +157,68 @@ impl KafkaPublisher {
     /// # Errors
     /// When records are still unacknowledged after it.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Counts a publish outcome; replaces the producer when it looks stuck.
+    fn record_outcome(&self, producer: &FutureProducer, succeeded: bool) {
+        if succeeded {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let fatal = producer.client().fatal_error();
+        let stuck = failures >= REBUILD_AFTER_FAILURES && self.broker.is_reachable();
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        match self.client.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(
+                    failures,
+                    fatal = ?fatal.map(|(code, _)| code),
+                    "kafka producer stuck; replaced with a new one"
+                );
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(%error, "failed to replace the kafka producer"),
+        }
     }
 }
 
 impl Publish for KafkaPublisher {
     fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_> {
         Box::pin(async move {
+            let producer = self.producer();
+            let outcome = self.publish_with(&producer, &records).await;
+            self.record_outcome(&producer, outcome.is_ok());
+            outcome
+        })
+    }
+}
+
+impl KafkaPublisher {
+    async fn publish_with(
+        &self,
+        producer: &FutureProducer,
+        records: &[Outgoing],
+    ) -> Result<(), PublishError> {
+        {
             let mut deliveries = Vec::with_capacity(records.len());
-            for record in &records {
+            for record in records {
                 let mut future_record = FutureRecord::to(&self.topic).payload(&record.payload);
                 if let Some(key) = &record.key {
                     future_record = future_record.key(key);
                 }
-                match self.producer.send_result(future_record) {
+                match producer.send_result(future_record) {
                     Ok(delivery) => deliveries.push(delivery),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         return Err(PublishError::QueueFull);
@@ -185,12 +247,12 @@ impl Publish for KafkaPublisher {
                 })
                 .await
                 .unwrap_or(Err(PublishError::Timeout));
-            match all_acknowledged {
-                Ok(()) => self.broker.set_reachable(true),
-                Err(PublishError::Timeout) => self.broker.set_reachable(false),
-                Err(_) => {}
+            // Only the metadata check marks the broker unreachable: a stuck producer times out
+            // while the broker answers, and must be told apart from a broker that is down.
+            if all_acknowledged.is_ok() {
+                self.broker.set_reachable(true);
             }
             all_acknowledged
-        })
+        }
     }
 }

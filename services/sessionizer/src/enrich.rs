@@ -513,7 +513,9 @@ mod tests {
     fn sent_rows_keep_every_column_as_sent_and_gain_session_columns() {
         let mut event = event();
         event.row = Some(sent_row());
-        let text = openlayer_row(&event, "sdk-1", &second_turn()).get().to_owned();
+        let text = openlayer_row(&event, "sdk-1", &second_turn())
+            .get()
+            .to_owned();
         let TopLevelKeys(keys) = serde_json::from_str(&text).expect("object");
         let unique: BTreeSet<&String> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "duplicate columns in {keys:?}");

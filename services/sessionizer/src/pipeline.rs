@@ -411,7 +411,8 @@ impl Pipeline {
         for update in ready {
             let sink = self.sink.clone();
             self.forwarded_in_flight.spawn(async move {
-                let columns = serde_json::Value::Object(update.event.row.clone().unwrap_or_default());
+                let columns =
+                    serde_json::Value::Object(update.event.row.clone().unwrap_or_default());
                 let inference_id = update.event.inference_id.as_deref().unwrap_or_default();
                 let accepted = sink
                     .update_row(&update.pipeline_id, inference_id, &columns)

@@ -1,0 +1,760 @@
+//! The gateway with Openlayer's official Python SDK (openlayer==0.36.0) as its client: a
+//! traced chat service (`tests/sdk/traced_chat.py`) points `OPENLAYER_BASE_URL` at the
+//! gateway (run in-process), the real `sessionizer` binary consumes the traces topic on the
+//! real broker and ships to the Openlayer-compatible test server.
+//!
+//! The SDK's venv comes from `scripts/python-venv.sh openlayer-sdk`; the sessionizer binary
+//! from `cargo build -p sessionizer` (`make test` builds it first). The outage test starts and
+//! stops a broker of its own and never touches the shared one.
+
+use end_to_end::openlayer_server::OpenlayerServer;
+use end_to_end::{
+    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, sessionizer_path,
+    unique_name,
+};
+use gateway::config::GatewayConfig;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use trace_model::{Decoder, Limits, TraceKind};
+
+const PIPELINE: &str = "pipeline-sdk";
+/// The key the SDK presents to the gateway; the sessionizer ships with another one.
+const CLIENT_KEY: &str = "client-key-for-the-gateway";
+/// Bound of every wait (a consumer group join alone takes about 3 s on the test broker).
+const WAIT: Duration = Duration::from_secs(120);
+/// The session columns every turn row carries (the sessionizer's `enrich::SESSION_COLUMNS`).
+use sessionizer::enrich::SESSION_COLUMNS;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A loopback address nothing listens on right now.
+fn free_local_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("bound address")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway, in-process
+// ---------------------------------------------------------------------------------------------
+
+struct Gateway {
+    listen: SocketAddr,
+    ops: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), gateway::RunError>>,
+}
+
+impl Gateway {
+    async fn start(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Gateway {
+        let listen = free_local_address();
+        let ops = free_local_address();
+        let mut env: HashMap<String, String> = [
+            ("GATEWAY__KAFKA__BOOTSTRAP_SERVERS", bootstrap),
+            ("GATEWAY__KAFKA__TOPIC", topic),
+            ("GATEWAY__AUTH__API_KEYS", CLIENT_KEY),
+            ("GATEWAY__SHUTDOWN__UNREADY_DELAY_SECS", "0"),
+            ("GATEWAY__OPS__READINESS_CHECK_MS", "200"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+        env.insert("GATEWAY__HTTP__LISTEN".into(), listen.to_string());
+        env.insert("GATEWAY__OPS__LISTEN".into(), ops.to_string());
+        for (key, value) in extra {
+            env.insert((*key).to_owned(), (*value).to_owned());
+        }
+        let config = GatewayConfig::load(None, env)
+            .expect("loads")
+            .validate()
+            .expect("valid");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(gateway::run(config, async move {
+            let _stopped = stopped.await;
+        }));
+        let gateway = Gateway {
+            listen,
+            ops,
+            stop: Some(stop),
+            task,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.listen)
+    }
+
+    async fn get_ops(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", self.ops))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    async fn wait_ready(&self) {
+        let until = Instant::now() + WAIT;
+        while self.get_ops("/readyz").await.map(|(status, _)| status) != Some(200) {
+            assert!(Instant::now() < until, "the gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of every series of metric `name` on `/metrics` whose labels contain `labels`.
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, text) = self.get_ops("/metrics").await.expect("metrics answer");
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains(labels))
+            .filter(|line| line[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _sent = stop.send(());
+        }
+        let stopped = tokio::time::timeout(WAIT, &mut self.task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the gateway stops cleanly: {stopped:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sessionizer binary
+// ---------------------------------------------------------------------------------------------
+
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+fn capture(mut stream: impl Read + Send + 'static) -> Captured {
+    let captured = Captured::default();
+    let sink = Arc::clone(&captured);
+    std::thread::spawn(move || {
+        let mut buffer = [0_u8; 8192];
+        while let Ok(read) = stream.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(&buffer[..read]);
+        }
+    });
+    captured
+}
+
+/// A running `sessionizer run`; killed when dropped, its output printed if a test failed.
+struct Sessionizer {
+    child: Child,
+    output: Captured,
+}
+
+impl Sessionizer {
+    fn run(topics: &ServiceTopics, server: &OpenlayerServer, api_key: &str) -> Sessionizer {
+        let env: BTreeMap<&str, String> = [
+            ("SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS", bootstrap()),
+            (
+                "SESSIONIZER__KAFKA__GROUP_ID",
+                unique_name("gateway-sdk-group"),
+            ),
+            ("SESSIONIZER__KAFKA__TOPIC", topics.traces.clone()),
+            (
+                "SESSIONIZER__KAFKA__DEAD_LETTER_TOPIC",
+                topics.dead_letters.clone(),
+            ),
+            (
+                "SESSIONIZER__KAFKA__SESSIONS_TOPIC",
+                topics.sessions.clone(),
+            ),
+            (
+                "SESSIONIZER__KAFKA__CHANGELOG_TOPIC",
+                topics.changelog.clone(),
+            ),
+            // The test broker holds each JoinGroup for half of it.
+            ("SESSIONIZER__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("SESSIONIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS", "5".to_owned()),
+            ("SESSIONIZER__SESSION__GAP_SECS", "3600".to_owned()),
+            ("SESSIONIZER__BATCH__LINGER_MS", "100".to_owned()),
+            (
+                "SESSIONIZER__OPENLAYER__INITIAL_BACKOFF_MS",
+                "20".to_owned(),
+            ),
+            ("SESSIONIZER__OPENLAYER__MAX_BACKOFF_MS", "200".to_owned()),
+            (
+                "SESSIONIZER__HTTP__LISTEN",
+                free_local_address().to_string(),
+            ),
+            ("SESSIONIZER__LOG__FILTER", "info".to_owned()),
+            ("OPENLAYER_API_KEY", api_key.to_owned()),
+            ("OPENLAYER_BASE_URL", server.base_url()),
+        ]
+        .into_iter()
+        .collect();
+        let mut child = Command::new(sessionizer_path())
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the sessionizer binary");
+        let output = capture(child.stdout.take().expect("piped stdout"));
+        let _stderr = capture(child.stderr.take().expect("piped stderr"));
+        Sessionizer { child, output }
+    }
+}
+
+impl Drop for Sessionizer {
+    fn drop(&mut self) {
+        let _gone = self.child.kill();
+        let _reaped = self.child.wait();
+        if std::thread::panicking() {
+            let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+            eprintln!(
+                "--- sessionizer output ---\n{}",
+                String::from_utf8_lossy(&output)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SDK client
+// ---------------------------------------------------------------------------------------------
+
+/// The venv's python, created by `scripts/python-venv.sh openlayer-sdk` if needed.
+fn sdk_python() -> PathBuf {
+    let output = Command::new(workspace().join("scripts/python-venv.sh"))
+        .arg("openlayer-sdk")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/python-venv.sh");
+    assert!(
+        output.status.success(),
+        "scripts/python-venv.sh openlayer-sdk failed"
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("python")
+}
+
+struct SdkRun {
+    output: Output,
+    /// Each row the SDK streamed, in order.
+    rows: Vec<Map<String, Value>>,
+    /// Each row update the SDK sent: (inference id, columns).
+    updates: Vec<(String, Value)>,
+}
+
+/// Runs `tests/sdk/traced_chat.py` against `base_url` with `args`, on a blocking thread.
+async fn run_sdk(base_url: String, key: &str, args: Vec<String>) -> SdkRun {
+    let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("sdk-sent")));
+    let python = sdk_python();
+    let script = workspace().join("tests/sdk/traced_chat.py");
+    let key = key.to_owned();
+    let sent_arg = sent.to_string_lossy().into_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(&args)
+            .args(["--sent", &sent_arg])
+            .env_clear()
+            .env("OPENLAYER_BASE_URL", base_url)
+            .env("OPENLAYER_API_KEY", key)
+            .env("OPENLAYER_INFERENCE_PIPELINE_ID", PIPELINE)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the SDK script")
+    })
+    .await
+    .expect("joined");
+    let text = std::fs::read_to_string(&sent).unwrap_or_default();
+    let _removed = std::fs::remove_file(&sent);
+    let mut rows = Vec::new();
+    let mut updates = Vec::new();
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("sent line is JSON");
+        if let Some(sent_rows) = record["rows"].as_array() {
+            rows.extend(
+                sent_rows
+                    .iter()
+                    .map(|row| row.as_object().expect("row object").clone()),
+            );
+        }
+        if let Some(update) = record.get("update") {
+            updates.push((
+                update["inferenceId"].as_str().expect("id").to_owned(),
+                update["row"].clone(),
+            ));
+        }
+    }
+    SdkRun {
+        output,
+        rows,
+        updates,
+    }
+}
+
+fn sdk_args(prefix: &str, sessions: usize, turns: usize, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--prefix".to_owned(),
+        prefix.to_owned(),
+        "--sessions".to_owned(),
+        sessions.to_string(),
+        "--turns".to_owned(),
+        turns.to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
+fn assert_sdk_succeeded(run: &SdkRun) {
+    assert!(
+        run.output.status.success(),
+        "the SDK script failed: {}\nstdout: {}\nstderr: {}",
+        run.output.status,
+        String::from_utf8_lossy(&run.output.stdout),
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+}
+
+fn inference_id(row: &Map<String, Value>) -> String {
+    row["inferenceId"]
+        .as_str()
+        .expect("inferenceId is a string")
+        .to_owned()
+}
+
+/// Sum of `key` over every step of a row's `steps` tree.
+fn steps_sum(steps: &Value, key: &str) -> f64 {
+    steps
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|step| step[key].as_f64().unwrap_or(0.0) + steps_sum(&step["steps"], key))
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_traces_arrive_once_with_the_sdks_columns_and_session_enrichment() {
+    const SESSIONS: usize = 4;
+    const TURNS: usize = 3;
+    let topics = create_service_topics("gw-sdk-", 3).await;
+    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&shipping_key).await;
+    let _sessionizer = Sessionizer::run(&topics, &server, &shipping_key);
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
+
+    let prefix = unique_name("chat");
+    let sdk = run_sdk(
+        gateway.base_url(),
+        CLIENT_KEY,
+        sdk_args(
+            &prefix,
+            SESSIONS,
+            TURNS,
+            &["--override-every", "5", "--updates"],
+        ),
+    )
+    .await;
+    assert_sdk_succeeded(&sdk);
+    let sent = sdk.rows;
+    assert_eq!(sent.len(), SESSIONS * TURNS, "one row per trace");
+
+    let shipped = server.wait_for_rows(sent.len(), WAIT).await;
+    // Exactly once: every sent id shipped, none twice, nothing else.
+    let mut shipped_by_id: HashMap<String, Map<String, Value>> = HashMap::new();
+    for row in &shipped {
+        let row = row.as_object().expect("row object").clone();
+        let previous = shipped_by_id.insert(inference_id(&row), row);
+        assert!(previous.is_none(), "shipped twice: {previous:?}");
+    }
+    assert_eq!(shipped.len(), sent.len());
+
+    // Every key and JSON type as the SDK sent it, plus exactly the session columns.
+    for sent_row in &sent {
+        let id = inference_id(sent_row);
+        let row = shipped_by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} not shipped"));
+        for (column, value) in sent_row {
+            assert_eq!(
+                row.get(column),
+                Some(value),
+                "{id}: column {column} as sent"
+            );
+        }
+        let added: HashSet<&str> = row
+            .keys()
+            .filter(|column| !sent_row.contains_key(*column))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            added,
+            SESSION_COLUMNS.iter().copied().collect(),
+            "{id}: added columns"
+        );
+    }
+    // The sent rows carry the ids the SDK's context set, including the in-trace override.
+    let overridden: Vec<&Map<String, Value>> = sent
+        .iter()
+        .filter(|row| row["session_id"] == json!(format!("{prefix}-override")))
+        .collect();
+    assert_eq!(
+        overridden.len(),
+        SESSIONS * TURNS / 5,
+        "update_trace_user_session took effect"
+    );
+
+    // Enrichment: per session, turns in time order, running tokens and cost over all steps.
+    let mut by_session: BTreeMap<String, Vec<&Map<String, Value>>> = BTreeMap::new();
+    for sent_row in &sent {
+        let session = sent_row["session_id"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
+        by_session.entry(session).or_default().push(sent_row);
+    }
+    for (session, rows) in &by_session {
+        let (mut tokens_so_far, mut cost_so_far) = (0.0, 0.0);
+        let mut previous: Option<String> = None;
+        for (index, sent_row) in rows.iter().enumerate() {
+            let row = &shipped_by_id[&inference_id(sent_row)];
+            tokens_so_far += steps_sum(&sent_row["steps"], "tokens");
+            cost_so_far += steps_sum(&sent_row["steps"], "cost");
+            assert_eq!(row["session_turn"], json!(index + 1), "{session} turn");
+            assert_eq!(
+                row["session_tokens_so_far"].as_f64(),
+                Some(tokens_so_far),
+                "{session} tokens"
+            );
+            let cost = row["session_cost_so_far"].as_f64().expect("cost");
+            assert!(
+                (cost - cost_so_far).abs() < 1e-9,
+                "{session} cost {cost} vs {cost_so_far}"
+            );
+            assert_eq!(
+                row["previous_inference_id"],
+                json!(previous),
+                "{session} previous"
+            );
+            assert_eq!(row["session_late"], json!(false));
+            previous = Some(inference_id(sent_row));
+        }
+    }
+
+    // Row updates reach Openlayer after their rows, once each, with the columns sent.
+    assert_eq!(sdk.updates.len(), by_session.len());
+    let until = Instant::now() + WAIT;
+    while server.row_updates().len() < sdk.updates.len() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let updates = server.row_updates();
+    assert_eq!(updates.len(), sdk.updates.len(), "{updates:?}");
+    for (id, columns) in &sdk.updates {
+        let matching: Vec<_> = updates
+            .iter()
+            .filter(|update| update.inference_id.as_deref() == Some(id.as_str()))
+            .collect();
+        assert_eq!(matching.len(), 1, "one update for {id}");
+        assert_eq!(matching[0].status, 200);
+        assert_eq!(matching[0].pipeline_id, PIPELINE);
+        assert_eq!(matching[0].row.as_ref(), Some(columns));
+    }
+    // Shipped with the sessionizer's key (the server accepts no other), never the client's.
+    assert!(server.requests().iter().all(|request| request.accepted()));
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_sdk_traces_in_sync_mode_loses_none() {
+    const SESSIONS: usize = 50;
+    const TURNS: usize = 40;
+    let topics = create_service_topics("gw-burst-", 3).await;
+    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&shipping_key).await;
+    let _sessionizer = Sessionizer::run(&topics, &server, &shipping_key);
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
+
+    let sdk = run_sdk(
+        gateway.base_url(),
+        CLIENT_KEY,
+        sdk_args(&unique_name("burst"), SESSIONS, TURNS, &[]),
+    )
+    .await;
+    assert_sdk_succeeded(&sdk);
+    assert_eq!(sdk.rows.len(), SESSIONS * TURNS);
+    let sent: HashSet<String> = sdk.rows.iter().map(inference_id).collect();
+    assert_eq!(sent.len(), SESSIONS * TURNS, "distinct inference ids");
+
+    let shipped = server.wait_for_rows(sent.len(), WAIT).await;
+    let shipped_ids: Vec<String> = shipped
+        .iter()
+        .map(|row| inference_id(row.as_object().expect("row")))
+        .collect();
+    let unique: HashSet<String> = shipped_ids.iter().cloned().collect();
+    assert_eq!(unique, sent, "every trace shipped");
+    assert_eq!(shipped_ids.len(), sent.len(), "none twice");
+    assert_eq!(
+        gateway
+            .metric("gateway_rows_produced_total", "kind=\"trace\"")
+            .await,
+        (SESSIONS * TURNS) as f64
+    );
+    gateway.stop().await;
+}
+
+async fn post(url: &str, key: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status_and_produce_nothing() {
+    let topic = unique_name("gw-bad-traces");
+    create_topic(&bootstrap(), &topic, 1).await;
+    let gateway = Gateway::start(
+        &bootstrap(),
+        &topic,
+        &[("GATEWAY__HTTP__MAX_BODY_BYTES", "4096")],
+    )
+    .await;
+    let url = format!(
+        "{}/inference-pipelines/{PIPELINE}/data-stream",
+        gateway.base_url()
+    );
+    let config = json!({"outputColumnName": "output", "inferenceIdColumnName": "inferenceId",
+                        "sessionIdColumnName": "session_id"});
+    let row = |id: &str| json!({"output": "o", "inferenceId": id, "session_id": "s"});
+    let body =
+        |rows: Value| serde_json::to_vec(&json!({"config": config, "rows": rows})).expect("json");
+
+    let (status, answer) = post(&url, CLIENT_KEY, b"{\"config\": {".to_vec()).await;
+    assert_eq!((status, &answer["field"]), (400, &json!("body")));
+    let mut no_output = row("bad-1");
+    no_output.as_object_mut().expect("row").remove("output");
+    let (status, answer) = post(&url, CLIENT_KEY, body(json!([row("bad-0"), no_output]))).await;
+    assert_eq!(
+        (status, &answer["row"], &answer["field"]),
+        (400, &json!(1), &json!("output"))
+    );
+    let (status, answer) = post(&url, CLIENT_KEY, body(json!([row(&"x".repeat(201))]))).await;
+    assert_eq!(
+        (status, &answer["row"], &answer["field"]),
+        (400, &json!(0), &json!("inferenceId"))
+    );
+    let (status, _) = post(&url, "not-a-key", body(json!([row("bad-2")]))).await;
+    assert_eq!(status, 401);
+    let mut huge = row("bad-3");
+    huge["output"] = json!("x".repeat(8192));
+    let (status, _) = post(&url, CLIENT_KEY, body(json!([huge]))).await;
+    assert_eq!(status, 413);
+
+    // One good request last: on the single partition, anything produced before would precede it.
+    let (status, answer) = post(&url, CLIENT_KEY, body(json!([row("good-1")]))).await;
+    assert_eq!((status, answer), (200, json!({"success": true})));
+    let records = read_topic(&bootstrap(), &topic, 1, 1, WAIT);
+    assert_eq!(records.len(), 1);
+    let event = Decoder::new(Limits::default())
+        .decode(&records[0].payload)
+        .expect("decodes");
+    assert_eq!(event.inference_id.as_deref(), Some("good-1"));
+    assert_eq!(
+        records[0].offset, 0,
+        "nothing was produced before the good request"
+    );
+    for (status, count) in [("400", 3.0), ("401", 1.0), ("413", 1.0), ("200", 1.0)] {
+        let labels = format!("status=\"{status}\"");
+        assert_eq!(
+            gateway.metric("gateway_requests_total", &labels).await,
+            count,
+            "{status}"
+        );
+    }
+    gateway.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A broker of this test's own, stopped and started again
+// ---------------------------------------------------------------------------------------------
+
+/// A broker started with `scripts/kafka-broker.sh` in a private cache directory and port, so
+/// stopping it leaves the shared test broker alone. Stopped when dropped.
+struct OwnBroker {
+    cache: PathBuf,
+    port: u16,
+}
+
+impl OwnBroker {
+    fn script(&self, command: &str) -> Output {
+        Command::new(workspace().join("scripts/kafka-broker.sh"))
+            .arg(command)
+            .env("KAFKA_BROKER_CACHE", &self.cache)
+            .env("KAFKA_BROKER_PORT", self.port.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/kafka-broker.sh")
+    }
+
+    fn start() -> OwnBroker {
+        let cache = std::env::temp_dir().join(unique_name("gateway-broker"));
+        std::fs::create_dir_all(cache.join("bin")).expect("cache dir");
+        // Reuse the shared cache's verified binary instead of downloading it again.
+        let shared = workspace().join(".cache/kafka-broker/bin");
+        if let Ok(entries) = std::fs::read_dir(&shared) {
+            for entry in entries.flatten() {
+                let _copied =
+                    std::fs::copy(entry.path(), cache.join("bin").join(entry.file_name()));
+            }
+        }
+        let broker = OwnBroker {
+            cache,
+            port: free_local_address().port(),
+        };
+        broker.up();
+        broker
+    }
+
+    fn up(&self) {
+        let output = self.script("up");
+        assert!(output.status.success(), "own broker up failed");
+    }
+
+    fn down(&self) {
+        let output = self.script("down");
+        assert!(output.status.success(), "own broker down failed");
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _stopped = self.script("down");
+        let _removed = std::fs::remove_dir_all(&self.cache);
+    }
+}
+
+/// Partitions of `topic` on `bootstrap`, once it exists.
+fn partition_count(bootstrap: &str, topic: &str) -> i32 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .map_or(0, |found| found.partitions().len() as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_once_it_is_back() {
+    const TRACES: usize = 6;
+    let broker = OwnBroker::start();
+    let topic = unique_name("gw-outage-traces");
+    // A memory broker forgets its topics when it stops; the gateway's producer recreates this
+    // one (auto-creation) when the broker is back.
+    create_topic(&broker.bootstrap(), &topic, 1).await;
+    let gateway = Gateway::start(
+        &broker.bootstrap(),
+        &topic,
+        &[
+            ("GATEWAY__HTTP__RETRY_AFTER_SECS", "1"),
+            ("GATEWAY__KAFKA__PRODUCE_TIMEOUT_MS", "2000"),
+        ],
+    )
+    .await;
+    broker.down();
+    let until = Instant::now() + WAIT;
+    while gateway.get_ops("/readyz").await.map(|(status, _)| status) == Some(200) {
+        assert!(
+            Instant::now() < until,
+            "the gateway never noticed the broker was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The SDK publishes while the broker is down; its own retries (Retry-After: 1) go on
+    // until the gateway answers 200.
+    let sdk = tokio::spawn(run_sdk(
+        gateway.base_url(),
+        CLIENT_KEY,
+        sdk_args(
+            &unique_name("outage"),
+            2,
+            TRACES / 2,
+            &["--max-retries", "60"],
+        ),
+    ));
+    let until = Instant::now() + WAIT;
+    while gateway
+        .metric("gateway_requests_total", "status=\"503\"")
+        .await
+        < 2.0
+    {
+        assert!(Instant::now() < until, "the gateway never answered 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.up();
+    let sdk = sdk.await.expect("joined");
+    assert_sdk_succeeded(&sdk);
+    assert_eq!(sdk.rows.len(), TRACES);
+
+    let partitions = partition_count(&broker.bootstrap(), &topic);
+    assert!(partitions > 0, "the topic exists again");
+    let records = read_topic(&broker.bootstrap(), &topic, partitions, TRACES, WAIT);
+    let decoder = Decoder::new(Limits::default());
+    let mut delivered: Vec<String> = records
+        .iter()
+        .map(|record| decoder.decode(&record.payload).expect("decodes"))
+        .filter(|event| event.kind == TraceKind::Trace)
+        .map(|event| event.inference_id.expect("id"))
+        .collect();
+    delivered.sort();
+    let mut sent: Vec<String> = sdk.rows.iter().map(inference_id).collect();
+    sent.sort();
+    assert_eq!(
+        delivered, sent,
+        "each trace delivered once after the outage"
+    );
+    gateway.stop().await;
+}
