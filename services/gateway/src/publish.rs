@@ -206,53 +206,52 @@ impl Publish for KafkaPublisher {
 }
 
 impl KafkaPublisher {
+    /// Produces `records` with `producer` and waits for every acknowledgement.
     async fn publish_with(
         &self,
         producer: &FutureProducer,
         records: &[Outgoing],
     ) -> Result<(), PublishError> {
-        {
-            let mut deliveries = Vec::with_capacity(records.len());
-            for record in records {
-                let mut future_record = FutureRecord::to(&self.topic).payload(&record.payload);
-                if let Some(key) = &record.key {
-                    future_record = future_record.key(key);
-                }
-                match producer.send_result(future_record) {
-                    Ok(delivery) => deliveries.push(delivery),
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        return Err(PublishError::QueueFull);
-                    }
-                    Err(_) => return Err(PublishError::Kafka),
-                }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            let mut future_record = FutureRecord::to(&self.topic).payload(&record.payload);
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key);
             }
-            // librdkafka reports every record within message.timeout.ms; the margin only
-            // guards against a report that never comes.
-            let all_acknowledged =
-                tokio::time::timeout(self.produce_timeout + Duration::from_secs(5), async {
-                    let mut outcome = Ok(());
-                    for delivery in deliveries {
-                        match delivery.await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err((
-                                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                                _,
-                            ))) => {
-                                outcome = outcome.and(Err(PublishError::Timeout));
-                            }
-                            Ok(Err(_)) | Err(_) => outcome = outcome.and(Err(PublishError::Kafka)),
-                        }
-                    }
-                    outcome
-                })
-                .await
-                .unwrap_or(Err(PublishError::Timeout));
-            // Only the metadata check marks the broker unreachable: a stuck producer times out
-            // while the broker answers, and must be told apart from a broker that is down.
-            if all_acknowledged.is_ok() {
-                self.broker.set_reachable(true);
+            match producer.send_result(future_record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(PublishError::QueueFull);
+                }
+                Err(_) => return Err(PublishError::Kafka),
             }
-            all_acknowledged
         }
+        // librdkafka reports every record within message.timeout.ms; the margin only
+        // guards against a report that never comes.
+        let all_acknowledged =
+            tokio::time::timeout(self.produce_timeout + Duration::from_secs(5), async {
+                let mut outcome = Ok(());
+                for delivery in deliveries {
+                    match delivery.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((
+                            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                            _,
+                        ))) => {
+                            outcome = outcome.and(Err(PublishError::Timeout));
+                        }
+                        Ok(Err(_)) | Err(_) => outcome = outcome.and(Err(PublishError::Kafka)),
+                    }
+                }
+                outcome
+            })
+            .await
+            .unwrap_or(Err(PublishError::Timeout));
+        // Only the metadata check marks the broker unreachable: a stuck producer times out
+        // while the broker answers, and must be told apart from a broker that is down.
+        if all_acknowledged.is_ok() {
+            self.broker.set_reachable(true);
+        }
+        all_acknowledged
     }
 }
