@@ -6,6 +6,7 @@
 //! skipped silently.
 
 pub mod openlayer_server;
+pub mod reliability;
 pub mod service;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -226,6 +227,10 @@ pub fn sessionizer_path() -> PathBuf {
         Some(dir) if !dir.is_empty() => workspace.join(dir),
         _ => workspace.join("target"),
     };
+    // `make reliability` points at a release build.
+    if let Some(binary) = std::env::var_os("SESSIONIZER_BIN").filter(|path| !path.is_empty()) {
+        return PathBuf::from(binary);
+    }
     let binary = target.join("debug").join("sessionizer");
     assert!(
         binary.is_file(),

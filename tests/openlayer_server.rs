@@ -302,6 +302,17 @@ impl OpenlayerServer {
         self.accepted_rows(|_| true)
     }
 
+    /// How many rows were accepted so far (duplicates included), without copying them.
+    pub fn num_rows(&self) -> usize {
+        self.shared
+            .records()
+            .requests
+            .iter()
+            .filter(|request| request.accepted())
+            .map(|request| request.rows.len())
+            .sum()
+    }
+
     /// Rows of accepted requests for `pipeline_id`.
     pub fn rows_for(&self, pipeline_id: &str) -> Vec<Value> {
         self.accepted_rows(|request| request.pipeline_id == pipeline_id)

@@ -193,6 +193,15 @@ impl Sessionizer {
 
     /// SIGTERM, then asserts a successful exit within the drain deadline plus a margin.
     pub async fn stop(&mut self) {
+        if !self.still_running() {
+            // Give the pipe readers a moment to take the last lines.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            panic!(
+                "exited on its own ({:?}) before SIGTERM\n{}",
+                self.exit,
+                self.output()
+            );
+        }
         self.terminate();
         let exit = self.wait_exit(DRAIN_TIMEOUT + EXIT_MARGIN).await;
         let output = self.output();

@@ -75,7 +75,18 @@ pub enum RunError {
     SchemaRegistry(#[source] trace_model::codec::registry::RegistryError),
     #[error("failed to prepare the session state changelog")]
     Changelog(#[source] ChangelogError),
+    /// Processing a partition without its session state would renumber its sessions' turns;
+    /// stopping lets the restart (Kubernetes restarts the pod) try again.
+    #[error("failed to restore session state from the changelog")]
+    Restore(#[source] ChangelogError),
 }
+
+/// Attempts at reading a partition's session state before the service gives up: a broker
+/// that just came back may not serve the changelog at once.
+const RESTORE_ATTEMPTS: u32 = 3;
+/// Bound of one attempt; the consumer is not polled meanwhile, so all attempts together stay
+/// well under librdkafka's default `max.poll.interval.ms` (5 minutes).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -151,12 +162,16 @@ struct Pipeline {
     checkpoints: JoinSet<(i32, i64, bool)>,
     checkpoint_in_flight: HashSet<i32>,
     last_checkpoint: Instant,
+    /// Set when the run must end with an error (after the drain): a partition whose state
+    /// could not be restored.
+    fatal: Option<RunError>,
 }
 
 /// Runs the sessionizer until `shutdown` resolves, then drains and commits.
 ///
 /// # Errors
-/// When a client cannot be created; per-message problems never end the run.
+/// When a client cannot be created, or a partition's session state cannot be restored;
+/// per-message problems never end the run.
 pub async fn run(
     settings: PipelineSettings,
     metrics: Metrics,
@@ -208,10 +223,14 @@ pub async fn run(
         checkpoints: JoinSet::new(),
         checkpoint_in_flight: HashSet::new(),
         last_checkpoint: Instant::now(),
+        fatal: None,
     };
     pipeline.consume(shutdown).await;
     pipeline.drain().await;
-    Ok(())
+    match pipeline.fatal.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 impl Pipeline {
@@ -221,6 +240,10 @@ impl Pipeline {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.apply_rebalances();
+            if self.fatal.is_some() {
+                tracing::error!("stopping: a partition cannot be processed correctly");
+                return;
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
@@ -942,20 +965,39 @@ impl Pipeline {
             return;
         };
         let kafka = self.settings.kafka.clone();
+        let metrics = self.metrics.clone();
         // A blocking read on this worker thread: nothing of these partitions may be processed
         // before their state is back.
         let restored = tokio::task::block_in_place(|| {
-            read_partitions(&kafka, &changelog, partitions, Duration::from_secs(60))
+            let mut attempt = 1;
+            loop {
+                match read_partitions(&kafka, &changelog, partitions, RESTORE_TIMEOUT) {
+                    Ok(restored) => return Ok(restored),
+                    Err(error) => {
+                        metrics
+                            .errors
+                            .with_label_values(&["changelog", "receiving"])
+                            .inc();
+                        if attempt >= RESTORE_ATTEMPTS {
+                            return Err(error);
+                        }
+                        tracing::warn!(%error, attempt, "failed to restore session state, retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        attempt += 1;
+                    }
+                }
+            }
         });
         let mut restored = match restored {
             Ok(restored) => restored,
             Err(error) => {
-                self.metrics
-                    .errors
-                    .with_label_values(&["changelog", "receiving"])
-                    .inc();
-                tracing::error!(%error, "failed to restore session state; continuing without it");
-                HashMap::new()
+                tracing::error!(%error, ?partitions, "failed to restore session state");
+                // Not owned, not processed: a restart replays them from the last checkpoint.
+                for partition in partitions {
+                    self.tracker.revoke(*partition);
+                }
+                self.fatal.get_or_insert(RunError::Restore(error));
+                return;
             }
         };
         for partition in partitions {

@@ -1,0 +1,318 @@
+//! Broker restart: the broker is stopped mid-stream and started again on the same port and
+//! storage. The service reconnects by itself, `/readyz` reflects the outage, nothing is lost.
+//!
+//! The shared test broker keeps its data in memory and would come back empty, so this scenario
+//! runs its own broker on S3-compatible storage served by `moto_server` (installed by
+//! `scripts/python-venv.sh moto`), which survives a broker restart.
+
+use super::feed::{Feed, Plan};
+use super::probe::{Instance, wait_until};
+use super::{Outcome, Scene, Size};
+use crate::service::{Expectations, free_local_address, set};
+use crate::{ServiceTopics, create_topic, read_topic, unique_name};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub async fn run(size: Size) -> Outcome {
+    let mut outcome = Outcome::new("broker_restart");
+    let outage = size.pick(Duration::from_secs(10), Duration::from_secs(30));
+    let plan = Plan {
+        prefix: "restart".to_owned(),
+        num_sessions: size.pick(100, 1000),
+        num_turns: size.pick(20, 30),
+        traces_per_sec: size.pick(100.0, 400.0),
+    };
+    outcome.note(format!(
+        "{} traces; the broker (S3 storage) stopped for {} s mid-stream",
+        plan.num_traces(),
+        outage.as_secs()
+    ));
+    let storage = S3Store::start().await;
+    let mut broker = Broker::start(&storage, free_local_address());
+    let bootstrap = broker.bootstrap();
+    let topics = ServiceTopics {
+        traces: unique_name("rel-restart-traces"),
+        dead_letters: unique_name("rel-restart-dlq"),
+        sessions: unique_name("rel-restart-sessions"),
+        changelog: unique_name("rel-restart-state"),
+    };
+    create_topic(&bootstrap, &topics.traces, 4).await;
+    create_topic(&bootstrap, &topics.dead_letters, 1).await;
+    create_topic(&bootstrap, &topics.sessions, 1).await;
+    let mut scene = Scene::with_topics(topics).await;
+    set(
+        &mut scene.env,
+        "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS",
+        &bootstrap,
+    );
+    let feed = Feed::start(&bootstrap, &scene.topics.traces, plan);
+    let mut instance = Instance::start(&scene.env);
+    let server = &scene.server;
+    let ready = wait_until(Duration::from_secs(60), async || {
+        instance.sample(server).await;
+        instance.readiness().await == Some(200) && server.num_rows() > 0
+    })
+    .await;
+    outcome.check(ready, || {
+        "not ready and shipping before the broker stopped".to_owned()
+    });
+
+    broker.stop();
+    let mut not_ready_seen = false;
+    let outage_ends = Instant::now() + outage;
+    while Instant::now() < outage_ends {
+        not_ready_seen |= matches!(instance.readiness().await, Some(status) if status != 200);
+        instance.sample(&scene.server).await;
+        outcome.observe_rss(instance.process.peak_rss_bytes());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    outcome.check(not_ready_seen, || {
+        "/readyz stayed 200 while the broker was down".to_owned()
+    });
+    let restarted_at = Instant::now();
+    broker = Broker::start(&storage, broker.address);
+    let ready_again = wait_until(Duration::from_secs(120), async || {
+        instance.sample(server).await;
+        instance.readiness().await == Some(200)
+    })
+    .await;
+    // With the broker gone longer than the group session timeout (6 s here, 45 s by default),
+    // the group drops the instance: it gives up its partitions and restores them from the
+    // last checkpoint it could write before the outage, so what it shipped since may repeat.
+    outcome.duplicate_bound +=
+        instance.rows_in_flight(server.num_rows(), scene.checkpoint_interval);
+    outcome.check(ready_again, || {
+        "/readyz did not return to 200 after the restart".to_owned()
+    });
+    outcome.note(format!(
+        "ready again {:.1} s after the broker restarted; /readyz said not ready during the outage: {not_ready_seen}",
+        restarted_at.elapsed().as_secs_f64()
+    ));
+
+    let fed = feed.finish().await;
+    outcome.check(fed.num_failed == 0, || {
+        format!("{} traces not acknowledged by Kafka", fed.num_failed)
+    });
+    // The test broker on S3 storage has been seen to lose records it acknowledged just
+    // before it was stopped (a broker defect, counted here). The service is held to what the
+    // broker kept: every trace in the topic shipped, with the enrichment an uninterrupted run
+    // over the topic gives.
+    let mut stored = read_topic(
+        &bootstrap,
+        &scene.topics.traces,
+        4,
+        fed.expected.rows.len(),
+        Duration::from_secs(20),
+    );
+    stored.sort_by_key(|record| (record.partition, record.offset));
+    let decoder = trace_model::Decoder::new(trace_model::Limits::default());
+    let mut kept = Expectations::default();
+    for record in &stored {
+        match decoder.decode(&record.payload) {
+            Ok(event) => kept.produced(&event),
+            Err(error) => outcome
+                .failures
+                .push(format!("an undecodable trace in the topic: {error}")),
+        }
+    }
+    let num_lost_by_broker = fed
+        .expected
+        .rows
+        .keys()
+        .filter(|id| !kept.rows.contains_key(*id))
+        .count();
+    outcome.note(format!(
+        "the broker kept {} of the {} traces it acknowledged ({num_lost_by_broker} lost by the \
+         test broker across its restart; the service is checked against what it kept)",
+        kept.rows.len(),
+        fed.expected.rows.len()
+    ));
+    let all_shipped = scene
+        .wait_all_shipped(
+            &kept,
+            size.pick(Duration::from_secs(120), Duration::from_secs(600)),
+        )
+        .await;
+    outcome.check(all_shipped, || "not every trace shipped in time".to_owned());
+    outcome.observe_rss(instance.process.peak_rss_bytes());
+    if instance.process.still_running() {
+        instance.process.stop().await;
+    } else {
+        outcome
+            .failures
+            .push("the service exited on its own".to_owned());
+    }
+    outcome.keep_logs(&instance.process);
+    let letters = read_topic(
+        &bootstrap,
+        &scene.topics.dead_letters,
+        1,
+        1,
+        Duration::from_secs(3),
+    );
+    outcome.num_dead_lettered = letters.len();
+    outcome.check(letters.is_empty(), || {
+        "good traces were dead-lettered".to_owned()
+    });
+    outcome.take_verification(&kept.verify(&scene.server.rows()));
+    drop(broker);
+    outcome
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+struct Owned(Option<Child>);
+
+impl Owned {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SIGTERM, as the broker would get from an orderly stop.
+            let _sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _killed = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// `moto_server` with the bucket the broker writes to.
+#[derive(Debug)]
+struct S3Store {
+    _process: Owned,
+    endpoint: String,
+}
+
+impl S3Store {
+    async fn start() -> S3Store {
+        let venv = Command::new(workspace().join("scripts/python-venv.sh"))
+            .arg("moto")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/python-venv.sh moto");
+        assert!(venv.status.success(), "scripts/python-venv.sh moto failed");
+        let bin = PathBuf::from(String::from_utf8_lossy(&venv.stdout).trim());
+        let address = free_local_address();
+        let process = Command::new(bin.join("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &address.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let mut process = Owned(Some(process));
+        let endpoint = format!("http://{address}");
+        let client = reqwest::Client::new();
+        let bucket = format!("{endpoint}/tansu");
+        let created = wait_until(Duration::from_secs(60), async || {
+            client
+                .put(&bucket)
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+        .await;
+        assert!(
+            created && process.alive(),
+            "moto_server did not start or refused the bucket"
+        );
+        S3Store {
+            _process: process,
+            endpoint,
+        }
+    }
+}
+
+/// A Tansu broker on S3 storage: the binary `scripts/kafka-broker.sh` installed.
+#[derive(Debug)]
+struct Broker {
+    process: Owned,
+    address: SocketAddr,
+}
+
+impl Broker {
+    fn start(storage: &S3Store, address: SocketAddr) -> Broker {
+        let cache = std::env::var_os("KAFKA_BROKER_CACHE")
+            .map_or_else(|| workspace().join(".cache/kafka-broker"), PathBuf::from);
+        let tansu = cache.join("bin/tansu");
+        assert!(
+            tansu.is_file(),
+            "{} is missing: run `scripts/kafka-broker.sh up` once (make test does)",
+            tansu.display()
+        );
+        let url = format!("tcp://{address}");
+        let process = Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "s3://tansu/"])
+            .env("AWS_ENDPOINT", &storage.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let mut process = Owned(Some(process));
+        // The port accepts within tens of milliseconds; a tansu that lost the port race exits.
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "the broker did not listen on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            process.alive(),
+            "the broker exited at start (port {address} taken?)"
+        );
+        Broker { process, address }
+    }
+
+    fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+
+    fn stop(&mut self) {
+        self.process.stop();
+    }
+}

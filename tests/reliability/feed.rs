@@ -1,0 +1,134 @@
+//! The traffic of a scenario: multi-turn chat sessions produced at a steady rate while the
+//! scenario misbehaves, with the enrichment each trace must get.
+
+use crate::chat_trace;
+use crate::service::Expectations;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use trace_model::Encoding;
+
+/// What to produce.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Session ids are `{prefix}-{n}`.
+    pub prefix: String,
+    pub num_sessions: usize,
+    pub num_turns: usize,
+    /// Traces per second; the whole feed takes `sessions × turns / rate` seconds.
+    pub traces_per_sec: f64,
+}
+
+impl Plan {
+    pub fn num_traces(&self) -> usize {
+        self.num_sessions * self.num_turns
+    }
+}
+
+/// A feed in progress.
+#[derive(Debug)]
+pub struct Feed {
+    handle: JoinHandle<Fed>,
+    produced: Arc<AtomicUsize>,
+}
+
+/// A finished feed: what every trace's row must say, and what Kafka refused.
+#[derive(Debug)]
+pub struct Fed {
+    pub expected: Expectations,
+    /// Deliveries Kafka reported as failed: `expected` assumes every trace reached Kafka,
+    /// so a scenario fails on any.
+    pub num_failed: usize,
+}
+
+impl Feed {
+    /// Produces the plan's traces turn by turn (every session's turn 1, then turn 2, ...), one
+    /// event-time second apart per turn, keyed by session like the helpers, with an idempotent
+    /// producer that keeps each session's order through broker trouble.
+    pub fn start(bootstrap: &str, topic: &str, plan: Plan) -> Feed {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            // Rides out a broker restart: delivery is retried for up to five minutes.
+            .set("message.timeout.ms", "300000")
+            .create()
+            .expect("feed producer");
+        let topic = topic.to_owned();
+        let produced = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&produced);
+        let handle = tokio::spawn(async move {
+            let mut expected = Expectations::default();
+            let mut pending = Vec::new();
+            let mut num_failed = 0;
+            let started = Instant::now();
+            let base_ms = crate::now_ms();
+            let mut index = 0_usize;
+            for turn in 1..=plan.num_turns as i64 {
+                for session in 0..plan.num_sessions {
+                    let tokens = (turn * 7 + session as i64) % 13 + 1;
+                    let event = chat_trace(
+                        &format!("user-{}", session % 50),
+                        &format!("{}-{session}", plan.prefix),
+                        turn,
+                        tokens,
+                        base_ms + turn * 1000,
+                    );
+                    let payload = trace_model::encode(&event, Encoding::Avro).expect("encode");
+                    let record = FutureRecord::to(&topic)
+                        .key(event.partition_key().unwrap_or_default())
+                        .payload(&payload);
+                    match producer.send_result(record) {
+                        Ok(delivery) => pending.push(delivery),
+                        Err((error, _)) => panic!("the feed's producer queue refused: {error}"),
+                    }
+                    expected.produced(&event);
+                    index += 1;
+                    counter.store(index, Ordering::Relaxed);
+                    if pending.len() >= 1000 {
+                        num_failed += settle(&mut pending).await;
+                    }
+                    let due = Duration::from_secs_f64(index as f64 / plan.traces_per_sec);
+                    let elapsed = started.elapsed();
+                    if due > elapsed + Duration::from_millis(20) {
+                        tokio::time::sleep(due - elapsed).await;
+                    }
+                }
+            }
+            num_failed += settle(&mut pending).await;
+            Fed {
+                expected,
+                num_failed,
+            }
+        });
+        Feed { handle, produced }
+    }
+
+    /// Traces handed to the producer so far.
+    pub fn num_produced(&self) -> usize {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits until every trace was produced and acknowledged by Kafka.
+    pub async fn finish(self) -> Fed {
+        self.handle.await.expect("the feed task")
+    }
+}
+
+/// Awaits the deliveries; returns how many failed.
+async fn settle(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> usize {
+    let mut num_failed = 0;
+    for delivery in pending.drain(..) {
+        if !matches!(delivery.await, Ok(Ok(_))) {
+            num_failed += 1;
+        }
+    }
+    num_failed
+}

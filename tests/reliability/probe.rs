@@ -1,0 +1,173 @@
+//! Watching running instances from outside, as an operator would: `/metrics`, `/readyz`,
+//! `/proc`, and what the Openlayer server received.
+
+use crate::openlayer_server::OpenlayerServer;
+use crate::service::{Sessionizer, free_local_address, http_get, set};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A `sessionizer run` child with its own HTTP port.
+#[derive(Debug)]
+pub struct Instance {
+    pub process: Sessionizer,
+    pub http: SocketAddr,
+    /// When it was started.
+    pub started: Instant,
+    /// Samples of durable checkpoints, for [`Instance::rows_in_flight`].
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// `sessionizer_commits_total{outcome="stored"}`: offsets stored after a checkpoint.
+    stored: f64,
+    /// Rows the Openlayer server had accepted at that moment.
+    rows_received: usize,
+}
+
+impl Instance {
+    pub fn start(env: &BTreeMap<String, String>) -> Instance {
+        let http = free_local_address();
+        let mut env = env.clone();
+        set(&mut env, "SESSIONIZER__HTTP__LISTEN", &http.to_string());
+        Instance {
+            process: Sessionizer::run(&env),
+            http,
+            started: Instant::now(),
+            samples: Vec::new(),
+        }
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        match http_get(self.http, "/metrics").await {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// `/readyz`'s status, `None` when nothing answers.
+    pub async fn readiness(&self) -> Option<u16> {
+        http_get(self.http, "/readyz")
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// Takes one sample of the checkpoint counter against what the server has received.
+    pub async fn sample(&mut self, server: &OpenlayerServer) {
+        let rows_received = server.num_rows();
+        if let Some(metrics) = self.metrics().await {
+            self.samples.push(Sample {
+                at: Instant::now(),
+                stored: sum(&metrics, "sessionizer_commits_total{outcome=\"stored\"}"),
+                rows_received,
+            });
+        }
+    }
+
+    /// Rows a crash right now may ship again: those this instance had the server accept
+    /// since the state of its last durable checkpoint. That checkpoint was cut at most one
+    /// `checkpoint_interval` before the sample preceding the one where the stored-offset
+    /// counter last rose; rows accepted since that moment are counted (since the first
+    /// sample when no checkpoint was seen). Rows earlier instances left in flight count
+    /// against those instances.
+    pub fn rows_in_flight(&self, rows_now: usize, checkpoint_interval: Duration) -> usize {
+        let Some(first) = self.samples.first() else {
+            return 0;
+        };
+        let last_rise = self
+            .samples
+            .windows(2)
+            .rev()
+            .find(|pair| pair[1].stored > pair[0].stored)
+            .map(|pair| pair[0].at);
+        let Some(before_rise) = last_rise else {
+            return rows_now.saturating_sub(first.rows_received);
+        };
+        let cut_no_earlier_than = before_rise.checked_sub(checkpoint_interval);
+        let covered = self
+            .samples
+            .iter()
+            .rev()
+            .find(|sample| cut_no_earlier_than.is_none_or(|cut| sample.at <= cut))
+            .map_or(0, |sample| sample.rows_received)
+            .max(first.rows_received);
+        rows_now.saturating_sub(covered)
+    }
+}
+
+/// Sum of the samples of series starting with `series` (a name, or a name with the first
+/// labels, e.g. `x_total{outcome="stored"}`); 0 when there is none.
+pub fn sum(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(series).is_some_and(|rest| {
+                rest.starts_with(' ') || rest.starts_with('{') || rest.starts_with(',')
+            })
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `partition` label values of `name`'s series.
+pub fn partitions_of(exposition: &str, name: &str) -> BTreeSet<i32> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|labels| {
+            let value = labels.split("partition=\"").nth(1)?;
+            value.split('"').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Polls until `done` or `timeout`; returns whether `done` came.
+pub async fn wait_until(timeout: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if done().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A small deterministic generator for kill moments: seeded and printed, so a failing run can
+/// be repeated.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let seed = std::env::var("RELIABILITY_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| crate::now_ms() as u64);
+        Rng(seed)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+
+    /// SplitMix64.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut mixed = self.0;
+        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        mixed ^ (mixed >> 31)
+    }
+
+    /// A duration uniformly between `low` and `high`.
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        let span = high.saturating_sub(low).as_millis().max(1) as u64;
+        low + Duration::from_millis(self.next_u64() % span)
+    }
+}
