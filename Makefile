@@ -1,5 +1,5 @@
 # The two commands a new user needs are `make run` and `make test`; the rest serve development.
-.PHONY: run test lint bench broker-up broker-down broker-status fmt
+.PHONY: run test lint bench reliability broker-up broker-down broker-status fmt
 
 CARGO ?= cargo
 
@@ -23,6 +23,11 @@ fmt:
 ##   BENCH_SIZE=quick (the default, about 5 minutes) or BENCH_SIZE=full (under 30 minutes)
 bench:
 	scripts/bench.sh --$(or $(BENCH_SIZE),quick)
+
+## reliability: crash, rebalance, broker restart, Openlayer outage, poison input and SIGTERM
+##   scenarios at full size (up to ~20 minutes); RELIABILITY_SIZE=quick runs what make test runs
+reliability:
+	scripts/reliability.sh $(or $(RELIABILITY_SIZE),full)
 
 broker-up:
 	scripts/kafka-broker.sh up
