@@ -606,6 +606,50 @@ async fn bad_requests_get_their_status_and_produce_nothing() {
     gateway.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_shutdown_readiness_fails_first_while_requests_are_still_served() {
+    let topic = unique_name("gw-drain-traces");
+    create_topic(&bootstrap(), &topic, 1).await;
+    // A long unready delay: the test's steps below happen inside it, in order.
+    let mut gateway = Gateway::start(
+        &bootstrap(),
+        &topic,
+        &[("GATEWAY__SHUTDOWN__UNREADY_DELAY_SECS", "30")],
+    )
+    .await;
+    let url = format!(
+        "{}/inference-pipelines/{PIPELINE}/data-stream",
+        gateway.base_url()
+    );
+    let body = serde_json::to_vec(&json!({
+        "config": {"outputColumnName": "output", "inferenceIdColumnName": "inferenceId"},
+        "rows": [{"output": "o", "inferenceId": "during-drain"}],
+    }))
+    .expect("json");
+    if let Some(stop) = gateway.stop.take() {
+        let _sent = stop.send(());
+    }
+    let until = Instant::now() + WAIT;
+    while gateway.get_ops("/readyz").await.map(|(status, _)| status) == Some(200) {
+        assert!(
+            Instant::now() < until,
+            "readiness never failed after the shutdown signal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body_text) = gateway
+        .get_ops("/readyz")
+        .await
+        .expect("answers while draining");
+    assert!(body_text.contains("shutting down"), "{body_text}");
+    // Still served, and acknowledged by Kafka, while the Service stops routing here.
+    let (status, answer) = post(&url, CLIENT_KEY, body).await;
+    assert_eq!((status, answer), (200, json!({"success": true})));
+    let records = read_topic(&bootstrap(), &topic, 1, 1, WAIT);
+    assert_eq!(records.len(), 1);
+    gateway.task.abort();
+}
+
 // ---------------------------------------------------------------------------------------------
 // A broker of this test's own, stopped and started again
 // ---------------------------------------------------------------------------------------------
