@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{GatewayConfig, LogFormat, ValidatedConfig};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -64,7 +65,8 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
     match load(args) {
         Ok((config, _validated)) => match config_text(&config) {
             Ok(text) => {
-                println!("{text}");
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _written = writeln!(std::io::stdout(), "{text}");
                 ExitCode::SUCCESS
             }
             Err(error) => {
