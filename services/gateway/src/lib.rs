@@ -85,9 +85,12 @@ pub async fn run(
             update_key_cache_entries: config.update_key_cache_entries,
         },
     );
+    // The bound addresses: a configured port 0 becomes a real one.
+    let listen = api_listener.local_addr().unwrap_or(config.listen);
+    let ops_listen = ops_listener.local_addr().unwrap_or(config.ops_listen);
     tracing::info!(
-        listen = %config.listen,
-        ops_listen = %config.ops_listen,
+        %listen,
+        %ops_listen,
         topic = %config.kafka.topic,
         num_keys = config.api_keys.len(),
         "gateway serving"

@@ -114,7 +114,11 @@ fn run(args: &ConfigArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(gateway::run(validated, shutdown_signal())) {
+    let shutdown = {
+        let _runtime = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(gateway::run(validated, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %anyhow::Error::from(error), "gateway failed");
@@ -123,27 +127,35 @@ fn run(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C (SIGINT). The handlers are registered when
+/// this is called, not when the future is first polled (a SIGTERM during start-up is then a
+/// clean stop rather than the default kill); call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let (mut interrupt, mut terminate) = match (interrupt, terminate) {
+                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM or ctrl-c");
+                    return std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("ctrl-c received"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("ctrl-c received");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-                tracing::info!("SIGTERM received");
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
