@@ -339,7 +339,9 @@ def scaling_report(scaling: dict) -> None:
         if not points:
             continue
         print(f"    {title}; baseline: {scaling[baseline]}")
-        base = next((p for p in points if p["throughput_ratio"] == 1.0 and p["cpu_ratio"] == 1.0), None)
+        # The baselines pipeline-bench divides by: 1 partition; the default 1,000-row batch.
+        is_baseline = (lambda p: p["partitions"] == 1) if key == "partitions" else (lambda p: p["batch_rows"] == 1000)
+        base = next((p for p in points if is_baseline(p)), None)
         for p in points:
             label = (
                 f"{p['partitions']} partition(s) x {p['instances']} instance(s)"
