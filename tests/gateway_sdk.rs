@@ -8,18 +8,16 @@
 //! stops a broker of its own and never touches the shared one.
 
 use end_to_end::openlayer_server::OpenlayerServer;
+use end_to_end::service::{Sessionizer, free_local_address, service_env};
 use end_to_end::{
-    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, sessionizer_path,
-    unique_name,
+    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, unique_name,
 };
 use gateway::config::GatewayConfig;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use trace_model::{Decoder, Limits, TraceKind};
@@ -37,12 +35,6 @@ fn workspace() -> PathBuf {
         .parent()
         .expect("tests/ is inside the workspace")
         .to_path_buf()
-}
-
-/// A loopback address nothing listens on right now.
-fn free_local_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("bound address")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -139,102 +131,19 @@ impl Gateway {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The sessionizer binary
+// The sessionizer binary (the shared child-process helpers of `end_to_end::service`)
 // ---------------------------------------------------------------------------------------------
 
-type Captured = Arc<Mutex<Vec<u8>>>;
-
-fn capture(mut stream: impl Read + Send + 'static) -> Captured {
-    let captured = Captured::default();
-    let sink = Arc::clone(&captured);
-    std::thread::spawn(move || {
-        let mut buffer = [0_u8; 8192];
-        while let Ok(read) = stream.read(&mut buffer) {
-            if read == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(&buffer[..read]);
-        }
-    });
-    captured
-}
-
-/// A running `sessionizer run`; killed when dropped, its output printed if a test failed.
-struct Sessionizer {
-    child: Child,
-    output: Captured,
-}
-
-impl Sessionizer {
-    fn run(topics: &ServiceTopics, server: &OpenlayerServer, api_key: &str) -> Sessionizer {
-        let env: BTreeMap<&str, String> = [
-            ("SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS", bootstrap()),
-            (
-                "SESSIONIZER__KAFKA__GROUP_ID",
-                unique_name("gateway-sdk-group"),
-            ),
-            ("SESSIONIZER__KAFKA__TOPIC", topics.traces.clone()),
-            (
-                "SESSIONIZER__KAFKA__DEAD_LETTER_TOPIC",
-                topics.dead_letters.clone(),
-            ),
-            (
-                "SESSIONIZER__KAFKA__SESSIONS_TOPIC",
-                topics.sessions.clone(),
-            ),
-            (
-                "SESSIONIZER__KAFKA__CHANGELOG_TOPIC",
-                topics.changelog.clone(),
-            ),
-            // The test broker holds each JoinGroup for half of it.
-            ("SESSIONIZER__KAFKA__SESSION_TIMEOUT_MS", "6000".to_owned()),
-            ("SESSIONIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS", "5".to_owned()),
-            ("SESSIONIZER__SESSION__GAP_SECS", "3600".to_owned()),
-            ("SESSIONIZER__BATCH__LINGER_MS", "100".to_owned()),
-            (
-                "SESSIONIZER__OPENLAYER__INITIAL_BACKOFF_MS",
-                "20".to_owned(),
-            ),
-            ("SESSIONIZER__OPENLAYER__MAX_BACKOFF_MS", "200".to_owned()),
-            (
-                "SESSIONIZER__HTTP__LISTEN",
-                free_local_address().to_string(),
-            ),
-            ("SESSIONIZER__LOG__FILTER", "info".to_owned()),
-            ("OPENLAYER_API_KEY", api_key.to_owned()),
-            ("OPENLAYER_BASE_URL", server.base_url()),
-        ]
-        .into_iter()
-        .collect();
-        let mut child = Command::new(sessionizer_path())
-            .arg("run")
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the sessionizer binary");
-        let output = capture(child.stdout.take().expect("piped stdout"));
-        let _stderr = capture(child.stderr.take().expect("piped stderr"));
-        Sessionizer { child, output }
-    }
-}
-
-impl Drop for Sessionizer {
-    fn drop(&mut self) {
-        let _gone = self.child.kill();
-        let _reaped = self.child.wait();
-        if std::thread::panicking() {
-            let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
-            eprintln!(
-                "--- sessionizer output ---\n{}",
-                String::from_utf8_lossy(&output)
-            );
-        }
-    }
+/// `sessionizer run` on `topics`, shipping to `server` with `api_key`.
+fn run_sessionizer(topics: &ServiceTopics, server: &OpenlayerServer, api_key: &str) -> Sessionizer {
+    let group = unique_name("gateway-sdk-group");
+    Sessionizer::run(&service_env(
+        topics,
+        &group,
+        server,
+        api_key,
+        free_local_address(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +275,7 @@ async fn sdk_traces_arrive_once_with_the_sdks_columns_and_session_enrichment() {
     let topics = create_service_topics("gw-sdk-", 3).await;
     let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&shipping_key).await;
-    let _sessionizer = Sessionizer::run(&topics, &server, &shipping_key);
+    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
     let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
 
     let prefix = unique_name("chat");
@@ -497,7 +406,7 @@ async fn a_burst_of_2000_sdk_traces_in_sync_mode_loses_none() {
     let topics = create_service_topics("gw-burst-", 3).await;
     let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&shipping_key).await;
-    let _sessionizer = Sessionizer::run(&topics, &server, &shipping_key);
+    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
     let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
 
     let sdk = run_sdk(
