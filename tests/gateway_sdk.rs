@@ -168,8 +168,8 @@ struct SdkRun {
     output: Output,
     /// Each row the SDK streamed, in order.
     rows: Vec<Map<String, Value>>,
-    /// Each row update the SDK sent: (inference id, columns).
-    updates: Vec<(String, Value)>,
+    /// Each row update the SDK sent: (inference id, columns, config).
+    updates: Vec<(String, Value, Value)>,
 }
 
 /// Runs `tests/sdk/traced_chat.py` against `base_url` with `args`, on a blocking thread.
@@ -211,6 +211,7 @@ async fn run_sdk(base_url: String, key: &str, args: Vec<String>) -> SdkRun {
             updates.push((
                 update["inferenceId"].as_str().expect("id").to_owned(),
                 update["row"].clone(),
+                update["config"].clone(),
             ));
         }
     }
@@ -384,7 +385,7 @@ async fn sdk_traces_arrive_once_with_the_sdks_columns_and_session_enrichment() {
     }
     let updates = server.row_updates();
     assert_eq!(updates.len(), sdk.updates.len(), "{updates:?}");
-    for (id, columns) in &sdk.updates {
+    for (id, columns, config) in &sdk.updates {
         let matching: Vec<_> = updates
             .iter()
             .filter(|update| update.inference_id.as_deref() == Some(id.as_str()))
@@ -393,6 +394,11 @@ async fn sdk_traces_arrive_once_with_the_sdks_columns_and_session_enrichment() {
         assert_eq!(matching[0].status, 200);
         assert_eq!(matching[0].pipeline_id, PIPELINE);
         assert_eq!(matching[0].row.as_ref(), Some(columns));
+        assert_eq!(
+            matching[0].config.as_ref(),
+            Some(config),
+            "the update's config forwarded"
+        );
     }
     // Shipped with the sessionizer's key (the server accepts no other), never the client's.
     assert!(server.requests().iter().all(|request| request.accepted()));

@@ -135,7 +135,9 @@ def main() -> int:
             client.inference_pipelines.rows.update(
                 pipeline_id, inference_id=inference_id, row=row, config=config
             )
-            sent.write(json.dumps({"update": {"inferenceId": inference_id, "row": row}}) + "\n")
+            sent.write(
+                json.dumps({"update": {"inferenceId": inference_id, "row": row, "config": config}}) + "\n"
+            )
             num_updates += 1
     sent.close()
 

@@ -436,9 +436,19 @@ impl Pipeline {
             self.forwarded_in_flight.spawn(async move {
                 let columns =
                     serde_json::Value::Object(update.event.row.clone().unwrap_or_default());
+                let config = update
+                    .event
+                    .row_config
+                    .clone()
+                    .map(serde_json::Value::Object);
                 let inference_id = update.event.inference_id.as_deref().unwrap_or_default();
                 let accepted = sink
-                    .update_row(&update.pipeline_id, inference_id, &columns)
+                    .update_row_with_config(
+                        &update.pipeline_id,
+                        inference_id,
+                        &columns,
+                        config.as_ref(),
+                    )
                     .await;
                 (update, accepted)
             });

@@ -350,6 +350,19 @@ impl OpenlayerSink {
         inference_id: &str,
         columns: &serde_json::Value,
     ) -> bool {
+        self.update_row_with_config(pipeline_id, inference_id, columns, None)
+            .await
+    }
+
+    /// [`OpenlayerSink::update_row`] sending `config` with the columns (the `config` an SDK
+    /// gave its row update, forwarded by the gateway); `None` sends `"config": null`.
+    pub async fn update_row_with_config(
+        &self,
+        pipeline_id: &str,
+        inference_id: &str,
+        columns: &serde_json::Value,
+        config: Option<&serde_json::Value>,
+    ) -> bool {
         // Unreserved-only percent-encoding is valid in a query value as in a path segment.
         let (Ok(segment), Ok(query)) = (
             encode_path_segment(pipeline_id),
@@ -362,7 +375,7 @@ impl OpenlayerSink {
             "{}/inference-pipelines/{segment}/rows?inferenceId={query}",
             self.base_url
         );
-        let body = serde_json::json!({ "row": columns, "config": null }).to_string();
+        let body = serde_json::json!({ "row": columns, "config": config }).to_string();
         let mut backoff = Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
         for _ in 0..MAX_ROW_UPDATE_ATTEMPTS {
             let request = self
