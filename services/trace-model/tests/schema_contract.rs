@@ -236,7 +236,9 @@ fn row_update_with_its_columns_round_trips_through_avro_and_json() {
     }
     update.inference_id = None;
     let bytes = encode(&update, Encoding::Avro).expect("encodes");
-    let error = decoder().decode(&bytes).expect_err("a row update names its row");
+    let error = decoder()
+        .decode(&bytes)
+        .expect_err("a row update names its row");
     assert_eq!(error.reason(), "missing_id");
 }
 
