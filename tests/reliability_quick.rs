@@ -55,3 +55,8 @@ async fn bad_input_is_dead_lettered_with_reasons_and_good_input_flows() {
 async fn sigterm_under_load_drains_and_restarts_ship_nothing_twice() {
     passes("graceful_shutdown").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_stays_secret_and_only_the_documented_endpoints_answer() {
+    passes("security").await;
+}

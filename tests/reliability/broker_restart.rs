@@ -41,7 +41,8 @@ pub async fn run(size: Size) -> Outcome {
     create_topic(&bootstrap, &topics.traces, 4).await;
     create_topic(&bootstrap, &topics.dead_letters, 1).await;
     create_topic(&bootstrap, &topics.sessions, 1).await;
-    let mut scene = Scene::with_topics(topics).await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let mut scene = Scene::with_topics(topics, &api_key).await;
     set(
         &mut scene.env,
         "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS",

@@ -15,6 +15,7 @@ pub mod openlayer_outage;
 pub mod probe;
 pub mod rebalance;
 pub mod report;
+pub mod security;
 
 pub use report::{Outcome, Report};
 
@@ -46,13 +47,14 @@ impl Size {
 }
 
 /// Every scenario's name, in the order the suite runs them.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "crash_loop",
     "rebalance",
     "broker_restart",
     "openlayer_outage",
     "bad_input",
     "graceful_shutdown",
+    "security",
 ];
 
 /// Runs the scenario called `name`.
@@ -67,6 +69,7 @@ pub async fn run(name: &str, size: Size) -> Outcome {
         "openlayer_outage" => openlayer_outage::run(size).await,
         "bad_input" => bad_input::run(size).await,
         "graceful_shutdown" => graceful_shutdown::run(size).await,
+        "security" => security::run(size).await,
         other => panic!("no scenario {other}; the scenarios are {SCENARIOS:?}"),
     }
 }
@@ -92,14 +95,15 @@ impl Scene {
     /// Topics on the shared test broker with `partitions` input partitions.
     pub async fn new(name: &str, partitions: i32) -> Scene {
         let topics = create_service_topics(&format!("rel-{name}-"), partitions).await;
-        Scene::with_topics(topics).await
+        let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+        Scene::with_topics(topics, &api_key).await
     }
 
-    pub async fn with_topics(topics: ServiceTopics) -> Scene {
-        let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-        let server = OpenlayerServer::start(&api_key).await;
+    /// A scene on topics created elsewhere, with Openlayer expecting `api_key`.
+    pub async fn with_topics(topics: ServiceTopics, api_key: &str) -> Scene {
+        let server = OpenlayerServer::start(api_key).await;
         let group = unique_name("rel-group");
-        let mut env = service_env(&topics, &group, &server, &api_key, free_local_address());
+        let mut env = service_env(&topics, &group, &server, api_key, free_local_address());
         let checkpoint_interval = Duration::from_millis(500);
         set(
             &mut env,

@@ -46,7 +46,9 @@ pub async fn run(size: Size) -> Outcome {
     let mut stopped = Instance::start(&scene.env);
     outcome.num_restarts += 2;
     if let Err(view) = owners_agree(&[&first, &killed, &stopped]).await {
-        outcome.failures.push(format!("with three instances: {view}"));
+        outcome
+            .failures
+            .push(format!("with three instances: {view}"));
     }
     for _ in 0..10 {
         killed.sample(&scene.server).await;
@@ -66,7 +68,9 @@ pub async fn run(size: Size) -> Outcome {
     stopped.process.stop().await;
     outcome.keep_logs(&stopped.process);
     if let Err(view) = owners_agree(&[&first]).await {
-        outcome.failures.push(format!("back to one instance: {view}"));
+        outcome
+            .failures
+            .push(format!("back to one instance: {view}"));
     }
 
     let fed = feed.finish().await;
