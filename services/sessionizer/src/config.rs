@@ -646,6 +646,19 @@ pub enum ConfigError {
     /// key and the source (file path or "the environment").
     #[error(transparent)]
     Load(config::ConfigError),
+    /// The file is not TOML: where, by line and (when one is on that line) key, never by
+    /// value, which may be a secret.
+    #[error(
+        "{} is not valid TOML: line {line}{}: {message}",
+        path.display(),
+        key.as_ref().map(|key| format!(", key `{key}`")).unwrap_or_default()
+    )]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        key: Option<String>,
+        message: String,
+    },
     /// Keys that no option has.
     #[error("unknown configuration key{}:\n{}", plural(.0.len()), bullet_list(.0))]
     UnknownKeys(Vec<UnknownKey>),
@@ -746,6 +759,55 @@ impl Problems {
 
 // ---------------------------------------------------------------------------------------------
 // Loading
+
+/// Parses the file as TOML first, because the `config` crate's messages for syntax errors
+/// (e.g. an integer beyond 64 bits) name neither the line nor the key. A file that cannot be
+/// read is left to the `config` crate, which names it.
+fn check_toml_syntax(path: &Path) -> Result<(), ConfigError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let Err(error) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let offset = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..offset).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let mut section = String::new();
+    for header in before.lines() {
+        let header = header.trim();
+        if let Some(name) = header
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            section = name.trim().to_owned();
+        }
+    }
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|line_text| line_text.split_once('='))
+        .map(|(key, _)| key.trim())
+        .filter(|key| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|character| character.is_ascii_alphanumeric() || "_-.".contains(character))
+        })
+        .map(|key| {
+            if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            }
+        });
+    Err(ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        key,
+        message: error.message().to_owned(),
+    })
+}
 // ---------------------------------------------------------------------------------------------
 
 impl SessionizerConfig {
@@ -763,6 +825,7 @@ impl SessionizerConfig {
         let mut unknown_keys = Vec::new();
         let mut builder = Config::builder();
         if let Some(path) = path {
+            check_toml_syntax(path)?;
             let file_config = Config::builder()
                 .add_source(File::from(path).format(FileFormat::Toml))
                 .build()
@@ -1060,6 +1123,38 @@ impl SessionizerConfig {
             );
         }
         check_timeouts(&kafka, &session, http.as_ref(), &shutdown, &mut problems);
+        let sink_durations = sink.as_ref().map_or([None; 4], |sink| {
+            [
+                Some(sink.request_timeout),
+                Some(sink.initial_backoff),
+                Some(sink.max_backoff),
+                sink.retry_deadline,
+            ]
+        });
+        check_duration_bounds(
+            &[
+                (
+                    "kafka.checkpoint_interval_ms",
+                    Some(kafka.checkpoint_interval),
+                ),
+                ("session.gap_secs", Some(session.gap)),
+                ("session.max_duration_secs", Some(session.max_duration)),
+                ("session.grace_secs", Some(session.grace)),
+                ("session.idle_check_ms", Some(session.idle_check_interval)),
+                ("session.user_gap_secs", Some(session.user_gap)),
+                ("batch.linger_ms", Some(batch.linger)),
+                ("shutdown.drain_timeout_secs", Some(shutdown.drain_timeout)),
+                (
+                    "http.liveness_window_secs",
+                    http.as_ref().map(|http| http.liveness_window),
+                ),
+                ("openlayer.request_timeout_secs", sink_durations[0]),
+                ("openlayer.initial_backoff_ms", sink_durations[1]),
+                ("openlayer.max_backoff_ms", sink_durations[2]),
+                ("openlayer.retry_deadline_secs", sink_durations[3]),
+            ],
+            &mut problems,
+        );
         match (sink, openlayer, http) {
             (Some(sink), Some(openlayer), Some(http)) if problems.0.is_empty() => {
                 Ok(ValidatedConfig {
@@ -1290,6 +1385,24 @@ fn validate_session(session: &SessionConfig, problems: &mut Problems) -> Session
         idle_check_interval: Duration::from_millis(session.idle_check_ms),
         infer_user_sessions: session.infer_user_sessions,
         user_gap: Duration::from_secs(session.user_gap_secs),
+    }
+}
+
+/// Longest duration any option may set: far beyond any sensible value, and small enough that
+/// adding it to an `Instant` or a timestamp can never overflow (which would panic at run time).
+const MAX_OPTION_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn check_duration_bounds(durations: &[(&'static str, Option<Duration>)], problems: &mut Problems) {
+    for (key, duration) in durations {
+        if duration.is_some_and(|duration| duration > MAX_OPTION_DURATION) {
+            problems.push(
+                *key,
+                format!(
+                    "must be at most {} s (ten years)",
+                    MAX_OPTION_DURATION.as_secs()
+                ),
+            );
+        }
     }
 }
 

@@ -326,6 +326,32 @@ fn missing_file_names_the_path() {
 }
 
 #[test]
+fn toml_syntax_errors_name_the_line_and_key_but_never_the_value() {
+    let too_large = load_invalid(
+        Some("[batch]\nlinger_ms = 18446744073709551616\n"),
+        &env_with_key(&[]),
+    );
+    let message = too_large.to_string();
+    assert!(
+        message.contains("line 2") && message.contains("`batch.linger_ms`"),
+        "{message}"
+    );
+    let unterminated = load_invalid(
+        Some("[kafka]\ngroup_id = \"g\"\n\n[openlayer]\napi_key = \"sk-live-UNTERMINATED\n"),
+        &env(&[]),
+    );
+    let message = unterminated.to_string();
+    assert!(
+        message.contains("line 5") && message.contains("`openlayer.api_key`"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("UNTERMINATED"),
+        "the value is shown: {message}"
+    );
+}
+
+#[test]
 fn openlayer_variables_fill_unset_options() {
     let config = load_valid(
         None,
