@@ -329,6 +329,47 @@ def sdk_report(sdk: dict, throughput, goals: list) -> None:
     )
 
 
+def gateway_report(gateway: dict, throughput) -> None:
+    """The ingest gateway: rows/s acknowledged by Kafka against the sessionizer's throughput of
+    the same run, and request latency at half its one-trace-per-request rate."""
+    single, batched, latency = gateway["single"], gateway["batched"], gateway["latency"]
+    print(f"  ingest gateway (in-process, {gateway['clients']} concurrent HTTP clients, SDK-shaped requests):")
+    sessionizer = throughput["sessionizer"]["median_traces_per_second"] if throughput else None
+    for run in (single, batched):
+        print(
+            f"    {run['rows_per_request']} trace(s)/request: {run['rows_per_second']:.0f} rows/s "
+            f"({run['rows_acknowledged']} rows in {run['seconds']:.2f} s, {run['body_bytes_per_row']:.0f} B/row); "
+            f"CPU per row: gateway {run['gateway_cpu_us_per_row']:.1f} µs, librdkafka "
+            f"{run['librdkafka_cpu_us_per_row']:.1f} µs, HTTP clients {run['client_cpu_us_per_row']:.1f} µs"
+        )
+        if run["rows_per_request"] == 1:
+            name = "gateway rows/s acknowledged by Kafka, 1 trace per request (SDK shape)"
+        else:
+            name = f"gateway rows/s acknowledged by Kafka, {run['rows_per_request']} traces per request"
+        if sessionizer:
+            ratio = run["rows_per_second"] / sessionizer
+            print(f"      / sessionizer {sessionizer:.0f} traces/s = {ratio:.2f}x")
+            figure(name, run["rows_per_second"], "rows/s",
+                   f"sessionizer end to end, {sessionizer:.0f} traces/s", ratio)
+        else:
+            figure(name, run["rows_per_second"], "rows/s")
+    print(
+        f"    latency at {latency['target_rate']:.0f} requests/s (half the 1-trace rate; achieved "
+        f"{latency['achieved_rate']:.0f}/s for {latency['seconds']:.0f} s, open loop): p50 "
+        f"{latency['p50_seconds'] * 1000:.1f} ms, p99 {latency['p99_seconds'] * 1000:.1f} ms, max "
+        f"{latency['max_seconds'] * 1000:.1f} ms"
+    )
+    at = f"at half max rate ({latency['target_rate']:.0f} requests/s for {latency['seconds']:.0f} s)"
+    figure(f"gateway request latency p50 {at}", latency["p50_seconds"] * 1000, "ms")
+    figure(
+        f"gateway request latency p99 {at}",
+        latency["p99_seconds"] * 1000,
+        "ms",
+        f"p50, {latency['p50_seconds'] * 1000:.1f} ms",
+        latency["p99_seconds"] / latency["p50_seconds"] if latency["p50_seconds"] else None,
+    )
+
+
 def scaling_report(scaling: dict) -> None:
     print(f"  scaling with work (median of {scaling['reps']} run(s) each; ratios to the same run's baseline):")
     for title, key, baseline in [
@@ -397,6 +438,8 @@ def pipeline_report(path: Path, goals: list) -> None:
         RUN["workload"] = report["throughput"]["workload"]
     if report.get("sdk"):
         sdk_report(report["sdk"], report.get("throughput"), goals)
+    if report.get("gateway"):
+        gateway_report(report["gateway"], report.get("throughput"))
     if report.get("scaling"):
         scaling_report(report["scaling"])
     if report.get("lag"):

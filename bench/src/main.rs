@@ -37,6 +37,7 @@
 //! Writes the figures to `--out` (JSON) for `scripts/bench_report.py`.
 
 mod ack;
+mod gateway;
 mod measure;
 mod memory;
 mod scaling;
@@ -144,6 +145,19 @@ struct Args {
     /// `batch.max_rows` values of the batch-size figure (on the throughput topic).
     #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 5_000])]
     batch_rows: Vec<usize>,
+    /// Requests of one trace each for the gateway's throughput (and as many rows again in
+    /// batched requests).
+    #[arg(long, default_value_t = 20_000)]
+    gateway_traces: usize,
+    /// Rows per request of the gateway's batched variant.
+    #[arg(long, default_value_t = 100)]
+    gateway_batch_rows: usize,
+    /// Concurrent HTTP requests driving the gateway.
+    #[arg(long, default_value_t = 64)]
+    gateway_clients: usize,
+    /// Seconds of the gateway's latency run at half its measured rate.
+    #[arg(long, default_value_t = 10)]
+    gateway_latency_secs: u64,
     /// Pid of the broker process, to report its CPU apart (scripts/bench.sh finds it).
     #[arg(long, env = "KAFKA_BROKER_PID")]
     broker_pid: Option<u32>,
@@ -151,7 +165,7 @@ struct Args {
     #[arg(long)]
     no_changelog: bool,
     /// Parts to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Sdk, Part::Scaling, Part::Lag, Part::Memory])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Sdk, Part::Gateway, Part::Scaling, Part::Lag, Part::Memory])]
     only: Vec<Part>,
     /// Where the JSON figures go.
     #[arg(long, default_value = "target/bench/pipeline.json")]
@@ -162,6 +176,7 @@ struct Args {
 enum Part {
     Throughput,
     Sdk,
+    Gateway,
     Scaling,
     Lag,
     Memory,
@@ -1120,6 +1135,7 @@ struct Report {
     seconds: f64,
     throughput: Option<Throughput>,
     sdk: Option<sdk::Sdk>,
+    gateway: Option<gateway::Gateway>,
     scaling: Option<scaling::Scaling>,
     lag: Option<Lag>,
     memory: Option<Memory>,
@@ -1201,6 +1217,37 @@ fn print_report(report: &Report) {
                 "    sessionizer / SDK sync = {:.1}x (goal >= 50x: {})",
                 t.sessionizer.median_traces_per_second / sdk.sync.rows_per_second,
                 verdict(t.sessionizer.median_traces_per_second / sdk.sync.rows_per_second >= 50.0)
+            );
+        }
+    }
+    if let Some(g) = &report.gateway {
+        for run in [&g.single, &g.batched] {
+            println!(
+                "  gateway, {} trace(s)/request, {} clients: {:.0} rows/s acknowledged by Kafka \
+                 ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients {:.1} µs)",
+                run.rows_per_request,
+                g.clients,
+                run.rows_per_second,
+                run.body_bytes_per_row,
+                run.gateway_cpu_us_per_row,
+                run.librdkafka_cpu_us_per_row,
+                run.client_cpu_us_per_row
+            );
+        }
+        println!(
+            "  gateway latency at {:.0} requests/s (achieved {:.0}/s for {:.0} s): p50 {:.4} s, \
+             p99 {:.4} s, max {:.4} s",
+            g.latency.target_rate,
+            g.latency.achieved_rate,
+            g.latency.seconds,
+            g.latency.p50_seconds,
+            g.latency.p99_seconds,
+            g.latency.max_seconds
+        );
+        if let Some(t) = &report.throughput {
+            println!(
+                "    gateway / sessionizer throughput = {:.2}x",
+                g.single.rows_per_second / t.sessionizer.median_traces_per_second
             );
         }
     }
@@ -1325,6 +1372,7 @@ fn main() -> Result<()> {
         seconds: 0.0,
         throughput: None,
         sdk: None,
+        gateway: None,
         scaling: None,
         lag: None,
         memory: None,
@@ -1334,7 +1382,12 @@ fn main() -> Result<()> {
             "bench: no --sdk-python (OPENLAYER_SDK_PYTHON): skipping the official SDK comparison"
         );
     }
-    if wants(Part::Throughput) || wants(Part::Lag) || wants(Part::Scaling) || wants(Part::Sdk) {
+    if wants(Part::Throughput)
+        || wants(Part::Lag)
+        || wants(Part::Scaling)
+        || wants(Part::Sdk)
+        || wants(Part::Gateway)
+    {
         let bootstrap = args.bootstrap.clone().context(
             "KAFKA_BOOTSTRAP is not set: run scripts/bench.sh, or `scripts/kafka-broker.sh up` \
              and pass the KAFKA_BOOTSTRAP it prints",
@@ -1385,6 +1438,25 @@ fn main() -> Result<()> {
                     args.sessions,
                     (args.sdk_traces, args.sdk_burst),
                     &bench.ack,
+                )?);
+            }
+            if wants(Part::Gateway) {
+                let topic = unique("bench-gateway");
+                bench.created.push(topic.clone());
+                bench
+                    .runtime
+                    .block_on(create_topics(&bench.bootstrap, &[(&topic, PARTITIONS)]))?;
+                report.gateway = Some(gateway::measure(
+                    &bench.runtime,
+                    &bench.bootstrap,
+                    &topic,
+                    &gateway::Plan {
+                        traces: args.gateway_traces,
+                        batch_rows: args.gateway_batch_rows,
+                        clients: args.gateway_clients,
+                        latency_secs: args.gateway_latency_secs,
+                        sessions: args.sessions,
+                    },
                 )?);
             }
             if wants(Part::Scaling) {

@@ -1,0 +1,437 @@
+//! The gateway (Openlayer-compatible ingest, `services/gateway`) on the real broker: rows per
+//! second it gets acknowledged by Kafka, and request latency at half that rate.
+//!
+//! The gateway runs in this process through its library (`gateway::run`, production defaults,
+//! a fresh 3-partition topic) on its own multi-threaded runtime and threads (`gateway-*`), so
+//! its CPU can be told apart from the clients'. The clients run on the bench's runtime: one
+//! `reqwest` client, `--gateway-clients` concurrent requests over keep-alive connections.
+//!
+//! Requests have the official SDK's shape: `POST /v1/inference-pipelines/{id}/data-stream`
+//! with `{"config": {..}, "rows": [row]}`, the row as the Python tracer builds it (inputs and
+//! metadata as columns, `output`, `inferenceId`, `inferenceTimestamp`, `latency`, `tokens`,
+//! `cost`, `user_id`, `session_id`, and the nested `steps` tree): the sessionizer's own row
+//! serialization of the bench's realistic traces (`openlayer_row`, which writes the SDK's
+//! format), plus the session column the SDK's `set_user_session_context` adds. Bodies are
+//! built before any clock starts.
+//!
+//! 1. Throughput, one trace per request (what the SDK sends): `--gateway-traces` requests, a
+//!    few hundred warm-up requests first (connections, producer id, metadata). The window
+//!    runs from the first request to the last answer; only 200 answers (rows acknowledged by
+//!    Kafka) count, anything else is reported and fails the bench.
+//! 2. Throughput, batched: the same rows, `--gateway-batch-rows` per request.
+//! 3. Latency: requests of one trace at half the rate of 1., open loop (a request is sent at
+//!    its scheduled time whether or not earlier ones were answered) for `--gateway-latency-secs`;
+//!    each latency runs from the scheduled send time to the answer, so a client-side delay
+//!    counts against the gateway rather than hiding it. p50/p99 exact over all requests.
+//!
+//! The ratio to the sessionizer divides 1. by the sessionizer's median end-to-end throughput
+//! of the same run (`throughput` part), both in rows (traces) per second.
+
+use crate::measure::{CpuSnapshot, percentile};
+use crate::traces::Population;
+use crate::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
+use anyhow::{Context as _, Result, bail, ensure};
+use axum::body::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sessionizer::enrich::{openlayer_config, openlayer_row};
+use sessionizer::sessionize::Placement;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
+use trace_model::secret::Secret;
+
+const API_KEY: &str = "bench-gateway-key-not-a-secret";
+/// Requests sent before any window opens.
+const WARMUP_REQUESTS: usize = 300;
+/// Longest wait for the gateway's `/readyz` (it checks the broker first).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the gateway part is told to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) traces: usize,
+    pub(crate) batch_rows: usize,
+    pub(crate) clients: usize,
+    pub(crate) latency_secs: u64,
+    pub(crate) sessions: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ThroughputRun {
+    pub(crate) rows_per_request: usize,
+    pub(crate) requests: usize,
+    pub(crate) rows_acknowledged: u64,
+    pub(crate) seconds: f64,
+    pub(crate) rows_per_second: f64,
+    /// Answers other than 200, by status (0: no answer, a client error).
+    pub(crate) failures: BTreeMap<u16, u64>,
+    /// Request body bytes per row.
+    pub(crate) body_bytes_per_row: f64,
+    /// CPU of the gateway's threads over the window, per row.
+    pub(crate) gateway_cpu_us_per_row: f64,
+    /// CPU of librdkafka's threads (the gateway's producer) over the window, per row.
+    pub(crate) librdkafka_cpu_us_per_row: f64,
+    /// CPU of the HTTP clients (the bench's runtime) over the window, per row.
+    pub(crate) client_cpu_us_per_row: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LatencyRun {
+    pub(crate) target_rate: f64,
+    pub(crate) achieved_rate: f64,
+    pub(crate) seconds: f64,
+    pub(crate) requests: usize,
+    pub(crate) failures: BTreeMap<u16, u64>,
+    pub(crate) p50_seconds: f64,
+    pub(crate) p99_seconds: f64,
+    pub(crate) max_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Gateway {
+    pub(crate) clients: usize,
+    pub(crate) single: ThroughputRun,
+    pub(crate) batched: ThroughputRun,
+    pub(crate) latency: LatencyRun,
+}
+
+/// The gateway running on its own runtime and threads, stopped by `stop`.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<()>>,
+    url: String,
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn start(bootstrap: &str, topic: &str) -> Result<(Running, String)> {
+    let (api_port, ops_port) = (free_port()?, free_port()?);
+    let mut config = gateway::config::GatewayConfig::default();
+    config.http.listen = format!("127.0.0.1:{api_port}");
+    config.ops.listen = format!("127.0.0.1:{ops_port}");
+    config.auth.api_keys = vec![Secret::new(API_KEY)];
+    config.kafka.bootstrap_servers = bootstrap.to_owned();
+    config.kafka.topic = topic.to_owned();
+    // The bench stops it once every request is answered: nothing to drain.
+    config.shutdown.unready_delay_secs = 0;
+    config.shutdown.drain_timeout_secs = 5;
+    let validated = config
+        .validate()
+        .map_err(|error| anyhow::anyhow!("gateway configuration: {error}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("gateway-rt")
+        .enable_all()
+        .build()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("gateway-main".to_owned())
+        .spawn(move || -> Result<()> {
+            runtime
+                .block_on(gateway::run(validated, async {
+                    let _stop_or_drop = stopped.await;
+                }))
+                .context("gateway")
+        })?;
+    let running = Running {
+        stop,
+        thread,
+        url: format!(
+            "http://127.0.0.1:{api_port}/v1/inference-pipelines/{PIPELINE_ID}/data-stream"
+        ),
+    };
+    Ok((running, format!("http://127.0.0.1:{ops_port}/readyz")))
+}
+
+impl Running {
+    fn stop(self) -> Result<()> {
+        let _already_stopped = self.stop.send(());
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("gateway thread panicked"))?
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, readyz: &str) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(response) = client.get(readyz).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway was not ready within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `traces` SDK-shaped rows of the bench's realistic traces (turn-major over the sessions).
+fn sdk_rows(sessions: usize, traces: usize) -> Result<(Vec<Value>, Value)> {
+    let mut population = Population::new(sessions, 0x0061_7E00)?;
+    let num_sessions = population.num_sessions();
+    let turns = traces.div_ceil(num_sessions);
+    let base = now_ms() - turns as i64 * TURN_SPACING_MS - 60_000;
+    let mut input_names = BTreeSet::new();
+    let mut rows = Vec::with_capacity(traces);
+    for index in 0..traces {
+        let (session, turn) = (index % num_sessions, index / num_sessions);
+        let event = population.trace(session, turn, base + turn as i64 * TURN_SPACING_MS);
+        input_names.extend(event.inputs.keys().cloned());
+        let inference_id = event.inference_id.clone().unwrap_or_default();
+        let row = openlayer_row(&event, &inference_id, &Placement::Passthrough);
+        let mut row: Map<String, Value> = serde_json::from_str(row.get())?;
+        if let Some(session_id) = &event.session_id {
+            row.insert("session_id".to_owned(), Value::from(session_id.as_str()));
+        }
+        rows.push(Value::Object(row));
+    }
+    Ok((rows, openlayer_config(&input_names, true, true)))
+}
+
+fn bodies(rows: &[Value], config: &Value, rows_per_request: usize) -> Result<Vec<Bytes>> {
+    rows.chunks(rows_per_request)
+        .map(|chunk| {
+            let body = serde_json::json!({"config": config, "rows": chunk});
+            Ok(Bytes::from(serde_json::to_vec(&body)?))
+        })
+        .collect()
+}
+
+/// Sends one body; its status, 0 when no answer came.
+async fn post(client: &reqwest::Client, url: &str, body: Bytes) -> u16 {
+    let sent = client
+        .post(url)
+        .bearer_auth(API_KEY)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            // Read the answer so the connection goes back to the pool.
+            let _answer = response.bytes().await;
+            status
+        }
+        Err(_) => 0,
+    }
+}
+
+fn cpu_by_prefix(threads: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    threads
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, seconds)| seconds)
+        .sum()
+}
+
+/// Sends every body with `clients` requests in flight; the window is first send to last answer.
+fn saturate(
+    runtime: &Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &Arc<Vec<Bytes>>,
+    rows_per_request: usize,
+    clients: usize,
+) -> Result<ThroughputRun> {
+    let before = CpuSnapshot::take()?;
+    let started = Instant::now();
+    let statuses: Vec<Vec<u16>> = runtime.block_on(async {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (client, url, bodies, next) =
+                (client.clone(), url.to_owned(), bodies.clone(), next.clone());
+            tasks.spawn(async move {
+                let mut statuses = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = bodies.get(index) else {
+                        return statuses;
+                    };
+                    statuses.push(post(&client, &url, body.clone()).await);
+                }
+            });
+        }
+        tasks.join_all().await
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let threads = CpuSnapshot::take()?.by_name_since(&before);
+    let mut failures = BTreeMap::new();
+    let mut acknowledged = 0u64;
+    for status in statuses.into_iter().flatten() {
+        if status == 200 {
+            acknowledged += 1;
+        } else {
+            *failures.entry(status).or_insert(0) += 1;
+        }
+    }
+    let rows = acknowledged * rows_per_request as u64;
+    let body_bytes: usize = bodies.iter().map(Bytes::len).sum();
+    let per_row = |cpu_seconds: f64| cpu_seconds * 1e6 / rows.max(1) as f64;
+    Ok(ThroughputRun {
+        rows_per_request,
+        requests: bodies.len(),
+        rows_acknowledged: rows,
+        seconds,
+        rows_per_second: rows as f64 / seconds,
+        failures,
+        body_bytes_per_row: body_bytes as f64 / (bodies.len() * rows_per_request) as f64,
+        gateway_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "gateway-")),
+        librdkafka_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "rdk:")),
+        client_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "tokio-rt-worker")),
+    })
+}
+
+/// One-trace requests at `rate` per second for `seconds`, open loop.
+fn paced(
+    runtime: &Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    bodies: &Arc<Vec<Bytes>>,
+    rate: f64,
+    seconds: u64,
+) -> Result<LatencyRun> {
+    let total = (rate * seconds as f64).round().max(1.0) as usize;
+    let started = Instant::now();
+    let outcomes: Vec<(u16, f64)> = runtime.block_on(async {
+        let origin = tokio::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..total {
+            let scheduled = origin + Duration::from_secs_f64(index as f64 / rate);
+            tokio::time::sleep_until(scheduled).await;
+            let (client, url) = (client.clone(), url.to_owned());
+            let body = bodies[index % bodies.len()].clone();
+            tasks.spawn(async move {
+                let status = post(&client, &url, body).await;
+                (status, scheduled.elapsed().as_secs_f64())
+            });
+        }
+        tasks.join_all().await
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut failures = BTreeMap::new();
+    let mut latencies = Vec::with_capacity(outcomes.len());
+    for (status, latency) in outcomes {
+        if status == 200 {
+            latencies.push(latency);
+        } else {
+            *failures.entry(status).or_insert(0) += 1;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    ensure!(
+        !latencies.is_empty(),
+        "no request of the latency run succeeded"
+    );
+    Ok(LatencyRun {
+        target_rate: rate,
+        achieved_rate: total as f64 / elapsed,
+        seconds: elapsed,
+        requests: total,
+        failures,
+        p50_seconds: percentile(&latencies, 0.5),
+        p99_seconds: percentile(&latencies, 0.99),
+        max_seconds: latencies.last().copied().unwrap_or_default(),
+    })
+}
+
+/// Runs the three measurements against a gateway producing to `topic` (already created).
+pub(crate) fn measure(
+    runtime: &Runtime,
+    bootstrap: &str,
+    topic: &str,
+    plan: &Plan,
+) -> Result<Gateway> {
+    let traces = plan.traces.max(plan.batch_rows);
+    eprintln!(
+        "bench: gateway: building {traces} SDK-shaped requests ({} concurrent clients)",
+        plan.clients
+    );
+    let (rows, config) = sdk_rows(plan.sessions, traces + WARMUP_REQUESTS)?;
+    let warmup = Arc::new(bodies(&rows[traces..], &config, 1)?);
+    let single_bodies = Arc::new(bodies(&rows[..traces], &config, 1)?);
+    let batched_bodies = Arc::new(bodies(&rows[..traces], &config, plan.batch_rows)?);
+    drop(rows);
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.clients)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let (running, readyz) = start(bootstrap, topic)?;
+    let url = running.url.clone();
+    let outcome = (|| -> Result<Gateway> {
+        runtime.block_on(wait_ready(&client, &readyz))?;
+        let warm = saturate(runtime, &client, &url, &warmup, 1, plan.clients)?;
+        ensure!(
+            warm.failures.is_empty(),
+            "gateway warm-up failed: {:?}",
+            warm.failures
+        );
+        let single = saturate(runtime, &client, &url, &single_bodies, 1, plan.clients)?;
+        eprintln!(
+            "bench: gateway 1 trace/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
+            single.rows_per_second, single.rows_acknowledged, single.seconds, single.failures
+        );
+        let batched_run = saturate(
+            runtime,
+            &client,
+            &url,
+            &batched_bodies,
+            plan.batch_rows,
+            plan.clients,
+        )?;
+        eprintln!(
+            "bench: gateway {} traces/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
+            plan.batch_rows,
+            batched_run.rows_per_second,
+            batched_run.rows_acknowledged,
+            batched_run.seconds,
+            batched_run.failures
+        );
+        let rate = single.rows_per_second / 2.0;
+        eprintln!(
+            "bench: gateway latency at {rate:.0} requests/s for {} s",
+            plan.latency_secs
+        );
+        let latency = paced(
+            runtime,
+            &client,
+            &url,
+            &single_bodies,
+            rate,
+            plan.latency_secs,
+        )?;
+        eprintln!(
+            "bench: gateway latency p50 {:.4} s, p99 {:.4} s (achieved {:.0}/s, failures {:?})",
+            latency.p50_seconds, latency.p99_seconds, latency.achieved_rate, latency.failures
+        );
+        for (label, failures) in [
+            ("single", &single.failures),
+            ("batched", &batched_run.failures),
+            ("latency", &latency.failures),
+        ] {
+            ensure!(
+                failures.is_empty(),
+                "gateway {label} run: requests not acknowledged: {failures:?}"
+            );
+        }
+        Ok(Gateway {
+            clients: plan.clients,
+            single,
+            batched: batched_run,
+            latency,
+        })
+    })();
+    let stopped = running.stop();
+    let gateway = outcome?;
+    stopped?;
+    Ok(gateway)
+}
