@@ -48,11 +48,97 @@ fn optional<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<
     }
 }
 
-/// JSON text of `value`, length-prefixed. `scratch` is reused to avoid an allocation per value.
+/// Whether serde_json writes `byte` escaped inside a string: control characters, `"` and `\`.
+/// Everything else, non-ASCII UTF-8 included, it copies as is.
+const fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Whether `text` can be written between quotes as it is. Checks 16 bytes at a time without
+/// an early exit inside a chunk, which the compiler turns into a few vector instructions;
+/// serde_json looks each byte up in a table instead.
+fn escape_free(text: &str) -> bool {
+    let mut chunks = text.as_bytes().chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk
+            .iter()
+            .fold(false, |any, &byte| any | needs_escape(byte))
+        {
+            return false;
+        }
+    }
+    !chunks.remainder().iter().copied().any(needs_escape)
+}
+
+/// A JSON string, as serde_json writes it: strings needing no escape (nearly all of them)
+/// are copied whole, the others go through serde_json.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if escape_free(text) {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _infallible = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// Compact JSON of `value`, byte for byte what `serde_json::to_writer` writes (objects in the
+/// map's own order, numbers by serde_json), with the string fast path of [`json_string`].
+fn write_json(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        // Writing a number into a Vec cannot fail.
+        Value::Number(number) => {
+            let _infallible = serde_json::to_writer(&mut *out, number);
+        }
+        Value::String(text) => json_string(out, text),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_json_object(out, map),
+    }
+}
+
+fn write_json_object(out: &mut Vec<u8>, map: &JsonMap) {
+    out.push(b'{');
+    for (index, (key, item)) in map.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        json_string(out, key);
+        out.push(b':');
+        write_json(out, item);
+    }
+    out.push(b'}');
+}
+
+/// JSON text of `value`, length-prefixed. A string needing no escape is written straight to
+/// `out` (its length is known); anything else goes through `scratch`, reused to avoid an
+/// allocation per value.
 fn json_text(out: &mut Vec<u8>, value: &Value, scratch: &mut Vec<u8>) {
+    if let Value::String(text) = value
+        && escape_free(text)
+    {
+        length(out, text.len() + 2);
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     scratch.clear();
-    // Writing a Value into a Vec cannot fail.
-    let _infallible = serde_json::to_writer(&mut *scratch, value);
+    write_json(scratch, value);
     bytes(out, scratch);
 }
 
@@ -137,8 +223,7 @@ fn optional_json_object(out: &mut Vec<u8>, map: Option<&JsonMap>, scratch: &mut 
         Some(map) => {
             long(out, 1);
             scratch.clear();
-            // Writing a map into a Vec cannot fail.
-            let _infallible = serde_json::to_writer(&mut *scratch, map);
+            write_json_object(scratch, map);
             bytes(out, scratch);
         }
     }
@@ -147,6 +232,73 @@ fn optional_json_object(out: &mut Vec<u8>, map: Option<&JsonMap>, scratch: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Strings weighted towards what needs escaping: quotes, backslashes, control
+    /// characters, DEL, non-ASCII and astral characters, at every position of a 16-byte chunk.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z \"\\\\\u{0}-\u{1f}\u{7f}é€😀]{0,40}",
+            "[a-z]{0,40}",
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::vec((text(), inner), 0..8)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn json_writer_matches_serde_json_byte_for_byte(value in json_value()) {
+            let expected = serde_json::to_vec(&value).expect("serializes");
+            let mut written = Vec::new();
+            write_json(&mut written, &value);
+            prop_assert_eq!(&written, &expected);
+            // Length-prefixed as the Avro string holding it.
+            let mut framed = Vec::new();
+            json_text(&mut framed, &value, &mut Vec::new());
+            let mut prefix = Vec::new();
+            length(&mut prefix, expected.len());
+            prop_assert_eq!(&framed[..prefix.len()], &prefix[..]);
+            prop_assert_eq!(&framed[prefix.len()..], &expected[..]);
+        }
+
+        #[test]
+        fn escape_free_agrees_with_serde_json(text in text()) {
+            let escaped = serde_json::to_string(&text).expect("serializes");
+            let copied = format!("\"{text}\"");
+            prop_assert_eq!(escape_free(&text), escaped == copied);
+        }
+    }
+
+    #[test]
+    fn escapes_every_byte_serde_json_escapes_at_every_chunk_position() {
+        for byte in 0u8..0x80 {
+            for position in 0..40 {
+                let mut text = "a".repeat(40);
+                text.replace_range(position..=position, &char::from(byte).to_string());
+                let mut written = Vec::new();
+                json_string(&mut written, &text);
+                let expected = serde_json::to_vec(&text).expect("serializes");
+                assert_eq!(written, expected, "byte {byte:#04x} at {position}");
+            }
+        }
+    }
 
     #[test]
     fn writes_zig_zag_varints_as_the_avro_spec_shows() {
