@@ -5,7 +5,8 @@
 #      namespace, which checkov reports as the default namespace);
 #   2. checkov, dockerfile framework, on deploy/Dockerfile;
 #   3. hadolint on deploy/Dockerfile (any finding fails, warnings included);
-#   4. kubernetes-validate --strict (unknown fields fail) on every overlay render; the custom
+#   4. kubernetes-validate --strict (unknown fields fail) on every overlay render, which must
+#      include the sessionizer's and the gateway's core objects (HPA included); the custom
 #      resources (ScaledObject, ServiceMonitor, PrometheusRule) have no bundled schema and are
 #      checked by check-deploy.sh's wiring checks and promtool instead.
 # Pass means: no failed check, no parsing error, checks actually ran, and every exception is
@@ -68,6 +69,11 @@ fi
 "$python" - "$tmp/checkov.json" "${expected[@]}" <<'PY' || fail "checkov"
 import json, sys
 path, expected = sys.argv[1], sys.argv[2:]
+# Resources (kind.name) every Kubernetes render must have had checks run on: each service's
+# Deployment and Service, and its Pod, which is what CKV2_K8S_6 (a NetworkPolicy selects the
+# pod) reports on. checkov has no check for PDBs and HPAs; kubernetes-validate covers them.
+expected_resources = [f"{kind}.{name}" for name in ("sessionizer", "gateway")
+                      for kind in ("Deployment", "Service", "Pod")]
 try:
     report = json.load(open(path))
 except (OSError, json.JSONDecodeError) as error:
@@ -81,6 +87,11 @@ for one in reports:
     results = one.get("results", {})
     for check in results.get("passed_checks", []):
         passed_by_file[check["file_path"]] = passed_by_file.get(check["file_path"], 0) + 1
+        # checkov names Kubernetes resources Kind.namespace.name[.pod labels] (no dots in
+        # namespaces and in our names).
+        parts = check["resource"].split(".")
+        key = (check["file_path"], f"{parts[0]}.{parts[2] if len(parts) > 2 else ''}")
+        passed_by_file[key] = passed_by_file.get(key, 0) + 1
     for check in results.get("failed_checks", []):
         problems.append(f"FAILED {check['check_id']} {check['check_name']!r} on {check['resource']} "
                         f"({check['file_path']}:{check['file_line_range']})")
@@ -93,11 +104,16 @@ for one in reports:
 for file in expected:
     if not passed_by_file.get(file):
         problems.append(f"{file}: no check ran on it")
+    elif file.endswith(".yaml"):
+        for resource in expected_resources:
+            if not passed_by_file.get((file, resource)):
+                problems.append(f"{file}: no check ran on {resource}")
 if problems:
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
     sys.exit(f"checkov: {len(problems)} problem(s)")
-print("checkov: " + ", ".join(f"{file} {passed_by_file[file]} passed" for file in expected) + "; none failed")
+print("checkov: " + ", ".join(f"{file} {passed_by_file[file]} passed" for file in expected)
+      + f"; none failed; checks ran on {', '.join(expected_resources)} in every render")
 PY
 [[ $status -eq 0 ]] || fail "checkov exited with $status"
 
@@ -107,10 +123,14 @@ for overlay in "${overlays[@]}"; do
   step "kubernetes-validate --strict -k $k8s_version $overlay"
   "$kubernetes_validate" --strict -k "$k8s_version" "$rendered" >"$tmp/kv.out" 2>&1 \
     || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate rejects the render of $overlay"; }
-  # The core kinds must really have been validated (a kind without schema only warns).
-  for kind in deployment service poddisruptionbudget networkpolicy configmap; do
-    grep -q "passed for resource $kind/" "$tmp/kv.out" \
-      || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate did not validate the $kind of $overlay"; }
+  # Each service's core objects must really have been validated (a kind without schema only
+  # warns). The ConfigMaps' names carry a content hash, hence the prefix match.
+  for object in deployment/sessionizer service/sessionizer poddisruptionbudget/sessionizer \
+    networkpolicy/sessionizer configmap/sessionizer-config- \
+    deployment/gateway service/gateway poddisruptionbudget/gateway networkpolicy/gateway \
+    horizontalpodautoscaler/gateway configmap/gateway-config-; do
+    grep -q "passed for resource $object" "$tmp/kv.out" \
+      || { cat "$tmp/kv.out" >&2; fail "kubernetes-validate did not validate $object of $overlay"; }
   done
   echo "kubernetes-validate: $(grep -c 'passed for resource' "$tmp/kv.out") objects pass; no bundled schema for: $(grep -o 'kind [A-Za-z]*' "$tmp/kv.out" | cut -d' ' -f2 | sort -u | tr '\n' ' ')"
 done

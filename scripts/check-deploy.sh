@@ -3,19 +3,31 @@
 #   1. promtool check rules (lint fatal) and promtool test rules on deploy/prometheus;
 #   2. kubectl kustomize renders deploy/k8s/base and every overlay;
 #   3. each render's PrometheusRule .spec equals deploy/prometheus/alerts.yml (and passes promtool);
-#   4. each render's objects agree with what the binary really uses: probes /healthz and
-#      /readyz on port 9464 (named metrics), the --config path served by the generated ConfigMap,
-#      the API key file (openlayer.api_key_file) mounted read-only from Secret
-#      sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/ScaledObject wiring,
-#      terminationGracePeriodSeconds > drain timeout + 10 s; and the rendered ConfigMap TOML
-#      plus the Deployment's literal env vars load through `sessionizer check-config`;
+#   4. each render's objects agree with what the binaries really use:
+#      sessionizer: probes /healthz and /readyz on port 9464 (named metrics), the --config path
+#      served by the generated ConfigMap, the API key file (openlayer.api_key_file) mounted
+#      read-only from Secret sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/
+#      ScaledObject wiring, terminationGracePeriodSeconds > drain timeout + 10 s;
+#      gateway: ports http 8080 (http.listen) and metrics 9465 (ops.listen), probes /healthz and
+#      /readyz on metrics, the --config path served by its ConfigMap, the client key file
+#      (auth.api_keys_file) mounted read-only from Secret gateway-api-keys key keys, Service
+#      80 -> http and 9465 -> metrics, ServiceMonitor/PDB/HPA wiring (no Deployment replicas
+#      under the HPA), grace period > unready delay + drain timeout + 5 s, librdkafka's queue
+#      cap below half the memory limit, the NetworkPolicy's ports and its egress to the
+#      namespace and port of kafka.bootstrap_servers;
+#      each rendered ConfigMap plus the Deployment's literal env vars must load through the
+#      binary's `check-config`; each ServiceMonitor selects exactly its own Service;
+#      deploy/Dockerfile has a stage per service that builds, copies and runs that binary as
+#      the pods' user and exposes their ports;
 #   5. the Grafana dashboard and provisioning files, offline (scripts/check-monitoring.py static:
 #      structure, ids, variables, every query through promtool check rules);
 #   6. the security and schema scan: checkov, hadolint, kubernetes-validate --strict
 #      (scripts/check-deploy-scan.sh; pinned tools in a venv under .cache/venv);
-#   7. the live test: a real Prometheus scrapes `sessionizer demo`, and every dashboard query
-#      and alert runs through its HTTP API (scripts/check-prometheus-live.sh).
-# Run from anywhere: ./scripts/check-deploy.sh  (SESSIONIZER_BIN overrides the binary).
+#   7. the live test: a real Prometheus scrapes `sessionizer demo` and a `gateway run` with
+#      traffic, and every dashboard query and alert runs through its HTTP API
+#      (scripts/check-prometheus-live.sh).
+# Run from anywhere: ./scripts/check-deploy.sh  (SESSIONIZER_BIN and GATEWAY_BIN override the
+# binaries).
 # Needs kubectl, yq, jq, curl, python3 >= 3.11 with venv, prometheus and promtool
 # (Debian: apt-get install -y --no-install-recommends prometheus).
 set -euo pipefail
@@ -39,6 +51,13 @@ if [[ ! -x "$bin" ]]; then
   step "building sessionizer (cargo build --locked -p sessionizer)"
   cargo build -q --locked -p sessionizer || fail "cargo build --locked -p sessionizer failed"
   bin=target/debug/sessionizer
+fi
+
+gateway_bin="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/debug/gateway}"
+if [[ ! -x "$gateway_bin" ]]; then
+  step "building gateway (cargo build --locked -p gateway)"
+  cargo build -q --locked -p gateway || fail "cargo build --locked -p gateway failed"
+  gateway_bin=target/debug/gateway
 fi
 
 tmp="$(mktemp -d)"
@@ -81,10 +100,10 @@ for target in "${targets[@]}"; do
 
   # Objects as JSON lines for the python checks.
   yq -c . "$rendered" >"$tmp/$name.jsonl"
-  python3 - "$target" "$tmp/$name.jsonl" "$bin" "$tmp" <<'PY' || fail "$target: manifest checks"
-import json, os, subprocess, sys, tomllib
+  python3 - "$target" "$tmp/$name.jsonl" "$bin" "$tmp" "$gateway_bin" deploy/Dockerfile <<'PY' || fail "$target: manifest checks"
+import json, os, re, subprocess, sys, tomllib
 
-target, jsonl, binary, tmp = sys.argv[1:5]
+target, jsonl, binary, tmp, gateway_binary, dockerfile = sys.argv[1:7]
 objs = [json.loads(line) for line in open(jsonl) if line.strip() and line.strip() != "null"]
 errors = []
 
@@ -92,13 +111,18 @@ def check(cond, msg):
     if not cond:
         errors.append(msg)
 
-def one(kind):
-    found = [o for o in objs if o.get("kind") == kind]
-    check(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+def one(kind, name):
+    found = [o for o in objs if o.get("kind") == kind and o["metadata"]["name"] == name]
+    check(len(found) == 1, f"expected exactly one {kind} {name}, found {len(found)}")
     return found[0] if found else {}
 
-dep, svc, pdb = one("Deployment"), one("Service"), one("PodDisruptionBudget")
-sm, so, cm = one("ServiceMonitor"), one("ScaledObject"), one("ConfigMap")
+def configmap(name):
+    found = [o for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == name]
+    check(len(found) == 1, f"no rendered ConfigMap {name}")
+    return found[0] if found else {}
+
+dep, svc, pdb = one("Deployment", "sessionizer"), one("Service", "sessionizer"), one("PodDisruptionBudget", "sessionizer")
+sm, so = one("ServiceMonitor", "sessionizer"), one("ScaledObject", "sessionizer")
 pod = dep["spec"]["template"]["spec"]
 pod_labels = dep["spec"]["template"]["metadata"]["labels"]
 containers = [c for c in pod["containers"] if c["name"] == "sessionizer"]
@@ -125,7 +149,8 @@ toml_text = None
 if mount:
     vol = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
     ref = vol.get("configMap", {})
-    check(ref.get("name") == cm.get("metadata", {}).get("name"), f"config volume references {ref.get('name')}, not the rendered ConfigMap")
+    check(ref.get("name", "").startswith("sessionizer-config-"), f"config volume references {ref.get('name')}, not the generated sessionizer-config")
+    cm = configmap(ref.get("name"))
     rel = config_path[len(mount["mountPath"].rstrip("/")) + 1:]
     key = next((i["key"] for i in ref.get("items", []) if i["path"] == rel), rel)
     toml_text = cm.get("data", {}).get(key)
@@ -213,11 +238,201 @@ check(tgt.get("name") == dep["metadata"]["name"], "ScaledObject scaleTargetRef i
 mx, mn = so.get("spec", {}).get("maxReplicaCount"), so.get("spec", {}).get("minReplicaCount", 0)
 check(isinstance(mx, int) and mn >= 1 and mx >= mn, f"ScaledObject min/max replicas {mn}/{mx} invalid")
 
+
+# ---- Gateway (services/gateway: config.rs, http.rs, main.rs) -------------------------------
+def port_number(text):
+    return int(text.rsplit(":", 1)[-1])
+
+def mebibytes(quantity):
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", str(quantity))
+    return int(match.group(1)) * units[match.group(2)] if match else None
+
+gdep, gsvc, gpdb = one("Deployment", "gateway"), one("Service", "gateway"), one("PodDisruptionBudget", "gateway")
+gsm, ghpa, gnp = one("ServiceMonitor", "gateway"), one("HorizontalPodAutoscaler", "gateway"), one("NetworkPolicy", "gateway")
+gpod = gdep.get("spec", {}).get("template", {}).get("spec", {})
+gpod_labels = gdep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+gcontainers = [c for c in gpod.get("containers", []) if c["name"] == "gateway"]
+check(len(gcontainers) == 1, "gateway: no container named gateway")
+g = gcontainers[0] if gcontainers else {}
+
+# Ports and probes: http.rs serves the API on http.listen and /healthz, /readyz, /metrics on ops.listen.
+gports = {p.get("name"): p.get("containerPort") for p in g.get("ports", [])}
+check(gports == {"http": 8080, "metrics": 9465}, f"gateway: container ports must be http 8080 and metrics 9465, are {gports}")
+for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    get = g.get(probe, {}).get("httpGet", {})
+    check(get.get("path") == path, f"gateway: {probe} path must be {path}, is {get.get('path')}")
+    check(get.get("port") in ("metrics", 9465), f"gateway: {probe} port must be metrics/9465, is {get.get('port')}")
+
+# Command line: main.rs `gateway run --config FILE`, and the file from the generated ConfigMap.
+gargs = g.get("args", [])
+check(gargs[:1] == ["run"] and "--config" in gargs, f"gateway: args must be run --config FILE, are {gargs}")
+gconfig_path = gargs[gargs.index("--config") + 1] if "--config" in gargs else ""
+gmount = next((m for m in g.get("volumeMounts", []) if gconfig_path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+check(gmount is not None, f"gateway: no volumeMount serves {gconfig_path}")
+gtoml = None
+if gmount:
+    ref = next((v for v in gpod.get("volumes", []) if v["name"] == gmount["name"]), {}).get("configMap", {})
+    check(ref.get("name", "").startswith("gateway-config-"), f"gateway: config volume references {ref.get('name')}, not the generated gateway-config")
+    rel = gconfig_path[len(gmount["mountPath"].rstrip("/")) + 1:]
+    key = next((i["key"] for i in ref.get("items", []) if i["path"] == rel), rel)
+    gtoml = configmap(ref.get("name")).get("data", {}).get(key)
+    check(gtoml is not None, f"gateway: ConfigMap {ref.get('name')} has no key {key} for {gconfig_path}")
+
+# Secret: the client keys are a file from Secret gateway-api-keys, key keys, mounted read-only
+# where auth.api_keys_file points; never an environment variable.
+genv = g.get("env", [])
+check(not any(e["name"] == "GATEWAY__AUTH__API_KEYS" for e in genv), "gateway: client keys must come from the mounted Secret file, not GATEWAY__AUTH__API_KEYS")
+gkey_file = None
+gsecret_volumes = [v for v in gpod.get("volumes", []) if v.get("secret", {}).get("secretName") == "gateway-api-keys"]
+check(len(gsecret_volumes) == 1, "gateway: expected one volume from Secret gateway-api-keys")
+if gsecret_volumes:
+    volume = gsecret_volumes[0]
+    item = next((i for i in volume["secret"].get("items", []) if i.get("key") == "keys"), None)
+    secret_mount = next((m for m in g.get("volumeMounts", []) if m["name"] == volume["name"]), None)
+    check(item is not None, "gateway: the Secret volume must project key keys")
+    check(secret_mount is not None and secret_mount.get("readOnly") is True, "gateway: the Secret volume must be mounted read-only")
+    if item and secret_mount:
+        gkey_file = secret_mount["mountPath"].rstrip("/") + "/" + item["path"]
+gliteral_env = {e["name"]: e["value"] for e in genv if "value" in e}
+gconfigured_key_file = gliteral_env.get("GATEWAY__AUTH__API_KEYS_FILE")
+if gconfigured_key_file is None and gtoml is not None:
+    gconfigured_key_file = tomllib.loads(gtoml).get("auth", {}).get("api_keys_file")
+check(gkey_file is not None and gconfigured_key_file == gkey_file,
+      f"gateway: auth.api_keys_file is {gconfigured_key_file}, not the mounted Secret file {gkey_file}")
+
+# Security context: the same as the sessionizer's.
+gsc, gpsc = g.get("securityContext", {}), gpod.get("securityContext", {})
+check(gsc == sc and gpsc == psc, "gateway: container and pod securityContext must equal the sessionizer's")
+check(gpod.get("automountServiceAccountToken") is False, "gateway: automountServiceAccountToken must be false")
+gres = g.get("resources", {})
+check(gres.get("requests", {}).get("cpu") and gres.get("requests", {}).get("memory") and gres.get("limits", {}).get("memory"),
+      "gateway: resources need cpu/memory requests (the HPA scales on CPU utilization) and a memory limit")
+
+# Effective configuration: ConfigMap TOML + the Deployment's literal env, through `gateway check-config`.
+geffective = {}
+if gtoml is not None:
+    path = os.path.join(tmp, os.path.basename(target) + "-gateway.toml")
+    with open(path, "w") as f:
+        f.write(gtoml)
+    # The key file exists only in the pod; a dummy file stands in for it (its path was checked above).
+    dummy_keys = os.path.join(tmp, "gateway-keys")
+    with open(dummy_keys, "w") as f:
+        f.write("dummy-client-key\n")
+    run_env = {"PATH": os.environ["PATH"], **gliteral_env, "GATEWAY__AUTH__API_KEYS_FILE": dummy_keys}
+    proc = subprocess.run([gateway_binary, "check-config", "--config", path], env=run_env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors.append(f"gateway check-config rejected the rendered config + env:\n{proc.stdout}{proc.stderr}")
+    else:
+        geffective = json.loads(proc.stdout)
+        print(f"gateway check-config accepts the rendered ConfigMap + env {sorted(n for n in gliteral_env)}")
+if geffective:
+    check(port_number(geffective["http"]["listen"]) == gports.get("http"),
+          f"gateway: http.listen {geffective['http']['listen']} is not on the container port http {gports.get('http')}")
+    check(port_number(geffective["ops"]["listen"]) == gports.get("metrics"),
+          f"gateway: ops.listen {geffective['ops']['listen']} is not on the container port metrics {gports.get('metrics')}")
+    check(geffective["auth"].get("api_keys_file") == dummy_keys and not geffective["auth"].get("api_keys"),
+          "gateway: the client keys must come from auth.api_keys_file only")
+    unready, drain = geffective["shutdown"]["unready_delay_secs"], geffective["shutdown"]["drain_timeout_secs"]
+    grace = gpod.get("terminationGracePeriodSeconds", 30)
+    check(grace >= unready + drain + 5,
+          f"gateway: terminationGracePeriodSeconds {grace} must be >= unready_delay_secs {unready} + drain_timeout_secs {drain} + 5")
+    # librdkafka's queue (default 1 GiB) must fit in the memory limit.
+    queue_kbytes = geffective["kafka"]["client"].get("queue.buffering.max.kbytes")
+    limit_mib = mebibytes(gres.get("limits", {}).get("memory"))
+    check(queue_kbytes is not None and limit_mib is not None and int(queue_kbytes) / 1024 < limit_mib / 2,
+          f"gateway: kafka.client queue.buffering.max.kbytes ({queue_kbytes}) must be set and below half the memory limit ({limit_mib} MiB)")
+    # The NetworkPolicy lets the pods reach the brokers: namespace and port of every
+    # host.NAMESPACE.svc[.cluster.local]:PORT in kafka.bootstrap_servers.
+    egress = gnp.get("spec", {}).get("egress", [])
+    for server in geffective["kafka"]["bootstrap_servers"].split(","):
+        host, _, port = server.strip().rpartition(":")
+        labels = host.split(".")
+        namespace = labels[1] if len(labels) >= 3 and labels[2] == "svc" else None
+        check(namespace is not None, f"gateway: bootstrap server {server} is not host.NAMESPACE.svc:PORT; check its egress rule by hand")
+        allowed = any(
+            any(peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == namespace
+                and "podSelector" not in peer for peer in rule.get("to", []))
+            and any(str(p.get("port")) == port for p in rule.get("ports", []))
+            for rule in egress)
+        check(allowed, f"gateway: NetworkPolicy egress does not allow namespace {namespace} port {port} ({server})")
+    check(any(any(str(p.get("port")) == "53" and p.get("protocol") == "UDP" for p in rule.get("ports", [])) for rule in egress),
+          "gateway: NetworkPolicy egress must allow DNS (UDP 53)")
+
+# Service, ServiceMonitor, PDB, HPA, NetworkPolicy wiring.
+def gselects(sel):
+    return bool(sel) and all(gpod_labels.get(k) == v for k, v in sel.items())
+check(gselects(gdep.get("spec", {}).get("selector", {}).get("matchLabels")), "gateway: Deployment selector does not match its pod labels")
+check(not gselects(dep["spec"]["selector"].get("matchLabels")) and not selects(gdep.get("spec", {}).get("selector", {}).get("matchLabels")),
+      "gateway and sessionizer Deployments select each other's pods")
+check(gselects(gsvc.get("spec", {}).get("selector")), "gateway: Service selector does not match the pods")
+sports = {p.get("name"): (p.get("port"), p.get("targetPort")) for p in gsvc.get("spec", {}).get("ports", [])}
+check(sports.get("http") == (80, "http"), f"gateway: Service port http must be 80 -> http, is {sports.get('http')}")
+check(sports.get("metrics") == (9465, "metrics"), f"gateway: Service port metrics must be 9465 -> metrics, is {sports.get('metrics')}")
+check(gselects(gpdb.get("spec", {}).get("selector", {}).get("matchLabels")), "gateway: PDB selector.matchLabels missing or not matching the pods")
+services = [o for o in objs if o.get("kind") == "Service"]
+for monitor, service in ((sm, svc), (gsm, gsvc)):
+    sel = monitor.get("spec", {}).get("selector", {}).get("matchLabels", {})
+    chosen = [o["metadata"]["name"] for o in services if sel and all(o["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+    check(chosen == [service.get("metadata", {}).get("name")],
+          f"ServiceMonitor {monitor.get('metadata', {}).get('name')} selects Services {chosen}, not exactly {service.get('metadata', {}).get('name')}")
+check([e.get("port") for e in gsm.get("spec", {}).get("endpoints", [])] == ["metrics"], "gateway: ServiceMonitor must scrape port metrics only")
+check(all(e.get("path", "/metrics") == "/metrics" for e in gsm.get("spec", {}).get("endpoints", [])), "gateway: ServiceMonitor path must be /metrics")
+hspec = ghpa.get("spec", {})
+check(hspec.get("scaleTargetRef", {}).get("kind") == "Deployment" and hspec.get("scaleTargetRef", {}).get("name") == "gateway",
+      "gateway: HPA scaleTargetRef is not Deployment gateway")
+hmin, hmax = hspec.get("minReplicas", 1), hspec.get("maxReplicas")
+check(isinstance(hmax, int) and 1 <= hmin <= hmax, f"gateway: HPA min/max replicas {hmin}/{hmax} invalid")
+check(any(m.get("resource", {}).get("name") == "cpu" for m in hspec.get("metrics", [])), "gateway: HPA must scale on cpu")
+check("replicas" not in gdep.get("spec", {}), "gateway: the Deployment must not set replicas (the HPA owns the count)")
+min_available = gpdb.get("spec", {}).get("minAvailable")
+check(min_available is None or (isinstance(min_available, int) and min_available < hmin),
+      f"gateway: PDB minAvailable {min_available} blocks every eviction at the HPA's {hmin} replica(s)")
+check(gselects(gnp.get("spec", {}).get("podSelector", {}).get("matchLabels")), "gateway: NetworkPolicy podSelector does not match the pods")
+check(sorted(gnp.get("spec", {}).get("policyTypes", [])) == ["Egress", "Ingress"], "gateway: NetworkPolicy must restrict Ingress and Egress")
+ingress_ports = sorted(str(p.get("port")) for rule in gnp.get("spec", {}).get("ingress", []) for p in rule.get("ports", []))
+check(ingress_ports == ["http", "metrics"], f"gateway: NetworkPolicy ingress must open ports http and metrics only, opens {ingress_ports}")
+snp = one("NetworkPolicy", "sessionizer")
+check(selects(snp.get("spec", {}).get("podSelector", {}).get("matchLabels")), "sessionizer: NetworkPolicy podSelector does not match the pods")
+
+# deploy/Dockerfile: a stage per service that builds, copies and runs its binary as the pods'
+# user and exposes the Deployment's ports.
+stages, current = {}, None
+for line in open(dockerfile).read().replace("\\\n", " ").splitlines():
+    words = line.split()
+    if not words or words[0].startswith("#"):
+        continue
+    if words[0].upper() == "FROM":
+        current = words[3] if len(words) >= 4 and words[2].upper() == "AS" else words[1]
+        stages[current] = []
+    elif current:
+        stages[current].append((words[0].upper(), " ".join(words[1:])))
+build_commands = " ".join(arg for name in stages for instr, arg in stages[name] if instr == "RUN")
+for service, deployment, pod_spec, container in (("sessionizer", dep, pod, c), ("gateway", gdep, gpod, g)):
+    stage = dict(stages.get(service, []))
+    check(service in stages, f"Dockerfile: no stage `AS {service}`")
+    if service not in stages:
+        continue
+    binary_path = f"/usr/local/bin/{service}"
+    check(f"-p {service} --bin {service}" in build_commands and f"/out/{service}" in build_commands,
+          f"Dockerfile: the build does not build and install the {service} binary")
+    check(f"--from=build /out/{service} {binary_path}" in stage.get("COPY", ""), f"Dockerfile: stage {service} does not copy {binary_path}")
+    check(stage.get("ENTRYPOINT") == f'["{binary_path}"]', f"Dockerfile: stage {service} ENTRYPOINT is not {binary_path}")
+    check(stage.get("CMD") == '["run"]' and (container.get("args") or [""])[0] == "run", f"Dockerfile/Deployment: {service} must run `run`")
+    user = f"{pod_spec.get('securityContext', {}).get('runAsUser')}:{pod_spec.get('securityContext', {}).get('runAsGroup')}"
+    check(stage.get("USER") == user, f"Dockerfile: stage {service} USER {stage.get('USER')} is not the pod's {user}")
+    exposed = sorted(int(p) for p in stage.get("EXPOSE", "").split())
+    check(exposed == sorted(p["containerPort"] for p in container.get("ports", [])),
+          f"Dockerfile: stage {service} EXPOSE {exposed} differs from the Deployment's container ports")
+    image = container.get("image", "")
+    check(image.split("@")[0].split(":")[0].rsplit("/", 1)[-1] == service, f"{service}: container image {image} is not the {service} image")
+
 if errors:
     for e in errors:
         print(f"  - {e}", file=sys.stderr)
     sys.exit(1)
-print(f"{target}: Deployment, Service, PDB, ServiceMonitor, ScaledObject, ConfigMap OK")
+print(f"{target}: sessionizer (Deployment, Service, PDB, ServiceMonitor, ScaledObject, NetworkPolicy, ConfigMap) and "
+      f"gateway (Deployment, Service, PDB, HPA, ServiceMonitor, NetworkPolicy, ConfigMap) OK; Dockerfile stages OK")
 PY
 done
 
@@ -234,6 +449,6 @@ step "security and schema scan (scripts/check-deploy-scan.sh)"
 scripts/check-deploy-scan.sh || fail "deploy scan"
 
 step "live Prometheus test (scripts/check-prometheus-live.sh)"
-SESSIONIZER_BIN="$bin" scripts/check-prometheus-live.sh || fail "live Prometheus test"
+SESSIONIZER_BIN="$bin" GATEWAY_BIN="$gateway_bin" scripts/check-prometheus-live.sh || fail "live Prometheus test"
 
 echo "check-deploy: OK (${#targets[@]} renders: ${targets[*]}; dashboard; scan; live Prometheus)"

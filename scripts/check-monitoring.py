@@ -5,15 +5,19 @@
       Offline: each dashboard loads as JSON; has uid, title, an integer schemaVersion and panels;
       panel ids are unique (rows' nested panels included); every panel has a Prometheus target
       on the `datasource` variable; every `$var` is a template variable or a Grafana built-in;
-      every sessionizer metric is selected with namespace="$namespace", pod=~"$pod"; and every
+      every service metric (sessionizer_*, gateway_*) is selected with namespace="$namespace",
+      pod=~"$pod"; and every
       target expression and variable query, with the variables substituted, passes
       `promtool check rules` as a recording rule. Provisioning files (converted to JSON by the
       caller) must name a file provider with a path, or Prometheus data sources with a url.
 
   check-monitoring.py live --prometheus URL --metrics-url URL --alerts ALERTS.json
-                           --namespace NS --pod POD [--timeout SECS] DASHBOARD.json...
-      Against a running Prometheus that scrapes a running sessionizer (see
-      scripts/check-prometheus-live.sh for the setup and the rules of the test).
+                           [--alert-group NAME]... --namespace NS --pod POD [--timeout SECS]
+                           DASHBOARD.json...
+      Against a running Prometheus that scrapes the running service behind --metrics-url
+      (the sessionizer or the gateway), for the given dashboards and the alerts of the given
+      groups (all groups without --alert-group); see scripts/check-prometheus-live.sh for the
+      setup and the rules of the test.
 """
 
 import argparse
@@ -34,8 +38,9 @@ BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range"
 # Every variable a panel query must filter on, and the matcher it must use.
 REQUIRED_MATCHERS = ('namespace="$namespace"', 'pod=~"$pod"')
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
-METRIC = re.compile(r"\bsessionizer_[A-Za-z0-9_]+")
-SELECTOR = re.compile(r"\b(sessionizer_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
+# The services' own metrics (services/*/src/metrics.rs): the sessionizer's and the gateway's.
+METRIC = re.compile(r"\b(?:sessionizer|gateway)_[A-Za-z0-9_]+")
+SELECTOR = re.compile(r"\b((?:sessionizer|gateway)_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
 LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*(\w+)\s*\)\s*$", re.S)
 LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 ANNOTATION_LABEL = re.compile(r"\$labels\.(\w+)")
@@ -432,7 +437,11 @@ def live_checks(args):
                 variable_checks.append((variable["name"], substitute(match.group(1), values), match.group(2)))
     with open(args.alerts) as file:
         alerts = json.load(file)
-    for group in alerts["groups"]:
+    groups = [g for g in alerts["groups"] if not args.alert_group or g["name"] in args.alert_group]
+    missing_groups = set(args.alert_group or []) - {g["name"] for g in alerts["groups"]}
+    if missing_groups:
+        sys.exit(f"live: no alert group(s) {sorted(missing_groups)} in {args.alerts}")
+    for group in groups:
         for rule in group["rules"]:
             name = rule.get("alert") or rule.get("record")
             expr = rule["expr"].strip()
@@ -450,13 +459,13 @@ def live_checks(args):
 def run_live(args):
     checks, variable_checks, names, values = live_checks(args)
     print(f"live: {len(checks)} expressions ({sum(c.needs_data for c in checks)} must return data), "
-          f"{len(variable_checks)} variable queries, {len(names)} sessionizer metric names", flush=True)
+          f"{len(variable_checks)} variable queries, {len(names)} service metric names", flush=True)
 
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
     while True:
         failures = [f for f in (c.run(args.prometheus) for c in checks) if f]
-        # Every sessionizer metric the dashboard and the alerts name is in the service's
+        # Every service metric the dashboards and the alerts name is in the service's
         # /metrics (labelled series appear once touched, so this is polled too).
         try:
             exposition = fetch_text(args.metrics_url)
@@ -494,7 +503,7 @@ def run_live(args):
             print(f"  - {failure}", file=sys.stderr)
         print(f"live: {len(failures)} failure(s) after {time.monotonic() - started:.0f} s", file=sys.stderr)
         sys.exit(1)
-    print(f"live: all {len(names)} referenced sessionizer metrics are exported by the service; "
+    print(f"live: all {len(names)} referenced metrics are exported by {args.metrics_url}; "
           f"every panel and alert expression parses and returns data; variables resolve; rules healthy (after {time.monotonic() - started:.0f} s of polling)")
 
 
@@ -510,6 +519,7 @@ def main():
     live.add_argument("--prometheus", required=True)
     live.add_argument("--metrics-url", required=True)
     live.add_argument("--alerts", required=True, help="alerts.yml converted to JSON")
+    live.add_argument("--alert-group", action="append", help="only the alerts of this group; repeatable")
     live.add_argument("--namespace", required=True)
     live.add_argument("--pod", required=True)
     live.add_argument("--rate-interval", default="1m")
