@@ -39,17 +39,22 @@ struct Active {
 
 /// State shared by every step of one trace.
 struct RootState {
-    /// Ids from the user/session context when the trace started.
-    context: UserSession,
-    /// Set by [`update_trace_user_session`]; wins over `context` field by field.
-    overrides: Mutex<UserSession>,
+    /// Ids from the user/session context when the trace started, changed field by field by
+    /// [`update_trace_user_session`]; moved into the event when the trace finishes.
+    ids: Mutex<UserSession>,
+    /// Wall-clock start of the trace, read once: steps derive theirs from it and the
+    /// monotonic clock, so a step costs one clock read at each end and a wall-clock step
+    /// during the trace cannot reorder its steps.
+    start_ms: i64,
+    started: Instant,
 }
 
 /// One step being recorded.
 struct Frame {
     id: String,
     name: String,
-    step_type: String,
+    /// `None`: [`USER_CALL`], allocated only when the step is recorded.
+    step_type: Option<String>,
     inputs: JsonMap,
     output: Option<Value>,
     model: Option<String>,
@@ -100,7 +105,7 @@ fn add_cost(total: Option<f64>, part: Option<f64>) -> Option<f64> {
 pub fn trace(name: impl Into<String>) -> Trace {
     Trace {
         name: name.into(),
-        step_type: USER_CALL.to_owned(),
+        step_type: None,
         inputs: JsonMap::new(),
         model: None,
         metadata: JsonMap::new(),
@@ -114,7 +119,8 @@ pub fn trace(name: impl Into<String>) -> Trace {
 #[must_use = "nothing is recorded until a run method is called"]
 pub struct Trace {
     name: String,
-    step_type: String,
+    /// `None` until set: [`USER_CALL`].
+    step_type: Option<String>,
     inputs: JsonMap,
     model: Option<String>,
     metadata: JsonMap,
@@ -128,7 +134,7 @@ impl std::fmt::Debug for Trace {
         formatter
             .debug_struct("Trace")
             .field("name", &self.name)
-            .field("step_type", &self.step_type)
+            .field("step_type", &self.step_type.as_deref().unwrap_or(USER_CALL))
             .finish_non_exhaustive()
     }
 }
@@ -136,7 +142,7 @@ impl std::fmt::Debug for Trace {
 impl Trace {
     /// Openlayer step type: [`USER_CALL`] (default), [`CHAT_COMPLETION`], [`RETRIEVER`], [`TOOL`], ...
     pub fn step_type(mut self, step_type: impl Into<String>) -> Self {
-        self.step_type = step_type.into();
+        self.step_type = Some(step_type.into());
         self
     }
 
@@ -225,6 +231,31 @@ impl Trace {
     }
 
     fn start(self) -> (Active, Finish) {
+        let (root, start_ms, started, finish) = match ACTIVE.try_with(Active::clone) {
+            Ok(parent) => {
+                let root = parent.root.clone();
+                let started = Instant::now();
+                let offset_ms = started.saturating_duration_since(root.started).as_millis();
+                let start_ms = root
+                    .start_ms
+                    .saturating_add(i64::try_from(offset_ms).unwrap_or(i64::MAX));
+                (root, start_ms, started, Finish::Step { parent })
+            }
+            Err(_) => {
+                let (start_ms, started) = (now_ms(), Instant::now());
+                let root = Arc::new(RootState {
+                    ids: Mutex::new(current_user_session()),
+                    start_ms,
+                    started,
+                });
+                let finish = Finish::Root {
+                    pipeline_id: self.pipeline_id,
+                    inference_id: self.inference_id,
+                    sink: self.sink,
+                };
+                (root, start_ms, started, finish)
+            }
+        };
         let frame = Arc::new(Mutex::new(Frame {
             id: crate::ids::new_id(),
             name: self.name,
@@ -238,32 +269,10 @@ impl Trace {
             completion_tokens: None,
             cost: None,
             children: Vec::new(),
-            start_ms: now_ms(),
-            started: Instant::now(),
+            start_ms,
+            started,
         }));
-        match ACTIVE.try_with(Active::clone) {
-            Ok(parent) => (
-                Active {
-                    root: parent.root.clone(),
-                    frame,
-                },
-                Finish::Step { parent },
-            ),
-            Err(_) => (
-                Active {
-                    root: Arc::new(RootState {
-                        context: current_user_session(),
-                        overrides: Mutex::new(UserSession::default()),
-                    }),
-                    frame,
-                },
-                Finish::Root {
-                    pipeline_id: self.pipeline_id,
-                    inference_id: self.inference_id,
-                    sink: self.sink,
-                },
-            ),
-        }
+        (Active { root, frame }, finish)
     }
 }
 
@@ -281,26 +290,11 @@ enum Finish {
 
 impl Finish {
     fn finish(self, active: &Active, recorded_output: Option<Value>) {
-        let latency = active_latency(active);
-        let mut frame = std::mem::replace(
-            &mut *lock(&active.frame),
-            Frame {
-                id: String::new(),
-                name: String::new(),
-                step_type: String::new(),
-                inputs: JsonMap::new(),
-                output: None,
-                model: None,
-                metadata: JsonMap::new(),
-                tokens: None,
-                prompt_tokens: None,
-                completion_tokens: None,
-                cost: None,
-                children: Vec::new(),
-                start_ms: 0,
-                started: Instant::now(),
-            },
-        );
+        let (mut frame, latency) = {
+            let mut guard = lock(&active.frame);
+            let latency = guard.started.elapsed().as_secs_f64() * 1000.0;
+            (guard.take(), latency)
+        };
         // An explicit set_output wins over the recorded return value.
         let output = frame
             .output
@@ -317,7 +311,7 @@ impl Finish {
                 inference_id,
                 sink,
             } => {
-                let ids = effective_ids(&active.root);
+                let ids = std::mem::take(&mut *lock(&active.root.ids));
                 let event = frame.into_event(output, latency, ids, pipeline_id, inference_id);
                 match sink.or_else(global_sink) {
                     Some(sink) => sink.emit(event),
@@ -331,24 +325,6 @@ impl Finish {
     }
 }
 
-fn active_latency(active: &Active) -> f64 {
-    lock(&active.frame).started.elapsed().as_secs_f64() * 1000.0
-}
-
-fn effective_ids(root: &RootState) -> UserSession {
-    let overrides = lock(&root.overrides);
-    UserSession {
-        user_id: overrides
-            .user_id
-            .clone()
-            .or_else(|| root.context.user_id.clone()),
-        session_id: overrides
-            .session_id
-            .clone()
-            .or_else(|| root.context.session_id.clone()),
-    }
-}
-
 fn latency_end_ms(start_ms: i64, latency_ms: f64) -> i64 {
     // Latency is measured on a monotonic clock; the end time is derived from it so that
     // end - start always equals the latency, even if the wall clock steps meanwhile.
@@ -356,6 +332,26 @@ fn latency_end_ms(start_ms: i64, latency_ms: f64) -> i64 {
 }
 
 impl Frame {
+    /// Moves the recorded contents out, leaving an empty frame (nothing allocated, no clock read).
+    fn take(&mut self) -> Frame {
+        Frame {
+            id: std::mem::take(&mut self.id),
+            name: std::mem::take(&mut self.name),
+            step_type: self.step_type.take(),
+            inputs: std::mem::take(&mut self.inputs),
+            output: self.output.take(),
+            model: self.model.take(),
+            metadata: std::mem::take(&mut self.metadata),
+            tokens: self.tokens.take(),
+            prompt_tokens: self.prompt_tokens.take(),
+            completion_tokens: self.completion_tokens.take(),
+            cost: self.cost.take(),
+            children: std::mem::take(&mut self.children),
+            start_ms: self.start_ms,
+            started: self.started,
+        }
+    }
+
     /// Token total: the explicit one, or prompt plus completion.
     fn own_tokens(&self) -> Option<i64> {
         self.tokens
@@ -367,7 +363,7 @@ impl Frame {
             tokens: self.own_tokens(),
             id: self.id,
             name: self.name,
-            step_type: self.step_type,
+            step_type: self.step_type.unwrap_or_else(|| USER_CALL.to_owned()),
             inputs: self.inputs,
             output,
             start_time_ms: self.start_ms,
@@ -518,12 +514,12 @@ pub fn update_trace_user_session(
 ) -> Result<(), NoActiveTrace> {
     ACTIVE
         .try_with(|active| {
-            let mut overrides = lock(&active.root.overrides);
+            let mut ids = lock(&active.root.ids);
             if let Some(user_id) = user_id {
-                overrides.user_id = Some(user_id.to_owned());
+                ids.user_id = Some(user_id.to_owned());
             }
             if let Some(session_id) = session_id {
-                overrides.session_id = Some(session_id.to_owned());
+                ids.session_id = Some(session_id.to_owned());
             }
         })
         .map_err(|_| NoActiveTrace)
