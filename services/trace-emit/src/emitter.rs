@@ -6,7 +6,9 @@
 //! dropped and counted (`trace_emit_events_dropped_total{reason="queue_full"}`). Handing the
 //! record straight to librdkafka was measured to cost the request less than a queue to a
 //! worker thread of our own: that design freed every trace on another thread and kept a third
-//! thread busy on two cores. Keys are the session id (user id without a session), so one
+//! thread busy on two cores. Avro traces are encoded into a buffer kept per thread (librdkafka
+//! copies the payload on `send`), so a trace costs no payload allocation, growth or free.
+//! Keys are the session id (user id without a session), so one
 //! session stays in one partition, in order.
 
 use crate::metrics::EmitterMetrics;
@@ -14,14 +16,45 @@ use crate::sink::TraceSink;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use thiserror::Error;
+use trace_model::codec::avro::{self, EncodeError};
 use trace_model::{Encoding, TraceEvent};
 
 /// Traces buffered before the emitter drops new ones: several seconds of a busy service.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+
+/// Payload buffer of the calling thread; a larger trace than usual grows it, and a buffer
+/// grown past [`KEPT_PAYLOAD_BYTES`] is released after the send.
+const INITIAL_PAYLOAD_BYTES: usize = 4 * 1024;
+const KEPT_PAYLOAD_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static PAYLOAD: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(INITIAL_PAYLOAD_BYTES));
+}
+
+/// `event` as `encoding` into `out` (cleared first): the bytes of `trace_model::encode`.
+fn encode_into(
+    event: &TraceEvent,
+    encoding: Encoding,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    out.clear();
+    match encoding {
+        Encoding::Avro => {
+            out.extend_from_slice(&avro::SINGLE_OBJECT_MAGIC);
+            out.extend_from_slice(&avro::trace_event_fingerprint().to_le_bytes());
+            avro::encode_trace_datum(event, out)
+        }
+        other => {
+            out.extend_from_slice(&trace_model::encode(event, other)?);
+            Ok(())
+        }
+    }
+}
 
 /// Settings of an [`Emitter`].
 #[derive(Debug, Clone)]
@@ -152,15 +185,28 @@ impl Emitter {
             self.metrics.dropped_closed.inc();
             return false;
         }
-        let payload = match trace_model::encode(&event, self.encoding) {
-            Ok(payload) => payload,
-            Err(error) => {
-                self.metrics.dropped_encode.inc();
-                tracing::error!(%error, "failed to encode trace");
-                return false;
+        PAYLOAD.with(|buffer| {
+            // A sink that emits from inside `emit` (none does) gets a buffer of its own.
+            match buffer.try_borrow_mut() {
+                Ok(mut payload) => {
+                    let queued = self.encode_and_send(&event, &mut payload);
+                    if payload.capacity() > KEPT_PAYLOAD_BYTES {
+                        *payload = Vec::with_capacity(INITIAL_PAYLOAD_BYTES);
+                    }
+                    queued
+                }
+                Err(_) => self.encode_and_send(&event, &mut Vec::new()),
             }
-        };
-        let mut record = BaseRecord::to(&self.topic).payload(&payload);
+        })
+    }
+
+    fn encode_and_send(&self, event: &TraceEvent, payload: &mut Vec<u8>) -> bool {
+        if let Err(error) = encode_into(event, self.encoding, payload) {
+            self.metrics.dropped_encode.inc();
+            tracing::error!(%error, "failed to encode trace");
+            return false;
+        }
+        let mut record = BaseRecord::to(&self.topic).payload(payload.as_slice());
         if let Some(key) = event.partition_key() {
             record = record.key(key);
         }
@@ -234,6 +280,28 @@ mod tests {
             })
             .map(|metric| metric.get_counter().get_value())
             .sum()
+    }
+
+    #[test]
+    fn encodes_the_bytes_of_trace_model_encode_into_a_reused_buffer() {
+        let mut event = TraceEvent::new("chat", 1_700_000_000_000);
+        event.session_id = Some("session \"quoted\"".to_owned());
+        event
+            .inputs
+            .insert("question".to_owned(), serde_json::json!("line\nbreak é"));
+        let mut buffer = vec![0xFF; 3];
+        for encoding in [
+            Encoding::Avro,
+            Encoding::Json,
+            Encoding::Confluent { schema_id: 7 },
+        ] {
+            encode_into(&event, encoding, &mut buffer).expect("encodes");
+            assert_eq!(
+                buffer,
+                trace_model::encode(&event, encoding).expect("encodes"),
+                "{encoding:?}"
+            );
+        }
     }
 
     #[test]
