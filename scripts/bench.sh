@@ -5,8 +5,8 @@
 # 1. The producer helper's criterion bench (in-process Kafka, no broker needed).
 # 2. `pipeline-bench`: the sessionizer end to end on the real broker (throughput against a
 #    minimal consumer and a bare one, rows/s against the official Openlayer Python SDK on the
-#    same traces, scaling with partitions and batch size, lag at half the maximum rate, state
-#    memory per session). Uses KAFKA_BOOTSTRAP when set, else the running test broker, else
+#    same traces, the ingest gateway's rows/s and request latency at half that rate, scaling
+#    with partitions and batch size, lag at half the maximum rate, state memory per session). Uses KAFKA_BOOTSTRAP when set, else the running test broker, else
 #    starts one with scripts/kafka-broker.sh and stops it again on exit.
 # 3. scripts/bench_report.py: the report, one table, and bench-results/latest.json.
 #
@@ -26,7 +26,8 @@ case "$size" in
   quick) size_args=() ;;  # pipeline-bench's defaults are the quick size
   full)
     size_args=(--sessions 10000 --reps 9 --scaling-sessions 10000 --scaling-reps 5
-      --sdk-traces 3000 --sdk-burst 2000 --lag-secs 60 --lag-warmup-secs 10) ;;
+      --sdk-traces 3000 --sdk-burst 2000 --gateway-traces 50000 --gateway-latency-secs 30
+      --lag-secs 60 --lag-warmup-secs 10) ;;
   *) echo "bench: unknown size '$size' (quick or full)" >&2; exit 2 ;;
 esac
 
