@@ -394,12 +394,19 @@ impl Frame {
         let mut cost = self.cost;
         let mut event = TraceEvent::new(self.name, self.start_ms);
         event.steps = self.children;
-        for step in event.all_steps() {
-            tokens = add(tokens, step.tokens);
-            prompt_tokens = add(prompt_tokens, step.prompt_tokens);
-            completion_tokens = add(completion_tokens, step.completion_tokens);
-            cost = add_cost(cost, step.cost);
+        // Recursion instead of `all_steps`, whose iterator allocates its stack.
+        fn sum_into(steps: &[Step], totals: &mut UsageTotals) {
+            for step in steps {
+                totals.0 = add(totals.0, step.tokens);
+                totals.1 = add(totals.1, step.prompt_tokens);
+                totals.2 = add(totals.2, step.completion_tokens);
+                totals.3 = add_cost(totals.3, step.cost);
+                sum_into(&step.steps, totals);
+            }
         }
+        let mut totals: UsageTotals = (tokens, prompt_tokens, completion_tokens, cost);
+        sum_into(&event.steps, &mut totals);
+        (tokens, prompt_tokens, completion_tokens, cost) = totals;
         event.inference_id = Some(inference_id.unwrap_or_else(crate::ids::new_id));
         event.pipeline_id = pipeline_id;
         event.user_id = ids.user_id;
@@ -417,6 +424,9 @@ impl Frame {
         event
     }
 }
+
+/// Tokens, prompt tokens, completion tokens and cost summed over a trace's steps.
+type UsageTotals = (Option<i64>, Option<i64>, Option<i64>, Option<f64>);
 
 /// Token counts, cost and model of an LLM call, recorded on the current step.
 #[derive(Debug, Clone, Default, PartialEq)]
