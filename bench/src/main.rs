@@ -31,7 +31,10 @@
 //!    snapshot before and after, interpolated in its buckets), the reference consumer's lag
 //!    exactly per message (what broker and fetching cost before any sessionizer code), and
 //!    the delay to the ack server per row.
-//! 3. State memory. Child processes open N single-turn sessions in `PartitionWindows` and
+//! 3. Gateway. The ingest gateway in-process, driven over HTTP with SDK-shaped requests of
+//!    the same traces: rows/s acknowledged by Kafka (one trace per request, and batched) and
+//!    request latency at half that rate ([`gateway`]).
+//! 4. State memory. Child processes open N single-turn sessions in `PartitionWindows` and
 //!    report RSS growth per session ([`memory`]).
 //!
 //! Writes the figures to `--out` (JSON) for `scripts/bench_report.py`.
