@@ -10,8 +10,9 @@
 #     variables; once /readyz answers 200 (the broker is reachable) and Prometheus scraped it,
 #     two waves of requests go to its API, each with valid data-stream requests and a row
 #     update (200), a request without a key (401) and a malformed body (400); every status is
-#     asserted. Two waves, seconds apart, so every counter series, including those created by
-#     the first request of their status, increases between scrapes;
+#     asserted. The second wave starts once Prometheus scraped the first, so every counter
+#     series, including those created by the first request of their status, increases
+#     between two scrapes;
 #   - a throwaway Prometheus (Debian package `prometheus`) scrapes both every second (jobs
 #     `sessionizer` and `gateway`), with relabeling that gives each target the `namespace`
 #     and `pod` labels a Kubernetes scrape has, and loads deploy/prometheus/alerts.yml as its
@@ -213,7 +214,13 @@ traffic() { # traffic WAVE
 }
 step "gateway traffic: 2 waves of 3 data-stream requests and a row update (200), one without key (401), one malformed (400)"
 traffic 1
-sleep 3
+# Wave 2 only after Prometheus scraped wave 1 (the 401 series exists from wave 1 on), so every
+# series increases between two scrapes.
+first_wave_scraped() {
+  curl -sf --data-urlencode 'query=gateway_requests_total{job="gateway",status="401"}' "$prometheus_url/api/v1/query" \
+    | grep -q '"result":\[{'
+}
+wait_for 15 "a scrape of the gateway after the first wave" first_wave_scraped
 traffic 2
 
 step "sessionizer dashboard and alerts through the query API"
