@@ -121,6 +121,42 @@ impl Scene {
         }
     }
 
+    /// Ends a scenario: waits for `feed` and for every trace to ship (through `last`, the
+    /// instance left running), stops `last` with SIGTERM, and takes the checks every scenario
+    /// shares: Kafka acknowledged every trace, nothing was dead-lettered, every row carries the
+    /// enrichment of an uninterrupted run. Returns when the last trace had shipped.
+    pub async fn finish(
+        &self,
+        outcome: &mut Outcome,
+        feed: feed::Feed,
+        mut last: probe::Instance,
+        timeout: Duration,
+    ) -> Instant {
+        let fed = feed.finish().await;
+        outcome.check(fed.num_failed == 0, || {
+            format!("{} traces not acknowledged by Kafka", fed.num_failed)
+        });
+        let all_shipped = self.wait_all_shipped(&fed.expected, timeout).await;
+        let shipped_at = Instant::now();
+        outcome.check(all_shipped, || "not every trace shipped in time".to_owned());
+        outcome.observe_rss(last.process.peak_rss_bytes());
+        last.process.stop().await;
+        outcome.keep_logs(&last.process);
+        let letters = crate::read_topic(
+            &crate::bootstrap(),
+            &self.topics.dead_letters,
+            1,
+            1,
+            Duration::from_secs(3),
+        );
+        outcome.num_dead_lettered = letters.len();
+        outcome.check(letters.is_empty(), || {
+            "good traces were dead-lettered".to_owned()
+        });
+        outcome.take_verification(&fed.expected.verify(&self.server.rows()));
+        shipped_at
+    }
+
     /// Waits until every expected trace reached the server, or `timeout`.
     pub async fn wait_all_shipped(&self, expected: &Expectations, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;

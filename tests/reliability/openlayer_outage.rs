@@ -5,9 +5,9 @@
 use super::feed::{Feed, Plan};
 use super::probe::{Instance, sum, wait_until};
 use super::{Outcome, Scene, Size};
+use crate::bootstrap;
 use crate::openlayer_server::Fault;
 use crate::service::set;
-use crate::{bootstrap, read_topic};
 use std::time::{Duration, Instant};
 
 /// Rows the instance may hold unacknowledged before it pauses its partitions.
@@ -105,29 +105,16 @@ pub async fn run(size: Size) -> Outcome {
     let recovered_at = Instant::now();
     let rows_at_recovery = scene.server.num_rows();
 
-    let fed = feed.finish().await;
-    outcome.check(fed.num_failed == 0, || {
-        format!("{} traces not acknowledged by Kafka", fed.num_failed)
-    });
-    let all_shipped = scene
-        .wait_all_shipped(
-            &fed.expected,
-            size.pick(Duration::from_secs(120), Duration::from_secs(600)),
-        )
-        .await;
-    outcome.check(all_shipped, || "not every trace shipped in time".to_owned());
-    let drained_in = recovered_at.elapsed();
+    let timeout = size.pick(Duration::from_secs(120), Duration::from_secs(600));
+    let shipped_at = scene.finish(&mut outcome, feed, instance, timeout).await;
+    let drained_in = shipped_at.duration_since(recovered_at);
+    let rows_since_recovery = scene.server.num_rows().saturating_sub(rows_at_recovery);
     outcome.note(format!(
-        "after recovery: {} rows in {:.1} s ({:.0} rows/s, feed rate {:.0}/s)",
-        scene.server.num_rows() - rows_at_recovery,
+        "after recovery: {rows_since_recovery} rows in {:.1} s ({:.0} rows/s, feed rate {:.0}/s)",
         drained_in.as_secs_f64(),
-        (scene.server.num_rows() - rows_at_recovery) as f64 / drained_in.as_secs_f64().max(0.001),
+        rows_since_recovery as f64 / drained_in.as_secs_f64().max(0.001),
         traces_per_sec
     ));
-    let mut instance = instance;
-    outcome.observe_rss(instance.process.peak_rss_bytes());
-    instance.process.stop().await;
-    outcome.keep_logs(&instance.process);
 
     // Retry-After: after each 429, no request starts within the wait it named.
     let requests = scene.server.requests();
@@ -155,15 +142,5 @@ pub async fn run(size: Size) -> Outcome {
     });
     outcome.note(format!("{num_rate_limited} requests answered 429"));
 
-    let letters = read_topic(
-        &bootstrap(),
-        &scene.topics.dead_letters,
-        1,
-        1,
-        Duration::from_secs(3),
-    );
-    outcome.num_dead_lettered = letters.len();
-    outcome.check(letters.is_empty(), || "rows were dead-lettered".to_owned());
-    outcome.take_verification(&fed.expected.verify(&scene.server.rows()));
     outcome
 }

@@ -6,7 +6,7 @@
 use super::feed::{Feed, Plan};
 use super::probe::{Instance, partitions_of, sum, wait_until};
 use super::{Outcome, Scene, Size};
-use crate::{bootstrap, read_topic};
+use crate::bootstrap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub async fn run(size: Size) -> Outcome {
     let scene = Scene::new("rebalance", PARTITIONS).await;
     let feed = Feed::start(&bootstrap(), &scene.topics.traces, plan);
 
-    let mut first = Instance::start(&scene.env);
+    let first = Instance::start(&scene.env);
     let started = wait_until(SETTLE, async || scene.server.num_rows() > 0).await;
     outcome.check(started, || "the first instance shipped nothing".to_owned());
 
@@ -73,33 +73,8 @@ pub async fn run(size: Size) -> Outcome {
             .push(format!("back to one instance: {view}"));
     }
 
-    let fed = feed.finish().await;
-    outcome.check(fed.num_failed == 0, || {
-        format!("{} traces not acknowledged by Kafka", fed.num_failed)
-    });
-    let all_shipped = scene
-        .wait_all_shipped(
-            &fed.expected,
-            size.pick(Duration::from_secs(120), Duration::from_secs(600)),
-        )
-        .await;
-    outcome.check(all_shipped, || "not every trace shipped in time".to_owned());
-    outcome.observe_rss(first.process.peak_rss_bytes());
-    first.process.stop().await;
-    outcome.keep_logs(&first.process);
-
-    let letters = read_topic(
-        &bootstrap(),
-        &scene.topics.dead_letters,
-        1,
-        1,
-        Duration::from_secs(3),
-    );
-    outcome.num_dead_lettered = letters.len();
-    outcome.check(letters.is_empty(), || {
-        "good traces were dead-lettered".to_owned()
-    });
-    outcome.take_verification(&fed.expected.verify(&scene.server.rows()));
+    let timeout = size.pick(Duration::from_secs(120), Duration::from_secs(600));
+    scene.finish(&mut outcome, feed, first, timeout).await;
     outcome
 }
 
