@@ -664,13 +664,18 @@ async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_on
     .await;
     broker.down();
     let until = Instant::now() + WAIT;
-    while gateway.get_ops("/readyz").await.map(|(status, _)| status) == Some(200) {
+    while gateway.metric("gateway_broker_reachable", "").await != 0.0 {
         assert!(
             Instant::now() < until,
             "the gateway never noticed the broker was down"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Still ready: the Service keeps routing here, and clients get 503 with Retry-After.
+    assert_eq!(
+        gateway.get_ops("/readyz").await.map(|(status, _)| status),
+        Some(200)
+    );
 
     // The SDK publishes while the broker is down; its own retries (Retry-After: 1) go on
     // until the gateway answers 200.

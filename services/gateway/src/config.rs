@@ -74,7 +74,8 @@ pub struct HttpConfig {
 pub struct OpsConfig {
     /// Address and port serving `/metrics`, `/healthz` and `/readyz`.
     pub listen: String,
-    /// How often the broker is asked for the topic's metadata to decide readiness.
+    /// How often the broker is asked for the topic's metadata (`gateway_broker_reachable`);
+    /// while it does not answer, requests get 503 with `Retry-After` at once.
     pub readiness_check_ms: u64,
 }
 
