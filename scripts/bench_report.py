@@ -341,6 +341,7 @@ def gateway_report(gateway: dict, throughput) -> None:
             f"({run['rows_acknowledged']} rows in {run['seconds']:.2f} s, {run['body_bytes_per_row']:.0f} B/row); "
             f"CPU per row: gateway {run['gateway_cpu_us_per_row']:.1f} µs, librdkafka "
             f"{run['librdkafka_cpu_us_per_row']:.1f} µs, HTTP clients {run['client_cpu_us_per_row']:.1f} µs"
+            + (f"; others busy {run['others_cpu_share'] * 100:.0f} % of the machine" if "others_cpu_share" in run else "")
         )
         if run["rows_per_request"] == 1:
             name = "gateway rows/s acknowledged by Kafka, 1 trace per request (SDK shape)"
@@ -358,6 +359,12 @@ def gateway_report(gateway: dict, throughput) -> None:
         f"{latency['achieved_rate']:.0f}/s for {latency['seconds']:.0f} s, open loop): p50 "
         f"{latency['p50_seconds'] * 1000:.1f} ms, p99 {latency['p99_seconds'] * 1000:.1f} ms, max "
         f"{latency['max_seconds'] * 1000:.1f} ms"
+        + (
+            f"; this process {latency['process_cpu_share'] * 100:.0f} %, others "
+            f"{latency['others_cpu_share'] * 100:.0f} % of the machine"
+            if "others_cpu_share" in latency
+            else ""
+        )
     )
     at = f"at half max rate ({latency['target_rate']:.0f} requests/s for {latency['seconds']:.0f} s)"
     figure(f"gateway request latency p50 {at}", latency["p50_seconds"] * 1000, "ms")

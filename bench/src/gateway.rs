@@ -27,7 +27,8 @@
 //! The ratio to the sessionizer divides 1. by the sessionizer's median end-to-end throughput
 //! of the same run (`throughput` part), both in rows (traces) per second.
 
-use crate::measure::{CpuSnapshot, percentile};
+use crate::cores;
+use crate::measure::{Clocks, percentile};
 use crate::traces::Population;
 use crate::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use anyhow::{Context as _, Result, bail, ensure};
@@ -57,6 +58,8 @@ pub(crate) struct Plan {
     pub(crate) clients: usize,
     pub(crate) latency_secs: u64,
     pub(crate) sessions: usize,
+    /// The broker's pid, to report its CPU apart from other people's work.
+    pub(crate) broker_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +79,10 @@ pub(crate) struct ThroughputRun {
     pub(crate) librdkafka_cpu_us_per_row: f64,
     /// CPU of the HTTP clients (the bench's runtime) over the window, per row.
     pub(crate) client_cpu_us_per_row: f64,
+    /// CPU of the broker process per row, when its pid is known.
+    pub(crate) broker_cpu_us_per_row: Option<f64>,
+    /// Share of the machine's cores busy with neither this process nor the broker (noise).
+    pub(crate) others_cpu_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +95,10 @@ pub(crate) struct LatencyRun {
     pub(crate) p50_seconds: f64,
     pub(crate) p99_seconds: f64,
     pub(crate) max_seconds: f64,
+    /// Share of the machine's cores busy in this process (gateway and clients) during the run.
+    pub(crate) process_cpu_share: f64,
+    /// Share of the machine's cores busy with neither this process nor the broker (noise).
+    pub(crate) others_cpu_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,8 +251,9 @@ fn saturate(
     bodies: &Arc<Vec<Bytes>>,
     rows_per_request: usize,
     clients: usize,
+    broker_pid: Option<u32>,
 ) -> Result<ThroughputRun> {
-    let before = CpuSnapshot::take()?;
+    let before = Clocks::take(None, broker_pid)?;
     let started = Instant::now();
     let statuses: Vec<Vec<u16>> = runtime.block_on(async {
         let next = Arc::new(AtomicUsize::new(0));
@@ -263,7 +275,8 @@ fn saturate(
         tasks.join_all().await
     });
     let seconds = started.elapsed().as_secs_f64();
-    let threads = CpuSnapshot::take()?.by_name_since(&before);
+    let window = Clocks::take(None, broker_pid)?.since(&before);
+    let threads = &window.threads;
     let mut failures = BTreeMap::new();
     let mut acknowledged = 0u64;
     for status in statuses.into_iter().flatten() {
@@ -284,9 +297,11 @@ fn saturate(
         rows_per_second: rows as f64 / seconds,
         failures,
         body_bytes_per_row: body_bytes as f64 / (bodies.len() * rows_per_request) as f64,
-        gateway_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "gateway-")),
-        librdkafka_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "rdk:")),
-        client_cpu_us_per_row: per_row(cpu_by_prefix(&threads, "tokio-rt-worker")),
+        gateway_cpu_us_per_row: per_row(cpu_by_prefix(threads, "gateway-")),
+        librdkafka_cpu_us_per_row: per_row(cpu_by_prefix(threads, "rdk:")),
+        client_cpu_us_per_row: per_row(cpu_by_prefix(threads, "tokio-rt-worker")),
+        broker_cpu_us_per_row: window.broker_cpu_seconds.map(per_row),
+        others_cpu_share: window.others_cpu_seconds / window.seconds / cores(),
     })
 }
 
@@ -298,8 +313,10 @@ fn paced(
     bodies: &Arc<Vec<Bytes>>,
     rate: f64,
     seconds: u64,
+    broker_pid: Option<u32>,
 ) -> Result<LatencyRun> {
     let total = (rate * seconds as f64).round().max(1.0) as usize;
+    let before = Clocks::take(None, broker_pid)?;
     let started = Instant::now();
     let outcomes: Vec<(u16, f64)> = runtime.block_on(async {
         let origin = tokio::time::Instant::now();
@@ -317,6 +334,7 @@ fn paced(
         tasks.join_all().await
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let window = Clocks::take(None, broker_pid)?.since(&before);
     let mut failures = BTreeMap::new();
     let mut latencies = Vec::with_capacity(outcomes.len());
     for (status, latency) in outcomes {
@@ -340,6 +358,8 @@ fn paced(
         p50_seconds: percentile(&latencies, 0.5),
         p99_seconds: percentile(&latencies, 0.99),
         max_seconds: latencies.last().copied().unwrap_or_default(),
+        process_cpu_share: window.process_cpu_seconds / window.seconds / cores(),
+        others_cpu_share: window.others_cpu_seconds / window.seconds / cores(),
     })
 }
 
@@ -369,13 +389,21 @@ pub(crate) fn measure(
     let url = running.url.clone();
     let outcome = (|| -> Result<Gateway> {
         runtime.block_on(wait_ready(&client, &readyz))?;
-        let warm = saturate(runtime, &client, &url, &warmup, 1, plan.clients)?;
+        let warm = saturate(runtime, &client, &url, &warmup, 1, plan.clients, None)?;
         ensure!(
             warm.failures.is_empty(),
             "gateway warm-up failed: {:?}",
             warm.failures
         );
-        let single = saturate(runtime, &client, &url, &single_bodies, 1, plan.clients)?;
+        let single = saturate(
+            runtime,
+            &client,
+            &url,
+            &single_bodies,
+            1,
+            plan.clients,
+            plan.broker_pid,
+        )?;
         eprintln!(
             "bench: gateway 1 trace/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
             single.rows_per_second, single.rows_acknowledged, single.seconds, single.failures
@@ -387,6 +415,7 @@ pub(crate) fn measure(
             &batched_bodies,
             plan.batch_rows,
             plan.clients,
+            plan.broker_pid,
         )?;
         eprintln!(
             "bench: gateway {} traces/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
@@ -408,6 +437,7 @@ pub(crate) fn measure(
             &single_bodies,
             rate,
             plan.latency_secs,
+            plan.broker_pid,
         )?;
         eprintln!(
             "bench: gateway latency p50 {:.4} s, p99 {:.4} s (achieved {:.0}/s, failures {:?})",

@@ -1128,7 +1128,7 @@ fn state_memory(args: &Args) -> Result<Memory> {
 // Report
 // ---------------------------------------------------------------------------------------------
 
-fn cores() -> f64 {
+pub(crate) fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |cores| cores.get() as f64)
 }
 
@@ -1227,25 +1227,29 @@ fn print_report(report: &Report) {
         for run in [&g.single, &g.batched] {
             println!(
                 "  gateway, {} trace(s)/request, {} clients: {:.0} rows/s acknowledged by Kafka \
-                 ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients {:.1} µs)",
+                 ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients {:.1} µs; \
+                 others busy {:.0} % of the machine)",
                 run.rows_per_request,
                 g.clients,
                 run.rows_per_second,
                 run.body_bytes_per_row,
                 run.gateway_cpu_us_per_row,
                 run.librdkafka_cpu_us_per_row,
-                run.client_cpu_us_per_row
+                run.client_cpu_us_per_row,
+                run.others_cpu_share * 100.0
             );
         }
         println!(
             "  gateway latency at {:.0} requests/s (achieved {:.0}/s for {:.0} s): p50 {:.4} s, \
-             p99 {:.4} s, max {:.4} s",
+             p99 {:.4} s, max {:.4} s; this process {:.0} %, others {:.0} % of the machine",
             g.latency.target_rate,
             g.latency.achieved_rate,
             g.latency.seconds,
             g.latency.p50_seconds,
             g.latency.p99_seconds,
-            g.latency.max_seconds
+            g.latency.max_seconds,
+            g.latency.process_cpu_share * 100.0,
+            g.latency.others_cpu_share * 100.0
         );
         if let Some(t) = &report.throughput {
             println!(
@@ -1459,6 +1463,7 @@ fn main() -> Result<()> {
                         clients: args.gateway_clients,
                         latency_secs: args.gateway_latency_secs,
                         sessions: args.sessions,
+                        broker_pid: args.broker_pid,
                     },
                 )?);
             }
