@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use trace_model::Limits;
-use trace_model::secret::Secret;
+use trace_model::secret::{Secret, is_secret_client_property};
 
 /// Prefix of the environment variables that set options: `GATEWAY__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -252,28 +252,12 @@ fn serialize_secrets<S: Serializer>(secrets: &[Secret], serializer: S) -> Result
     serializer.collect_seq(secrets.iter().map(|_| REDACTED))
 }
 
-/// Whether a librdkafka property holds a secret (its value is never printed).
-fn is_secret_property(key: &str) -> bool {
-    const SECRET_MARKERS: &[&str] = &[
-        "password",
-        "passphrase",
-        "secret",
-        "private.key",
-        "pem",
-        "token",
-    ];
-    let lowercase_key = key.to_ascii_lowercase();
-    SECRET_MARKERS
-        .iter()
-        .any(|marker| lowercase_key.contains(marker))
-}
-
 fn serialize_client<S: Serializer>(
     client: &BTreeMap<String, String>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_map(client.iter().map(|(key, value)| {
-        let shown = if is_secret_property(key) {
+        let shown = if is_secret_client_property(key) {
             REDACTED
         } else {
             value.as_str()
@@ -384,7 +368,7 @@ impl fmt::Debug for RedactedProperties {
         formatter
             .debug_map()
             .entries(self.0.iter().map(|(key, value)| {
-                let shown = if is_secret_property(key) {
+                let shown = if is_secret_client_property(key) {
                     REDACTED
                 } else {
                     value.as_str()

@@ -42,9 +42,44 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Whether a librdkafka client property holds a secret, so its value is never printed (both
+/// services pass `kafka.client.*` through and print their effective configuration).
+pub fn is_secret_client_property(key: &str) -> bool {
+    const SECRET_MARKERS: &[&str] = &[
+        "password",
+        "passphrase",
+        "secret",
+        "private.key",
+        "pem",
+        "sasl.oauthbearer.config",
+        "token",
+    ];
+    let lowercase_key = key.to_ascii_lowercase();
+    SECRET_MARKERS
+        .iter()
+        .any(|marker| lowercase_key.contains(marker))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_client_properties_are_recognised() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+            "SASL.PASSWORD",
+        ] {
+            assert!(is_secret_client_property(key), "{key}");
+        }
+        for key in ["security.protocol", "sasl.username", "ssl.ca.location"] {
+            assert!(!is_secret_client_property(key), "{key}");
+        }
+    }
 
     #[test]
     fn never_prints_the_value() {
