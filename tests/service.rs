@@ -164,11 +164,6 @@ impl Sessionizer {
         }
     }
 
-    /// The process id, for signals and `/proc`.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The peak resident set size so far (`VmHWM`), or `None` once the process is gone.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
