@@ -10,6 +10,10 @@ req="$root/scripts/requirements/$name.txt"
 [[ -f "$req" ]] || { echo "python-venv: no requirements file $req" >&2; exit 2; }
 venv="$root/.cache/venv/$name"
 want="$(sha256sum "$req" | cut -d' ' -f1)"
+# Tests running in parallel may ask for the same venv at once: one installs, the others wait.
+mkdir -p "$root/.cache/venv"
+exec 9>"$root/.cache/venv/$name.lock"
+flock 9
 if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]]; then
   echo "python-venv: installing $name into .cache/venv/$name" >&2
   rm -rf "$venv"
