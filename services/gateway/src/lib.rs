@@ -61,6 +61,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::try_new(&registry).map_err(RunError::Metrics)?;
+    service_kit::process_metrics::register(&registry, "gateway", VERSION)
+        .map_err(RunError::Metrics)?;
     let broker = BrokerState::default();
     let publisher = Arc::new(
         KafkaPublisher::try_new(&config.kafka, broker.clone()).map_err(RunError::Producer)?,

@@ -16,7 +16,7 @@ pub struct Health {
 #[derive(Debug, Default)]
 struct HealthFlags {
     last_progress_ms: AtomicU64,
-    assigned: AtomicBool,
+    joined: AtomicBool,
     broker_reachable: AtomicBool,
     sink_failing: AtomicBool,
 }
@@ -32,7 +32,7 @@ fn now_ms() -> u64 {
 /// Why the service is not ready, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReady {
-    NoPartitionsAssigned,
+    NotJoined,
     BrokerUnreachable,
     SinkFailing,
 }
@@ -40,7 +40,7 @@ pub enum NotReady {
 impl NotReady {
     pub fn as_str(self) -> &'static str {
         match self {
-            NotReady::NoPartitionsAssigned => "no partitions assigned",
+            NotReady::NotJoined => "not yet joined the consumer group",
             NotReady::BrokerUnreachable => "kafka broker unreachable",
             NotReady::SinkFailing => "openlayer requests failing",
         }
@@ -59,8 +59,10 @@ impl Health {
             .store(now_ms(), Ordering::Relaxed);
     }
 
-    pub fn set_assigned(&self, assigned: bool) {
-        self.inner.assigned.store(assigned, Ordering::Relaxed);
+    /// The first rebalance completed: the consumer is a member of its group, with or without
+    /// partitions.
+    pub fn set_joined(&self) {
+        self.inner.joined.store(true, Ordering::Relaxed);
     }
 
     pub fn set_broker_reachable(&self, reachable: bool) {
@@ -81,14 +83,17 @@ impl Health {
                 <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Ready when partitions are assigned, the broker answers and the sink is not failing.
+    /// Ready when the consumer joined its group, the broker answers and the sink is not
+    /// failing. A member that owns no partitions (more replicas than partitions) is ready and
+    /// idle: were it unready, a rollout surging one replica over the partition count would
+    /// wait forever for it.
     ///
     /// # Errors
     /// The first check that fails.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        // Before the first assignment the broker has simply not been heard from yet.
-        if !self.inner.assigned.load(Ordering::Relaxed) {
-            return Err(NotReady::NoPartitionsAssigned);
+        // Before the first rebalance the broker has simply not been heard from yet.
+        if !self.inner.joined.load(Ordering::Relaxed) {
+            return Err(NotReady::NotJoined);
         }
         if !self.inner.broker_reachable.load(Ordering::Relaxed) {
             return Err(NotReady::BrokerUnreachable);

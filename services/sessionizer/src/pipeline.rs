@@ -303,6 +303,7 @@ impl Pipeline {
                     self.metrics.rebalances.with_label_values(&["assign"]).inc();
                     // An assignment came from the group coordinator: the broker answers.
                     self.health.set_broker_reachable(true);
+                    self.health.set_joined();
                     for partition in &partitions {
                         self.tracker.assign(*partition);
                     }
@@ -346,7 +347,6 @@ impl Pipeline {
             self.metrics
                 .partitions_assigned
                 .set(self.windows.len() as i64);
-            self.health.set_assigned(!self.windows.is_empty());
         }
     }
 

@@ -82,6 +82,8 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).map_err(ServiceError::Metrics)?;
+    service_kit::process_metrics::register(&registry, "sessionizer", crate::VERSION)
+        .map_err(ServiceError::Metrics)?;
     let health = Health::new();
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

@@ -47,7 +47,7 @@ fn healthy() -> Health {
     let health = Health::new();
     health.record_progress();
     health.set_broker_reachable(true);
-    health.set_assigned(true);
+    health.set_joined();
     health
 }
 
@@ -110,10 +110,15 @@ async fn readyz_names_the_failing_check() {
     assert_eq!(reply.body, "not ready: openlayer requests failing\n");
 
     health.set_sink_failing(false);
-    health.set_assigned(false);
     let reply = get(state_with(health), "/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let starting = Health::new();
+    starting.record_progress();
+    starting.set_broker_reachable(true);
+    let reply = get(state_with(starting), "/readyz").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.body, "not ready: no partitions assigned\n");
+    assert_eq!(reply.body, "not ready: not yet joined the consumer group\n");
 }
 
 #[tokio::test]

@@ -152,6 +152,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
+    service_kit::process_metrics::register(&registry, "sessionizer", crate::VERSION)?;
     let health = Health::new();
     let listener = match tokio::net::TcpListener::bind(settings.metrics_listen).await {
         Ok(listener) => listener,
