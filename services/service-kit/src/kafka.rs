@@ -328,6 +328,8 @@ mod tests {
         let secured = probe(&[
             ("security.protocol", "SASL_SSL"),
             ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "sessionizer"),
+            ("sasl.password", "hunter2"),
         ]);
         assert!(secured.add_partitions_command("llm-traces", 6).ends_with(
             "--alter --topic llm-traces --partitions 6 --command-config client.properties"
