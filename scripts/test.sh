@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# System tools (promtool, prometheus, jq, yq, ...) installed when missing; every crate
+# fetched up front, since the image context check builds offline.
+scripts/ensure-tools.sh
+cargo fetch --locked
+
 WITH_BROKER_NAME="test"
 # shellcheck source=scripts/with-broker.sh
 source scripts/with-broker.sh
@@ -21,3 +26,5 @@ cargo run --locked -q -p pipeline-bench -- --sessions 20 --turns 3 --reps 1 --la
   --gateway-traces 50 --gateway-batch-rows 10 --gateway-clients 4 --gateway-latency-secs 1 --out target/bench/smoke.json
 # Everything under deploy/ checked with the real tools (promtool, kubectl kustomize, check-config).
 scripts/check-deploy.sh
+# deploy/Dockerfile's COPY lines give the image build every file the binaries need.
+scripts/check-image-context.sh
