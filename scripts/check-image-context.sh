@@ -26,6 +26,10 @@ ctx="target/image-context"
 fail() { echo "check-image-context: FAIL: $*" >&2; exit 1; }
 
 [[ -f "$dockerfile" ]] || fail "no $dockerfile"
+# One run at a time: the context directory is fixed.
+mkdir -p target
+exec 9>target/image-context.lock
+flock 9
 rm -rf "$ctx"
 mkdir -p "$ctx"
 
