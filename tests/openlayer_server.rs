@@ -25,7 +25,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};
@@ -112,12 +112,16 @@ struct Behaviour {
     max_body_bytes: Option<usize>,
     responder: Option<Responder>,
     reject_row: Option<RowPredicate>,
+    /// Pipelines `GET /inference-pipelines/{id}` finds; `None`: every id exists.
+    known_pipelines: Option<Vec<String>>,
 }
 
 #[derive(Default)]
 struct Records {
     requests: Vec<RecordedRequest>,
     updates: Vec<RowUpdate>,
+    /// Pipeline ids read with `GET /inference-pipelines/{id}`, with the status answered.
+    retrieved: Vec<(String, u16)>,
 }
 
 struct Shared {
@@ -196,6 +200,10 @@ impl OpenlayerServer {
             .route(
                 "/v1/inference-pipelines/{pipeline_id}/rows",
                 put(update_row),
+            )
+            .route(
+                "/v1/inference-pipelines/{pipeline_id}",
+                get(retrieve_pipeline),
             )
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
             // The size limit is ours to script (set_max_body_bytes), not axum's 2 MB default.
@@ -290,6 +298,17 @@ impl OpenlayerServer {
     pub fn reject_inference_id(&self, inference_id: &str) {
         let inference_id = inference_id.to_owned();
         self.reject_rows_where(move |row| row["inferenceId"] == inference_id.as_str());
+    }
+
+    /// Only these pipelines exist for `GET /inference-pipelines/{id}` (others are 404).
+    pub fn set_known_pipelines(&self, pipeline_ids: &[&str]) {
+        self.shared.behaviour().known_pipelines =
+            Some(pipeline_ids.iter().map(|id| (*id).to_owned()).collect());
+    }
+
+    /// Pipelines read so far (`GET /inference-pipelines/{id}`), with the status answered.
+    pub fn retrieved_pipelines(&self) -> Vec<(String, u16)> {
+        self.shared.records().retrieved.clone()
     }
 
     /// Every data-stream request so far, in arrival order.
@@ -541,6 +560,32 @@ fn check_data_stream_body(parsed: &Value) -> Result<(&Value, &[Value]), &'static
         return Err("every row must be an object");
     }
     Ok((config, rows))
+}
+
+/// `GET /inference-pipelines/{id}` (the SDK's `inference_pipelines.retrieve`): 401 for a
+/// wrong key, 404 for an unknown pipeline, else the pipeline.
+async fn retrieve_pipeline(
+    State(shared): State<Arc<Shared>>,
+    Path(pipeline_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let known = shared
+        .behaviour()
+        .known_pipelines
+        .as_ref()
+        .is_none_or(|known| known.contains(&pipeline_id));
+    let response = if !shared.authorized(&headers) {
+        error_response(StatusCode::UNAUTHORIZED, "invalid or missing api key")
+    } else if !known {
+        error_response(StatusCode::NOT_FOUND, "inference pipeline not found")
+    } else {
+        Json(json!({"id": pipeline_id, "name": "test pipeline"})).into_response()
+    };
+    shared
+        .records()
+        .retrieved
+        .push((pipeline_id, response.status().as_u16()));
+    response
 }
 
 async fn update_row(

@@ -11,12 +11,14 @@
 //! - [`publish`]: the idempotent Kafka producer behind the `Publish` seam
 //! - [`http`]: the API routes and the operations endpoint
 //! - [`metrics`]: every `gateway_` metric
+//! - [`preflight`]: `gateway preflight`: brokers and topic checked before a rollout
 //! - [`run`]: serve until shutdown, then drain
 
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod preflight;
 pub mod publish;
 pub mod rows;
 

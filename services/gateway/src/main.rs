@@ -34,6 +34,19 @@ enum Command {
     /// Print the effective configuration with secrets redacted, or every problem in it
     /// (exit code 2).
     CheckConfig(ConfigArgs),
+    /// Connect with this configuration and check what `run` needs, one line each (✓ or ✗
+    /// with the fix): the brokers with the configured TLS/SASL and the traces topic. Produces
+    /// nothing. Exit code 0 only when every check passed (usable as an init container).
+    Preflight(PreflightArgs),
+}
+
+#[derive(Args, Debug)]
+struct PreflightArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Bound of each request, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +62,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Preflight(args) => preflight(&args),
     }
 }
 
@@ -59,6 +73,21 @@ fn load(args: &ConfigArgs) -> Result<(GatewayConfig, ValidatedConfig), ExitCode>
         eprintln!("gateway: {error}");
         ExitCode::from(EXIT_INVALID_CONFIG)
     })
+}
+
+fn preflight(args: &PreflightArgs) -> ExitCode {
+    let validated = match load(&args.config) {
+        Ok((_config, validated)) => validated,
+        Err(code) => return code,
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout_secs);
+    let report = gateway::preflight::run(&validated.kafka, timeout);
+    print!("{report}");
+    if report.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn check_config(args: &ConfigArgs) -> ExitCode {
@@ -121,7 +150,7 @@ fn run(args: &ConfigArgs) -> ExitCode {
     match runtime.block_on(gateway::run(validated, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %anyhow::Error::from(error), "gateway failed");
+            service_kit::fatal::report("gateway", &error);
             ExitCode::FAILURE
         }
     }

@@ -22,6 +22,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use service_kit::kafka::TopicCommands;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -98,6 +99,9 @@ pub struct KafkaPublisher {
     topic: String,
     produce_timeout: Duration,
     broker: BrokerState,
+    /// The command that creates the topic, logged once when the broker does not know it.
+    create_topic_command: String,
+    topic_absent_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -136,18 +140,42 @@ impl KafkaPublisher {
             topic: settings.topic.clone(),
             produce_timeout: settings.produce_timeout,
             broker,
+            create_topic_command: TopicCommands {
+                bootstrap_servers: &settings.bootstrap_servers,
+                secured: TopicCommands::is_secured(&settings.client.0),
+            }
+            .create_topic(&settings.topic, None, &[]),
+            topic_absent_logged: AtomicBool::new(false),
         })
     }
 
     /// Asks the broker for the topic's metadata (blocking; run it off the async threads).
     /// An answer is enough: a topic the broker does not know yet (a fresh cluster that
     /// creates topics on first produce) must not keep the gateway from producing.
+    /// A missing topic is logged once, with the command that creates it.
     pub fn check_broker(&self, timeout: Duration) -> bool {
-        let reachable = self
+        let metadata = self
             .producer()
             .client()
-            .fetch_metadata(Some(&self.topic), timeout)
-            .is_ok();
+            .fetch_metadata(Some(&self.topic), timeout);
+        let reachable = metadata.is_ok();
+        if let Ok(metadata) = metadata {
+            let absent = metadata
+                .topics()
+                .iter()
+                .find(|topic| topic.name() == self.topic)
+                .is_none_or(|topic| topic.error().is_some() || topic.partitions().is_empty());
+            if !absent {
+                self.topic_absent_logged.store(false, Ordering::Relaxed);
+            } else if !self.topic_absent_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    topic = %self.topic,
+                    command = %self.create_topic_command,
+                    "the traces topic does not exist: requests fail with 503 unless the brokers \
+                     create topics on first produce; create it with the command"
+                );
+            }
+        }
         self.broker.set_reachable(reachable);
         reachable
     }

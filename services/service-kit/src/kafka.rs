@@ -85,9 +85,7 @@ impl KafkaProbe {
         // Never commits: it only reads what the group committed.
         consumer_config.set("enable.auto.commit", "false");
         let consumer = consumer_config.create_with_context(ProbeContext::default())?;
-        let secured = client
-            .get("security.protocol")
-            .is_some_and(|protocol| !protocol.eq_ignore_ascii_case("plaintext"));
+        let secured = TopicCommands::is_secured(client);
         Ok(KafkaProbe {
             consumer,
             config,
@@ -206,9 +204,59 @@ impl KafkaProbe {
         Ok(())
     }
 
-    /// The `kafka-topics.sh` command that creates `topic`; `num_partitions: None` leaves a
-    /// placeholder for the operator's choice.
+    /// The `kafka-topics.sh` command that creates `topic` on this cluster.
     pub fn create_topic_command(
+        &self,
+        topic: &str,
+        num_partitions: Option<usize>,
+        settings: &[(&str, &str)],
+    ) -> String {
+        self.commands()
+            .create_topic(topic, num_partitions, settings)
+    }
+
+    /// The `kafka-topics.sh` command that raises `topic` to `num_partitions` partitions.
+    pub fn add_partitions_command(&self, topic: &str, num_partitions: usize) -> String {
+        self.commands().add_partitions(topic, num_partitions)
+    }
+
+    fn commands(&self) -> TopicCommands<'_> {
+        TopicCommands {
+            bootstrap_servers: &self.bootstrap_servers,
+            secured: self.secured,
+        }
+    }
+
+    fn probe_error(&self, error: KafkaError) -> ProbeError {
+        let reason = self
+            .consumer
+            .context()
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|last_error| last_error.clone());
+        ProbeError { error, reason }
+    }
+}
+
+/// The admin commands that fix a topic, for messages and preflight lines.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicCommands<'a> {
+    pub bootstrap_servers: &'a str,
+    /// TLS or SASL: the admin tool then needs the same settings from a properties file.
+    pub secured: bool,
+}
+
+impl TopicCommands<'_> {
+    /// Whether `client` (librdkafka properties) connects with TLS or SASL.
+    pub fn is_secured(client: &BTreeMap<String, String>) -> bool {
+        client
+            .get("security.protocol")
+            .is_some_and(|protocol| !protocol.eq_ignore_ascii_case("plaintext"))
+    }
+
+    /// Creates `topic`; `num_partitions: None` leaves a placeholder for the operator's choice.
+    pub fn create_topic(
         &self,
         topic: &str,
         num_partitions: Option<usize>,
@@ -226,8 +274,8 @@ impl KafkaProbe {
         self.with_command_config(command)
     }
 
-    /// The `kafka-topics.sh` command that raises `topic` to `num_partitions` partitions.
-    pub fn add_partitions_command(&self, topic: &str, num_partitions: usize) -> String {
+    /// Raises `topic` to `num_partitions` partitions.
+    pub fn add_partitions(&self, topic: &str, num_partitions: usize) -> String {
         self.with_command_config(format!(
             "kafka-topics.sh --bootstrap-server {} --alter --topic {topic} --partitions {num_partitions}",
             self.bootstrap_servers
@@ -236,22 +284,10 @@ impl KafkaProbe {
 
     fn with_command_config(&self, command: String) -> String {
         if self.secured {
-            // The admin tool needs the same TLS/SASL settings, from a properties file.
             command + " --command-config client.properties"
         } else {
             command
         }
-    }
-
-    fn probe_error(&self, error: KafkaError) -> ProbeError {
-        let reason = self
-            .consumer
-            .context()
-            .last_error
-            .lock()
-            .ok()
-            .and_then(|last_error| last_error.clone());
-        ProbeError { error, reason }
     }
 }
 

@@ -1,7 +1,11 @@
 //! A preflight report: one line per check, ✓ or ✗, and under every ✗ the fix. The command
 //! exits 0 only when every check passed, so it can gate a rollout as an init container.
 
+use crate::kafka::{KafkaProbe, ProbeError};
+use rdkafka::error::RDKafkaErrorCode;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 /// How one check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +99,89 @@ impl fmt::Display for Report {
             )
         }
     }
+}
+
+/// The first lines of every service's preflight: connect with the service's settings and
+/// check that the brokers answer. Returns the probe for the topic checks when they did.
+pub fn connect_brokers(
+    bootstrap_servers: &str,
+    client: &BTreeMap<String, String>,
+    group_id: Option<&str>,
+    timeout: Duration,
+    report: &mut Report,
+) -> Option<KafkaProbe> {
+    let probe = match KafkaProbe::try_new(bootstrap_servers, client, group_id, timeout) {
+        Ok(probe) => probe,
+        Err(error) => {
+            report.push(Check::failed(
+                "kafka client",
+                format!("librdkafka refused the settings: {error}"),
+                "correct the kafka.client setting the message names",
+            ));
+            return None;
+        }
+    };
+    let protocol = client
+        .get("security.protocol")
+        .map_or("plaintext", String::as_str);
+    match probe.num_brokers() {
+        Ok(num_brokers) => {
+            report.push(Check::passed(
+                "kafka brokers",
+                format!("{num_brokers} broker(s) answered at {bootstrap_servers} ({protocol})"),
+            ));
+            Some(probe)
+        }
+        Err(error) => {
+            report.push(Check::failed(
+                "kafka brokers",
+                format!(
+                    "no answer from {bootstrap_servers} ({protocol}) within {timeout:?}: {error}"
+                ),
+                "check kafka.bootstrap_servers, that this pod may reach the brokers \
+                 (NetworkPolicy, firewall), and the TLS/SASL settings under kafka.client \
+                 (security.protocol, sasl.mechanism, sasl.username, sasl.password, \
+                 ssl.ca.location)",
+            ));
+            report.push(Check::failed(
+                "topics",
+                "not checked: no broker answered",
+                "fix the broker check above first",
+            ));
+            None
+        }
+    }
+}
+
+/// A topic the broker refuses to describe.
+pub fn inaccessible_topic(subject: String, code: RDKafkaErrorCode) -> Check {
+    Check::failed(
+        subject,
+        format!("the broker refuses to describe it ({code})"),
+        "grant the service's principal access to it (docs/operations.md lists every topic \
+         and ACL)",
+    )
+}
+
+/// A topic whose metadata request failed as a whole.
+pub fn unanswered_topic(subject: String, error: &ProbeError) -> Check {
+    Check::failed(
+        subject,
+        format!("the metadata request failed: {error}"),
+        "check that the brokers are healthy, then run preflight again",
+    )
+}
+
+/// A topic that must exist and does not: the command creates it.
+pub fn missing_topic(probe: &KafkaProbe, subject: String, topic: &str) -> Check {
+    Check::failed(
+        subject,
+        "does not exist",
+        format!(
+            "create it, with as many partitions as sessionizer replicas you will run at most: {}",
+            probe.create_topic_command(topic, None, &[])
+        ),
+    )
 }
 
 #[cfg(test)]

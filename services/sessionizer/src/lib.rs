@@ -13,6 +13,7 @@
 //! - [`demo`]: the embedded demo (`make run`): in-process Kafka, helpers, local endpoint
 //! - [`service`]: the deployed service: HTTP endpoints plus the pipeline, from the config
 //! - [`pipeline`]: the task that runs the stages, rebalances and shutdown
+//! - [`preflight`]: `sessionizer preflight`: brokers, topics, group, registry and key checked
 //! - [`metrics`], [`health`], [`http`]: `/metrics`, `/healthz`, `/readyz`
 //! - [`secret`]: a string that never prints
 
@@ -25,6 +26,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod preflight;
 pub mod secret;
 pub mod service;
 pub mod sessionize;

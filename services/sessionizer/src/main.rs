@@ -38,6 +38,12 @@ enum Command {
     /// Print the effective configuration with secrets redacted, or every problem in it
     /// (exit code 2).
     CheckConfig(ConfigArgs),
+    /// Connect with this configuration and check what `run` needs, one line each (✓ or ✗
+    /// with the fix): the brokers with the configured TLS/SASL, every topic and the
+    /// changelog's partition count, the consumer group, the Schema Registry if configured,
+    /// and the Openlayer key through a read-only request. Writes nothing. Exit code 0 only
+    /// when every check passed (usable as an init container).
+    Preflight(PreflightArgs),
     /// Run the whole product in one process with nothing to install: an in-process Kafka
     /// cluster, synthetic multi-user chat traffic emitted through the producer helpers, this
     /// sessionizer, and a local Openlayer-compatible endpoint that records every request (or
@@ -48,6 +54,19 @@ enum Command {
     /// services in other languages and for backfills. Invalid lines are reported with their
     /// line number and skipped; the exit code is 1 if any line was invalid or undelivered.
     Emit(EmitArgs),
+}
+
+#[derive(Args, Debug)]
+struct PreflightArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also check the key against this Openlayer pipeline (one your producers name in
+    /// `pipeline_id`); repeatable. openlayer.default_pipeline_id is always checked.
+    #[arg(long = "pipeline-id", value_name = "ID")]
+    pipeline_ids: Vec<String>,
+    /// Bound of each request, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +130,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Preflight(args) => preflight(&args),
         Command::Demo(args) => demo(args),
         Command::Emit(args) => emit(&args),
     }
@@ -279,7 +299,7 @@ fn run(args: &ConfigArgs) -> ExitCode {
     match runtime.block_on(sessionizer::service::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %anyhow::Error::from(error), "sessionizer stopped");
+            service_kit::fatal::report("sessionizer", &error);
             ExitCode::FAILURE
         }
     }
@@ -314,6 +334,35 @@ fn shutdown_signal() -> impl Future<Output = ()> {
         } else {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+fn preflight(args: &PreflightArgs) -> ExitCode {
+    let config = match load_config(&args.config) {
+        Ok(config) => config,
+        Err(error) => return report_invalid_config(&error),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sessionizer: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = std::time::Duration::from_secs(args.timeout_secs);
+    let report = runtime.block_on(sessionizer::preflight::run(
+        &config,
+        &args.pipeline_ids,
+        timeout,
+    ));
+    print!("{report}");
+    if report.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

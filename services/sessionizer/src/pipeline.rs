@@ -18,9 +18,10 @@ use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{ClosedSession, PartitionWindows, Placement, WindowSettings};
 use crate::sink::openlayer::OpenlayerSink;
 use crate::sink::{ShipReport, SinkSettings};
-use crate::source::changelog::{ChangelogError, ensure_changelog_topic, read_partitions};
+use crate::source::changelog::{ChangelogError, read_partitions};
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{KafkaSettings, RebalanceEvent, Source, create_producer, create_source};
+use crate::source::topics::{TopicError, prepare_topics};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -73,8 +74,8 @@ pub enum RunError {
     Sink(#[source] crate::sink::openlayer::SinkError),
     #[error("failed to create the schema registry client")]
     SchemaRegistry(#[source] trace_model::codec::registry::RegistryError),
-    #[error("failed to prepare the session state changelog")]
-    Changelog(#[source] ChangelogError),
+    #[error("the topics are not ready")]
+    Topics(#[source] TopicError),
     /// Processing a partition without its session state would renumber its sessions' turns;
     /// stopping lets the restart (Kubernetes restarts the pod) try again.
     #[error("failed to restore session state from the changelog")]
@@ -178,11 +179,9 @@ pub async fn run(
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    if let Some(changelog) = &settings.kafka.changelog_topic {
-        ensure_changelog_topic(&settings.kafka, changelog)
-            .await
-            .map_err(RunError::Changelog)?;
-    }
+    prepare_topics(&settings.kafka)
+        .await
+        .map_err(RunError::Topics)?;
     let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
     let sink =

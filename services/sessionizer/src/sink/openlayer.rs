@@ -70,6 +70,15 @@ pub enum SinkError {
 /// Attempts of a final-turn row update before it is given up (it is best-effort).
 const MAX_ROW_UPDATE_ATTEMPTS: usize = 5;
 
+/// Why a pipeline could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieveError {
+    #[error("invalid pipeline id: {0}")]
+    InvalidId(&'static str),
+    #[error("no response from openlayer")]
+    Request(#[source] reqwest::Error),
+}
+
 /// Ships batches of rows to Openlayer. Cheap to share: `ship` takes `&self` and may run
 /// concurrently for different batches.
 pub struct OpenlayerSink {
@@ -472,6 +481,31 @@ impl OpenlayerSink {
             .with_label_values(&[status_label])
             .observe(started.elapsed().as_secs_f64());
         attempt
+    }
+
+    /// Reads a pipeline (`GET {base}/inference-pipelines/{id}`, the SDK's
+    /// `inference_pipelines.retrieve`): writes nothing, so preflight can check the key and the
+    /// pipeline id with it. Returns the HTTP status; 200 means the key may use the pipeline.
+    ///
+    /// # Errors
+    /// An id that cannot be a path segment, or no response (connection, TLS, timeout).
+    pub async fn retrieve_pipeline(
+        &self,
+        pipeline_id: &str,
+    ) -> Result<reqwest::StatusCode, RetrieveError> {
+        let url = format!(
+            "{}/inference-pipelines/{}",
+            self.base_url,
+            encode_path_segment(pipeline_id).map_err(RetrieveError::InvalidId)?
+        );
+        let response = self
+            .client
+            .get(&url)
+            .header(AUTHORIZATION, self.authorization.clone())
+            .send()
+            .await
+            .map_err(|error| RetrieveError::Request(error.without_url()))?;
+        Ok(response.status())
     }
 
     fn data_stream_url(&self, pipeline_id: &str) -> Result<String, &'static str> {

@@ -1,10 +1,8 @@
-//! The changelog topic of session state: created to match the traces topic partition for
-//! partition, and read back when a partition is assigned (see `sessionize::store`).
+//! The changelog topic of session state, read back when a partition is assigned (see
+//! `sessionize::store`; `source::topics` creates the topic).
 
 use crate::sessionize::store::RestoredPartition;
 use crate::source::kafka::KafkaSettings;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -13,22 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// Why the changelog could not be prepared or read.
+/// Why the changelog could not be read.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ChangelogError {
     #[error("kafka request failed")]
     Kafka(#[from] KafkaError),
-    #[error(
-        "topic {topic} does not exist yet; create it (the changelog copies its partition count)"
-    )]
-    MissingTopic { topic: String },
-    #[error("changelog topic {changelog} has {found} partitions, the traces topic {expected}")]
-    PartitionMismatch {
-        changelog: String,
-        found: usize,
-        expected: usize,
-    },
     #[error("reading changelog partition {partition} did not finish within {timeout:?}")]
     RestoreTimeout { partition: i32, timeout: Duration },
 }
@@ -40,67 +28,6 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
         config.set(key, value);
     }
     config
-}
-
-fn partition_count(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Option<usize>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|candidate| candidate.name() == topic && candidate.error().is_none())
-        .map(|found| found.partitions().len())
-        .filter(|count| *count > 0))
-}
-
-/// Makes sure `changelog` exists with as many partitions as the traces topic, so that state
-/// of traces partition `p` lives in changelog partition `p`.
-///
-/// # Errors
-/// The traces topic is missing, the changelog has another partition count, or Kafka fails.
-pub async fn ensure_changelog_topic(
-    settings: &KafkaSettings,
-    changelog: &str,
-) -> Result<(), ChangelogError> {
-    let timeout = Duration::from_secs(10);
-    let probe: BaseConsumer = client_config(settings).create()?;
-    let expected = partition_count(&probe, &settings.topic, timeout)?.ok_or_else(|| {
-        ChangelogError::MissingTopic {
-            topic: settings.topic.clone(),
-        }
-    })?;
-    if let Some(found) = partition_count(&probe, changelog, timeout)? {
-        if found != expected {
-            return Err(ChangelogError::PartitionMismatch {
-                changelog: changelog.to_owned(),
-                found,
-                expected,
-            });
-        }
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
-    let num_partitions = i32::try_from(expected).unwrap_or(i32::MAX);
-    // Compaction keeps the newest record per session; on brokers that never compact the
-    // restore still works, it only reads more.
-    let topic = NewTopic::new(changelog, num_partitions, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
-    let results = admin.create_topics([&topic], &AdminOptions::new()).await?;
-    for result in results {
-        match result {
-            Ok(_) => tracing::info!(
-                topic = changelog,
-                num_partitions,
-                "created the changelog topic"
-            ),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code).into()),
-        }
-    }
-    Ok(())
 }
 
 /// Context of consumers that read a partition to its end: partition EOF is how they know they

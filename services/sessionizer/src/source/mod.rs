@@ -1,5 +1,6 @@
-//! The source stage: the traces consumer group and the dead-letter side output.
+//! The source stage: the traces consumer group, its topics and the dead-letter side output.
 
 pub mod changelog;
 pub mod dlq;
 pub mod kafka;
+pub mod topics;

@@ -1,0 +1,258 @@
+//! `sessionizer preflight`: connects with the service's own configuration and checks what
+//! `run` will need, one line each (see [`service_kit::preflight`]): the brokers with the
+//! configured TLS/SASL, every topic and the changelog's partition count, the consumer group,
+//! the Schema Registry when one is configured, and Openlayer with the key, through a
+//! read-only request. Nothing is written: topics the service would create are reported, not
+//! created, and the consumer group is only read, never joined.
+
+use crate::config::ValidatedConfig;
+use crate::metrics::Metrics;
+use crate::pipeline::PipelineSettings;
+use crate::sink::openlayer::OpenlayerSink;
+use crate::source::kafka::KafkaSettings;
+use crate::source::topics::{CHANGELOG_SETTINGS, TopicRole, needed_topics, partition_mismatch_fix};
+use service_kit::kafka::TopicState;
+use service_kit::preflight::{
+    Check, Report, connect_brokers, inaccessible_topic, missing_topic, unanswered_topic,
+};
+use std::time::Duration;
+
+/// Runs every check; `extra_pipeline_ids` are checked with the key besides the default one.
+pub async fn run(
+    config: &ValidatedConfig,
+    extra_pipeline_ids: &[String],
+    timeout: Duration,
+) -> Report {
+    let mut report = Report::default();
+    let kafka = PipelineSettings::from_config(config).kafka;
+    let kafka_checks = tokio::task::spawn_blocking(move || kafka_checks(&kafka, timeout)).await;
+    match kafka_checks {
+        Ok(checks) => report.checks.extend(checks),
+        Err(error) => report.push(Check::failed(
+            "kafka",
+            format!("the checks did not finish: {error}"),
+            "run preflight again; report a bug if it repeats",
+        )),
+    }
+    if let Some(url) = &config.kafka.schema_registry_url {
+        report.push(schema_registry_check(url, timeout).await);
+    }
+    report
+        .checks
+        .extend(openlayer_checks(config, extra_pipeline_ids).await);
+    report
+}
+
+/// Brokers, topics and the consumer group; blocking.
+pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
+    let mut report = Report::default();
+    let Some(probe) = connect_brokers(
+        &settings.bootstrap_servers,
+        &settings.client,
+        Some(&settings.group_id),
+        timeout,
+        &mut report,
+    ) else {
+        return report.checks;
+    };
+    let mut checks = report.checks;
+    let mut num_traces_partitions = None;
+    for needed in needed_topics(settings) {
+        let subject = format!("topic `{}` ({})", needed.name, needed.key);
+        let state = match probe.topic(needed.name) {
+            Ok(state) => state,
+            Err(error) => {
+                checks.push(unanswered_topic(subject, &error));
+                continue;
+            }
+        };
+        let topic_settings = if needed.role == TopicRole::Changelog {
+            CHANGELOG_SETTINGS
+        } else {
+            &[]
+        };
+        let check = match (needed.role, state) {
+            (_, TopicState::Inaccessible(code)) => inaccessible_topic(subject, code),
+            (TopicRole::Traces, TopicState::Present { num_partitions }) => {
+                num_traces_partitions = Some(num_partitions);
+                Check::passed(subject, format!("present, {num_partitions} partitions"))
+            }
+            (TopicRole::Traces, TopicState::Absent) => missing_topic(&probe, subject, needed.name),
+            (TopicRole::Changelog, TopicState::Present { num_partitions }) => {
+                match num_traces_partitions {
+                    Some(expected) if expected != num_partitions => Check::failed(
+                        subject,
+                        format!(
+                            "{num_partitions} partitions, but the traces topic `{}` has {expected}; \
+                             the two must match partition for partition",
+                            settings.topic
+                        ),
+                        partition_mismatch_fix(
+                            &probe,
+                            &settings.topic,
+                            needed.name,
+                            expected,
+                            num_partitions,
+                        ),
+                    ),
+                    _ => Check::passed(
+                        subject,
+                        format!(
+                            "present, {num_partitions} partitions, as many as `{}`",
+                            settings.topic
+                        ),
+                    ),
+                }
+            }
+            (TopicRole::Output, TopicState::Present { num_partitions }) => {
+                Check::passed(subject, format!("present, {num_partitions} partitions"))
+            }
+            (TopicRole::Changelog | TopicRole::Output, TopicState::Absent) => Check::passed(
+                subject,
+                format!(
+                    "absent; `run` creates it, which needs permission to create topics, or \
+                     create it yourself: {}",
+                    probe.create_topic_command(needed.name, num_traces_partitions, topic_settings)
+                ),
+            ),
+        };
+        checks.push(check);
+    }
+    let subject = format!("consumer group `{}` (kafka.group_id)", settings.group_id);
+    match num_traces_partitions {
+        None => checks.push(Check::failed(
+            subject,
+            "not checked: the traces topic is not available",
+            "fix the traces topic check above first",
+        )),
+        Some(num_partitions) => {
+            match probe.num_committed_partitions(&settings.topic, num_partitions) {
+                Ok(num_committed) => checks.push(Check::passed(
+                    subject,
+                    format!(
+                        "committed offsets readable ({num_committed} of {num_partitions} \
+                         partitions committed; a new group starts at kafka.client \
+                         auto.offset.reset)"
+                    ),
+                )),
+                Err(error) => checks.push(Check::failed(
+                    subject,
+                    format!("committed offsets cannot be read: {error}"),
+                    if error.is_authorization() {
+                        "grant the service's principal Read on the group (docs/operations.md)"
+                    } else {
+                        "check that the brokers are healthy, then run preflight again"
+                    },
+                )),
+            }
+        }
+    }
+    checks
+}
+
+async fn schema_registry_check(url: &str, timeout: Duration) -> Check {
+    let subject = "schema registry (kafka.schema_registry_url)";
+    let client = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(client) => client,
+        Err(error) => {
+            return Check::failed(subject, format!("no HTTP client: {error}"), "report a bug");
+        }
+    };
+    let subjects_url = format!("{}/subjects", url.trim_end_matches('/'));
+    match client.get(&subjects_url).send().await {
+        Ok(response) if response.status().is_success() => {
+            Check::passed(subject, format!("{url} answered {}", response.status()))
+        }
+        Ok(response) => Check::failed(
+            subject,
+            format!("GET {subjects_url} answered {}", response.status()),
+            "check kafka.schema_registry_url and the registry's access rules",
+        ),
+        Err(error) => Check::failed(
+            subject,
+            format!(
+                "no answer from {url}: {}",
+                service_kit::fatal::cause_chain(&error.without_url())
+            ),
+            "check kafka.schema_registry_url and that this pod may reach it",
+        ),
+    }
+}
+
+/// The key against each pipeline, with the request the SDK calls `inference_pipelines.retrieve`.
+async fn openlayer_checks(config: &ValidatedConfig, extra_pipeline_ids: &[String]) -> Vec<Check> {
+    let mut pipeline_ids: Vec<&str> = config
+        .openlayer
+        .default_pipeline_id
+        .iter()
+        .map(String::as_str)
+        .chain(extra_pipeline_ids.iter().map(String::as_str))
+        .collect();
+    pipeline_ids.dedup();
+    if pipeline_ids.is_empty() {
+        return vec![Check::failed(
+            "openlayer key",
+            "not checked: no pipeline id to check it against",
+            "set openlayer.default_pipeline_id (OPENLAYER_INFERENCE_PIPELINE_ID), or pass \
+             --pipeline-id ID for a pipeline your producers name",
+        )];
+    }
+    let metrics = match Metrics::register(&prometheus::Registry::new()) {
+        Ok(metrics) => metrics,
+        Err(error) => {
+            return vec![Check::failed(
+                "openlayer",
+                format!("{error}"),
+                "report a bug",
+            )];
+        }
+    };
+    let sink = match OpenlayerSink::try_new(config.sink.clone(), metrics) {
+        Ok(sink) => sink,
+        Err(error) => {
+            return vec![Check::failed(
+                "openlayer",
+                service_kit::fatal::cause_chain(&error),
+                "correct the [openlayer] settings the message names",
+            )];
+        }
+    };
+    let base_url = &config.sink.base_url;
+    let mut checks = Vec::new();
+    for pipeline_id in pipeline_ids {
+        let subject = format!("openlayer pipeline `{pipeline_id}`");
+        let check = match sink.retrieve_pipeline(pipeline_id).await {
+            Ok(status) if status.is_success() => {
+                Check::passed(subject, format!("{base_url} accepted the key ({status})"))
+            }
+            Ok(status) if matches!(status.as_u16(), 401 | 403) => Check::failed(
+                subject,
+                format!("{base_url} refused the key ({status})"),
+                "check the key in OPENLAYER_API_KEY or the file openlayer.api_key_file names \
+                 (the Kubernetes Secret), and that it may use this pipeline",
+            ),
+            Ok(status) if status.as_u16() == 404 => Check::failed(
+                subject,
+                format!("{base_url} does not know this pipeline ({status})"),
+                "check openlayer.default_pipeline_id (OPENLAYER_INFERENCE_PIPELINE_ID) or the \
+                 pipeline_id your producers set",
+            ),
+            Ok(status) => Check::failed(
+                subject,
+                format!("{base_url} answered {status}"),
+                "run preflight again; if it repeats, check Openlayer's status",
+            ),
+            Err(error) => Check::failed(
+                subject,
+                format!(
+                    "no answer from {base_url}: {}",
+                    service_kit::fatal::cause_chain(&error)
+                ),
+                "check openlayer.base_url (OPENLAYER_BASE_URL), that this pod may reach it \
+                 (NetworkPolicy egress, proxy), and its TLS certificate",
+            ),
+        };
+        checks.push(check);
+    }
+    checks
+}
