@@ -2,7 +2,10 @@
 # Checks everything under deploy/ with the real tools, offline:
 #   1. promtool check rules (lint fatal) and promtool test rules on deploy/prometheus;
 #   2. kubectl kustomize renders deploy/k8s/base and every overlay;
-#   3. each render's PrometheusRule .spec equals deploy/prometheus/alerts.yml (and passes promtool);
+#   3. each render's PrometheusRule .spec equals deploy/prometheus/alerts.yml (and passes promtool)
+#      up to the runbook links' base URL; every runbook_url, in both, is absolute, on one base
+#      (the render's: the PrometheusRule's runbook-base-url annotation, set in the base
+#      kustomization.yaml) and ends in `#<alert>`, a section of docs/operations.md;
 #   4. each render's objects agree with what the binaries really use:
 #      sessionizer: probes /healthz and /readyz on port 9464 (named metrics), the --config path
 #      served by the generated ConfigMap, the API key file (openlayer.api_key_file) mounted
@@ -13,10 +16,19 @@
 #      (auth.api_keys_file) mounted read-only from Secret gateway-api-keys key keys, Service
 #      80 -> http and 9465 -> metrics, ServiceMonitor/PDB/HPA wiring (no Deployment replicas
 #      under the HPA), grace period > unready delay + drain timeout + 5 s, librdkafka's queue
-#      cap below half the memory limit, the NetworkPolicy's ports and its egress to the
-#      namespace and port of kafka.bootstrap_servers;
-#      each rendered ConfigMap plus the Deployment's literal env vars must load through the
-#      binary's `check-config`; each ServiceMonitor selects exactly its own Service;
+#      cap below half the memory limit, the NetworkPolicy's ports;
+#      each rendered ConfigMap plus the Deployment's env (literal values, ConfigMap keys, dummy
+#      values for Secret keys) must load through the binary's `check-config`; each
+#      ServiceMonitor selects exactly its own Service; every ServiceMonitor and PrometheusRule
+#      carries the same `release` label; every Deployment a ScaledObject or an HPA targets sets
+#      no spec.replicas; every PDB has unhealthyPodEvictionPolicy AlwaysAllow;
+#      the Kafka connection (generated ConfigMap kafka-connection, set once per overlay): both
+#      Deployments read bootstrap servers, security protocol (and SASL mechanism) from it and
+#      their effective config equals it; SASL user/password come from a Secret, a CA file from
+#      a read-only Secret volume; the ScaledObject's bootstrapServers/sasl/tls match it (the
+#      KEDA words agree with librdkafka's) and its TriggerAuthentication reads the sessionizer's
+#      Secret keys; both NetworkPolicies allow egress to its brokers' namespace and port (and
+#      DNS; the sessionizer's also openlayer.base_url's port);
 #      deploy/Dockerfile has a stage per service that builds, copies and runs that binary as
 #      the pods' user and exposes their ports;
 #   5. the Grafana dashboard and provisioning files, offline (scripts/check-monitoring.py static:
@@ -74,6 +86,40 @@ env -i PATH="$PATH" SESSIONIZER__OPENLAYER__API_KEY_FILE="$tmp/api-key" "$bin" c
   >"$tmp/base-effective.toml" || fail "check-config rejected deploy/k8s/base/sessionizer.toml"
 
 yq -S -c . "$rules" >"$tmp/alerts.json" || fail "yq cannot read $rules"
+# Runbook links: absolute (Alertmanager has no base to resolve a relative one), all on one base
+# URL, each ending in its alert's section of docs/operations.md. The PrometheusRule may use
+# another base (deploy/k8s/base/kustomization.yaml sets it), so the spec is compared with the
+# part before `#` cut off.
+runbook_anchors='(.groups[].rules[] | select(.annotations.runbook_url != null) | .annotations.runbook_url) |= sub("^[^#]*"; "")'
+check_runbooks() { # FILE.json BASE WHAT
+  python3 - "$1" "$2" "$3" docs/operations.md <<'PY'
+import json, re, sys
+path, base, what, docs = sys.argv[1:5]
+spec = json.load(open(path))
+anchors = {re.sub(r"[^a-z0-9 -]", "", line[4:].strip().lower()).replace(" ", "-")
+           for line in open(docs) if line.startswith("### ")}
+errors = []
+if not re.fullmatch(r"https?://[^\s#]+", base):
+    errors.append(f"runbook base URL {base!r} is not an absolute http(s) URL without a fragment")
+for group in spec["groups"]:
+    for rule in group["rules"]:
+        if "alert" not in rule:
+            continue
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        expected = f"{base}#{rule['alert'].lower()}"
+        if url != expected:
+            errors.append(f"{rule['alert']}: runbook_url {url!r} is not {expected!r}")
+        if rule["alert"].lower() not in anchors:
+            errors.append(f"{rule['alert']}: no section `### {rule['alert']}` in {docs}")
+for error in errors:
+    print(f"  - {what}: {error}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+}
+alerts_base="$(jq -r '[.groups[].rules[].annotations.runbook_url // empty] | first | split("#")[0]' "$tmp/alerts.json")"
+check_runbooks "$tmp/alerts.json" "$alerts_base" "$rules" || fail "$rules: runbook links"
+echo "$rules: every runbook_url is $alerts_base#<alert>"
+jq -S -c "$runbook_anchors" "$tmp/alerts.json" >"$tmp/alerts.anchors.json"
 
 targets=(deploy/k8s/base)
 for overlay in deploy/k8s/overlays/*/; do targets+=("${overlay%/}"); done
@@ -91,15 +137,19 @@ for target in "${targets[@]}"; do
   yq -y 'select(.kind == "PrometheusRule") | .spec' "$rendered" >"$tmp/$name-rules.yml"
   promtool check rules --lint-fatal "$tmp/$name-rules.yml" >/dev/null \
     || fail "$target: PrometheusRule .spec fails promtool check rules"
-  jq -S -c . "$tmp/$name-rule.json" >"$tmp/$name-rule.sorted.json"
-  cmp -s "$tmp/$name-rule.sorted.json" "$tmp/alerts.json" \
+  jq -S -c "$runbook_anchors" "$tmp/$name-rule.json" >"$tmp/$name-rule.sorted.json"
+  cmp -s "$tmp/$name-rule.sorted.json" "$tmp/alerts.anchors.json" \
     || fail "$target: PrometheusRule .spec differs from $rules (regenerate deploy/k8s/base/prometheusrule.yaml, see its header)"
-  echo "PrometheusRule .spec == $rules"
+  # The runbook base configured once (deploy/k8s/base/kustomization.yaml) reached every link.
+  rule_base="$(yq -r 'select(.kind == "PrometheusRule") | .metadata.annotations["runbook-base-url"] // ""' "$rendered")"
+  [[ -n "$rule_base" ]] || fail "$target: PrometheusRule has no runbook-base-url annotation"
+  check_runbooks "$tmp/$name-rule.json" "$rule_base" "$target PrometheusRule" || fail "$target: runbook links"
+  echo "PrometheusRule .spec == $rules, runbook links on $rule_base"
 
   # Objects as JSON lines for the python checks.
   yq -c . "$rendered" >"$tmp/$name.jsonl"
   python3 - "$target" "$tmp/$name.jsonl" "$bin" "$tmp" "$gateway_bin" deploy/Dockerfile <<'PY' || fail "$target: manifest checks"
-import json, os, re, subprocess, sys, tomllib
+import json, os, re, subprocess, sys, tomllib, urllib.parse
 
 target, jsonl, binary, tmp, gateway_binary, dockerfile = sys.argv[1:7]
 objs = [json.loads(line) for line in open(jsonl) if line.strip() and line.strip() != "null"]
@@ -118,6 +168,54 @@ def configmap(name):
     found = [o for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == name]
     check(len(found) == 1, f"no rendered ConfigMap {name}")
     return found[0] if found else {}
+
+# The Kafka connection: one generated ConfigMap (kafka-connection-HASH).
+kafka_cms = [o for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"].startswith("kafka-connection-")]
+check(len(kafka_cms) == 1, f"expected one generated ConfigMap kafka-connection, found {len(kafka_cms)}")
+kafka_cm_name = kafka_cms[0]["metadata"]["name"] if kafka_cms else None
+conn = kafka_cms[0].get("data", {}) if kafka_cms else {}
+
+def resolve_env(who, env):
+    """The container's environment as the kubelet builds it: literal values, ConfigMap keys
+    from the render, and a dummy value per Secret key (Secrets are created out of band).
+    Returns (values, sources); a source is ("value", None, None), ("configMap", NAME, KEY) or
+    ("secret", NAME, KEY)."""
+    values, sources = {}, {}
+    for entry in env:
+        name, ref = entry["name"], entry.get("valueFrom", {})
+        if "value" in entry:
+            values[name], sources[name] = entry["value"], ("value", None, None)
+        elif "configMapKeyRef" in ref:
+            cm_ref = ref["configMapKeyRef"]
+            data = next((o.get("data", {}) for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == cm_ref.get("name")), None)
+            check(data is not None, f"{who}: env {name} reads ConfigMap {cm_ref.get('name')}, which is not in the render")
+            if data is not None and cm_ref.get("key") in data:
+                values[name] = data[cm_ref["key"]]
+            else:
+                check(cm_ref.get("optional") is True, f"{who}: env {name} reads key {cm_ref.get('key')} missing from ConfigMap {cm_ref.get('name')}")
+            sources[name] = ("configMap", cm_ref.get("name"), cm_ref.get("key"))
+        elif "secretKeyRef" in ref:
+            secret_ref = ref["secretKeyRef"]
+            values[name] = f"dummy-{secret_ref.get('key')}"
+            sources[name] = ("secret", secret_ref.get("name"), secret_ref.get("key"))
+        else:
+            check(False, f"{who}: env {name} has a source this check does not know")
+    return values, sources
+
+def secret_file(who, pod_spec, container, path):
+    """(Secret name, key) of the file at `path`, mounted read-only from a Secret volume, or None."""
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = next((v for v in pod_spec.get("volumes", []) if v["name"] == mount["name"]), {})
+        secret = volume.get("secret", {})
+        item = next((i for i in secret.get("items", []) if i.get("path") == path[len(prefix):]), None)
+        check(mount.get("readOnly") is True, f"{who}: {path} must be mounted read-only")
+        if secret.get("secretName") and item:
+            return (secret["secretName"], item["key"])
+    check(False, f"{who}: {path} is not a file mounted from a Secret volume item")
+    return None
 
 dep, svc, pdb = one("Deployment", "sessionizer"), one("Service", "sessionizer"), one("PodDisruptionBudget", "sessionizer")
 sm, so = one("ServiceMonitor", "sessionizer"), one("ScaledObject", "sessionizer")
@@ -170,7 +268,7 @@ if secret_volumes:
     check(secret_mount is not None and secret_mount.get("readOnly") is True, "the Secret volume must be mounted read-only")
     if item and secret_mount:
         key_file = secret_mount["mountPath"].rstrip("/") + "/" + item["path"]
-literal_env = {e["name"]: e["value"] for e in env if "value" in e}
+literal_env, env_sources = resolve_env("sessionizer", env)
 configured_key_file = literal_env.get("SESSIONIZER__OPENLAYER__API_KEY_FILE")
 if configured_key_file is None and toml_text is not None:
     configured_key_file = tomllib.loads(toml_text).get("openlayer", {}).get("api_key_file")
@@ -188,7 +286,8 @@ res = c.get("resources", {})
 check(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"),
       "resources need cpu/memory requests and a memory limit")
 
-# Effective configuration: ConfigMap TOML + the Deployment's literal env, through check-config.
+# Effective configuration: ConfigMap TOML + the Deployment's env (literal values, ConfigMap
+# keys, dummies for Secret keys), through check-config.
 effective = {}
 if toml_text is not None:
     path = os.path.join(tmp, os.path.basename(target) + "-sessionizer.toml")
@@ -203,8 +302,7 @@ if toml_text is not None:
         errors.append(f"check-config rejected the rendered config + env:\n{proc.stdout}{proc.stderr}")
     else:
         effective = tomllib.loads(proc.stdout)
-        literal = sorted(e["name"] for e in env if "value" in e)
-        print(f"check-config accepts the rendered ConfigMap + env {literal}")
+        print(f"check-config accepts the rendered ConfigMap + env {sorted(literal_env)}")
 if effective:
     listen = effective["http"]["listen"]
     check(listen.rsplit(":", 1)[-1] == "9464", f"http.listen {listen} is not on the container port 9464")
@@ -292,7 +390,7 @@ if gsecret_volumes:
     check(secret_mount is not None and secret_mount.get("readOnly") is True, "gateway: the Secret volume must be mounted read-only")
     if item and secret_mount:
         gkey_file = secret_mount["mountPath"].rstrip("/") + "/" + item["path"]
-gliteral_env = {e["name"]: e["value"] for e in genv if "value" in e}
+gliteral_env, genv_sources = resolve_env("gateway", genv)
 gconfigured_key_file = gliteral_env.get("GATEWAY__AUTH__API_KEYS_FILE")
 if gconfigured_key_file is None and gtoml is not None:
     gconfigured_key_file = tomllib.loads(gtoml).get("auth", {}).get("api_keys_file")
@@ -307,7 +405,8 @@ gres = g.get("resources", {})
 check(gres.get("requests", {}).get("cpu") and gres.get("requests", {}).get("memory") and gres.get("limits", {}).get("memory"),
       "gateway: resources need cpu/memory requests (the HPA scales on CPU utilization) and a memory limit")
 
-# Effective configuration: ConfigMap TOML + the Deployment's literal env, through `gateway check-config`.
+# Effective configuration: ConfigMap TOML + the Deployment's env (as for the sessionizer), through
+# `gateway check-config`.
 geffective = {}
 if gtoml is not None:
     path = os.path.join(tmp, os.path.basename(target) + "-gateway.toml")
@@ -340,22 +439,6 @@ if geffective:
     limit_mib = mebibytes(gres.get("limits", {}).get("memory"))
     check(queue_kbytes is not None and limit_mib is not None and int(queue_kbytes) / 1024 < limit_mib / 2,
           f"gateway: kafka.client queue.buffering.max.kbytes ({queue_kbytes}) must be set and below half the memory limit ({limit_mib} MiB)")
-    # The NetworkPolicy lets the pods reach the brokers: namespace and port of every
-    # host.NAMESPACE.svc[.cluster.local]:PORT in kafka.bootstrap_servers.
-    egress = gnp.get("spec", {}).get("egress", [])
-    for server in geffective["kafka"]["bootstrap_servers"].split(","):
-        host, _, port = server.strip().rpartition(":")
-        labels = host.split(".")
-        namespace = labels[1] if len(labels) >= 3 and labels[2] == "svc" else None
-        check(namespace is not None, f"gateway: bootstrap server {server} is not host.NAMESPACE.svc:PORT; check its egress rule by hand")
-        allowed = any(
-            any(peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == namespace
-                and "podSelector" not in peer for peer in rule.get("to", []))
-            and any(str(p.get("port")) == port for p in rule.get("ports", []))
-            for rule in egress)
-        check(allowed, f"gateway: NetworkPolicy egress does not allow namespace {namespace} port {port} ({server})")
-    check(any(any(str(p.get("port")) == "53" and p.get("protocol") == "UDP" for p in rule.get("ports", [])) for rule in egress),
-          "gateway: NetworkPolicy egress must allow DNS (UDP 53)")
 
 # Service, ServiceMonitor, PDB, HPA, NetworkPolicy wiring.
 def gselects(sel):
@@ -382,7 +465,6 @@ check(hspec.get("scaleTargetRef", {}).get("kind") == "Deployment" and hspec.get(
 hmin, hmax = hspec.get("minReplicas", 1), hspec.get("maxReplicas")
 check(isinstance(hmax, int) and 1 <= hmin <= hmax, f"gateway: HPA min/max replicas {hmin}/{hmax} invalid")
 check(any(m.get("resource", {}).get("name") == "cpu" for m in hspec.get("metrics", [])), "gateway: HPA must scale on cpu")
-check("replicas" not in gdep.get("spec", {}), "gateway: the Deployment must not set replicas (the HPA owns the count)")
 min_available = gpdb.get("spec", {}).get("minAvailable")
 check(min_available is None or (isinstance(min_available, int) and min_available < hmin),
       f"gateway: PDB minAvailable {min_available} blocks every eviction at the HPA's {hmin} replica(s)")
@@ -392,6 +474,134 @@ ingress_ports = sorted(str(p.get("port")) for rule in gnp.get("spec", {}).get("i
 check(ingress_ports == ["http", "metrics"], f"gateway: NetworkPolicy ingress must open ports http and metrics only, opens {ingress_ports}")
 snp = one("NetworkPolicy", "sessionizer")
 check(selects(snp.get("spec", {}).get("podSelector", {}).get("matchLabels")), "sessionizer: NetworkPolicy podSelector does not match the pods")
+
+# ---- Replica counts: KEDA or the HPA owns them --------------------------------------------
+# A Deployment that sets spec.replicas is scaled back to that number by every `kubectl apply`,
+# fighting the autoscaler; every Deployment a ScaledObject or an HPA targets must leave it out.
+scaled = [(o["kind"], o["metadata"]["name"], o.get("spec", {}).get("scaleTargetRef", {}))
+          for o in objs if o.get("kind") in ("ScaledObject", "HorizontalPodAutoscaler")]
+check({ref.get("name") for _, _, ref in scaled} >= {"sessionizer", "gateway"}, "both Deployments must be autoscaled")
+for kind, name, ref in scaled:
+    if ref.get("kind", "Deployment") != "Deployment":
+        continue
+    for deployment in [o for o in objs if o.get("kind") == "Deployment" and o["metadata"]["name"] == ref.get("name")]:
+        check("replicas" not in deployment.get("spec", {}),
+              f"Deployment {ref.get('name')} sets spec.replicas {deployment['spec'].get('replicas')}, but {kind} {name} owns the count")
+
+# ---- PodDisruptionBudgets ------------------------------------------------------------------
+for budget in [o for o in objs if o.get("kind") == "PodDisruptionBudget"]:
+    check(budget.get("spec", {}).get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+          f"PDB {budget['metadata']['name']}: unhealthyPodEvictionPolicy must be AlwaysAllow (unready pods must not block drains)")
+
+# ---- Monitoring objects: the same selector labels on each (base kustomization.yaml `labels`) -
+monitoring = [o for o in objs if o.get("kind") in ("ServiceMonitor", "PrometheusRule")]
+release_values = {o["metadata"].get("labels", {}).get("release") for o in monitoring}
+check(len(monitoring) == 3 and len(release_values) == 1 and None not in release_values,
+      f"every ServiceMonitor and PrometheusRule must carry the same `release` label (kube-prometheus-stack's selector), have {release_values}")
+
+# ---- Kafka connection: ConfigMap kafka-connection reaches both Deployments, the ScaledObject
+# (with its TriggerAuthentication) and both NetworkPolicies ---------------------------------
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512",
+             "OAUTHBEARER": "oauthbearer", "GSSAPI": "gssapi"}
+for key in ("bootstrap-servers", "security-protocol", "keda-sasl", "keda-tls", "brokers-namespace", "brokers-port"):
+    check(conn.get(key), f"ConfigMap kafka-connection: key {key} missing or empty")
+protocol = conn.get("security-protocol", "")
+check(protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+      f"kafka-connection security-protocol {protocol!r} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+sasl_on, tls_on = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+mechanism = conn.get("sasl-mechanism")
+check(sasl_on == bool(mechanism), f"kafka-connection sasl-mechanism must be set exactly when security-protocol is SASL_* (is {mechanism!r} with {protocol})")
+check(not sasl_on or mechanism in KEDA_SASL, f"kafka-connection sasl-mechanism {mechanism!r} is not one of {sorted(KEDA_SASL)}")
+check(conn.get("keda-sasl") == (KEDA_SASL.get(mechanism) if sasl_on else "none"),
+      f"kafka-connection keda-sasl {conn.get('keda-sasl')!r} does not say {protocol}/{mechanism} in KEDA's words ({KEDA_SASL.get(mechanism) if sasl_on else 'none'})")
+check(conn.get("keda-tls") == ("enable" if tls_on else "disable"),
+      f"kafka-connection keda-tls {conn.get('keda-tls')!r} must be {'enable' if tls_on else 'disable'} with {protocol}")
+
+def broker_egress(who, policy, servers):
+    """The NetworkPolicy lets the pods reach the brokers: the ConfigMap's namespace and port, and
+    those of every host.NAMESPACE.svc[.cluster.local]:PORT bootstrap server; and DNS."""
+    egress = policy.get("spec", {}).get("egress", [])
+    check("Egress" in policy.get("spec", {}).get("policyTypes", []), f"{who}: NetworkPolicy must restrict Egress")
+    def allows(namespace, port):
+        return any(
+            any(peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == namespace
+                and "podSelector" not in peer for peer in rule.get("to", []))
+            and any(str(p.get("port")) == str(port) for p in rule.get("ports", []))
+            for rule in egress)
+    check(allows(conn.get("brokers-namespace"), conn.get("brokers-port")),
+          f"{who}: NetworkPolicy egress does not allow kafka-connection's brokers-namespace {conn.get('brokers-namespace')} port {conn.get('brokers-port')}")
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        labels = host.split(".")
+        namespace = labels[1] if len(labels) >= 3 and labels[2] == "svc" else None
+        check(namespace is not None, f"{who}: bootstrap server {server} is not host.NAMESPACE.svc:PORT; check its egress rule by hand")
+        check(namespace == conn.get("brokers-namespace") and port == conn.get("brokers-port"),
+              f"{who}: bootstrap server {server} is not in kafka-connection's brokers-namespace/brokers-port {conn.get('brokers-namespace')}/{conn.get('brokers-port')}")
+        check(allows(namespace, port), f"{who}: NetworkPolicy egress does not allow namespace {namespace} port {port} ({server})")
+    check(any(any(str(p.get("port")) == "53" and p.get("protocol") == "UDP" for p in rule.get("ports", [])) for rule in egress),
+          f"{who}: NetworkPolicy egress must allow DNS (UDP 53)")
+    return allows
+
+credentials = {}
+for who, prefix, eff, sources, pod_spec, container, policy in (
+        ("sessionizer", "SESSIONIZER", effective, env_sources, pod, c, snp),
+        ("gateway", "GATEWAY", geffective, genv_sources, gpod, g, gnp)):
+    wanted = {f"{prefix}__KAFKA__BOOTSTRAP_SERVERS": "bootstrap-servers",
+              f"{prefix}__KAFKA__CLIENT__SECURITY__PROTOCOL": "security-protocol"}
+    if sasl_on:
+        wanted[f"{prefix}__KAFKA__CLIENT__SASL__MECHANISM"] = "sasl-mechanism"
+    for variable, key in wanted.items():
+        check(sources.get(variable) == ("configMap", kafka_cm_name, key),
+              f"{who}: env {variable} must read key {key} of ConfigMap kafka-connection, reads {sources.get(variable)}")
+    if not eff:
+        continue
+    kafka = eff["kafka"]
+    client = kafka.get("client", {})
+    check(kafka.get("bootstrap_servers") == conn.get("bootstrap-servers"),
+          f"{who}: effective kafka.bootstrap_servers {kafka.get('bootstrap_servers')} != kafka-connection's {conn.get('bootstrap-servers')}")
+    check(client.get("security.protocol") == protocol,
+          f"{who}: effective kafka.client security.protocol {client.get('security.protocol')} != kafka-connection's {protocol}")
+    if sasl_on:
+        check(client.get("sasl.mechanism") == mechanism, f"{who}: effective kafka.client sasl.mechanism {client.get('sasl.mechanism')} != {mechanism}")
+        pair = tuple(sources.get(f"{prefix}__KAFKA__CLIENT__SASL__{part}") for part in ("USERNAME", "PASSWORD"))
+        check(all(source and source[0] == "secret" for source in pair) and "sasl.password" in client,
+              f"{who}: SASL needs {prefix}__KAFKA__CLIENT__SASL__USERNAME and __PASSWORD from a Secret (secretKeyRef), have {pair}")
+        credentials[who] = {"username": pair[0][1:] if pair[0] else None, "password": pair[1][1:] if pair[1] else None}
+    else:
+        check(not any(key.startswith("sasl.") for key in client), f"{who}: sasl.* client properties set with {protocol}")
+        credentials[who] = {}
+    ca_location = client.get("ssl.ca.location")
+    if ca_location:
+        check(tls_on, f"{who}: ssl.ca.location is set but security-protocol {protocol} uses no TLS")
+        credentials[who]["ca"] = secret_file(who, pod_spec, container, ca_location)
+    allows = broker_egress(who, policy, kafka.get("bootstrap_servers", ""))
+    if who == "sessionizer":
+        # Openlayer over HTTPS, wherever it is.
+        base_url = eff["openlayer"]["base_url"]
+        port = urllib.parse.urlsplit(base_url).port or (443 if base_url.startswith("https:") else 80)
+        check(any(not rule.get("to") and any(str(p.get("port")) == str(port) for p in rule.get("ports", []))
+                  for rule in policy.get("spec", {}).get("egress", [])),
+              f"sessionizer: NetworkPolicy egress does not allow port {port} of openlayer.base_url {base_url}")
+
+# The ScaledObject's trigger: the same brokers and security, and the sessionizer's credentials.
+trigger = next((t for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"), {})
+meta = trigger.get("metadata", {})
+check(meta.get("bootstrapServers") == conn.get("bootstrap-servers"),
+      f"ScaledObject bootstrapServers {meta.get('bootstrapServers')} != kafka-connection's {conn.get('bootstrap-servers')} "
+      f"(does the overlay list components/kafka-connection?)")
+check(meta.get("sasl") == conn.get("keda-sasl") and meta.get("tls") == conn.get("keda-tls"),
+      f"ScaledObject sasl/tls {meta.get('sasl')}/{meta.get('tls')} != kafka-connection's {conn.get('keda-sasl')}/{conn.get('keda-tls')}")
+wanted_params = {name: ref for name, ref in credentials.get("sessionizer", {}).items() if ref}
+if wanted_params:
+    auth = trigger.get("authenticationRef", {})
+    check(auth.get("kind", "TriggerAuthentication") == "TriggerAuthentication" and auth.get("name"),
+          "ScaledObject: the kafka trigger needs an authenticationRef to a TriggerAuthentication (components/kafka-sasl-tls)")
+    trigger_auth = one("TriggerAuthentication", auth.get("name")) if auth.get("name") else {}
+    params = {r.get("parameter"): (r.get("name"), r.get("key")) for r in trigger_auth.get("spec", {}).get("secretTargetRef", [])}
+    for name, ref in wanted_params.items():
+        check(params.get(name) == ref, f"TriggerAuthentication {auth.get('name')}: parameter {name} is {params.get(name)}, the sessionizer uses Secret/key {ref}")
+print(f"Kafka connection {conn.get('bootstrap-servers')} ({protocol}{'/' + mechanism if mechanism else ''}) reaches both "
+      f"Deployments, the ScaledObject{' and its TriggerAuthentication' if wanted_params else ''} and both NetworkPolicies")
 
 # deploy/Dockerfile: a stage per service that builds, copies and runs its binary as the pods'
 # user and exposes the Deployment's ports.
