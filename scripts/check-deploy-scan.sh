@@ -7,8 +7,8 @@
 #   3. hadolint on deploy/Dockerfile (any finding fails, warnings included);
 #   4. kubernetes-validate --strict (unknown fields fail) on every overlay render, which must
 #      include the sessionizer's and the gateway's core objects (HPA included); the custom
-#      resources (ScaledObject, ServiceMonitor, PrometheusRule) have no bundled schema and are
-#      checked by check-deploy.sh's wiring checks and promtool instead.
+#      resources (ScaledObject, TriggerAuthentication, ServiceMonitor, PrometheusRule) have no
+#      bundled schema and are checked by check-deploy.sh's wiring checks and promtool instead.
 # Pass means: no failed check, no parsing error, checks actually ran, and every exception is
 # justified: checkov skips need a reason (`checkov.io/skipN: ID=reason` annotations on the
 # resource, `# checkov:skip=ID: reason` in the Dockerfile), and every `# hadolint ignore=IDS`
