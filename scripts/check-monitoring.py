@@ -5,8 +5,10 @@
       Offline: each dashboard loads as JSON; has uid, title, an integer schemaVersion and panels;
       panel ids are unique (rows' nested panels included); every panel has a Prometheus target
       on the `datasource` variable; every `$var` is a template variable or a Grafana built-in;
-      every service metric (sessionizer_*, gateway_*) is selected with namespace="$namespace",
-      pod=~"$pod"; and every
+      every service metric (sessionizer_*, gateway_*, and the process collector's process_*)
+      is selected with namespace="$namespace", pod=~"$pod"; every expression on process_*
+      (unprefixed, exported by both services) keeps only its service's pods by joining
+      `on (namespace, pod)` with that service's *_build_info; and every
       target expression and variable query, with the variables substituted, passes
       `promtool check rules` as a recording rule. Provisioning files (converted to JSON by the
       caller) must name a file provider with a path, or Prometheus data sources with a url.
@@ -38,9 +40,11 @@ BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__interval_ms", "__range"
 # Every variable a panel query must filter on, and the matcher it must use.
 REQUIRED_MATCHERS = ('namespace="$namespace"', 'pod=~"$pod"')
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
-# The services' own metrics (services/*/src/metrics.rs): the sessionizer's and the gateway's.
-METRIC = re.compile(r"\b(?:sessionizer|gateway)_[A-Za-z0-9_]+")
-SELECTOR = re.compile(r"\b((?:sessionizer|gateway)_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
+# The services' own metrics (services/*/src/metrics.rs): the sessionizer's and the gateway's,
+# and the process collector's (process_*, unprefixed, in both).
+METRIC = re.compile(r"\b(?:sessionizer|gateway|process)_[A-Za-z0-9_]+")
+SELECTOR = re.compile(r"\b((?:sessionizer|gateway|process)_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
+PROCESS_JOIN = re.compile(r"\bon\s*\(\s*namespace\s*,\s*pod\s*\)\s*group_left\b.*\b(sessionizer|gateway)_build_info\b", re.S)
 LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*(\w+)\s*\)\s*$", re.S)
 LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 ANNOTATION_LABEL = re.compile(r"\$labels\.(\w+)")
@@ -156,6 +160,13 @@ def check_dashboard_static(path, problems):
                 missing = [m for m in REQUIRED_MATCHERS if m not in matchers]
                 if missing:
                     problems.add(f"{where}: {selector.group(1)} is not filtered by {', '.join(missing)}")
+            # Both services export process_*: without the join a namespace holding both would
+            # sum the other service's processes in.
+            if re.search(r"\bprocess_", expr):
+                join = PROCESS_JOIN.search(expr)
+                if not join or join.group(1) != dashboard.get("uid"):
+                    problems.add(f"{where}: process_* must be joined `* on (namespace, pod) group_left ... "
+                                 f"{dashboard.get('uid')}_build_info{{...}}` to keep only this service's pods")
     for name, variable in variables.items():
         query = variable_query(variable)
         if variable.get("type") == "query" and query:

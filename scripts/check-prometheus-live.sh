@@ -20,8 +20,8 @@
 #   - scripts/check-monitoring.py live then runs once per service: the sessionizer dashboard
 #     with the `sessionizer` alert group, then the gateway dashboard with the `gateway` group.
 #     Each polls (every 2 s, at most 90 s) until:
-#       * every service metric the dashboard and the alerts name is in that service's
-#         /metrics output;
+#       * every service metric the dashboard and the alerts name (sessionizer_*, gateway_*,
+#         and the process collector's process_*) is in that service's /metrics output;
 #       * every target expression of every dashboard panel, with $namespace/$pod replaced by
 #         the relabeled values and $__rate_interval by 2m ($__range by 5m: windows that
 #         cover the whole demo), parses and returns
