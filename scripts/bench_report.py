@@ -455,7 +455,7 @@ def pipeline_report(path: Path, goals: list) -> None:
         memory_report(report["memory"], goals)
 
 
-# What the table was measured on (README's Performance section quotes it).
+# What the table was measured on (docs/performance.md quotes it).
 RUN: dict = {}
 
 

@@ -85,7 +85,10 @@ pub struct OpsConfig {
 pub struct AuthConfig {
     /// Accepted keys (`Authorization: Bearer <key>`). In the environment, comma-separated:
     /// `GATEWAY__AUTH__API_KEYS=key-a,key-b`. Prefer `api_keys_file`.
-    #[serde(serialize_with = "serialize_secrets")]
+    #[serde(
+        serialize_with = "serialize_secrets",
+        deserialize_with = "deserialize_keys"
+    )]
     pub api_keys: Vec<Secret>,
     /// File holding accepted keys, one per line (blank lines and surrounding whitespace
     /// ignored), e.g. a Kubernetes Secret mounted as a volume. Read at start.
@@ -268,6 +271,26 @@ fn serialize_client<S: Serializer>(
 
 /// librdkafka properties from a table whose keys may be dotted, quoted or nested (what
 /// `__` in environment variables produces): `{sasl: {password: x}}` is `sasl.password`.
+/// Keys as a list (TOML) or as one comma-separated string (the environment).
+fn deserialize_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Keys {
+        List(Vec<String>),
+        CommaSeparated(String),
+    }
+    let keys = match Keys::deserialize(deserializer)? {
+        Keys::List(keys) => keys,
+        Keys::CommaSeparated(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(keys
+        .into_iter()
+        .map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty())
+        .map(Secret::new)
+        .collect())
+}
+
 fn deserialize_client<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
@@ -392,9 +415,9 @@ impl GatewayConfig {
         }
         let environment = Environment::with_prefix(ENV_PREFIX)
             .separator(ENV_SEPARATOR)
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("auth.api_keys")
+            // No `try_parsing`: it turns digit-only text into numbers, so a SASL username or
+            // password such as `007` would lose its text; numbers and booleans parse from
+            // strings without it, and `auth.api_keys` splits its own commas.
             .ignore_empty(true)
             .source(Some(env.into_iter().collect()));
         let loaded = builder.add_source(environment).build()?;
@@ -558,6 +581,7 @@ mod tests {
                 ("GATEWAY__AUTH__API_KEYS", "key-a,key-b"),
                 ("GATEWAY__KAFKA__TOPIC", "traces-x"),
                 ("GATEWAY__KAFKA__CLIENT__SASL__PASSWORD", "hunter2"),
+                ("GATEWAY__KAFKA__CLIENT__SASL__USERNAME", "007"),
                 ("GATEWAY__HTTP__MAX_BODY_BYTES", "1024"),
             ]),
         )
@@ -575,6 +599,16 @@ mod tests {
                 .get("sasl.password")
                 .map(String::as_str),
             Some("hunter2")
+        );
+        // Digit-only text stays text: a SASL username `007` is not the number 7.
+        assert_eq!(
+            validated
+                .kafka
+                .client
+                .0
+                .get("sasl.username")
+                .map(String::as_str),
+            Some("007")
         );
         let shown = format!(
             "{validated:?} {}",

@@ -132,8 +132,9 @@ pub struct SessionConfig {
     pub gap_secs: u64,
     /// A session is cut after this long; its later traces start a new session segment.
     pub max_duration_secs: u64,
-    /// How long after its close a session still accepts late traces; later ones are shipped
-    /// with a late marker, never dropped.
+    /// Lateness allowed, in event time: a trace older than its partition's newest trace
+    /// timestamp minus this is shipped with a late marker (never dropped); within it, it joins
+    /// its session.
     pub grace_secs: u64,
     /// How often idle partitions are checked for sessions to close by wall clock.
     pub idle_check_ms: u64,

@@ -45,7 +45,7 @@ fn is_reserved(column: &str) -> bool {
         || column == FINAL_TURN_COLUMN
 }
 
-/// The session columns added to every row of a session, for the README and tests.
+/// The session columns added to every row of a session, for docs/ARCHITECTURE.md and tests.
 pub const SESSION_COLUMNS: &[&str] = &[
     "session_turn",
     "session_started_at",
