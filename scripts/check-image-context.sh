@@ -11,13 +11,14 @@
 #      naming the path;
 #   5. every file those crates read (their dep-info) lies inside the context, which sits in
 #      the repository, where a path escaping it would still resolve here but not in Docker.
-# Step 4 is `cargo check` into the main target dir (CARGO_TARGET_DIR if set), not the image's
-# `cargo build --release`: check evaluates include_str!/include_bytes!, manifests and build
-# scripts just as build does, and reuses most dependency artifacts of `make lint`'s clippy.
-# Measured on 2 cores: after a cold `make lint`, about 10 s (a dozen dependencies rechecked for
-# other features); the release build into its own target dir took 11 min cold (machine
-# shared) on every fresh CI run, and 55 s warm. IMAGE_CHECK=release runs that build instead
-# (into target/image-build).
+# Step 4 is `cargo check`, not the image's `cargo build --release`: check evaluates
+# include_str!/include_bytes!, manifests and build scripts just as build does. It has a target
+# dir of its own (target/image-check): cargo names a workspace crate's artifacts after its path
+# relative to the workspace root, which the copy shares with the repository, so checking the
+# copy in the main target dir overwrote the tree's own artifacts and later builds took them
+# as fresh (stale code compiled against). Measured on 2 cores: about 2.5 min cold, seconds
+# warm; the release build into its own target dir took 11 min cold (machine shared), 55 s
+# warm. IMAGE_CHECK=release runs that build instead (into target/image-build).
 # Usage: scripts/check-image-context.sh   (DOCKERFILE overrides deploy/Dockerfile)
 set -euo pipefail
 
@@ -190,9 +191,7 @@ if [[ "${IMAGE_CHECK:-check}" == release ]]; then
   target_dir="$root/target/image-build"
 else
   cmd=(cargo check --offline --locked -p sessionizer -p gateway)
-  # Where `make lint` left its dependency artifacts (cargo reads a relative one from cwd).
-  target_dir="${CARGO_TARGET_DIR:-target}"
-  [[ "$target_dir" == /* ]] || target_dir="$root/$target_dir"
+  target_dir="$root/target/image-check"
 fi
 echo "check-image-context: ${cmd[*]} (in the copied context)"
 # Diagnostics go to stderr as usual; the JSON on stdout names each crate's dep-info file.

@@ -42,6 +42,11 @@ async fn broker_restart_is_ridden_out_without_loss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stop_during_a_restore_is_waited_out_with_exact_state() {
+    passes("restore_interrupted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openlayer_outage_and_rate_limit_storm_lose_nothing() {
     passes("openlayer_outage").await;
 }

@@ -6,7 +6,7 @@
 //! `scripts/python-venv.sh moto`), which survives a broker restart.
 
 use super::feed::{Feed, Plan};
-use super::probe::{Instance, wait_until};
+use super::probe::{Instance, sum, wait_until};
 use super::{Outcome, Scene, Size};
 use crate::service::{Expectations, free_local_address, set};
 use crate::{ServiceTopics, create_topic, read_topic, unique_name};
@@ -29,25 +29,8 @@ pub async fn run(size: Size) -> Outcome {
         plan.num_traces(),
         outage.as_secs()
     ));
-    let storage = S3Store::start().await;
-    let mut broker = Broker::start(&storage, free_local_address());
+    let (storage, mut broker, scene) = s3_scene("restart").await;
     let bootstrap = broker.bootstrap();
-    let topics = ServiceTopics {
-        traces: unique_name("rel-restart-traces"),
-        dead_letters: unique_name("rel-restart-dlq"),
-        sessions: unique_name("rel-restart-sessions"),
-        changelog: unique_name("rel-restart-state"),
-    };
-    create_topic(&bootstrap, &topics.traces, 4).await;
-    create_topic(&bootstrap, &topics.dead_letters, 1).await;
-    create_topic(&bootstrap, &topics.sessions, 1).await;
-    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-    let mut scene = Scene::with_topics(topics, &api_key).await;
-    set(
-        &mut scene.env,
-        "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS",
-        &bootstrap,
-    );
     let feed = Feed::start(&bootstrap, &scene.topics.traces, plan);
     let mut instance = Instance::start(&scene.env);
     let server = &scene.server;
@@ -92,6 +75,178 @@ pub async fn run(size: Size) -> Outcome {
         restarted_at.elapsed().as_secs_f64()
     ));
 
+    settle(outcome, &scene, feed, broker, instance, size).await
+}
+
+/// The broker stops while a restore is in progress: an instance is killed mid-stream, its
+/// successor is assigned the partitions and starts reading their state back, and the broker
+/// stops right then. The successor waits the outage out (unready, not exiting), finishes the
+/// restore and ships everything with the enrichment of an uninterrupted run.
+pub async fn run_during_restore(size: Size) -> Outcome {
+    let mut outcome = Outcome::new("restore_interrupted");
+    let outage = size.pick(Duration::from_secs(5), Duration::from_secs(20));
+    let plan = Plan {
+        prefix: "restint".to_owned(),
+        num_sessions: size.pick(100, 500),
+        num_turns: size.pick(20, 30),
+        traces_per_sec: size.pick(100.0, 300.0),
+    };
+    outcome.note(format!(
+        "{} traces; an instance killed, and the broker (S3 storage) stopped for {} s as its \
+         successor began restoring",
+        plan.num_traces(),
+        outage.as_secs()
+    ));
+    let (storage, mut broker, scene) = s3_scene("restint").await;
+    let bootstrap = broker.bootstrap();
+    let feed = Feed::start(&bootstrap, &scene.topics.traces, plan.clone());
+    let server = &scene.server;
+    let mut first = Instance::start(&scene.env);
+    // Far enough in that the changelog holds state worth reading back.
+    let shipping = wait_until(Duration::from_secs(120), async || {
+        first.sample(server).await;
+        server.num_rows() >= plan.num_traces() / 4
+    })
+    .await;
+    outcome.check(shipping, || "the first instance did not ship".to_owned());
+    first.process.kill();
+    outcome.duplicate_bound += first.rows_in_flight(server.num_rows(), scene.checkpoint_interval);
+    outcome.keep_logs(&first.process);
+
+    // Its assignment log line is the cue to kill the broker.
+    let mut env = scene.env.clone();
+    let filter = format!(
+        "{},sessionizer::source::kafka=info",
+        env.get("SESSIONIZER__LOG__FILTER")
+            .map_or("warn", String::as_str)
+    );
+    set(&mut env, "SESSIONIZER__LOG__FILTER", &filter);
+    let mut second = Instance::start(&env);
+    // The restore starts as the assignment is applied, right after the consumer logs it: the
+    // broker freezes then, before the first changelog fetch on its slow storage is back, and
+    // restarts after the outage.
+    let watch_until = Instant::now() + Duration::from_secs(60);
+    let mut assigned = false;
+    while !assigned && Instant::now() < watch_until {
+        assigned = assigned_partitions(&second.process.stdout());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    broker.freeze();
+    let restored_before_stop = match second.metrics().await {
+        Some(metrics) => sum(
+            &metrics,
+            "sessionizer_restore_attempts_total{outcome=\"restored\"",
+        ),
+        None => f64::NAN,
+    };
+    let assignment_lines: Vec<String> = second
+        .process
+        .output()
+        .lines()
+        .filter(|line| line.contains("assigned"))
+        .map(str::to_owned)
+        .collect();
+    outcome.check(assigned && restored_before_stop == 0.0, || {
+        format!(
+            "the broker did not stop during a restore (assigned: {assigned}, partitions \
+             restored before the stop: {restored_before_stop}): {assignment_lines:?}"
+        )
+    });
+    let mut not_ready_seen = false;
+    let outage_ends = Instant::now() + outage;
+    while Instant::now() < outage_ends {
+        not_ready_seen |= matches!(second.readiness().await, Some(status) if status != 200);
+        second.sample(server).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    broker.stop();
+    let restarted_at = Instant::now();
+    broker = Broker::start(&storage, broker.address);
+    let ready_again = wait_until(Duration::from_secs(180), async || {
+        second.sample(server).await;
+        second.readiness().await == Some(200)
+    })
+    .await;
+    outcome.check(ready_again, || {
+        "/readyz did not turn 200 after the broker came back".to_owned()
+    });
+    let restored = wait_until(Duration::from_secs(120), async || {
+        second
+            .metrics()
+            .await
+            .is_some_and(|metrics| count(&metrics, "restored") > 0)
+    })
+    .await;
+    outcome.check(restored, || {
+        "no partition's state was restored after the broker came back".to_owned()
+    });
+    let attempts = second.metrics().await.unwrap_or_default();
+    outcome.note(format!(
+        "ready {:.1} s after the broker restarted (not ready seen during the outage: \
+         {not_ready_seen}); restore attempts: {} restored, {} retried, {} failed",
+        restarted_at.elapsed().as_secs_f64(),
+        count(&attempts, "restored"),
+        count(&attempts, "retried"),
+        count(&attempts, "failed"),
+    ));
+    outcome.duplicate_bound += second.rows_in_flight(server.num_rows(), scene.checkpoint_interval);
+    settle(outcome, &scene, feed, broker, second, size).await
+}
+
+/// Restore attempts with `outcome`, summed over partitions.
+fn count(metrics: &str, outcome: &str) -> u64 {
+    let series = format!("sessionizer_restore_attempts_total{{outcome=\"{outcome}\"");
+    // Whole numbers; `abs` drops the sign of an empty sum's -0.0.
+    sum(metrics, &series).round().abs() as u64
+}
+
+/// Whether a `partitions assigned` log line names at least one partition.
+fn assigned_partitions(stdout: &str) -> bool {
+    stdout
+        .lines()
+        .filter(|line| line.contains("partitions assigned"))
+        .any(|line| {
+            line.split_once("partitions=[")
+                .is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+}
+
+/// A broker on S3 storage (it survives restarts) with the scenario's topics, and the scene
+/// pointed at it.
+async fn s3_scene(name: &str) -> (S3Store, Broker, Scene) {
+    let storage = S3Store::start().await;
+    let broker = Broker::start(&storage, free_local_address());
+    let bootstrap = broker.bootstrap();
+    let topics = ServiceTopics {
+        traces: unique_name(&format!("rel-{name}-traces")),
+        dead_letters: unique_name(&format!("rel-{name}-dlq")),
+        sessions: unique_name(&format!("rel-{name}-sessions")),
+        changelog: unique_name(&format!("rel-{name}-state")),
+    };
+    create_topic(&bootstrap, &topics.traces, 4).await;
+    create_topic(&bootstrap, &topics.dead_letters, 1).await;
+    create_topic(&bootstrap, &topics.sessions, 1).await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let mut scene = Scene::with_topics(topics, &api_key).await;
+    set(
+        &mut scene.env,
+        "SESSIONIZER__KAFKA__BOOTSTRAP_SERVERS",
+        &bootstrap,
+    );
+    (storage, broker, scene)
+}
+
+/// After the outage: every trace the broker kept shipped exactly as an uninterrupted run
+/// would have, the instance still running, nothing dead-lettered.
+async fn settle(
+    mut outcome: Outcome,
+    scene: &Scene,
+    feed: Feed,
+    broker: Broker,
+    mut instance: Instance,
+    size: Size,
+) -> Outcome {
+    let bootstrap = broker.bootstrap();
     let fed = feed.finish().await;
     outcome.check(fed.num_failed == 0, || {
         format!("{} traces not acknowledged by Kafka", fed.num_failed)
@@ -169,9 +324,13 @@ struct Owned(Option<Child>);
 impl Owned {
     fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            // SIGTERM, as the broker would get from an orderly stop.
+            // SIGTERM, as the broker would get from an orderly stop (and SIGCONT, in case it
+            // was frozen).
             let _sent = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _sent = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
                 .status();
             let until = Instant::now() + Duration::from_secs(10);
             while Instant::now() < until {
@@ -210,13 +369,13 @@ fn workspace() -> PathBuf {
 
 /// `moto_server` with the bucket the broker writes to.
 #[derive(Debug)]
-struct S3Store {
+pub struct S3Store {
     _process: Owned,
     endpoint: String,
 }
 
 impl S3Store {
-    async fn start() -> S3Store {
+    pub async fn start() -> S3Store {
         let venv = Command::new(workspace().join("scripts/python-venv.sh"))
             .arg("moto")
             .stderr(Stdio::inherit())
@@ -257,13 +416,13 @@ impl S3Store {
 
 /// A Tansu broker on S3 storage: the binary `scripts/kafka-broker.sh` installed.
 #[derive(Debug)]
-struct Broker {
+pub struct Broker {
     process: Owned,
-    address: SocketAddr,
+    pub address: SocketAddr,
 }
 
 impl Broker {
-    fn start(storage: &S3Store, address: SocketAddr) -> Broker {
+    pub fn start(storage: &S3Store, address: SocketAddr) -> Broker {
         let cache = std::env::var_os("KAFKA_BROKER_CACHE")
             .map_or_else(|| workspace().join(".cache/kafka-broker"), PathBuf::from);
         let tansu = cache.join("bin/tansu");
@@ -309,11 +468,22 @@ impl Broker {
         Broker { process, address }
     }
 
-    fn bootstrap(&self) -> String {
+    pub fn bootstrap(&self) -> String {
         self.address.to_string()
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         self.process.stop();
+    }
+
+    /// SIGSTOP: the broker stops answering at once, with nothing lost (a SIGTERM'd broker
+    /// on S3 takes a second or two to go, and a SIGKILL'd one loses records it had served).
+    /// `stop` then ends it as usual.
+    pub fn freeze(&mut self) {
+        if let Some(child) = self.process.0.as_ref() {
+            let _sent = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status();
+        }
     }
 }

@@ -47,10 +47,11 @@ impl Size {
 }
 
 /// Every scenario's name, in the order the suite runs them.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "crash_loop",
     "rebalance",
     "broker_restart",
+    "restore_interrupted",
     "openlayer_outage",
     "bad_input",
     "graceful_shutdown",
@@ -66,6 +67,7 @@ pub async fn run(name: &str, size: Size) -> Outcome {
         "crash_loop" => crash_loop::run(size).await,
         "rebalance" => rebalance::run(size).await,
         "broker_restart" => broker_restart::run(size).await,
+        "restore_interrupted" => broker_restart::run_during_restore(size).await,
         "openlayer_outage" => openlayer_outage::run(size).await,
         "bad_input" => bad_input::run(size).await,
         "graceful_shutdown" => graceful_shutdown::run(size).await,

@@ -19,6 +19,7 @@ struct HealthFlags {
     joined: AtomicBool,
     broker_reachable: AtomicBool,
     sink_failing: AtomicBool,
+    restore_retrying: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -35,6 +36,7 @@ pub enum NotReady {
     NotJoined,
     BrokerUnreachable,
     SinkFailing,
+    RestoreRetrying,
 }
 
 impl NotReady {
@@ -43,6 +45,7 @@ impl NotReady {
             NotReady::NotJoined => "not yet joined the consumer group",
             NotReady::BrokerUnreachable => "kafka broker unreachable",
             NotReady::SinkFailing => "openlayer requests failing",
+            NotReady::RestoreRetrying => "session state restore retrying",
         }
     }
 }
@@ -75,6 +78,13 @@ impl Health {
         self.inner.sink_failing.store(failing, Ordering::Relaxed);
     }
 
+    /// A partition's session state could not be read back yet and is being retried.
+    pub fn set_restore_retrying(&self, retrying: bool) {
+        self.inner
+            .restore_retrying
+            .store(retrying, Ordering::Relaxed);
+    }
+
     /// Alive when the loop made progress within `window`.
     pub fn is_alive(&self, window: Duration) -> bool {
         let last = self.inner.last_progress_ms.load(Ordering::Relaxed);
@@ -83,8 +93,8 @@ impl Health {
                 <= u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Ready when the consumer joined its group, the broker answers and the sink is not
-    /// failing. A member that owns no partitions (more replicas than partitions) is ready and
+    /// Ready when the consumer joined its group, the broker answers, the sink is not failing
+    /// and no partition's state restore is being retried. A member that owns no partitions (more replicas than partitions) is ready and
     /// idle: were it unready, a rollout surging one replica over the partition count would
     /// wait forever for it.
     ///
@@ -100,6 +110,9 @@ impl Health {
         }
         if self.inner.sink_failing.load(Ordering::Relaxed) {
             return Err(NotReady::SinkFailing);
+        }
+        if self.inner.restore_retrying.load(Ordering::Relaxed) {
+            return Err(NotReady::RestoreRetrying);
         }
         Ok(())
     }

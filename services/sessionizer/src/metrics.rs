@@ -21,6 +21,10 @@ const REQUEST_BUCKETS: &[f64] = &[
 const SESSION_DURATION_BUCKETS: &[f64] = &[
     1.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
 ];
+/// Buckets for restore durations: an empty changelog takes a fetch, a broker outage minutes.
+const RESTORE_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
 /// Buckets for turns per session.
 const SESSION_TURN_BUCKETS: &[f64] =
     &[1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0];
@@ -54,6 +58,12 @@ pub struct Metrics {
     pub backpressure_seconds: prometheus::Counter,
     pub commits: IntCounterVec,
     pub errors: IntCounterVec,
+    /// Changelog restore attempts by partition and outcome (restored, retried, failed).
+    pub restore_attempts: IntCounterVec,
+    /// Changelog records read while restoring, by partition.
+    pub restore_records: IntCounterVec,
+    /// Time from a partition's assignment to its state being back, by partition.
+    pub restore_duration: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -121,6 +131,15 @@ impl Metrics {
             &["status"],
         )?;
         registry.register(Box::new(openlayer_request_duration.clone()))?;
+        let restore_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sessionizer_restore_duration_seconds",
+                "Time from a partition's assignment until its session state was read back from the changelog, retries included, by partition.",
+            )
+            .buckets(RESTORE_BUCKETS.to_vec()),
+            &["partition"],
+        )?;
+        registry.register(Box::new(restore_duration.clone()))?;
         let backpressure_seconds = prometheus::Counter::new(
             "sessionizer_backpressure_seconds_total",
             "Time partitions spent paused because too many rows were unacknowledged.",
@@ -254,6 +273,19 @@ impl Metrics {
                 "Errors by type and stage (receiving, processing, sending).",
                 &["error_type", "stage"],
             )?,
+            restore_attempts: counter_vec(
+                registry,
+                "sessionizer_restore_attempts_total",
+                "Attempts at reading a partition's session state from the changelog, by partition and outcome (restored, retried, failed).",
+                &["partition", "outcome"],
+            )?,
+            restore_records: counter_vec(
+                registry,
+                "sessionizer_restore_records_total",
+                "Changelog records read while restoring session state, by partition.",
+                &["partition"],
+            )?,
+            restore_duration,
         }
         .with_known_series())
     }

@@ -18,9 +18,10 @@ use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{ClosedSession, PartitionWindows, Placement, WindowSettings};
 use crate::sink::openlayer::OpenlayerSink;
 use crate::sink::{ShipReport, SinkSettings};
-use crate::source::changelog::{ChangelogError, read_partitions};
+use crate::source::changelog::ChangelogError;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{KafkaSettings, RebalanceEvent, Source, create_producer, create_source};
+use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -31,7 +32,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use trace_model::codec::avro::encode_session_summary;
 use trace_model::codec::registry::SchemaRegistry;
 use trace_model::{DecodeError, Decoder, Limits, SessionSummary, TraceEvent, TraceKind};
@@ -82,12 +83,14 @@ pub enum RunError {
     Restore(#[source] ChangelogError),
 }
 
-/// Attempts at reading a partition's session state before the service gives up: a broker
-/// that just came back may not serve the changelog at once.
-const RESTORE_ATTEMPTS: u32 = 3;
-/// Bound of one attempt; the consumer is not polled meanwhile, so all attempts together stay
-/// well under librdkafka's default `max.poll.interval.ms` (5 minutes).
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The next finished changelog read (`None` without a changelog; the `select!` guard keeps
+/// this from being polled when no read runs).
+async fn join_restore(restoring: &mut Option<Restoring>) -> Option<Result<AttemptDone, JoinError>> {
+    match restoring {
+        Some(restoring) => restoring.join_next().await,
+        None => None,
+    }
+}
 
 fn wall_ms() -> i64 {
     SystemTime::now()
@@ -159,6 +162,8 @@ struct Pipeline {
     journals: HashMap<i32, PartitionJournal>,
     /// What each partition's changelog held at assignment, for skipping replayed messages.
     restored: HashMap<i32, RestoredPartition>,
+    /// Partitions whose state is being read back (`None`: no changelog, state starts empty).
+    restoring: Option<Restoring>,
     /// Checkpoint writes awaiting Kafka: (partition, watermark, all delivered).
     checkpoints: JoinSet<(i32, i64, bool)>,
     checkpoint_in_flight: HashSet<i32>,
@@ -192,6 +197,11 @@ pub async fn run(
             .map_err(RunError::SchemaRegistry)?;
         decoder = decoder.with_registry(registry);
     }
+    let (kafka, changelog) = (
+        settings.kafka.clone(),
+        settings.kafka.changelog_topic.clone(),
+    );
+    let restore_metrics = metrics.clone();
     let mut pipeline = Pipeline {
         decoder,
         batcher: Batcher::new(settings.batch),
@@ -219,6 +229,7 @@ pub async fn run(
         last_idle_check: Instant::now(),
         journals: HashMap::new(),
         restored: HashMap::new(),
+        restoring: changelog.map(|changelog| Restoring::new(kafka, changelog, restore_metrics)),
         checkpoints: JoinSet::new(),
         checkpoint_in_flight: HashSet::new(),
         last_checkpoint: Instant::now(),
@@ -265,6 +276,10 @@ impl Pipeline {
                 Some(written) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
                     self.on_checkpoint_written(written);
                 }
+                Some(read) = join_restore(&mut self.restoring), if self.restoring.as_ref().is_some_and(Restoring::has_running) => {
+                    self.apply_rebalances();
+                    self.on_restore_finished(read);
+                }
                 _ = tick.tick() => self.on_tick(),
                 received = self.source.consumer.recv() => {
                     match received {
@@ -307,8 +322,9 @@ impl Pipeline {
                         self.tracker.assign(*partition);
                     }
                     self.restore_partitions(&partitions);
-                    if self.paused {
-                        // Backpressure holds for partitions gained while paused, too.
+                    if self.paused || self.restoring.is_some() {
+                        // Backpressure holds for partitions gained while paused, too; and a
+                        // partition waits for its session state before anything is fetched.
                         let mut gained = TopicPartitionList::new();
                         for partition in &partitions {
                             gained.add_partition(&self.settings.kafka.topic, *partition);
@@ -320,6 +336,9 @@ impl Pipeline {
                 }
                 RebalanceEvent::Revoked(partitions) => {
                     self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                    if let Some(restoring) = self.restoring.as_mut() {
+                        restoring.forget(&partitions);
+                    }
                     for partition in &partitions {
                         self.tracker.revoke(*partition);
                         self.positions.remove(partition);
@@ -357,6 +376,14 @@ impl Pipeline {
         let offset = message.offset();
         if !self.tracker.owns(partition) {
             // A message fetched before the revoke was applied: its new owner handles it.
+            return;
+        }
+        if let Some(restoring) = self.restoring.as_mut()
+            && restoring.is_restoring(partition)
+        {
+            // Fetched before the partition's pause took effect: processed once its state is
+            // back, in order.
+            restoring.hold(message.clone(), schema_error);
             return;
         }
         self.positions.insert(partition, offset + 1);
@@ -965,53 +992,75 @@ impl Pipeline {
     }
 
     /// Builds the partitions' windows, from their changelog when there is one.
+    /// Newly assigned partitions: their session state is read back from the changelog in the
+    /// background (they stay paused meanwhile), or starts empty without a changelog.
     fn restore_partitions(&mut self, partitions: &[i32]) {
-        let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
-            for partition in partitions {
-                self.windows
-                    .insert(*partition, PartitionWindows::new(self.settings.windows));
-            }
-            return;
-        };
-        let kafka = self.settings.kafka.clone();
-        let metrics = self.metrics.clone();
-        // A blocking read on this worker thread: nothing of these partitions may be processed
-        // before their state is back.
-        let restored = tokio::task::block_in_place(|| {
-            let mut attempt = 1;
-            loop {
-                match read_partitions(&kafka, &changelog, partitions, RESTORE_TIMEOUT) {
-                    Ok(restored) => return Ok(restored),
-                    Err(error) => {
-                        metrics
-                            .errors
-                            .with_label_values(&["changelog", "receiving"])
-                            .inc();
-                        if attempt >= RESTORE_ATTEMPTS {
-                            return Err(error);
-                        }
-                        tracing::warn!(%error, attempt, "failed to restore session state, retrying");
-                        std::thread::sleep(Duration::from_secs(1));
-                        attempt += 1;
-                    }
+        match self.restoring.as_mut() {
+            Some(restoring) => restoring.begin(partitions),
+            None => {
+                for partition in partitions {
+                    self.windows
+                        .insert(*partition, PartitionWindows::new(self.settings.windows));
                 }
             }
-        });
-        let mut restored = match restored {
-            Ok(restored) => restored,
-            Err(error) => {
-                tracing::error!(%error, ?partitions, "failed to restore session state");
+        }
+    }
+
+    /// A changelog read finished: install the state and go on with the partitions, wait for
+    /// the retry, or end the run when the state cannot be had.
+    fn on_restore_finished(&mut self, joined: Result<AttemptDone, JoinError>) {
+        let Some(restoring) = self.restoring.as_mut() else {
+            return;
+        };
+        let outcome = restoring.finish(joined);
+        let retrying = restoring.is_retrying();
+        self.health.set_restore_retrying(retrying);
+        match outcome {
+            RestoreOutcome::Restored(partitions) => {
+                let mut resumed = TopicPartitionList::new();
+                for (partition, state, held) in partitions {
+                    if !self.tracker.owns(partition) {
+                        continue;
+                    }
+                    self.install_partition(partition, state);
+                    for (message, schema_error) in held {
+                        self.on_message(&message, schema_error);
+                    }
+                    resumed.add_partition(&self.settings.kafka.topic, partition);
+                }
+                self.metrics
+                    .partitions_assigned
+                    .set(self.windows.len() as i64);
+                // Under backpressure they stay paused and resume with the others.
+                if !self.paused
+                    && resumed.count() > 0
+                    && let Err(error) = self.source.consumer.resume(&resumed)
+                {
+                    tracing::warn!(%error, "failed to resume restored partitions");
+                }
+            }
+            RestoreOutcome::Retrying { unreachable } => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "receiving"])
+                    .inc();
+                if unreachable {
+                    self.health.set_broker_reachable(false);
+                }
+            }
+            RestoreOutcome::Failed { partitions, error } => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "receiving"])
+                    .inc();
+                tracing::error!(%error, ?partitions, "cannot restore session state");
                 // Not owned, not processed: a restart replays them from the last checkpoint.
-                for partition in partitions {
+                for partition in &partitions {
                     self.tracker.revoke(*partition);
                 }
                 self.fatal.get_or_insert(RunError::Restore(error));
-                return;
             }
-        };
-        for partition in partitions {
-            let restored = restored.remove(partition).unwrap_or_default();
-            self.install_partition(*partition, restored);
+            RestoreOutcome::Nothing => {}
         }
     }
 
@@ -1119,6 +1168,9 @@ impl Pipeline {
 
     fn on_tick(&mut self) {
         self.health.record_progress();
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.start_due(std::time::Instant::now());
+        }
         self.send_final_turn_updates();
         self.send_forwarded_updates();
         self.metrics
@@ -1214,6 +1266,9 @@ impl Pipeline {
     }
 
     async fn drain(&mut self) {
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.cancel();
+        }
         let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
         let mut ready = Vec::new();
         self.batcher.flush_all(&mut ready);

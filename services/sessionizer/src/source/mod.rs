@@ -3,4 +3,6 @@
 pub mod changelog;
 pub mod dlq;
 pub mod kafka;
+pub mod restore;
+pub mod restoring;
 pub mod topics;
