@@ -281,6 +281,26 @@ async fn a_wrong_openlayer_key_or_an_unknown_pipeline_fails_its_check() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_schema_registry_fails_its_check() {
+    let names = Names::new();
+    let bootstrap = bootstrap();
+    create_topic(&bootstrap, &names.traces, 1).await;
+    let openlayer = OpenlayerServer::start(KEY).await;
+    let registry = format!("http://{}", closed_address());
+    let mut command = sessionizer(&names, &bootstrap, &openlayer, KEY);
+    command.env("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_URL", &registry);
+
+    let (passed, stdout) = preflight(command, &[]).await;
+
+    assert!(!passed, "{stdout}");
+    let registry_line = line(&stdout, "schema registry");
+    assert!(registry_line.starts_with('✗'), "{stdout}");
+    assert!(registry_line.contains(&registry), "{stdout}");
+    assert!(fix(&stdout, "schema registry").contains("kafka.schema_registry_url"));
+    assert!(line(&stdout, PIPELINE).starts_with('✓'), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_before_the_traces_topic_exists_names_it_and_the_command_then_exits_one() {
     let names = Names::new();
     let bootstrap = bootstrap();
