@@ -10,7 +10,8 @@
 use end_to_end::openlayer_server::OpenlayerServer;
 use end_to_end::service::{Sessionizer, free_local_address, service_env};
 use end_to_end::{
-    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, unique_name,
+    ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
+    unique_name,
 };
 use gateway::config::GatewayConfig;
 use serde_json::{Map, Value, json};
@@ -628,23 +629,6 @@ impl Drop for OwnBroker {
     }
 }
 
-/// Partitions of `topic` on `bootstrap`, once it exists.
-fn partition_count(bootstrap: &str, topic: &str) -> i32 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .find(|found| found.name() == topic)
-        .map_or(0, |found| found.partitions().len() as i32)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_once_it_is_back() {
     const TRACES: usize = 6;
@@ -703,8 +687,8 @@ async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_on
     assert_sdk_succeeded(&sdk);
     assert_eq!(sdk.rows.len(), TRACES);
 
-    let partitions = partition_count(&broker.bootstrap(), &topic);
-    assert!(partitions > 0, "the topic exists again");
+    let partitions = num_partitions(&broker.bootstrap(), &topic).expect("the topic exists again");
+    let partitions = i32::try_from(partitions).expect("a partition count");
     let records = read_topic(&broker.bootstrap(), &topic, partitions, TRACES, WAIT);
     let decoder = Decoder::new(Limits::default());
     let mut delivered: Vec<String> = records

@@ -57,6 +57,26 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Partitions of `topic` on `bootstrap`; `None` when the broker does not know it.
+///
+/// # Panics
+/// When the metadata request fails.
+pub fn num_partitions(bootstrap: &str, topic: &str) -> Option<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic && found.error().is_none())
+        .map(|found| found.partitions().len())
+        .filter(|count| *count > 0)
+}
+
 /// One record as read back from the broker.
 #[derive(Debug, Clone)]
 pub struct ReadRecord {

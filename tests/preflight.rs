@@ -4,11 +4,8 @@
 //! `sessionizer run` started before its traces topic exists.
 
 use end_to_end::openlayer_server::OpenlayerServer;
-use end_to_end::{bootstrap, create_topic, sessionizer_path, unique_name};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use end_to_end::{bootstrap, create_topic, num_partitions, sessionizer_path, unique_name};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 const KEY: &str = "preflight-key";
 const PIPELINE: &str = "pipeline-preflight";
@@ -73,6 +70,15 @@ async fn preflight(command: Command, extra: &[&str]) -> (bool, String) {
     (output.status.success(), stdout)
 }
 
+/// `run`, which must exit with code 1 (a fatal error); returns its stderr.
+async fn run_fails(mut command: Command) -> String {
+    command.arg("run");
+    let output = output(command).await;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// The report's line about `subject`, which must be there.
 fn line<'a>(stdout: &'a str, subject: &str) -> &'a str {
     stdout
@@ -91,22 +97,6 @@ fn fix<'a>(stdout: &'a str, subject: &str) -> &'a str {
         .next()
         .and_then(|next| next.trim_start().strip_prefix("fix: "))
         .unwrap_or_else(|| panic!("no fix under {subject} in:\n{stdout}"))
-}
-
-fn partitions_of(topic: &str) -> Option<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .find(|found| found.name() == topic && found.error().is_none())
-        .map(|found| found.partitions().len())
-        .filter(|count| *count > 0)
 }
 
 /// An address nothing listens on.
@@ -199,7 +189,11 @@ async fn a_broker_without_the_topics_gets_the_commands_that_create_them_and_noth
         &names.dead_letters,
         &names.sessions,
     ] {
-        assert_eq!(partitions_of(topic), None, "preflight created {topic}");
+        assert_eq!(
+            num_partitions(&bootstrap, topic),
+            None,
+            "preflight created {topic}"
+        );
     }
 }
 
@@ -227,11 +221,7 @@ async fn a_changelog_with_another_partition_count_is_refused_with_the_command_th
     assert!(line(&stdout, &names.traces).starts_with('✓'), "{stdout}");
 
     // `run` refuses the same way, with the cause chain on stderr.
-    let mut run = sessionizer(&names, &bootstrap, &openlayer, KEY);
-    run.arg("run");
-    let output = output(run).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = run_fails(sessionizer(&names, &bootstrap, &openlayer, KEY)).await;
     assert!(
         stderr.contains(&format!(
             "the topics are not ready: changelog topic `{}` has 2 partitions",
@@ -305,13 +295,9 @@ async fn run_before_the_traces_topic_exists_names_it_and_the_command_then_exits_
     let names = Names::new();
     let bootstrap = bootstrap();
     let openlayer = OpenlayerServer::start(KEY).await;
-    let mut run = sessionizer(&names, &bootstrap, &openlayer, KEY);
-    run.arg("run");
 
-    let output = output(run).await;
+    let stderr = run_fails(sessionizer(&names, &bootstrap, &openlayer, KEY)).await;
 
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "sessionizer: the topics are not ready: topic `{}` (kafka.topic) does not exist",

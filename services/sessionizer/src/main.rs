@@ -241,15 +241,9 @@ fn demo(args: DemoArgs) -> ExitCode {
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         keep_serving: std::time::Duration::from_secs(args.keep_serving_secs),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("sessionizer: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(sessionizer::demo::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -280,15 +274,9 @@ fn run(args: &ConfigArgs) -> ExitCode {
         openlayer = %config.sink.base_url,
         "configuration loaded"
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("sessionizer: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Listen for signals before anything else starts: a SIGTERM during start-up (joining the
     // group, restoring state) is then a clean stop rather than the default kill.
@@ -342,15 +330,9 @@ fn preflight(args: &PreflightArgs) -> ExitCode {
         Ok(config) => config,
         Err(error) => return report_invalid_config(&error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("sessionizer: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let timeout = std::time::Duration::from_secs(args.timeout_secs);
     let report = runtime.block_on(sessionizer::preflight::run(
@@ -394,6 +376,17 @@ fn report_invalid_config(error: &ConfigError) -> ExitCode {
         _ => eprintln!("sessionizer: {error}"),
     }
     ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+/// The multi-threaded runtime every async command runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("sessionizer: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        })
 }
 
 fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {

@@ -154,12 +154,7 @@ impl Restoring {
             .partition(|(at, _)| *at <= now);
         self.scheduled = waiting;
         for (_, attempt) in due {
-            let partitions: Vec<i32> = attempt
-                .partitions
-                .iter()
-                .copied()
-                .filter(|partition| self.pending.get(partition) == Some(&attempt.id))
-                .collect();
+            let partitions = self.still_pending(&attempt);
             if !partitions.is_empty() {
                 self.spawn(Attempt {
                     partitions,
@@ -184,12 +179,7 @@ impl Restoring {
                 };
             }
         };
-        let partitions: Vec<i32> = attempt
-            .partitions
-            .iter()
-            .copied()
-            .filter(|partition| self.pending.get(partition) == Some(&attempt.id))
-            .collect();
+        let partitions = self.still_pending(&attempt);
         if partitions.is_empty() {
             return RestoreOutcome::Nothing;
         }
@@ -256,6 +246,16 @@ impl Restoring {
         self.cancel.store(true, Ordering::Relaxed);
         self.scheduled.clear();
         self.running.detach_all();
+    }
+
+    /// The attempt's partitions that are still waiting for it (not revoked meanwhile).
+    fn still_pending(&self, attempt: &Attempt) -> Vec<i32> {
+        attempt
+            .partitions
+            .iter()
+            .copied()
+            .filter(|partition| self.pending.get(partition) == Some(&attempt.id))
+            .collect()
     }
 
     fn count(&self, partitions: &[i32], outcome: &str) {
