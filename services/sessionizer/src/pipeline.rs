@@ -338,6 +338,7 @@ impl Pipeline {
                     self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                     if let Some(restoring) = self.restoring.as_mut() {
                         restoring.forget(&partitions);
+                        self.health.set_restore_retrying(restoring.is_retrying());
                     }
                     for partition in &partitions {
                         self.tracker.revoke(*partition);
