@@ -159,6 +159,10 @@ pub async fn run_during_restore(size: Size) -> Outcome {
         second.sample(server).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Thawed before the orderly stop: a broker stopped while frozen lost most of what it
+    // had acknowledged (a defect of the test broker, which the service cannot make up for).
+    broker.thaw();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     broker.stop();
     let restarted_at = Instant::now();
     broker = Broker::start(&storage, broker.address);
@@ -324,13 +328,9 @@ struct Owned(Option<Child>);
 impl Owned {
     fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            // SIGTERM, as the broker would get from an orderly stop (and SIGCONT, in case it
-            // was frozen).
+            // SIGTERM, as the broker would get from an orderly stop.
             let _sent = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _sent = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
                 .status();
             let until = Instant::now() + Duration::from_secs(10);
             while Instant::now() < until {
@@ -476,13 +476,21 @@ impl Broker {
         self.process.stop();
     }
 
-    /// SIGSTOP: the broker stops answering at once, with nothing lost (a SIGTERM'd broker
-    /// on S3 takes a second or two to go, and a SIGKILL'd one loses records it had served).
-    /// `stop` then ends it as usual.
+    /// SIGSTOP: the broker stops answering at once (a SIGTERM'd broker on S3 takes a second
+    /// or two to go, and a SIGKILL'd one loses records it had served).
     pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen broker goes on.
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         if let Some(child) = self.process.0.as_ref() {
             let _sent = Command::new("kill")
-                .args(["-STOP", &child.id().to_string()])
+                .args([signal, &child.id().to_string()])
                 .status();
         }
     }
