@@ -134,8 +134,7 @@ pub async fn run_during_restore(size: Size) -> Outcome {
     let mut second = Instance::start(&env);
     // The restore starts as the assignment is applied, right after the consumer logs it: the
     // broker is cut off then, before the first changelog fetch on its slow storage is back,
-    // restarted, and reachable again after the outage (longer than a read's 20 s stall bound
-    // at full size, so the restore is retried).
+    // restarted, and reachable again after the outage.
     let watch_until = Instant::now() + Duration::from_secs(60);
     let mut assigned = false;
     while !assigned && Instant::now() < watch_until {
@@ -201,12 +200,9 @@ pub async fn run_during_restore(size: Size) -> Outcome {
         count(&attempts, "retried"),
         count(&attempts, "failed"),
     ));
-    // At full size the outage outlasts a read's stall bound: the retry path must have run.
-    if size.pick(false, true) {
-        outcome.check(count(&attempts, "retried") > 0, || {
-            "the outage outlasted the stall bound but no restore was retried".to_owned()
-        });
-    }
+    // An outage longer than the group session timeout (6 s here) drops the member: its
+    // interrupted restore is abandoned with the revoked partitions and begun anew after the
+    // rejoin, so no retry is needed here; the retry policy has its own property tests.
     outcome.duplicate_bound += second.rows_in_flight(server.num_rows(), scene.checkpoint_interval);
     settle(outcome, &scene, feed, broker, second, size).await
 }
