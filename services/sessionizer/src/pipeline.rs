@@ -197,11 +197,11 @@ pub async fn run(
             .map_err(RunError::SchemaRegistry)?;
         decoder = decoder.with_registry(registry);
     }
-    let (kafka, changelog) = (
-        settings.kafka.clone(),
-        settings.kafka.changelog_topic.clone(),
-    );
-    let restore_metrics = metrics.clone();
+    let restoring = settings
+        .kafka
+        .changelog_topic
+        .clone()
+        .map(|changelog| Restoring::new(settings.kafka.clone(), changelog, metrics.clone()));
     let mut pipeline = Pipeline {
         decoder,
         batcher: Batcher::new(settings.batch),
@@ -229,7 +229,7 @@ pub async fn run(
         last_idle_check: Instant::now(),
         journals: HashMap::new(),
         restored: HashMap::new(),
-        restoring: changelog.map(|changelog| Restoring::new(kafka, changelog, restore_metrics)),
+        restoring,
         checkpoints: JoinSet::new(),
         checkpoint_in_flight: HashSet::new(),
         last_checkpoint: Instant::now(),
@@ -992,7 +992,6 @@ impl Pipeline {
         self.store_offset(partition, watermark);
     }
 
-    /// Builds the partitions' windows, from their changelog when there is one.
     /// Newly assigned partitions: their session state is read back from the changelog in the
     /// background (they stay paused meanwhile), or starts empty without a changelog.
     fn restore_partitions(&mut self, partitions: &[i32]) {
