@@ -47,7 +47,18 @@ pub async fn run(size: Size) -> Outcome {
         let extra = if early {
             rng.between(Duration::from_millis(500), Duration::from_secs(3))
         } else {
-            rng.between(Duration::from_millis(200), Duration::from_secs(5))
+            // Mid-stream means after the first rows of this life reached Openlayer: how long a
+            // restore and the first batch take depends on the machine's load, so a delay
+            // counted from readiness alone often killed instances that had not shipped yet.
+            let server = &scene.server;
+            // Once the feed is over and committed a life may have nothing to ship: the wait is
+            // bounded, and the count of kills mid-stream below judges the run.
+            let _shipped = wait_until(Duration::from_secs(20), async || {
+                instance.sample(server).await;
+                server.num_rows() > rows_at_start
+            })
+            .await;
+            rng.between(Duration::from_millis(0), Duration::from_secs(2))
         };
         let until = Instant::now() + extra;
         while Instant::now() < until {

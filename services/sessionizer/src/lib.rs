@@ -10,9 +10,11 @@
 //! - [`batch`]: rows grouped per Openlayer pipeline, flushed by rows, bytes or linger
 //! - [`sink`]: Openlayer data-stream client with the retry policy
 //! - [`commit`]: the lowest fully acknowledged offset per partition
+//! - [`core`]: the pipeline's state and decisions without IO: inputs in, effects out, and
+//!   the commit rule
 //! - [`demo`]: the embedded demo (`make run`): in-process Kafka, helpers, local endpoint
 //! - [`service`]: the deployed service: HTTP endpoints plus the pipeline, from the config
-//! - [`pipeline`]: the task that runs the stages, rebalances and shutdown
+//! - [`pipeline`]: the IO loop around the core: Kafka, Openlayer, timers, shutdown
 //! - [`preflight`]: `sessionizer preflight`: brokers, topics, group, registry and key checked
 //! - [`metrics`], [`health`], [`http`]: `/metrics`, `/healthz`, `/readyz`
 //! - [`secret`]: a string that never prints
@@ -20,6 +22,7 @@
 pub mod batch;
 pub mod commit;
 pub mod config;
+pub mod core;
 pub mod demo;
 pub mod enrich;
 pub mod health;

@@ -11,20 +11,19 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 /// Longest `error.message` / response body kept in a header.
 const MAX_MESSAGE_BYTES: usize = 4096;
 
-/// Where a dead letter came from and why it stopped.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
+/// Where a dead letter came from (a message of the traces topic) and why it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
     pub reason: &'static str,
     pub stage: &'static str,
     pub message: String,
-    pub source_topic: &'a str,
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
     /// Response status when Openlayer refused the row.
     pub http_status: Option<u16>,
-    pub pipeline_id: Option<&'a str>,
+    pub pipeline_id: Option<String>,
 }
 
 fn truncated(text: &str) -> &str {
@@ -38,14 +37,16 @@ fn truncated(text: &str) -> &str {
     &text[..end]
 }
 
-/// Queues `letter` on `topic`; the future resolves when Kafka acknowledged it.
+/// Queues `letter`, a message of `source_topic`, on `topic`; the future resolves when Kafka
+/// acknowledged it.
 ///
 /// # Errors
 /// When the producer refuses to enqueue (its buffer is full): the caller retries later.
 pub fn send_dead_letter(
     producer: &FutureProducer,
     topic: &str,
-    letter: &DeadLetter<'_>,
+    source_topic: &str,
+    letter: &DeadLetter,
 ) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
     let partition = letter.partition.to_string();
     let offset = letter.offset.to_string();
@@ -65,7 +66,7 @@ pub fn send_dead_letter(
         })
         .insert(Header {
             key: "source.topic",
-            value: Some(letter.source_topic),
+            value: Some(source_topic),
         })
         .insert(Header {
             key: "source.partition",
@@ -81,17 +82,17 @@ pub fn send_dead_letter(
             value: Some(status.as_str()),
         });
     }
-    if let Some(pipeline_id) = letter.pipeline_id {
+    if let Some(pipeline_id) = &letter.pipeline_id {
         headers = headers.insert(Header {
             key: "openlayer.pipeline_id",
-            value: Some(pipeline_id),
+            value: Some(pipeline_id.as_str()),
         });
     }
     let mut record = FutureRecord::to(topic)
-        .payload(letter.payload)
+        .payload(letter.payload.as_slice())
         .headers(headers);
-    if let Some(key) = letter.key {
-        record = record.key(key);
+    if let Some(key) = &letter.key {
+        record = record.key(key.as_slice());
     }
     producer
         .send_result(record)

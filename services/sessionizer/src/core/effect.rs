@@ -1,0 +1,93 @@
+//! What the pipeline core asks its IO loop to do, and the inputs the loop hands it.
+//!
+//! Every effect that waits for an outcome is answered with exactly one input: `Ship` with
+//! [`super::Core::shipped`] (or [`super::Core::ship_lost`]), `DeadLetter` with
+//! [`super::Core::dead_letter_delivered`], `ForwardUpdate` with
+//! [`super::Core::update_forwarded`], `WriteCheckpoint` with
+//! [`super::Core::checkpoint_written`], and `Restore` with [`super::Core::restored`] or
+//! [`super::Core::restore_failed`]. The others are fire-and-forget.
+
+use crate::batch::{Batch, Origin};
+use crate::sessionize::store::ChangelogWrite;
+use crate::source::dlq::DeadLetter;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use trace_model::{SessionSummary, TraceEvent};
+
+/// One thing for the IO loop to do.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send the batch to Openlayer's data-stream API.
+    Ship(Batch),
+    /// Write a message or row that cannot go further to the dead-letter topic.
+    DeadLetter(DeadLetter),
+    /// Produce a closed session's summary to the sessions topic (best effort).
+    ProduceSummary(SessionSummary),
+    /// Mark a closed session's last row as its final turn (best effort).
+    MarkFinalTurn {
+        pipeline_id: String,
+        inference_id: String,
+    },
+    /// Send a row update read from the traces topic to Openlayer.
+    ForwardUpdate(Box<ForwardedUpdate>),
+    /// Store `offset` (the next to read) of `partition`; librdkafka commits stored offsets.
+    StoreOffset { partition: i32, offset: i64 },
+    /// Write these changelog records of `partition`, the state as of `watermark`.
+    WriteCheckpoint {
+        partition: i32,
+        watermark: i64,
+        writes: Vec<ChangelogWrite>,
+    },
+    /// Stop fetching these partitions.
+    Pause(Vec<i32>),
+    /// Fetch these partitions again.
+    Resume(Vec<i32>),
+    /// Read these partitions' session state back from the changelog.
+    Restore(Vec<i32>),
+    /// Stop reading these partitions' state: they were revoked meanwhile.
+    AbandonRestore(Vec<i32>),
+}
+
+/// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once
+/// every message below it is settled, so it reaches Openlayer after the rows produced before
+/// it (the gateway keys an update like its row, so they share a partition), and it settles its
+/// own message when Openlayer accepted it or its dead letter is written.
+#[derive(Debug, Clone)]
+pub struct ForwardedUpdate {
+    pub origin: Origin,
+    pub pipeline_id: String,
+    pub event: TraceEvent,
+}
+
+/// A message as the consumer handed it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub kafka_timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// The time an input happens at: the core has no clock of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For linger, checkpoint and idle-check intervals.
+    pub instant: Instant,
+    /// Wall clock in ms since the epoch, for idle sessions and lag.
+    pub wall_ms: i64,
+}
+
+impl Now {
+    /// The system clocks.
+    pub fn system() -> Self {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+            });
+        Now {
+            instant: Instant::now(),
+            wall_ms,
+        }
+    }
+}

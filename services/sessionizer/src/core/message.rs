@@ -1,0 +1,314 @@
+//! A consumed message through the core: decode, sessionize, journal, enrich, batch; or a
+//! dead letter when it cannot become a row.
+
+use super::effect::{Effect, ForwardedUpdate, Now, Received};
+use super::{Core, FinalTurn};
+use crate::batch::{Origin, RowToBatch};
+use crate::enrich::{openlayer_row, row_id_columns};
+use crate::sessionize::store::StateAfter;
+use crate::sessionize::{ClosedSession, Placement, SessionKey};
+use crate::source::dlq::DeadLetter;
+use trace_model::{DecodeError, SessionSummary, TraceEvent, TraceKind};
+
+impl Core {
+    /// A message consumed from an owned partition whose state is installed. `schema_error`:
+    /// the Confluent writer schema it needs could not be had (it is dead-lettered).
+    ///
+    /// A message of a partition still awaiting its state must be held by the IO loop and
+    /// handed in after [`Core::restored`]; one of a partition not owned is ignored (a fetch
+    /// from before the revoke: its new owner handles it).
+    pub fn message(
+        &mut self,
+        received: Received<'_>,
+        schema_error: Option<DecodeError>,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        self.metrics.events_consumed.inc();
+        let Received {
+            partition, offset, ..
+        } = received;
+        if !self.offsets.owns(partition) || self.awaiting_state.contains(&partition) {
+            return;
+        }
+        let Some(owned) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        owned.position = Some(offset + 1);
+        if owned
+            .restored
+            .as_ref()
+            .is_some_and(|restored| restored.already_applied(None, offset))
+        {
+            // Applied and acknowledged before the last checkpoint: replaying it would count
+            // it twice.
+            self.offsets.track(partition, offset, 0);
+            return;
+        }
+        let origin = Origin {
+            partition,
+            offset,
+            kafka_timestamp_ms: received.kafka_timestamp_ms,
+        };
+        let decoded = match schema_error {
+            Some(error) => Err(error),
+            None => self.decoder.decode(received.payload),
+        };
+        let event = match decoded {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
+                self.reject(received, error.reason(), error.to_string(), out);
+                return;
+            }
+        };
+        let Some(pipeline_id) = event
+            .pipeline_id
+            .clone()
+            .or_else(|| self.settings.default_pipeline_id.clone())
+        else {
+            let description = "trace names no pipeline_id and no default is configured";
+            self.reject(received, "no_pipeline_id", description.to_owned(), out);
+            return;
+        };
+        if event.kind == TraceKind::RowUpdate {
+            self.offsets.track(partition, offset, 1);
+            self.forwarded_updates.push(ForwardedUpdate {
+                origin,
+                pipeline_id,
+                event,
+            });
+            return;
+        }
+        self.place(&event, &pipeline_id, origin, now, out);
+    }
+
+    /// Dead-letters a message that cannot become a row (decode or validation failure, no
+    /// pipeline); it settles once the dead letter is acknowledged.
+    fn reject(
+        &mut self,
+        received: Received<'_>,
+        reason: &'static str,
+        description: String,
+        out: &mut Vec<Effect>,
+    ) {
+        self.metrics
+            .events_invalid
+            .with_label_values(&[reason])
+            .inc();
+        self.offsets.track(received.partition, received.offset, 1);
+        self.dead_letter(
+            DeadLetter {
+                reason,
+                stage: "decode",
+                message: description,
+                partition: received.partition,
+                offset: received.offset,
+                key: received.key.map(<[u8]>::to_vec),
+                payload: received.payload.to_vec(),
+                http_status: None,
+                pipeline_id: None,
+            },
+            out,
+        );
+    }
+
+    pub(super) fn dead_letter(&mut self, letter: DeadLetter, out: &mut Vec<Effect>) {
+        self.metrics
+            .dead_letters
+            .with_label_values(&[letter.stage, letter.reason])
+            .inc();
+        out.push(Effect::DeadLetter(letter));
+    }
+
+    /// Places a trace in its session window, journals the touched sessions, and batches its
+    /// enriched row.
+    fn place(
+        &mut self,
+        event: &TraceEvent,
+        pipeline_id: &str,
+        origin: Origin,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        let Origin {
+            partition, offset, ..
+        } = origin;
+        let Some(owned) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        let windows = &mut owned.windows;
+        let key = windows.peek_key(event, pipeline_id);
+        if owned
+            .restored
+            .as_ref()
+            .is_some_and(|restored| restored.already_applied(key.as_ref(), offset))
+        {
+            // Its session's state already holds it, but the partition's event time may not: a
+            // checkpoint that landed in part has the session's record and not the partition's.
+            // Without this, a later trace could be judged on time when it was late.
+            windows.restore_event_time(Some(event.timestamp_ms));
+            if let Some(journal) = owned.journal.as_mut() {
+                journal.record_event_time(offset, windows.event_time_ms());
+            }
+            self.offsets.track(partition, offset, 0);
+            return;
+        }
+        let mut closed = Vec::new();
+        let num_open_before = windows.num_open();
+        let placement = windows.add(event, pipeline_id, now.wall_ms, &mut closed);
+        self.metrics
+            .sessions_open
+            .add(windows.num_open() as i64 - num_open_before as i64);
+        if let Placement::End {
+            closed: Some(ended),
+        } = &placement
+        {
+            closed.push(ended.clone());
+        }
+        if let Some(journal) = owned.journal.as_mut() {
+            let mut touched: Vec<&SessionKey> = closed.iter().map(|session| &session.key).collect();
+            if let Placement::Turn(turn) = &placement {
+                touched.push(&turn.key);
+            }
+            for key in touched {
+                let after = StateAfter {
+                    state: windows.session(key).cloned(),
+                    next_segment: windows.next_segment_of(key),
+                };
+                journal.record_state(offset, key, after);
+            }
+            journal.record_event_time(offset, windows.event_time_ms());
+        }
+        for session in closed {
+            self.on_session_closed(partition, session, offset, out);
+        }
+        if let Placement::End { .. } = placement {
+            self.offsets.track(partition, offset, 0);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        self.count_placement(&placement);
+        self.batch_row(event, pipeline_id, origin, &placement, now, out);
+    }
+
+    fn count_placement(&self, placement: &Placement) {
+        match placement {
+            Placement::Turn(turn) => {
+                if turn.turn == 1 {
+                    self.metrics.sessions_opened.inc();
+                }
+                if turn.late_within_grace {
+                    self.metrics
+                        .late_events
+                        .with_label_values(&["joined"])
+                        .inc();
+                }
+            }
+            Placement::Late { .. } => {
+                self.metrics
+                    .late_events
+                    .with_label_values(&["marked"])
+                    .inc();
+            }
+            Placement::Passthrough => self.metrics.passthrough_events.inc(),
+            Placement::End { .. } => {}
+        }
+    }
+
+    /// Enriches the trace into its Openlayer row and hands it to the batcher.
+    fn batch_row(
+        &mut self,
+        event: &TraceEvent,
+        pipeline_id: &str,
+        origin: Origin,
+        placement: &Placement,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(kafka_timestamp_ms) = origin.kafka_timestamp_ms {
+            let lag_seconds = (now.wall_ms - kafka_timestamp_ms).max(0) as f64 / 1000.0;
+            self.metrics.sessionization_lag.observe(lag_seconds);
+            if let Some(owned) = self.owned.get_mut(&origin.partition) {
+                owned.newest_timestamp_ms = Some(kafka_timestamp_ms);
+            }
+        }
+        // The producer's id, else one derived from the Kafka position: stable across
+        // redeliveries, so a retried row is recognisably the same row.
+        let inference_id = event.inference_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                self.settings.topic, origin.partition, origin.offset
+            )
+        });
+        let row = openlayer_row(event, &inference_id, placement);
+        let (has_user, has_session) = row_id_columns(event, placement);
+        self.offsets.track(origin.partition, origin.offset, 1);
+        let mut ready = Vec::new();
+        self.batcher.add(
+            RowToBatch {
+                pipeline_id,
+                row,
+                origin,
+                input_names: event.inputs.keys(),
+                has_user,
+                has_session,
+            },
+            now.instant,
+            &mut ready,
+        );
+        self.dispatch(ready, out);
+        self.apply_backpressure(now.instant, out);
+    }
+
+    /// `close_offset`: the message that closed it, or the last one consumed (idle closes); the
+    /// session's rows all sit at or below it.
+    pub(super) fn on_session_closed(
+        &mut self,
+        partition: i32,
+        session: ClosedSession,
+        close_offset: i64,
+        out: &mut Vec<Effect>,
+    ) {
+        let reason = session.reason.as_str();
+        self.metrics
+            .sessions_closed
+            .with_label_values(&[reason])
+            .inc();
+        let state = &session.state;
+        let duration_seconds = (state.last_event_ms - state.started_at_ms).max(0) as f64 / 1000.0;
+        self.metrics.session_duration.observe(duration_seconds);
+        self.metrics.session_turns.observe(state.turns as f64);
+        tracing::debug!(partition, reason, turns = state.turns, "session closed");
+        if self.settings.mark_final_turn && !state.last_inference_id.is_empty() {
+            // Sent once the final row itself is acknowledged: updating a row Openlayer has not
+            // stored yet would be lost.
+            self.final_turns.push(FinalTurn {
+                partition,
+                close_offset,
+                pipeline_id: session.key.pipeline_id.clone(),
+                inference_id: state.last_inference_id.clone(),
+            });
+        }
+        if !self.settings.summaries {
+            return;
+        }
+        out.push(Effect::ProduceSummary(SessionSummary {
+            schema_version: trace_model::record::SESSION_SUMMARY_SCHEMA_VERSION,
+            session_key: session.key.joined(),
+            pipeline_id: session.key.pipeline_id.clone(),
+            session_id: session.key.session_id.clone(),
+            user_id: state.user_id.clone(),
+            segment: state.segment,
+            started_at_ms: state.started_at_ms,
+            ended_at_ms: state.last_event_ms,
+            num_turns: state.turns,
+            total_tokens: state.tokens,
+            total_cost: state.cost,
+            total_latency_ms: state.latency_ms,
+            close_reason: reason.to_owned(),
+            first_inference_id: state.first_inference_id.clone(),
+            last_inference_id: state.last_inference_id.clone(),
+        }));
+    }
+}

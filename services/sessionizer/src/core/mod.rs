@@ -1,0 +1,424 @@
+//! The pipeline core: all per-partition state (session windows, changelog journals, offsets,
+//! open batches) as a state machine without IO, in the manner of quinn-proto.
+//!
+//! The IO loop ([`crate::pipeline`]) hands it inputs (a message consumed, a batch acknowledged,
+//! a dead letter delivered, a checkpoint written, partitions assigned, restored or revoked, a
+//! tick, shutdown) together with the time, and performs the [`Effect`]s each input pushes,
+//! in order. The core never reads a clock, a socket or a channel, so the harness in
+//! [`tests`] drives it through random interleavings and crashes without a broker.
+//!
+//! # Layout
+//! - [`effect`]: effects out, message and time in
+//! - [`offsets`]: the commit rule (track, settle, checkpoint, store)
+//! - `message.rs`: a consumed message through decode, sessionize, enrich and batch
+//! - `settle.rs`: outcomes coming back (acks, dead letters, updates, checkpoints)
+
+pub mod effect;
+mod message;
+pub mod offsets;
+mod settle;
+#[cfg(test)]
+mod tests;
+
+pub use effect::{Effect, ForwardedUpdate, Now, Received};
+
+use crate::batch::{Batch, BatchSettings, Batcher};
+use crate::metrics::Metrics;
+use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
+use crate::sessionize::{PartitionWindows, WindowSettings};
+use offsets::Offsets;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+use trace_model::Decoder;
+
+/// What the core runs with.
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    /// The traces topic: names dead letters' source and ids derived from positions.
+    pub topic: String,
+    pub windows: WindowSettings,
+    /// How often quiet partitions are checked for sessions to close.
+    pub idle_check: Duration,
+    /// Openlayer pipeline of traces that name none.
+    pub default_pipeline_id: Option<String>,
+    pub batch: BatchSettings,
+    pub max_in_flight_requests: usize,
+    /// Above this many unsettled messages the partitions pause.
+    pub max_unacked_rows: usize,
+    /// Mark each closed session's last row with `session_final_turn: true` (row update).
+    pub mark_final_turn: bool,
+    /// How often session state is checkpointed to the changelog (and offsets stored).
+    pub checkpoint_interval: Duration,
+    /// Whether session state is kept in a changelog (restored on assignment).
+    pub changelog: bool,
+    /// Whether closed sessions produce summaries.
+    pub summaries: bool,
+}
+
+/// A closed session's last row, to be marked as its final turn once acknowledged.
+#[derive(Debug)]
+struct FinalTurn {
+    partition: i32,
+    close_offset: i64,
+    pipeline_id: String,
+    inference_id: String,
+}
+
+/// The state of a partition whose session state is installed.
+#[derive(Debug)]
+struct Owned {
+    windows: PartitionWindows,
+    /// State changes since the last checkpoint (with a changelog).
+    journal: Option<PartitionJournal>,
+    /// What the changelog held at assignment, for skipping replayed messages.
+    restored: Option<RestoredPartition>,
+    /// Next offset to process, for consumer lag and idle closes.
+    position: Option<i64>,
+    /// Kafka timestamp of the newest processed record, for the partition lag gauge.
+    newest_timestamp_ms: Option<i64>,
+}
+
+impl Owned {
+    fn new(windows: PartitionWindows) -> Self {
+        Owned {
+            windows,
+            journal: None,
+            restored: None,
+            position: None,
+            newest_timestamp_ms: None,
+        }
+    }
+}
+
+/// The pipeline's state and decisions; see the module docs.
+#[derive(Debug)]
+pub struct Core {
+    settings: CoreSettings,
+    metrics: Metrics,
+    decoder: Decoder,
+    owned: HashMap<i32, Owned>,
+    /// Assigned partitions whose state is being read back from the changelog.
+    awaiting_state: HashSet<i32>,
+    offsets: Offsets,
+    batcher: Batcher,
+    /// Batches ready but waiting for a free request slot.
+    waiting: VecDeque<Batch>,
+    num_shipping: usize,
+    /// Final-turn updates waiting for their session's rows to be acknowledged.
+    final_turns: Vec<FinalTurn>,
+    /// Row updates from the traces topic waiting for the messages below them to settle.
+    forwarded_updates: Vec<ForwardedUpdate>,
+    paused: bool,
+    paused_since: Option<Instant>,
+    last_idle_check: Instant,
+    last_checkpoint: Instant,
+}
+
+impl Core {
+    pub fn new(settings: CoreSettings, decoder: Decoder, metrics: Metrics, now: Now) -> Self {
+        Core {
+            offsets: Offsets::new(settings.changelog),
+            batcher: Batcher::new(settings.batch),
+            settings,
+            metrics,
+            decoder,
+            owned: HashMap::new(),
+            awaiting_state: HashSet::new(),
+            waiting: VecDeque::new(),
+            num_shipping: 0,
+            final_turns: Vec::new(),
+            forwarded_updates: Vec::new(),
+            paused: false,
+            paused_since: None,
+            last_idle_check: now.instant,
+            last_checkpoint: now.instant,
+        }
+    }
+
+    /// The decoder, for fetching Confluent writer schemas before a message comes in.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Whether a message of `partition` is processed now (owned, state installed).
+    pub fn is_awaiting_state(&self, partition: i32) -> bool {
+        self.awaiting_state.contains(&partition)
+    }
+
+    /// Messages consumed and not settled.
+    pub fn num_unsettled(&self) -> usize {
+        self.offsets.num_pending()
+    }
+
+    /// Batches made but not handed out yet (no free request slot).
+    pub fn num_waiting_batches(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Partitions gained: with a changelog their state is read back first (they stay paused
+    /// meanwhile); without one they start empty.
+    pub fn assigned(&mut self, partitions: &[i32], out: &mut Vec<Effect>) {
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        for partition in partitions {
+            self.offsets.assign(*partition);
+        }
+        if self.settings.changelog {
+            self.awaiting_state.extend(partitions.iter().copied());
+            out.push(Effect::Pause(partitions.to_vec()));
+            out.push(Effect::Restore(partitions.to_vec()));
+        } else {
+            for partition in partitions {
+                let windows = PartitionWindows::new(self.settings.windows);
+                self.owned.insert(*partition, Owned::new(windows));
+            }
+            if self.paused {
+                // Backpressure holds for partitions gained while paused, too.
+                out.push(Effect::Pause(partitions.to_vec()));
+            }
+        }
+        self.update_partitions_gauge();
+    }
+
+    /// Partitions lost: their state, open batches and waiting rows are dropped (the new
+    /// owner redoes them from the last commit).
+    pub fn revoked(&mut self, partitions: &[i32], out: &mut Vec<Effect>) {
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        let abandoned: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|partition| self.awaiting_state.remove(partition))
+            .collect();
+        if !abandoned.is_empty() {
+            out.push(Effect::AbandonRestore(abandoned));
+        }
+        for partition in partitions {
+            self.offsets.revoke(*partition);
+            if let Some(mut owned) = self.owned.remove(partition) {
+                let num_dropped = owned.windows.close_all().len();
+                self.metrics.sessions_open.sub(num_dropped as i64);
+            }
+            let label = partition.to_string();
+            // The gauge may not have this partition yet; nothing to remove then.
+            let _absent = self.metrics.consumer_lag.remove_label_values(&[&label]);
+            let _absent = self.metrics.partition_lag.remove_label_values(&[&label]);
+        }
+        self.batcher.forget_partitions(partitions);
+        self.waiting.retain_mut(|batch| {
+            retain_owned_rows(batch, partitions);
+            !batch.rows.is_empty()
+        });
+        self.update_partitions_gauge();
+    }
+
+    /// A partition's state is back from the changelog: install it. The IO loop then hands
+    /// in the messages it held for the partition, and performs the `Resume`.
+    pub fn restored(&mut self, partition: i32, restored: RestoredPartition, out: &mut Vec<Effect>) {
+        if !self.awaiting_state.remove(&partition) {
+            return;
+        }
+        self.install(partition, restored);
+        self.update_partitions_gauge();
+        // Under backpressure it stays paused and resumes with the others.
+        if !self.paused {
+            out.push(Effect::Resume(vec![partition]));
+        }
+    }
+
+    /// The state of these partitions cannot be had: they are not processed (the run ends,
+    /// and a restart replays them from the last checkpoint).
+    pub fn restore_failed(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.awaiting_state.remove(partition);
+            self.offsets.revoke(*partition);
+        }
+    }
+
+    fn install(&mut self, partition: i32, mut restored: RestoredPartition) {
+        let mut windows = PartitionWindows::new(self.settings.windows);
+        let event_time = restored
+            .checkpoint
+            .and_then(|checkpoint| checkpoint.event_time_ms);
+        windows.restore_event_time(event_time);
+        let mut num_open = 0;
+        for (key, record) in &restored.sessions {
+            match &record.state {
+                Some(state) => {
+                    windows.restore(key.clone(), state.clone(), event_time);
+                    num_open += 1;
+                }
+                None if record.next_segment > 0 => windows.restore_next_segment(
+                    key.clone(),
+                    record.next_segment,
+                    event_time.unwrap_or(0),
+                ),
+                None => {}
+            }
+        }
+        let checkpoint_w = restored.checkpoint_w();
+        tracing::info!(partition, num_open, ?checkpoint_w, "session state restored");
+        self.metrics.sessions_open.add(num_open);
+        // Only records ahead of the checkpoint matter for skipping replays.
+        restored
+            .sessions
+            .retain(|_, record| checkpoint_w.is_none_or(|w| record.w > w));
+        let mut owned = Owned::new(windows);
+        owned.journal = Some(PartitionJournal::new(checkpoint_w, event_time));
+        owned.restored = Some(restored);
+        self.owned.insert(partition, owned);
+    }
+
+    fn update_partitions_gauge(&self) {
+        self.metrics
+            .partitions_assigned
+            .set(self.owned.len() as i64);
+    }
+
+    /// Time passes: sends what became ready, flushes lingering batches, checkpoints and
+    /// closes idle sessions when due. Returns whether the idle check ran (the IO loop
+    /// refreshes the lag gauges at the same pace).
+    pub fn tick(&mut self, now: Now, out: &mut Vec<Effect>) -> bool {
+        self.send_final_turn_updates(out);
+        self.send_forwarded_updates(out);
+        self.metrics
+            .rows_in_flight
+            .set(self.offsets.num_pending() as i64);
+        let mut ready = Vec::new();
+        self.batcher.flush_due(now.instant, &mut ready);
+        self.dispatch(ready, out);
+        if now.instant.saturating_duration_since(self.last_checkpoint)
+            >= self.settings.checkpoint_interval
+        {
+            self.checkpoint(now, out);
+        }
+        if now.instant.saturating_duration_since(self.last_idle_check) < self.settings.idle_check {
+            return false;
+        }
+        self.last_idle_check = now.instant;
+        self.close_idle_sessions(now, out);
+        true
+    }
+
+    /// Shutdown begins: every open batch goes out.
+    pub fn flush_all(&mut self, out: &mut Vec<Effect>) {
+        let mut ready = Vec::new();
+        self.batcher.flush_all(&mut ready);
+        self.dispatch(ready, out);
+    }
+
+    /// Writes a checkpoint for every partition whose watermark moved past its last one.
+    pub fn checkpoint(&mut self, now: Now, out: &mut Vec<Effect>) {
+        self.last_checkpoint = now.instant;
+        let journals = self
+            .owned
+            .iter_mut()
+            .filter_map(|(partition, owned)| Some((*partition, owned.journal.as_mut()?)));
+        self.offsets.checkpoint(journals, out);
+    }
+
+    /// Whether a checkpoint write is awaiting its outcome.
+    pub fn has_checkpoint_in_flight(&self) -> bool {
+        self.offsets.has_checkpoint_in_flight()
+    }
+
+    /// Closes sessions whose gap passed by the wall clock on quiet partitions.
+    fn close_idle_sessions(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let mut closed_by_partition = Vec::new();
+        for (partition, owned) in &mut self.owned {
+            let mut closed = Vec::new();
+            owned.windows.expire(now.wall_ms, &mut closed);
+            if closed.is_empty() {
+                continue;
+            }
+            // Idle closes happen between messages: record them after the last one consumed.
+            let last_offset = owned.position.map(|next| next - 1);
+            if let (Some(journal), Some(last_offset)) = (owned.journal.as_mut(), last_offset) {
+                for session in &closed {
+                    journal.record_state(
+                        last_offset,
+                        &session.key,
+                        StateAfter {
+                            state: None,
+                            next_segment: 0,
+                        },
+                    );
+                }
+            }
+            closed_by_partition.push((*partition, closed, last_offset.unwrap_or(-1)));
+        }
+        for (partition, closed, close_offset) in closed_by_partition {
+            self.metrics.sessions_open.sub(closed.len() as i64);
+            for session in closed {
+                self.on_session_closed(partition, session, close_offset, out);
+            }
+        }
+    }
+
+    /// Consumer lag per owned partition (high watermark minus next offset to process), and
+    /// how far behind real time its newest processed record is while records wait.
+    pub fn update_lag_gauges(&self, high_watermarks: &HashMap<i32, i64>, now: Now) {
+        for (partition, owned) in &self.owned {
+            let label = partition.to_string();
+            let behind_records = high_watermarks
+                .get(partition)
+                .map(|high| (high - owned.position.unwrap_or(0)).max(0));
+            if let Some(behind_records) = behind_records {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&label])
+                    .set(behind_records);
+            }
+            // A caught-up quiet partition is not lagging, however old its newest record is.
+            let lag_seconds = match (behind_records, owned.newest_timestamp_ms) {
+                (Some(0), _) | (_, None) => 0.0,
+                (_, Some(newest_ms)) => (now.wall_ms - newest_ms).max(0) as f64 / 1000.0,
+            };
+            self.metrics
+                .partition_lag
+                .with_label_values(&[&label])
+                .set(lag_seconds);
+        }
+    }
+
+    /// Owned partitions with installed state, in no particular order.
+    fn owned_partitions(&self) -> Vec<i32> {
+        self.owned.keys().copied().collect()
+    }
+
+    /// Pauses fetching while too many messages are unsettled (Openlayer slow or down), and
+    /// resumes at half the limit, so memory stays bounded.
+    fn apply_backpressure(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let unsettled = self.offsets.num_pending();
+        let limit = self.settings.max_unacked_rows;
+        if !self.paused && unsettled >= limit {
+            let partitions = self.owned_partitions();
+            tracing::info!(unsettled, "pausing partitions until openlayer catches up");
+            self.paused = true;
+            self.paused_since = Some(now);
+            self.metrics.partitions_paused.set(partitions.len() as i64);
+            out.push(Effect::Pause(partitions));
+        } else if self.paused && unsettled <= limit / 2 {
+            tracing::info!(unsettled, "resuming partitions");
+            self.paused = false;
+            if let Some(since) = self.paused_since.take() {
+                self.metrics
+                    .backpressure_seconds
+                    .inc_by(now.saturating_duration_since(since).as_secs_f64());
+            }
+            self.metrics.partitions_paused.set(0);
+            out.push(Effect::Resume(self.owned_partitions()));
+        }
+    }
+}
+
+/// Removes rows of revoked partitions from a batch that has not been sent yet.
+fn retain_owned_rows(batch: &mut Batch, revoked: &[i32]) {
+    let mut index = 0;
+    while index < batch.origins.len() {
+        if revoked.contains(&batch.origins[index].partition) {
+            batch.origins.remove(index);
+            batch.rows.remove(index);
+        } else {
+            index += 1;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Outcomes coming back to the core: batches acknowledged, dead letters delivered, row updates
+//! accepted, checkpoints written; and the sends that wait for them.
+
+use super::effect::{Effect, ForwardedUpdate, Now};
+use super::{Core, FinalTurn};
+use crate::batch::Batch;
+use crate::sink::{Rejection, ShipReport};
+use crate::source::dlq::DeadLetter;
+use std::collections::HashMap;
+
+impl Core {
+    /// Queues ready batches and hands out as many as there are free request slots.
+    pub(super) fn dispatch(&mut self, ready: Vec<Batch>, out: &mut Vec<Effect>) {
+        self.waiting.extend(ready);
+        while self.num_shipping < self.settings.max_in_flight_requests {
+            let Some(batch) = self.waiting.pop_front() else {
+                break;
+            };
+            self.num_shipping += 1;
+            out.push(Effect::Ship(batch));
+        }
+    }
+
+    /// Openlayer answered for a batch: acknowledged rows settle, refused ones are
+    /// dead-lettered.
+    pub fn shipped(&mut self, batch: Batch, report: ShipReport, now: Now, out: &mut Vec<Effect>) {
+        self.num_shipping = self.num_shipping.saturating_sub(1);
+        let rejected: HashMap<usize, &Rejection> = report
+            .rejected
+            .iter()
+            .map(|(index, rejection)| (*index, rejection))
+            .collect();
+        let mut letters = Vec::new();
+        for (index, origin) in batch.origins.iter().enumerate() {
+            if let Some(rejection) = rejected.get(&index) {
+                letters.push((*origin, index, (*rejection).clone()));
+                continue;
+            }
+            self.metrics.rows_shipped.inc();
+            if let Some(kafka_timestamp_ms) = origin.kafka_timestamp_ms {
+                self.metrics
+                    .end_to_end_delay
+                    .observe((now.wall_ms - kafka_timestamp_ms).max(0) as f64 / 1000.0);
+            }
+            self.offsets.settle(origin.partition, origin.offset);
+        }
+        for (origin, index, rejection) in letters {
+            if !self.offsets.owns(origin.partition) {
+                continue;
+            }
+            let letter = DeadLetter {
+                reason: "openlayer_rejected",
+                stage: "sink",
+                message: rejection.body,
+                partition: origin.partition,
+                offset: origin.offset,
+                key: None,
+                payload: batch.rows[index].get().as_bytes().to_vec(),
+                http_status: rejection.status,
+                pipeline_id: Some(batch.pipeline_id.clone()),
+            };
+            self.dead_letter(letter, out);
+        }
+        self.offsets.store_advanced(out);
+        self.dispatch(Vec::new(), out);
+        self.apply_backpressure(now.instant, out);
+    }
+
+    /// A request task failed without an answer (a panic in the sink): its rows stay unsettled,
+    /// so their offsets are never committed and a restart redelivers them.
+    pub fn ship_lost(&mut self, out: &mut Vec<Effect>) {
+        self.num_shipping = self.num_shipping.saturating_sub(1);
+        self.metrics
+            .errors
+            .with_label_values(&["panic", "sending"])
+            .inc();
+        self.dispatch(Vec::new(), out);
+    }
+
+    /// A dead letter's outcome: delivered settles its message; otherwise the message stays
+    /// unsettled (never committed, redelivered after a restart).
+    pub fn dead_letter_delivered(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        delivered: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        if delivered {
+            self.offsets.settle(partition, offset);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        self.metrics
+            .errors
+            .with_label_values(&["kafka", "sending"])
+            .inc();
+        tracing::error!(
+            partition,
+            offset,
+            "dead letter not delivered; the message stays uncommitted"
+        );
+    }
+
+    /// A forwarded row update's outcome: accepted settles it; refused dead-letters it.
+    pub fn update_forwarded(
+        &mut self,
+        update: ForwardedUpdate,
+        accepted: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let origin = update.origin;
+        if !self.offsets.owns(origin.partition) {
+            return;
+        }
+        if accepted {
+            self.offsets.settle(origin.partition, origin.offset);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        let letter = DeadLetter {
+            reason: "openlayer_row_update_failed",
+            stage: "sink",
+            message: "openlayer did not accept the row update".to_owned(),
+            partition: origin.partition,
+            offset: origin.offset,
+            key: update
+                .event
+                .partition_key()
+                .map(|key| key.as_bytes().to_vec()),
+            payload: trace_model::codec::json::encode_trace(&update.event),
+            http_status: None,
+            pipeline_id: Some(update.pipeline_id),
+        };
+        self.dead_letter(letter, out);
+    }
+
+    /// A checkpoint's outcome: once delivered, its watermark is stored.
+    pub fn checkpoint_written(
+        &mut self,
+        partition: i32,
+        watermark: i64,
+        delivered: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let journal = self
+            .owned
+            .get_mut(&partition)
+            .and_then(|owned| owned.journal.as_mut());
+        if self
+            .offsets
+            .checkpoint_written(partition, watermark, delivered, journal, out)
+        {
+            return;
+        }
+        self.metrics
+            .errors
+            .with_label_values(&["changelog", "sending"])
+            .inc();
+        tracing::error!(
+            partition,
+            "changelog checkpoint not delivered; offsets of this partition stay where they are until restart"
+        );
+    }
+
+    /// Without a changelog, stores every watermark that advanced (the drain's last step).
+    pub fn store_settled(&mut self, out: &mut Vec<Effect>) {
+        self.offsets.store_advanced(out);
+    }
+
+    /// Sends final-turn updates whose session rows are all settled; forgets those of
+    /// partitions this instance no longer owns.
+    pub fn send_final_turn_updates(&mut self, out: &mut Vec<Effect>) {
+        if self.final_turns.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<FinalTurn>, Vec<FinalTurn>) =
+            std::mem::take(&mut self.final_turns)
+                .into_iter()
+                .filter(|final_turn| self.offsets.owns(final_turn.partition))
+                .partition(|final_turn| {
+                    self.offsets
+                        .watermark(final_turn.partition)
+                        .is_some_and(|watermark| watermark > final_turn.close_offset)
+                });
+        self.final_turns = waiting;
+        for final_turn in ready {
+            out.push(Effect::MarkFinalTurn {
+                pipeline_id: final_turn.pipeline_id,
+                inference_id: final_turn.inference_id,
+            });
+        }
+    }
+
+    /// Sends the row updates whose messages below are all settled; forgets those of
+    /// partitions this instance no longer owns (their new owner sends them).
+    pub fn send_forwarded_updates(&mut self, out: &mut Vec<Effect>) {
+        if self.forwarded_updates.is_empty() {
+            return;
+        }
+        let (ready, waiting): (Vec<ForwardedUpdate>, Vec<ForwardedUpdate>) =
+            std::mem::take(&mut self.forwarded_updates)
+                .into_iter()
+                .filter(|update| self.offsets.owns(update.origin.partition))
+                .partition(|update| {
+                    self.offsets
+                        .watermark(update.origin.partition)
+                        .is_some_and(|watermark| watermark >= update.origin.offset)
+                });
+        self.forwarded_updates = waiting;
+        out.extend(
+            ready
+                .into_iter()
+                .map(|update| Effect::ForwardUpdate(Box::new(update))),
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Draining for the pipeline's IO loop: stop fetching, flush, wait for acknowledgements until
+//! the drain deadline, checkpoint, commit, flush the producer.
+
+use super::Pipeline;
+use crate::core::Now;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::Producer;
+use std::time::Duration;
+
+impl Pipeline {
+    pub(super) async fn drain(&mut self) {
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        self.core.flush_all(&mut self.effects);
+        self.perform();
+        let drained = tokio::time::timeout_at(deadline, self.settle_in_flight()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                unsettled = self.core.num_unsettled(),
+                "drain deadline passed; unacknowledged rows will be redelivered after restart"
+            );
+            self.shipping.abort_all();
+            self.dead_letters.abort_all();
+            self.forwarded_in_flight.abort_all();
+        }
+        self.core.store_settled(&mut self.effects);
+        self.perform();
+        // A checkpoint already in flight would make the next one skip its partition: let it
+        // land first, then write the final one for everything acknowledged since.
+        let checkpointed = tokio::time::timeout_at(deadline, async {
+            self.write_checkpoints().await;
+            self.core.checkpoint(Now::system(), &mut self.effects);
+            self.perform();
+            self.write_checkpoints().await;
+        })
+        .await;
+        if checkpointed.is_err() {
+            tracing::warn!("drain deadline passed before the last checkpoint was written");
+        }
+        self.core.send_final_turn_updates(&mut self.effects);
+        self.perform();
+        let updated = tokio::time::timeout_at(deadline, async {
+            while self.row_updates.join_next().await.is_some() {}
+        })
+        .await;
+        if updated.is_err() {
+            tracing::warn!("drain deadline passed before every final-turn update was sent");
+        }
+        self.commit_and_flush(deadline);
+    }
+
+    /// Waits for requests, dead letters and forwarded updates until none is in flight.
+    async fn settle_in_flight(&mut self) {
+        loop {
+            self.core.send_forwarded_updates(&mut self.effects);
+            self.perform();
+            if self.shipping.is_empty()
+                && self.dead_letters.is_empty()
+                && self.core.num_waiting_batches() == 0
+                && self.forwarded_in_flight.is_empty()
+            {
+                return;
+            }
+            tokio::select! {
+                biased;
+                Some(shipped) = self.shipping.join_next_with_id(), if !self.shipping.is_empty() => self.on_shipped(shipped),
+                Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => self.on_dead_letter(delivered),
+                Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => self.on_forwarded_update(forwarded),
+                else => return,
+            }
+        }
+    }
+
+    async fn write_checkpoints(&mut self) {
+        while let Some(written) = self.checkpoints.join_next().await {
+            self.on_checkpoint_written(written);
+        }
+    }
+
+    fn commit_and_flush(&mut self, deadline: tokio::time::Instant) {
+        match self.source.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => self.metrics.commits.with_label_values(&["committed"]).inc(),
+            Err(error) => {
+                self.metrics
+                    .commits
+                    .with_label_values(&["commit_failed"])
+                    .inc();
+                tracing::debug!(%error, "final commit");
+            }
+        }
+        while let Some(produced) = self.summaries.try_join_next() {
+            self.on_summary(produced);
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(error) = self.producer.flush(remaining.max(Duration::from_secs(1))) {
+            tracing::warn!(%error, "side outputs left undelivered at shutdown");
+        }
+        tracing::info!("pipeline stopped");
+    }
+}

@@ -1,0 +1,424 @@
+//! The IO loop around the pipeline [`core`](crate::core): owns the consumer, the producer,
+//! the Openlayer client, the changelog restores, timers and the shutdown signal; hands the
+//! core what happened and performs the effects it returns. Decisions live in the core.
+//!
+//! In its `select!`, acknowledgements and settlements come before new input (`biased`),
+//! which keeps in-flight state bounded. Openlayer requests, dead letters and checkpoint
+//! writes run as owned tasks (`JoinSet`s) whose outcome goes back to the core; nothing is
+//! fire-and-forget.
+//!
+//! Lifecycle: Consuming → Draining (stop fetching, flush batches, wait for acknowledgements
+//! until the drain deadline) → Complete (store and commit offsets, flush producers).
+
+mod drain;
+mod perform;
+mod settings;
+
+pub use settings::PipelineSettings;
+
+use crate::batch::Batch;
+use crate::core::{Core, Effect, ForwardedUpdate, Now, Received};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::sink::ShipReport;
+use crate::sink::openlayer::OpenlayerSink;
+use crate::source::changelog::ChangelogError;
+use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
+use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
+use crate::source::topics::{TopicError, prepare_topics};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::task::{JoinError, JoinSet};
+use trace_model::codec::registry::SchemaRegistry;
+use trace_model::{DecodeError, Decoder};
+
+/// How often batches are checked for linger and lag gauges refreshed.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("failed to create the kafka consumer")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("failed to create the kafka producer")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("failed to create the openlayer client")]
+    Sink(#[source] crate::sink::openlayer::SinkError),
+    #[error("failed to create the schema registry client")]
+    SchemaRegistry(#[source] trace_model::codec::registry::RegistryError),
+    #[error("the topics are not ready")]
+    Topics(#[source] TopicError),
+    /// Processing a partition without its session state would renumber its sessions' turns;
+    /// stopping lets the restart (Kubernetes restarts the pod) try again.
+    #[error("failed to restore session state from the changelog")]
+    Restore(#[source] ChangelogError),
+}
+
+/// The next finished changelog read (`None` without a changelog; the `select!` guard keeps
+/// this from being polled when no read runs).
+async fn join_restore(restoring: &mut Option<Restoring>) -> Option<Result<AttemptDone, JoinError>> {
+    match restoring {
+        Some(restoring) => restoring.join_next().await,
+        None => None,
+    }
+}
+
+struct Pipeline {
+    settings: PipelineSettings,
+    core: Core,
+    /// Effects the core returned, performed in order by [`Pipeline::perform`].
+    effects: Vec<Effect>,
+    metrics: Metrics,
+    health: Health,
+    source: Source,
+    producer: FutureProducer,
+    sink: Arc<OpenlayerSink>,
+    shipping: JoinSet<(Batch, ShipReport)>,
+    /// When each Openlayer request task started, for the sink health check.
+    shipping_started: HashMap<tokio::task::Id, Instant>,
+    /// Dead-letter deliveries: (partition, offset, delivered).
+    dead_letters: JoinSet<(i32, i64, bool)>,
+    summaries: JoinSet<bool>,
+    /// Final-turn row updates in flight (best-effort, like summaries).
+    row_updates: JoinSet<bool>,
+    /// Row updates sent, with whether Openlayer accepted them.
+    forwarded_in_flight: JoinSet<(ForwardedUpdate, bool)>,
+    /// Checkpoint writes awaiting Kafka: (partition, watermark, all delivered).
+    checkpoints: JoinSet<(i32, i64, bool)>,
+    /// Partitions whose state is being read back (`None`: no changelog, state starts empty).
+    restoring: Option<Restoring>,
+    /// Set when the run must end with an error (after the drain): a partition whose state
+    /// could not be restored.
+    fatal: Option<RunError>,
+}
+
+/// Runs the sessionizer until `shutdown` resolves, then drains and commits.
+///
+/// # Errors
+/// When a client cannot be created, or a partition's session state cannot be restored;
+/// per-message problems never end the run.
+pub async fn run(
+    settings: PipelineSettings,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    prepare_topics(&settings.kafka)
+        .await
+        .map_err(RunError::Topics)?;
+    let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
+    let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
+    let sink =
+        OpenlayerSink::try_new(settings.sink.clone(), metrics.clone()).map_err(RunError::Sink)?;
+    let mut decoder = Decoder::new(settings.limits);
+    if let Some(url) = &settings.kafka.schema_registry_url {
+        let registry = SchemaRegistry::try_new(url.clone(), Duration::from_secs(10))
+            .map_err(RunError::SchemaRegistry)?;
+        decoder = decoder.with_registry(registry);
+    }
+    let restoring = settings
+        .kafka
+        .changelog_topic
+        .clone()
+        .map(|changelog| Restoring::new(settings.kafka.clone(), changelog, metrics.clone()));
+    let mut pipeline = Pipeline {
+        core: Core::new(settings.core(), decoder, metrics.clone(), Now::system()),
+        effects: Vec::new(),
+        settings,
+        metrics,
+        health,
+        source,
+        producer,
+        sink: Arc::new(sink),
+        shipping: JoinSet::new(),
+        shipping_started: HashMap::new(),
+        dead_letters: JoinSet::new(),
+        summaries: JoinSet::new(),
+        row_updates: JoinSet::new(),
+        forwarded_in_flight: JoinSet::new(),
+        checkpoints: JoinSet::new(),
+        restoring,
+        fatal: None,
+    };
+    pipeline.consume(shutdown).await;
+    pipeline.drain().await;
+    match pipeline.fatal.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+impl Pipeline {
+    async fn consume(&mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.apply_rebalances();
+            if self.fatal.is_some() {
+                tracing::error!("stopping: a partition cannot be processed correctly");
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    tracing::info!("shutdown requested, draining");
+                    return;
+                }
+                Some(shipped) = self.shipping.join_next_with_id(), if !self.shipping.is_empty() => {
+                    self.on_shipped(shipped);
+                }
+                Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => {
+                    self.on_dead_letter(delivered);
+                }
+                Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
+                    self.on_summary(produced);
+                }
+                Some(_updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => {}
+                Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => {
+                    self.on_forwarded_update(forwarded);
+                }
+                Some(written) = self.checkpoints.join_next(), if !self.checkpoints.is_empty() => {
+                    self.on_checkpoint_written(written);
+                }
+                Some(read) = join_restore(&mut self.restoring), if self.restoring.as_ref().is_some_and(Restoring::has_running) => {
+                    self.apply_rebalances();
+                    self.on_restore_finished(read);
+                }
+                _ = tick.tick() => self.on_tick(),
+                received = self.source.consumer.recv() => {
+                    match received {
+                        Ok(message) => {
+                            let message = message.detach();
+                            let schema_error =
+                                prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
+                            self.apply_rebalances();
+                            self.on_message(message, schema_error);
+                        }
+                        Err(error) => self.on_consumer_error(&error),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_consumer_error(&mut self, error: &rdkafka::error::KafkaError) {
+        self.metrics
+            .errors
+            .with_label_values(&["kafka", "receiving"])
+            .inc();
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                    | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+            )
+        ) {
+            self.health.set_broker_reachable(false);
+        }
+        tracing::warn!(%error, "kafka consumer error");
+    }
+
+    /// Applies ownership changes before anything else touches partition state.
+    fn apply_rebalances(&mut self) {
+        while let Ok(event) = self.source.rebalances.try_recv() {
+            match event {
+                RebalanceEvent::Assigned(partitions) => {
+                    // An assignment came from the group coordinator: the broker answers.
+                    self.health.set_broker_reachable(true);
+                    self.health.set_joined();
+                    self.core.assigned(&partitions, &mut self.effects);
+                }
+                RebalanceEvent::Revoked(partitions) => {
+                    self.core.revoked(&partitions, &mut self.effects);
+                }
+            }
+            self.perform();
+        }
+    }
+
+    fn on_message(&mut self, message: OwnedMessage, schema_error: Option<DecodeError>) {
+        self.health.record_progress();
+        self.health.set_broker_reachable(true);
+        if let Some(restoring) = self.restoring.as_mut()
+            && restoring.is_restoring(message.partition())
+        {
+            // Fetched before the partition's pause took effect: processed once its state is
+            // back, in order.
+            restoring.hold(message, schema_error);
+            return;
+        }
+        let received = Received {
+            partition: message.partition(),
+            offset: message.offset(),
+            kafka_timestamp_ms: message.timestamp().to_millis(),
+            key: message.key(),
+            payload: message.payload().unwrap_or_default(),
+        };
+        self.core
+            .message(received, schema_error, Now::system(), &mut self.effects);
+        self.perform();
+    }
+
+    fn on_tick(&mut self) {
+        self.health.record_progress();
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.start_due(Instant::now());
+        }
+        // Failing: a request has been retrying for longer than two request timeouts.
+        let patience = self.settings.sink.request_timeout * 2;
+        let sink_failing = self
+            .shipping_started
+            .values()
+            .any(|started| started.elapsed() > patience);
+        self.health.set_sink_failing(sink_failing);
+        let now = Now::system();
+        if self.core.tick(now, &mut self.effects) {
+            let high_watermarks = self
+                .source
+                .high_watermarks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            self.core.update_lag_gauges(&high_watermarks, now);
+        }
+        self.perform();
+    }
+
+    fn on_shipped(&mut self, shipped: Result<(tokio::task::Id, (Batch, ShipReport)), JoinError>) {
+        match shipped {
+            Ok((task, (batch, report))) => {
+                self.shipping_started.remove(&task);
+                self.core
+                    .shipped(batch, report, Now::system(), &mut self.effects);
+            }
+            Err(error) => {
+                self.shipping_started.remove(&error.id());
+                tracing::error!(%error, "openlayer request task failed");
+                self.core.ship_lost(&mut self.effects);
+            }
+        }
+        self.perform();
+    }
+
+    fn on_dead_letter(&mut self, delivered: Result<(i32, i64, bool), JoinError>) {
+        match delivered {
+            Ok((partition, offset, delivered)) => {
+                self.core
+                    .dead_letter_delivered(partition, offset, delivered, &mut self.effects);
+                self.perform();
+            }
+            Err(error) => tracing::error!(%error, "dead-letter task failed"),
+        }
+    }
+
+    fn on_forwarded_update(&mut self, forwarded: Result<(ForwardedUpdate, bool), JoinError>) {
+        let Ok((update, accepted)) = forwarded else {
+            // Only a panic in the sink gets here; the message stays unsettled (redelivered).
+            self.metrics
+                .errors
+                .with_label_values(&["panic", "sending"])
+                .inc();
+            return;
+        };
+        self.core
+            .update_forwarded(update, accepted, &mut self.effects);
+        self.perform();
+    }
+
+    fn on_checkpoint_written(&mut self, written: Result<(i32, i64, bool), JoinError>) {
+        let Ok((partition, watermark, delivered)) = written else {
+            return;
+        };
+        self.core
+            .checkpoint_written(partition, watermark, delivered, &mut self.effects);
+        self.perform();
+    }
+
+    fn on_summary(&mut self, produced: Result<bool, JoinError>) {
+        match produced {
+            Ok(true) => self.metrics.summaries_produced.inc(),
+            Ok(false) | Err(_) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["kafka", "sending"])
+                    .inc();
+                tracing::warn!("session summary not delivered");
+            }
+        }
+    }
+
+    /// A changelog read finished: install the state and go on with the partitions, wait for
+    /// the retry, or end the run when the state cannot be had.
+    fn on_restore_finished(&mut self, joined: Result<AttemptDone, JoinError>) {
+        let Some(restoring) = self.restoring.as_mut() else {
+            return;
+        };
+        let outcome = restoring.finish(joined);
+        self.health.set_restore_retrying(restoring.is_retrying());
+        match outcome {
+            RestoreOutcome::Restored(partitions) => {
+                for (partition, state, held) in partitions {
+                    self.core.restored(partition, state, &mut self.effects);
+                    for (message, schema_error) in held {
+                        self.on_message(message, schema_error);
+                    }
+                }
+                self.perform();
+            }
+            RestoreOutcome::Retrying { unreachable } => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "receiving"])
+                    .inc();
+                if unreachable {
+                    self.health.set_broker_reachable(false);
+                }
+            }
+            RestoreOutcome::Failed { partitions, error } => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "receiving"])
+                    .inc();
+                tracing::error!(%error, ?partitions, "cannot restore session state");
+                // Not processed: a restart replays them from the last checkpoint.
+                self.core.restore_failed(&partitions);
+                self.fatal.get_or_insert(RunError::Restore(error));
+            }
+            RestoreOutcome::Nothing => {}
+        }
+    }
+}
+
+/// Fetches a Confluent writer schema the message needs, waiting out registry outages (a
+/// transient failure must not dead-letter good traces). Returns a permanent failure, which
+/// dead-letters the message.
+async fn prefetch_schema(
+    decoder: &Decoder,
+    metrics: &Metrics,
+    message: &OwnedMessage,
+) -> Option<DecodeError> {
+    let payload = message.payload().unwrap_or_default();
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match decoder.prefetch_schema(payload).await {
+            Ok(()) => return None,
+            Err(error) if error.is_transient() => {
+                metrics
+                    .errors
+                    .with_label_values(&["schema_registry", "receiving"])
+                    .inc();
+                tracing::warn!(error = %service_kit::fatal::cause_chain(&error), "schema registry unavailable, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => return Some(error),
+        }
+    }
+}

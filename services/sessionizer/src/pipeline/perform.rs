@@ -1,0 +1,220 @@
+//! Effects performed by the pipeline's IO loop: each turns into one Kafka or Openlayer call
+//! (or a task awaiting one), and nothing else.
+
+use super::Pipeline;
+use crate::batch::Batch;
+use crate::core::{Effect, ForwardedUpdate};
+use crate::sessionize::store::ChangelogWrite;
+use crate::source::dlq::{DeadLetter, send_dead_letter};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Instant;
+use trace_model::SessionSummary;
+use trace_model::codec::avro::encode_session_summary;
+
+impl Pipeline {
+    /// Performs the effects the core returned, in order.
+    pub(super) fn perform(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Ship(batch) => self.ship(batch),
+                Effect::DeadLetter(letter) => self.send_dead_letter(letter),
+                Effect::ProduceSummary(summary) => self.produce_summary(&summary),
+                Effect::MarkFinalTurn {
+                    pipeline_id,
+                    inference_id,
+                } => {
+                    let sink = self.sink.clone();
+                    self.row_updates.spawn(async move {
+                        let columns = serde_json::json!({ crate::enrich::FINAL_TURN_COLUMN: true });
+                        sink.update_row(&pipeline_id, &inference_id, &columns).await
+                    });
+                }
+                Effect::ForwardUpdate(update) => self.forward_update(*update),
+                Effect::StoreOffset { partition, offset } => self.store_offset(partition, offset),
+                Effect::WriteCheckpoint {
+                    partition,
+                    watermark,
+                    writes,
+                } => self.write_checkpoint(partition, watermark, &writes),
+                Effect::Pause(partitions) => self.set_fetching(&partitions, false),
+                Effect::Resume(partitions) => self.set_fetching(&partitions, true),
+                Effect::Restore(partitions) => {
+                    if let Some(restoring) = self.restoring.as_mut() {
+                        restoring.begin(&partitions);
+                    }
+                }
+                Effect::AbandonRestore(partitions) => {
+                    if let Some(restoring) = self.restoring.as_mut() {
+                        restoring.forget(&partitions);
+                        self.health.set_restore_retrying(restoring.is_retrying());
+                    }
+                }
+            }
+        }
+    }
+
+    fn ship(&mut self, batch: Batch) {
+        let sink = self.sink.clone();
+        let task = self.shipping.spawn(async move {
+            let report = sink
+                .ship(&batch.pipeline_id, &batch.config, &batch.rows)
+                .await;
+            (batch, report)
+        });
+        self.shipping_started.insert(task.id(), Instant::now());
+    }
+
+    fn send_dead_letter(&mut self, letter: DeadLetter) {
+        let kafka = &self.settings.kafka;
+        match send_dead_letter(
+            &self.producer,
+            &kafka.dead_letter_topic,
+            &kafka.topic,
+            &letter,
+        ) {
+            Ok(delivery) => {
+                self.dead_letters.spawn(async move {
+                    let delivered = matches!(delivery.await, Ok(Ok(_)));
+                    (letter.partition, letter.offset, delivered)
+                });
+            }
+            Err(error) => {
+                // Left unsettled: its offset is never committed, so a restart redelivers it.
+                self.metrics
+                    .errors
+                    .with_label_values(&["kafka", "sending"])
+                    .inc();
+                tracing::error!(%error, "failed to queue a dead letter; the message stays uncommitted");
+            }
+        }
+    }
+
+    fn produce_summary(&mut self, summary: &SessionSummary) {
+        let Some(topic) = self.settings.kafka.sessions_topic.as_deref() else {
+            return;
+        };
+        let payload = match encode_session_summary(summary) {
+            Ok(payload) => payload,
+            Err(error) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["encode", "processing"])
+                    .inc();
+                tracing::error!(%error, "failed to encode a session summary");
+                return;
+            }
+        };
+        let record = FutureRecord::to(topic)
+            .key(summary.session_key.as_str())
+            .payload(&payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                self.summaries
+                    .spawn(async move { matches!(delivery.await, Ok(Ok(_))) });
+            }
+            Err((error, _)) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["kafka", "sending"])
+                    .inc();
+                tracing::warn!(%error, "failed to queue a session summary");
+            }
+        }
+    }
+
+    fn forward_update(&mut self, update: ForwardedUpdate) {
+        let sink = self.sink.clone();
+        self.forwarded_in_flight.spawn(async move {
+            let columns = serde_json::Value::Object(update.event.row.clone().unwrap_or_default());
+            let config = update
+                .event
+                .row_config
+                .clone()
+                .map(serde_json::Value::Object);
+            let inference_id = update.event.inference_id.as_deref().unwrap_or_default();
+            let accepted = sink
+                .update_row_with_config(
+                    &update.pipeline_id,
+                    inference_id,
+                    &columns,
+                    config.as_ref(),
+                )
+                .await;
+            (update, accepted)
+        });
+    }
+
+    fn store_offset(&mut self, partition: i32, offset: i64) {
+        let mut offsets = TopicPartitionList::new();
+        if let Err(error) = offsets.add_partition_offset(
+            &self.settings.kafka.topic,
+            partition,
+            Offset::Offset(offset),
+        ) {
+            tracing::warn!(%error, partition, "failed to list an offset to store");
+            return;
+        }
+        match self.source.consumer.store_offsets(&offsets) {
+            Ok(()) => self.metrics.commits.with_label_values(&["stored"]).inc(),
+            Err(error) => {
+                // The partition was revoked meanwhile: its new owner carries on.
+                self.metrics
+                    .commits
+                    .with_label_values(&["store_failed"])
+                    .inc();
+                tracing::debug!(%error, partition, "failed to store an offset");
+            }
+        }
+    }
+
+    /// Queues a checkpoint's records; its outcome goes back to the core when Kafka has them
+    /// all (or one failed).
+    fn write_checkpoint(&mut self, partition: i32, watermark: i64, writes: &[ChangelogWrite]) {
+        let Some(changelog) = self.settings.kafka.changelog_topic.as_deref() else {
+            return;
+        };
+        let mut deliveries = Vec::with_capacity(writes.len());
+        let mut queued_all = true;
+        for write in writes {
+            let record = FutureRecord::to(changelog)
+                .partition(partition)
+                .key(write.key.as_str())
+                .payload(write.value.as_slice());
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    tracing::error!(%error, partition, "failed to queue a changelog record");
+                    queued_all = false;
+                    break;
+                }
+            }
+        }
+        self.checkpoints.spawn(async move {
+            let mut delivered = queued_all;
+            for delivery in deliveries {
+                delivered &= matches!(delivery.await, Ok(Ok(_)));
+            }
+            (partition, watermark, delivered)
+        });
+    }
+
+    fn set_fetching(&mut self, partitions: &[i32], fetching: bool) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            list.add_partition(&self.settings.kafka.topic, *partition);
+        }
+        let result = if fetching {
+            self.source.consumer.resume(&list)
+        } else {
+            self.source.consumer.pause(&list)
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, fetching, "failed to pause or resume partitions");
+        }
+    }
+}
