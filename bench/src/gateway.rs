@@ -187,7 +187,7 @@ async fn wait_ready(client: &reqwest::Client, readyz: &str) -> Result<()> {
 
 /// `traces` SDK-shaped rows of the bench's realistic traces (turn-major over the sessions).
 fn sdk_rows(sessions: usize, traces: usize) -> Result<(Vec<Value>, Value)> {
-    let mut population = Population::new(sessions, 0x0061_7E00)?;
+    let population = Population::new(sessions)?;
     let num_sessions = population.num_sessions();
     let turns = traces.div_ceil(num_sessions);
     let base = now_ms() - turns as i64 * TURN_SPACING_MS - 60_000;

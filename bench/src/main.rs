@@ -309,7 +309,7 @@ struct Workload {
 fn preload(
     bootstrap: &str,
     topic: &str,
-    population: &mut Population,
+    population: &Population,
     turns: usize,
 ) -> Result<Workload> {
     let producer = producer(bootstrap)?;
@@ -696,7 +696,7 @@ fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         broker_pid,
         created,
     } = bench;
-    let mut population = Population::new(args.sessions, 0x00C0_FFEE)?;
+    let population = Population::new(args.sessions)?;
     eprintln!(
         "bench: pre-loading {} traces ({} sessions x {} turns) to {}",
         args.sessions * args.turns,
@@ -704,7 +704,7 @@ fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         args.turns,
         topics.traces
     );
-    let workload = preload(bootstrap, &topics.traces, &mut population, args.turns)?;
+    let workload = preload(bootstrap, &topics.traces, &population, args.turns)?;
     eprintln!(
         "bench: pre-loaded in {:.1} s ({:.0} traces/s), Avro {:.0} B mean",
         workload.preload_seconds, workload.preload_traces_per_second, workload.avro_bytes_mean
@@ -914,10 +914,10 @@ fn lag(bench: &mut Bench<'_>, rate: f64, rate_source: &'static str) -> Result<La
     let duration = Duration::from_secs(args.lag_secs);
     let warmup = Duration::from_secs(args.lag_warmup_secs.min(args.lag_secs / 2));
     let producer = producer(bootstrap)?;
-    let mut population = Population::new(args.sessions, 0x0001_A6A6)?;
+    let population = Population::new(args.sessions)?;
     let sessions = population.num_sessions();
     let mut sent: u64 = 0;
-    let mut produce_one = |sent: &mut u64| -> Result<()> {
+    let produce_one = |sent: &mut u64| -> Result<()> {
         let index = *sent as usize;
         let event = population.trace(index % sessions, index / sessions, now_ms());
         let payload = trace_model::encode(&event, Encoding::Avro)?;

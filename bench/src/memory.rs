@@ -12,7 +12,7 @@
 //! user ids 11 characters.
 
 use crate::measure::rss_bytes;
-use crate::traces::Ids;
+use crate::traces::new_uuid;
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 use sessionizer::sessionize::store::{PartitionJournal, StateAfter};
@@ -51,21 +51,20 @@ fn wall_ms() -> i64 {
 pub(crate) fn probe(sessions: usize, journal: bool) -> Result<Probe> {
     ensure!(sessions > 0, "at least one session");
     let started = std::time::Instant::now();
-    let mut ids = Ids::new(0x5EED_0F5E_5510_E5AB);
     let mut windows = PartitionWindows::new(WindowSettings::default());
     let now = wall_ms();
     // Warm up the allocator and the code paths outside the measurement.
     let mut closed = Vec::new();
-    black_box(ids.uuid());
+    black_box(new_uuid());
     let rss_before = rss_bytes()?;
     let marks = [sessions / 10, sessions / 4, sessions / 2];
     let mut samples = Vec::new();
     for index in 0..sessions {
         // One turn, one millisecond apart: inside the 30 min gap and the 5 min grace.
         let mut event = TraceEvent::new("chat", now - sessions as i64 + index as i64);
-        event.inference_id = Some(ids.uuid());
+        event.inference_id = Some(new_uuid());
         event.user_id = Some(format!("user-{index:06}"));
-        event.session_id = Some(ids.uuid());
+        event.session_id = Some(new_uuid());
         event.tokens = Some(508);
         event.cost = Some(0.000_119);
         event.latency_ms = Some(1234.0);

@@ -249,12 +249,12 @@ pub(crate) fn scaling(
             .runtime
             .block_on(create_topics(&bench.bootstrap, &[(&topic, *partitions)]))?;
         bench.created.push(topic.clone());
-        let mut population = Population::new(args.scaling_sessions, 0x5CA1_AB1E)?;
+        let population = Population::new(args.scaling_sessions)?;
         eprintln!(
             "bench: scaling: pre-loading {} traces to {partitions} partition(s)",
             args.scaling_sessions * args.turns
         );
-        let workload = preload(&bench.bootstrap, &topic, &mut population, args.turns)?;
+        let workload = preload(&bench.bootstrap, &topic, &population, args.turns)?;
         topics.push((*partitions, topic, workload.traces));
     }
     let throughput_topic = bench.topics.traces.clone();
