@@ -16,8 +16,8 @@
 //! acknowledged: delivered = produced, dropped = 0.
 
 use crate::ack::AckServer;
+use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use crate::traces::Population;
-use crate::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
