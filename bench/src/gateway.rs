@@ -27,10 +27,9 @@
 //! The ratio to the sessionizer divides 1. by the sessionizer's median end-to-end throughput
 //! of the same run (`throughput` part), both in rows (traces) per second.
 
-use crate::cores;
 use crate::measure::{Clocks, percentile};
+use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, cores, now_ms};
 use crate::traces::Population;
-use crate::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use anyhow::{Context as _, Result, bail, ensure};
 use axum::body::Bytes;
 use serde::Serialize;
@@ -187,7 +186,7 @@ async fn wait_ready(client: &reqwest::Client, readyz: &str) -> Result<()> {
 
 /// `traces` SDK-shaped rows of the bench's realistic traces (turn-major over the sessions).
 fn sdk_rows(sessions: usize, traces: usize) -> Result<(Vec<Value>, Value)> {
-    let mut population = Population::new(sessions, 0x0061_7E00)?;
+    let population = Population::new(sessions)?;
     let num_sessions = population.num_sessions();
     let turns = traces.div_ceil(num_sessions);
     let base = now_ms() - turns as i64 * TURN_SPACING_MS - 60_000;
@@ -365,6 +364,32 @@ fn paced(
     })
 }
 
+/// Sends the warm-up requests, outside any window. Readiness does not wait for Kafka (the
+/// gateway answers 503 while it cannot produce), and a fresh topic may not take records at
+/// once: the warm-up goes again, as the SDK would retry, until a whole round is acknowledged.
+fn warm_up(
+    runtime: &Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    warmup: &Arc<Vec<Bytes>>,
+    clients: usize,
+) -> Result<()> {
+    let mut warm = saturate(runtime, client, url, warmup, 1, clients, None)?;
+    for _ in 1..WARMUP_ROUNDS {
+        if warm.failures.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        warm = saturate(runtime, client, url, warmup, 1, clients, None)?;
+    }
+    ensure!(
+        warm.failures.is_empty(),
+        "gateway warm-up failed in each of {WARMUP_ROUNDS} rounds, the last: {:?}",
+        warm.failures
+    );
+    Ok(())
+}
+
 /// Runs the three measurements against a gateway producing to `topic` (already created).
 pub(crate) fn measure(
     runtime: &Runtime,
@@ -391,22 +416,7 @@ pub(crate) fn measure(
     let url = running.url.clone();
     let outcome = (|| -> Result<Gateway> {
         runtime.block_on(wait_ready(&client, &readyz))?;
-        // Readiness does not wait for Kafka (the gateway answers 503 while it cannot
-        // produce), and a fresh topic may not take records at once: the warm-up goes again,
-        // as the SDK would retry, until a whole round is acknowledged.
-        let mut warm = saturate(runtime, &client, &url, &warmup, 1, plan.clients, None)?;
-        for _ in 1..WARMUP_ROUNDS {
-            if warm.failures.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(1));
-            warm = saturate(runtime, &client, &url, &warmup, 1, plan.clients, None)?;
-        }
-        ensure!(
-            warm.failures.is_empty(),
-            "gateway warm-up failed in each of {WARMUP_ROUNDS} rounds, the last: {:?}",
-            warm.failures
-        );
+        warm_up(runtime, &client, &url, &warmup, plan.clients)?;
         let single = saturate(
             runtime,
             &client,

@@ -10,9 +10,14 @@
 //!
 //! Ids have production lengths: pipeline, session and inference ids are 36-character UUIDs,
 //! user ids 11 characters.
+//!
+//! The bench's side ([`state_memory`]) runs one probe per `--memory-sessions` value, and one
+//! with `--journal`, in child processes of this binary, and sums them up: bytes per session,
+//! and whether the growth is linear in the sessions.
 
 use crate::measure::rss_bytes;
-use crate::traces::Ids;
+use crate::setup::PIPELINE_ID;
+use crate::traces::new_uuid;
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 use sessionizer::sessionize::store::{PartitionJournal, StateAfter};
@@ -20,8 +25,6 @@ use sessionizer::sessionize::{PartitionWindows, SessionKey, SessionState, Window
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 use trace_model::TraceEvent;
-
-const PIPELINE_ID: &str = "6b0f3a52-1c7e-4d0b-9a55-3f2e8c1d7a90";
 
 /// What one probe process reports (one JSON line on stdout).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,21 +54,20 @@ fn wall_ms() -> i64 {
 pub(crate) fn probe(sessions: usize, journal: bool) -> Result<Probe> {
     ensure!(sessions > 0, "at least one session");
     let started = std::time::Instant::now();
-    let mut ids = Ids::new(0x5EED_0F5E_5510_E5AB);
     let mut windows = PartitionWindows::new(WindowSettings::default());
     let now = wall_ms();
     // Warm up the allocator and the code paths outside the measurement.
     let mut closed = Vec::new();
-    black_box(ids.uuid());
+    black_box(new_uuid());
     let rss_before = rss_bytes()?;
     let marks = [sessions / 10, sessions / 4, sessions / 2];
     let mut samples = Vec::new();
     for index in 0..sessions {
         // One turn, one millisecond apart: inside the 30 min gap and the 5 min grace.
         let mut event = TraceEvent::new("chat", now - sessions as i64 + index as i64);
-        event.inference_id = Some(ids.uuid());
+        event.inference_id = Some(new_uuid());
         event.user_id = Some(format!("user-{index:06}"));
-        event.session_id = Some(ids.uuid());
+        event.session_id = Some(new_uuid());
         event.tokens = Some(508);
         event.cost = Some(0.000_119);
         event.latency_ms = Some(1234.0);
@@ -134,4 +136,75 @@ pub(crate) fn probe_in_child(sessions: usize, journal: bool) -> Result<Probe> {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).context("reading the memory probe's report")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Memory {
+    pub(crate) probes: Vec<Probe>,
+    /// Bytes per session at the largest N over bytes per session at the smallest. Not 1:
+    /// the session table doubles, so its share per session swings by up to 2x with N.
+    pub(crate) growth_ratio_largest_to_smallest: f64,
+    /// Per probe: RSS growth per session at N/4, N/2 and N, max over min. Near 1 when the
+    /// growth is proportional to the sessions over that 4x range.
+    pub(crate) spread_within_probes: Vec<f64>,
+    /// Growth proportional to the session count within every probe (spread <= 1.15) and no
+    /// more than a table doubling apart between probes (ratio <= 1.6).
+    pub(crate) linear: bool,
+    /// RSS growth per session over the last doubling of the largest probe (N/2 to N).
+    pub(crate) marginal_bytes_per_session: f64,
+    pub(crate) journal: Option<Probe>,
+    pub(crate) goal_bytes_per_session: f64,
+}
+
+fn spread(probe: &Probe) -> f64 {
+    let per_session: Vec<f64> = probe
+        .samples
+        .iter()
+        .filter(|(sessions, _)| *sessions >= probe.sessions / 4)
+        .map(|(sessions, bytes)| *bytes as f64 / *sessions as f64)
+        .collect();
+    let max = per_session.iter().copied().fold(f64::NAN, f64::max);
+    let min = per_session.iter().copied().fold(f64::NAN, f64::min);
+    max / min
+}
+
+/// One probe per entry of `memory_sessions`, and one with the journal of
+/// `journal_sessions` sessions (0: none), each in a child process.
+pub(crate) fn state_memory(memory_sessions: &[usize], journal_sessions: usize) -> Result<Memory> {
+    let mut probes = Vec::new();
+    for sessions in memory_sessions {
+        eprintln!("bench: state memory with {sessions} open sessions");
+        probes.push(probe_in_child(*sessions, false)?);
+    }
+    let journal = if journal_sessions > 0 {
+        eprintln!("bench: journal memory with {journal_sessions} touched sessions");
+        Some(probe_in_child(journal_sessions, true)?)
+    } else {
+        None
+    };
+    let smallest = probes
+        .iter()
+        .min_by_key(|probe| probe.sessions)
+        .context("no memory probe")?;
+    let largest = probes
+        .iter()
+        .max_by_key(|probe| probe.sessions)
+        .context("no memory probe")?;
+    let ratio = largest.bytes_per_session / smallest.bytes_per_session;
+    let marginal = match largest.samples.as_slice() {
+        [.., (half, half_bytes), (all, all_bytes)] if all > half => {
+            all_bytes.saturating_sub(*half_bytes) as f64 / (all - half) as f64
+        }
+        _ => largest.bytes_per_session,
+    };
+    let spreads: Vec<f64> = probes.iter().map(spread).collect();
+    Ok(Memory {
+        growth_ratio_largest_to_smallest: ratio,
+        linear: spreads.iter().all(|spread| *spread <= 1.15) && ratio <= 1.6,
+        spread_within_probes: spreads,
+        marginal_bytes_per_session: marginal,
+        probes,
+        journal,
+        goal_bytes_per_session: 1024.0,
+    })
 }

@@ -19,14 +19,16 @@
 //!
 //! Runs are interleaved (every configuration once per repetition); medians are reported.
 
+use crate::kafka::create_topics;
 use crate::measure;
+use crate::pipeline::{Running, counter_sum, sessionizer_settings, start_pipeline};
+use crate::preload::preload;
+use crate::setup::{Bench, PARTITIONS, RUN_TIMEOUT, Topics, cores, unique};
+use crate::throughput::{Run, Variant, run_from};
 use crate::traces::Population;
-use crate::{
-    Bench, PARTITIONS, RUN_TIMEOUT, Run, Topics, Variant, cores, counter_sum, create_topics,
-    preload, run_from, sessionizer_settings, start_pipeline, unique,
-};
 use anyhow::{Result, ensure};
 use serde::Serialize;
+use tokio::runtime::Runtime;
 
 /// The production default of `batch.max_rows`: the baseline of the batch-size figures.
 pub(crate) const DEFAULT_BATCH_ROWS: usize = 1_000;
@@ -143,17 +145,7 @@ fn run_instances(
         .iter()
         .map(|metrics| metrics.partitions_assigned.get())
         .collect();
-    let mut rebalances = 0.0;
-    let mut dead_letters = 0.0;
-    let mut stopped = Vec::new();
-    for one in running {
-        stopped.push(one.stop(&bench.runtime));
-    }
-    for result in stopped {
-        let (_, registry) = result?;
-        rebalances += counter_sum(&registry, "sessionizer_rebalances_total");
-        dead_letters += counter_sum(&registry, "sessionizer_dead_letters_total");
-    }
+    let (rebalances, dead_letters) = stop_instances(running, &bench.runtime)?;
     let window = window?;
     ensure!(
         dead_letters == 0.0,
@@ -182,6 +174,23 @@ fn run_instances(
         assigned,
         rebalances,
     })
+}
+
+/// Stops every instance (all of them, even after one fails), then sums their rebalance and
+/// dead-letter counters.
+fn stop_instances(running: Vec<Running>, runtime: &Runtime) -> Result<(f64, f64)> {
+    let mut rebalances = 0.0;
+    let mut dead_letters = 0.0;
+    let mut stopped = Vec::new();
+    for one in running {
+        stopped.push(one.stop(runtime));
+    }
+    for result in stopped {
+        let (_, registry) = result?;
+        rebalances += counter_sum(&registry, "sessionizer_rebalances_total");
+        dead_letters += counter_sum(&registry, "sessionizer_dead_letters_total");
+    }
+    Ok((rebalances, dead_letters))
 }
 
 fn point(runs: &[&ScalingRun], baseline: Option<(f64, f64)>) -> Point {
@@ -249,12 +258,12 @@ pub(crate) fn scaling(
             .runtime
             .block_on(create_topics(&bench.bootstrap, &[(&topic, *partitions)]))?;
         bench.created.push(topic.clone());
-        let mut population = Population::new(args.scaling_sessions, 0x5CA1_AB1E)?;
+        let population = Population::new(args.scaling_sessions)?;
         eprintln!(
             "bench: scaling: pre-loading {} traces to {partitions} partition(s)",
             args.scaling_sessions * args.turns
         );
-        let workload = preload(&bench.bootstrap, &topic, &mut population, args.turns)?;
+        let workload = preload(&bench.bootstrap, &topic, &population, args.turns)?;
         topics.push((*partitions, topic, workload.traces));
     }
     let throughput_topic = bench.topics.traces.clone();

@@ -16,8 +16,8 @@
 //! acknowledged: delivered = produced, dropped = 0.
 
 use crate::ack::AckServer;
+use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use crate::traces::Population;
-use crate::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -65,7 +65,7 @@ pub(crate) struct Sdk {
 /// Writes `count` traces (turn-major over the population's sessions, event times in the
 /// recent past) as trace-model JSON lines; returns their mean size.
 fn write_traces(path: &Path, sessions: usize, count: usize) -> Result<f64> {
-    let mut population = Population::new(sessions, 0x05D4_0000)?;
+    let population = Population::new(sessions)?;
     let num_sessions = population.num_sessions();
     let turns = count.div_ceil(num_sessions);
     let base = now_ms() - turns as i64 * TURN_SPACING_MS - 60_000;

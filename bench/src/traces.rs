@@ -83,33 +83,9 @@ fn template(question: &str, answer: &'static str, document: &'static str) -> Opt
     collector.take().pop()
 }
 
-/// SplitMix64 ids: unique, cheap, no system call per id.
-#[derive(Debug)]
-pub(crate) struct Ids(u64);
-
-impl Ids {
-    pub(crate) fn new(seed: u64) -> Self {
-        Ids(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    /// A random v4 UUID, hyphenated: the form the helpers give inference and step ids.
-    pub(crate) fn uuid(&mut self) -> String {
-        let mut random = [0u8; 16];
-        random[..8].copy_from_slice(&self.next_u64().to_le_bytes());
-        random[8..].copy_from_slice(&self.next_u64().to_le_bytes());
-        uuid::Builder::from_random_bytes(random)
-            .into_uuid()
-            .hyphenated()
-            .to_string()
-    }
+/// A random v4 UUID, hyphenated: the form the helpers give inference and step ids.
+pub(crate) fn new_uuid() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
 /// Users and sessions of the benchmark, and the traces of their turns.
@@ -118,11 +94,10 @@ pub(crate) struct Population {
     templates: Vec<TraceEvent>,
     /// (user id, session id) per session; two sessions per user.
     sessions: Vec<(String, String)>,
-    ids: Ids,
 }
 
 impl Population {
-    pub(crate) fn new(num_sessions: usize, seed: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(num_sessions: usize) -> anyhow::Result<Self> {
         let mut templates = Vec::new();
         for (index, question) in QUESTIONS.iter().enumerate() {
             for offset in 0..4 {
@@ -133,14 +108,12 @@ impl Population {
                 templates.push(event);
             }
         }
-        let mut ids = Ids::new(seed);
         let sessions = (0..num_sessions)
-            .map(|index| (format!("user-{:06}", index / 2), ids.uuid()))
+            .map(|index| (format!("user-{:06}", index / 2), new_uuid()))
             .collect();
         Ok(Population {
             templates,
             sessions,
-            ids,
         })
     }
 
@@ -153,29 +126,30 @@ impl Population {
     }
 
     /// The trace of `turn` (0-based) of session `session` at event time `timestamp_ms`.
-    pub(crate) fn trace(&mut self, session: usize, turn: usize, timestamp_ms: i64) -> TraceEvent {
+    pub(crate) fn trace(&self, session: usize, turn: usize, timestamp_ms: i64) -> TraceEvent {
         let index = session % self.sessions.len();
         let variant = (index * 7 + turn) % self.templates.len();
         let mut event = self.templates[variant].clone();
         let shift = timestamp_ms - event.timestamp_ms;
         event.timestamp_ms = timestamp_ms;
-        event.inference_id = Some(self.ids.uuid());
+        event.inference_id = Some(new_uuid());
         let (user_id, session_id) = &self.sessions[index];
         event.user_id = Some(user_id.clone());
         event.session_id = Some(session_id.clone());
         for step in &mut event.steps {
-            self.restamp(step, shift);
+            restamp(step, shift);
         }
         event
     }
+}
 
-    fn restamp(&mut self, step: &mut Step, shift: i64) {
-        step.id = self.ids.uuid();
-        step.start_time_ms += shift;
-        step.end_time_ms += shift;
-        for child in &mut step.steps {
-            self.restamp(child, shift);
-        }
+/// Fresh step ids, and the step times moved by `shift` milliseconds, down the whole tree.
+fn restamp(step: &mut Step, shift: i64) {
+    step.id = new_uuid();
+    step.start_time_ms += shift;
+    step.end_time_ms += shift;
+    for child in &mut step.steps {
+        restamp(child, shift);
     }
 }
 

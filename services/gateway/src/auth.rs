@@ -6,6 +6,7 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use subtle::{Choice, ConstantTimeEq};
 use trace_model::secret::Secret;
 
 /// The keys clients may present.
@@ -14,15 +15,18 @@ pub struct ApiKeys {
     keys: Vec<Secret>,
 }
 
-/// Equality whose running time depends on the lengths only, not on the contents.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
-    // Different lengths still walk the expected key, so the time does not reveal a prefix.
-    let mut difference = u8::from(presented.len() != expected.len());
-    for (index, expected_byte) in expected.iter().enumerate() {
-        let presented_byte = presented.get(index).copied().unwrap_or(0);
-        difference |= presented_byte ^ expected_byte;
-    }
-    std::hint::black_box(difference) == 0
+/// Whether `presented` equals `expected`, in time that depends on `expected`'s length only.
+///
+/// `subtle`'s slice comparison returns at once when the lengths differ, which would let the
+/// answer's timing tell a guess of the key's length from a wrong one. So the presented key is
+/// cut or zero-padded to the expected length and compared over all of it, and the lengths are
+/// compared apart, also in constant time.
+fn matches(presented: &[u8], expected: &[u8]) -> Choice {
+    let mut padded = vec![0u8; expected.len()];
+    let num_common = presented.len().min(expected.len());
+    padded[..num_common].copy_from_slice(&presented[..num_common]);
+    let same_length = (presented.len() as u64).ct_eq(&(expected.len() as u64));
+    padded.ct_eq(expected) & same_length
 }
 
 impl ApiKeys {
@@ -44,10 +48,13 @@ impl ApiKeys {
         else {
             return false;
         };
-        // No early exit: every key is compared whatever matched before.
-        self.keys.iter().fold(false, |matched, key| {
-            matched | constant_time_eq(presented.as_bytes(), key.expose().as_bytes())
-        })
+        // No early exit: every key is compared whatever matched before. `Choice`'s `|` does
+        // not short-circuit, and `subtle` hides its values from the optimizer, which therefore
+        // cannot add one.
+        let matched = self.keys.iter().fold(Choice::from(0), |matched, key| {
+            matched | matches(presented.as_bytes(), key.expose().as_bytes())
+        });
+        bool::from(matched)
     }
 }
 
@@ -92,11 +99,15 @@ mod tests {
     }
 
     #[test]
-    fn compares_whole_byte_strings() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abd", b"abc"));
-        assert!(!constant_time_eq(b"ab", b"abc"));
-        assert!(!constant_time_eq(b"abc\0", b"abc"));
-        assert!(!constant_time_eq(b"", b"a"));
+    fn compares_whole_byte_strings_of_any_length() {
+        let equal = |presented: &[u8], expected: &[u8]| bool::from(matches(presented, expected));
+        assert!(equal(b"abc", b"abc"));
+        assert!(!equal(b"abd", b"abc"));
+        assert!(!equal(b"ab", b"abc"));
+        // Padding with zeros must not make a shorter key equal to one ending in zeros.
+        assert!(!equal(b"abc", b"abc\0"));
+        assert!(!equal(b"abc\0", b"abc"));
+        assert!(!equal(b"", b"a"));
+        assert!(equal(b"", b""));
     }
 }

@@ -331,7 +331,7 @@ impl OpenlayerSink {
                 }
                 RetryAction::Retry { reason, after } => (reason, after),
             };
-            let wait = backoff.next_wait(server_hint, retry::jitter());
+            let wait = backoff.next_wait(server_hint, fastrand::f64());
             if deadline.is_some_and(|deadline| Instant::now() + wait > deadline) {
                 return Settled::GaveUp(attempt.rejection());
             }
@@ -405,7 +405,7 @@ impl OpenlayerSink {
                         .openlayer_retries
                         .with_label_values(&[reason])
                         .inc();
-                    tokio::time::sleep(backoff.next_wait(after, retry::jitter())).await;
+                    tokio::time::sleep(backoff.next_wait(after, fastrand::f64())).await;
                 }
                 RetryAction::DontRetry { .. } | RetryAction::TooLarge => break,
             }

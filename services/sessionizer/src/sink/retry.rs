@@ -16,16 +16,13 @@
 //! still spreading clients apart.
 //!
 //! When the server names a wait (`retry-after-ms`, then `Retry-After` in seconds or as an
-//! IMF-fixdate), the wait is the larger of that hint and the jittered backoff: never less than
+//! HTTP date), the wait is the larger of that hint and the jittered backoff: never less than
 //! the server asked for. The hint is capped at [`MAX_SERVER_WAIT`] (5 minutes) so a broken or
 //! hostile header cannot park a partition for hours; the retry deadline still applies on top.
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Longest wait a server's `Retry-After` can impose. Openlayer's client ignores hints over a
 /// minute; we honour longer ones (a rate limit that says 2 minutes means it), up to this.
@@ -150,8 +147,10 @@ pub fn may_be_row_specific(status: StatusCode) -> bool {
 }
 
 /// The wait the server asked for: `retry-after-ms` (milliseconds, may be fractional), else
-/// `Retry-After` (seconds, or an IMF-fixdate relative to `now`; a date in the past means no
-/// wait). Unparseable values are ignored, as Openlayer's client does.
+/// `Retry-After` (seconds, or an HTTP date relative to `now`; a date in the past means no
+/// wait). Dates are read in the three forms RFC 9110 says recipients must accept: the
+/// IMF-fixdate servers send and the obsolete RFC 850 and asctime forms. Unparseable values are
+/// ignored, as Openlayer's client does.
 pub fn server_wait_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header_str = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     if let Some(millis) = header_str("retry-after-ms").and_then(parse_non_negative) {
@@ -161,7 +160,7 @@ pub fn server_wait_hint(headers: &HeaderMap, now: SystemTime) -> Option<Duration
     if let Some(seconds) = parse_non_negative(retry_after) {
         return Some(duration_from_secs_saturating(seconds));
     }
-    let at = parse_imf_fixdate(retry_after)?;
+    let at = httpdate::parse_http_date(retry_after).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -173,71 +172,6 @@ fn parse_non_negative(text: &str) -> Option<f64> {
 fn duration_from_secs_saturating(seconds: f64) -> Duration {
     // The only failure left for a finite non-negative value is overflow.
     Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
-}
-
-/// Parses an RFC 7231 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`: the format servers must
-/// send. The obsolete RFC 850 and asctime forms are not accepted (the hint is then ignored).
-fn parse_imf_fixdate(text: &str) -> Option<SystemTime> {
-    const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let mut parts = text.split(' ');
-    let weekday = parts.next()?.strip_suffix(',')?;
-    let day = parts.next()?;
-    let month = parts.next()?;
-    let year = parts.next()?;
-    let time = parts.next()?;
-    if parts.next()? != "GMT" || parts.next().is_some() || !WEEKDAYS.contains(&weekday) {
-        return None;
-    }
-    let day = parse_digits(day, 2)?;
-    let month = MONTHS.iter().position(|name| *name == month)? as u64 + 1;
-    let year = parse_digits(year, 4)?;
-    let mut clock = time.split(':');
-    let hour = parse_digits(clock.next()?, 2)?;
-    let minute = parse_digits(clock.next()?, 2)?;
-    let second = parse_digits(clock.next()?, 2)?;
-    if clock.next().is_some() || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    if year < 1970 || day == 0 || day > days_in_month(year, month) {
-        return None;
-    }
-    let days = days_since_epoch(year, month, day);
-    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
-}
-
-/// Exactly `width` ASCII digits.
-fn parse_digits(text: &str, width: usize) -> Option<u64> {
-    if text.len() != width || !text.bytes().all(|byte| byte.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn is_leap_year(year: u64) -> bool {
-    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
-}
-
-fn days_in_month(year: u64, month: u64) -> u64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the given date (year ≥ 1970), by counting whole years and months:
-/// plain and obviously right beats a clever formula for a header parsed once per 429.
-fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
-    let year_days: u64 = (1970..year)
-        .map(|year| if is_leap_year(year) { 366 } else { 365 })
-        .sum();
-    let month_days: u64 = (1..month).map(|month| days_in_month(year, month)).sum();
-    year_days + month_days + day - 1
 }
 
 /// Capped exponential backoff with equal jitter; one per batch being shipped.
@@ -261,7 +195,7 @@ impl Backoff {
 
     /// The wait before the next attempt. `server_hint` is what the server asked for (never
     /// waited less, capped at [`MAX_SERVER_WAIT`]); `jitter` in `[0, 1]` picks the point in
-    /// `[b/2, b]` (use [`jitter`] outside tests).
+    /// `[b/2, b]` (`fastrand::f64()` outside tests).
     pub fn next_wait(&mut self, server_hint: Option<Duration>, jitter: f64) -> Duration {
         let doublings = self.num_waits.min(MAX_DOUBLINGS);
         self.num_waits = self.num_waits.saturating_add(1);
@@ -284,21 +218,11 @@ impl Backoff {
     }
 }
 
-/// A uniformly distributed value in `[0, 1)` for jitter. Not cryptographic: std's
-/// `RandomState` is randomly keyed per thread and its keys advance on every `new()`, and the
-/// counter makes successive values differ even so; no new crate needed for this.
-pub fn jitter() -> f64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    // The top 53 bits fill an f64 mantissa exactly.
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+    use std::time::UNIX_EPOCH;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -492,8 +416,6 @@ mod tests {
             "soon",
             "",
             "Wed, 21 Oct 2015 07:28:30 UTC",
-            "Wednesday, 21-Oct-15 07:28:30 GMT",
-            "Wed Oct 21 07:28:30 2015",
             "Wed, 31 Feb 2015 07:28:30 GMT",
             "Wed, 21 Oct 2015 24:00:00 GMT",
             "Wed, 21 Oct 2015 07:28:30 GMT extra",
@@ -506,18 +428,45 @@ mod tests {
     }
 
     #[test]
-    fn parses_imf_fixdates_across_leap_days_and_years() {
-        let parse = |text| {
-            parse_imf_fixdate(text)
-                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
-                .map(|since| since.as_secs())
+    fn reads_the_obsolete_http_date_forms() {
+        let now = UNIX_EPOCH + Duration::from_secs(SOME_DATE_SECS);
+        for value in [
+            "Wednesday, 21-Oct-15 07:28:30 GMT",
+            "Wed Oct 21 07:28:30 2015",
+        ] {
+            let map = headers(&[("retry-after", value)]);
+            assert_eq!(
+                server_wait_hint(&map, now),
+                Some(Duration::from_secs(30)),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_http_dates_across_leap_days_and_years() {
+        let seconds_since_epoch = |date: &str| {
+            server_wait_hint(&headers(&[("retry-after", date)]), UNIX_EPOCH)
+                .map(|wait| wait.as_secs())
         };
-        assert_eq!(parse("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(parse("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(parse("Tue, 29 Feb 2000 12:00:00 GMT"), Some(951_825_600));
-        assert_eq!(parse("Fri, 31 Dec 2100 23:59:59 GMT"), Some(4_133_980_799));
-        assert_eq!(parse("Thu, 29 Feb 2100 00:00:00 GMT"), None);
-        assert_eq!(parse("Wed, 31 Dec 1969 23:59:59 GMT"), None);
+        assert_eq!(
+            seconds_since_epoch("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(0)
+        );
+        assert_eq!(
+            seconds_since_epoch("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            seconds_since_epoch("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(951_825_600)
+        );
+        assert_eq!(
+            seconds_since_epoch("Fri, 31 Dec 2100 23:59:59 GMT"),
+            Some(4_133_980_799)
+        );
+        assert_eq!(seconds_since_epoch("Thu, 29 Feb 2100 00:00:00 GMT"), None);
+        assert_eq!(seconds_since_epoch("Wed, 31 Dec 1969 23:59:59 GMT"), None);
     }
 
     #[test]
@@ -600,17 +549,5 @@ mod tests {
             backoff.next_wait(Some(Duration::from_secs(3600)), 0.0),
             MAX_SERVER_WAIT
         );
-    }
-
-    #[test]
-    fn jitter_stays_in_range_and_varies() {
-        let values: Vec<f64> = (0..1000).map(|_| jitter()).collect();
-        assert!(values.iter().all(|value| (0.0..1.0).contains(value)));
-        let num_low = values.iter().filter(|value| **value < 0.5).count();
-        assert!((300..700).contains(&num_low), "{num_low} of 1000 below 0.5");
-        let mut distinct = values.clone();
-        distinct.sort_by(f64::total_cmp);
-        distinct.dedup();
-        assert!(distinct.len() > 990);
     }
 }
