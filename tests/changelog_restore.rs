@@ -10,10 +10,10 @@ use end_to_end::service::free_local_address;
 use end_to_end::{create_topic, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
+use sessionizer::config::ClientProperties;
 use sessionizer::source::changelog::{FailureKind, read_partitions};
 use sessionizer::source::kafka::KafkaSettings;
 use sessionizer::source::restore::STALL_TIMEOUT;
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ fn settings(bootstrap: &str, changelog: &str) -> KafkaSettings {
         changelog_topic: Some(changelog.to_owned()),
         schema_registry_url: None,
         session_timeout_ms: 6000,
-        client: BTreeMap::new(),
+        client: ClientProperties::default(),
     }
 }
 

@@ -9,6 +9,7 @@ use end_to_end::{
 };
 use serde_json::Value;
 use sessionizer::batch::BatchSettings;
+use sessionizer::config::ClientProperties;
 use sessionizer::health::Health;
 use sessionizer::metrics::{Metrics, sample_sum};
 use sessionizer::pipeline::{PipelineSettings, run};
@@ -16,7 +17,7 @@ use sessionizer::secret::Secret;
 use sessionizer::sessionize::WindowSettings;
 use sessionizer::sink::SinkSettings;
 use sessionizer::source::kafka::KafkaSettings;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,7 +39,7 @@ fn settings(topics: &ServiceTopics, server: &OpenlayerServer) -> PipelineSetting
             schema_registry_url: None,
             // Short: the test broker holds each JoinGroup for half of it.
             session_timeout_ms: 6000,
-            client: BTreeMap::new(),
+            client: ClientProperties::default(),
         },
         windows: WindowSettings {
             gap: Duration::from_secs(3),

@@ -44,7 +44,7 @@ impl PipelineSettings {
                 // Validation bounds it to an hour.
                 session_timeout_ms: u32::try_from(config.kafka.session_timeout.as_millis())
                     .unwrap_or(u32::MAX),
-                client: config.kafka.client.to_map(),
+                client: config.kafka.client.clone(),
             },
             windows: WindowSettings {
                 gap: config.session.gap,

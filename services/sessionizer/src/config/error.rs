@@ -1,6 +1,8 @@
 //! Why a configuration cannot be used: [`ConfigError`], and the problems and unknown keys it
 //! lists.
 
+pub use service_kit::problems::Problem;
+use service_kit::problems::bullet_list;
 use std::fmt;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -48,29 +50,6 @@ fn plural(count: usize) -> &'static str {
     if count == 1 { "" } else { "s" }
 }
 
-fn bullet_list<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|item| format!("  - {item}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// One invalid value: its key path and what was expected (never a secret's value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path such as `kafka.bootstrap_servers`, or the variable such as `OPENLAYER_VERIFY_SSL`.
-    pub key: String,
-    /// What is wrong and what was expected, with an example.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{} {}", self.key, self.message)
-    }
-}
-
 /// A key that no option has, where it was set, and the keys valid at that level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownKey {
@@ -109,17 +88,5 @@ impl fmt::Display for KeyOrigin {
                 write!(formatter, "from environment variable {variable}")
             }
         }
-    }
-}
-
-#[derive(Debug, Default)]
-pub(super) struct Problems(pub(super) Vec<Problem>);
-
-impl Problems {
-    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
     }
 }

@@ -19,15 +19,16 @@
 //!
 //! # Layout
 //! - `model`: [`SessionizerConfig`] and its sections as written, with their defaults
-//! - `client_properties`: the `kafka.client` librdkafka passthrough
 //! - `load`: defaults < file < environment, then the Openlayer SDK's variables
 //! - `unknown_keys`: keys no option has, in the file or the environment
 //! - `validate`: every option and their relationships checked, by section
 //! - `validated`: [`ValidatedConfig`], what the runtime sees
 //! - `print`: the effective configuration as redacted TOML (`check-config`)
 //! - `error`: [`ConfigError`] and what it lists
+//!
+//! The `kafka.client` passthrough ([`ClientProperties`]), the problem list and [`LogFormat`]
+//! come from `service_kit`, shared with the gateway.
 
-mod client_properties;
 mod error;
 mod load;
 mod model;
@@ -36,12 +37,13 @@ mod unknown_keys;
 mod validate;
 mod validated;
 
-pub use client_properties::ClientProperties;
 pub use error::{ConfigError, KeyOrigin, Problem, UnknownKey};
 pub use model::{
-    BatchConfig, HttpConfig, KafkaConfig, LogConfig, LogFormat, OpenlayerConfig, SessionConfig,
+    BatchConfig, HttpConfig, KafkaConfig, LogConfig, OpenlayerConfig, SessionConfig,
     SessionizerConfig, ShutdownConfig,
 };
+pub use service_kit::client_properties::ClientProperties;
+pub use service_kit::logging::LogFormat;
 pub use validated::{
     ApiKeySource, BatchSettings, HttpSettings, KafkaSettings, LogSettings, OpenlayerSettings,
     SessionSettings, ShutdownSettings, ValidatedConfig,

@@ -2,9 +2,10 @@
 //! defaults of every option with where each value comes from.
 
 use super::REDACTED;
-use super::client_properties::ClientProperties;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize, Serializer};
+use service_kit::client_properties::ClientProperties;
+use service_kit::logging::LogFormat;
 use std::path::PathBuf;
 use trace_model::Limits;
 
@@ -164,17 +165,6 @@ pub struct LogConfig {
     pub filter: String,
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// `[shutdown]`: how long a stopping replica may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -183,22 +173,6 @@ pub struct ShutdownConfig {
     /// acknowledged before committing what is and stopping. Keep it below the pod's
     /// `terminationGracePeriodSeconds` and `kafka.session_timeout_ms`.
     pub drain_timeout_secs: u64,
-}
-
-impl TryFrom<String> for LogFormat {
-    type Error = String;
-
-    /// Parsed by hand: the config crate's own message for an unknown variant lists none of
-    /// the valid ones.
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(format!(
-                "unknown log format `{text}`, expected `text` or `json`"
-            )),
-        }
-    }
 }
 
 // Defaults, with where each value comes from.

@@ -1,9 +1,9 @@
 //! The validated configuration: what the runtime sees, with `Duration`s, parsed addresses and
 //! the API key read.
 
-use super::client_properties::ClientProperties;
-use super::model::LogFormat;
 use crate::sink::SinkSettings;
+use service_kit::client_properties::ClientProperties;
+use service_kit::logging::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -26,6 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use service_kit::client_properties::ClientProperties;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -176,7 +177,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
             changelog_topic: Some(CHANGELOG.to_owned()),
             schema_registry_url: None,
             session_timeout_ms: 6000,
-            client: BTreeMap::new(),
+            client: ClientProperties::default(),
         },
         windows: WindowSettings {
             gap: settings.gap,

@@ -14,7 +14,8 @@ use rdkafka::consumer::{
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
-use std::collections::{BTreeMap, HashMap};
+use service_kit::client_properties::ClientProperties;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +35,7 @@ pub struct KafkaSettings {
     pub schema_registry_url: Option<String>,
     pub session_timeout_ms: u32,
     /// librdkafka settings applied last (TLS, SASL, ...).
-    pub client: BTreeMap<String, String>,
+    pub client: ClientProperties,
 }
 
 /// A change of ownership, for the pipeline to apply to its state.
@@ -182,9 +183,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         // Incremental rebalances: a member joining or leaving moves only the partitions that
         // change owner; the others keep their state and in-flight rows.
         .set("partition.assignment.strategy", "cooperative-sticky");
-    for (key, value) in &settings.client {
-        config.set(key, value);
-    }
+    settings.client.apply_to(&mut config);
     let consumer: StreamConsumer<SourceContext> = config.create_with_context(context)?;
     consumer.subscribe(&[settings.topic.as_str()])?;
     Ok(Source {
@@ -209,9 +208,7 @@ pub fn create_producer(
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "20");
-    for (key, value) in &settings.client {
-        // librdkafka ignores (with a warning) consumer-only settings on a producer.
-        config.set(key, value);
-    }
+    // librdkafka ignores (with a warning) consumer-only settings on a producer.
+    settings.client.apply_to(&mut config);
     config.create()
 }

@@ -1,10 +1,10 @@
 //! Validation of `[kafka]`: brokers, group, topic names (legal and distinct), timeouts, the
 //! Schema Registry URL, and the librdkafka properties the sessionizer owns itself.
 
-use super::super::client_properties::ClientProperties;
-use super::super::error::Problems;
 use super::super::model::KafkaConfig;
 use super::super::validated::KafkaSettings;
+use service_kit::client_properties::ClientProperties;
+use service_kit::problems::Problems;
 use std::time::Duration;
 
 /// librdkafka's allowed range of `session.timeout.ms`.

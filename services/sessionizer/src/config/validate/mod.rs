@@ -7,7 +7,7 @@ mod kafka;
 mod openlayer;
 
 use super::MAX_STEP_DEPTH_CAP;
-use super::error::{ConfigError, Problems};
+use super::error::ConfigError;
 use super::model::{BatchConfig, HttpConfig, LogConfig, SessionConfig, SessionizerConfig};
 use super::validated::{
     BatchSettings, HttpSettings, KafkaSettings, LogSettings, SessionSettings, ShutdownSettings,
@@ -15,6 +15,7 @@ use super::validated::{
 };
 use kafka::validate_kafka;
 use openlayer::validate_openlayer;
+use service_kit::problems::Problems;
 use std::net::SocketAddr;
 use std::time::Duration;
 use trace_model::Limits;
@@ -83,7 +84,7 @@ impl SessionizerConfig {
             &mut problems,
         );
         match (sink, openlayer, http) {
-            (Some(sink), Some(openlayer), Some(http)) if problems.0.is_empty() => {
+            (Some(sink), Some(openlayer), Some(http)) if problems.is_empty() => {
                 Ok(ValidatedConfig {
                     kafka,
                     session,
@@ -97,7 +98,7 @@ impl SessionizerConfig {
                     warnings,
                 })
             }
-            _ => Err(ConfigError::Invalid(problems.0)),
+            _ => Err(ConfigError::Invalid(problems.into_vec())),
         }
     }
 }

@@ -2,11 +2,11 @@
 //! retry timings and the default pipeline; what the sink runs with.
 
 use super::super::DEFAULT_OPENLAYER_BASE_URL;
-use super::super::error::Problems;
 use super::super::model::OpenlayerConfig;
 use super::super::validated::{ApiKeySource, OpenlayerSettings};
 use crate::secret::Secret;
 use crate::sink::SinkSettings;
+use service_kit::problems::Problems;
 use std::path::PathBuf;
 use std::time::Duration;
 use trace_model::Limits;

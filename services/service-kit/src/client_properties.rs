@@ -1,12 +1,15 @@
-//! The `kafka.client` passthrough: librdkafka properties given verbatim, whatever way they are
-//! spelt, with secret values redacted wherever they are printed.
+//! librdkafka client properties passed through verbatim (`kafka.client` in both services),
+//! whatever way the configuration spells their keys, with secret values redacted wherever
+//! they are printed.
 
-use super::REDACTED;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use trace_model::secret::is_secret_client_property;
+
+/// How secret values are shown wherever the properties are printed.
+const REDACTED: &str = "**redacted**";
 
 /// librdkafka properties passed through to the Kafka clients, keyed by their librdkafka name
 /// (`security.protocol`, `sasl.password`, ...).
@@ -20,7 +23,10 @@ use trace_model::secret::is_secret_client_property;
 /// `Debug` and `Serialize` show the values of secret-looking properties (passwords, secrets,
 /// private keys, PEM material) as `**redacted**`.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct ClientProperties(BTreeMap<String, String>);
+pub struct ClientProperties(
+    /// The properties by librdkafka name; values are not redacted.
+    pub BTreeMap<String, String>,
+);
 
 impl ClientProperties {
     /// Sets a property, returning the previous value.
@@ -30,11 +36,6 @@ impl ClientProperties {
 
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
-    }
-
-    /// The properties as a plain map; values are not redacted.
-    pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.0.clone()
     }
 
     /// Every property in key order; values are not redacted.
@@ -52,12 +53,21 @@ impl ClientProperties {
         self.0.is_empty()
     }
 
-    /// Sets every property on `client_config`. Call it after the sessionizer's own settings,
-    /// so users can override them (the passthrough is applied last).
+    /// Sets every property on `client_config`. Call it after the service's own settings, so
+    /// users can override them (the passthrough is applied last).
     pub fn apply_to(&self, client_config: &mut rdkafka::ClientConfig) {
         for (key, value) in &self.0 {
             client_config.set(key, value);
         }
+    }
+}
+
+impl<'a> IntoIterator for &'a ClientProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 
@@ -119,6 +129,8 @@ impl<'de> Deserialize<'de> for ClientProperties {
     }
 }
 
+/// Appends `(depth, dotted key, value)` for every property in `table`; `depth` counts the
+/// tables the key was nested in.
 fn flatten_properties(
     table: &BTreeMap<String, serde_json::Value>,
     prefix: &str,
@@ -153,4 +165,53 @@ fn flatten_properties(
         flattened.push((depth, full_key, text));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_spelling_wins_over_a_quoted_dotted_key() {
+        let table = serde_json::json!({
+            "sasl.password": "from-file",
+            "sasl": {"password": "from-env", "username": 7},
+            "enable.ssl.certificate.verification": false,
+        });
+        let properties: ClientProperties = serde_json::from_value(table).expect("deserializes");
+        assert_eq!(properties.get("sasl.password"), Some("from-env"));
+        assert_eq!(properties.get("sasl.username"), Some("7"));
+        assert_eq!(
+            properties.get("enable.ssl.certificate.verification"),
+            Some("false")
+        );
+    }
+
+    #[test]
+    fn lists_are_refused_naming_the_property() {
+        let error = serde_json::from_value::<ClientProperties>(serde_json::json!({"a": {"b": []}}))
+            .expect_err("refused");
+        assert!(
+            error.to_string().contains("`a.b` in kafka.client"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_printed() {
+        let properties: ClientProperties = [
+            ("sasl.password", "hunter2"),
+            ("security.protocol", "SASL_SSL"),
+        ]
+        .into_iter()
+        .collect();
+        let shown = format!(
+            "{properties:?} {}",
+            serde_json::to_string(&properties).expect("serializes")
+        );
+        assert!(
+            !shown.contains("hunter2") && shown.contains("SASL_SSL"),
+            "{shown}"
+        );
+    }
 }
