@@ -22,7 +22,8 @@
 //! - `load`: defaults < file < environment, then the Openlayer SDK's variables
 //! - `unknown_keys`: keys no option has, in the file or the environment
 //! - `validate`: every option and their relationships checked, by section
-//! - `validated`: [`ValidatedConfig`], what the runtime sees
+//! - `validated`: [`ValidatedConfig`], what the runtime sees, and the pipeline's settings
+//!   derived from it ([`ValidatedConfig::pipeline_settings`])
 //! - `print`: the effective configuration as redacted TOML (`check-config`)
 //! - `error`: [`ConfigError`] and what it lists
 //!
@@ -45,8 +46,8 @@ pub use model::{
 pub use service_kit::client_properties::ClientProperties;
 pub use service_kit::logging::LogFormat;
 pub use validated::{
-    ApiKeySource, BatchSettings, HttpSettings, KafkaSettings, LogSettings, OpenlayerSettings,
-    SessionSettings, ShutdownSettings, ValidatedConfig,
+    ApiKeySource, HttpSettings, LogSettings, OpenlayerSettings, SessionSettings, ShutdownSettings,
+    ValidatedConfig,
 };
 
 /// Prefix of the environment variables that set options: `SESSIONIZER__SECTION__KEY`.

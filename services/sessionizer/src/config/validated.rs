@@ -1,8 +1,14 @@
 //! The validated configuration: what the runtime sees, with `Duration`s, parsed addresses and
-//! the API key read.
+//! the API key read; and the one place the pipeline's settings are derived from it.
+//!
+//! Sections the runtime reads as they are use its own types: [`KafkaSettings`] (the consumer,
+//! producer, restore and topic checks), [`BatchSettings`] and [`SinkSettings`].
 
+use crate::batch::BatchSettings;
+use crate::pipeline::PipelineSettings;
+use crate::sessionize::WindowSettings;
 use crate::sink::SinkSettings;
-use service_kit::client_properties::ClientProperties;
+use crate::source::kafka::KafkaSettings;
 use service_kit::logging::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,26 +32,6 @@ pub struct ValidatedConfig {
     pub warnings: Vec<String>,
 }
 
-/// Validated `[kafka]`.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// Comma-separated, whitespace removed.
-    pub bootstrap_servers: String,
-    pub group_id: String,
-    pub topic: String,
-    pub dead_letter_topic: String,
-    /// `None` when session summaries are off.
-    pub sessions_topic: Option<String>,
-    /// `None` keeps session state in memory only.
-    pub changelog_topic: Option<String>,
-    /// `None`: Confluent-framed traces cannot be resolved.
-    pub schema_registry_url: Option<String>,
-    pub checkpoint_interval: Duration,
-    pub session_timeout: Duration,
-    /// Applied last with [`ClientProperties::apply_to`].
-    pub client: ClientProperties,
-}
-
 /// Validated `[session]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSettings {
@@ -55,16 +41,6 @@ pub struct SessionSettings {
     pub idle_check_interval: Duration,
     pub infer_user_sessions: bool,
     pub user_gap: Duration,
-}
-
-/// Validated `[batch]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchSettings {
-    pub max_rows: usize,
-    pub max_bytes: usize,
-    pub linger: Duration,
-    pub max_in_flight_requests: usize,
-    pub max_unacked_rows: usize,
 }
 
 /// Validated `[openlayer]` beyond what the sink needs ([`ValidatedConfig::sink`]).
@@ -104,4 +80,37 @@ pub struct LogSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownSettings {
     pub drain_timeout: Duration,
+}
+
+impl ValidatedConfig {
+    /// What the pipeline runs with: the service, the demo and the tests all derive it here.
+    pub fn pipeline_settings(&self) -> PipelineSettings {
+        PipelineSettings {
+            kafka: self.kafka.clone(),
+            windows: WindowSettings {
+                gap: self.session.gap,
+                max_duration: self.session.max_duration,
+                grace: self.session.grace,
+                infer_user_sessions: self.session.infer_user_sessions,
+                user_gap: self.session.user_gap,
+            },
+            idle_check: self.session.idle_check_interval,
+            default_pipeline_id: self.openlayer.default_pipeline_id.clone(),
+            batch: self.batch,
+            max_in_flight_requests: self.batch.max_in_flight_requests,
+            max_unacked_rows: self.batch.max_unacked_rows,
+            sink: self.sink.clone(),
+            limits: self.limits,
+            drain_timeout: self.shutdown.drain_timeout,
+            mark_final_turn: self.openlayer.mark_final_turn,
+            checkpoint_interval: self.kafka.checkpoint_interval,
+        }
+    }
+}
+
+impl PipelineSettings {
+    /// [`ValidatedConfig::pipeline_settings`], under the name `bench/` calls.
+    pub fn from_config(config: &ValidatedConfig) -> Self {
+        config.pipeline_settings()
+    }
 }

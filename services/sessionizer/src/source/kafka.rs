@@ -18,10 +18,13 @@ use service_kit::client_properties::ClientProperties;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Consumer settings of the traces topic.
+/// Validated `[kafka]`: the cluster, the group and the topics, for the consumer of the traces
+/// topic, the producer of side outputs, the changelog restore and the topic checks.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
+    /// Comma-separated, whitespace removed.
     pub bootstrap_servers: String,
     pub group_id: String,
     pub topic: String,
@@ -33,8 +36,11 @@ pub struct KafkaSettings {
     pub changelog_topic: Option<String>,
     /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
     pub schema_registry_url: Option<String>,
-    pub session_timeout_ms: u32,
-    /// librdkafka settings applied last (TLS, SASL, ...).
+    /// How often session state is checkpointed and acknowledged offsets stored.
+    pub checkpoint_interval: Duration,
+    /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.
+    pub session_timeout: Duration,
+    /// librdkafka settings applied last (TLS, SASL, ...) with [`ClientProperties::apply_to`].
     pub client: ClientProperties,
 }
 
@@ -159,7 +165,8 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
     };
-    let heartbeat_ms = (settings.session_timeout_ms / 3).max(100);
+    let session_timeout_ms = settings.session_timeout.as_millis();
+    let heartbeat_ms = (session_timeout_ms / 3).max(100);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap_servers)
@@ -171,10 +178,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         .set("auto.commit.interval.ms", "1000")
         // A new group reads the topic from the start: no trace is skipped.
         .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
+        .set("session.timeout.ms", session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
         // Statistics carry the fetch high watermark for the consumer-lag metric.
         .set("statistics.interval.ms", "2000")

@@ -2,7 +2,7 @@
 //! Schema Registry URL, and the librdkafka properties the sessionizer owns itself.
 
 use super::super::model::KafkaConfig;
-use super::super::validated::KafkaSettings;
+use crate::source::kafka::KafkaSettings;
 use service_kit::client_properties::ClientProperties;
 use service_kit::problems::Problems;
 use std::time::Duration;

@@ -10,9 +10,10 @@ use super::MAX_STEP_DEPTH_CAP;
 use super::error::ConfigError;
 use super::model::{BatchConfig, HttpConfig, LogConfig, SessionConfig, SessionizerConfig};
 use super::validated::{
-    BatchSettings, HttpSettings, KafkaSettings, LogSettings, SessionSettings, ShutdownSettings,
-    ValidatedConfig,
+    HttpSettings, LogSettings, SessionSettings, ShutdownSettings, ValidatedConfig,
 };
+use crate::batch::BatchSettings;
+use crate::source::kafka::KafkaSettings;
 use kafka::validate_kafka;
 use openlayer::validate_openlayer;
 use service_kit::problems::Problems;
