@@ -6,13 +6,13 @@
 //! TOML file < `GATEWAY__SECTION__KEY` environment variables, unknown keys refused, and
 //! [`GatewayConfig::validate`] turning it into a [`ValidatedConfig`] or listing every problem
 //! with its key path. Client keys are [`Secret`]s: never printed, in errors neither. The
-//! `kafka.client` passthrough ([`ClientProperties`]), the problem list and [`LogFormat`] are
-//! the sessionizer's too, from `service_kit`.
+//! `kafka.client` passthrough ([`ClientProperties`]), the problem list and the `[log]` section
+//! ([`LogConfig`]) are the sessionizer's too, from `service_kit`.
 
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use service_kit::client_properties::ClientProperties;
-pub use service_kit::logging::LogFormat;
+pub use service_kit::logging::{LogConfig, LogFormat};
 pub use service_kit::problems::Problem;
 use service_kit::problems::{Problems, bullet_list};
 use std::collections::HashMap;
@@ -116,16 +116,6 @@ pub struct KafkaConfig {
     pub client: ClientProperties,
 }
 
-/// `[log]`: what is logged and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` for people, `json` (one object per line) for log collectors.
-    pub format: LogFormat,
-    /// Which events are logged, in `tracing` filter syntax, e.g. `info,gateway=debug`.
-    pub filter: String,
-}
-
 /// `[shutdown]`: how long a stopping replica may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -180,9 +170,6 @@ fn default_topic() -> String {
 const fn default_produce_timeout_ms() -> u64 {
     10_000
 }
-fn default_log_filter() -> String {
-    "info".to_owned()
-}
 // Endpoints of a terminating pod are removed within a few seconds.
 const fn default_unready_delay_secs() -> u64 {
     5
@@ -220,15 +207,6 @@ impl Default for KafkaConfig {
             topic: default_topic(),
             produce_timeout_ms: default_produce_timeout_ms(),
             client: ClientProperties::default(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::default(),
-            filter: default_log_filter(),
         }
     }
 }
@@ -338,27 +316,17 @@ impl GatewayConfig {
         let mut problems = Problems::default();
         let listen = parse_address("http.listen", &self.http.listen, &mut problems);
         let ops_listen = parse_address("ops.listen", &self.ops.listen, &mut problems);
-        for (key, is_zero, example) in [
-            (
-                "http.max_body_bytes",
-                self.http.max_body_bytes == 0,
-                "4194304",
-            ),
-            (
-                "http.max_rows_in_flight",
-                self.http.max_rows_in_flight == 0,
-                "10000",
-            ),
-            (
-                "ops.readiness_check_ms",
-                self.ops.readiness_check_ms == 0,
-                "2000",
-            ),
-        ] {
-            if is_zero {
-                problems.push(key, format!("must be at least 1, e.g. `{example}`"));
-            }
-        }
+        problems.require_at_least_one("http.max_body_bytes", self.http.max_body_bytes, "4194304");
+        problems.require_at_least_one(
+            "http.max_rows_in_flight",
+            self.http.max_rows_in_flight,
+            "10000",
+        );
+        problems.require_at_least_one(
+            "ops.readiness_check_ms",
+            self.ops.readiness_check_ms,
+            "2000",
+        );
         let kafka = validate_kafka(&self.kafka, &mut problems);
         if self.limits.max_id_chars == 0 || self.limits.max_message_bytes == 0 {
             problems.push(
@@ -421,12 +389,11 @@ fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings
             ),
         );
     }
-    if kafka.produce_timeout_ms == 0 {
-        problems.push(
-            "kafka.produce_timeout_ms",
-            "must be at least 1, e.g. `10000`",
-        );
-    }
+    problems.require_at_least_one(
+        "kafka.produce_timeout_ms",
+        kafka.produce_timeout_ms,
+        "10000",
+    );
     KafkaSettings {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
         topic: kafka.topic.clone(),

@@ -1,8 +1,29 @@
-//! Logging set-up: `log.format` (`text` for people, `json` for log collectors) and
-//! `log.filter` (`tracing`'s filter syntax), the same two options in both services.
+//! Logging: the `[log]` section both services take (`format`: `text` for people, `json` for
+//! log collectors; `filter`: `tracing`'s filter syntax), and the subscriber it sets up.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` (one object per line) for log collectors.
+    pub format: LogFormat,
+    /// Which events are logged, in `tracing` filter syntax: a level, then levels per crate,
+    /// e.g. `info,sessionizer=debug` or `info,gateway=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            // `tracing`'s usual production level.
+            filter: "info".to_owned(),
+        }
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,18 @@ impl Problems {
         });
     }
 
+    /// The problem `key` has when `value` is zero: "must be at least 1, e.g. `example`".
+    pub fn require_at_least_one<T: PartialEq + From<u8>>(
+        &mut self,
+        key: &str,
+        value: T,
+        example: &str,
+    ) {
+        if value == T::from(0) {
+            self.push(key, format!("must be at least 1, e.g. `{example}`"));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

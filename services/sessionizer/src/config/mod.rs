@@ -27,8 +27,8 @@
 //! - `print`: the effective configuration as redacted TOML (`check-config`)
 //! - `error`: [`ConfigError`] and what it lists
 //!
-//! The `kafka.client` passthrough ([`ClientProperties`]), the problem list and [`LogFormat`]
-//! come from `service_kit`, shared with the gateway.
+//! The `kafka.client` passthrough ([`ClientProperties`]), the problem list and the `[log]`
+//! section ([`LogConfig`]) come from `service_kit`, shared with the gateway.
 
 mod error;
 mod load;
@@ -40,11 +40,11 @@ mod validated;
 
 pub use error::{ConfigError, KeyOrigin, Problem, UnknownKey};
 pub use model::{
-    BatchConfig, HttpConfig, KafkaConfig, LogConfig, OpenlayerConfig, SessionConfig,
-    SessionizerConfig, ShutdownConfig,
+    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, SessionConfig, SessionizerConfig,
+    ShutdownConfig,
 };
 pub use service_kit::client_properties::ClientProperties;
-pub use service_kit::logging::LogFormat;
+pub use service_kit::logging::{LogConfig, LogFormat};
 pub use validated::{
     ApiKeySource, HttpSettings, LogSettings, OpenlayerSettings, SessionSettings, ShutdownSettings,
     ValidatedConfig,

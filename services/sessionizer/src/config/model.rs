@@ -5,7 +5,7 @@ use super::REDACTED;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize, Serializer};
 use service_kit::client_properties::ClientProperties;
-use service_kit::logging::LogFormat;
+use service_kit::logging::LogConfig;
 use std::path::PathBuf;
 use trace_model::Limits;
 
@@ -155,16 +155,6 @@ pub struct HttpConfig {
     pub liveness_window_secs: u64,
 }
 
-/// `[log]`: what is logged and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` for people, `json` (one object per line) for log collectors.
-    pub format: LogFormat,
-    /// Which events are logged, in `tracing` filter syntax, e.g. `info,sessionizer=debug`.
-    pub filter: String,
-}
-
 /// `[shutdown]`: how long a stopping replica may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -278,10 +268,6 @@ fn default_listen() -> String {
 const fn default_liveness_window_secs() -> u64 {
     60
 }
-// `tracing`'s usual production level.
-fn default_log_filter() -> String {
-    "info".to_owned()
-}
 // Leaves 10 s for commit and producer flush inside Kubernetes' default 30 s grace period.
 const fn default_drain_timeout_secs() -> u64 {
     20
@@ -351,15 +337,6 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_listen(),
             liveness_window_secs: default_liveness_window_secs(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::default(),
-            filter: default_log_filter(),
         }
     }
 }

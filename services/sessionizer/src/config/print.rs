@@ -2,10 +2,11 @@
 //! API key and secret librdkafka properties redacted.
 
 use super::model::{
-    BatchConfig, HttpConfig, KafkaConfig, LogConfig, OpenlayerConfig, SessionConfig,
-    SessionizerConfig, ShutdownConfig,
+    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, SessionConfig, SessionizerConfig,
+    ShutdownConfig,
 };
 use super::validated::{ApiKeySource, ValidatedConfig};
+use service_kit::logging::LogConfig;
 use std::fmt::Write as _;
 use std::time::Duration;
 

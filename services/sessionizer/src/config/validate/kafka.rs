@@ -34,12 +34,11 @@ pub(super) fn validate_kafka(
             ),
         );
     }
-    if kafka.checkpoint_interval_ms == 0 {
-        problems.push(
-            "kafka.checkpoint_interval_ms",
-            "must be at least 1, e.g. `1000`",
-        );
-    }
+    problems.require_at_least_one(
+        "kafka.checkpoint_interval_ms",
+        kafka.checkpoint_interval_ms,
+        "1000",
+    );
     check_client_properties(&kafka.client, problems);
     let schema_registry_url = validate_schema_registry_url(&kafka.schema_registry_url, problems);
     KafkaSettings {

@@ -8,7 +8,7 @@ mod openlayer;
 
 use super::MAX_STEP_DEPTH_CAP;
 use super::error::ConfigError;
-use super::model::{BatchConfig, HttpConfig, LogConfig, SessionConfig, SessionizerConfig};
+use super::model::{BatchConfig, HttpConfig, SessionConfig, SessionizerConfig};
 use super::validated::{
     HttpSettings, LogSettings, SessionSettings, ShutdownSettings, ValidatedConfig,
 };
@@ -16,6 +16,7 @@ use crate::batch::BatchSettings;
 use crate::source::kafka::KafkaSettings;
 use kafka::validate_kafka;
 use openlayer::validate_openlayer;
+use service_kit::logging::LogConfig;
 use service_kit::problems::Problems;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,12 +46,11 @@ impl SessionizerConfig {
         let shutdown = ShutdownSettings {
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
         };
-        if self.shutdown.drain_timeout_secs == 0 {
-            problems.push(
-                "shutdown.drain_timeout_secs",
-                "must be at least 1, e.g. `20`",
-            );
-        }
+        problems.require_at_least_one(
+            "shutdown.drain_timeout_secs",
+            self.shutdown.drain_timeout_secs,
+            "20",
+        );
         check_timeouts(&kafka, &session, http.as_ref(), &shutdown, &mut problems);
         let sink_durations = sink.as_ref().map_or([None; 4], |sink| {
             [
@@ -105,20 +105,14 @@ impl SessionizerConfig {
 }
 
 fn validate_session(session: &SessionConfig, problems: &mut Problems) -> SessionSettings {
-    for (key, value, example) in [
-        ("session.gap_secs", session.gap_secs, "1800"),
-        (
-            "session.max_duration_secs",
-            session.max_duration_secs,
-            "86400",
-        ),
-        ("session.idle_check_ms", session.idle_check_ms, "1000"),
-        ("session.user_gap_secs", session.user_gap_secs, "1800"),
-    ] {
-        if value == 0 {
-            problems.push(key, format!("must be at least 1, e.g. `{example}`"));
-        }
-    }
+    problems.require_at_least_one("session.gap_secs", session.gap_secs, "1800");
+    problems.require_at_least_one(
+        "session.max_duration_secs",
+        session.max_duration_secs,
+        "86400",
+    );
+    problems.require_at_least_one("session.idle_check_ms", session.idle_check_ms, "1000");
+    problems.require_at_least_one("session.user_gap_secs", session.user_gap_secs, "1800");
     if session.max_duration_secs < session.gap_secs {
         problems.push(
             "session.max_duration_secs",
@@ -157,19 +151,13 @@ fn check_duration_bounds(durations: &[(&'static str, Option<Duration>)], problem
 }
 
 fn validate_batch(batch: &BatchConfig, problems: &mut Problems) -> BatchSettings {
-    for (key, value, example) in [
-        ("batch.max_rows", batch.max_rows, "1000"),
-        ("batch.max_bytes", batch.max_bytes, "4194304"),
-        (
-            "batch.max_in_flight_requests",
-            batch.max_in_flight_requests,
-            "4",
-        ),
-    ] {
-        if value == 0 {
-            problems.push(key, format!("must be at least 1, e.g. `{example}`"));
-        }
-    }
+    problems.require_at_least_one("batch.max_rows", batch.max_rows, "1000");
+    problems.require_at_least_one("batch.max_bytes", batch.max_bytes, "4194304");
+    problems.require_at_least_one(
+        "batch.max_in_flight_requests",
+        batch.max_in_flight_requests,
+        "4",
+    );
     if batch.max_unacked_rows < batch.max_rows {
         problems.push(
             "batch.max_unacked_rows",
@@ -199,25 +187,17 @@ fn validate_limits(limits: &Limits, problems: &mut Problems) {
             ),
         );
     }
-    for (key, value, example) in [
-        (
-            "limits.max_message_bytes",
-            limits.max_message_bytes,
-            "1048576",
-        ),
-        ("limits.max_id_chars", limits.max_id_chars, "200"),
-        ("limits.max_steps", limits.max_steps, "1000"),
-    ] {
-        if value == 0 {
-            problems.push(key, format!("must be at least 1, e.g. `{example}`"));
-        }
-    }
+    problems.require_at_least_one(
+        "limits.max_message_bytes",
+        limits.max_message_bytes,
+        "1048576",
+    );
+    problems.require_at_least_one("limits.max_id_chars", limits.max_id_chars, "200");
+    problems.require_at_least_one("limits.max_steps", limits.max_steps, "1000");
 }
 
 fn validate_http(http: &HttpConfig, problems: &mut Problems) -> Option<HttpSettings> {
-    if http.liveness_window_secs == 0 {
-        problems.push("http.liveness_window_secs", "must be at least 1, e.g. `60`");
-    }
+    problems.require_at_least_one("http.liveness_window_secs", http.liveness_window_secs, "60");
     match http.listen.trim().parse::<SocketAddr>() {
         Ok(listen) => Some(HttpSettings {
             listen,

@@ -19,22 +19,16 @@ pub(super) fn validate_openlayer(
 ) -> (Option<SinkSettings>, Option<OpenlayerSettings>) {
     let base_url = validate_base_url(openlayer.base_url.as_deref(), problems, warnings);
     let api_key = read_api_key(openlayer.api_key, openlayer.api_key_file, problems);
-    for (key, value, example) in [
-        (
-            "openlayer.request_timeout_secs",
-            openlayer.request_timeout_secs,
-            "60",
-        ),
-        (
-            "openlayer.initial_backoff_ms",
-            openlayer.initial_backoff_ms,
-            "500",
-        ),
-    ] {
-        if value == 0 {
-            problems.push(key, format!("must be at least 1, e.g. `{example}`"));
-        }
-    }
+    problems.require_at_least_one(
+        "openlayer.request_timeout_secs",
+        openlayer.request_timeout_secs,
+        "60",
+    );
+    problems.require_at_least_one(
+        "openlayer.initial_backoff_ms",
+        openlayer.initial_backoff_ms,
+        "500",
+    );
     if openlayer.max_backoff_ms < openlayer.initial_backoff_ms {
         problems.push(
             "openlayer.max_backoff_ms",
