@@ -10,10 +10,11 @@ use end_to_end::service::free_local_address;
 use end_to_end::{create_topic, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
+use sessionizer::config::SessionizerConfig;
+use sessionizer::secret::Secret;
 use sessionizer::source::changelog::{FailureKind, read_partitions};
 use sessionizer::source::kafka::KafkaSettings;
 use sessionizer::source::restore::STALL_TIMEOUT;
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -21,18 +22,17 @@ use std::time::Duration;
 const NUM_RECORDS: i64 = 200;
 const PARTITIONS: [i32; 2] = [0, 1];
 
+/// The service's `[kafka]` settings with this broker and changelog, validated as the service
+/// validates them; the restore reads only the changelog.
 fn settings(bootstrap: &str, changelog: &str) -> KafkaSettings {
-    KafkaSettings {
-        bootstrap_servers: bootstrap.to_owned(),
-        group_id: unique_name("restore-group"),
-        topic: "unused".to_owned(),
-        dead_letter_topic: "unused".to_owned(),
-        sessions_topic: None,
-        changelog_topic: Some(changelog.to_owned()),
-        schema_registry_url: None,
-        session_timeout_ms: 6000,
-        client: BTreeMap::new(),
-    }
+    let mut config = SessionizerConfig::default();
+    config.kafka.bootstrap_servers = bootstrap.to_owned();
+    config.kafka.group_id = unique_name("restore-group");
+    config.kafka.changelog_topic = changelog.to_owned();
+    config.kafka.sessions_topic = String::new();
+    // Validation asks for a key; nothing is shipped here.
+    config.openlayer.api_key = Some(Secret::new("unused"));
+    config.validate().expect("valid configuration").kafka
 }
 
 /// Checkpoints 0..NUM_RECORDS in each partition, in small batches like the service's.

@@ -8,68 +8,57 @@ use end_to_end::{
     producer, read_topic, unique_name,
 };
 use serde_json::Value;
-use sessionizer::batch::BatchSettings;
+use sessionizer::config::SessionizerConfig;
 use sessionizer::health::Health;
 use sessionizer::metrics::{Metrics, sample_sum};
-use sessionizer::pipeline::{PipelineSettings, run};
+use sessionizer::pipeline::run;
 use sessionizer::secret::Secret;
-use sessionizer::sessionize::WindowSettings;
-use sessionizer::sink::SinkSettings;
-use sessionizer::source::kafka::KafkaSettings;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use trace_model::{Encoding, Limits, TraceEvent, TraceKind};
+use trace_model::{Encoding, TraceEvent, TraceKind};
 
 const PARTITIONS: i32 = 3;
 const API_KEY: &str = "test-key-not-a-secret";
 const PIPELINE: &str = "pipeline-main";
 
-fn settings(topics: &ServiceTopics, server: &OpenlayerServer) -> PipelineSettings {
-    PipelineSettings {
-        kafka: KafkaSettings {
-            bootstrap_servers: bootstrap(),
-            group_id: unique_name("sessionizer"),
-            topic: topics.traces.clone(),
-            dead_letter_topic: topics.dead_letters.clone(),
-            sessions_topic: Some(topics.sessions.clone()),
-            changelog_topic: Some(topics.changelog.clone()),
-            schema_registry_url: None,
-            // Short: the test broker holds each JoinGroup for half of it.
-            session_timeout_ms: 6000,
-            client: BTreeMap::new(),
-        },
-        windows: WindowSettings {
-            gap: Duration::from_secs(3),
-            max_duration: Duration::from_secs(3600),
-            grace: Duration::from_secs(60),
-            infer_user_sessions: false,
-            user_gap: Duration::from_secs(3),
-        },
-        idle_check: Duration::from_millis(200),
-        default_pipeline_id: Some(PIPELINE.to_owned()),
-        batch: BatchSettings {
-            max_rows: 50,
-            max_bytes: 1024 * 1024,
-            linger: Duration::from_millis(100),
-        },
-        max_in_flight_requests: 2,
-        max_unacked_rows: 10_000,
-        sink: SinkSettings {
-            base_url: server.base_url(),
-            api_key: Secret::new(API_KEY),
-            request_timeout: Duration::from_secs(10),
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-            retry_deadline: None,
-            verify_tls: true,
-        },
-        limits: Limits::default(),
-        drain_timeout: Duration::from_secs(10),
-        mark_final_turn: true,
-        checkpoint_interval: Duration::from_millis(200),
-    }
+/// The service's defaults with this test's topics and server, short windows and a short group
+/// session timeout; tests change it further before [`start`] validates it, as the service does.
+fn service_config(topics: &ServiceTopics, server: &OpenlayerServer) -> SessionizerConfig {
+    let mut config = SessionizerConfig::default();
+    config.kafka.bootstrap_servers = bootstrap();
+    config.kafka.group_id = unique_name("sessionizer");
+    config.kafka.topic.clone_from(&topics.traces);
+    config
+        .kafka
+        .dead_letter_topic
+        .clone_from(&topics.dead_letters);
+    config.kafka.sessions_topic.clone_from(&topics.sessions);
+    config.kafka.changelog_topic.clone_from(&topics.changelog);
+    // Short: the test broker holds each JoinGroup for half of it.
+    config.kafka.session_timeout_ms = 6000;
+    config.kafka.checkpoint_interval_ms = 200;
+    config.session.gap_secs = 3;
+    config.session.user_gap_secs = 3;
+    config.session.max_duration_secs = 3600;
+    config.session.grace_secs = 60;
+    config.session.idle_check_ms = 200;
+    config.batch.max_rows = 50;
+    config.batch.max_bytes = 1024 * 1024;
+    config.batch.linger_ms = 100;
+    config.batch.max_in_flight_requests = 2;
+    config.batch.max_unacked_rows = 10_000;
+    config.openlayer.base_url = Some(server.base_url());
+    config.openlayer.api_key = Some(Secret::new(API_KEY));
+    config.openlayer.default_pipeline_id = Some(PIPELINE.to_owned());
+    config.openlayer.request_timeout_secs = 10;
+    config.openlayer.initial_backoff_ms = 20;
+    config.openlayer.max_backoff_ms = 200;
+    config.openlayer.mark_final_turn = true;
+    // Below the session timeout, as validation requires.
+    config.shutdown.drain_timeout_secs = 5;
+    config
 }
 
 struct Running {
@@ -78,7 +67,12 @@ struct Running {
     registry: prometheus::Registry,
 }
 
-fn start(settings: PipelineSettings) -> Running {
+/// Validates `config` and runs the pipeline it describes.
+fn start(config: SessionizerConfig) -> Running {
+    let settings = config
+        .validate()
+        .expect("valid configuration")
+        .pipeline_settings();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).expect("metrics");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -198,7 +192,7 @@ async fn ships_every_trace_once_with_session_enrichment() {
     anonymous.output = Value::from("hello");
     produce_trace(&producer, &topics.traces, &anonymous).await;
 
-    let running = start(settings(&topics, &server));
+    let running = start(service_config(&topics, &server));
     let rows = server.wait_for_rows(61, Duration::from_secs(60)).await;
     let registry = running.stop().await;
 
@@ -301,7 +295,7 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
     after.inference_id = Some("after-poison".into());
     produce_trace(&producer, &topics.traces, &after).await;
 
-    let running = start(settings(&topics, &server));
+    let running = start(service_config(&topics, &server));
     let rows = server.wait_for_rows(2, Duration::from_secs(60)).await;
     let letters = read_topic(
         &bootstrap(),
@@ -349,7 +343,7 @@ async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
         )
         .await;
     }
-    let mut config = settings(&topics, &server);
+    let mut config = service_config(&topics, &server);
     // One row per request, so only the refused row is refused.
     config.batch.max_rows = 1;
     let running = start(config);
@@ -396,7 +390,7 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
     )
     .await;
 
-    let running = start(settings(&topics, &server));
+    let running = start(service_config(&topics, &server));
     server.wait_for_rows(2, Duration::from_secs(60)).await;
     // The quiet session closes a gap (3 s) after its trace on the wall clock.
     let summaries = read_topic(
@@ -457,9 +451,9 @@ async fn a_restarted_instance_continues_turn_numbers_and_totals() {
         )
         .await;
     }
-    let mut config = settings(&topics, &server);
+    let mut config = service_config(&topics, &server);
     // Long enough that the session cannot close while the instances restart.
-    config.windows.gap = Duration::from_secs(3600);
+    config.session.gap_secs = 3600;
     let first = start(config.clone());
     assert_eq!(
         server.wait_for_rows(3, Duration::from_secs(60)).await.len(),
@@ -501,7 +495,7 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
     let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
     let producer = producer();
-    let config = settings(&topics, &server);
+    let config = service_config(&topics, &server);
     let first = start(config.clone());
     let second = start(config);
     let base = now_ms();
@@ -594,8 +588,8 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     )
     .await;
 
-    let mut config = settings(&topics, &server);
-    config.windows.max_duration = Duration::from_secs(5);
+    let mut config = service_config(&topics, &server);
+    config.session.max_duration_secs = 5;
     let running = start(config);
     let rows = server.wait_for_rows(8, Duration::from_secs(60)).await;
     let summaries = read_topic(
@@ -687,8 +681,8 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
         trace_model::encode(&unknown, Encoding::Confluent { schema_id: 99 }).expect("encode");
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
 
-    let mut config = settings(&topics, &server);
-    config.kafka.schema_registry_url = Some(registry_url);
+    let mut config = service_config(&topics, &server);
+    config.kafka.schema_registry_url = registry_url;
     let running = start(config);
     let rows = server.wait_for_rows(1, Duration::from_secs(60)).await;
     let letters = read_topic(
@@ -726,10 +720,10 @@ async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
         )
         .await;
     }
-    let mut config = settings(&topics, &server);
-    config.max_unacked_rows = 20;
+    let mut config = service_config(&topics, &server);
+    config.batch.max_unacked_rows = 20;
     config.batch.max_rows = 5;
-    config.max_in_flight_requests = 1;
+    config.batch.max_in_flight_requests = 1;
     let running = start(config);
     let registry = running.registry.clone();
     let mut paused_seen = false;

@@ -5,19 +5,23 @@
 //! documented (`docs/configuration.md` repeats these docs), loaded as built-in defaults < the
 //! TOML file < `GATEWAY__SECTION__KEY` environment variables, unknown keys refused, and
 //! [`GatewayConfig::validate`] turning it into a [`ValidatedConfig`] or listing every problem
-//! with its key path. Client keys are [`Secret`]s: never printed, in errors neither.
+//! with its key path. Client keys are [`Secret`]s: never printed, in errors neither. The
+//! `kafka.client` passthrough ([`ClientProperties`]), the problem list and the `[log]` section
+//! ([`LogConfig`]) are the sessionizer's too, from `service_kit`.
 
 use config::{Config, Environment, File, FileFormat};
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+pub use service_kit::client_properties::ClientProperties;
+pub use service_kit::logging::{LogConfig, LogFormat};
+pub use service_kit::problems::Problem;
+use service_kit::problems::{Problems, bullet_list};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 use trace_model::Limits;
-use trace_model::secret::{Secret, is_secret_client_property};
+use trace_model::secret::Secret;
 
 /// Prefix of the environment variables that set options: `GATEWAY__SECTION__KEY`.
 pub const ENV_PREFIX: &str = "GATEWAY";
@@ -109,30 +113,7 @@ pub struct KafkaConfig {
     /// Further librdkafka properties (TLS, SASL, ...) passed through verbatim and applied
     /// last. In environment variables write each dot as `__`:
     /// `GATEWAY__KAFKA__CLIENT__SASL__PASSWORD`.
-    #[serde(
-        deserialize_with = "deserialize_client",
-        serialize_with = "serialize_client"
-    )]
-    pub client: BTreeMap<String, String>,
-}
-
-/// `[log]`: what is logged and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` for people, `json` (one object per line) for log collectors.
-    pub format: LogFormat,
-    /// Which events are logged, in `tracing` filter syntax, e.g. `info,gateway=debug`.
-    pub filter: String,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
+    pub client: ClientProperties,
 }
 
 /// `[shutdown]`: how long a stopping replica may take.
@@ -189,9 +170,6 @@ fn default_topic() -> String {
 const fn default_produce_timeout_ms() -> u64 {
     10_000
 }
-fn default_log_filter() -> String {
-    "info".to_owned()
-}
 // Endpoints of a terminating pod are removed within a few seconds.
 const fn default_unready_delay_secs() -> u64 {
     5
@@ -228,16 +206,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: default_bootstrap_servers(),
             topic: default_topic(),
             produce_timeout_ms: default_produce_timeout_ms(),
-            client: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::default(),
-            filter: default_log_filter(),
+            client: ClientProperties::default(),
         }
     }
 }
@@ -255,22 +224,6 @@ fn serialize_secrets<S: Serializer>(secrets: &[Secret], serializer: S) -> Result
     serializer.collect_seq(secrets.iter().map(|_| REDACTED))
 }
 
-fn serialize_client<S: Serializer>(
-    client: &BTreeMap<String, String>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(client.iter().map(|(key, value)| {
-        let shown = if is_secret_client_property(key) {
-            REDACTED
-        } else {
-            value.as_str()
-        };
-        (key, shown)
-    }))
-}
-
-/// librdkafka properties from a table whose keys may be dotted, quoted or nested (what
-/// `__` in environment variables produces): `{sasl: {password: x}}` is `sasl.password`.
 /// Keys as a list (TOML) or as one comma-separated string (the environment).
 fn deserialize_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
     #[derive(Deserialize)]
@@ -291,41 +244,6 @@ fn deserialize_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Se
         .collect())
 }
 
-fn deserialize_client<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    fn flatten(
-        prefix: &str,
-        value: &serde_json::Value,
-        out: &mut BTreeMap<String, String>,
-    ) -> Result<(), String> {
-        let text = match value {
-            serde_json::Value::String(text) => text.clone(),
-            serde_json::Value::Number(number) => number.to_string(),
-            serde_json::Value::Bool(flag) => flag.to_string(),
-            serde_json::Value::Object(table) => {
-                for (key, nested) in table {
-                    flatten(&format!("{prefix}.{key}"), nested, out)?;
-                }
-                return Ok(());
-            }
-            serde_json::Value::Null | serde_json::Value::Array(_) => {
-                return Err(format!(
-                    "librdkafka property `{prefix}` in kafka.client must be a string, number or boolean"
-                ));
-            }
-        };
-        out.insert(prefix.to_owned(), text);
-        Ok(())
-    }
-    let table = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
-    let mut client = BTreeMap::new();
-    for (key, value) in &table {
-        flatten(key, value, &mut client).map_err(D::Error::custom)?;
-    }
-    Ok(client)
-}
-
 /// Why the configuration cannot be used.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -335,21 +253,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Load(#[from] config::ConfigError),
     /// Values out of range or inconsistent; every problem found is listed.
-    #[error("invalid configuration:\n{}", .0.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n"))]
+    #[error("invalid configuration:\n{}", bullet_list(.0))]
     Invalid(Vec<Problem>),
-}
-
-/// One invalid value: its key path and what was expected (never a secret's value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{} {}", self.key, self.message)
-    }
 }
 
 /// The configuration the runtime runs with.
@@ -377,29 +282,8 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     pub topic: String,
     pub produce_timeout: Duration,
-    /// librdkafka passthrough; values may be secrets, so `Debug` of the parent hides nothing:
-    /// never log this struct.
-    pub client: RedactedProperties,
-}
-
-/// librdkafka properties whose `Debug` redacts secret-looking values.
-#[derive(Clone, Default)]
-pub struct RedactedProperties(pub BTreeMap<String, String>);
-
-impl fmt::Debug for RedactedProperties {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_map()
-            .entries(self.0.iter().map(|(key, value)| {
-                let shown = if is_secret_client_property(key) {
-                    REDACTED
-                } else {
-                    value.as_str()
-                };
-                (key, shown)
-            }))
-            .finish()
-    }
+    /// librdkafka passthrough applied last; `Debug` redacts secret values.
+    pub client: ClientProperties,
 }
 
 impl GatewayConfig {
@@ -429,115 +313,31 @@ impl GatewayConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] listing every problem with its key.
     pub fn validate(&self) -> Result<ValidatedConfig, ConfigError> {
-        let mut problems: Vec<Problem> = Vec::new();
-        fn push(problems: &mut Vec<Problem>, key: &str, message: String) {
-            problems.push(Problem {
-                key: key.to_owned(),
-                message,
-            });
-        }
-        fn address(problems: &mut Vec<Problem>, key: &str, text: &str) -> Option<SocketAddr> {
-            let parsed = text.parse().ok();
-            if parsed.is_none() {
-                push(
-                    problems,
-                    key,
-                    format!("must be an address and port, e.g. `0.0.0.0:8080`, got `{text}`"),
-                );
-            }
-            parsed
-        }
-        let listen = address(&mut problems, "http.listen", &self.http.listen);
-        let ops_listen = address(&mut problems, "ops.listen", &self.ops.listen);
-        if self.http.max_body_bytes == 0 {
-            push(
-                &mut problems,
-                "http.max_body_bytes",
-                "must be at least 1, e.g. `4194304`".to_owned(),
-            );
-        }
-        if self.http.max_rows_in_flight == 0 {
-            push(
-                &mut problems,
-                "http.max_rows_in_flight",
-                "must be at least 1, e.g. `10000`".to_owned(),
-            );
-        }
-        if self.ops.readiness_check_ms == 0 {
-            push(
-                &mut problems,
-                "ops.readiness_check_ms",
-                "must be at least 1, e.g. `2000`".to_owned(),
-            );
-        }
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            push(
-                &mut problems,
-                "kafka.bootstrap_servers",
-                "must not be empty, e.g. `kafka-0.kafka:9092`".to_owned(),
-            );
-        }
-        let topic = &self.kafka.topic;
-        if topic.is_empty()
-            || topic.len() > MAX_TOPIC_CHARS
-            || !topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            push(
-                &mut problems,
-                "kafka.topic",
-                format!(
-                    "must be a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `llm-traces`, got `{topic}`"
-                ),
-            );
-        }
-        if self.kafka.produce_timeout_ms == 0 {
-            push(
-                &mut problems,
-                "kafka.produce_timeout_ms",
-                "must be at least 1, e.g. `10000`".to_owned(),
-            );
-        }
+        let mut problems = Problems::default();
+        let listen = parse_address("http.listen", &self.http.listen, &mut problems);
+        let ops_listen = parse_address("ops.listen", &self.ops.listen, &mut problems);
+        problems.require_at_least_one("http.max_body_bytes", self.http.max_body_bytes, "4194304");
+        problems.require_at_least_one(
+            "http.max_rows_in_flight",
+            self.http.max_rows_in_flight,
+            "10000",
+        );
+        problems.require_at_least_one(
+            "ops.readiness_check_ms",
+            self.ops.readiness_check_ms,
+            "2000",
+        );
+        let kafka = validate_kafka(&self.kafka, &mut problems);
         if self.limits.max_id_chars == 0 || self.limits.max_message_bytes == 0 {
-            push(
-                &mut problems,
+            problems.push(
                 "limits",
-                "max_id_chars and max_message_bytes must be at least 1".to_owned(),
+                "max_id_chars and max_message_bytes must be at least 1",
             );
         }
-        let mut api_keys: Vec<Secret> = self
-            .auth
-            .api_keys
-            .iter()
-            .filter(|key| !key.expose().trim().is_empty())
-            .map(|key| Secret::new(key.expose().trim()))
-            .collect();
-        if let Some(path) = &self.auth.api_keys_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => api_keys.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|line| !line.is_empty())
-                        .map(Secret::new),
-                ),
-                Err(error) => push(
-                    &mut problems,
-                    "auth.api_keys_file",
-                    format!("cannot be read ({}): {error}", path.display()),
-                ),
-            }
-        }
-        if api_keys.is_empty() && problems.iter().all(|p| p.key != "auth.api_keys_file") {
-            push(
-                &mut problems,
-                "auth.api_keys",
-                "no client key configured: set auth.api_keys_file (e.g. `/etc/gateway/keys`) or auth.api_keys".to_owned(),
-            );
-        }
+        let api_keys = read_api_keys(&self.auth, &mut problems);
         let (Some(listen), Some(ops_listen), true) = (listen, ops_listen, problems.is_empty())
         else {
-            return Err(ConfigError::Invalid(problems));
+            return Err(ConfigError::Invalid(problems.into_vec()));
         };
         Ok(ValidatedConfig {
             listen,
@@ -548,18 +348,93 @@ impl GatewayConfig {
             update_key_cache_entries: self.http.update_key_cache_entries,
             readiness_check: Duration::from_millis(self.ops.readiness_check_ms),
             api_keys,
-            kafka: KafkaSettings {
-                bootstrap_servers: self.kafka.bootstrap_servers.clone(),
-                topic: self.kafka.topic.clone(),
-                produce_timeout: Duration::from_millis(self.kafka.produce_timeout_ms),
-                client: RedactedProperties(self.kafka.client.clone()),
-            },
+            kafka,
             limits: self.limits,
             log: self.log.clone(),
             unready_delay: Duration::from_secs(self.shutdown.unready_delay_secs),
             drain_timeout: Duration::from_secs(self.shutdown.drain_timeout_secs),
         })
     }
+}
+
+fn parse_address(key: &str, text: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    let parsed = text.parse().ok();
+    if parsed.is_none() {
+        problems.push(
+            key,
+            format!("must be an address and port, e.g. `0.0.0.0:8080`, got `{text}`"),
+        );
+    }
+    parsed
+}
+
+fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings {
+    if kafka.bootstrap_servers.trim().is_empty() {
+        problems.push(
+            "kafka.bootstrap_servers",
+            "must not be empty, e.g. `kafka-0.kafka:9092`",
+        );
+    }
+    let topic = &kafka.topic;
+    if topic.is_empty()
+        || topic.len() > MAX_TOPIC_CHARS
+        || !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        problems.push(
+            "kafka.topic",
+            format!(
+                "must be a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `llm-traces`, got `{topic}`"
+            ),
+        );
+    }
+    problems.require_at_least_one(
+        "kafka.produce_timeout_ms",
+        kafka.produce_timeout_ms,
+        "10000",
+    );
+    KafkaSettings {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        topic: kafka.topic.clone(),
+        produce_timeout: Duration::from_millis(kafka.produce_timeout_ms),
+        client: kafka.client.clone(),
+    }
+}
+
+/// Every accepted key, from `auth.api_keys` and `auth.api_keys_file`.
+fn read_api_keys(auth: &AuthConfig, problems: &mut Problems) -> Vec<Secret> {
+    let mut api_keys: Vec<Secret> = auth
+        .api_keys
+        .iter()
+        .filter(|key| !key.expose().trim().is_empty())
+        .map(|key| Secret::new(key.expose().trim()))
+        .collect();
+    if let Some(path) = &auth.api_keys_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                    .map(Secret::new),
+            ),
+            Err(error) => {
+                problems.push(
+                    "auth.api_keys_file",
+                    format!("cannot be read ({}): {error}", path.display()),
+                );
+                // The unreadable file is the problem to fix, not a missing key.
+                return api_keys;
+            }
+        }
+    }
+    if api_keys.is_empty() {
+        problems.push(
+            "auth.api_keys",
+            "no client key configured: set auth.api_keys_file (e.g. `/etc/gateway/keys`) or auth.api_keys",
+        );
+    }
+    api_keys
 }
 
 #[cfg(test)]
@@ -591,25 +466,9 @@ mod tests {
         assert_eq!(keys, ["key-a", "key-b"]);
         assert_eq!(validated.kafka.topic, "traces-x");
         assert_eq!(validated.max_body_bytes, 1024);
-        assert_eq!(
-            validated
-                .kafka
-                .client
-                .0
-                .get("sasl.password")
-                .map(String::as_str),
-            Some("hunter2")
-        );
+        assert_eq!(validated.kafka.client.get("sasl.password"), Some("hunter2"));
         // Digit-only text stays text: a SASL username `007` is not the number 7.
-        assert_eq!(
-            validated
-                .kafka
-                .client
-                .0
-                .get("sasl.username")
-                .map(String::as_str),
-            Some("007")
-        );
+        assert_eq!(validated.kafka.client.get("sasl.username"), Some("007"));
         let shown = format!(
             "{validated:?} {}",
             serde_json::to_string(&config).expect("serializes")

@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::Registry;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
@@ -440,14 +440,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .metrics
         .broker_reachable
         .set(i64::from(state.app.broker.is_reachable()));
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "failed to encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
+    service_kit::metrics_endpoint::response(&state.registry)
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {

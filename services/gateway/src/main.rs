@@ -1,7 +1,8 @@
 //! Entry point of the gateway (thin: behaviour lives in the library).
 
 use clap::{Args, Parser, Subcommand};
-use gateway::config::{GatewayConfig, LogFormat, ValidatedConfig};
+use gateway::config::{GatewayConfig, ValidatedConfig};
+use service_kit::logging::JsonFields;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,24 +113,17 @@ fn config_text(config: &GatewayConfig) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(config)
 }
 
-fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    }
-    .map_err(|error| anyhow::anyhow!(error))
-}
-
 fn run(args: &ConfigArgs) -> ExitCode {
     let validated = match load(args) {
         Ok((_config, validated)) => validated,
         Err(code) => return code,
     };
-    if let Err(error) = init_tracing(validated.log.format, &validated.log.filter) {
+    let logging = service_kit::logging::init(
+        validated.log.format,
+        &validated.log.filter,
+        JsonFields::Nested,
+    );
+    if let Err(error) = logging {
         eprintln!("gateway: cannot set up logging: {error}");
         return ExitCode::from(EXIT_INVALID_CONFIG);
     }
@@ -145,46 +139,13 @@ fn run(args: &ConfigArgs) -> ExitCode {
     };
     let shutdown = {
         let _runtime = runtime.enter();
-        shutdown_signal()
+        service_kit::shutdown::signal()
     };
     match runtime.block_on(gateway::run(validated, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             service_kit::fatal::report("gateway", &error);
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C (SIGINT). The handlers are registered when
-/// this is called, not when the future is first polled (a SIGTERM during start-up is then a
-/// clean stop rather than the default kill); call it inside the runtime.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            let (mut interrupt, mut terminate) = match (interrupt, terminate) {
-                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM or ctrl-c");
-                    return std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                _ = interrupt.recv() => tracing::info!("ctrl-c received"),
-                _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("ctrl-c received");
-        } else {
-            std::future::pending::<()>().await;
         }
     }
 }

@@ -14,7 +14,7 @@ pub fn run(settings: &KafkaSettings, timeout: Duration) -> Report {
     let mut report = Report::default();
     let Some(probe) = connect_brokers(
         &settings.bootstrap_servers,
-        &settings.client.0,
+        &settings.client,
         None,
         timeout,
         &mut report,

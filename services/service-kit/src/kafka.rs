@@ -3,6 +3,7 @@
 //! partitions, whether its consumer group is accessible; and, for whatever is missing, the
 //! command that fixes it. Blocking calls, each bounded by the probe's timeout.
 
+use crate::client_properties::ClientProperties;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -69,15 +70,13 @@ impl KafkaProbe {
     /// When librdkafka refuses the configuration.
     pub fn try_new(
         bootstrap_servers: &str,
-        client: &BTreeMap<String, String>,
+        client: &ClientProperties,
         group_id: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap_servers);
-        for (key, value) in client {
-            config.set(key, value);
-        }
+        client.apply_to(&mut config);
         let mut consumer_config = config.clone();
         if let Some(group_id) = group_id {
             consumer_config.set("group.id", group_id);
@@ -85,7 +84,7 @@ impl KafkaProbe {
         // Never commits: it only reads what the group committed.
         consumer_config.set("enable.auto.commit", "false");
         let consumer = consumer_config.create_with_context(ProbeContext::default())?;
-        let secured = TopicCommands::is_secured(client);
+        let secured = TopicCommands::is_secured(&client.0);
         Ok(KafkaProbe {
             consumer,
             config,

@@ -1,9 +1,9 @@
 //! A preflight report: one line per check, ✓ or ✗, and under every ✗ the fix. The command
 //! exits 0 only when every check passed, so it can gate a rollout as an init container.
 
+use crate::client_properties::ClientProperties;
 use crate::kafka::{KafkaProbe, ProbeError};
 use rdkafka::error::RDKafkaErrorCode;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -105,7 +105,7 @@ impl fmt::Display for Report {
 /// check that the brokers answer. Returns the probe for the topic checks when they did.
 pub fn connect_brokers(
     bootstrap_servers: &str,
-    client: &BTreeMap<String, String>,
+    client: &ClientProperties,
     group_id: Option<&str>,
     timeout: Duration,
     report: &mut Report,
@@ -121,9 +121,7 @@ pub fn connect_brokers(
             return None;
         }
     };
-    let protocol = client
-        .get("security.protocol")
-        .map_or("plaintext", String::as_str);
+    let protocol = client.get("security.protocol").unwrap_or("plaintext");
     match probe.num_brokers() {
         Ok(num_brokers) => {
             report.push(Check::passed(

@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 /// Room reserved for the request envelope and config around the rows.
 const ENVELOPE_BYTES: usize = 1024;
 
-/// When a batch is sent.
+/// Validated `[batch]`: when a batch is sent (what the [`Batcher`] reads), and how many
+/// requests and unacknowledged rows the pipeline allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSettings {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub linger: Duration,
+    /// Openlayer requests in flight at once, across all inference pipelines.
+    pub max_in_flight_requests: usize,
+    /// Above this many enriched but unacknowledged rows the partitions pause.
+    pub max_unacked_rows: usize,
 }
 
 /// Where a row came from: settles `offset` of `partition` once shipped or dead-lettered.
@@ -199,6 +204,8 @@ mod tests {
             max_rows: 3,
             max_bytes: 4096,
             linger: Duration::from_millis(500),
+            max_in_flight_requests: 1,
+            max_unacked_rows: 3,
         }
     }
 
@@ -256,9 +263,9 @@ mod tests {
     #[test]
     fn flushes_before_a_row_would_pass_max_bytes() {
         let mut batcher = Batcher::new(BatchSettings {
-            max_rows: 100,
             max_bytes: ENVELOPE_BYTES + 20,
             linger: Duration::from_secs(1),
+            ..settings()
         });
         let now = Instant::now();
         assert!(add(&mut batcher, "a", 10, now).is_empty());

@@ -8,10 +8,10 @@
 use crate::health::Health;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::Registry;
 use std::future::Future;
 use std::time::Duration;
 
@@ -60,14 +60,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "failed to encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
+    service_kit::metrics_endpoint::response(&state.registry)
 }
 
 async fn healthz(State(state): State<HttpState>) -> Response {

@@ -3,7 +3,8 @@
 //! Openlayer's data-stream API with at-least-once delivery.
 //!
 //! # Layout
-//! - [`config`]: `SessionizerConfig` → `validate()` → `ValidatedConfig` (file < env)
+//! - [`config`]: `SessionizerConfig` → `validate()` → `ValidatedConfig` (file < env) →
+//!   `pipeline_settings()`; a tree split by role (model, load, validate, print, errors)
 //! - [`source`]: Kafka consumer group, decode and validate, dead letters
 //! - [`sessionize`]: pure session-window state machine per partition
 //! - [`enrich`]: session columns and the Openlayer row of a trace

@@ -1,9 +1,8 @@
 //! Entry point of the sessionizer service (thin: behaviour lives in the library).
 
 use clap::{Args, Parser, Subcommand};
-use sessionizer::config::{
-    ConfigError, LogFormat, LogSettings, SessionizerConfig, ValidatedConfig,
-};
+use service_kit::logging::{JsonFields, LogFormat};
+use sessionizer::config::{ConfigError, SessionizerConfig, ValidatedConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -223,11 +222,8 @@ fn emit(args: &EmitArgs) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    let log = LogSettings {
-        format: LogFormat::Text,
-        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-    };
-    if let Err(error) = init_tracing(&log) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    if let Err(error) = service_kit::logging::init(LogFormat::Text, &filter, JsonFields::TopLevel) {
         eprintln!("sessionizer: cannot set up logging: {error}");
         return ExitCode::FAILURE;
     }
@@ -259,7 +255,9 @@ fn run(args: &ConfigArgs) -> ExitCode {
         Ok(config) => config,
         Err(error) => return report_invalid_config(&error),
     };
-    if let Err(error) = init_tracing(&config.log) {
+    let logging =
+        service_kit::logging::init(config.log.format, &config.log.filter, JsonFields::TopLevel);
+    if let Err(error) = logging {
         eprintln!("sessionizer: cannot set up logging: {error}");
         return ExitCode::FAILURE;
     }
@@ -282,45 +280,13 @@ fn run(args: &ConfigArgs) -> ExitCode {
     // group, restoring state) is then a clean stop rather than the default kill.
     let shutdown = {
         let _runtime = runtime.enter();
-        shutdown_signal()
+        service_kit::shutdown::signal()
     };
     match runtime.block_on(sessionizer::service::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             service_kit::fatal::report("sessionizer", &error);
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes) or Ctrl-C (SIGINT). The handlers are registered when
-/// this is called, not when the future is first polled; call it inside the runtime.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let interrupt = signal(SignalKind::interrupt());
-        let terminate = signal(SignalKind::terminate());
-        async move {
-            let (mut interrupt, mut terminate) = match (interrupt, terminate) {
-                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
-                (Err(error), _) | (_, Err(error)) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM or ctrl-c");
-                    return std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                _ = interrupt.recv() => tracing::info!("ctrl-c received"),
-                _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("ctrl-c received");
-        } else {
-            std::future::pending::<()>().await;
         }
     }
 }
@@ -387,17 +353,4 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("sessionizer: cannot start the async runtime: {error}");
             ExitCode::FAILURE
         })
-}
-
-fn init_tracing(log: &LogSettings) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)?;
-    // Colour codes only for a person at a terminal, never into a log collector.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    installed.map_err(|error| anyhow::anyhow!("{error}"))
 }

@@ -7,7 +7,6 @@
 
 use crate::config::ValidatedConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::PipelineSettings;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::kafka::KafkaSettings;
 use crate::source::topics::{CHANGELOG_SETTINGS, TopicRole, needed_topics, partition_mismatch_fix};
@@ -24,7 +23,7 @@ pub async fn run(
     timeout: Duration,
 ) -> Report {
     let mut report = Report::default();
-    let kafka = PipelineSettings::from_config(config).kafka;
+    let kafka = config.kafka.clone();
     let kafka_checks = tokio::task::spawn_blocking(move || kafka_checks(&kafka, timeout)).await;
     match kafka_checks {
         Ok(checks) => report.checks.extend(checks),

@@ -9,16 +9,13 @@
 pub mod local_openlayer;
 pub mod workload;
 
-use crate::batch::BatchSettings;
+use crate::config::SessionizerConfig;
 use crate::health::Health;
 use crate::http::{HttpState, serve};
 use crate::metrics::{Metrics, sample_sum};
 use crate::pipeline::PipelineSettings;
 use crate::secret::Secret;
-use crate::sessionize::WindowSettings;
-use crate::sink::SinkSettings;
 use crate::source::changelog::ReadToEndContext;
-use crate::source::kafka::KafkaSettings;
 use anyhow::{Context as _, bail};
 use local_openlayer::{DEMO_KEY, LocalOpenlayer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use trace_emit::{Emitter, EmitterConfig, set_global_sink};
-use trace_model::{Limits, SessionSummary, TraceEvent};
+use trace_model::{SessionSummary, TraceEvent};
 use workload::WorkloadSettings;
 
 const TRACES: &str = "llm-traces";
@@ -95,6 +92,43 @@ fn poison_messages() -> Vec<(&'static str, Vec<u8>)> {
             br#"{"name": 42, "timestamp_ms": "yesterday"}"#.to_vec(),
         ),
     ]
+}
+
+/// The demo's pipeline settings, validated as the service's are: the defaults with the
+/// in-process cluster, short windows and timeouts that finish within a minute, and where rows
+/// go. The drain stays below the short group session timeout, as validation requires.
+fn pipeline_settings(
+    bootstrap: &str,
+    gap: Duration,
+    base_url: String,
+    api_key: String,
+    pipeline_id: String,
+) -> anyhow::Result<PipelineSettings> {
+    let mut config = SessionizerConfig::default();
+    config.kafka.bootstrap_servers = bootstrap.to_owned();
+    config.kafka.group_id = "sessionizer-demo".to_owned();
+    config.kafka.topic = TRACES.to_owned();
+    config.kafka.dead_letter_topic = DEAD_LETTERS.to_owned();
+    config.kafka.sessions_topic = SESSIONS.to_owned();
+    config.kafka.changelog_topic = CHANGELOG.to_owned();
+    config.kafka.session_timeout_ms = 6000;
+    config.session.gap_secs = gap.as_secs();
+    config.session.user_gap_secs = gap.as_secs();
+    config.session.max_duration_secs = 3600;
+    config.session.grace_secs = 30;
+    config.session.idle_check_ms = 250;
+    config.batch.max_rows = 100;
+    config.batch.linger_ms = 200;
+    config.batch.max_unacked_rows = 10_000;
+    config.openlayer.base_url = Some(base_url);
+    config.openlayer.api_key = Some(Secret::new(api_key));
+    config.openlayer.default_pipeline_id = Some(pipeline_id);
+    config.openlayer.request_timeout_secs = 30;
+    config.openlayer.retry_deadline_secs = Some(30);
+    config.openlayer.mark_final_turn = true;
+    config.shutdown.drain_timeout_secs = 5;
+    let validated = config.validate().context("demo configuration")?;
+    Ok(validated.pipeline_settings())
 }
 
 /// Runs the demo and prints its report.
@@ -166,48 +200,8 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         http_stop.clone().cancelled_owned(),
     ));
 
-    let pipeline_settings = PipelineSettings {
-        kafka: KafkaSettings {
-            bootstrap_servers: bootstrap.clone(),
-            group_id: "sessionizer-demo".to_owned(),
-            topic: TRACES.to_owned(),
-            dead_letter_topic: DEAD_LETTERS.to_owned(),
-            sessions_topic: Some(SESSIONS.to_owned()),
-            changelog_topic: Some(CHANGELOG.to_owned()),
-            schema_registry_url: None,
-            session_timeout_ms: 6000,
-            client: BTreeMap::new(),
-        },
-        windows: WindowSettings {
-            gap: settings.gap,
-            max_duration: Duration::from_secs(3600),
-            grace: Duration::from_secs(30),
-            infer_user_sessions: false,
-            user_gap: settings.gap,
-        },
-        idle_check: Duration::from_millis(250),
-        default_pipeline_id: Some(pipeline_id),
-        batch: BatchSettings {
-            max_rows: 100,
-            max_bytes: 4 * 1024 * 1024,
-            linger: Duration::from_millis(200),
-        },
-        max_in_flight_requests: 4,
-        max_unacked_rows: 10_000,
-        sink: SinkSettings {
-            base_url,
-            api_key: Secret::new(api_key),
-            request_timeout: Duration::from_secs(30),
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(8),
-            retry_deadline: Some(Duration::from_secs(30)),
-            verify_tls: true,
-        },
-        limits: Limits::default(),
-        drain_timeout: Duration::from_secs(10),
-        mark_final_turn: true,
-        checkpoint_interval: Duration::from_secs(1),
-    };
+    let pipeline_settings =
+        pipeline_settings(&bootstrap, settings.gap, base_url, api_key, pipeline_id)?;
     let stop = CancellationToken::new();
     let pipeline = tokio::spawn(crate::pipeline::run(
         pipeline_settings,

@@ -14,13 +14,17 @@ use rdkafka::consumer::{
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
-use std::collections::{BTreeMap, HashMap};
+use service_kit::client_properties::ClientProperties;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Consumer settings of the traces topic.
+/// Validated `[kafka]`: the cluster, the group and the topics, for the consumer of the traces
+/// topic, the producer of side outputs, the changelog restore and the topic checks.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
+    /// Comma-separated, whitespace removed.
     pub bootstrap_servers: String,
     pub group_id: String,
     pub topic: String,
@@ -32,9 +36,12 @@ pub struct KafkaSettings {
     pub changelog_topic: Option<String>,
     /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
     pub schema_registry_url: Option<String>,
-    pub session_timeout_ms: u32,
-    /// librdkafka settings applied last (TLS, SASL, ...).
-    pub client: BTreeMap<String, String>,
+    /// How often session state is checkpointed and acknowledged offsets stored.
+    pub checkpoint_interval: Duration,
+    /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.
+    pub session_timeout: Duration,
+    /// librdkafka settings applied last (TLS, SASL, ...) with [`ClientProperties::apply_to`].
+    pub client: ClientProperties,
 }
 
 /// A change of ownership, for the pipeline to apply to its state.
@@ -158,7 +165,8 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
     };
-    let heartbeat_ms = (settings.session_timeout_ms / 3).max(100);
+    let session_timeout_ms = settings.session_timeout.as_millis();
+    let heartbeat_ms = (session_timeout_ms / 3).max(100);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap_servers)
@@ -170,10 +178,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         .set("auto.commit.interval.ms", "1000")
         // A new group reads the topic from the start: no trace is skipped.
         .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
+        .set("session.timeout.ms", session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
         // Statistics carry the fetch high watermark for the consumer-lag metric.
         .set("statistics.interval.ms", "2000")
@@ -182,9 +187,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         // Incremental rebalances: a member joining or leaving moves only the partitions that
         // change owner; the others keep their state and in-flight rows.
         .set("partition.assignment.strategy", "cooperative-sticky");
-    for (key, value) in &settings.client {
-        config.set(key, value);
-    }
+    settings.client.apply_to(&mut config);
     let consumer: StreamConsumer<SourceContext> = config.create_with_context(context)?;
     consumer.subscribe(&[settings.topic.as_str()])?;
     Ok(Source {
@@ -209,9 +212,7 @@ pub fn create_producer(
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "20");
-    for (key, value) in &settings.client {
-        // librdkafka ignores (with a warning) consumer-only settings on a producer.
-        config.set(key, value);
-    }
+    // librdkafka ignores (with a warning) consumer-only settings on a producer.
+    settings.client.apply_to(&mut config);
     config.create()
 }

@@ -1,0 +1,219 @@
+//! Validation of `[kafka]`: brokers, group, topic names (legal and distinct), timeouts, the
+//! Schema Registry URL, and the librdkafka properties the sessionizer owns itself.
+
+use super::super::model::KafkaConfig;
+use crate::source::kafka::KafkaSettings;
+use service_kit::client_properties::ClientProperties;
+use service_kit::problems::Problems;
+use std::time::Duration;
+
+/// librdkafka's allowed range of `session.timeout.ms`.
+const LIBRDKAFKA_MAX_SESSION_TIMEOUT_MS: u64 = 3_600_000;
+/// Kafka's longest legal topic name.
+const MAX_TOPIC_CHARS: usize = 249;
+
+pub(super) fn validate_kafka(
+    kafka: KafkaConfig,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> KafkaSettings {
+    let bootstrap_servers = validate_bootstrap_servers(&kafka.bootstrap_servers, problems);
+    if kafka.group_id.trim().is_empty() {
+        problems.push("kafka.group_id", "must not be empty, e.g. `sessionizer`");
+    }
+    let OptionalTopics {
+        changelog_topic,
+        sessions_topic,
+    } = validate_topics(&kafka, problems, warnings);
+    if !(1..=LIBRDKAFKA_MAX_SESSION_TIMEOUT_MS).contains(&kafka.session_timeout_ms) {
+        problems.push(
+            "kafka.session_timeout_ms",
+            format!(
+                "must be between 1 and {LIBRDKAFKA_MAX_SESSION_TIMEOUT_MS} (librdkafka's range), \
+                 e.g. `45000`"
+            ),
+        );
+    }
+    problems.require_at_least_one(
+        "kafka.checkpoint_interval_ms",
+        kafka.checkpoint_interval_ms,
+        "1000",
+    );
+    check_client_properties(&kafka.client, problems);
+    let schema_registry_url = validate_schema_registry_url(&kafka.schema_registry_url, problems);
+    KafkaSettings {
+        bootstrap_servers,
+        group_id: kafka.group_id,
+        topic: kafka.topic,
+        dead_letter_topic: kafka.dead_letter_topic,
+        sessions_topic,
+        changelog_topic,
+        schema_registry_url,
+        checkpoint_interval: Duration::from_millis(kafka.checkpoint_interval_ms),
+        session_timeout: Duration::from_millis(kafka.session_timeout_ms),
+        client: kafka.client,
+    }
+}
+
+/// The servers comma-separated with whitespace removed.
+fn validate_bootstrap_servers(bootstrap_servers: &str, problems: &mut Problems) -> String {
+    let servers: Vec<&str> = bootstrap_servers.split(',').map(str::trim).collect();
+    if bootstrap_servers.trim().is_empty() {
+        problems.push(
+            "kafka.bootstrap_servers",
+            "must not be empty, e.g. `kafka:9092`",
+        );
+    } else if servers
+        .iter()
+        .any(|server| server.is_empty() || server.contains(char::is_whitespace))
+    {
+        problems.push(
+            "kafka.bootstrap_servers",
+            format!(
+                "must be a comma-separated list of `host:port`, e.g. `kafka-0:9092,kafka-1:9092` \
+                 (got `{bootstrap_servers}`)"
+            ),
+        );
+    }
+    servers.join(",")
+}
+
+/// The topics an empty name turns off; `None` for those that are off.
+struct OptionalTopics {
+    changelog_topic: Option<String>,
+    sessions_topic: Option<String>,
+}
+
+/// Every topic name legal, and no two options naming the same topic.
+fn validate_topics(
+    kafka: &KafkaConfig,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> OptionalTopics {
+    check_topic("kafka.topic", &kafka.topic, "llm-traces", problems);
+    check_topic(
+        "kafka.dead_letter_topic",
+        &kafka.dead_letter_topic,
+        "llm-traces-dlq",
+        problems,
+    );
+    let changelog_topic = optional_topic(
+        "kafka.changelog_topic",
+        &kafka.changelog_topic,
+        "llm-sessions-state",
+        problems,
+    );
+    if changelog_topic.is_none() {
+        warnings.push(
+            "kafka.changelog_topic is empty: session state is kept in memory only, so open \
+             sessions restart their turn numbers after a restart or rebalance"
+                .to_owned(),
+        );
+    }
+    let sessions_topic = optional_topic(
+        "kafka.sessions_topic",
+        &kafka.sessions_topic,
+        "llm-sessions",
+        problems,
+    );
+    let mut topics = vec![
+        ("kafka.topic", kafka.topic.as_str()),
+        ("kafka.dead_letter_topic", kafka.dead_letter_topic.as_str()),
+    ];
+    if let Some(changelog_topic) = &changelog_topic {
+        topics.push(("kafka.changelog_topic", changelog_topic.as_str()));
+    }
+    if let Some(sessions_topic) = &sessions_topic {
+        topics.push(("kafka.sessions_topic", sessions_topic.as_str()));
+    }
+    for (index, (key, topic)) in topics.iter().enumerate() {
+        for (earlier_key, earlier_topic) in &topics[..index] {
+            if topic == earlier_topic {
+                problems.push(
+                    *key,
+                    format!("must differ from {earlier_key} (both are `{topic}`)"),
+                );
+            }
+        }
+    }
+    OptionalTopics {
+        changelog_topic,
+        sessions_topic,
+    }
+}
+
+/// The URL without trailing slashes; `None` when empty (no registry).
+fn validate_schema_registry_url(configured: &str, problems: &mut Problems) -> Option<String> {
+    let url = configured.trim().trim_end_matches('/');
+    let is_http = url.starts_with("http://") || url.starts_with("https://");
+    if !url.is_empty() && !is_http {
+        problems.push(
+            "kafka.schema_registry_url",
+            "must be an http(s) URL or empty, e.g. `http://schema-registry:8081`",
+        );
+    }
+    (!url.is_empty()).then(|| url.to_owned())
+}
+
+/// `None` for an empty name (the feature is off), else the name once checked.
+fn optional_topic(
+    key: &str,
+    topic: &str,
+    example: &str,
+    problems: &mut Problems,
+) -> Option<String> {
+    if topic.is_empty() {
+        return None;
+    }
+    check_topic(key, topic, example, problems);
+    Some(topic.to_owned())
+}
+
+fn check_topic(key: &str, topic: &str, example: &str, problems: &mut Problems) {
+    let legal_characters = topic
+        .chars()
+        .all(|character| character.is_ascii_alphanumeric() || "._-".contains(character));
+    let legal = !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_CHARS
+        && legal_characters
+        && topic != "."
+        && topic != "..";
+    if !legal {
+        problems.push(
+            key,
+            format!(
+                "must be a Kafka topic name (1 to {MAX_TOPIC_CHARS} of `a-z A-Z 0-9 . _ -`), \
+                 e.g. `{example}` (got `{topic}`)"
+            ),
+        );
+    }
+}
+
+fn check_client_properties(client: &ClientProperties, problems: &mut Problems) {
+    for (key, _) in client.iter() {
+        let owner = match key {
+            "bootstrap.servers" | "metadata.broker.list" => Some("use kafka.bootstrap_servers"),
+            "group.id" => Some("use kafka.group_id"),
+            "session.timeout.ms" => Some("use kafka.session_timeout_ms"),
+            "enable.auto.commit" | "enable.auto.offset.store" => Some(
+                "the sessionizer manages offsets: it commits one only when every row below it \
+                 is acknowledged",
+            ),
+            _ => None,
+        };
+        if let Some(owner) = owner {
+            problems.push(
+                format!("kafka.client.{key}"),
+                format!("cannot be set here: {owner}"),
+            );
+        }
+    }
+    if let Some(text) = client.get("max.poll.interval.ms")
+        && text.trim().parse::<u64>().is_err()
+    {
+        problems.push(
+            "kafka.client.max.poll.interval.ms",
+            format!("must be a whole number of milliseconds, e.g. `300000` (got `{text}`)"),
+        );
+    }
+}

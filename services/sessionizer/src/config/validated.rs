@@ -1,0 +1,116 @@
+//! The validated configuration: what the runtime sees, with `Duration`s, parsed addresses and
+//! the API key read; and the one place the pipeline's settings are derived from it.
+//!
+//! Sections the runtime reads as they are use its own types: [`KafkaSettings`] (the consumer,
+//! producer, restore and topic checks), [`BatchSettings`] and [`SinkSettings`].
+
+use crate::batch::BatchSettings;
+use crate::pipeline::PipelineSettings;
+use crate::sessionize::WindowSettings;
+use crate::sink::SinkSettings;
+use crate::source::kafka::KafkaSettings;
+use service_kit::logging::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use trace_model::Limits;
+
+/// The checked configuration the runtime uses: durations, parsed addresses, the API key read.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    pub kafka: KafkaSettings,
+    pub session: SessionSettings,
+    pub batch: BatchSettings,
+    /// What the Openlayer sink runs with.
+    pub sink: SinkSettings,
+    pub openlayer: OpenlayerSettings,
+    pub limits: Limits,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    /// Settings that are valid but risky, to log at start (e.g. TLS verification off).
+    pub warnings: Vec<String>,
+}
+
+/// Validated `[session]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    pub gap: Duration,
+    pub max_duration: Duration,
+    pub grace: Duration,
+    pub idle_check_interval: Duration,
+    pub infer_user_sessions: bool,
+    pub user_gap: Duration,
+}
+
+/// Validated `[openlayer]` beyond what the sink needs ([`ValidatedConfig::sink`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenlayerSettings {
+    /// Pipeline for traces without their own `pipeline_id`.
+    pub default_pipeline_id: Option<String>,
+    pub mark_final_turn: bool,
+    pub api_key_source: ApiKeySource,
+}
+
+/// Where the API key was read from (for logs; never the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    /// `openlayer.api_key`, `SESSIONIZER__OPENLAYER__API_KEY` or `OPENLAYER_API_KEY`.
+    Value,
+    /// `openlayer.api_key_file`.
+    File(PathBuf),
+}
+
+/// Validated `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub liveness_window: Duration,
+}
+
+/// Validated `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// Parses with `tracing_subscriber::EnvFilter::try_new`.
+    pub filter: String,
+}
+
+/// Validated `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    pub drain_timeout: Duration,
+}
+
+impl ValidatedConfig {
+    /// What the pipeline runs with: the service, the demo and the tests all derive it here.
+    pub fn pipeline_settings(&self) -> PipelineSettings {
+        PipelineSettings {
+            kafka: self.kafka.clone(),
+            windows: WindowSettings {
+                gap: self.session.gap,
+                max_duration: self.session.max_duration,
+                grace: self.session.grace,
+                infer_user_sessions: self.session.infer_user_sessions,
+                user_gap: self.session.user_gap,
+            },
+            idle_check: self.session.idle_check_interval,
+            default_pipeline_id: self.openlayer.default_pipeline_id.clone(),
+            batch: self.batch,
+            max_in_flight_requests: self.batch.max_in_flight_requests,
+            max_unacked_rows: self.batch.max_unacked_rows,
+            sink: self.sink.clone(),
+            limits: self.limits,
+            drain_timeout: self.shutdown.drain_timeout,
+            mark_final_turn: self.openlayer.mark_final_turn,
+            checkpoint_interval: self.kafka.checkpoint_interval,
+        }
+    }
+}
+
+impl PipelineSettings {
+    /// [`ValidatedConfig::pipeline_settings`], under the name `bench/` calls.
+    pub fn from_config(config: &ValidatedConfig) -> Self {
+        config.pipeline_settings()
+    }
+}
