@@ -42,7 +42,7 @@ pub(crate) fn sessionizer_settings(
     let validated = config
         .validate()
         .map_err(|error| anyhow::anyhow!("bench configuration: {error}"))?;
-    Ok(PipelineSettings::from_config(&validated))
+    Ok(validated.pipeline_settings())
 }
 
 /// A pipeline running on the runtime, stopped by `stop`.

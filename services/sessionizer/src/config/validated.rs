@@ -5,6 +5,7 @@
 //! producer, restore and topic checks), [`BatchSettings`] and [`SinkSettings`].
 
 use crate::batch::BatchSettings;
+use crate::core::CoreSettings;
 use crate::pipeline::PipelineSettings;
 use crate::sessionize::WindowSettings;
 use crate::sink::SinkSettings;
@@ -87,30 +88,26 @@ impl ValidatedConfig {
     pub fn pipeline_settings(&self) -> PipelineSettings {
         PipelineSettings {
             kafka: self.kafka.clone(),
-            windows: WindowSettings {
-                gap: self.session.gap,
-                max_duration: self.session.max_duration,
-                grace: self.session.grace,
-                infer_user_sessions: self.session.infer_user_sessions,
-                user_gap: self.session.user_gap,
-            },
-            idle_check: self.session.idle_check_interval,
-            default_pipeline_id: self.openlayer.default_pipeline_id.clone(),
-            batch: self.batch,
-            max_in_flight_requests: self.batch.max_in_flight_requests,
-            max_unacked_rows: self.batch.max_unacked_rows,
             sink: self.sink.clone(),
             limits: self.limits,
             drain_timeout: self.shutdown.drain_timeout,
-            mark_final_turn: self.openlayer.mark_final_turn,
-            checkpoint_interval: self.kafka.checkpoint_interval,
+            core: CoreSettings {
+                topic: self.kafka.topic.clone(),
+                windows: WindowSettings {
+                    gap: self.session.gap,
+                    max_duration: self.session.max_duration,
+                    grace: self.session.grace,
+                    infer_user_sessions: self.session.infer_user_sessions,
+                    user_gap: self.session.user_gap,
+                },
+                idle_check: self.session.idle_check_interval,
+                default_pipeline_id: self.openlayer.default_pipeline_id.clone(),
+                batch: self.batch,
+                mark_final_turn: self.openlayer.mark_final_turn,
+                checkpoint_interval: self.kafka.checkpoint_interval,
+                changelog: self.kafka.changelog_topic.is_some(),
+                summaries: self.kafka.sessions_topic.is_some(),
+            },
         }
-    }
-}
-
-impl PipelineSettings {
-    /// [`ValidatedConfig::pipeline_settings`], under the name `bench/` calls.
-    pub fn from_config(config: &ValidatedConfig) -> Self {
-        config.pipeline_settings()
     }
 }

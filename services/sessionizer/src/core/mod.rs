@@ -41,10 +41,8 @@ pub struct CoreSettings {
     pub idle_check: Duration,
     /// Openlayer pipeline of traces that name none.
     pub default_pipeline_id: Option<String>,
+    /// Batch limits, requests in flight and the backpressure threshold.
     pub batch: BatchSettings,
-    pub max_in_flight_requests: usize,
-    /// Above this many unsettled messages the partitions pause.
-    pub max_unacked_rows: usize,
     /// Mark each closed session's last row with `session_final_turn: true` (row update).
     pub mark_final_turn: bool,
     /// How often session state is checkpointed to the changelog (and offsets stored).
@@ -388,7 +386,7 @@ impl Core {
     /// resumes at half the limit, so memory stays bounded.
     fn apply_backpressure(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let unsettled = self.offsets.num_pending();
-        let limit = self.settings.max_unacked_rows;
+        let limit = self.settings.batch.max_unacked_rows;
         if !self.paused && unsettled >= limit {
             let partitions = self.owned_partitions();
             tracing::info!(unsettled, "pausing partitions until openlayer catches up");

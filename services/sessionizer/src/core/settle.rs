@@ -12,7 +12,7 @@ impl Core {
     /// Queues ready batches and hands out as many as there are free request slots.
     pub(super) fn dispatch(&mut self, ready: Vec<Batch>, out: &mut Vec<Effect>) {
         self.waiting.extend(ready);
-        while self.num_shipping < self.settings.max_in_flight_requests {
+        while self.num_shipping < self.settings.batch.max_in_flight_requests {
             let Some(batch) = self.waiting.pop_front() else {
                 break;
             };

@@ -128,7 +128,12 @@ pub async fn run(
         .clone()
         .map(|changelog| Restoring::new(settings.kafka.clone(), changelog, metrics.clone()));
     let mut pipeline = Pipeline {
-        core: Core::new(settings.core(), decoder, metrics.clone(), Now::system()),
+        core: Core::new(
+            settings.core.clone(),
+            decoder,
+            metrics.clone(),
+            Now::system(),
+        ),
         effects: Vec::new(),
         settings,
         metrics,
