@@ -9,8 +9,11 @@ use crate::config::ValidatedConfig;
 use crate::metrics::Metrics;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::kafka::KafkaSettings;
-use crate::source::topics::{CHANGELOG_SETTINGS, TopicRole, needed_topics, partition_mismatch_fix};
-use service_kit::kafka::TopicState;
+use crate::source::topics::{
+    NeededTopic, TopicRole, Verdict, creation_settings, judge, needed_topics,
+    partition_mismatch_fix,
+};
+use service_kit::kafka::KafkaProbe;
 use service_kit::preflight::{
     Check, Report, connect_brokers, inaccessible_topic, missing_topic, unanswered_topic,
 };
@@ -58,64 +61,25 @@ pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
     let mut num_traces_partitions = None;
     for needed in needed_topics(settings) {
         let subject = format!("topic `{}` ({})", needed.name, needed.key);
-        let state = match probe.topic(needed.name) {
-            Ok(state) => state,
-            Err(error) => {
-                checks.push(unanswered_topic(subject, &error));
-                continue;
-            }
-        };
-        let topic_settings = if needed.role == TopicRole::Changelog {
-            CHANGELOG_SETTINGS
-        } else {
-            &[]
-        };
-        let check = match (needed.role, state) {
-            (_, TopicState::Inaccessible(code)) => inaccessible_topic(subject, code),
-            (TopicRole::Traces, TopicState::Present { num_partitions }) => {
-                num_traces_partitions = Some(num_partitions);
-                Check::passed(subject, format!("present, {num_partitions} partitions"))
-            }
-            (TopicRole::Traces, TopicState::Absent) => missing_topic(&probe, subject, needed.name),
-            (TopicRole::Changelog, TopicState::Present { num_partitions }) => {
-                match num_traces_partitions {
-                    Some(expected) if expected != num_partitions => Check::failed(
-                        subject,
-                        format!(
-                            "{num_partitions} partitions, but the traces topic `{}` has {expected}; \
-                             the two must match partition for partition",
-                            settings.topic
-                        ),
-                        partition_mismatch_fix(
-                            &probe,
-                            &settings.topic,
-                            needed.name,
-                            expected,
-                            num_partitions,
-                        ),
-                    ),
-                    _ => Check::passed(
-                        subject,
-                        format!(
-                            "present, {num_partitions} partitions, as many as `{}`",
-                            settings.topic
-                        ),
-                    ),
+        match probe.topic(needed.name) {
+            Ok(state) => {
+                let verdict = judge(needed.role, state, num_traces_partitions);
+                if let (TopicRole::Traces, Verdict::Ready { num_partitions }) =
+                    (needed.role, verdict)
+                {
+                    num_traces_partitions = Some(num_partitions);
                 }
+                checks.push(topic_check(
+                    &probe,
+                    settings,
+                    needed,
+                    verdict,
+                    num_traces_partitions,
+                    subject,
+                ));
             }
-            (TopicRole::Output, TopicState::Present { num_partitions }) => {
-                Check::passed(subject, format!("present, {num_partitions} partitions"))
-            }
-            (TopicRole::Changelog | TopicRole::Output, TopicState::Absent) => Check::passed(
-                subject,
-                format!(
-                    "absent; `run` creates it, which needs permission to create topics, or \
-                     create it yourself: {}",
-                    probe.create_topic_command(needed.name, num_traces_partitions, topic_settings)
-                ),
-            ),
-        };
-        checks.push(check);
+            Err(error) => checks.push(unanswered_topic(subject, &error)),
+        }
     }
     let subject = format!("consumer group `{}` (kafka.group_id)", settings.group_id);
     match num_traces_partitions {
@@ -147,6 +111,52 @@ pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// The check line for one topic's verdict.
+fn topic_check(
+    probe: &KafkaProbe,
+    settings: &KafkaSettings,
+    needed: NeededTopic<'_>,
+    verdict: Verdict,
+    num_traces_partitions: Option<usize>,
+    subject: String,
+) -> Check {
+    match verdict {
+        Verdict::Inaccessible(code) => inaccessible_topic(subject, code),
+        Verdict::MissingTraces => missing_topic(probe, subject, needed.name),
+        Verdict::PartitionMismatch { found, expected } => Check::failed(
+            subject,
+            format!(
+                "{found} partitions, but the traces topic `{}` has {expected}; the two must \
+                 match partition for partition",
+                settings.topic
+            ),
+            partition_mismatch_fix(probe, &settings.topic, needed.name, expected, found),
+        ),
+        Verdict::Ready { num_partitions } if needed.role == TopicRole::Changelog => Check::passed(
+            subject,
+            format!(
+                "present, {num_partitions} partitions, as many as `{}`",
+                settings.topic
+            ),
+        ),
+        Verdict::Ready { num_partitions } => {
+            Check::passed(subject, format!("present, {num_partitions} partitions"))
+        }
+        Verdict::Create => Check::passed(
+            subject,
+            format!(
+                "absent; `run` creates it, which needs permission to create topics, or create \
+                 it yourself: {}",
+                probe.create_topic_command(
+                    needed.name,
+                    num_traces_partitions,
+                    creation_settings(needed.role)
+                )
+            ),
+        ),
+    }
 }
 
 async fn schema_registry_check(url: &str, timeout: Duration) -> Check {

@@ -141,6 +141,49 @@ pub fn partition_mismatch_fix(
     }
 }
 
+/// What a topic's state means for the service, whatever acts on it (`run` or `preflight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Usable as it is.
+    Ready { num_partitions: usize },
+    /// Absent and the service's own: `run` creates it.
+    Create,
+    /// The traces topic is absent: the operator sizes and creates it.
+    MissingTraces,
+    /// The brokers refuse to describe it (authorization, most often).
+    Inaccessible(RDKafkaErrorCode),
+    /// The changelog's partition count differs from the traces topic's.
+    PartitionMismatch { found: usize, expected: usize },
+}
+
+/// Judges one topic; `num_traces_partitions` is the traces topic's count when known (it is
+/// judged first, see [`needed_topics`]).
+pub fn judge(role: TopicRole, state: TopicState, num_traces_partitions: Option<usize>) -> Verdict {
+    match (role, state) {
+        (_, TopicState::Inaccessible(code)) => Verdict::Inaccessible(code),
+        (TopicRole::Traces, TopicState::Absent) => Verdict::MissingTraces,
+        (TopicRole::Changelog, TopicState::Present { num_partitions })
+            if num_traces_partitions.is_some_and(|expected| expected != num_partitions) =>
+        {
+            Verdict::PartitionMismatch {
+                found: num_partitions,
+                expected: num_traces_partitions.unwrap_or_default(),
+            }
+        }
+        (_, TopicState::Present { num_partitions }) => Verdict::Ready { num_partitions },
+        (TopicRole::Changelog | TopicRole::Output, TopicState::Absent) => Verdict::Create,
+    }
+}
+
+/// Topic-level settings the service creates `role` with.
+pub fn creation_settings(role: TopicRole) -> &'static [(&'static str, &'static str)] {
+    if role == TopicRole::Changelog {
+        CHANGELOG_SETTINGS
+    } else {
+        &[]
+    }
+}
+
 /// Checks every topic of `settings` and creates the service's own topics when absent.
 ///
 /// # Errors
@@ -160,54 +203,52 @@ pub async fn prepare_topics(settings: &KafkaSettings) -> Result<(), TopicError> 
         })
     };
     // Every topic is checked before any is created: a refusal leaves the cluster untouched.
-    let mut num_traces_partitions = 0;
+    let mut num_traces_partitions = None;
     let mut absent = Vec::new();
     for needed in needed_topics(settings) {
-        match (needed.role, describe(needed.name)?) {
-            (_, TopicState::Inaccessible(code)) => {
-                return Err(TopicError::Inaccessible {
-                    topic: needed.name.to_owned(),
-                    key: needed.key,
-                    code,
-                });
+        let state = describe(needed.name)?;
+        match judge(needed.role, state, num_traces_partitions) {
+            Verdict::Ready { num_partitions } => {
+                if needed.role == TopicRole::Traces {
+                    num_traces_partitions = Some(num_partitions);
+                }
             }
-            (TopicRole::Traces, TopicState::Present { num_partitions }) => {
-                num_traces_partitions = num_partitions;
-            }
-            (TopicRole::Traces, TopicState::Absent) => {
+            Verdict::Create => absent.push(needed),
+            Verdict::MissingTraces => {
                 return Err(TopicError::MissingTraces {
                     topic: needed.name.to_owned(),
                     key: needed.key,
                     command: probe.create_topic_command(needed.name, None, &[]),
                 });
             }
-            (TopicRole::Changelog, TopicState::Present { num_partitions })
-                if num_partitions != num_traces_partitions =>
-            {
+            Verdict::Inaccessible(code) => {
+                return Err(TopicError::Inaccessible {
+                    topic: needed.name.to_owned(),
+                    key: needed.key,
+                    code,
+                });
+            }
+            Verdict::PartitionMismatch { found, expected } => {
                 return Err(TopicError::PartitionMismatch {
                     changelog: needed.name.to_owned(),
                     traces: settings.topic.clone(),
-                    found: num_partitions,
-                    expected: num_traces_partitions,
+                    found,
+                    expected,
                     fix: partition_mismatch_fix(
                         &probe,
                         &settings.topic,
                         needed.name,
-                        num_traces_partitions,
-                        num_partitions,
+                        expected,
+                        found,
                     ),
                 });
             }
-            (TopicRole::Changelog | TopicRole::Output, TopicState::Present { .. }) => {}
-            (TopicRole::Changelog | TopicRole::Output, TopicState::Absent) => absent.push(needed),
         }
     }
+    // The traces topic comes first and stops the start when absent: its count is known here.
+    let num_traces_partitions = num_traces_partitions.unwrap_or_default();
     for needed in absent {
-        let topic_settings = if needed.role == TopicRole::Changelog {
-            CHANGELOG_SETTINGS
-        } else {
-            &[]
-        };
+        let topic_settings = creation_settings(needed.role);
         probe
             .create_topic(needed.name, num_traces_partitions, topic_settings)
             .await
@@ -229,4 +270,62 @@ pub async fn prepare_topics(settings: &KafkaSettings) -> Result<(), TopicError> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRESENT_3: TopicState = TopicState::Present { num_partitions: 3 };
+
+    #[test]
+    fn only_the_traces_topic_is_never_created() {
+        assert_eq!(
+            judge(TopicRole::Traces, TopicState::Absent, None),
+            Verdict::MissingTraces
+        );
+        assert_eq!(
+            judge(TopicRole::Changelog, TopicState::Absent, Some(3)),
+            Verdict::Create
+        );
+        assert_eq!(
+            judge(TopicRole::Output, TopicState::Absent, Some(3)),
+            Verdict::Create
+        );
+    }
+
+    #[test]
+    fn the_changelog_must_match_the_traces_topic_when_its_count_is_known() {
+        assert_eq!(
+            judge(TopicRole::Changelog, PRESENT_3, Some(4)),
+            Verdict::PartitionMismatch {
+                found: 3,
+                expected: 4
+            }
+        );
+        assert_eq!(
+            judge(TopicRole::Changelog, PRESENT_3, Some(3)),
+            Verdict::Ready { num_partitions: 3 }
+        );
+        assert_eq!(
+            judge(TopicRole::Changelog, PRESENT_3, None),
+            Verdict::Ready { num_partitions: 3 }
+        );
+        // Outputs need not match: their partitioning does not carry state.
+        assert_eq!(
+            judge(TopicRole::Output, PRESENT_3, Some(4)),
+            Verdict::Ready { num_partitions: 3 }
+        );
+    }
+
+    #[test]
+    fn an_inaccessible_topic_is_refused_whatever_its_role() {
+        let code = RDKafkaErrorCode::TopicAuthorizationFailed;
+        for role in [TopicRole::Traces, TopicRole::Changelog, TopicRole::Output] {
+            assert_eq!(
+                judge(role, TopicState::Inaccessible(code), Some(3)),
+                Verdict::Inaccessible(code)
+            );
+        }
+    }
 }
