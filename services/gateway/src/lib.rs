@@ -100,43 +100,14 @@ pub async fn run(
         "gateway serving"
     );
 
-    // The readiness check: owned, stopped when `stop_checks` is dropped or set.
-    let (stop_checks, mut checks_stopped) = watch::channel(false);
-    let checker = publisher.clone();
-    let interval = config.readiness_check;
-    let readiness = tokio::spawn(async move {
-        loop {
-            let probe = checker.clone();
-            let _reachable = tokio::task::spawn_blocking(move || {
-                probe.check_broker(interval.max(std::time::Duration::from_secs(1)))
-            })
-            .await;
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = checks_stopped.changed() => return,
-            }
-        }
+    let (stop_checks, readiness) =
+        spawn_readiness_checks(publisher.clone(), config.readiness_check);
+    let (close_api, mut api_task) = serve_until_closed(api_listener, http::api_app(state.clone()));
+    let ops_app = http::ops_app(OpsState {
+        registry,
+        app: state.clone(),
     });
-
-    let (close_api, mut api_closing) = watch::channel(false);
-    let api = axum::serve(api_listener, http::api_app(state.clone())).with_graceful_shutdown(
-        async move {
-            let _closed = api_closing.wait_for(|closing| *closing).await;
-        },
-    );
-    let mut api_task = tokio::spawn(async move { api.await });
-    let (close_ops, mut ops_closing) = watch::channel(false);
-    let ops = axum::serve(
-        ops_listener,
-        http::ops_app(OpsState {
-            registry,
-            app: state.clone(),
-        }),
-    )
-    .with_graceful_shutdown(async move {
-        let _closed = ops_closing.wait_for(|closing| *closing).await;
-    });
-    let ops_task = tokio::spawn(async move { ops.await });
+    let (close_ops, ops_task) = serve_until_closed(ops_listener, ops_app);
 
     shutdown.await;
     tracing::info!("shutdown requested: failing readiness, then draining");
@@ -151,6 +122,56 @@ pub async fn run(
             api_task.abort();
         }
     }
+    flush_publisher(&publisher, deadline).await;
+    let _stopped = stop_checks.send(true);
+    let _stopped = readiness.await;
+    let _closing = close_ops.send(true);
+    let _served = ops_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Checks the broker every `interval` for readiness until the returned sender is set or
+/// dropped.
+fn spawn_readiness_checks(
+    publisher: Arc<KafkaPublisher>,
+    interval: std::time::Duration,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop_checks, mut checks_stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            let probe = publisher.clone();
+            let _reachable = tokio::task::spawn_blocking(move || {
+                probe.check_broker(interval.max(std::time::Duration::from_secs(1)))
+            })
+            .await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = checks_stopped.changed() => return,
+            }
+        }
+    });
+    (stop_checks, task)
+}
+
+/// Serves `app` until the returned sender is set: then the listener closes and open requests
+/// finish.
+fn serve_until_closed(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (close, mut closing) = watch::channel(false);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _closed = closing.wait_for(|closing| *closing).await;
+    });
+    (close, tokio::spawn(async move { served.await }))
+}
+
+/// Waits for the producer's outstanding records until `deadline` (at least a second).
+async fn flush_publisher(publisher: &Arc<KafkaPublisher>, deadline: tokio::time::Instant) {
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let flusher = publisher.clone();
     let flushed = tokio::task::spawn_blocking(move || {
@@ -162,10 +183,4 @@ pub async fn run(
             "records left unacknowledged at shutdown (their requests were answered 503)"
         );
     }
-    let _stopped = stop_checks.send(true);
-    let _stopped = readiness.await;
-    let _closing = close_ops.send(true);
-    let _served = ops_task.await;
-    tracing::info!("gateway stopped");
-    Ok(())
 }
