@@ -31,10 +31,9 @@ pub enum Effect {
     ForwardUpdate(Box<ForwardedUpdate>),
     /// Store `offset` (the next to read) of `partition`; librdkafka commits stored offsets.
     StoreOffset { partition: i32, offset: i64 },
-    /// Write these changelog records of `partition`, the state as of `watermark`.
+    /// Write these changelog records: the state of a partition as of a watermark.
     WriteCheckpoint {
-        partition: i32,
-        watermark: i64,
+        checkpoint: CheckpointId,
         writes: Vec<ChangelogWrite>,
     },
     /// Stop fetching these partitions.
@@ -45,6 +44,16 @@ pub enum Effect {
     Restore(Vec<i32>),
     /// Stop reading these partitions' state: they were revoked meanwhile.
     AbandonRestore(Vec<i32>),
+}
+
+/// Which checkpoint an outcome is about: the partition, its ownership (a partition revoked
+/// and assigned again in the same process is a new ownership, whose checkpoints are its own),
+/// and the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointId {
+    pub partition: i32,
+    pub ownership: u64,
+    pub watermark: i64,
 }
 
 /// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once

@@ -20,7 +20,7 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use effect::{Effect, ForwardedUpdate, Now, Received};
+pub use effect::{CheckpointId, Effect, ForwardedUpdate, Now, Received};
 
 use crate::batch::{Batch, BatchSettings, Batcher};
 use crate::metrics::Metrics;
@@ -97,6 +97,9 @@ pub struct Core {
     owned: HashMap<i32, Owned>,
     /// Assigned partitions whose state is being read back from the changelog.
     awaiting_state: HashSet<i32>,
+    /// Assigned partitions whose read waits for an earlier ownership's checkpoint to land
+    /// (a subset of `awaiting_state`).
+    restore_held: HashSet<i32>,
     offsets: Offsets,
     batcher: Batcher,
     /// Batches ready but waiting for a free request slot.
@@ -122,6 +125,7 @@ impl Core {
             decoder,
             owned: HashMap::new(),
             awaiting_state: HashSet::new(),
+            restore_held: HashSet::new(),
             waiting: VecDeque::new(),
             num_shipping: 0,
             final_turns: Vec::new(),
@@ -163,7 +167,13 @@ impl Core {
         if self.settings.changelog {
             self.awaiting_state.extend(partitions.iter().copied());
             out.push(Effect::Pause(partitions.to_vec()));
-            out.push(Effect::Restore(partitions.to_vec()));
+            let (held, ready): (Vec<i32>, Vec<i32>) = partitions
+                .iter()
+                .partition(|partition| self.offsets.has_earlier_checkpoint_in_flight(**partition));
+            self.restore_held.extend(held);
+            if !ready.is_empty() {
+                out.push(Effect::Restore(ready));
+            }
         } else {
             for partition in partitions {
                 let windows = PartitionWindows::new(self.settings.windows);
@@ -185,6 +195,7 @@ impl Core {
             .iter()
             .copied()
             .filter(|partition| self.awaiting_state.remove(partition))
+            .filter(|partition| !self.restore_held.remove(partition))
             .collect();
         if !abandoned.is_empty() {
             out.push(Effect::AbandonRestore(abandoned));
@@ -227,6 +238,7 @@ impl Core {
     pub fn restore_failed(&mut self, partitions: &[i32]) {
         for partition in partitions {
             self.awaiting_state.remove(partition);
+            self.restore_held.remove(partition);
             self.offsets.revoke(*partition);
         }
     }
@@ -311,11 +323,6 @@ impl Core {
             .iter_mut()
             .filter_map(|(partition, owned)| Some((*partition, owned.journal.as_mut()?)));
         self.offsets.checkpoint(journals, out);
-    }
-
-    /// Whether a checkpoint write is awaiting its outcome.
-    pub fn has_checkpoint_in_flight(&self) -> bool {
-        self.offsets.has_checkpoint_in_flight()
     }
 
     /// Closes sessions whose gap passed by the wall clock on quiet partitions.

@@ -13,13 +13,17 @@
 //!      committed offset expects. One checkpoint per partition is in flight at a time; one
 //!      that is not delivered stops the partition's checkpoints and stores until restart
 //!      (writing a newer checkpoint over a partial one would not be exact).
+//! 4. Ownerships never interleave checkpoints. Eager rebalances revoke a partition and assign
+//!    it back to the same process all the time; a checkpoint of the earlier ownership still in
+//!    flight then holds back the new ownership's restore (its records must be in the
+//!    changelog the restore reads) and its checkpoints, and its outcome stores nothing.
 //!
 //! Nothing else stores offsets: this file is where at-least-once delivery is decided.
 
-use super::effect::Effect;
+use super::effect::{CheckpointId, Effect};
 use crate::commit::OffsetTracker;
 use crate::sessionize::store::PartitionJournal;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Settlement and durability of consumed offsets for every owned partition.
 #[derive(Debug)]
@@ -27,9 +31,14 @@ pub struct Offsets {
     tracker: OffsetTracker,
     /// Whether stores wait for changelog checkpoints.
     changelog: bool,
-    checkpoint_in_flight: HashSet<i32>,
+    /// The ownership whose checkpoint of a partition is in flight (at most one per partition,
+    /// whichever ownership wrote it).
+    checkpoint_in_flight: HashMap<i32, u64>,
     /// Partitions whose last checkpoint was not delivered: frozen until restart.
     frozen: HashSet<i32>,
+    /// The current ownership of each owned partition.
+    ownerships: HashMap<i32, u64>,
+    num_ownerships: u64,
 }
 
 impl Offsets {
@@ -37,20 +46,25 @@ impl Offsets {
         Offsets {
             tracker: OffsetTracker::new(),
             changelog,
-            checkpoint_in_flight: HashSet::new(),
+            checkpoint_in_flight: HashMap::new(),
             frozen: HashSet::new(),
+            ownerships: HashMap::new(),
+            num_ownerships: 0,
         }
     }
 
     pub fn assign(&mut self, partition: i32) {
         self.tracker.assign(partition);
+        self.num_ownerships += 1;
+        self.ownerships.insert(partition, self.num_ownerships);
     }
 
-    /// Forgets a partition; later settlements and checkpoint outcomes for it are ignored.
+    /// Forgets a partition; later settlements and checkpoint outcomes for it are ignored (a
+    /// checkpoint in flight stays known until its outcome, see rule 4).
     pub fn revoke(&mut self, partition: i32) {
         self.tracker.revoke(partition);
-        self.checkpoint_in_flight.remove(&partition);
         self.frozen.remove(&partition);
+        self.ownerships.remove(&partition);
     }
 
     pub fn owns(&self, partition: i32) -> bool {
@@ -77,8 +91,12 @@ impl Offsets {
         self.tracker.num_pending()
     }
 
-    pub fn has_checkpoint_in_flight(&self) -> bool {
-        !self.checkpoint_in_flight.is_empty()
+    /// Whether a checkpoint of an earlier ownership of `partition` is still in flight: the
+    /// partition's state must not be read back before its outcome.
+    pub fn has_earlier_checkpoint_in_flight(&self, partition: i32) -> bool {
+        self.checkpoint_in_flight
+            .get(&partition)
+            .is_some_and(|ownership| self.ownerships.get(&partition) != Some(ownership))
     }
 
     /// Without a changelog: stores every watermark that advanced.
@@ -102,7 +120,9 @@ impl Offsets {
             return;
         }
         for (partition, journal) in journals {
-            if self.checkpoint_in_flight.contains(&partition) || self.frozen.contains(&partition) {
+            if self.checkpoint_in_flight.contains_key(&partition)
+                || self.frozen.contains(&partition)
+            {
                 continue;
             }
             let Some(watermark) = self.tracker.watermark(partition) else {
@@ -112,32 +132,43 @@ impl Offsets {
             if writes.is_empty() {
                 continue;
             }
-            self.checkpoint_in_flight.insert(partition);
+            let Some(ownership) = self.ownerships.get(&partition).copied() else {
+                continue;
+            };
+            self.checkpoint_in_flight.insert(partition, ownership);
             out.push(Effect::WriteCheckpoint {
-                partition,
-                watermark,
+                checkpoint: CheckpointId {
+                    partition,
+                    ownership,
+                    watermark,
+                },
                 writes,
             });
         }
     }
 
-    /// A checkpoint's outcome: once delivered, its watermark is stored. Returns false when
-    /// it was not delivered (the partition is frozen).
+    /// A checkpoint's outcome: once delivered, its watermark is stored.
     pub fn checkpoint_written(
         &mut self,
-        partition: i32,
-        watermark: i64,
+        checkpoint: CheckpointId,
         delivered: bool,
         journal: Option<&mut PartitionJournal>,
         out: &mut Vec<Effect>,
-    ) -> bool {
-        if !self.tracker.owns(partition) {
-            return true;
+    ) -> CheckpointOutcome {
+        let CheckpointId {
+            partition,
+            ownership,
+            watermark,
+        } = checkpoint;
+        if self.checkpoint_in_flight.get(&partition) == Some(&ownership) {
+            self.checkpoint_in_flight.remove(&partition);
         }
-        self.checkpoint_in_flight.remove(&partition);
+        if self.ownerships.get(&partition) != Some(&ownership) {
+            return CheckpointOutcome::OfEarlierOwnership;
+        }
         if !delivered {
             self.frozen.insert(partition);
-            return false;
+            return CheckpointOutcome::Frozen;
         }
         if let Some(journal) = journal {
             journal.checkpoint_written(watermark);
@@ -146,6 +177,17 @@ impl Offsets {
             partition,
             offset: watermark,
         });
-        true
+        CheckpointOutcome::Stored
     }
+}
+
+/// What a checkpoint's outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointOutcome {
+    /// Its watermark is stored.
+    Stored,
+    /// Not delivered: the partition's offsets stay where they are until restart.
+    Frozen,
+    /// Written by an ownership since revoked: nothing stored.
+    OfEarlierOwnership,
 }

@@ -1,7 +1,8 @@
 //! Outcomes coming back to the core: batches acknowledged, dead letters delivered, row updates
 //! accepted, checkpoints written; and the sends that wait for them.
 
-use super::effect::{Effect, ForwardedUpdate, Now};
+use super::effect::{CheckpointId, Effect, ForwardedUpdate, Now};
+use super::offsets::CheckpointOutcome;
 use super::{Core, FinalTurn};
 use crate::batch::Batch;
 use crate::sink::{Rejection, ShipReport};
@@ -138,29 +139,38 @@ impl Core {
     /// A checkpoint's outcome: once delivered, its watermark is stored.
     pub fn checkpoint_written(
         &mut self,
-        partition: i32,
-        watermark: i64,
+        checkpoint: CheckpointId,
         delivered: bool,
         out: &mut Vec<Effect>,
     ) {
+        let partition = checkpoint.partition;
         let journal = self
             .owned
             .get_mut(&partition)
             .and_then(|owned| owned.journal.as_mut());
-        if self
+        match self
             .offsets
-            .checkpoint_written(partition, watermark, delivered, journal, out)
+            .checkpoint_written(checkpoint, delivered, journal, out)
         {
-            return;
+            CheckpointOutcome::Stored => {}
+            CheckpointOutcome::Frozen => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["changelog", "sending"])
+                    .inc();
+                tracing::error!(
+                    partition,
+                    "changelog checkpoint not delivered; offsets of this partition stay where they are until restart"
+                );
+            }
+            CheckpointOutcome::OfEarlierOwnership => {
+                // Its records are in the changelog now (or never will be): the new ownership
+                // may read it.
+                if self.restore_held.remove(&partition) {
+                    out.push(Effect::Restore(vec![partition]));
+                }
+            }
         }
-        self.metrics
-            .errors
-            .with_label_values(&["changelog", "sending"])
-            .inc();
-        tracing::error!(
-            partition,
-            "changelog checkpoint not delivered; offsets of this partition stay where they are until restart"
-        );
     }
 
     /// Without a changelog, stores every watermark that advanced (the drain's last step).

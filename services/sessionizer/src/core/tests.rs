@@ -166,7 +166,7 @@ struct World {
     changelog_records: Vec<(i32, String, Vec<u8>)>,
     ships: Vec<Batch>,
     dead_letters: Vec<(i32, i64)>,
-    checkpoints: Vec<(i32, i64, Vec<crate::sessionize::store::ChangelogWrite>)>,
+    checkpoints: Vec<(CheckpointId, Vec<crate::sessionize::store::ChangelogWrite>)>,
     restores: Vec<i32>,
     /// Rows Openlayer acknowledged, every delivery, by inference id.
     acknowledged: BTreeMap<String, Vec<Value>>,
@@ -226,11 +226,9 @@ impl World {
                     self.dead_letters.push((letter.partition, letter.offset))
                 }
                 Effect::StoreOffset { partition, offset } => self.store(partition, offset),
-                Effect::WriteCheckpoint {
-                    partition,
-                    watermark,
-                    writes,
-                } => self.checkpoints.push((partition, watermark, writes)),
+                Effect::WriteCheckpoint { checkpoint, writes } => {
+                    self.checkpoints.push((checkpoint, writes));
+                }
                 Effect::Pause(partitions) => self.paused.extend(partitions),
                 Effect::Resume(partitions) => {
                     for partition in partitions {
@@ -366,16 +364,16 @@ impl World {
                 pick: index,
                 delivered,
             } => {
-                if let Some((partition, watermark, writes)) = pick(&mut self.checkpoints, index) {
+                if let Some((checkpoint, writes)) = pick(&mut self.checkpoints, index) {
                     // An undelivered checkpoint may still have landed in part.
                     let landed = if delivered {
                         writes.len()
                     } else {
                         writes.len() / 2
                     };
-                    self.land(partition, &writes[..landed]);
+                    self.land(checkpoint.partition, &writes[..landed]);
                     self.core
-                        .checkpoint_written(partition, watermark, delivered, &mut out);
+                        .checkpoint_written(checkpoint, delivered, &mut out);
                 }
             }
             Op::RestoreDone(index) => {
@@ -427,9 +425,9 @@ impl World {
     /// The process dies: in-flight work is lost, except that the first `landed` records of a
     /// checkpoint being written may have reached the changelog.
     fn crash(&mut self, landed: u8) {
-        if let Some((partition, _, writes)) = self.checkpoints.first().cloned() {
+        if let Some((checkpoint, writes)) = self.checkpoints.first().cloned() {
             let landed = usize::from(landed) % (writes.len() + 1);
-            self.land(partition, &writes[..landed]);
+            self.land(checkpoint.partition, &writes[..landed]);
         }
         self.ships.clear();
         self.dead_letters.clear();

@@ -17,7 +17,7 @@ mod settings;
 pub use settings::PipelineSettings;
 
 use crate::batch::Batch;
-use crate::core::{Core, Effect, ForwardedUpdate, Now, Received};
+use crate::core::{CheckpointId, Core, Effect, ForwardedUpdate, Now, Received};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sink::ShipReport;
@@ -89,8 +89,8 @@ struct Pipeline {
     row_updates: JoinSet<bool>,
     /// Row updates sent, with whether Openlayer accepted them.
     forwarded_in_flight: JoinSet<(ForwardedUpdate, bool)>,
-    /// Checkpoint writes awaiting Kafka: (partition, watermark, all delivered).
-    checkpoints: JoinSet<(i32, i64, bool)>,
+    /// Checkpoint writes awaiting Kafka, with whether all their records were delivered.
+    checkpoints: JoinSet<(CheckpointId, bool)>,
     /// Partitions whose state is being read back (`None`: no changelog, state starts empty).
     restoring: Option<Restoring>,
     /// Set when the run must end with an error (after the drain): a partition whose state
@@ -337,12 +337,12 @@ impl Pipeline {
         self.perform();
     }
 
-    fn on_checkpoint_written(&mut self, written: Result<(i32, i64, bool), JoinError>) {
-        let Ok((partition, watermark, delivered)) = written else {
+    fn on_checkpoint_written(&mut self, written: Result<(CheckpointId, bool), JoinError>) {
+        let Ok((checkpoint, delivered)) = written else {
             return;
         };
         self.core
-            .checkpoint_written(partition, watermark, delivered, &mut self.effects);
+            .checkpoint_written(checkpoint, delivered, &mut self.effects);
         self.perform();
     }
 

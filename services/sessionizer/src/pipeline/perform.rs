@@ -3,7 +3,7 @@
 
 use super::Pipeline;
 use crate::batch::Batch;
-use crate::core::{Effect, ForwardedUpdate};
+use crate::core::{CheckpointId, Effect, ForwardedUpdate};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use rdkafka::consumer::Consumer;
@@ -33,11 +33,9 @@ impl Pipeline {
                 }
                 Effect::ForwardUpdate(update) => self.forward_update(*update),
                 Effect::StoreOffset { partition, offset } => self.store_offset(partition, offset),
-                Effect::WriteCheckpoint {
-                    partition,
-                    watermark,
-                    writes,
-                } => self.write_checkpoint(partition, watermark, &writes),
+                Effect::WriteCheckpoint { checkpoint, writes } => {
+                    self.write_checkpoint(checkpoint, &writes);
+                }
                 Effect::Pause(partitions) => self.set_fetching(&partitions, false),
                 Effect::Resume(partitions) => self.set_fetching(&partitions, true),
                 Effect::Restore(partitions) => {
@@ -171,7 +169,8 @@ impl Pipeline {
 
     /// Queues a checkpoint's records; its outcome goes back to the core when Kafka has them
     /// all (or one failed).
-    fn write_checkpoint(&mut self, partition: i32, watermark: i64, writes: &[ChangelogWrite]) {
+    fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: &[ChangelogWrite]) {
+        let partition = checkpoint.partition;
         let Some(changelog) = self.settings.kafka.changelog_topic.as_deref() else {
             return;
         };
@@ -196,7 +195,7 @@ impl Pipeline {
             for delivery in deliveries {
                 delivered &= matches!(delivery.await, Ok(Ok(_)));
             }
-            (partition, watermark, delivered)
+            (checkpoint, delivered)
         });
     }
 

@@ -306,8 +306,12 @@ impl PartitionWindows {
             None => self.inferred_key(pipeline_id, event, timestamp),
         };
         let gap = self.gap_for(inferred);
+        // Gaps are measured against the partition's event time, as `expire` measures them on
+        // the tick, so whether a tick ran between two traces never changes which session the
+        // second one joins: a replay after a restart has no ticks in between.
+        let partition_time = self.event_time_ms.unwrap_or(timestamp).max(timestamp);
         if let Some(state) = self.sessions.get(&key) {
-            let reason = if timestamp.saturating_sub(state.last_event_ms) >= gap {
+            let reason = if partition_time.saturating_sub(state.last_event_ms) >= gap {
                 Some(CloseReason::Gap)
             } else if timestamp.saturating_sub(state.started_at_ms) >= millis(settings.max_duration)
             {
@@ -360,9 +364,13 @@ impl PartitionWindows {
                 })
             }
             None => {
+                // A segment marker older than a gap is one `expire` would have dropped.
                 let segment = self
                     .next_segment
                     .remove(&key)
+                    .filter(|(_, ended_ms)| {
+                        partition_time.saturating_sub(*ended_ms) < millis(settings.gap)
+                    })
                     .map_or(0, |(segment, _)| segment);
                 if inferred && let Some(user_id) = &event.user_id {
                     self.inferred_by_user.insert(
@@ -582,6 +590,34 @@ mod tests {
         assert_eq!(closed[0].state.turns, 1);
         let reopened = turn(placement);
         assert_eq!((reopened.turn, reopened.segment), (1, 0));
+    }
+
+    #[test]
+    fn a_tick_between_two_traces_does_not_change_where_the_second_goes() {
+        // Session `s` last at 0; the partition's event time passes its gap (31 min, another
+        // session); then a trace of `s` within grace of that event time but within the gap of
+        // its own last trace. With or without a tick in between, it opens a new window.
+        let traces = [
+            trace("a", Some("u"), Some("s"), 0),
+            trace("b", Some("v"), Some("t"), 31 * MINUTE),
+            trace("c", Some("u"), Some("s"), 29 * MINUTE),
+        ];
+        let mut with_tick = PartitionWindows::new(settings());
+        let mut without_tick = PartitionWindows::new(settings());
+        for (index, event) in traces.iter().enumerate() {
+            if index == 2 {
+                let mut closed = Vec::new();
+                with_tick.expire(event.timestamp_ms, &mut closed);
+                assert_eq!(closed.len(), 1, "the tick closes `s` by event time");
+            }
+            let ticked = turn(add(&mut with_tick, event).0);
+            let straight = turn(add(&mut without_tick, event).0);
+            assert_eq!(
+                (ticked.turn, ticked.segment),
+                (straight.turn, straight.segment)
+            );
+        }
+        assert_eq!(with_tick.num_open(), without_tick.num_open());
     }
 
     #[test]
