@@ -4,12 +4,12 @@
 //! [`PartitionWindows::close_all`] empties the partition (tests, revocation).
 //!
 //! Time rules:
-//! - event time orders a session: a window closes when the partition's event time (the
-//!   newest trace timestamp seen) passes the session's last trace by `gap`;
-//! - wall clock closes sessions of quiet partitions: while a partition receives nothing, its
-//!   event time is taken to advance with the wall clock (the idleness rule of Flink's
-//!   watermarks), so its sessions still close a gap after their last trace. A backlog after a
-//!   restart is not idle: its traces arrive at once and close sessions by event time;
+//! - event time orders a session: a trace a gap or more after its session's last trace opens
+//!   a new window; on the tick, a window closes when the partition's watermark (the newest
+//!   trace timestamp seen, minus `grace`) passes the session's last trace by `gap`;
+//! - wall clock closes sessions of quiet partitions: a partition that received nothing for a
+//!   whole gap closes its sessions (the idleness rule of Flink's watermarks). A backlog after a
+//!   restart is never idle: its traces arrive at once and close sessions by event time;
 //! - a session longer than `max_duration` (event time) closes and the next trace opens a new
 //!   segment of the same session id;
 //! - a `session_end` trace closes its session at once;
@@ -306,12 +306,8 @@ impl PartitionWindows {
             None => self.inferred_key(pipeline_id, event, timestamp),
         };
         let gap = self.gap_for(inferred);
-        // Gaps are measured against the partition's event time, as `expire` measures them on
-        // the tick, so whether a tick ran between two traces never changes which session the
-        // second one joins: a replay after a restart has no ticks in between.
-        let partition_time = self.event_time_ms.unwrap_or(timestamp).max(timestamp);
         if let Some(state) = self.sessions.get(&key) {
-            let reason = if partition_time.saturating_sub(state.last_event_ms) >= gap {
+            let reason = if timestamp.saturating_sub(state.last_event_ms) >= gap {
                 Some(CloseReason::Gap)
             } else if timestamp.saturating_sub(state.started_at_ms) >= millis(settings.max_duration)
             {
@@ -364,12 +360,13 @@ impl PartitionWindows {
                 })
             }
             None => {
-                // A segment marker older than a gap is one `expire` would have dropped.
+                // A session resumed a gap after its last segment ended is a new session, whether
+                // or not a tick dropped the marker meanwhile.
                 let segment = self
                     .next_segment
                     .remove(&key)
                     .filter(|(_, ended_ms)| {
-                        partition_time.saturating_sub(*ended_ms) < millis(settings.gap)
+                        timestamp.saturating_sub(*ended_ms) < millis(settings.gap)
                     })
                     .map_or(0, |(segment, _)| segment);
                 if inferred && let Some(user_id) = &event.user_id {
@@ -446,9 +443,15 @@ impl PartitionWindows {
         })
     }
 
-    /// Closes sessions whose gap passed. The partition's clock is its event time, advanced by
-    /// the wall-clock time since its last trace: a busy partition closes by event time alone,
-    /// a quiet one still closes its sessions a gap after their last trace (reason `Idle`).
+    /// Closes sessions whose gap passed, on the tick. Two rules, each chosen so that whether a
+    /// tick ran between two traces never changes where the second one goes (a replay after a
+    /// restart runs without ticks in between, and must number turns as the first run did):
+    /// - by event time, when the partition's watermark (its event time minus `grace`: no trace
+    ///   still joinable is older) is a gap past the session's last trace; any trace of the
+    ///   session not yet late is then a gap past it too, and `add` would close it as well;
+    /// - by the wall clock (reason `Idle`), when the partition has received nothing for a whole
+    ///   gap: a quiet partition still closes its sessions, and a backlog never looks quiet.
+    ///
     /// Scans every open session: call it on a tick, not per trace.
     pub fn expire(&mut self, wall_ms: i64, closed: &mut Vec<ClosedSession>) {
         let (Some(event_time), Some(last_wall)) = (self.event_time_ms, self.last_message_wall_ms)
@@ -456,7 +459,7 @@ impl PartitionWindows {
             return;
         };
         let quiet_for = wall_ms.saturating_sub(last_wall).max(0);
-        let clock = event_time.saturating_add(quiet_for);
+        let watermark = event_time.saturating_sub(millis(self.settings().grace));
         let gap = millis(self.settings().gap);
         let user_gap = millis(self.settings().user_gap);
         let due: Vec<(SessionKey, CloseReason)> = self
@@ -464,9 +467,9 @@ impl PartitionWindows {
             .iter()
             .filter_map(|(key, state)| {
                 let gap = if state.inferred { user_gap } else { gap };
-                if event_time.saturating_sub(state.last_event_ms) >= gap {
+                if watermark.saturating_sub(state.last_event_ms) >= gap {
                     Some((key.clone(), CloseReason::Gap))
-                } else if clock.saturating_sub(state.last_event_ms) >= gap {
+                } else if quiet_for >= gap {
                     Some((key.clone(), CloseReason::Idle))
                 } else {
                     None
@@ -476,8 +479,9 @@ impl PartitionWindows {
         for (key, reason) in due {
             closed.extend(self.close(&key, reason));
         }
-        self.next_segment
-            .retain(|_, (_, ended_ms)| clock.saturating_sub(*ended_ms) < gap);
+        self.next_segment.retain(|_, (_, ended_ms)| {
+            watermark.saturating_sub(*ended_ms) < gap && quiet_for < gap
+        });
     }
 
     /// Restores the partition's event time (state recovery).
@@ -595,8 +599,9 @@ mod tests {
     #[test]
     fn a_tick_between_two_traces_does_not_change_where_the_second_goes() {
         // Session `s` last at 0; the partition's event time passes its gap (31 min, another
-        // session); then a trace of `s` within grace of that event time but within the gap of
-        // its own last trace. With or without a tick in between, it opens a new window.
+        // session), but not its watermark (26 min, grace 5); then a trace of `s` within grace
+        // and within the gap of its own last trace. With or without a tick in between, it is
+        // the session's second turn.
         let traces = [
             trace("a", Some("u"), Some("s"), 0),
             trace("b", Some("v"), Some("t"), 31 * MINUTE),
@@ -608,7 +613,7 @@ mod tests {
             if index == 2 {
                 let mut closed = Vec::new();
                 with_tick.expire(event.timestamp_ms, &mut closed);
-                assert_eq!(closed.len(), 1, "the tick closes `s` by event time");
+                assert!(closed.is_empty(), "a trace of `s` may still come");
             }
             let ticked = turn(add(&mut with_tick, event).0);
             let straight = turn(add(&mut without_tick, event).0);
@@ -616,6 +621,9 @@ mod tests {
                 (ticked.turn, ticked.segment),
                 (straight.turn, straight.segment)
             );
+            if index == 2 {
+                assert_eq!(ticked.turn, 2);
+            }
         }
         assert_eq!(with_tick.num_open(), without_tick.num_open());
     }
@@ -723,8 +731,17 @@ mod tests {
         let mut windows = PartitionWindows::new(settings());
         let mut closed = Vec::new();
         windows.add(&trace("a", None, Some("stale"), 0), "pipe", 0, &mut closed);
+        // Event time 31 minutes: the watermark (26, grace 5) is not a gap past `stale` yet.
         windows.add(
             &trace("b", None, Some("busy"), 31 * MINUTE),
+            "pipe",
+            1,
+            &mut closed,
+        );
+        windows.expire(2, &mut closed);
+        assert!(closed.is_empty());
+        windows.add(
+            &trace("c", None, Some("busy"), 35 * MINUTE),
             "pipe",
             1,
             &mut closed,
