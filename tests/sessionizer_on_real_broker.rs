@@ -2,11 +2,12 @@
 //! broker, consumed as a group, sessionized, enriched and shipped to a local
 //! Openlayer-compatible server that checks every request.
 
-use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
     ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce, produce_trace,
     producer, read_topic, unique_name,
 };
+use fakes::openlayer::{Fault, OpenlayerServer};
+use fakes::schema_registry::RegistryServer;
 use serde_json::Value;
 use sessionizer::config::SessionizerConfig;
 use sessionizer::health::Health;
@@ -636,45 +637,25 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     );
 }
 
-/// A Schema Registry that knows one id: the current `TraceEvent` schema.
-async fn start_schema_registry(known_id: u32) -> String {
-    use axum::extract::Path;
-    use axum::http::StatusCode;
-    let app = axum::Router::new().route(
-        "/schemas/ids/{id}",
-        axum::routing::get(move |Path(id): Path<u32>| async move {
-            if id == known_id {
-                let body =
-                    serde_json::json!({ "schema": trace_model::codec::avro::TRACE_EVENT_AVSC });
-                (StatusCode::OK, body.to_string())
-            } else {
-                (
-                    StatusCode::NOT_FOUND,
-                    r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("registry serves");
-    });
-    format!("http://{address}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     let topics = create_service_topics("", PARTITIONS).await;
     let server = OpenlayerServer::start(API_KEY).await;
-    let registry_url = start_schema_registry(7).await;
+    // A registry that knows one id: the current `TraceEvent` schema.
+    let registry = RegistryServer::start().await;
+    let known_id = registry
+        .state
+        .preload(trace_model::codec::avro::TRACE_EVENT_AVSC);
     let producer = producer();
     let base = now_ms();
     let known = chat_trace("jo", "confluent", 1, 10, base);
-    let payload =
-        trace_model::encode(&known, Encoding::Confluent { schema_id: 7 }).expect("encode");
+    let payload = trace_model::encode(
+        &known,
+        Encoding::Confluent {
+            schema_id: known_id,
+        },
+    )
+    .expect("encode");
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
     let unknown = chat_trace("jo", "confluent", 2, 20, base + 1);
     let payload =
@@ -682,7 +663,7 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
 
     let mut config = service_config(&topics, &server);
-    config.kafka.schema_registry_url = registry_url;
+    config.kafka.schema_registry_url = registry.url.clone();
     let running = start(config);
     let rows = server.wait_for_rows(1, Duration::from_secs(60)).await;
     let letters = read_topic(
