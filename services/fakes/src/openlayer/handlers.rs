@@ -22,15 +22,9 @@ pub(super) async fn data_stream(
 ) -> Response {
     let arrived = Instant::now();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let config = parsed
-        .as_ref()
-        .and_then(|parsed| parsed.get("config"))
-        .cloned();
-    let rows = parsed
-        .as_ref()
-        .and_then(|parsed| parsed.get("rows"))
-        .and_then(Value::as_array)
-        .cloned()
+    let config = body_field(parsed.as_ref(), "config");
+    let rows = body_field(parsed.as_ref(), "rows")
+        .and_then(|rows| rows.as_array().cloned())
         .unwrap_or_default();
     let response =
         answer_data_stream(&shared, &pipeline_id, &headers, &body, parsed.as_ref()).await;
@@ -194,14 +188,8 @@ pub(super) async fn update_row(
     let arrived = Instant::now();
     let inference_id = query.get("inferenceId").cloned();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let row = parsed
-        .as_ref()
-        .and_then(|parsed| parsed.get("row"))
-        .cloned();
-    let config = parsed
-        .as_ref()
-        .and_then(|parsed| parsed.get("config"))
-        .cloned();
+    let row = body_field(parsed.as_ref(), "row");
+    let config = body_field(parsed.as_ref(), "config");
     let response = if !shared.authorized(&headers) {
         error_response(StatusCode::UNAUTHORIZED, "invalid or missing api key")
     } else if !is_json(&headers) {
@@ -249,6 +237,11 @@ pub(super) async fn update_row(
     }
     shared.records().updates.push(update);
     response
+}
+
+/// `key` of a JSON body, when the body was JSON with one.
+fn body_field(parsed: Option<&Value>, key: &str) -> Option<Value> {
+    parsed.and_then(|parsed| parsed.get(key)).cloned()
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
