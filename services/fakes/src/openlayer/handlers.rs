@@ -37,14 +37,14 @@ pub(super) async fn data_stream(
         status: response.status().as_u16(),
         arrived,
     };
-    if let Some(journal) = shared.journal.as_ref().filter(|_| recorded.accepted()) {
-        journal.record(&json!({
+    shared.journal_if_accepted(recorded.accepted(), || {
+        json!({
             "request": "data-stream",
             "pipeline_id": recorded.pipeline_id,
             "config": recorded.config,
             "rows": recorded.rows,
-        }));
-    }
+        })
+    });
     shared.records().requests.push(recorded);
     response
 }
@@ -223,18 +223,14 @@ pub(super) async fn update_row(
         status: response.status().as_u16(),
         arrived,
     };
-    if let Some(journal) = shared
-        .journal
-        .as_ref()
-        .filter(|_| response.status().is_success())
-    {
-        journal.record(&json!({
+    shared.journal_if_accepted(response.status().is_success(), || {
+        json!({
             "request": "row-update",
             "pipeline_id": update.pipeline_id,
             "inference_id": update.inference_id,
             "row": update.row,
-        }));
-    }
+        })
+    });
     shared.records().updates.push(update);
     response
 }

@@ -120,6 +120,13 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Appends `line()` to the journal, when there is one and the request was accepted.
+    fn journal_if_accepted(&self, accepted: bool, line: impl FnOnce() -> Value) {
+        if let Some(journal) = self.journal.as_ref().filter(|_| accepted) {
+            journal.record(&line());
+        }
+    }
+
     fn authorized(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::AUTHORIZATION)
