@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 ## run: the embedded demo (in-process Kafka, helpers, sessionizer, local Openlayer endpoint)
 run:
-	$(CARGO) run --locked -p sessionizer -- demo
+	$(CARGO) run --locked -p sessionizer-demo
 
 ## test: start the real test broker if needed, run every test, stop what was started
 test:

@@ -35,11 +35,11 @@
 #      structure, ids, variables, every query through promtool check rules);
 #   6. the security and schema scan: checkov, hadolint, kubernetes-validate --strict
 #      (scripts/check-deploy-scan.sh; pinned tools in a venv under .cache/venv);
-#   7. the live test: a real Prometheus scrapes `sessionizer demo` and a `gateway run` with
+#   7. the live test: a real Prometheus scrapes `sessionizer-demo` and a `gateway run` with
 #      traffic, and every dashboard query and alert runs through its HTTP API
 #      (scripts/check-prometheus-live.sh).
-# Run from anywhere: ./scripts/check-deploy.sh  (SESSIONIZER_BIN and GATEWAY_BIN override the
-# binaries).
+# Run from anywhere: ./scripts/check-deploy.sh  (SESSIONIZER_BIN, DEMO_BIN and GATEWAY_BIN
+# override the binaries).
 # Needs kubectl, yq, jq, curl, python3 >= 3.11 with venv, prometheus and promtool
 # (Debian: apt-get install -y --no-install-recommends prometheus).
 set -euo pipefail
@@ -60,13 +60,16 @@ done
 
 # The binaries whose configuration the manifests must satisfy. Unless given, built here (a
 # no-op of about a second when they are up to date), so a stale binary is never checked.
-if [[ -z "${SESSIONIZER_BIN:-}" || -z "${GATEWAY_BIN:-}" ]]; then
-  step "cargo build --locked -p sessionizer -p gateway"
-  cargo build -q --locked -p sessionizer -p gateway || fail "cargo build --locked -p sessionizer -p gateway failed"
+if [[ -z "${SESSIONIZER_BIN:-}" || -z "${DEMO_BIN:-}" || -z "${GATEWAY_BIN:-}" ]]; then
+  step "cargo build --locked -p sessionizer -p sessionizer-demo -p gateway"
+  cargo build -q --locked -p sessionizer -p sessionizer-demo -p gateway \
+    || fail "cargo build --locked -p sessionizer -p sessionizer-demo -p gateway failed"
 fi
 bin="${SESSIONIZER_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer}"
 gateway_bin="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/debug/gateway}"
 [[ -x "$bin" ]] || fail "no sessionizer binary at $bin"
+demo_bin="${DEMO_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer-demo}"
+[[ -x "$demo_bin" ]] || fail "no demo binary at $demo_bin"
 [[ -x "$gateway_bin" ]] || fail "no gateway binary at $gateway_bin"
 
 
@@ -657,6 +660,6 @@ step "security and schema scan (scripts/check-deploy-scan.sh)"
 scripts/check-deploy-scan.sh || fail "deploy scan"
 
 step "live Prometheus test (scripts/check-prometheus-live.sh)"
-SESSIONIZER_BIN="$bin" GATEWAY_BIN="$gateway_bin" scripts/check-prometheus-live.sh || fail "live Prometheus test"
+DEMO_BIN="$demo_bin" GATEWAY_BIN="$gateway_bin" scripts/check-prometheus-live.sh || fail "live Prometheus test"
 
 echo "check-deploy: OK (${#targets[@]} renders: ${targets[*]}; dashboard; scan; live Prometheus)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Live test of the dashboards and the alert rules against a real Prometheus scraping a real
 # sessionizer and a real gateway:
-#   - `sessionizer demo` (in-process Kafka, chat traffic, the real pipeline, a local
+#   - `sessionizer-demo` (in-process Kafka, chat traffic, the real service, a local
 #     Openlayer-compatible endpoint) runs with --keep-serving-secs, so /metrics stays up after
 #     the traffic;
 #   - `gateway run` runs with deploy/k8s/base/gateway.toml (the deployed configuration,
@@ -40,7 +40,7 @@
 # No timing is asserted: the waits are polls with generous caps.
 # Ports are free loopback ports; both processes are stopped by PID and the temporary
 # directory removed on exit.
-# Run from anywhere: scripts/check-prometheus-live.sh  (SESSIONIZER_BIN and GATEWAY_BIN
+# Run from anywhere: scripts/check-prometheus-live.sh  (DEMO_BIN and GATEWAY_BIN
 # override the binaries, CHECK_LIVE_TIMEOUT_SECS the 90 s polling cap).
 # Needs prometheus and promtool (Debian: apt-get install -y --no-install-recommends prometheus),
 # python3, curl and yq.
@@ -55,8 +55,8 @@ step() { echo "== $*"; }
 for tool in prometheus promtool python3 curl yq; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool not found on PATH"
 done
-bin="${SESSIONIZER_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer}"
-[[ -x "$bin" ]] || fail "no sessionizer binary at $bin (cargo build --locked -p sessionizer)"
+demo_bin="${DEMO_BIN:-${CARGO_TARGET_DIR:-target}/debug/sessionizer-demo}"
+[[ -x "$demo_bin" ]] || fail "no demo binary at $demo_bin (cargo build --locked -p sessionizer-demo)"
 gateway_bin="${GATEWAY_BIN:-${CARGO_TARGET_DIR:-target}/debug/gateway}"
 [[ -x "$gateway_bin" ]] || fail "no gateway binary at $gateway_bin (cargo build --locked -p gateway)"
 
@@ -155,8 +155,8 @@ target_scraped() {
 wait_for 20 "prometheus ready" prometheus_ready
 wait_for 30 "first scrape of the sessionizer target" target_scraped
 
-step "sessionizer demo --keep-serving-secs 180"
-"$bin" demo --metrics-listen "127.0.0.1:$metrics_port" --output-dir "$tmp/demo" \
+step "sessionizer-demo --keep-serving-secs 180"
+"$demo_bin" --metrics-listen "127.0.0.1:$metrics_port" --output-dir "$tmp/demo" \
   --keep-serving-secs 180 >"$tmp/demo.log" 2>&1 &
 demo_pid=$!
 demo_serving() {

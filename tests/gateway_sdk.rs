@@ -7,12 +7,12 @@
 //! from `cargo build -p sessionizer` (`make test` builds it first). The outage test starts and
 //! stops a broker of its own and never touches the shared one.
 
-use end_to_end::openlayer_server::OpenlayerServer;
 use end_to_end::service::{Sessionizer, free_local_address, service_env};
 use end_to_end::{
     ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
     unique_name,
 };
+use fakes::openlayer::OpenlayerServer;
 use gateway::config::GatewayConfig;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};

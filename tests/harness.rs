@@ -5,7 +5,6 @@
 //! `KAFKA_BOOTSTRAP`). Without it these tests fail with a message saying so: they are never
 //! skipped silently.
 
-pub mod openlayer_server;
 pub mod reliability;
 pub mod service;
 

@@ -3,8 +3,8 @@
 //! topics, a changelog with another partition count, a wrong key, everything in place), and
 //! `sessionizer run` started before its traces topic exists.
 
-use end_to_end::openlayer_server::OpenlayerServer;
 use end_to_end::{bootstrap, create_topic, num_partitions, sessionizer_path, unique_name};
+use fakes::openlayer::OpenlayerServer;
 use std::process::{Command, Output};
 
 const KEY: &str = "preflight-key";

@@ -2,8 +2,8 @@
 //! and what its shipped rows must look like: shared by the binary tests and the reliability
 //! suite.
 
-use crate::openlayer_server::OpenlayerServer;
 use crate::{ServiceTopics, bootstrap, sessionizer_path};
+use fakes::openlayer::OpenlayerServer;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;

@@ -6,7 +6,6 @@
 //! (`make test` builds it first). The key's secrecy under trace-level logging is checked by
 //! the reliability suite's security scenario (`tests/reliability/security.rs`).
 
-use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::service::{
     Expectations, Sessionizer, WAIT, free_local_address, http_get, inference_ids, service_env, set,
     shipped_ids,
@@ -15,6 +14,7 @@ use end_to_end::{
     ServiceTopics, chat_trace, create_service_topics, now_ms, produce, produce_trace, producer,
     unique_name,
 };
+use fakes::openlayer::{Fault, OpenlayerServer};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -2,11 +2,13 @@
 //! broker, consumed as a group, sessionized, enriched and shipped to a local
 //! Openlayer-compatible server that checks every request.
 
-use end_to_end::openlayer_server::{Fault, OpenlayerServer};
 use end_to_end::{
-    ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce, produce_trace,
-    producer, read_topic, unique_name,
+    ReadRecord, ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce,
+    produce_trace, producer, read_topic, unique_name,
 };
+use fakes::openlayer::{Fault, OpenlayerServer};
+use fakes::schema_registry::RegistryServer;
+use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use sessionizer::config::SessionizerConfig;
 use sessionizer::health::Health;
@@ -101,6 +103,46 @@ impl Running {
     }
 }
 
+/// The arrange step every test starts with: fresh topics, an Openlayer-compatible server
+/// that accepts [`API_KEY`] and a producer.
+async fn arrange() -> (ServiceTopics, OpenlayerServer, FutureProducer) {
+    let topics = create_service_topics("", PARTITIONS).await;
+    (topics, OpenlayerServer::start(API_KEY).await, producer())
+}
+
+/// What one run of the pipeline left behind.
+struct Outcome {
+    /// Rows the server accepted.
+    rows: Vec<Value>,
+    /// Records read back from a topic while the pipeline still ran.
+    records: Vec<ReadRecord>,
+    registry: prometheus::Registry,
+}
+
+/// The act of most tests: runs the pipeline `config` describes until `server` accepted
+/// `num_rows` rows and, when `read_back` names a one-partition topic, that many records can
+/// be read from it (a minute at most each); then stops it.
+async fn run_until_rows(
+    config: SessionizerConfig,
+    server: &OpenlayerServer,
+    num_rows: usize,
+    read_back: Option<(&str, usize)>,
+) -> Outcome {
+    let running = start(config);
+    let rows = server
+        .wait_for_rows(num_rows, Duration::from_secs(60))
+        .await;
+    let records = read_back.map_or_else(Vec::new, |(topic, count)| {
+        read_topic(&bootstrap(), topic, 1, count, Duration::from_secs(60))
+    });
+    let registry = running.stop().await;
+    Outcome {
+        rows,
+        records,
+        registry,
+    }
+}
+
 fn by_inference_id(rows: &[Value]) -> HashMap<String, Value> {
     rows.iter()
         .map(|row| {
@@ -178,13 +220,11 @@ async fn emit_chats_through_helpers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ships_every_trace_once_with_session_enrichment() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
+    let (topics, server, producer) = arrange().await;
     // Openlayer misbehaves first: rows must still arrive, once each.
     server.push_fault(Fault::Status(503));
     server.push_fault(Fault::RateLimitedMs(200));
     server.push_fault(Fault::Status(500));
-    let producer = producer();
     let expected = emit_chats_through_helpers(&topics.traces, 12, 5).await;
     let base = now_ms();
     let mut anonymous = TraceEvent::new("anonymous", base);
@@ -192,9 +232,8 @@ async fn ships_every_trace_once_with_session_enrichment() {
     anonymous.output = Value::from("hello");
     produce_trace(&producer, &topics.traces, &anonymous).await;
 
-    let running = start(service_config(&topics, &server));
-    let rows = server.wait_for_rows(61, Duration::from_secs(60)).await;
-    let registry = running.stop().await;
+    let Outcome { rows, registry, .. } =
+        run_until_rows(service_config(&topics, &server), &server, 61, None).await;
 
     assert_eq!(rows.len(), 61, "every trace shipped once");
     let rows = by_inference_id(&rows);
@@ -269,9 +308,7 @@ async fn ships_every_trace_once_with_session_enrichment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
     let base = now_ms();
     let good = chat_trace("ana", "poison-test", 1, 10, base);
     let valid = trace_model::encode(&good, Encoding::Avro).expect("encode");
@@ -295,16 +332,13 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
     after.inference_id = Some("after-poison".into());
     produce_trace(&producer, &topics.traces, &after).await;
 
-    let running = start(service_config(&topics, &server));
-    let rows = server.wait_for_rows(2, Duration::from_secs(60)).await;
-    let letters = read_topic(
-        &bootstrap(),
-        &topics.dead_letters,
-        1,
-        poison.len(),
-        Duration::from_secs(30),
-    );
-    running.stop().await;
+    let config = service_config(&topics, &server);
+    let read_back = Some((topics.dead_letters.as_str(), poison.len()));
+    let Outcome {
+        rows,
+        records: letters,
+        ..
+    } = run_until_rows(config, &server, 2, read_back).await;
 
     let ids: HashSet<&str> = rows
         .iter()
@@ -330,10 +364,8 @@ async fn dead_letters_poison_messages_with_reasons_while_good_ones_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
+    let (topics, server, producer) = arrange().await;
     server.reject_inference_id("refused-turn-2");
-    let producer = producer();
     let base = now_ms();
     for turn in 1..=3 {
         produce_trace(
@@ -346,16 +378,12 @@ async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
     let mut config = service_config(&topics, &server);
     // One row per request, so only the refused row is refused.
     config.batch.max_rows = 1;
-    let running = start(config);
-    let rows = server.wait_for_rows(2, Duration::from_secs(60)).await;
-    let letters = read_topic(
-        &bootstrap(),
-        &topics.dead_letters,
-        1,
-        1,
-        Duration::from_secs(30),
-    );
-    running.stop().await;
+    let read_back = Some((topics.dead_letters.as_str(), 1));
+    let Outcome {
+        rows,
+        records: letters,
+        ..
+    } = run_until_rows(config, &server, 2, read_back).await;
 
     let ids: HashSet<&str> = rows
         .iter()
@@ -371,9 +399,7 @@ async fn dead_letters_rows_openlayer_refuses_and_ships_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
     let base = now_ms();
     let mut ended = chat_trace("cy", "ended", 1, 10, base);
     ended.pipeline_id = Some("pipeline-other".into());
@@ -390,17 +416,11 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
     )
     .await;
 
-    let running = start(service_config(&topics, &server));
-    server.wait_for_rows(2, Duration::from_secs(60)).await;
     // The quiet session closes a gap (3 s) after its trace on the wall clock.
-    let summaries = read_topic(
-        &bootstrap(),
-        &topics.sessions,
-        1,
-        2,
-        Duration::from_secs(60),
-    );
-    running.stop().await;
+    let read_back = Some((topics.sessions.as_str(), 2));
+    let Outcome {
+        records: summaries, ..
+    } = run_until_rows(service_config(&topics, &server), &server, 2, read_back).await;
 
     assert_eq!(server.rows_for("pipeline-other").len(), 1);
     assert_eq!(server.rows_for(PIPELINE).len(), 1);
@@ -439,9 +459,7 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_instance_continues_turn_numbers_and_totals() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
     let base = now_ms();
     for turn in 1..=3 {
         produce_trace(
@@ -492,9 +510,7 @@ async fn a_restarted_instance_continues_turn_numbers_and_totals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
     let config = service_config(&topics, &server);
     let first = start(config.clone());
     let second = start(config);
@@ -548,9 +564,7 @@ async fn two_instances_in_one_group_split_partitions_and_ship_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
     let base = now_ms();
     // gap 3 s: turn 2 comes 4 s of event time later and opens a new window at turn 1.
     produce_trace(
@@ -590,16 +604,12 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
 
     let mut config = service_config(&topics, &server);
     config.session.max_duration_secs = 5;
-    let running = start(config);
-    let rows = server.wait_for_rows(8, Duration::from_secs(60)).await;
-    let summaries = read_topic(
-        &bootstrap(),
-        &topics.sessions,
-        1,
-        2,
-        Duration::from_secs(60),
-    );
-    running.stop().await;
+    let read_back = Some((topics.sessions.as_str(), 2));
+    let Outcome {
+        rows,
+        records: summaries,
+        ..
+    } = run_until_rows(config, &server, 8, read_back).await;
 
     let rows = by_inference_id(&rows);
     assert_eq!(
@@ -636,45 +646,23 @@ async fn closes_sessions_by_gap_and_max_duration_and_marks_late_traces() {
     );
 }
 
-/// A Schema Registry that knows one id: the current `TraceEvent` schema.
-async fn start_schema_registry(known_id: u32) -> String {
-    use axum::extract::Path;
-    use axum::http::StatusCode;
-    let app = axum::Router::new().route(
-        "/schemas/ids/{id}",
-        axum::routing::get(move |Path(id): Path<u32>| async move {
-            if id == known_id {
-                let body =
-                    serde_json::json!({ "schema": trace_model::codec::avro::TRACE_EVENT_AVSC });
-                (StatusCode::OK, body.to_string())
-            } else {
-                (
-                    StatusCode::NOT_FOUND,
-                    r#"{"error_code":40403,"message":"Schema not found"}"#.to_owned(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("registry serves");
-    });
-    format!("http://{address}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decodes_confluent_framed_traces_through_the_schema_registry() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
-    let registry_url = start_schema_registry(7).await;
-    let producer = producer();
+    let (topics, server, producer) = arrange().await;
+    // A registry that knows one id: the current `TraceEvent` schema.
+    let registry = RegistryServer::start().await;
+    let known_id = registry
+        .state
+        .preload(trace_model::codec::avro::TRACE_EVENT_AVSC);
     let base = now_ms();
     let known = chat_trace("jo", "confluent", 1, 10, base);
-    let payload =
-        trace_model::encode(&known, Encoding::Confluent { schema_id: 7 }).expect("encode");
+    let payload = trace_model::encode(
+        &known,
+        Encoding::Confluent {
+            schema_id: known_id,
+        },
+    )
+    .expect("encode");
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
     let unknown = chat_trace("jo", "confluent", 2, 20, base + 1);
     let payload =
@@ -682,17 +670,13 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
     produce(&producer, &topics.traces, Some("confluent"), &payload).await;
 
     let mut config = service_config(&topics, &server);
-    config.kafka.schema_registry_url = registry_url;
-    let running = start(config);
-    let rows = server.wait_for_rows(1, Duration::from_secs(60)).await;
-    let letters = read_topic(
-        &bootstrap(),
-        &topics.dead_letters,
-        1,
-        1,
-        Duration::from_secs(30),
-    );
-    running.stop().await;
+    config.kafka.schema_registry_url = registry.url.clone();
+    let read_back = Some((topics.dead_letters.as_str(), 1));
+    let Outcome {
+        rows,
+        records: letters,
+        ..
+    } = run_until_rows(config, &server, 1, read_back).await;
 
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["inferenceId"], "confluent-turn-1");
@@ -705,11 +689,9 @@ async fn decodes_confluent_framed_traces_through_the_schema_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pauses_partitions_while_openlayer_lags_and_resumes_without_loss() {
-    let topics = create_service_topics("", PARTITIONS).await;
-    let server = OpenlayerServer::start(API_KEY).await;
+    let (topics, server, producer) = arrange().await;
     // Openlayer answers slowly: rows pile up unacknowledged.
     server.set_latency(Duration::from_millis(700));
-    let producer = producer();
     let base = now_ms();
     for turn in 1..=150 {
         let session = format!("slow-{}", turn % 10);

@@ -6,7 +6,7 @@
 //! Real HTTP means real time: backoffs are kept at 10–50 ms through the settings, and only the
 //! `Retry-After` tests wait a full (sub-)second, because the wait is what they check.
 
-use end_to_end::openlayer_server::{Fault, OpenlayerServer};
+use fakes::openlayer::{Fault, OpenlayerServer};
 use prometheus::Registry;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};

@@ -76,9 +76,9 @@ pub async fn run(name: &str, size: Size) -> Outcome {
     }
 }
 
-use crate::openlayer_server::OpenlayerServer;
 use crate::service::{Expectations, free_local_address, service_env, set};
 use crate::{ServiceTopics, create_service_topics, unique_name};
+use fakes::openlayer::OpenlayerServer;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -6,8 +6,8 @@ use super::feed::{Feed, Plan};
 use super::probe::{Instance, sum, wait_until};
 use super::{Outcome, Scene, Size};
 use crate::bootstrap;
-use crate::openlayer_server::Fault;
 use crate::service::set;
+use fakes::openlayer::Fault;
 use std::time::{Duration, Instant};
 
 /// Rows the instance may hold unacknowledged before it pauses its partitions.

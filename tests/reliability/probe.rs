@@ -1,8 +1,8 @@
 //! Watching running instances from outside, as an operator would: `/metrics`, `/readyz`,
 //! `/proc`, and what the Openlayer server received.
 
-use crate::openlayer_server::OpenlayerServer;
 use crate::service::{Sessionizer, free_local_address, http_get, set};
+use fakes::openlayer::OpenlayerServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

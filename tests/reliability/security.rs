@@ -8,11 +8,11 @@
 
 use super::probe::{Instance, wait_until};
 use super::{Outcome, Scene, Size};
-use crate::openlayer_server::Fault;
 use crate::service::{Sessionizer, http_get, set};
 use crate::{
     bootstrap, chat_trace, create_service_topics, now_ms, produce_trace, producer, read_topic,
 };
+use fakes::openlayer::Fault;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -13,7 +13,6 @@
 //! - [`commit`]: the lowest fully acknowledged offset per partition
 //! - [`core`]: the pipeline's state and decisions without IO: inputs in, effects out, and
 //!   the commit rule
-//! - [`demo`]: the embedded demo (`make run`): in-process Kafka, helpers, local endpoint
 //! - [`service`]: the deployed service: HTTP endpoints plus the pipeline, from the config
 //! - [`pipeline`]: the IO loop around the core: Kafka, Openlayer, timers, shutdown
 //! - [`preflight`]: `sessionizer preflight`: brokers, topics, group, registry and key checked
@@ -24,7 +23,6 @@ pub mod batch;
 pub mod commit;
 pub mod config;
 pub mod core;
-pub mod demo;
 pub mod enrich;
 pub mod health;
 pub mod http;

@@ -1,7 +1,7 @@
 //! Entry point of the sessionizer service (thin: behaviour lives in the library).
 
 use clap::{Args, Parser, Subcommand};
-use service_kit::logging::{JsonFields, LogFormat};
+use service_kit::logging::JsonFields;
 use sessionizer::config::{ConfigError, SessionizerConfig, ValidatedConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,11 +43,6 @@ enum Command {
     /// and the Openlayer key through a read-only request. Writes nothing. Exit code 0 only
     /// when every check passed (usable as an init container).
     Preflight(PreflightArgs),
-    /// Run the whole product in one process with nothing to install: an in-process Kafka
-    /// cluster, synthetic multi-user chat traffic emitted through the producer helpers, this
-    /// sessionizer, and a local Openlayer-compatible endpoint that records every request (or
-    /// the real Openlayer when OPENLAYER_API_KEY and OPENLAYER_INFERENCE_PIPELINE_ID are set).
-    Demo(DemoArgs),
     /// Produce traces given as JSON lines (one TraceEvent per line, the field names of
     /// schemas/trace_event.avsc) with the same keys and encoding as the Rust helpers: for
     /// services in other languages and for backfills. Invalid lines are reported with their
@@ -88,35 +83,6 @@ struct EmitArgs {
 }
 
 #[derive(Args, Debug)]
-struct DemoArgs {
-    /// Users chatting.
-    #[arg(long, default_value_t = 6)]
-    users: usize,
-    /// Sessions per user.
-    #[arg(long, default_value_t = 2)]
-    sessions_per_user: usize,
-    /// Chat turns per second, over all sessions.
-    #[arg(long, default_value_t = 8.0)]
-    rate: f64,
-    /// Inactivity gap in seconds; short so that sessions close by inactivity during the demo.
-    #[arg(long, default_value_t = 4)]
-    gap_secs: u64,
-    /// Directory for the recorded Openlayer requests.
-    #[arg(long, default_value = "target/demo")]
-    output_dir: PathBuf,
-    /// Address for /metrics, /healthz and /readyz while the demo runs (a free port if taken).
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    metrics_listen: std::net::SocketAddr,
-    /// Give up (exit code 1) if not every row was shipped after this many seconds.
-    #[arg(long, default_value_t = 90)]
-    timeout_secs: u64,
-    /// Keep the pipeline and /metrics running this many seconds after the traffic was
-    /// shipped, so that a Prometheus can scrape the finished demo.
-    #[arg(long, default_value_t = 0)]
-    keep_serving_secs: u64,
-}
-
-#[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 struct ConfigArgs {
     /// TOML configuration file; without it, defaults and environment variables only.
@@ -130,7 +96,6 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Preflight(args) => preflight(&args),
-        Command::Demo(args) => demo(args),
         Command::Emit(args) => emit(&args),
     }
 }
@@ -218,35 +183,6 @@ fn emit(args: &EmitArgs) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn demo(args: DemoArgs) -> ExitCode {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    if let Err(error) = service_kit::logging::init(LogFormat::Text, &filter, JsonFields::TopLevel) {
-        eprintln!("sessionizer: cannot set up logging: {error}");
-        return ExitCode::FAILURE;
-    }
-    let settings = sessionizer::demo::DemoSettings {
-        num_users: args.users,
-        sessions_per_user: args.sessions_per_user,
-        turns_per_second: args.rate,
-        gap: std::time::Duration::from_secs(args.gap_secs),
-        output_dir: args.output_dir,
-        metrics_listen: args.metrics_listen,
-        timeout: std::time::Duration::from_secs(args.timeout_secs),
-        keep_serving: std::time::Duration::from_secs(args.keep_serving_secs),
-    };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    match runtime.block_on(sessionizer::demo::run(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("sessionizer demo failed: {error:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 

@@ -4,12 +4,13 @@
 mod support;
 
 use axum::http::StatusCode;
+use fakes::schema_registry::{RegistryServer, unreachable_registry_url};
 use std::time::Duration;
 use support::fixtures::{
     SchemaVersion, avro_step_chain_datum, confluent, full_session_summary, full_step, full_trace,
     json_step_chain, single_object, step_chain_trace, v1_fingerprint,
 };
-use support::registry::{RegistryServer, unreachable_registry_url};
+use support::registry::client_of;
 use trace_model::codec::avro::{self, SINGLE_OBJECT_HEADER_LEN};
 use trace_model::codec::registry::SchemaRegistry;
 use trace_model::{
@@ -202,7 +203,7 @@ async fn rejects_a_confluent_schema_id_as_unknown_when_no_registry_is_configured
 #[tokio::test]
 async fn rejects_a_confluent_schema_id_the_registry_does_not_know_as_unknown_schema_id() {
     let server = RegistryServer::start().await;
-    let decoder = decoder().with_registry(server.client());
+    let decoder = decoder().with_registry(client_of(&server));
     let bytes = encode(&full_trace(), Encoding::Confluent { schema_id: 99 }).expect("encodes");
 
     // Without fetching, an uncached id is unknown and the registry is not asked.
@@ -242,7 +243,7 @@ async fn reports_an_unreachable_registry_as_transient_registry_unavailable() {
 #[tokio::test]
 async fn rejects_truncated_deep_and_trailing_confluent_messages_with_typed_errors() {
     let server = RegistryServer::start().await;
-    let registry = server.client();
+    let registry = client_of(&server);
     let schema_id = registry
         .register("llm-traces-value", avro::trace_event_schema())
         .await
@@ -286,7 +287,7 @@ async fn rejects_a_registry_schema_that_is_not_avro_as_a_permanent_incompatible_
     let protobuf_id = server
         .state
         .preload("syntax = \"proto3\";\nmessage Trace { string name = 1; }");
-    let decoder = decoder().with_registry(server.client());
+    let decoder = decoder().with_registry(client_of(&server));
     let bytes = confluent(protobuf_id, b"\x0a\x01t");
     let error = decoder
         .decode_fetching(&bytes)
@@ -302,7 +303,7 @@ async fn rejects_an_avro_writer_schema_that_cannot_resolve_to_a_trace_as_incompa
     let other_record = r#"{"type":"record","name":"TraceEvent","namespace":"llmtrace",
         "fields":[{"name":"name","type":"string"}]}"#;
     let other_id = server.state.preload(other_record);
-    let decoder = decoder().with_registry(server.client());
+    let decoder = decoder().with_registry(client_of(&server));
     let bytes = confluent(other_id, b"\x02t");
     let error = decoder
         .decode_fetching(&bytes)
@@ -319,7 +320,7 @@ async fn keeps_reporting_a_registry_outage_until_the_registry_recovers() {
         .state
         .preload(&avro::trace_event_schema().canonical_form());
     server.state.fail_with(StatusCode::SERVICE_UNAVAILABLE);
-    let decoder = decoder().with_registry(server.client());
+    let decoder = decoder().with_registry(client_of(&server));
     let bytes = encode(&full_trace(), Encoding::Confluent { schema_id }).expect("encodes");
     let error = decoder.decode_fetching(&bytes).await.expect_err("outage");
     assert!(error.is_transient(), "{error}");

@@ -6,6 +6,7 @@
 
 mod support;
 
+use fakes::schema_registry::RegistryServer;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -14,7 +15,7 @@ use support::fixtures::{
     SchemaVersion, V1_AVSC, avro_step_chain_datum, confluent, full_trace, single_object,
     v1_fingerprint,
 };
-use support::registry::RegistryServer;
+use support::registry::client_of;
 use trace_model::codec::avro::{self, SINGLE_OBJECT_HEADER_LEN};
 use trace_model::validate::validate_trace;
 use trace_model::{
@@ -189,7 +190,7 @@ proptest! {
 #[tokio::test]
 async fn mutated_confluent_datums_never_panic_for_current_or_resolved_writer_schemas() {
     let server = RegistryServer::start().await;
-    let registry = server.client();
+    let registry = client_of(&server);
     let current_id = registry
         .register("llm-traces-value", avro::trace_event_schema())
         .await

@@ -7,6 +7,7 @@ mod support;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as AvroValue;
+use fakes::schema_registry::RegistryServer;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use support::fixtures::{
@@ -14,7 +15,7 @@ use support::fixtures::{
     header_fingerprint, single_object, step_chain_trace, v1_datum, v1_full_trace, v1_schema,
     v2_datum, v2_full_trace, v2_schema,
 };
-use support::registry::RegistryServer;
+use support::registry::client_of;
 use trace_model::codec::avro::{
     self, SESSION_SUMMARY_AVSC, SINGLE_OBJECT_HEADER_LEN, TRACE_EVENT_AVSC,
     TRACE_EVENT_HISTORY_AVSC,
@@ -61,7 +62,7 @@ fn trace_with_every_field_set_round_trips_through_json() {
 #[tokio::test]
 async fn trace_with_every_field_set_round_trips_through_confluent_framing() {
     let server = RegistryServer::start().await;
-    let producer_registry = server.client();
+    let producer_registry = client_of(&server);
     let schema_id = producer_registry
         .register("llm-traces-value", avro::trace_event_schema())
         .await
@@ -77,7 +78,7 @@ async fn trace_with_every_field_set_round_trips_through_confluent_framing() {
         registering.decode(&bytes).expect("decodes from cache"),
         event
     );
-    let consuming = decoder().with_registry(server.client());
+    let consuming = decoder().with_registry(client_of(&server));
     assert_eq!(
         consuming.decode_fetching(&bytes).await.expect("decodes"),
         event

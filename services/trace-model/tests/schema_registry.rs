@@ -5,9 +5,10 @@
 mod support;
 
 use axum::http::StatusCode;
+use fakes::schema_registry::{REGISTRY_CONTENT_TYPE, RegistryServer, SeenHeaders};
 use std::time::{Duration, Instant};
 use support::fixtures::{V1_AVSC, confluent, full_trace, v1_datum, v1_full_trace};
-use support::registry::{REGISTRY_CONTENT_TYPE, RegistryServer, SeenHeaders};
+use support::registry::client_of;
 use trace_model::codec::avro;
 use trace_model::codec::registry::{RegistryError, SchemaRegistry};
 use trace_model::{DecodeError, Decoder, Encoding, Limits, encode};
@@ -23,7 +24,7 @@ async fn registering_returns_the_registry_id_and_asks_once_per_subject_and_schem
     let server = RegistryServer::start().await;
     // Another schema registered first, so our id is not 1 by accident.
     let v1_id = server.state.preload(V1_AVSC);
-    let registry = server.client();
+    let registry = client_of(&server);
 
     let schema_id = registry
         .register(SUBJECT, avro::trace_event_schema())
@@ -73,7 +74,7 @@ async fn registering_returns_the_registry_id_and_asks_once_per_subject_and_schem
 #[tokio::test]
 async fn a_registered_schema_decodes_without_fetching_it() {
     let server = RegistryServer::start().await;
-    let registry = server.client();
+    let registry = client_of(&server);
     let schema_id = registry
         .register(SUBJECT, avro::trace_event_schema())
         .await
@@ -95,7 +96,7 @@ async fn confluent_messages_decode_with_exactly_one_fetch_per_schema_id() {
     let schema_id = server
         .state
         .preload(&avro::trace_event_schema().canonical_form());
-    let registry = server.client();
+    let registry = client_of(&server);
     let decoder = decoder_with(registry.clone());
     let bytes = encode(&full_trace(), Encoding::Confluent { schema_id }).expect("encodes");
 
@@ -121,7 +122,7 @@ async fn confluent_messages_decode_with_exactly_one_fetch_per_schema_id() {
     assert_eq!(server.state.headers_seen()[0].accept, REGISTRY_CONTENT_TYPE);
 
     // A fresh client (a restarted consumer) fetches once more.
-    let restarted = decoder_with(server.client());
+    let restarted = decoder_with(client_of(&server));
     restarted.decode_fetching(&bytes).await.expect("decodes");
     assert_eq!(server.state.num_fetches(schema_id), 2);
 }
@@ -133,7 +134,7 @@ async fn a_registry_answering_500_yields_transient_registry_unavailable_and_cach
         .state
         .preload(&avro::trace_event_schema().canonical_form());
     server.state.fail_with(StatusCode::INTERNAL_SERVER_ERROR);
-    let decoder = decoder_with(server.client());
+    let decoder = decoder_with(client_of(&server));
     let bytes = encode(&full_trace(), Encoding::Confluent { schema_id }).expect("encodes");
 
     let error = decoder.decode_fetching(&bytes).await.expect_err("outage");
@@ -162,7 +163,7 @@ async fn a_registry_answering_500_yields_transient_registry_unavailable_and_cach
 async fn registering_against_a_failing_registry_returns_its_status() {
     let server = RegistryServer::start().await;
     server.state.fail_with(StatusCode::INTERNAL_SERVER_ERROR);
-    let registry = server.client();
+    let registry = client_of(&server);
     let error = registry
         .register(SUBJECT, avro::trace_event_schema())
         .await
@@ -182,7 +183,7 @@ async fn registering_against_a_failing_registry_returns_its_status() {
 #[tokio::test]
 async fn a_registry_answering_404_yields_permanent_unknown_schema_id() {
     let server = RegistryServer::start().await;
-    let decoder = decoder_with(server.client());
+    let decoder = decoder_with(client_of(&server));
     let bytes = encode(&full_trace(), Encoding::Confluent { schema_id: 4242 }).expect("encodes");
     let error = decoder
         .decode_fetching(&bytes)
@@ -232,7 +233,7 @@ async fn a_compatible_older_writer_schema_from_the_registry_decodes_through_reso
     let current_id = server
         .state
         .preload(&avro::trace_event_schema().canonical_form());
-    let decoder = decoder_with(server.client());
+    let decoder = decoder_with(client_of(&server));
 
     let v1_bytes = confluent(v1_id, &v1_datum(&v1_full_trace()));
     let decoded = decoder
