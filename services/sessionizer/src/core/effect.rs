@@ -42,7 +42,8 @@ pub enum Effect {
     Resume(Vec<i32>),
     /// Read these partitions' session state back from the changelog.
     Restore(Vec<i32>),
-    /// Stop reading these partitions' state: they were revoked meanwhile.
+    /// Stop reading these partitions' state and drop the messages held for them: they were
+    /// revoked meanwhile.
     AbandonRestore(Vec<i32>),
 }
 

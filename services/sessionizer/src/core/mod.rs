@@ -142,7 +142,8 @@ impl Core {
         &self.decoder
     }
 
-    /// Whether a message of `partition` is processed now (owned, state installed).
+    /// Whether `partition` is assigned but its state is not installed yet: the IO loop holds
+    /// its messages (fetched before the pause took effect) until [`Core::restored`].
     pub fn is_awaiting_state(&self, partition: i32) -> bool {
         self.awaiting_state.contains(&partition)
     }
@@ -191,12 +192,15 @@ impl Core {
     /// owner redoes them from the last commit).
     pub fn revoked(&mut self, partitions: &[i32], out: &mut Vec<Effect>) {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        // Held restores too: the IO loop may hold messages for them.
         let abandoned: Vec<i32> = partitions
             .iter()
             .copied()
             .filter(|partition| self.awaiting_state.remove(partition))
-            .filter(|partition| !self.restore_held.remove(partition))
             .collect();
+        for partition in &abandoned {
+            self.restore_held.remove(partition);
+        }
         if !abandoned.is_empty() {
             out.push(Effect::AbandonRestore(abandoned));
         }

@@ -251,8 +251,8 @@ impl Pipeline {
     fn on_message(&mut self, message: OwnedMessage, schema_error: Option<DecodeError>) {
         self.health.record_progress();
         self.health.set_broker_reachable(true);
-        if let Some(restoring) = self.restoring.as_mut()
-            && restoring.is_restoring(message.partition())
+        if self.core.is_awaiting_state(message.partition())
+            && let Some(restoring) = self.restoring.as_mut()
         {
             // Fetched before the partition's pause took effect: processed once its state is
             // back, in order.

@@ -120,10 +120,6 @@ impl Restoring {
         }
     }
 
-    pub fn is_restoring(&self, partition: i32) -> bool {
-        self.pending.contains_key(&partition)
-    }
-
     /// Keeps a message of a restoring partition, to be processed once its state is back.
     pub fn hold(&mut self, message: OwnedMessage, schema_error: Option<DecodeError>) {
         use rdkafka::Message as _;
