@@ -151,10 +151,44 @@ fn settings(changelog: bool) -> CoreSettings {
     }
 }
 
+/// What a message must end in for its offset to be settled.
+#[derive(Debug)]
+enum Outcome {
+    /// Undecodable: its dead letter.
+    DeadLetter,
+    /// A session end: nothing.
+    Nothing,
+    /// Its row, by inference id (or its dead letter, when Openlayer refuses it).
+    Row(String),
+}
+
+/// Each message's outcome, decoded once.
+fn outcomes(logs: &[Vec<Vec<u8>>]) -> Vec<Vec<Outcome>> {
+    let decoder = trace_model::Decoder::new(Limits::default());
+    logs.iter()
+        .enumerate()
+        .map(|(partition, log)| {
+            log.iter()
+                .enumerate()
+                .map(|(offset, payload)| match decoder.decode(payload) {
+                    Err(_) => Outcome::DeadLetter,
+                    Ok(event) if event.kind == TraceKind::SessionEnd => Outcome::Nothing,
+                    Ok(event) => Outcome::Row(
+                        event
+                            .inference_id
+                            .unwrap_or_else(|| format!("traces-{partition}-{offset}")),
+                    ),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The simulated world around one core at a time.
 struct World {
     changelog: bool,
     logs: Vec<Vec<Vec<u8>>>,
+    outcomes: Vec<Vec<Outcome>>,
     core: Core,
     base: Instant,
     elapsed_ms: u64,
@@ -178,6 +212,7 @@ impl World {
         let base = Instant::now();
         let mut world = World {
             changelog,
+            outcomes: outcomes(&logs),
             logs,
             core: new_core(changelog, base),
             base,
@@ -249,6 +284,10 @@ impl World {
 
     /// The invariant: everything below a stored offset is settled.
     fn store(&mut self, partition: i32, offset: i64) {
+        assert!(
+            offset as usize <= self.logs[partition as usize].len(),
+            "offset {offset} of partition {partition} stored past the end of its log"
+        );
         for below in 0..offset {
             assert!(
                 self.is_settled(partition, below),
@@ -263,17 +302,11 @@ impl World {
     }
 
     fn is_settled(&self, partition: i32, offset: i64) -> bool {
-        let payload = &self.logs[partition as usize][offset as usize];
-        match trace_model::Decoder::new(Limits::default()).decode(payload) {
-            Err(_) => self.dead_lettered.contains(&(partition, offset)),
-            Ok(event) if event.kind == TraceKind::SessionEnd => true,
-            Ok(event) => {
-                let id = event
-                    .inference_id
-                    .unwrap_or_else(|| format!("traces-{partition}-{offset}"));
-                self.acknowledged.contains_key(&id)
-                    || self.dead_lettered.contains(&(partition, offset))
-            }
+        let dead_lettered = self.dead_lettered.contains(&(partition, offset));
+        match &self.outcomes[partition as usize][offset as usize] {
+            Outcome::DeadLetter => dead_lettered,
+            Outcome::Nothing => true,
+            Outcome::Row(id) => self.acknowledged.contains_key(id) || dead_lettered,
         }
     }
 
