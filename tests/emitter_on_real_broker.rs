@@ -135,6 +135,10 @@ async fn emits_every_trace_keyed_and_in_order(encoding: Encoding) {
     for (key, mut positions) in by_key {
         let partitions: HashSet<i32> = positions.iter().map(|(partition, ..)| *partition).collect();
         assert_eq!(partitions.len(), 1, "key {key:?} stays in one partition");
+        assert!(
+            partitions.contains(&trace_model::routing::partition_for(&key, PARTITIONS)),
+            "key {key:?} is in its murmur2 partition (the sessionizer's routing function)"
+        );
         partitions_used.extend(partitions);
         positions.sort_by_key(|(_, offset, _)| *offset);
         let turns: Vec<u64> = positions.iter().map(|(.., turn)| *turn).collect();

@@ -129,7 +129,10 @@ impl KafkaPublisher {
             // never delivered after its request was answered 503.
             .set("message.timeout.ms", &timeout_ms)
             // The producer helpers' codec: cheap, and the sessionizer reads it.
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            // Java's partitioner (trace_model::routing): a session's rows land in the
+            // partition the sessionizer keeps it in, and need no repartitioning hop.
+            .set("partitioner", "murmur2_random");
         for (key, value) in &settings.client.0 {
             client.set(key, value);
         }

@@ -156,6 +156,9 @@ impl Emitter {
             .set("compression.type", "lz4")
             // Batch for a few milliseconds; traces are not latency critical.
             .set("linger.ms", "20")
+            // Java's partitioner (trace_model::routing): a session's traces land in the
+            // partition the sessionizer keeps it in, and need no repartitioning hop.
+            .set("partitioner", "murmur2_random")
             // The bounded queue: beyond it `send` fails at once with QueueFull.
             .set(
                 "queue.buffering.max.messages",

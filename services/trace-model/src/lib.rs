@@ -7,10 +7,12 @@
 //!   - [`codec::json`]: the same record as JSON
 //!   - [`codec::registry`]: Schema Registry client for Confluent framing
 //! - [`validate`]: id, number and step limits with bounded reason codes
+//! - [`routing`]: the partition a trace belongs in (its session's murmur2 partition)
 //! - [`secret`]: a string (an API key) that never prints
 
 pub mod codec;
 pub mod record;
+pub mod routing;
 pub mod secret;
 pub mod validate;
 
