@@ -224,7 +224,7 @@ async fn a_changelog_with_another_partition_count_is_refused_with_the_command_th
     let stderr = run_fails(sessionizer(&names, &bootstrap, &openlayer, KEY)).await;
     assert!(
         stderr.contains(&format!(
-            "the topics are not ready: changelog topic `{}` has 2 partitions",
+            "the topics are not ready: topic `{}` (kafka.changelog_topic) has 2 partitions",
             names.changelog
         )),
         "{stderr}"

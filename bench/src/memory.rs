@@ -84,7 +84,7 @@ pub(crate) fn probe(sessions: usize, journal: bool) -> Result<Probe> {
     if journal {
         // What the pipeline records per message: the session's state after it (a clone,
         // keyed by a clone of the key) and the partition's event time.
-        let mut partition_journal = PartitionJournal::new(None, None);
+        let mut partition_journal = PartitionJournal::new(None);
         for (offset, (key, state)) in windows.sessions().enumerate() {
             let offset = offset as i64;
             partition_journal.record_state(

@@ -24,13 +24,23 @@ pub struct BatchSettings {
     pub max_unacked_rows: usize,
 }
 
-/// Where a row came from: settles `offset` of `partition` once shipped or dead-lettered.
+/// Where a row came from: settles `sequence` of `partition` once shipped or dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
     pub partition: i32,
-    pub offset: i64,
+    /// The message's place among the partition's messages (`core::merge`).
+    pub sequence: i64,
+    /// Where the trace was first read from the traces topic, for dead-letter headers.
+    pub read_at: Position,
     /// Kafka timestamp of the message, for the end-to-end delay metric.
     pub kafka_timestamp_ms: Option<i64>,
+}
+
+/// A partition and offset of the traces topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// One data-stream request's worth of rows for one pipeline.
@@ -223,7 +233,11 @@ mod tests {
                 row: row(&offset.to_string()),
                 origin: Origin {
                     partition: (offset % 2) as i32,
-                    offset,
+                    sequence: offset,
+                    read_at: Position {
+                        partition: (offset % 2) as i32,
+                        offset,
+                    },
                     kafka_timestamp_ms: None,
                 },
                 input_names: inputs.iter(),
@@ -249,7 +263,7 @@ mod tests {
         let offsets: Vec<i64> = ready[0]
             .origins
             .iter()
-            .map(|origin| origin.offset)
+            .map(|origin| origin.sequence)
             .collect();
         assert_eq!(offsets, [0, 2, 3]);
         assert_eq!(

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub late_events: IntCounterVec,
     pub passthrough_events: IntCounter,
+    /// Traces forwarded to their session's partition, by why they were elsewhere.
+    pub repartitioned: IntCounterVec,
     pub sessions_open: IntGauge,
     pub sessions_opened: IntCounter,
     pub sessions_closed: IntCounterVec,
@@ -174,6 +176,12 @@ impl Metrics {
                 "sessionizer_passthrough_events_total",
                 "Traces without user or session shipped without session enrichment.",
             )?,
+            repartitioned: counter_vec(
+                registry,
+                "sessionizer_traces_repartitioned_total",
+                "Traces read in another partition than their session's and forwarded there, by reason (other_partition: keyed by another partitioner or key; no_key).",
+                &["reason"],
+            )?,
             sessions_open: gauge(
                 registry,
                 "sessionizer_sessions_open",
@@ -310,6 +318,9 @@ impl Metrics {
         }
         for outcome in ["joined", "marked"] {
             self.late_events.with_label_values(&[outcome]);
+        }
+        for reason in ["other_partition", "no_key"] {
+            self.repartitioned.with_label_values(&[reason]);
         }
         for reason in ["gap", "idle", "max_duration", "end_event"] {
             self.sessions_closed.with_label_values(&[reason]);

@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn route_key_prefers_the_session_then_the_user() {
         let mut event: TraceEvent =
-            serde_json::from_str(r#"{"timestamp_ms": 1, "name": "chat"}"#).unwrap();
+            serde_json::from_str(r#"{"timestamp_ms": 1, "name": "chat"}"#).expect("trace");
         assert_eq!(route_key(&event), None);
         event.user_id = Some("user-1".into());
         assert_eq!(route_key(&event), Some("user-1"));

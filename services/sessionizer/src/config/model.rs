@@ -55,6 +55,12 @@ pub struct KafkaConfig {
     /// survive restarts and follow their partition on rebalance. An empty string keeps state
     /// in memory only: after a restart or rebalance, open sessions restart their turn numbers.
     pub changelog_topic: String,
+    /// Topic, co-partitioned with `topic`, through which traces read in another partition than
+    /// their session's (`murmur2(session id, else user id)`, Java's default partitioner) are
+    /// forwarded there, so a session's traces meet whatever partitioner their producers used.
+    /// An empty string (the default for now) sessionizes traces where they are read.
+    #[serde(default)]
+    pub repartition_topic: String,
     /// How often session state is written to `changelog_topic` and acknowledged offsets are
     /// stored for the next commit.
     pub checkpoint_interval_ms: u64,
@@ -282,6 +288,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: default_dead_letter_topic(),
             sessions_topic: default_sessions_topic(),
             changelog_topic: default_changelog_topic(),
+            repartition_topic: String::new(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             schema_registry_url: String::new(),
             session_timeout_ms: default_session_timeout_ms(),

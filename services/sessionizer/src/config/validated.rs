@@ -107,6 +107,8 @@ impl ValidatedConfig {
                 checkpoint_interval: self.kafka.checkpoint_interval,
                 changelog: self.kafka.changelog_topic.is_some(),
                 summaries: self.kafka.sessions_topic.is_some(),
+                // Known once the traces topic is described (`pipeline::run`).
+                repartition_partitions: None,
             },
         }
     }

@@ -3,11 +3,13 @@
 //! Every effect that waits for an outcome is answered with exactly one input: `Ship` with
 //! [`super::Core::shipped`] (or [`super::Core::ship_lost`]), `DeadLetter` with
 //! [`super::Core::dead_letter_delivered`], `ForwardUpdate` with
-//! [`super::Core::update_forwarded`], `WriteCheckpoint` with
+//! [`super::Core::update_forwarded`], `Repartition` with [`super::Core::repartitioned`],
+//! `WriteCheckpoint` with
 //! [`super::Core::checkpoint_written`], and `Restore` with [`super::Core::restored`] or
 //! [`super::Core::restore_failed`]. The others are fire-and-forget.
 
-use crate::batch::{Batch, Origin};
+use super::merge::{Stream, StreamOffsets};
+use crate::batch::{Batch, Origin, Position};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::DeadLetter;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +22,9 @@ pub enum Effect {
     Ship(Batch),
     /// Write a message or row that cannot go further to the dead-letter topic.
     DeadLetter(DeadLetter),
+    /// Forward a trace read in the wrong partition to its session's partition of the
+    /// repartition topic.
+    Repartition(Forward),
     /// Produce a closed session's summary to the sessions topic (best effort).
     ProduceSummary(SessionSummary),
     /// Mark a closed session's last row as its final turn (best effort).
@@ -29,8 +34,13 @@ pub enum Effect {
     },
     /// Send a row update read from the traces topic to Openlayer.
     ForwardUpdate(Box<ForwardedUpdate>),
-    /// Store `offset` (the next to read) of `partition`; librdkafka commits stored offsets.
-    StoreOffset { partition: i32, offset: i64 },
+    /// Store `offset` (the next to read) of `partition` of `stream`'s topic; librdkafka
+    /// commits stored offsets.
+    StoreOffset {
+        stream: Stream,
+        partition: i32,
+        offset: i64,
+    },
     /// Write these changelog records: the state of a partition as of a watermark.
     WriteCheckpoint {
         checkpoint: CheckpointId,
@@ -49,12 +59,31 @@ pub enum Effect {
 
 /// Which checkpoint an outcome is about: the partition, its ownership (a partition revoked
 /// and assigned again in the same process is a new ownership, whose checkpoints are its own),
-/// and the watermark.
+/// and the watermark (a sequence) with the stream offsets it stores once written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointId {
     pub partition: i32,
     pub ownership: u64,
     pub watermark: i64,
+    pub offsets: StreamOffsets,
+}
+
+/// A trace on its way to its session's partition. Its payload is forwarded unchanged; the
+/// position it was first read at goes along (a header), so ids derived from it stay the same.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Where it was read: settles `sequence` of `partition` once Kafka has the forward.
+    pub partition: i32,
+    pub sequence: i64,
+    pub first_read: Position,
+    /// The partition (of the repartition topic) its session belongs in.
+    pub to_partition: i32,
+    /// The session (else user) id: the record's key.
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub kafka_timestamp_ms: Option<i64>,
+    /// Why it was forwarded, a metric label: `other_partition` or `no_key`.
+    pub reason: &'static str,
 }
 
 /// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once
@@ -71,8 +100,11 @@ pub struct ForwardedUpdate {
 /// A message as the consumer handed it over.
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
+    pub stream: Stream,
     pub partition: i32,
     pub offset: i64,
+    /// For a forwarded trace, where it was first read in the traces topic (its header).
+    pub first_read: Option<Position>,
     pub kafka_timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],

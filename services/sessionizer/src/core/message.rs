@@ -1,13 +1,15 @@
 //! A consumed message through the core: decode, sessionize, journal, enrich, batch; or a
 //! dead letter when it cannot become a row.
 
-use super::effect::{Effect, ForwardedUpdate, Now, Received};
+use super::effect::{Effect, Forward, ForwardedUpdate, Now, Received};
+use super::merge::Stream;
 use super::{Core, FinalTurn};
-use crate::batch::{Origin, RowToBatch};
+use crate::batch::{Origin, Position, RowToBatch};
 use crate::enrich::{openlayer_row, row_id_columns};
 use crate::sessionize::store::StateAfter;
 use crate::sessionize::{ClosedSession, Placement, SessionKey};
 use crate::source::dlq::DeadLetter;
+use trace_model::routing::{partition_for, route_key};
 use trace_model::{DecodeError, SessionSummary, TraceEvent, TraceKind};
 
 impl Core {
@@ -26,7 +28,10 @@ impl Core {
     ) {
         self.metrics.events_consumed.inc();
         let Received {
-            partition, offset, ..
+            stream,
+            partition,
+            offset,
+            ..
         } = received;
         if !self.offsets.owns(partition) || self.awaiting_state.contains(&partition) {
             return;
@@ -34,20 +39,28 @@ impl Core {
         let Some(owned) = self.owned.get_mut(&partition) else {
             return;
         };
-        owned.position = Some(offset + 1);
+        if stream == Stream::Traces {
+            owned.position = Some(offset + 1);
+        }
+        let Some(sequence) = self.offsets.read(partition, stream, offset) else {
+            return;
+        };
         if owned
             .restored
             .as_ref()
-            .is_some_and(|restored| restored.already_applied(None, offset))
+            .is_some_and(|restored| restored.already_applied(None, stream, offset))
         {
             // Applied and acknowledged before the last checkpoint: replaying it would count
             // it twice.
-            self.offsets.track(partition, offset, 0);
+            self.offsets.track(partition, sequence, 0);
             return;
         }
         let origin = Origin {
             partition,
-            offset,
+            sequence,
+            read_at: received
+                .first_read
+                .unwrap_or(Position { partition, offset }),
             kafka_timestamp_ms: received.kafka_timestamp_ms,
         };
         let decoded = match schema_error {
@@ -58,7 +71,7 @@ impl Core {
             Ok(event) => event,
             Err(error) => {
                 tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
-                self.reject(received, error.reason(), error.to_string(), out);
+                self.reject(received, origin, error.reason(), error.to_string(), out);
                 return;
             }
         };
@@ -68,11 +81,17 @@ impl Core {
             .or_else(|| self.settings.default_pipeline_id.clone())
         else {
             let description = "trace names no pipeline_id and no default is configured";
-            self.reject(received, "no_pipeline_id", description.to_owned(), out);
+            self.reject(
+                received,
+                origin,
+                "no_pipeline_id",
+                description.to_owned(),
+                out,
+            );
             return;
         };
         if event.kind == TraceKind::RowUpdate {
-            self.offsets.track(partition, offset, 1);
+            self.offsets.track(partition, sequence, 1);
             self.forwarded_updates.push(ForwardedUpdate {
                 origin,
                 pipeline_id,
@@ -80,7 +99,58 @@ impl Core {
             });
             return;
         }
-        self.place(&event, &pipeline_id, origin, now, out);
+        if stream == Stream::Traces
+            && let Some((to_partition, reason)) = self.belongs_elsewhere(&event, received)
+        {
+            self.forward(&event, received, origin, to_partition, reason, out);
+            return;
+        }
+        self.place(&event, &pipeline_id, origin, (stream, offset), now, out);
+    }
+
+    /// The partition a trace read in `received.partition` belongs in instead, and why it was
+    /// not there, when repartitioning is on.
+    fn belongs_elsewhere(
+        &self,
+        event: &TraceEvent,
+        received: Received<'_>,
+    ) -> Option<(i32, &'static str)> {
+        let num_partitions = self.settings.repartition_partitions?;
+        let key = route_key(event)?;
+        let to_partition = partition_for(key.as_bytes(), num_partitions);
+        if to_partition == received.partition {
+            return None;
+        }
+        let reason = if received.key.is_none() {
+            "no_key"
+        } else {
+            "other_partition"
+        };
+        Some((to_partition, reason))
+    }
+
+    /// Sends a trace to its session's partition through the repartition topic; its message
+    /// settles once Kafka has the forward.
+    fn forward(
+        &mut self,
+        event: &TraceEvent,
+        received: Received<'_>,
+        origin: Origin,
+        to_partition: i32,
+        reason: &'static str,
+        out: &mut Vec<Effect>,
+    ) {
+        self.offsets.track(origin.partition, origin.sequence, 1);
+        out.push(Effect::Repartition(Forward {
+            partition: origin.partition,
+            sequence: origin.sequence,
+            first_read: origin.read_at,
+            to_partition,
+            key: route_key(event).unwrap_or_default().to_owned(),
+            payload: received.payload.to_vec(),
+            kafka_timestamp_ms: received.kafka_timestamp_ms,
+            reason,
+        }));
     }
 
     /// Dead-letters a message that cannot become a row (decode or validation failure, no
@@ -88,6 +158,7 @@ impl Core {
     fn reject(
         &mut self,
         received: Received<'_>,
+        origin: Origin,
         reason: &'static str,
         description: String,
         out: &mut Vec<Effect>,
@@ -96,14 +167,13 @@ impl Core {
             .events_invalid
             .with_label_values(&[reason])
             .inc();
-        self.offsets.track(received.partition, received.offset, 1);
+        self.offsets.track(origin.partition, origin.sequence, 1);
         self.dead_letter(
             DeadLetter {
                 reason,
                 stage: "decode",
                 message: description,
-                partition: received.partition,
-                offset: received.offset,
+                origin,
                 key: received.key.map(<[u8]>::to_vec),
                 payload: received.payload.to_vec(),
                 http_status: None,
@@ -122,17 +192,20 @@ impl Core {
     }
 
     /// Places a trace in its session window, journals the touched sessions, and batches its
-    /// enriched row.
+    /// enriched row. `read`: the stream and offset it was read at, for replays.
     fn place(
         &mut self,
         event: &TraceEvent,
         pipeline_id: &str,
         origin: Origin,
+        read: (Stream, i64),
         now: Now,
         out: &mut Vec<Effect>,
     ) {
         let Origin {
-            partition, offset, ..
+            partition,
+            sequence,
+            ..
         } = origin;
         let Some(owned) = self.owned.get_mut(&partition) else {
             return;
@@ -142,16 +215,16 @@ impl Core {
         if owned
             .restored
             .as_ref()
-            .is_some_and(|restored| restored.already_applied(key.as_ref(), offset))
+            .is_some_and(|restored| restored.already_applied(key.as_ref(), read.0, read.1))
         {
             // Its session's state already holds it, but the partition's event time may not: a
             // checkpoint that landed in part has the session's record and not the partition's.
             // Without this, a later trace could be judged on time when it was late.
             windows.restore_event_time(Some(event.timestamp_ms));
             if let Some(journal) = owned.journal.as_mut() {
-                journal.record_event_time(offset, windows.event_time_ms());
+                journal.record_event_time(sequence, windows.event_time_ms());
             }
-            self.offsets.track(partition, offset, 0);
+            self.offsets.track(partition, sequence, 0);
             return;
         }
         let mut closed = Vec::new();
@@ -176,15 +249,15 @@ impl Core {
                     state: windows.session(key).cloned(),
                     next_segment: windows.next_segment_of(key),
                 };
-                journal.record_state(offset, key, after);
+                journal.record_state(sequence, key, after);
             }
-            journal.record_event_time(offset, windows.event_time_ms());
+            journal.record_event_time(sequence, windows.event_time_ms());
         }
         for session in closed {
-            self.on_session_closed(partition, session, offset, out);
+            self.on_session_closed(partition, session, sequence, out);
         }
         if let Placement::End { .. } = placement {
-            self.offsets.track(partition, offset, 0);
+            self.offsets.track(partition, sequence, 0);
             self.offsets.store_advanced(out);
             return;
         }
@@ -233,17 +306,17 @@ impl Core {
                 owned.newest_timestamp_ms = Some(kafka_timestamp_ms);
             }
         }
-        // The producer's id, else one derived from the Kafka position: stable across
-        // redeliveries, so a retried row is recognisably the same row.
+        // The producer's id, else one derived from the position it was first read at: stable
+        // across redeliveries and forwards, so a retried row is recognisably the same row.
         let inference_id = event.inference_id.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}-{}",
-                self.settings.topic, origin.partition, origin.offset
+                self.settings.topic, origin.read_at.partition, origin.read_at.offset
             )
         });
         let row = openlayer_row(event, &inference_id, placement);
         let (has_user, has_session) = row_id_columns(event, placement);
-        self.offsets.track(origin.partition, origin.offset, 1);
+        self.offsets.track(origin.partition, origin.sequence, 1);
         let mut ready = Vec::new();
         self.batcher.add(
             RowToBatch {
@@ -261,13 +334,13 @@ impl Core {
         self.apply_backpressure(now.instant, out);
     }
 
-    /// `close_offset`: the message that closed it, or the last one consumed (idle closes); the
+    /// `close_sequence`: the message that closed it, or the last one read (idle closes); the
     /// session's rows all sit at or below it.
     pub(super) fn on_session_closed(
         &mut self,
         partition: i32,
         session: ClosedSession,
-        close_offset: i64,
+        close_sequence: i64,
         out: &mut Vec<Effect>,
     ) {
         let reason = session.reason.as_str();
@@ -285,7 +358,7 @@ impl Core {
             // stored yet would be lost.
             self.final_turns.push(FinalTurn {
                 partition,
-                close_offset,
+                close_sequence,
                 pipeline_id: session.key.pipeline_id.clone(),
                 inference_id: state.last_inference_id.clone(),
             });

@@ -10,17 +10,20 @@
 //! # Layout
 //! - [`effect`]: effects out, message and time in
 //! - [`offsets`]: the commit rule (track, settle, checkpoint, store)
+//! - [`merge`]: a partition's two streams (traces, repartitioned traces) as one sequence
 //! - `message.rs`: a consumed message through decode, sessionize, enrich and batch
 //! - `settle.rs`: outcomes coming back (acks, dead letters, updates, checkpoints)
 
 pub mod effect;
+pub mod merge;
 mod message;
 pub mod offsets;
 mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use effect::{CheckpointId, Effect, ForwardedUpdate, Now, Received};
+pub use effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Now, Received};
+pub use merge::{Stream, StreamOffsets};
 
 use crate::batch::{Batch, BatchSettings, Batcher};
 use crate::metrics::Metrics;
@@ -51,13 +54,17 @@ pub struct CoreSettings {
     pub changelog: bool,
     /// Whether closed sessions produce summaries.
     pub summaries: bool,
+    /// With repartitioning, the traces topic's partition count: a trace read elsewhere than
+    /// its session's partition (`trace_model::routing`) is forwarded there. `None`: traces
+    /// are sessionized where they are read.
+    pub repartition_partitions: Option<i32>,
 }
 
 /// A closed session's last row, to be marked as its final turn once acknowledged.
 #[derive(Debug)]
 struct FinalTurn {
     partition: i32,
-    close_offset: i64,
+    close_sequence: i64,
     pipeline_id: String,
     inference_id: String,
 }
@@ -70,7 +77,7 @@ struct Owned {
     journal: Option<PartitionJournal>,
     /// What the changelog held at assignment, for skipping replayed messages.
     restored: Option<RestoredPartition>,
-    /// Next offset to process, for consumer lag and idle closes.
+    /// Next offset of the traces topic to process, for consumer lag.
     position: Option<i64>,
     /// Kafka timestamp of the newest processed record, for the partition lag gauge.
     newest_timestamp_ms: Option<i64>,
@@ -268,15 +275,26 @@ impl Core {
                 None => {}
             }
         }
-        let checkpoint_w = restored.checkpoint_w();
-        tracing::info!(partition, num_open, ?checkpoint_w, "session state restored");
+        let checkpoint = restored.checkpoint;
+        tracing::info!(partition, num_open, ?checkpoint, "session state restored");
         self.metrics.sessions_open.add(num_open);
         // Only records ahead of the checkpoint matter for skipping replays.
-        restored
-            .sessions
-            .retain(|_, record| checkpoint_w.is_none_or(|w| record.w > w));
+        restored.sessions.retain(|_, record| {
+            checkpoint.is_none_or(|checkpoint| record.w > checkpoint.w || record.rw > checkpoint.rw)
+        });
+        self.offsets.restored(
+            partition,
+            StreamOffsets {
+                traces: checkpoint.map(|checkpoint| checkpoint.w),
+                // Read (and stored) only with repartitioning on.
+                repartition: self
+                    .settings
+                    .repartition_partitions
+                    .and(checkpoint.map(|checkpoint| checkpoint.rw)),
+            },
+        );
         let mut owned = Owned::new(windows);
-        owned.journal = Some(PartitionJournal::new(checkpoint_w, event_time));
+        owned.journal = Some(PartitionJournal::new(event_time));
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
     }
@@ -338,12 +356,12 @@ impl Core {
             if closed.is_empty() {
                 continue;
             }
-            // Idle closes happen between messages: record them after the last one consumed.
-            let last_offset = owned.position.map(|next| next - 1);
-            if let (Some(journal), Some(last_offset)) = (owned.journal.as_mut(), last_offset) {
+            // Idle closes happen between messages: record them after the last one read.
+            let last_sequence = self.offsets.last_sequence(*partition);
+            if let (Some(journal), Some(last_sequence)) = (owned.journal.as_mut(), last_sequence) {
                 for session in &closed {
                     journal.record_state(
-                        last_offset,
+                        last_sequence,
                         &session.key,
                         StateAfter {
                             state: None,
@@ -352,12 +370,12 @@ impl Core {
                     );
                 }
             }
-            closed_by_partition.push((*partition, closed, last_offset.unwrap_or(-1)));
+            closed_by_partition.push((*partition, closed, last_sequence.unwrap_or(-1)));
         }
-        for (partition, closed, close_offset) in closed_by_partition {
+        for (partition, closed, close_sequence) in closed_by_partition {
             self.metrics.sessions_open.sub(closed.len() as i64);
             for session in closed {
-                self.on_session_closed(partition, session, close_offset, out);
+                self.on_session_closed(partition, session, close_sequence, out);
             }
         }
     }

@@ -18,11 +18,16 @@
 //!    flight then holds back the new ownership's restore (its records must be in the
 //!    changelog the restore reads) and its checkpoints, and its outcome stores nothing.
 //!
+//! 5. A partition reads two streams (the traces topic and the repartition topic): rules 1–4
+//!    apply to the partition's sequences ([`super::merge`]), and a stored sequence watermark
+//!    becomes one offset per stream.
+//!
 //! Nothing else stores offsets: this file is where at-least-once delivery is decided.
 
 use super::effect::{CheckpointId, Effect};
+use super::merge::{MergedLog, Stream, StreamOffsets};
 use crate::commit::OffsetTracker;
-use crate::sessionize::store::PartitionJournal;
+use crate::sessionize::store::{PartitionJournal, Watermarks};
 use std::collections::{HashMap, HashSet};
 
 /// Settlement and durability of consumed offsets for every owned partition.
@@ -38,6 +43,10 @@ pub struct Offsets {
     frozen: HashSet<i32>,
     /// The current ownership of each owned partition.
     ownerships: HashMap<i32, u64>,
+    /// Each owned partition's sequences and the stream offsets behind them.
+    logs: HashMap<i32, MergedLog>,
+    /// Per partition, the first sequence its next ownership starts at.
+    next_sequences: HashMap<i32, i64>,
     num_ownerships: u64,
 }
 
@@ -49,12 +58,16 @@ impl Offsets {
             checkpoint_in_flight: HashMap::new(),
             frozen: HashSet::new(),
             ownerships: HashMap::new(),
+            logs: HashMap::new(),
+            next_sequences: HashMap::new(),
             num_ownerships: 0,
         }
     }
 
     pub fn assign(&mut self, partition: i32) {
         self.tracker.assign(partition);
+        let first = self.next_sequences.get(&partition).copied().unwrap_or(0);
+        self.logs.insert(partition, MergedLog::starting_at(first));
         self.num_ownerships += 1;
         self.ownerships.insert(partition, self.num_ownerships);
     }
@@ -65,23 +78,44 @@ impl Offsets {
         self.tracker.revoke(partition);
         self.frozen.remove(&partition);
         self.ownerships.remove(&partition);
+        if let Some(log) = self.logs.remove(&partition) {
+            self.next_sequences.insert(partition, log.next_sequence());
+        }
+    }
+
+    /// The partition's streams continue after a restored checkpoint's offsets.
+    pub fn restored(&mut self, partition: i32, offsets: StreamOffsets) {
+        if let Some(log) = self.logs.get_mut(&partition) {
+            log.continue_after(offsets);
+        }
+    }
+
+    /// The sequence of a message just read from `stream` of an owned partition; `None` when
+    /// the partition is not owned.
+    pub fn read(&mut self, partition: i32, stream: Stream, offset: i64) -> Option<i64> {
+        Some(self.logs.get_mut(&partition)?.push(stream, offset))
+    }
+
+    /// Sequence of the newest message read from `partition`.
+    pub fn last_sequence(&self, partition: i32) -> Option<i64> {
+        self.logs.get(&partition)?.last_sequence()
     }
 
     pub fn owns(&self, partition: i32) -> bool {
         self.tracker.owns(partition)
     }
 
-    /// A consumed message that settles after `parts` settlements (0: at once).
-    pub fn track(&mut self, partition: i32, offset: i64, parts: u32) {
-        self.tracker.track(partition, offset, parts);
+    /// A message read (its sequence) that settles after `parts` settlements (0: at once).
+    pub fn track(&mut self, partition: i32, sequence: i64, parts: u32) {
+        self.tracker.track(partition, sequence, parts);
     }
 
-    /// One part of the message at `offset` settled.
-    pub fn settle(&mut self, partition: i32, offset: i64) {
-        self.tracker.settle(partition, offset);
+    /// One part of the message at `sequence` settled.
+    pub fn settle(&mut self, partition: i32, sequence: i64) {
+        self.tracker.settle(partition, sequence);
     }
 
-    /// Next offset to commit for `partition`: everything below it is settled.
+    /// Next sequence to commit for `partition`: everything below it is settled.
     pub fn watermark(&self, partition: i32) -> Option<i64> {
         self.tracker.watermark(partition)
     }
@@ -104,8 +138,10 @@ impl Offsets {
         if self.changelog {
             return;
         }
-        for (partition, offset) in self.tracker.take_advanced() {
-            out.push(Effect::StoreOffset { partition, offset });
+        for (partition, sequence) in self.tracker.take_advanced() {
+            if let Some(log) = self.logs.get_mut(&partition) {
+                store(partition, log.offsets_at(sequence), out);
+            }
         }
     }
 
@@ -128,19 +164,28 @@ impl Offsets {
             let Some(watermark) = self.tracker.watermark(partition) else {
                 continue;
             };
-            let writes = journal.checkpoint(watermark);
+            let (Some(ownership), Some(log)) = (
+                self.ownerships.get(&partition).copied(),
+                self.logs.get_mut(&partition),
+            ) else {
+                continue;
+            };
+            let offsets = log.offsets_at(watermark);
+            let at = Watermarks {
+                traces: offsets.traces.unwrap_or(0),
+                repartition: offsets.repartition.unwrap_or(0),
+            };
+            let writes = journal.checkpoint(watermark, at);
             if writes.is_empty() {
                 continue;
             }
-            let Some(ownership) = self.ownerships.get(&partition).copied() else {
-                continue;
-            };
             self.checkpoint_in_flight.insert(partition, ownership);
             out.push(Effect::WriteCheckpoint {
                 checkpoint: CheckpointId {
                     partition,
                     ownership,
                     watermark,
+                    offsets,
                 },
                 writes,
             });
@@ -159,6 +204,7 @@ impl Offsets {
             partition,
             ownership,
             watermark,
+            offsets,
         } = checkpoint;
         if self.checkpoint_in_flight.get(&partition) == Some(&ownership) {
             self.checkpoint_in_flight.remove(&partition);
@@ -173,11 +219,25 @@ impl Offsets {
         if let Some(journal) = journal {
             journal.checkpoint_written(watermark);
         }
-        out.push(Effect::StoreOffset {
-            partition,
-            offset: watermark,
-        });
+        store(partition, offsets, out);
         CheckpointOutcome::Stored
+    }
+}
+
+/// Stores the offset of each stream read so far.
+fn store(partition: i32, offsets: StreamOffsets, out: &mut Vec<Effect>) {
+    let streams = [
+        (Stream::Traces, offsets.traces),
+        (Stream::Repartition, offsets.repartition),
+    ];
+    for (stream, offset) in streams {
+        if let Some(offset) = offset {
+            out.push(Effect::StoreOffset {
+                stream,
+                partition,
+                offset,
+            });
+        }
     }
 }
 

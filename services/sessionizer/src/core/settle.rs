@@ -1,10 +1,10 @@
 //! Outcomes coming back to the core: batches acknowledged, dead letters delivered, row updates
 //! accepted, checkpoints written; and the sends that wait for them.
 
-use super::effect::{CheckpointId, Effect, ForwardedUpdate, Now};
+use super::effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Now};
 use super::offsets::CheckpointOutcome;
 use super::{Core, FinalTurn};
-use crate::batch::Batch;
+use crate::batch::{Batch, Origin};
 use crate::sink::{Rejection, ShipReport};
 use crate::source::dlq::DeadLetter;
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ impl Core {
                     .end_to_end_delay
                     .observe((now.wall_ms - kafka_timestamp_ms).max(0) as f64 / 1000.0);
             }
-            self.offsets.settle(origin.partition, origin.offset);
+            self.offsets.settle(origin.partition, origin.sequence);
         }
         for (origin, index, rejection) in letters {
             if !self.offsets.owns(origin.partition) {
@@ -53,8 +53,7 @@ impl Core {
                 reason: "openlayer_rejected",
                 stage: "sink",
                 message: rejection.body,
-                partition: origin.partition,
-                offset: origin.offset,
+                origin,
                 key: None,
                 payload: batch.rows[index].get().as_bytes().to_vec(),
                 http_status: rejection.status,
@@ -82,13 +81,12 @@ impl Core {
     /// unsettled (never committed, redelivered after a restart).
     pub fn dead_letter_delivered(
         &mut self,
-        partition: i32,
-        offset: i64,
+        origin: Origin,
         delivered: bool,
         out: &mut Vec<Effect>,
     ) {
         if delivered {
-            self.offsets.settle(partition, offset);
+            self.offsets.settle(origin.partition, origin.sequence);
             self.offsets.store_advanced(out);
             return;
         }
@@ -97,9 +95,32 @@ impl Core {
             .with_label_values(&["kafka", "sending"])
             .inc();
         tracing::error!(
-            partition,
-            offset,
+            partition = origin.read_at.partition,
+            offset = origin.read_at.offset,
             "dead letter not delivered; the message stays uncommitted"
+        );
+    }
+
+    /// A forward's outcome: delivered settles the message it was read as; otherwise the
+    /// message stays unsettled (never committed, read and forwarded again after a restart).
+    pub fn repartitioned(&mut self, forward: &Forward, delivered: bool, out: &mut Vec<Effect>) {
+        if delivered {
+            self.metrics
+                .repartitioned
+                .with_label_values(&[forward.reason])
+                .inc();
+            self.offsets.settle(forward.partition, forward.sequence);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        self.metrics
+            .errors
+            .with_label_values(&["kafka", "sending"])
+            .inc();
+        tracing::error!(
+            partition = forward.first_read.partition,
+            offset = forward.first_read.offset,
+            "trace not forwarded to its partition; it stays uncommitted"
         );
     }
 
@@ -115,7 +136,7 @@ impl Core {
             return;
         }
         if accepted {
-            self.offsets.settle(origin.partition, origin.offset);
+            self.offsets.settle(origin.partition, origin.sequence);
             self.offsets.store_advanced(out);
             return;
         }
@@ -123,8 +144,7 @@ impl Core {
             reason: "openlayer_row_update_failed",
             stage: "sink",
             message: "openlayer did not accept the row update".to_owned(),
-            partition: origin.partition,
-            offset: origin.offset,
+            origin,
             key: update
                 .event
                 .partition_key()
@@ -191,7 +211,7 @@ impl Core {
                 .partition(|final_turn| {
                     self.offsets
                         .watermark(final_turn.partition)
-                        .is_some_and(|watermark| watermark > final_turn.close_offset)
+                        .is_some_and(|watermark| watermark > final_turn.close_sequence)
                 });
         self.final_turns = waiting;
         for final_turn in ready {
@@ -215,7 +235,7 @@ impl Core {
                 .partition(|update| {
                     self.offsets
                         .watermark(update.origin.partition)
-                        .is_some_and(|watermark| watermark >= update.origin.offset)
+                        .is_some_and(|watermark| watermark >= update.origin.sequence)
                 });
         self.forwarded_updates = waiting;
         out.extend(

@@ -12,6 +12,7 @@
 //! - nothing is lost: in the end every message has its row or dead letter.
 
 use super::*;
+use crate::batch::Origin;
 use crate::sessionize::SessionKey;
 use crate::sink::{Rejection, ShipReport};
 use proptest::prelude::*;
@@ -148,6 +149,7 @@ fn settings(changelog: bool) -> CoreSettings {
         checkpoint_interval: Duration::from_millis(200),
         changelog,
         summaries: true,
+        repartition_partitions: None,
     }
 }
 
@@ -199,7 +201,7 @@ struct World {
     committed: BTreeMap<i32, i64>,
     changelog_records: Vec<(i32, String, Vec<u8>)>,
     ships: Vec<Batch>,
-    dead_letters: Vec<(i32, i64)>,
+    dead_letters: Vec<Origin>,
     checkpoints: Vec<(CheckpointId, Vec<crate::sessionize::store::ChangelogWrite>)>,
     restores: Vec<i32>,
     /// Rows Openlayer acknowledged, every delivery, by inference id.
@@ -257,10 +259,23 @@ impl World {
         for effect in effects {
             match effect {
                 Effect::Ship(batch) => self.ships.push(batch),
-                Effect::DeadLetter(letter) => {
-                    self.dead_letters.push((letter.partition, letter.offset))
+                Effect::DeadLetter(letter) => self.dead_letters.push(letter.origin),
+                Effect::StoreOffset {
+                    stream,
+                    partition,
+                    offset,
+                } => {
+                    // Repartitioning is off: every trace is sessionized where it is read.
+                    assert_eq!(
+                        stream,
+                        Stream::Traces,
+                        "nothing read from a repartition topic"
+                    );
+                    self.store(partition, offset);
                 }
-                Effect::StoreOffset { partition, offset } => self.store(partition, offset),
+                Effect::Repartition(forward) => {
+                    panic!("forwarded with repartitioning off: {forward:?}")
+                }
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.checkpoints.push((checkpoint, writes));
                 }
@@ -327,8 +342,10 @@ impl World {
         self.positions.insert(partition, offset + 1);
         let payload = self.logs[partition as usize][offset as usize].clone();
         let received = Received {
+            stream: Stream::Traces,
             partition,
             offset,
+            first_read: None,
             kafka_timestamp_ms: None,
             key: None,
             payload: &payload,
@@ -385,12 +402,13 @@ impl World {
                 pick: index,
                 delivered,
             } => {
-                if let Some((partition, offset)) = pick(&mut self.dead_letters, index) {
+                if let Some(origin) = pick(&mut self.dead_letters, index) {
                     if delivered {
-                        self.dead_lettered.insert((partition, offset));
+                        let read_at = origin.read_at;
+                        self.dead_lettered
+                            .insert((read_at.partition, read_at.offset));
                     }
-                    self.core
-                        .dead_letter_delivered(partition, offset, delivered, &mut out);
+                    self.core.dead_letter_delivered(origin, delivered, &mut out);
                 }
             }
             Op::CheckpointDone {

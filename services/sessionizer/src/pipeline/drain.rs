@@ -23,6 +23,7 @@ impl Pipeline {
             );
             self.shipping.abort_all();
             self.dead_letters.abort_all();
+            self.forwards.abort_all();
             self.forwarded_in_flight.abort_all();
         }
         self.core.store_settled(&mut self.effects);
@@ -51,13 +52,15 @@ impl Pipeline {
         self.commit_and_flush(deadline);
     }
 
-    /// Waits for requests, dead letters and forwarded updates until none is in flight.
+    /// Waits for requests, dead letters, forwards and forwarded updates until none is in
+    /// flight.
     async fn settle_in_flight(&mut self) {
         loop {
             self.core.send_forwarded_updates(&mut self.effects);
             self.perform();
             if self.shipping.is_empty()
                 && self.dead_letters.is_empty()
+                && self.forwards.is_empty()
                 && self.core.num_waiting_batches() == 0
                 && self.forwarded_in_flight.is_empty()
             {
@@ -67,6 +70,7 @@ impl Pipeline {
                 biased;
                 Some(shipped) = self.shipping.join_next_with_id(), if !self.shipping.is_empty() => self.on_shipped(shipped),
                 Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => self.on_dead_letter(delivered),
+                Some(forwarded) = self.forwards.join_next(), if !self.forwards.is_empty() => self.on_forwarded(forwarded),
                 Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => self.on_forwarded_update(forwarded),
                 else => return,
             }
@@ -80,6 +84,9 @@ impl Pipeline {
     }
 
     fn commit_and_flush(&mut self, deadline: tokio::time::Instant) {
+        if let Some(repartition) = &self.repartition {
+            repartition.commit();
+        }
         match self.source.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => self.metrics.commits.with_label_values(&["committed"]).inc(),
             Err(error) => {

@@ -16,14 +16,15 @@ mod settings;
 
 pub use settings::PipelineSettings;
 
-use crate::batch::Batch;
-use crate::core::{CheckpointId, Core, Effect, ForwardedUpdate, Now, Received};
+use crate::batch::{Batch, Origin};
+use crate::core::{CheckpointId, Core, Effect, Forward, ForwardedUpdate, Now, Received, Stream};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
+use crate::source::repartition::{RepartitionSource, first_read};
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
 use rdkafka::message::{Message, OwnedMessage};
@@ -46,6 +47,8 @@ const TICK: Duration = Duration::from_millis(50);
 pub enum RunError {
     #[error("failed to create the kafka consumer")]
     Consumer(#[source] rdkafka::error::KafkaError),
+    #[error("failed to create the consumer of the repartition topic")]
+    RepartitionConsumer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the kafka producer")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the openlayer client")]
@@ -58,6 +61,17 @@ pub enum RunError {
     /// stopping lets the restart (Kubernetes restarts the pod) try again.
     #[error("failed to restore session state from the changelog")]
     Restore(#[source] ChangelogError),
+}
+
+/// The next message of the repartition topic (never, without one: the `select!` guard keeps
+/// this from being polled then).
+async fn recv_repartitioned(
+    repartition: Option<&RepartitionSource>,
+) -> Result<rdkafka::message::BorrowedMessage<'_>, rdkafka::error::KafkaError> {
+    match repartition {
+        Some(repartition) => repartition.consumer.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next finished changelog read (`None` without a changelog; the `select!` guard keeps
@@ -77,13 +91,17 @@ struct Pipeline {
     metrics: Metrics,
     health: Health,
     source: Source,
+    /// The repartition topic's consumer, following `source`'s assignment.
+    repartition: Option<RepartitionSource>,
     producer: FutureProducer,
     sink: Arc<OpenlayerSink>,
     shipping: JoinSet<(Batch, ShipReport)>,
     /// When each Openlayer request task started, for the sink health check.
     shipping_started: HashMap<tokio::task::Id, Instant>,
-    /// Dead-letter deliveries: (partition, offset, delivered).
-    dead_letters: JoinSet<(i32, i64, bool)>,
+    /// Dead-letter deliveries, with whether Kafka has them.
+    dead_letters: JoinSet<(Origin, bool)>,
+    /// Traces forwarded to their session's partition, with whether Kafka has them.
+    forwards: JoinSet<(Forward, bool)>,
     summaries: JoinSet<bool>,
     /// Final-turn row updates in flight (best-effort, like summaries).
     row_updates: JoinSet<bool>,
@@ -109,9 +127,20 @@ pub async fn run(
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    prepare_topics(&settings.kafka)
+    let mut settings = settings;
+    let num_partitions = prepare_topics(&settings.kafka)
         .await
         .map_err(RunError::Topics)?;
+    let repartition = match &settings.kafka.repartition_topic {
+        Some(topic) => {
+            settings.core.repartition_partitions = Some(num_partitions);
+            Some(
+                RepartitionSource::try_new(&settings.kafka, topic)
+                    .map_err(RunError::RepartitionConsumer)?,
+            )
+        }
+        None => None,
+    };
     let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
     let sink =
@@ -139,11 +168,13 @@ pub async fn run(
         metrics,
         health,
         source,
+        repartition,
         producer,
         sink: Arc::new(sink),
         shipping: JoinSet::new(),
         shipping_started: HashMap::new(),
         dead_letters: JoinSet::new(),
+        forwards: JoinSet::new(),
         summaries: JoinSet::new(),
         row_updates: JoinSet::new(),
         forwarded_in_flight: JoinSet::new(),
@@ -182,6 +213,9 @@ impl Pipeline {
                 Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => {
                     self.on_dead_letter(delivered);
                 }
+                Some(forwarded) = self.forwards.join_next(), if !self.forwards.is_empty() => {
+                    self.on_forwarded(forwarded);
+                }
                 Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
                     self.on_summary(produced);
                 }
@@ -204,7 +238,19 @@ impl Pipeline {
                             let schema_error =
                                 prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
                             self.apply_rebalances();
-                            self.on_message(message, schema_error);
+                            self.on_message(message, schema_error, Stream::Traces);
+                        }
+                        Err(error) => self.on_consumer_error(&error),
+                    }
+                }
+                received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
+                    match received {
+                        Ok(message) => {
+                            let message = message.detach();
+                            let schema_error =
+                                prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
+                            self.apply_rebalances();
+                            self.on_message(message, schema_error, Stream::Repartition);
                         }
                         Err(error) => self.on_consumer_error(&error),
                     }
@@ -238,9 +284,16 @@ impl Pipeline {
                     // An assignment came from the group coordinator: the broker answers.
                     self.health.set_broker_reachable(true);
                     self.health.set_joined();
+                    // Before the core's effects, which pause both topics' partitions.
+                    if let Some(repartition) = &self.repartition {
+                        repartition.assign(&partitions);
+                    }
                     self.core.assigned(&partitions, &mut self.effects);
                 }
                 RebalanceEvent::Revoked(partitions) => {
+                    if let Some(repartition) = &self.repartition {
+                        repartition.revoke(&partitions);
+                    }
                     self.core.revoked(&partitions, &mut self.effects);
                 }
             }
@@ -248,7 +301,12 @@ impl Pipeline {
         }
     }
 
-    fn on_message(&mut self, message: OwnedMessage, schema_error: Option<DecodeError>) {
+    fn on_message(
+        &mut self,
+        message: OwnedMessage,
+        schema_error: Option<DecodeError>,
+        stream: Stream,
+    ) {
         self.health.record_progress();
         self.health.set_broker_reachable(true);
         if self.core.is_awaiting_state(message.partition())
@@ -256,12 +314,17 @@ impl Pipeline {
         {
             // Fetched before the partition's pause took effect: processed once its state is
             // back, in order.
-            restoring.hold(message, schema_error);
+            restoring.hold(message, schema_error, stream);
             return;
         }
         let received = Received {
+            stream,
             partition: message.partition(),
             offset: message.offset(),
+            first_read: match stream {
+                Stream::Traces => None,
+                Stream::Repartition => first_read(&message),
+            },
             kafka_timestamp_ms: message.timestamp().to_millis(),
             key: message.key(),
             payload: message.payload().unwrap_or_default(),
@@ -312,14 +375,25 @@ impl Pipeline {
         self.perform();
     }
 
-    fn on_dead_letter(&mut self, delivered: Result<(i32, i64, bool), JoinError>) {
+    fn on_dead_letter(&mut self, delivered: Result<(Origin, bool), JoinError>) {
         match delivered {
-            Ok((partition, offset, delivered)) => {
+            Ok((origin, delivered)) => {
                 self.core
-                    .dead_letter_delivered(partition, offset, delivered, &mut self.effects);
+                    .dead_letter_delivered(origin, delivered, &mut self.effects);
                 self.perform();
             }
             Err(error) => tracing::error!(%error, "dead-letter task failed"),
+        }
+    }
+
+    fn on_forwarded(&mut self, forwarded: Result<(Forward, bool), JoinError>) {
+        match forwarded {
+            Ok((forward, delivered)) => {
+                self.core
+                    .repartitioned(&forward, delivered, &mut self.effects);
+                self.perform();
+            }
+            Err(error) => tracing::error!(%error, "forward task failed"),
         }
     }
 
@@ -371,8 +445,8 @@ impl Pipeline {
             RestoreOutcome::Restored(partitions) => {
                 for (partition, state, held) in partitions {
                     self.core.restored(partition, state, &mut self.effects);
-                    for (message, schema_error) in held {
-                        self.on_message(message, schema_error);
+                    for (message, schema_error, stream) in held {
+                        self.on_message(message, schema_error, stream);
                     }
                 }
                 self.perform();

@@ -3,10 +3,12 @@
 
 use super::Pipeline;
 use crate::batch::Batch;
-use crate::core::{CheckpointId, Effect, ForwardedUpdate};
+use crate::core::{CheckpointId, Effect, Forward, ForwardedUpdate, Stream};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
+use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER};
 use rdkafka::consumer::Consumer;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Instant;
@@ -32,7 +34,12 @@ impl Pipeline {
                     });
                 }
                 Effect::ForwardUpdate(update) => self.forward_update(*update),
-                Effect::StoreOffset { partition, offset } => self.store_offset(partition, offset),
+                Effect::Repartition(forward) => self.forward(forward),
+                Effect::StoreOffset {
+                    stream,
+                    partition,
+                    offset,
+                } => self.store_offset(stream, partition, offset),
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.write_checkpoint(checkpoint, &writes);
                 }
@@ -75,7 +82,7 @@ impl Pipeline {
             Ok(delivery) => {
                 self.dead_letters.spawn(async move {
                     let delivered = matches!(delivery.await, Ok(Ok(_)));
-                    (letter.partition, letter.offset, delivered)
+                    (letter.origin, delivered)
                 });
             }
             Err(error) => {
@@ -144,17 +151,65 @@ impl Pipeline {
         });
     }
 
-    fn store_offset(&mut self, partition: i32, offset: i64) {
-        let mut offsets = TopicPartitionList::new();
-        if let Err(error) = offsets.add_partition_offset(
-            &self.settings.kafka.topic,
-            partition,
-            Offset::Offset(offset),
-        ) {
-            tracing::warn!(%error, partition, "failed to list an offset to store");
+    /// Forwards a trace to its session's partition of the repartition topic, unchanged but
+    /// for headers naming where it was first read (its derived id and dead letters use them).
+    fn forward(&mut self, forward: Forward) {
+        let Some(topic) = self.settings.kafka.repartition_topic.as_deref() else {
+            // The core forwards only when repartitioning is on, which needs the topic.
+            tracing::error!("a trace to forward but no repartition topic; it stays uncommitted");
             return;
+        };
+        let partition = forward.first_read.partition.to_string();
+        let offset = forward.first_read.offset.to_string();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: FIRST_READ_PARTITION_HEADER,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: FIRST_READ_OFFSET_HEADER,
+                value: Some(offset.as_str()),
+            });
+        let mut record = FutureRecord::to(topic)
+            .partition(forward.to_partition)
+            .key(forward.key.as_str())
+            .payload(forward.payload.as_slice())
+            .headers(headers);
+        if let Some(timestamp_ms) = forward.kafka_timestamp_ms {
+            record = record.timestamp(timestamp_ms);
         }
-        match self.source.consumer.store_offsets(&offsets) {
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                self.forwards.spawn(async move {
+                    let delivered = matches!(delivery.await, Ok(Ok(_)));
+                    (forward, delivered)
+                });
+            }
+            Err((error, _)) => {
+                // Left unsettled: its offset is never committed, so a restart forwards it.
+                self.metrics
+                    .errors
+                    .with_label_values(&["kafka", "sending"])
+                    .inc();
+                tracing::error!(%error, "failed to queue a forward; the trace stays uncommitted");
+            }
+        }
+    }
+
+    fn store_offset(&mut self, stream: Stream, partition: i32, offset: i64) {
+        let result = match (stream, &self.repartition) {
+            (Stream::Traces, _) => store(
+                &self.source.consumer,
+                &self.settings.kafka.topic,
+                partition,
+                offset,
+            ),
+            (Stream::Repartition, Some(repartition)) => {
+                store(&repartition.consumer, &repartition.topic, partition, offset)
+            }
+            (Stream::Repartition, None) => return,
+        };
+        match result {
             Ok(()) => self.metrics.commits.with_label_values(&["stored"]).inc(),
             Err(error) => {
                 // The partition was revoked meanwhile: its new owner carries on.
@@ -215,5 +270,20 @@ impl Pipeline {
         if let Err(error) = result {
             tracing::warn!(%error, fetching, "failed to pause or resume partitions");
         }
+        if let Some(repartition) = &self.repartition {
+            repartition.set_fetching(partitions, fetching);
+        }
     }
+}
+
+/// Stores `offset` of `partition` of `topic` on `consumer`, for its next commit.
+fn store<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.store_offsets(&offsets)
 }

@@ -16,11 +16,17 @@
 //!   Replayed messages thus get exactly the enrichment they had, and turn numbers and running
 //!   totals continue as if nothing happened.
 //!
+//! A partition reads two streams, the traces topic and the repartition topic, as one sequence
+//! (`core::merge`): the journal works on sequences, and records carry the offset of each
+//! stream their watermark stands for (`w` for the traces topic, `rw` for the repartition
+//! topic), so replays of either stream are skipped the same way.
+//!
 //! Records are JSON: the state is internal to the sessionizer and JSON keeps it readable
 //! with any Kafka tool. Closed sessions are written as closed (not as tombstones), so their
 //! `W` is kept.
 
 use super::window::{SessionKey, SessionState};
+use crate::source::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -42,8 +48,11 @@ pub fn changelog_key(key: &SessionKey) -> String {
 /// A session's state as of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
-    /// Watermark this state is as of: it includes exactly the messages below it.
+    /// Watermark this state is as of: it includes exactly the messages of the traces topic
+    /// below `w` and of the repartition topic below `rw`.
     pub w: i64,
+    #[serde(default)]
+    pub rw: i64,
     pub pipeline_id: String,
     pub session_id: String,
     /// `None`: no window open (closed by an end event, a gap, or idleness).
@@ -57,8 +66,17 @@ pub struct SessionRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     pub w: i64,
+    #[serde(default)]
+    pub rw: i64,
     /// The partition's event time after the messages below `w`.
     pub event_time_ms: Option<i64>,
+}
+
+/// The offsets a checkpoint's watermark stands for, per stream (the next to read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub traces: i64,
+    pub repartition: i64,
 }
 
 /// One record to write to the changelog.
@@ -93,31 +111,31 @@ pub struct PartitionJournal {
     base_event_time: Option<i64>,
     /// Keys whose state as of the watermark changed since the last checkpoint.
     dirty: HashSet<SessionKey>,
-    /// Watermark of the last checkpoint written.
+    /// Watermark (a sequence) of the last checkpoint written by this journal.
     checkpointed: Option<i64>,
 }
 
 impl PartitionJournal {
-    pub fn new(checkpointed: Option<i64>, event_time_ms: Option<i64>) -> Self {
+    /// The journal of a partition whose event time is `event_time_ms` (restored, or `None`).
+    pub fn new(event_time_ms: Option<i64>) -> Self {
         PartitionJournal {
             base_event_time: event_time_ms,
-            checkpointed,
             ..PartitionJournal::default()
         }
     }
 
-    /// Records the state of `key` after the message at `offset`.
-    pub fn record_state(&mut self, offset: i64, key: &SessionKey, after: StateAfter) {
+    /// Records the state of `key` after the message at `sequence`.
+    pub fn record_state(&mut self, sequence: i64, key: &SessionKey, after: StateAfter) {
         self.keys
             .entry(key.clone())
             .or_default()
             .pending
-            .push_back((offset, after));
+            .push_back((sequence, after));
     }
 
-    /// Records the partition's event time after the message at `offset`.
-    pub fn record_event_time(&mut self, offset: i64, event_time_ms: Option<i64>) {
-        self.event_times.push_back((offset, event_time_ms));
+    /// Records the partition's event time after the message at `sequence`.
+    pub fn record_event_time(&mut self, sequence: i64, event_time_ms: Option<i64>) {
+        self.event_times.push_back((sequence, event_time_ms));
     }
 
     /// Watermark of the last checkpoint written.
@@ -154,9 +172,10 @@ impl PartitionJournal {
         }
     }
 
-    /// The records of a checkpoint at watermark `w`, or nothing when `w` was checkpointed
-    /// already. Call [`PartitionJournal::checkpoint_written`] once Kafka has them all.
-    pub fn checkpoint(&mut self, w: i64) -> Vec<ChangelogWrite> {
+    /// The records of a checkpoint at watermark `w` (a sequence), which stands for the stream
+    /// offsets `at`; nothing when `w` was checkpointed already. Call
+    /// [`PartitionJournal::checkpoint_written`] once Kafka has them all.
+    pub fn checkpoint(&mut self, w: i64, at: Watermarks) -> Vec<ChangelogWrite> {
         if self
             .checkpointed
             .is_some_and(|checkpointed| checkpointed >= w)
@@ -170,7 +189,8 @@ impl PartitionJournal {
                 continue;
             };
             let record = SessionRecord {
-                w,
+                w: at.traces,
+                rw: at.repartition,
                 pipeline_id: key.pipeline_id.clone(),
                 session_id: key.session_id.clone(),
                 state: after.state,
@@ -183,7 +203,8 @@ impl PartitionJournal {
             });
         }
         let checkpoint = CheckpointRecord {
-            w,
+            w: at.traces,
+            rw: at.repartition,
             event_time_ms: self.base_event_time,
         };
         writes.push(ChangelogWrite {
@@ -223,9 +244,10 @@ impl RestoredPartition {
     pub fn apply(&mut self, key: &[u8], value: &[u8]) -> Result<(), serde_json::Error> {
         if key == CHECKPOINT_KEY.as_bytes() {
             let checkpoint: CheckpointRecord = serde_json::from_slice(value)?;
+            // Both offsets only grow: a later checkpoint has neither smaller.
             if self
                 .checkpoint
-                .is_none_or(|current| checkpoint.w >= current.w)
+                .is_none_or(|current| (checkpoint.w, checkpoint.rw) >= (current.w, current.rw))
             {
                 self.checkpoint = Some(checkpoint);
             }
@@ -240,18 +262,26 @@ impl RestoredPartition {
         Ok(())
     }
 
-    /// Watermark below which every message was applied and acknowledged.
+    /// Watermark of the traces topic below which every message was applied and acknowledged.
     pub fn checkpoint_w(&self) -> Option<i64> {
         self.checkpoint.map(|checkpoint| checkpoint.w)
     }
 
-    /// Whether the message at `offset` of `key` is already in the restored state.
-    pub fn already_applied(&self, key: Option<&SessionKey>, offset: i64) -> bool {
-        if self.checkpoint_w().is_some_and(|w| offset < w) {
+    /// Whether the message at `offset` of `stream`, of session `key`, is already in the
+    /// restored state.
+    pub fn already_applied(&self, key: Option<&SessionKey>, stream: Stream, offset: i64) -> bool {
+        let below = |w: i64, rw: i64| match stream {
+            Stream::Traces => offset < w,
+            Stream::Repartition => offset < rw,
+        };
+        if self
+            .checkpoint
+            .is_some_and(|checkpoint| below(checkpoint.w, checkpoint.rw))
+        {
             return true;
         }
         key.and_then(|key| self.sessions.get(key))
-            .is_some_and(|record| offset < record.w)
+            .is_some_and(|record| below(record.w, record.rw))
     }
 }
 
@@ -283,6 +313,14 @@ mod tests {
         }
     }
 
+    /// A watermark of a partition that read only the traces topic (sequence = offset).
+    fn at(w: i64) -> Watermarks {
+        Watermarks {
+            traces: w,
+            repartition: 0,
+        }
+    }
+
     fn after(turns: i64) -> StateAfter {
         StateAfter {
             state: Some(state(turns)),
@@ -302,12 +340,12 @@ mod tests {
 
     #[test]
     fn writes_state_as_of_the_watermark_not_the_newest() {
-        let mut journal = PartitionJournal::new(None, None);
+        let mut journal = PartitionJournal::new(None);
         journal.record_state(0, &key("s"), after(1));
         journal.record_event_time(0, Some(1000));
         journal.record_state(1, &key("s"), after(2));
         journal.record_event_time(1, Some(2000));
-        let restored = decode(&journal.checkpoint(1));
+        let restored = decode(&journal.checkpoint(1, at(1)));
         assert_eq!(restored.checkpoint_w(), Some(1));
         assert_eq!(
             restored.checkpoint.and_then(|c| c.event_time_ms),
@@ -320,21 +358,24 @@ mod tests {
 
     #[test]
     fn writes_only_sessions_that_changed_below_the_watermark() {
-        let mut journal = PartitionJournal::new(None, None);
+        let mut journal = PartitionJournal::new(None);
         journal.record_state(0, &key("a"), after(1));
         journal.record_state(1, &key("b"), after(1));
-        let first = decode(&journal.checkpoint(1));
+        let first = decode(&journal.checkpoint(1, at(1)));
         assert_eq!(first.sessions.len(), 1);
         journal.checkpoint_written(1);
-        assert!(journal.checkpoint(1).is_empty(), "checkpointed already");
-        let second = decode(&journal.checkpoint(2));
+        assert!(
+            journal.checkpoint(1, at(1)).is_empty(),
+            "checkpointed already"
+        );
+        let second = decode(&journal.checkpoint(2, at(2)));
         assert_eq!(second.sessions.keys().collect::<Vec<_>>(), [&key("b")]);
         assert_eq!(journal.num_keys(), 0, "nothing pending is kept");
     }
 
     #[test]
     fn closed_sessions_are_written_as_closed_with_their_watermark() {
-        let mut journal = PartitionJournal::new(None, None);
+        let mut journal = PartitionJournal::new(None);
         journal.record_state(
             4,
             &key("s"),
@@ -343,7 +384,7 @@ mod tests {
                 next_segment: 2,
             },
         );
-        let restored = decode(&journal.checkpoint(5));
+        let restored = decode(&journal.checkpoint(5, at(5)));
         let record = &restored.sessions[&key("s")];
         assert_eq!(
             (record.state.is_none(), record.next_segment, record.w),
@@ -356,6 +397,7 @@ mod tests {
         let mut restored = RestoredPartition::default();
         let checkpoint = CheckpointRecord {
             w: 10,
+            rw: 0,
             event_time_ms: None,
         };
         restored
@@ -366,6 +408,7 @@ mod tests {
             .expect("applies");
         let record = SessionRecord {
             w: 14,
+            rw: 0,
             pipeline_id: "pipe".into(),
             session_id: "ahead".into(),
             state: Some(state(3)),
@@ -377,11 +420,11 @@ mod tests {
                 &serde_json::to_vec(&record).expect("json"),
             )
             .expect("applies");
-        assert!(restored.already_applied(None, 9));
-        assert!(!restored.already_applied(None, 10));
-        assert!(restored.already_applied(Some(&key("ahead")), 13));
-        assert!(!restored.already_applied(Some(&key("ahead")), 14));
-        assert!(!restored.already_applied(Some(&key("other")), 12));
+        assert!(restored.already_applied(None, Stream::Traces, 9));
+        assert!(!restored.already_applied(None, Stream::Traces, 10));
+        assert!(restored.already_applied(Some(&key("ahead")), Stream::Traces, 13));
+        assert!(!restored.already_applied(Some(&key("ahead")), Stream::Traces, 14));
+        assert!(!restored.already_applied(Some(&key("other")), Stream::Traces, 12));
     }
 
     #[test]
@@ -403,6 +446,7 @@ mod tests {
         for w in [3, 7, 5] {
             let checkpoint = CheckpointRecord {
                 w,
+                rw: 0,
                 event_time_ms: Some(w),
             };
             restored

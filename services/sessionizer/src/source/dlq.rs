@@ -5,6 +5,7 @@
 //! bounded code), `error.stage` (`decode` or `sink`), `error.message`, and the source topic,
 //! partition and offset. Deterministic failures are not retried: redelivery cannot help.
 
+use crate::batch::Origin;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
@@ -17,8 +18,8 @@ pub struct DeadLetter {
     pub reason: &'static str,
     pub stage: &'static str,
     pub message: String,
-    pub partition: i32,
-    pub offset: i64,
+    /// What it settles once delivered, and where it was read (its `source.*` headers).
+    pub origin: Origin,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     /// Response status when Openlayer refused the row.
@@ -48,8 +49,8 @@ pub fn send_dead_letter(
     source_topic: &str,
     letter: &DeadLetter,
 ) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
-    let partition = letter.partition.to_string();
-    let offset = letter.offset.to_string();
+    let partition = letter.origin.read_at.partition.to_string();
+    let offset = letter.origin.read_at.offset.to_string();
     let status = letter.http_status.map(|status| status.to_string());
     let mut headers = OwnedHeaders::new_with_capacity(8)
         .insert(Header {

@@ -34,6 +34,9 @@ pub struct KafkaSettings {
     /// Session state changelog; `None` keeps state in memory only (restarts and rebalances
     /// then restart turn numbering of open sessions).
     pub changelog_topic: Option<String>,
+    /// Where traces read in another partition than their session's are forwarded (co-partitioned
+    /// with `topic`); `None` sessionizes traces where they are read.
+    pub repartition_topic: Option<String>,
     /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
     pub schema_registry_url: Option<String>,
     /// How often session state is checkpointed and acknowledged offsets stored.
@@ -43,6 +46,11 @@ pub struct KafkaSettings {
     /// librdkafka settings applied last (TLS, SASL, ...) with [`ClientProperties::apply_to`].
     pub client: ClientProperties,
 }
+
+/// Header of a forwarded trace: the traces topic partition it was first read from.
+pub const FIRST_READ_PARTITION_HEADER: &str = "source.partition";
+/// Header of a forwarded trace: the traces topic offset it was first read at.
+pub const FIRST_READ_OFFSET_HEADER: &str = "source.offset";
 
 /// A change of ownership, for the pipeline to apply to its state.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,17 @@
 pub mod changelog;
 pub mod dlq;
 pub mod kafka;
+pub mod repartition;
 pub mod restore;
 pub mod restoring;
 pub mod topics;
+
+/// Which topic a message was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// The traces topic, where producers write.
+    Traces,
+    /// The repartition topic, where the sessionizer forwards traces read in another partition
+    /// than their session's.
+    Repartition,
+}

@@ -9,6 +9,7 @@
 
 use crate::metrics::Metrics;
 use crate::sessionize::store::RestoredPartition;
+use crate::source::Stream;
 use crate::source::changelog::{ChangelogError, RestoreRead, read_partitions};
 use crate::source::kafka::KafkaSettings;
 use crate::source::restore::{RestoreDecision, STALL_TIMEOUT, decide};
@@ -21,7 +22,7 @@ use tokio::task::{JoinError, JoinSet};
 use trace_model::DecodeError;
 
 /// A message fetched before its partition's state was back, with its schema prefetch result.
-pub type HeldMessage = (OwnedMessage, Option<DecodeError>);
+pub type HeldMessage = (OwnedMessage, Option<DecodeError>, Stream);
 
 /// One read of some partitions: which, the how-many-th, and when their restore began.
 #[derive(Debug, Clone)]
@@ -121,12 +122,17 @@ impl Restoring {
     }
 
     /// Keeps a message of a restoring partition, to be processed once its state is back.
-    pub fn hold(&mut self, message: OwnedMessage, schema_error: Option<DecodeError>) {
+    pub fn hold(
+        &mut self,
+        message: OwnedMessage,
+        schema_error: Option<DecodeError>,
+        stream: Stream,
+    ) {
         use rdkafka::Message as _;
         self.held
             .entry(message.partition())
             .or_default()
-            .push((message, schema_error));
+            .push((message, schema_error, stream));
     }
 
     /// Some partition's restore failed at least once and is still being retried.

@@ -1,7 +1,9 @@
 //! The topics the service needs, made ready before it consumes: the traces topic must exist;
-//! the service's own topics (session-state changelog, dead letters, session summaries) are
-//! created to match it when absent, the changelog compacted and co-partitioned (state of
-//! traces partition `p` lives in changelog partition `p`). Whatever cannot be fixed here is
+//! the service's own topics (session-state changelog, repartition topic, dead letters, session
+//! summaries) are created to match it when absent, the changelog compacted, and both it and
+//! the repartition topic co-partitioned (state of traces partition `p` lives in changelog
+//! partition `p`, traces of its sessions read elsewhere are forwarded to repartition
+//! partition `p`). Whatever cannot be fixed here is
 //! refused with the command that fixes it.
 
 use crate::source::kafka::KafkaSettings;
@@ -47,11 +49,12 @@ pub enum TopicError {
         code: RDKafkaErrorCode,
     },
     #[error(
-        "changelog topic `{changelog}` has {found} partitions but the traces topic `{traces}` \
-         has {expected}: the two must match partition for partition; {fix}"
+        "topic `{topic}` ({key}) has {found} partitions but the traces topic `{traces}` has \
+         {expected}: the two must match partition for partition; {fix}"
     )]
     PartitionMismatch {
-        changelog: String,
+        topic: String,
+        key: &'static str,
         traces: String,
         found: usize,
         expected: usize,
@@ -84,12 +87,14 @@ pub enum TopicRole {
     Traces,
     /// Read and written, co-partitioned with the traces topic, compacted.
     Changelog,
+    /// Read and written, co-partitioned with the traces topic.
+    Repartition,
     /// Written only; created with the traces topic's partition count when absent.
     Output,
 }
 
-/// Every topic of `settings`: the traces topic first, then the changelog (whose partition
-/// count is checked against it).
+/// Every topic of `settings`: the traces topic first, then the changelog and the repartition
+/// topic (whose partition counts are checked against it).
 pub fn needed_topics(settings: &KafkaSettings) -> Vec<NeededTopic<'_>> {
     let mut topics = vec![NeededTopic {
         key: "kafka.topic",
@@ -101,6 +106,13 @@ pub fn needed_topics(settings: &KafkaSettings) -> Vec<NeededTopic<'_>> {
             key: "kafka.changelog_topic",
             name: changelog,
             role: TopicRole::Changelog,
+        });
+    }
+    if let Some(repartition) = &settings.repartition_topic {
+        topics.push(NeededTopic {
+            key: "kafka.repartition_topic",
+            name: repartition,
+            role: TopicRole::Repartition,
         });
     }
     topics.push(NeededTopic {
@@ -118,25 +130,25 @@ pub fn needed_topics(settings: &KafkaSettings) -> Vec<NeededTopic<'_>> {
     topics
 }
 
-/// The fix when the changelog's partition count differs from the traces topic's: raise the
-/// smaller one (partitions can be added, never removed).
+/// The fix when a co-partitioned topic's partition count differs from the traces topic's:
+/// raise the smaller one (partitions can be added, never removed).
 pub fn partition_mismatch_fix(
     probe: &KafkaProbe,
     traces: &str,
-    changelog: &str,
+    copartitioned: &str,
     num_traces: usize,
-    num_changelog: usize,
+    num_copartitioned: usize,
 ) -> String {
-    if num_changelog < num_traces {
+    if num_copartitioned < num_traces {
         format!(
-            "add partitions to the changelog: {}",
-            probe.add_partitions_command(changelog, num_traces)
+            "add partitions to `{copartitioned}`: {}",
+            probe.add_partitions_command(copartitioned, num_traces)
         )
     } else {
         format!(
             "add partitions to the traces topic (sessions in flight move partitions; see \
              docs/operations.md): {}",
-            probe.add_partitions_command(traces, num_changelog)
+            probe.add_partitions_command(traces, num_copartitioned)
         )
     }
 }
@@ -152,7 +164,7 @@ pub enum Verdict {
     MissingTraces,
     /// The brokers refuse to describe it (authorization, most often).
     Inaccessible(RDKafkaErrorCode),
-    /// The changelog's partition count differs from the traces topic's.
+    /// A co-partitioned topic's partition count differs from the traces topic's.
     PartitionMismatch { found: usize, expected: usize },
 }
 
@@ -162,7 +174,7 @@ pub fn judge(role: TopicRole, state: TopicState, num_traces_partitions: Option<u
     match (role, state) {
         (_, TopicState::Inaccessible(code)) => Verdict::Inaccessible(code),
         (TopicRole::Traces, TopicState::Absent) => Verdict::MissingTraces,
-        (TopicRole::Changelog, TopicState::Present { num_partitions })
+        (TopicRole::Changelog | TopicRole::Repartition, TopicState::Present { num_partitions })
             if num_traces_partitions.is_some_and(|expected| expected != num_partitions) =>
         {
             Verdict::PartitionMismatch {
@@ -171,7 +183,9 @@ pub fn judge(role: TopicRole, state: TopicState, num_traces_partitions: Option<u
             }
         }
         (_, TopicState::Present { num_partitions }) => Verdict::Ready { num_partitions },
-        (TopicRole::Changelog | TopicRole::Output, TopicState::Absent) => Verdict::Create,
+        (TopicRole::Changelog | TopicRole::Repartition | TopicRole::Output, TopicState::Absent) => {
+            Verdict::Create
+        }
     }
 }
 
@@ -184,12 +198,13 @@ pub fn creation_settings(role: TopicRole) -> &'static [(&'static str, &'static s
     }
 }
 
-/// Checks every topic of `settings` and creates the service's own topics when absent.
+/// Checks every topic of `settings` and creates the service's own topics when absent; returns
+/// the traces topic's partition count.
 ///
 /// # Errors
 /// The traces topic is missing or inaccessible, the changelog's partition count differs,
 /// a topic cannot be created, or the brokers do not answer.
-pub async fn prepare_topics(settings: &KafkaSettings) -> Result<(), TopicError> {
+pub async fn prepare_topics(settings: &KafkaSettings) -> Result<i32, TopicError> {
     let probe = KafkaProbe::try_new(
         &settings.bootstrap_servers,
         &settings.client,
@@ -230,7 +245,8 @@ pub async fn prepare_topics(settings: &KafkaSettings) -> Result<(), TopicError> 
             }
             Verdict::PartitionMismatch { found, expected } => {
                 return Err(TopicError::PartitionMismatch {
-                    changelog: needed.name.to_owned(),
+                    topic: needed.name.to_owned(),
+                    key: needed.key,
                     traces: settings.topic.clone(),
                     found,
                     expected,
@@ -269,7 +285,7 @@ pub async fn prepare_topics(settings: &KafkaSettings) -> Result<(), TopicError> 
             needed.key
         );
     }
-    Ok(())
+    Ok(i32::try_from(num_traces_partitions).unwrap_or(i32::MAX))
 }
 
 #[cfg(test)]
@@ -311,6 +327,13 @@ mod tests {
             judge(TopicRole::Changelog, PRESENT_3, None),
             Verdict::Ready { num_partitions: 3 }
         );
+        assert_eq!(
+            judge(TopicRole::Repartition, PRESENT_3, Some(4)),
+            Verdict::PartitionMismatch {
+                found: 3,
+                expected: 4
+            }
+        );
         // Outputs need not match: their partitioning does not carry state.
         assert_eq!(
             judge(TopicRole::Output, PRESENT_3, Some(4)),
@@ -321,7 +344,12 @@ mod tests {
     #[test]
     fn an_inaccessible_topic_is_refused_whatever_its_role() {
         let code = RDKafkaErrorCode::TopicAuthorizationFailed;
-        for role in [TopicRole::Traces, TopicRole::Changelog, TopicRole::Output] {
+        for role in [
+            TopicRole::Traces,
+            TopicRole::Changelog,
+            TopicRole::Repartition,
+            TopicRole::Output,
+        ] {
             assert_eq!(
                 judge(role, TopicState::Inaccessible(code), Some(3)),
                 Verdict::Inaccessible(code)

@@ -23,6 +23,7 @@ pub(super) fn validate_kafka(
     }
     let OptionalTopics {
         changelog_topic,
+        repartition_topic,
         sessions_topic,
     } = validate_topics(&kafka, problems, warnings);
     if !(1..=LIBRDKAFKA_MAX_SESSION_TIMEOUT_MS).contains(&kafka.session_timeout_ms) {
@@ -48,6 +49,7 @@ pub(super) fn validate_kafka(
         dead_letter_topic: kafka.dead_letter_topic,
         sessions_topic,
         changelog_topic,
+        repartition_topic,
         schema_registry_url,
         checkpoint_interval: Duration::from_millis(kafka.checkpoint_interval_ms),
         session_timeout: Duration::from_millis(kafka.session_timeout_ms),
@@ -81,6 +83,7 @@ fn validate_bootstrap_servers(bootstrap_servers: &str, problems: &mut Problems) 
 /// The topics an empty name turns off; `None` for those that are off.
 struct OptionalTopics {
     changelog_topic: Option<String>,
+    repartition_topic: Option<String>,
     sessions_topic: Option<String>,
 }
 
@@ -116,6 +119,12 @@ fn validate_topics(
         "llm-sessions",
         problems,
     );
+    let repartition_topic = optional_topic(
+        "kafka.repartition_topic",
+        &kafka.repartition_topic,
+        "llm-traces-repartition",
+        problems,
+    );
     let mut topics = vec![
         ("kafka.topic", kafka.topic.as_str()),
         ("kafka.dead_letter_topic", kafka.dead_letter_topic.as_str()),
@@ -125,6 +134,9 @@ fn validate_topics(
     }
     if let Some(sessions_topic) = &sessions_topic {
         topics.push(("kafka.sessions_topic", sessions_topic.as_str()));
+    }
+    if let Some(repartition_topic) = &repartition_topic {
+        topics.push(("kafka.repartition_topic", repartition_topic.as_str()));
     }
     for (index, (key, topic)) in topics.iter().enumerate() {
         for (earlier_key, earlier_topic) in &topics[..index] {
@@ -138,6 +150,7 @@ fn validate_topics(
     }
     OptionalTopics {
         changelog_topic,
+        repartition_topic,
         sessions_topic,
     }
 }

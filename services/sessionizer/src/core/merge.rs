@@ -1,0 +1,155 @@
+//! One partition's two input streams as one log: traces read from the traces topic where they
+//! belong, and traces forwarded to the partition through the repartition topic.
+//!
+//! The core processes both in arrival order and numbers every message of the partition with a
+//! *sequence*: session state, the journal and the commit rule work on sequences exactly as
+//! they would on the offsets of a single log. Everything below a sequence is a prefix of each
+//! stream, so a sequence watermark turns into one offset per stream to store, and a
+//! checkpoint as of a sequence holds the state after exactly the messages below those offsets.
+
+pub use crate::source::Stream;
+use std::collections::VecDeque;
+
+/// Offsets to store per stream (the next to read); `None`: nothing read from that stream yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOffsets {
+    pub traces: Option<i64>,
+    pub repartition: Option<i64>,
+}
+
+impl StreamOffsets {
+    fn get_mut(&mut self, stream: Stream) -> &mut Option<i64> {
+        match stream {
+            Stream::Traces => &mut self.traces,
+            Stream::Repartition => &mut self.repartition,
+        }
+    }
+}
+
+/// Sequences of one partition's messages and the stream offsets behind them.
+#[derive(Debug, Default)]
+pub struct MergedLog {
+    next_sequence: i64,
+    last_sequence: Option<i64>,
+    /// Messages not yet below a translated watermark: (sequence, stream, offset).
+    unstored: VecDeque<(i64, Stream, i64)>,
+    /// Per stream, the offset after the newest message below the last translated watermark
+    /// (the restored checkpoint's to begin with).
+    below: StreamOffsets,
+}
+
+impl MergedLog {
+    /// A log whose first message gets sequence `first`. Sequences of a partition are never
+    /// reused in a process, so an outcome of an earlier ownership finds nothing to settle in
+    /// a later one.
+    pub fn starting_at(first: i64) -> Self {
+        MergedLog {
+            next_sequence: first,
+            ..MergedLog::default()
+        }
+    }
+
+    /// The streams continue after `restored` (a checkpoint's offsets).
+    pub fn continue_after(&mut self, restored: StreamOffsets) {
+        self.below = restored;
+    }
+
+    /// The sequence the next message gets.
+    pub fn next_sequence(&self) -> i64 {
+        self.next_sequence
+    }
+
+    /// The sequence of a message read now.
+    pub fn push(&mut self, stream: Stream, offset: i64) -> i64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.last_sequence = Some(sequence);
+        self.unstored.push_back((sequence, stream, offset));
+        sequence
+    }
+
+    /// Sequence of the newest message read in this log, if any.
+    pub fn last_sequence(&self) -> Option<i64> {
+        self.last_sequence
+    }
+
+    /// The stream offsets equivalent to sequence watermark `sequence` (everything below it
+    /// settled): per stream, the first message at or above it, else the one after the newest
+    /// below it. Watermarks only advance, so what is below is forgotten.
+    pub fn offsets_at(&mut self, sequence: i64) -> StreamOffsets {
+        while let Some((_, stream, offset)) = self
+            .unstored
+            .front()
+            .copied()
+            .filter(|(message_sequence, ..)| *message_sequence < sequence)
+        {
+            self.unstored.pop_front();
+            *self.below.get_mut(stream) = Some(offset + 1);
+        }
+        let mut offsets = self.below;
+        for stream in [Stream::Traces, Stream::Repartition] {
+            if let Some((_, _, offset)) = self.unstored.iter().find(|(_, s, _)| *s == stream) {
+                *offsets.get_mut(stream) = Some(*offset);
+            }
+        }
+        offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_watermark_is_a_prefix_of_each_stream() {
+        let mut log = MergedLog::starting_at(0);
+        log.continue_after(StreamOffsets {
+            traces: Some(10),
+            repartition: None,
+        });
+        assert_eq!(log.push(Stream::Traces, 10), 0);
+        assert_eq!(log.push(Stream::Repartition, 3), 1);
+        assert_eq!(log.push(Stream::Traces, 11), 2);
+        assert_eq!(log.push(Stream::Repartition, 4), 3);
+        // Nothing settled: the restored position, and the first repartitioned message.
+        assert_eq!(
+            log.offsets_at(0),
+            StreamOffsets {
+                traces: Some(10),
+                repartition: Some(3)
+            }
+        );
+        // Sequences 0 and 1 settled: traces from 11, repartition from 4.
+        assert_eq!(
+            log.offsets_at(2),
+            StreamOffsets {
+                traces: Some(11),
+                repartition: Some(4)
+            }
+        );
+        // All settled: one past the newest of each.
+        assert_eq!(
+            log.offsets_at(4),
+            StreamOffsets {
+                traces: Some(12),
+                repartition: Some(5)
+            }
+        );
+        assert_eq!(log.last_sequence(), Some(3));
+    }
+
+    #[test]
+    fn a_stream_never_read_stores_nothing() {
+        let mut log = MergedLog::starting_at(7);
+        assert_eq!(log.last_sequence(), None);
+        assert_eq!(log.push(Stream::Traces, 0), 7);
+        assert_eq!(
+            log.offsets_at(8),
+            StreamOffsets {
+                traces: Some(1),
+                repartition: None
+            }
+        );
+        assert_eq!(log.last_sequence(), Some(7));
+    }
+}

@@ -1,0 +1,136 @@
+//! The consumer of the repartition topic, where traces read in another partition than their
+//! session's are forwarded (Kafka Streams' repartition topics, for a key change).
+//!
+//! The topic is co-partitioned with the traces topic, and partition `p` of both must be read by
+//! the same process: the one the group gave traces partition `p`. No assignor of librdkafka
+//! guarantees that across two subscribed topics, so this consumer is assigned by hand,
+//! following the group's assignment of the traces topic. It commits its offsets under its own
+//! group id (`<group>.repartition`): a group with members refuses commits from a consumer
+//! outside them.
+
+use super::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
+use crate::batch::Position;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The repartition topic's consumer and its name.
+pub struct RepartitionSource {
+    pub consumer: StreamConsumer,
+    pub topic: String,
+}
+
+impl std::fmt::Debug for RepartitionSource {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RepartitionSource")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Group id of the repartition consumer's offsets.
+pub fn repartition_group_id(group_id: &str) -> String {
+    format!("{group_id}.repartition")
+}
+
+impl RepartitionSource {
+    /// Creates the consumer, assigned nothing yet.
+    ///
+    /// # Errors
+    /// Invalid librdkafka settings.
+    pub fn try_new(
+        settings: &KafkaSettings,
+        topic: &str,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.bootstrap_servers)
+            .set("group.id", repartition_group_id(&settings.group_id))
+            // As the traces consumer: offsets stored only once settled, committed periodically.
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest");
+        settings.client.apply_to(&mut config);
+        Ok(RepartitionSource {
+            consumer: config.create()?,
+            topic: topic.to_owned(),
+        })
+    }
+
+    fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            // Invalid: start at the committed offset (else `auto.offset.reset`).
+            let _ = list.add_partition_offset(&self.topic, *partition, Offset::Invalid);
+        }
+        list
+    }
+
+    /// Starts reading the partitions the group just gave this process.
+    pub fn assign(&self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = self.consumer.incremental_assign(&self.list(partitions)) {
+            tracing::error!(%error, ?partitions, "failed to assign repartition partitions");
+        }
+    }
+
+    /// Stops reading partitions the group took away, after committing what is stored, so
+    /// their next owner starts right after it.
+    pub fn revoke(&self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            // NoOffset: nothing stored since the last commit.
+            tracing::debug!(%error, "repartition commit on revoke");
+        }
+        if let Err(error) = self.consumer.incremental_unassign(&self.list(partitions)) {
+            tracing::error!(%error, ?partitions, "failed to unassign repartition partitions");
+        }
+    }
+
+    /// Pauses or resumes the partitions (with the traces topic's).
+    pub fn set_fetching(&self, partitions: &[i32], fetching: bool) {
+        let list = self.list(partitions);
+        let result = if fetching {
+            self.consumer.resume(&list)
+        } else {
+            self.consumer.pause(&list)
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, fetching, "failed to pause or resume repartition partitions");
+        }
+    }
+
+    /// Commits the stored offsets (shutdown).
+    pub fn commit(&self) {
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "repartition commit");
+        }
+    }
+}
+
+/// Where a forwarded trace was first read, from its headers.
+pub fn first_read(message: &impl Message) -> Option<Position> {
+    let headers = message.headers()?;
+    let mut partition = None;
+    let mut offset = None;
+    for header in headers.iter() {
+        let value = header
+            .value
+            .and_then(|value| std::str::from_utf8(value).ok());
+        match header.key {
+            FIRST_READ_PARTITION_HEADER => partition = value.and_then(|value| value.parse().ok()),
+            FIRST_READ_OFFSET_HEADER => offset = value.and_then(|value| value.parse().ok()),
+            _ => {}
+        }
+    }
+    Some(Position {
+        partition: partition?,
+        offset: offset?,
+    })
+}
