@@ -39,6 +39,8 @@ pub struct Metrics {
     pub passthrough_events: IntCounter,
     /// Traces forwarded to their session's partition, by why they were elsewhere.
     pub repartitioned: IntCounterVec,
+    /// Forwards read again (their sender crashed before committing) and skipped.
+    pub repartitioned_duplicates: IntCounter,
     pub sessions_open: IntGauge,
     pub sessions_opened: IntCounter,
     pub sessions_closed: IntCounterVec,
@@ -181,6 +183,11 @@ impl Metrics {
                 "sessionizer_traces_repartitioned_total",
                 "Traces read in another partition than their session's and forwarded there, by reason (other_partition: keyed by another partitioner or key; no_key).",
                 &["reason"],
+            )?,
+            repartitioned_duplicates: counter(
+                registry,
+                "sessionizer_repartitioned_duplicates_total",
+                "Forwarded traces read a second time (their sender crashed before committing) and skipped.",
             )?,
             sessions_open: gauge(
                 registry,

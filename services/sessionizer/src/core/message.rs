@@ -55,6 +55,21 @@ impl Core {
             self.offsets.track(partition, sequence, 0);
             return;
         }
+        if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
+            let highest = owned.forwarded.entry(first_read.partition).or_insert(-1);
+            if first_read.offset <= *highest {
+                // Forwarded again by a sender that crashed before committing (forwards from
+                // one partition arrive in order and without gaps): applying it would count it
+                // twice.
+                self.metrics.repartitioned_duplicates.inc();
+                self.offsets.track(partition, sequence, 0);
+                return;
+            }
+            *highest = first_read.offset;
+            if let Some(journal) = owned.journal.as_mut() {
+                journal.record_forward(sequence, first_read.partition, first_read.offset);
+            }
+        }
         let origin = Origin {
             partition,
             sequence,

@@ -81,6 +81,9 @@ struct Owned {
     position: Option<i64>,
     /// Kafka timestamp of the newest processed record, for the partition lag gauge.
     newest_timestamp_ms: Option<i64>,
+    /// Per traces partition, the highest offset first read there whose forward was applied
+    /// here: a forward at or below it is a duplicate (sent again after its sender crashed).
+    forwarded: HashMap<i32, i64>,
 }
 
 impl Owned {
@@ -91,6 +94,7 @@ impl Owned {
             restored: None,
             position: None,
             newest_timestamp_ms: None,
+            forwarded: HashMap::new(),
         }
     }
 }
@@ -258,6 +262,7 @@ impl Core {
         let mut windows = PartitionWindows::new(self.settings.windows);
         let event_time = restored
             .checkpoint
+            .as_ref()
             .and_then(|checkpoint| checkpoint.event_time_ms);
         windows.restore_event_time(event_time);
         let mut num_open = 0;
@@ -275,26 +280,31 @@ impl Core {
                 None => {}
             }
         }
-        let checkpoint = restored.checkpoint;
+        let checkpoint = restored.checkpoint.clone();
         tracing::info!(partition, num_open, ?checkpoint, "session state restored");
         self.metrics.sessions_open.add(num_open);
         // Only records ahead of the checkpoint matter for skipping replays.
         restored.sessions.retain(|_, record| {
-            checkpoint.is_none_or(|checkpoint| record.w > checkpoint.w || record.rw > checkpoint.rw)
+            checkpoint
+                .as_ref()
+                .is_none_or(|checkpoint| record.w > checkpoint.w || record.rw > checkpoint.rw)
         });
         self.offsets.restored(
             partition,
             StreamOffsets {
-                traces: checkpoint.map(|checkpoint| checkpoint.w),
+                traces: checkpoint.as_ref().map(|checkpoint| checkpoint.w),
                 // Read (and stored) only with repartitioning on.
                 repartition: self
                     .settings
                     .repartition_partitions
-                    .and(checkpoint.map(|checkpoint| checkpoint.rw)),
+                    .and(checkpoint.as_ref().map(|checkpoint| checkpoint.rw)),
             },
         );
         let mut owned = Owned::new(windows);
-        owned.journal = Some(PartitionJournal::new(event_time));
+        owned.journal = Some(PartitionJournal::new(checkpoint.as_ref()));
+        if let Some(checkpoint) = &checkpoint {
+            owned.forwarded.extend(&checkpoint.forwarded);
+        }
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
     }

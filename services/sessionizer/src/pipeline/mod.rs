@@ -24,7 +24,7 @@ use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
-use crate::source::repartition::{RepartitionSource, first_read};
+use crate::source::repartition::{RepartitionSource, create_forward_producer, first_read};
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
 use rdkafka::message::{Message, OwnedMessage};
@@ -47,8 +47,16 @@ const TICK: Duration = Duration::from_millis(50);
 pub enum RunError {
     #[error("failed to create the kafka consumer")]
     Consumer(#[source] rdkafka::error::KafkaError),
-    #[error("failed to create the consumer of the repartition topic")]
-    RepartitionConsumer(#[source] rdkafka::error::KafkaError),
+    #[error("failed to create the consumer or producer of the repartition topic")]
+    RepartitionClient(#[source] rdkafka::error::KafkaError),
+    /// A forward lost between two delivered ones could later be taken for a duplicate;
+    /// stopping lets the restart forward everything from the last commit again, in order.
+    #[error(
+        "a trace could not be forwarded to repartition topic `{topic}` (kafka.repartition_topic): \
+         check that the topic exists and that the service may write to it; the restart forwards \
+         it again"
+    )]
+    Forward { topic: String },
     #[error("failed to create the kafka producer")]
     Producer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the openlayer client")]
@@ -91,8 +99,10 @@ struct Pipeline {
     metrics: Metrics,
     health: Health,
     source: Source,
-    /// The repartition topic's consumer, following `source`'s assignment.
+    /// The repartition topic's consumer, following `source`'s assignment, and the producer of
+    /// forwards to it.
     repartition: Option<RepartitionSource>,
+    forward_producer: Option<FutureProducer>,
     producer: FutureProducer,
     sink: Arc<OpenlayerSink>,
     shipping: JoinSet<(Batch, ShipReport)>,
@@ -131,15 +141,16 @@ pub async fn run(
     let num_partitions = prepare_topics(&settings.kafka)
         .await
         .map_err(RunError::Topics)?;
-    let repartition = match &settings.kafka.repartition_topic {
+    let (repartition, forward_producer) = match &settings.kafka.repartition_topic {
         Some(topic) => {
             settings.core.repartition_partitions = Some(num_partitions);
-            Some(
-                RepartitionSource::try_new(&settings.kafka, topic)
-                    .map_err(RunError::RepartitionConsumer)?,
-            )
+            let consumer = RepartitionSource::try_new(&settings.kafka, topic)
+                .map_err(RunError::RepartitionClient)?;
+            let producer =
+                create_forward_producer(&settings.kafka).map_err(RunError::RepartitionClient)?;
+            (Some(consumer), Some(producer))
         }
-        None => None,
+        None => (None, None),
     };
     let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
@@ -169,6 +180,7 @@ pub async fn run(
         health,
         source,
         repartition,
+        forward_producer,
         producer,
         sink: Arc::new(sink),
         shipping: JoinSet::new(),
@@ -392,9 +404,26 @@ impl Pipeline {
                 self.core
                     .repartitioned(&forward, delivered, &mut self.effects);
                 self.perform();
+                if !delivered {
+                    self.forward_failed();
+                }
             }
-            Err(error) => tracing::error!(%error, "forward task failed"),
+            Err(error) => {
+                tracing::error!(%error, "forward task failed");
+                self.forward_failed();
+            }
         }
+    }
+
+    /// Ends the run: see [`RunError::Forward`].
+    pub(super) fn forward_failed(&mut self) {
+        let topic = self
+            .settings
+            .kafka
+            .repartition_topic
+            .clone()
+            .unwrap_or_default();
+        self.fatal.get_or_insert(RunError::Forward { topic });
     }
 
     fn on_forwarded_update(&mut self, forwarded: Result<(ForwardedUpdate, bool), JoinError>) {

@@ -154,8 +154,11 @@ impl Pipeline {
     /// Forwards a trace to its session's partition of the repartition topic, unchanged but
     /// for headers naming where it was first read (its derived id and dead letters use them).
     fn forward(&mut self, forward: Forward) {
-        let Some(topic) = self.settings.kafka.repartition_topic.as_deref() else {
-            // The core forwards only when repartitioning is on, which needs the topic.
+        let (Some(topic), Some(producer)) = (
+            self.settings.kafka.repartition_topic.as_deref(),
+            self.forward_producer.as_ref(),
+        ) else {
+            // The core forwards only when repartitioning is on, which needs both.
             tracing::error!("a trace to forward but no repartition topic; it stays uncommitted");
             return;
         };
@@ -178,7 +181,7 @@ impl Pipeline {
         if let Some(timestamp_ms) = forward.kafka_timestamp_ms {
             record = record.timestamp(timestamp_ms);
         }
-        match self.producer.send_result(record) {
+        match producer.send_result(record) {
             Ok(delivery) => {
                 self.forwards.spawn(async move {
                     let delivered = matches!(delivery.await, Ok(Ok(_)));
@@ -192,6 +195,8 @@ impl Pipeline {
                     .with_label_values(&["kafka", "sending"])
                     .inc();
                 tracing::error!(%error, "failed to queue a forward; the trace stays uncommitted");
+                // Later forwards must not pass it (see `create_forward_producer`).
+                self.forward_failed();
             }
         }
     }

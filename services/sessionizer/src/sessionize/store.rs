@@ -19,7 +19,9 @@
 //! A partition reads two streams, the traces topic and the repartition topic, as one sequence
 //! (`core::merge`): the journal works on sequences, and records carry the offset of each
 //! stream their watermark stands for (`w` for the traces topic, `rw` for the repartition
-//! topic), so replays of either stream are skipped the same way.
+//! topic), so replays of either stream are skipped the same way. The checkpoint record also
+//! carries, per traces partition, the highest offset whose forward was applied: a forward
+//! sent again (its sender crashed before committing) is then recognised as a duplicate.
 //!
 //! Records are JSON: the state is internal to the sessionizer and JSON keeps it readable
 //! with any Kafka tool. Closed sessions are written as closed (not as tombstones), so their
@@ -28,7 +30,7 @@
 use super::window::{SessionKey, SessionState};
 use crate::source::Stream;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Key of the checkpoint record of a partition (cannot collide with a session key, which
 /// always starts with a digit).
@@ -63,13 +65,17 @@ pub struct SessionRecord {
 }
 
 /// The partition's own checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     pub w: i64,
     #[serde(default)]
     pub rw: i64,
     /// The partition's event time after the messages below `w`.
     pub event_time_ms: Option<i64>,
+    /// Per traces partition, the highest offset first read there whose forward to this
+    /// partition is applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forwarded: BTreeMap<i32, i64>,
 }
 
 /// The offsets a checkpoint's watermark stands for, per stream (the next to read).
@@ -109,6 +115,9 @@ pub struct PartitionJournal {
     /// Event time after each unsettled message.
     event_times: VecDeque<(i64, Option<i64>)>,
     base_event_time: Option<i64>,
+    /// Forwards applied by unsettled messages: (sequence, first-read partition, offset).
+    forwards: VecDeque<(i64, i32, i64)>,
+    base_forwarded: BTreeMap<i32, i64>,
     /// Keys whose state as of the watermark changed since the last checkpoint.
     dirty: HashSet<SessionKey>,
     /// Watermark (a sequence) of the last checkpoint written by this journal.
@@ -116,10 +125,13 @@ pub struct PartitionJournal {
 }
 
 impl PartitionJournal {
-    /// The journal of a partition whose event time is `event_time_ms` (restored, or `None`).
-    pub fn new(event_time_ms: Option<i64>) -> Self {
+    /// The journal of a partition restored to `checkpoint` (`None`: nothing to restore).
+    pub fn new(checkpoint: Option<&CheckpointRecord>) -> Self {
         PartitionJournal {
-            base_event_time: event_time_ms,
+            base_event_time: checkpoint.and_then(|checkpoint| checkpoint.event_time_ms),
+            base_forwarded: checkpoint
+                .map(|checkpoint| checkpoint.forwarded.clone())
+                .unwrap_or_default(),
             ..PartitionJournal::default()
         }
     }
@@ -136,6 +148,12 @@ impl PartitionJournal {
     /// Records the partition's event time after the message at `sequence`.
     pub fn record_event_time(&mut self, sequence: i64, event_time_ms: Option<i64>) {
         self.event_times.push_back((sequence, event_time_ms));
+    }
+
+    /// Records that the message at `sequence` applied the forward first read at `offset` of
+    /// traces partition `partition`.
+    pub fn record_forward(&mut self, sequence: i64, partition: i32, offset: i64) {
+        self.forwards.push_back((sequence, partition, offset));
     }
 
     /// Watermark of the last checkpoint written.
@@ -169,6 +187,16 @@ impl PartitionJournal {
             if let Some((_, event_time)) = self.event_times.pop_front() {
                 self.base_event_time = event_time;
             }
+        }
+        while let Some((_, partition, offset)) = self
+            .forwards
+            .front()
+            .copied()
+            .filter(|(sequence, ..)| *sequence < w)
+        {
+            self.forwards.pop_front();
+            let highest = self.base_forwarded.entry(partition).or_insert(offset);
+            *highest = (*highest).max(offset);
         }
     }
 
@@ -206,6 +234,7 @@ impl PartitionJournal {
             w: at.traces,
             rw: at.repartition,
             event_time_ms: self.base_event_time,
+            forwarded: self.base_forwarded.clone(),
         };
         writes.push(ChangelogWrite {
             key: CHECKPOINT_KEY.to_owned(),
@@ -247,6 +276,7 @@ impl RestoredPartition {
             // Both offsets only grow: a later checkpoint has neither smaller.
             if self
                 .checkpoint
+                .as_ref()
                 .is_none_or(|current| (checkpoint.w, checkpoint.rw) >= (current.w, current.rw))
             {
                 self.checkpoint = Some(checkpoint);
@@ -264,7 +294,7 @@ impl RestoredPartition {
 
     /// Watermark of the traces topic below which every message was applied and acknowledged.
     pub fn checkpoint_w(&self) -> Option<i64> {
-        self.checkpoint.map(|checkpoint| checkpoint.w)
+        self.checkpoint.as_ref().map(|checkpoint| checkpoint.w)
     }
 
     /// Whether the message at `offset` of `stream`, of session `key`, is already in the
@@ -276,6 +306,7 @@ impl RestoredPartition {
         };
         if self
             .checkpoint
+            .as_ref()
             .is_some_and(|checkpoint| below(checkpoint.w, checkpoint.rw))
         {
             return true;
@@ -348,7 +379,7 @@ mod tests {
         let restored = decode(&journal.checkpoint(1, at(1)));
         assert_eq!(restored.checkpoint_w(), Some(1));
         assert_eq!(
-            restored.checkpoint.and_then(|c| c.event_time_ms),
+            restored.checkpoint.as_ref().and_then(|c| c.event_time_ms),
             Some(1000)
         );
         let record = &restored.sessions[&key("s")];
@@ -399,6 +430,7 @@ mod tests {
             w: 10,
             rw: 0,
             event_time_ms: None,
+            forwarded: BTreeMap::new(),
         };
         restored
             .apply(
@@ -448,6 +480,7 @@ mod tests {
                 w,
                 rw: 0,
                 event_time_ms: Some(w),
+                forwarded: BTreeMap::new(),
             };
             restored
                 .apply(
@@ -457,5 +490,40 @@ mod tests {
                 .expect("applies");
         }
         assert_eq!(restored.checkpoint_w(), Some(7));
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_carry_the_highest_forward_applied_below_the_watermark() {
+        let restored = CheckpointRecord {
+            w: 0,
+            rw: 0,
+            event_time_ms: None,
+            forwarded: BTreeMap::from([(1, 40)]),
+        };
+        let mut journal = PartitionJournal::new(Some(&restored));
+        journal.record_forward(0, 1, 41);
+        journal.record_forward(1, 2, 7);
+        journal.record_forward(2, 1, 42);
+        let writes = journal.checkpoint(
+            2,
+            Watermarks {
+                traces: 0,
+                repartition: 2,
+            },
+        );
+        let mut read = RestoredPartition::default();
+        for write in &writes {
+            read.apply(write.key.as_bytes(), &write.value)
+                .expect("decodes");
+        }
+        let checkpoint = read.checkpoint.expect("checkpoint record");
+        // Sequence 2 (offset 42) is not below the watermark yet.
+        assert_eq!(checkpoint.forwarded, BTreeMap::from([(1, 41), (2, 7)]));
+        assert_eq!(checkpoint.rw, 2);
     }
 }

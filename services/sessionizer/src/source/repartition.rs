@@ -12,6 +12,7 @@ use super::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaS
 use crate::batch::Position;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The repartition topic's consumer and its name.
@@ -112,6 +113,32 @@ impl RepartitionSource {
             tracing::debug!(%error, "repartition commit");
         }
     }
+}
+
+/// Creates the producer of forwards. The partition a forward lands in recognises a forward
+/// sent again after a crash by its first-read offset being at or below the highest applied,
+/// which holds only if the forwards of one sender reach a partition in order and without
+/// gaps: idempotent, never timing out, and a failure that could leave a gap is fatal
+/// (librdkafka's gapless guarantee) and ends the run.
+///
+/// # Errors
+/// Invalid librdkafka settings.
+pub fn create_forward_producer(
+    settings: &KafkaSettings,
+) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        // 0: never; a broker outage stalls forwards (backpressure pauses reading) instead of
+        // dropping one between two delivered ones.
+        .set("message.timeout.ms", "0")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5");
+    settings.client.apply_to(&mut config);
+    config.create()
 }
 
 /// Where a forwarded trace was first read, from its headers.
