@@ -49,7 +49,7 @@ async fn sessions_keep_exact_turns_whatever_partitioner_their_producers_use() {
         .clone_from(&topics.dead_letters);
     config.kafka.sessions_topic.clone_from(&topics.sessions);
     config.kafka.changelog_topic.clone_from(&topics.changelog);
-    config.kafka.repartition_topic = unique_name("repartition");
+    config.kafka.repartition_topic = Some(unique_name("repartition"));
     config.kafka.session_timeout_ms = 6000;
     config.kafka.checkpoint_interval_ms = 200;
     config.session.gap_secs = 3600;

@@ -58,9 +58,11 @@ pub struct KafkaConfig {
     /// Topic, co-partitioned with `topic`, through which traces read in another partition than
     /// their session's (`murmur2(session id, else user id)`, Java's default partitioner) are
     /// forwarded there, so a session's traces meet whatever partitioner their producers used.
-    /// An empty string (the default for now) sessionizes traces where they are read.
+    /// Unset: `<group_id>-repartition` (it belongs to the group, as Kafka Streams names its
+    /// repartition topics after the application); an empty string sessionizes traces where
+    /// they are read.
     #[serde(default)]
-    pub repartition_topic: String,
+    pub repartition_topic: Option<String>,
     /// How often session state is written to `changelog_topic` and acknowledged offsets are
     /// stored for the next commit.
     pub checkpoint_interval_ms: u64,
@@ -288,7 +290,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: default_dead_letter_topic(),
             sessions_topic: default_sessions_topic(),
             changelog_topic: default_changelog_topic(),
-            repartition_topic: String::new(),
+            repartition_topic: None,
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             schema_registry_url: String::new(),
             session_timeout_ms: default_session_timeout_ms(),

@@ -37,7 +37,7 @@ impl ValidatedConfig {
                 dead_letter_topic: self.kafka.dead_letter_topic.clone(),
                 sessions_topic: self.kafka.sessions_topic.clone().unwrap_or_default(),
                 changelog_topic: self.kafka.changelog_topic.clone().unwrap_or_default(),
-                repartition_topic: self.kafka.repartition_topic.clone().unwrap_or_default(),
+                repartition_topic: Some(self.kafka.repartition_topic.clone().unwrap_or_default()),
                 checkpoint_interval_ms: millis(self.kafka.checkpoint_interval),
                 schema_registry_url: self.kafka.schema_registry_url.clone().unwrap_or_default(),
                 session_timeout_ms: millis(self.kafka.session_timeout),

@@ -87,6 +87,11 @@ struct OptionalTopics {
     sessions_topic: Option<String>,
 }
 
+/// `<group_id>-repartition`: the topic belongs to the consumer group.
+fn default_repartition_topic(group_id: &str) -> String {
+    format!("{}-repartition", group_id.trim())
+}
+
 /// Every topic name legal, and no two options naming the same topic.
 fn validate_topics(
     kafka: &KafkaConfig,
@@ -121,10 +126,21 @@ fn validate_topics(
     );
     let repartition_topic = optional_topic(
         "kafka.repartition_topic",
-        &kafka.repartition_topic,
-        "llm-traces-repartition",
+        &kafka
+            .repartition_topic
+            .clone()
+            .unwrap_or_else(|| default_repartition_topic(&kafka.group_id)),
+        "sessionizer-repartition",
         problems,
     );
+    if repartition_topic.is_none() {
+        warnings.push(
+            "kafka.repartition_topic is empty: traces are sessionized in the partition they are \
+             read from, so a session whose traces come through producers that partition \
+             differently is split"
+                .to_owned(),
+        );
+    }
     let mut topics = vec![
         ("kafka.topic", kafka.topic.as_str()),
         ("kafka.dead_letter_topic", kafka.dead_letter_topic.as_str()),
