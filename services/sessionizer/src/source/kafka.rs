@@ -34,8 +34,9 @@ pub struct KafkaSettings {
     /// Session state changelog; `None` keeps state in memory only (restarts and rebalances
     /// then restart turn numbering of open sessions).
     pub changelog_topic: Option<String>,
-    /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
-    pub schema_registry_url: Option<String>,
+    /// Resolves Confluent schema ids: the registry's URL and credentials (the name predates
+    /// the credentials); `None`: Confluent-framed traces are dead-lettered.
+    pub schema_registry_url: Option<crate::config::SchemaRegistrySettings>,
     /// How often session state is checkpointed and acknowledged offsets stored.
     pub checkpoint_interval: Duration,
     /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.

@@ -1,0 +1,148 @@
+//! The Schema Registry's credentials against the fake registry (crate `fakes`) requiring
+//! them: `preflight`'s check passes with the right basic credentials or bearer token and
+//! fails naming the options to fix otherwise, never showing a secret.
+
+use fakes::schema_registry::{RegistryServer, RequiredAuth};
+use service_kit::preflight::{Check, Outcome};
+use sessionizer::config::{SessionizerConfig, ValidatedConfig};
+use sessionizer::preflight::schema_registry_check;
+use sessionizer::secret::Secret;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const USERNAME: &str = "SR-API-KEY";
+const PASSWORD: &str = "sr-SECRET-password-4711";
+const TOKEN: &str = "sr-SECRET-token-0815";
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A file holding `content` under the temp dir, removed on drop.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn new(name: &str, content: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "sessionizer-registry-test-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, content).expect("write secret file");
+        SecretFile(path)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A valid configuration for the registry at `url`, `credentials` applied to `[kafka]`.
+fn config_with(url: &str, credentials: impl FnOnce(&mut SessionizerConfig)) -> ValidatedConfig {
+    let mut config = SessionizerConfig::default();
+    config.kafka.bootstrap_servers = "127.0.0.1:1".to_owned();
+    config.kafka.schema_registry_url = url.to_owned();
+    config.openlayer.api_key = Some(Secret::new("sk-test"));
+    config.openlayer.base_url = Some("http://127.0.0.1:1/v1".to_owned());
+    credentials(&mut config);
+    config.validate().expect("valid configuration")
+}
+
+async fn registry_requiring(auth: RequiredAuth) -> RegistryServer {
+    let server = RegistryServer::start().await;
+    server.state.require(auth);
+    server
+}
+
+fn basic_required() -> RequiredAuth {
+    RequiredAuth::Basic {
+        username: USERNAME.to_owned(),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+async fn check_registry(config: &ValidatedConfig) -> Check {
+    let registry = config
+        .kafka
+        .schema_registry_url
+        .as_ref()
+        .expect("a registry");
+    schema_registry_check(registry, TIMEOUT).await
+}
+
+fn fix_of(check: &Check) -> &str {
+    match &check.outcome {
+        Outcome::Failed { fix } => fix,
+        Outcome::Passed => panic!("expected a failed check: {check:?}"),
+    }
+}
+
+#[tokio::test]
+async fn preflight_passes_with_the_right_basic_credentials_from_a_file() {
+    let server = registry_requiring(basic_required()).await;
+    let password_file = SecretFile::new("password", &format!("{PASSWORD}\n"));
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_username = Some(USERNAME.to_owned());
+        config.kafka.schema_registry_password_file = Some(password_file.0.clone());
+    });
+    let check = check_registry(&config).await;
+    assert_eq!(check.outcome, Outcome::Passed, "{check:?}");
+    assert!(check.finding.contains("credentials"), "{check:?}");
+    assert_eq!(
+        server.state.headers_seen()[0].authorization,
+        basic_required().header_value()
+    );
+}
+
+#[tokio::test]
+async fn preflight_passes_with_the_right_bearer_token() {
+    let server = registry_requiring(RequiredAuth::Bearer(TOKEN.to_owned())).await;
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_bearer_token = Some(Secret::new(TOKEN));
+    });
+    let check = check_registry(&config).await;
+    assert_eq!(check.outcome, Outcome::Passed, "{check:?}");
+}
+
+#[tokio::test]
+async fn preflight_names_the_credential_options_when_the_registry_refuses_them() {
+    let server = registry_requiring(basic_required()).await;
+    let password_file = SecretFile::new("wrong-password", "sr-SECRET-wrong");
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_username = Some(USERNAME.to_owned());
+        config.kafka.schema_registry_password_file = Some(password_file.0.clone());
+    });
+    let check = check_registry(&config).await;
+    let fix = fix_of(&check);
+    assert!(check.finding.contains("401"), "{check:?}");
+    assert!(
+        check.finding.contains("refused the credentials"),
+        "{check:?}"
+    );
+    assert!(fix.contains("kafka.schema_registry_username"), "{fix}");
+    assert!(fix.contains("kafka.schema_registry_password_file"), "{fix}");
+    assert!(
+        fix.contains(&password_file.0.display().to_string()),
+        "{fix}"
+    );
+    assert!(!format!("{check:?}").contains("sr-SECRET"), "{check:?}");
+
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_bearer_token = Some(Secret::new(TOKEN));
+    });
+    let check = check_registry(&config).await;
+    assert!(
+        fix_of(&check).contains("kafka.schema_registry_bearer_token"),
+        "{check:?}"
+    );
+    assert!(!format!("{check:?}").contains(TOKEN), "{check:?}");
+}
+
+#[tokio::test]
+async fn preflight_without_credentials_names_both_ways_to_set_them() {
+    let server = registry_requiring(basic_required()).await;
+    let config = config_with(&server.url, |_| {});
+    let check = check_registry(&config).await;
+    let fix = fix_of(&check);
+    assert!(fix.contains("kafka.schema_registry_password"), "{fix}");
+    assert!(fix.contains("kafka.schema_registry_bearer_token"), "{fix}");
+    assert_eq!(server.state.headers_seen()[0].authorization, "");
+}
