@@ -1,12 +1,14 @@
 //! The Schema Registry's credentials against the fake registry (crate `fakes`) requiring
 //! them: `preflight`'s check passes with the right basic credentials or bearer token and
-//! fails naming the options to fix otherwise, never showing a secret.
+//! fails naming the options to fix otherwise, and `run` stops at start on a refusal, before
+//! consuming anything; never showing a secret.
 
 use fakes::schema_registry::{RegistryServer, RequiredAuth};
 use service_kit::preflight::{Check, Outcome};
 use sessionizer::config::{SessionizerConfig, ValidatedConfig};
 use sessionizer::preflight::schema_registry_check;
 use sessionizer::secret::Secret;
+use sessionizer::service::ServiceError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +42,7 @@ fn config_with(url: &str, credentials: impl FnOnce(&mut SessionizerConfig)) -> V
     let mut config = SessionizerConfig::default();
     config.kafka.bootstrap_servers = "127.0.0.1:1".to_owned();
     config.kafka.schema_registry_url = url.to_owned();
+    config.http.listen = "127.0.0.1:0".to_owned();
     config.openlayer.api_key = Some(Secret::new("sk-test"));
     config.openlayer.base_url = Some("http://127.0.0.1:1/v1".to_owned());
     credentials(&mut config);
@@ -145,4 +148,52 @@ async fn preflight_without_credentials_names_both_ways_to_set_them() {
     assert!(fix.contains("kafka.schema_registry_password"), "{fix}");
     assert!(fix.contains("kafka.schema_registry_bearer_token"), "{fix}");
     assert_eq!(server.state.headers_seen()[0].authorization, "");
+}
+
+#[tokio::test]
+async fn the_service_stops_at_start_naming_the_options_when_the_registry_refuses_them() {
+    let server = registry_requiring(basic_required()).await;
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_username = Some(USERNAME.to_owned());
+        config.kafka.schema_registry_password = Some(Secret::new("sr-SECRET-wrong"));
+    });
+    // No broker listens at the configured address: getting past the check would hang or fail
+    // differently.
+    let run = sessionizer::service::run(config, std::future::pending());
+    let error = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("stops at once")
+        .expect_err("refused credentials are fatal");
+    assert!(
+        matches!(error, ServiceError::SchemaRegistryRefused { .. }),
+        "{error:?}"
+    );
+    let chain = service_kit::fatal::cause_chain(&error);
+    assert!(chain.contains("kafka.schema_registry_username"), "{chain}");
+    assert!(chain.contains("kafka.schema_registry_password"), "{chain}");
+    assert!(chain.contains("401"), "{chain}");
+    assert!(
+        !format!("{chain} {error:?}").contains("sr-SECRET"),
+        "{chain}"
+    );
+    assert_eq!(server.state.headers_seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_shutdown_during_the_start_up_registry_check_stops_cleanly() {
+    let server = RegistryServer::start().await;
+    server.state.hang();
+    let config = config_with(&server.url, |_| {});
+    // Shutdown is requested once the registry holds the check's request unanswered.
+    let state = std::sync::Arc::clone(&server.state);
+    let shutdown = async move {
+        while state.headers_seen().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let run = sessionizer::service::run(config, shutdown);
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("does not wait out the registry's 10 s timeout")
+        .expect("a clean stop");
 }
