@@ -94,7 +94,9 @@ pub(super) fn validate_schema_registry(
         }
     };
     let Some(url) = url else {
-        if let Some(source) = &secret_source {
+        // An unusable URL has its own problem; only an empty one leaves credentials unused.
+        let no_registry = kafka.schema_registry_url.trim().is_empty();
+        if no_registry && let Some(source) = &secret_source {
             let key = match &auth {
                 RegistryAuth::Bearer(_) => source.key(BEARER_TOKEN, BEARER_TOKEN_FILE),
                 _ => USERNAME,
