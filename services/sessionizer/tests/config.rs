@@ -1366,3 +1366,22 @@ fn reference_example_is_a_valid_configuration() {
     );
     assert_eq!(config.log.format, LogFormat::Json);
 }
+
+#[test]
+fn reference_confluent_cloud_example_sets_basic_credentials() {
+    let doc = reference_doc();
+    let example = doc
+        .split("Confluent Cloud (")
+        .nth(1)
+        .and_then(|section| section.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a Confluent Cloud example block");
+    // Loaded, not validated: the secret file it names exists only in the pod.
+    let config = load(Some(example), &env(&[])).expect("the example's keys exist");
+    assert!(config.kafka.schema_registry_url.starts_with("https://"));
+    assert_eq!(
+        config.kafka.schema_registry_username.as_deref(),
+        Some("SR_API_KEY")
+    );
+    assert!(config.kafka.schema_registry_password_file.is_some());
+}
