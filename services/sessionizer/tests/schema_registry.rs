@@ -1,7 +1,7 @@
 //! The Schema Registry's credentials against the fake registry (crate `fakes`) requiring
 //! them: `preflight`'s check passes with the right basic credentials or bearer token and
 //! fails naming the options to fix otherwise, and `run` stops at start on a refusal, before
-//! consuming anything; never showing a secret.
+//! consuming anything; never showing a secret, also not in the logs.
 
 use fakes::schema_registry::{RegistryServer, RequiredAuth};
 use service_kit::preflight::{Check, Outcome};
@@ -10,7 +10,10 @@ use sessionizer::preflight::schema_registry_check;
 use sessionizer::secret::Secret;
 use sessionizer::service::ServiceError;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use trace_model::codec::registry::SchemaRegistry;
+use trace_model::{Decoder, Limits};
 
 const USERNAME: &str = "SR-API-KEY";
 const PASSWORD: &str = "sr-SECRET-password-4711";
@@ -196,4 +199,77 @@ async fn a_shutdown_during_the_start_up_registry_check_stops_cleanly() {
         .await
         .expect("does not wait out the registry's 10 s timeout")
         .expect("a clean stop");
+}
+
+/// Log lines written while the returned guard lives (this thread only: `tokio::test` runs on
+/// one thread).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_while_running_is_logged_once_in_a_row_without_the_secret() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let server = RegistryServer::start().await;
+    let schema_id = server
+        .state
+        .preload(&trace_model::codec::avro::trace_event_schema().canonical_form());
+    let config = config_with(&server.url, |config| {
+        config.kafka.schema_registry_username = Some(USERNAME.to_owned());
+        config.kafka.schema_registry_password = Some(Secret::new(PASSWORD));
+    });
+    let endpoint = config.kafka.schema_registry_url.expect("a registry");
+    // What the pipeline builds from the settings.
+    let registry = SchemaRegistry::try_new(endpoint, TIMEOUT).expect("client");
+    let decoder = Decoder::new(Limits::default()).with_registry(registry);
+    // Prefetching reads only the Confluent header: magic byte and schema id.
+    let framed = |id: u32| [&[0u8][..], &id.to_be_bytes()[..], b"datum"].concat();
+    let bytes = framed(schema_id);
+
+    // The credentials are revoked while running: every attempt is refused, one error logged.
+    server.state.require(RequiredAuth::Basic {
+        username: USERNAME.to_owned(),
+        password: "rotated".to_owned(),
+    });
+    for _ in 0..3 {
+        let error = decoder.prefetch_schema(&bytes).await.expect_err("refused");
+        assert_eq!(error.reason(), "registry_unauthorized");
+        assert!(!error.is_transient());
+    }
+    let refusals = |text: &str| text.matches("refused the credentials;").count();
+    assert_eq!(refusals(&logs.text()), 1, "{}", logs.text());
+    assert!(logs.text().contains("ERROR"), "{}", logs.text());
+
+    // Accepted again (the registry restored the key), then refused: logged again.
+    server.state.require(basic_required());
+    decoder.prefetch_schema(&bytes).await.expect("accepted");
+    let other_id = server.state.preload("\"string\"");
+    let other = framed(other_id);
+    server.state.require(RequiredAuth::Bearer(TOKEN.to_owned()));
+    decoder.prefetch_schema(&other).await.expect_err("refused");
+    assert_eq!(refusals(&logs.text()), 2, "{}", logs.text());
+    assert!(!logs.text().contains(PASSWORD), "{}", logs.text());
 }
