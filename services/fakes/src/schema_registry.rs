@@ -1,7 +1,11 @@
-//! A local Confluent-compatible Schema Registry, for the trace-model tests and the real-broker
-//! tests: `GET /schemas/ids/{id}` and
-//! `POST /subjects/{subject}/versions`, answering with the registry's media type and counting
-//! every request so tests can prove what the client caches.
+//! A local Confluent-compatible Schema Registry, for the trace-model tests, the sessionizer's
+//! start and preflight checks and the real-broker tests: `GET /schemas/ids/{id}`,
+//! `GET /subjects` and `POST /subjects/{subject}/versions`, answering with the registry's
+//! media type and counting every request so tests can prove what the client caches.
+//!
+//! Like Confluent Cloud, it can require credentials ([`RegistryState::require`]): a request
+//! without the expected `Authorization` header is answered 401 with the registry's error
+//! body, before anything else is looked at.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,6 +35,55 @@ pub struct RegistryState {
     hang: Mutex<bool>,
     /// Headers of every request, to check what the client sends.
     headers_seen: Mutex<Vec<SeenHeaders>>,
+    /// When set, requests without these credentials are answered 401.
+    required_auth: Mutex<Option<RequiredAuth>>,
+    /// Subjects registered through `POST /subjects/{subject}/versions`, for `GET /subjects`.
+    subjects: Mutex<Vec<String>>,
+}
+
+/// Credentials the fake registry requires on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequiredAuth {
+    /// HTTP basic (`Authorization: Basic base64(username:password)`), as Confluent Cloud's
+    /// Schema Registry API keys.
+    Basic { username: String, password: String },
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+}
+
+impl RequiredAuth {
+    /// The `Authorization` header value that satisfies this requirement.
+    pub fn header_value(&self) -> String {
+        match self {
+            RequiredAuth::Basic { username, password } => {
+                format!(
+                    "Basic {}",
+                    base64(format!("{username}:{password}").as_bytes())
+                )
+            }
+            RequiredAuth::Bearer(token) => format!("Bearer {token}"),
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), enough for a basic-auth header.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let triple = chunk.iter().enumerate().fold(0u32, |bits, (index, byte)| {
+            bits | u32::from(*byte) << (16 - 8 * index)
+        });
+        for index in 0..4 {
+            if index <= chunk.len() {
+                let sextet = (triple >> (18 - 6 * index)) & 0x3F;
+                encoded.push(char::from(ALPHABET[sextet as usize]));
+            } else {
+                encoded.push('=');
+            }
+        }
+    }
+    encoded
 }
 
 /// The request headers the tests look at.
@@ -81,6 +134,11 @@ impl RegistryState {
         *lock(&self.hang) = true;
     }
 
+    /// From now on, every request must carry `auth` or is answered 401.
+    pub fn require(&self, auth: RequiredAuth) {
+        *lock(&self.required_auth) = Some(auth);
+    }
+
     /// Headers of every request, in order.
     pub fn headers_seen(&self) -> Vec<SeenHeaders> {
         lock(&self.headers_seen).clone()
@@ -99,6 +157,22 @@ impl RegistryState {
             content_type: value(header::CONTENT_TYPE),
             authorization: value(header::AUTHORIZATION),
         });
+    }
+
+    /// 401, as Confluent's registry answers it, when credentials are required and `headers`
+    /// lack them.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let required = lock(&self.required_auth).clone()?;
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        if sent == Some(required.header_value().as_str()) {
+            return None;
+        }
+        Some(registry_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error_code": 401, "message": "Unauthorized"}),
+        ))
     }
 
     /// The answer to give instead of the real one during a simulated outage.
@@ -135,6 +209,9 @@ async fn get_schema_by_id(
 ) -> Response {
     state.record_headers(&headers);
     *lock(&state.fetches).entry(id).or_default() += 1;
+    if let Some(refusal) = state.refusal(&headers) {
+        return refusal;
+    }
     if let Some(failure) = state.failure().await {
         return failure;
     }
@@ -158,7 +235,12 @@ async fn register_schema(
     body: Bytes,
 ) -> Response {
     state.record_headers(&headers);
-    *lock(&state.registrations).entry(subject).or_default() += 1;
+    *lock(&state.registrations)
+        .entry(subject.clone())
+        .or_default() += 1;
+    if let Some(refusal) = state.refusal(&headers) {
+        return refusal;
+    }
     if let Some(failure) = state.failure().await {
         return failure;
     }
@@ -166,7 +248,14 @@ async fn register_schema(
         .ok()
         .and_then(|request| request.get("schema")?.as_str().map(str::to_owned));
     match schema {
-        Some(schema) => registry_response(StatusCode::OK, json!({ "id": state.preload(&schema) })),
+        Some(schema) => {
+            let mut subjects = lock(&state.subjects);
+            if !subjects.contains(&subject) {
+                subjects.push(subject);
+            }
+            drop(subjects);
+            registry_response(StatusCode::OK, json!({ "id": state.preload(&schema) }))
+        }
         None => registry_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error_code": 42201, "message": "Invalid schema"}),
@@ -174,10 +263,25 @@ async fn register_schema(
     }
 }
 
+/// `GET /subjects`: the subjects registered so far (what preflight and the service's start
+/// check ask, to try the credentials cheaply).
+async fn list_subjects(State(state): State<Arc<RegistryState>>, headers: HeaderMap) -> Response {
+    state.record_headers(&headers);
+    if let Some(refusal) = state.refusal(&headers) {
+        return refusal;
+    }
+    if let Some(failure) = state.failure().await {
+        return failure;
+    }
+    let subjects = lock(&state.subjects).clone();
+    registry_response(StatusCode::OK, json!(subjects))
+}
+
 /// The registry's routes over `state`.
 pub fn app(state: Arc<RegistryState>) -> Router {
     Router::new()
         .route("/schemas/ids/{id}", get(get_schema_by_id))
+        .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}/versions", post(register_schema))
         .with_state(state)
 }
@@ -227,4 +331,23 @@ pub fn unreachable_registry_url() -> String {
     let address = listener.local_addr().expect("bound address");
     drop(listener);
     format!("http://{address}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_encode_as_rfc_4648_base64() {
+        let auth = RequiredAuth::Basic {
+            username: "registry-user".to_owned(),
+            password: "s3cret".to_owned(),
+        };
+        assert_eq!(auth.header_value(), "Basic cmVnaXN0cnktdXNlcjpzM2NyZXQ=");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+    }
 }

@@ -1,11 +1,11 @@
 //! `sessionizer preflight`: connects with the service's own configuration and checks what
 //! `run` will need, one line each (see [`service_kit::preflight`]): the brokers with the
 //! configured TLS/SASL, every topic and the changelog's partition count, the consumer group,
-//! the Schema Registry when one is configured, and Openlayer with the key, through a
-//! read-only request. Nothing is written: topics the service would create are reported, not
-//! created, and the consumer group is only read, never joined.
+//! the Schema Registry when one is configured (with its credentials), and Openlayer with the
+//! key, through a read-only request. Nothing is written: topics the service would create are
+//! reported, not created, and the consumer group is only read, never joined.
 
-use crate::config::ValidatedConfig;
+use crate::config::{SchemaRegistrySettings, ValidatedConfig};
 use crate::metrics::Metrics;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::kafka::KafkaSettings;
@@ -18,6 +18,7 @@ use service_kit::preflight::{
     Check, Report, connect_brokers, inaccessible_topic, missing_topic, unanswered_topic,
 };
 use std::time::Duration;
+use trace_model::codec::registry::{RegistryError, SchemaRegistry};
 
 /// Runs every check; `extra_pipeline_ids` are checked with the key besides the default one.
 pub async fn run(
@@ -36,8 +37,8 @@ pub async fn run(
             "run preflight again; report a bug if it repeats",
         )),
     }
-    if let Some(url) = &config.kafka.schema_registry_url {
-        report.push(schema_registry_check(url, timeout).await);
+    if let Some(registry) = &config.kafka.schema_registry_url {
+        report.push(schema_registry_check(registry, timeout).await);
     }
     report
         .checks
@@ -159,31 +160,55 @@ fn topic_check(
     }
 }
 
-async fn schema_registry_check(url: &str, timeout: Duration) -> Check {
+/// `GET /subjects` with the configured credentials: the cheapest request the registry
+/// authenticates, the same one `run` makes at start.
+pub async fn schema_registry_check(settings: &SchemaRegistrySettings, timeout: Duration) -> Check {
     let subject = "schema registry (kafka.schema_registry_url)";
-    let client = match reqwest::Client::builder().timeout(timeout).build() {
-        Ok(client) => client,
+    let url = &settings.endpoint.url;
+    let registry = match SchemaRegistry::try_new(settings.endpoint.clone(), timeout) {
+        Ok(registry) => registry,
         Err(error) => {
-            return Check::failed(subject, format!("no HTTP client: {error}"), "report a bug");
+            return Check::failed(
+                subject,
+                format!(
+                    "no HTTP client: {}",
+                    service_kit::fatal::cause_chain(&error)
+                ),
+                "report a bug",
+            );
         }
     };
-    let subjects_url = format!("{}/subjects", url.trim_end_matches('/'));
-    match client.get(&subjects_url).send().await {
-        Ok(response) if response.status().is_success() => {
-            Check::passed(subject, format!("{url} answered {}", response.status()))
-        }
-        Ok(response) => Check::failed(
+    match registry.check_access().await {
+        Ok(()) => Check::passed(
             subject,
-            format!("GET {subjects_url} answered {}", response.status()),
-            "check kafka.schema_registry_url and the registry's access rules",
+            format!(
+                "{url} accepted the request{}",
+                match &settings.secret_source {
+                    Some(_) => " and the credentials",
+                    None => "",
+                }
+            ),
         ),
-        Err(error) => Check::failed(
+        Err(error @ RegistryError::Unauthorized { .. }) => Check::failed(
+            subject,
+            format!("GET {url}/subjects: {error}"),
+            format!(
+                "check {} and that the credentials may read the registry's subjects",
+                settings.credential_keys()
+            ),
+        ),
+        Err(RegistryError::Request(error)) => Check::failed(
             subject,
             format!(
                 "no answer from {url}: {}",
                 service_kit::fatal::cause_chain(&error.without_url())
             ),
             "check kafka.schema_registry_url and that this pod may reach it",
+        ),
+        Err(error) => Check::failed(
+            subject,
+            format!("GET {url}/subjects: {error}"),
+            "check kafka.schema_registry_url and the registry's access rules",
         ),
     }
 }

@@ -1,14 +1,24 @@
 //! The service as deployed: metrics, health endpoints and the pipeline, from a validated
 //! configuration, until the shutdown future resolves.
+//!
+//! Before anything is consumed, a configured Schema Registry is asked once with its
+//! credentials (`GET /subjects`). A refusal (401/403) stops the service naming the options to
+//! fix: running on would dead-letter, as `registry_unauthorized`, every trace whose schema id
+//! is not cached. An unreachable registry is only logged: the pipeline waits outages out.
 
-use crate::config::ValidatedConfig;
+use crate::config::{SchemaRegistrySettings, ValidatedConfig};
 use crate::health::Health;
 use crate::http::{HttpState, serve};
 use crate::metrics::Metrics;
 use crate::pipeline::RunError;
 use std::future::Future;
+use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use trace_model::codec::registry::{RegistryError, SchemaRegistry};
+
+/// Bound of the start-up request to the Schema Registry: the pipeline client's timeout.
+const REGISTRY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the service could not run.
 #[derive(Debug, Error)]
@@ -22,6 +32,15 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    /// The Schema Registry refused the credentials at start; `keys` names the options.
+    #[error("the schema registry did not accept the configured credentials; check {keys}")]
+    SchemaRegistryRefused {
+        keys: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("failed to create the schema registry client")]
+    SchemaRegistryClient(#[source] RegistryError),
     #[error(transparent)]
     Pipeline(#[from] RunError),
 }
@@ -30,11 +49,19 @@ pub enum ServiceError {
 /// resolves; then drains the pipeline and stops the HTTP server.
 ///
 /// # Errors
-/// Metrics registration, the HTTP listener, or a pipeline that cannot start.
+/// Metrics registration, the HTTP listener, a Schema Registry refusing the credentials, or a
+/// pipeline that cannot start.
 pub async fn run(
     config: ValidatedConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Some(registry) = &config.kafka.schema_registry_url {
+        tokio::select! {
+            checked = check_schema_registry(registry) => checked?,
+            () = shutdown.as_mut() => return Ok(()),
+        }
+    }
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).map_err(ServiceError::Metrics)?;
     service_kit::process_metrics::register(&registry, "sessionizer", crate::VERSION)
@@ -61,4 +88,30 @@ pub async fn run(
         Err(error) => tracing::warn!(%error, "metrics server task failed"),
     }
     result.map_err(ServiceError::from)
+}
+
+/// Tries the registry's credentials once; only a refusal is an error (see the module doc).
+async fn check_schema_registry(settings: &SchemaRegistrySettings) -> Result<(), ServiceError> {
+    let registry = SchemaRegistry::try_new(settings.endpoint.clone(), REGISTRY_CHECK_TIMEOUT)
+        .map_err(ServiceError::SchemaRegistryClient)?;
+    match registry.check_access().await {
+        Ok(()) => {
+            tracing::info!(registry = %settings.endpoint.url, "schema registry accepted the request");
+            Ok(())
+        }
+        Err(error @ RegistryError::Unauthorized { .. }) => {
+            Err(ServiceError::SchemaRegistryRefused {
+                keys: settings.credential_keys(),
+                source: error,
+            })
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %service_kit::fatal::cause_chain(&error),
+                registry = %settings.endpoint.url,
+                "schema registry not checked at start; traces needing it wait until it answers"
+            );
+            Ok(())
+        }
+    }
 }

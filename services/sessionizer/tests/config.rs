@@ -2,13 +2,15 @@
 //! secrets, and the reference in `docs/configuration.md` staying in step with the code.
 
 use sessionizer::config::{
-    ApiKeySource, ConfigError, KeyOrigin, LogFormat, SessionizerConfig, ValidatedConfig,
+    ApiKeySource, ConfigError, KeyOrigin, LogFormat, SecretSource, SessionizerConfig,
+    ValidatedConfig,
 };
 use sessionizer::secret::Secret;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use trace_model::codec::registry::RegistryAuth;
 
 const API_KEY: &str = "sk-live-SECRET-4711";
 
@@ -844,6 +846,422 @@ fn a_config_built_in_code_validates() {
     assert_eq!(validated.sink.base_url, "http://127.0.0.1:8080/v1");
 }
 
+// ---- Schema Registry credentials -------------------------------------------------------------
+
+const REGISTRY_URL: &str = "https://psrc-00000.europe-west3.gcp.confluent.cloud";
+const REGISTRY_PASSWORD: &str = "sr-SECRET-password-4711";
+const REGISTRY_TOKEN: &str = "sr-SECRET-token-0815";
+
+/// `env_with_key` plus the registry URL.
+fn env_with_registry(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut variables = env_with_key(pairs);
+    variables.insert(
+        "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_URL".to_owned(),
+        REGISTRY_URL.to_owned(),
+    );
+    variables
+}
+
+#[test]
+fn registry_basic_credentials_come_from_the_environment() {
+    let config = load_valid(
+        None,
+        &env_with_registry(&[
+            ("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD",
+                &format!(" {REGISTRY_PASSWORD}\n"),
+            ),
+        ]),
+    );
+    let registry = config.kafka.schema_registry_url.expect("a registry");
+    assert_eq!(registry.endpoint.url, REGISTRY_URL);
+    let RegistryAuth::Basic { username, password } = &registry.endpoint.auth else {
+        panic!("expected basic auth: {registry:?}");
+    };
+    assert_eq!(username, "SR-API-KEY");
+    assert_eq!(password.expose(), REGISTRY_PASSWORD);
+    assert_eq!(registry.secret_source, Some(SecretSource::Value));
+}
+
+#[test]
+fn registry_secrets_are_read_from_their_files_and_trimmed() {
+    let password_file = TempFile::new(&format!("{REGISTRY_PASSWORD}\n"));
+    let config = load_valid(
+        Some(&format!(
+            "[kafka]\nschema_registry_url = \"{REGISTRY_URL}/\"\n\
+             schema_registry_username = \"SR-API-KEY\"\n\
+             schema_registry_password_file = {:?}\n",
+            password_file.path().display().to_string()
+        )),
+        &env_with_key(&[]),
+    );
+    let registry = config.kafka.schema_registry_url.expect("a registry");
+    assert_eq!(
+        registry.endpoint.url, REGISTRY_URL,
+        "trailing slash removed"
+    );
+    assert!(
+        matches!(&registry.endpoint.auth, RegistryAuth::Basic { password, .. } if password.expose() == REGISTRY_PASSWORD)
+    );
+    assert_eq!(
+        registry.secret_source,
+        Some(SecretSource::File(password_file.path().to_path_buf()))
+    );
+
+    let token_file = TempFile::new(&format!("  {REGISTRY_TOKEN}\n"));
+    let config = load_valid(
+        None,
+        &env_with_registry(&[(
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+            &token_file.path().display().to_string(),
+        )]),
+    );
+    let registry = config.kafka.schema_registry_url.expect("a registry");
+    assert!(
+        matches!(&registry.endpoint.auth, RegistryAuth::Bearer(token) if token.expose() == REGISTRY_TOKEN)
+    );
+    assert!(
+        registry
+            .credential_keys()
+            .contains("kafka.schema_registry_bearer_token_file"),
+        "{}",
+        registry.credential_keys()
+    );
+}
+
+#[test]
+fn registry_bearer_token_comes_from_the_environment() {
+    let config = load_valid(
+        None,
+        &env_with_registry(&[(
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+            REGISTRY_TOKEN,
+        )]),
+    );
+    let registry = config.kafka.schema_registry_url.expect("a registry");
+    assert!(
+        matches!(&registry.endpoint.auth, RegistryAuth::Bearer(token) if token.expose() == REGISTRY_TOKEN)
+    );
+    assert_eq!(
+        registry.credential_keys(),
+        "kafka.schema_registry_bearer_token"
+    );
+}
+
+#[test]
+fn a_registry_without_credentials_sends_none() {
+    let config = load_valid(None, &env_with_registry(&[]));
+    let registry = config.kafka.schema_registry_url.expect("a registry");
+    assert_eq!(registry.endpoint.auth, RegistryAuth::None);
+    assert_eq!(registry.secret_source, None);
+    assert!(
+        load_valid(None, &env_with_key(&[]))
+            .kafka
+            .schema_registry_url
+            .is_none()
+    );
+}
+
+#[test]
+fn registry_basic_and_bearer_together_are_refused() {
+    let error = load_invalid(
+        None,
+        &env_with_registry(&[
+            ("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD",
+                REGISTRY_PASSWORD,
+            ),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+                REGISTRY_TOKEN,
+            ),
+        ]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_bearer_token"]);
+    let message = format!("{error} {error:?}");
+    assert!(message.contains("basic authentication"), "{message}");
+    assert!(!message.contains(REGISTRY_PASSWORD), "{message}");
+    assert!(!message.contains(REGISTRY_TOKEN), "{message}");
+}
+
+#[test]
+fn registry_username_and_password_need_each_other() {
+    let error = load_invalid(
+        None,
+        &env_with_registry(&[("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY")]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_password"]);
+    assert!(
+        error
+            .to_string()
+            .contains("kafka.schema_registry_password_file"),
+        "{error}"
+    );
+
+    let error = load_invalid(
+        None,
+        &env_with_registry(&[(
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD",
+            REGISTRY_PASSWORD,
+        )]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_username"]);
+    assert!(!format!("{error} {error:?}").contains(REGISTRY_PASSWORD));
+}
+
+#[test]
+fn a_registry_username_with_a_colon_is_refused() {
+    let error = load_invalid(
+        None,
+        &env_with_registry(&[
+            ("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "key:secret"),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD",
+                REGISTRY_PASSWORD,
+            ),
+        ]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_username"]);
+}
+
+#[test]
+fn registry_secret_value_and_file_together_are_refused() {
+    let token_file = TempFile::new(REGISTRY_TOKEN);
+    let error = load_invalid(
+        None,
+        &env_with_registry(&[
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+                REGISTRY_TOKEN,
+            ),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+                &token_file.path().display().to_string(),
+            ),
+        ]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_bearer_token"]);
+    assert!(error.to_string().contains("only one"), "{error}");
+}
+
+#[test]
+fn unreadable_registry_secret_files_name_the_key_and_path() {
+    let missing = std::env::temp_dir().join("sessionizer-config-test-no-registry-secret");
+    for (variable, key) in [
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD_FILE",
+            "kafka.schema_registry_password_file",
+        ),
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+            "kafka.schema_registry_bearer_token_file",
+        ),
+    ] {
+        let missing_path = missing.display().to_string();
+        let mut variables = vec![(variable, missing_path.as_str())];
+        if key.contains("password") {
+            variables.push(("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"));
+        }
+        let error = load_invalid(None, &env_with_registry(&variables));
+        assert_eq!(problem_keys(&error), [key], "{error}");
+        assert!(
+            error.to_string().contains(&missing.display().to_string()),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn bad_registry_secret_file_content_is_never_shown() {
+    for (variable, key, content) in [
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+            "kafka.schema_registry_bearer_token_file",
+            "sr-SECRET-part-one\nsr-SECRET-part-two\n",
+        ),
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+            "kafka.schema_registry_bearer_token_file",
+            "sr-SECRET with spaces",
+        ),
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN_FILE",
+            "kafka.schema_registry_bearer_token_file",
+            " \n",
+        ),
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD_FILE",
+            "kafka.schema_registry_password_file",
+            "sr-SECRET-part-one\nsr-SECRET-part-two\n",
+        ),
+    ] {
+        let secret_file = TempFile::new(content);
+        let path = secret_file.path().display().to_string();
+        let mut variables = vec![(variable, path.as_str())];
+        if key.contains("password") {
+            variables.push(("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"));
+        }
+        let error = load_invalid(None, &env_with_registry(&variables));
+        assert_eq!(problem_keys(&error), [key], "{error}");
+        let message = format!("{error} {error:?}");
+        assert!(message.contains(&path), "{message}");
+        assert!(!message.contains("sr-SECRET"), "{message}");
+    }
+}
+
+#[test]
+fn a_registry_url_with_credentials_is_refused_without_echoing_them() {
+    let error = load_invalid(
+        None,
+        &env_with_key(&[(
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_URL",
+            &format!("https://SR-API-KEY:{REGISTRY_PASSWORD}@registry.example:8081"),
+        )]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.schema_registry_url"]);
+    let message = format!("{error} {error:?}");
+    assert!(!message.contains(REGISTRY_PASSWORD), "{message}");
+    assert!(
+        message.contains("kafka.schema_registry_username"),
+        "{message}"
+    );
+}
+
+#[test]
+fn registry_credentials_without_a_registry_or_over_plain_http_warn() {
+    let config = load_valid(
+        None,
+        &env_with_key(&[(
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+            REGISTRY_TOKEN,
+        )]),
+    );
+    assert!(config.kafka.schema_registry_url.is_none());
+    assert!(
+        config.warnings.iter().any(|warning| warning.contains(
+            "kafka.schema_registry_bearer_token is set but kafka.schema_registry_url is empty"
+        )),
+        "{:?}",
+        config.warnings
+    );
+
+    let config = load_valid(
+        None,
+        &env_with_key(&[
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_URL",
+                "http://registry.example:8081",
+            ),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+                REGISTRY_TOKEN,
+            ),
+        ]),
+    );
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("credentials travel unencrypted")),
+        "{:?}",
+        config.warnings
+    );
+    let local = load_valid(
+        None,
+        &env_with_key(&[
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_URL",
+                "http://127.0.0.1:8081",
+            ),
+            (
+                "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+                REGISTRY_TOKEN,
+            ),
+        ]),
+    );
+    assert!(
+        !local
+            .warnings
+            .iter()
+            .any(|warning| warning.contains("unencrypted")),
+        "{:?}",
+        local.warnings
+    );
+}
+
+#[test]
+fn registry_secrets_never_appear_in_output() {
+    for (variable, secret, printed_key) in [
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD",
+            REGISTRY_PASSWORD,
+            "schema_registry_password",
+        ),
+        (
+            "SESSIONIZER__KAFKA__SCHEMA_REGISTRY_BEARER_TOKEN",
+            REGISTRY_TOKEN,
+            "schema_registry_bearer_token",
+        ),
+    ] {
+        let mut variables = vec![(variable, secret)];
+        if printed_key.contains("password") {
+            variables.push(("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"));
+        }
+        let config = load(None, &env_with_registry(&variables)).expect("configuration loads");
+        let raw_debug = format!("{config:?}");
+        let validated = config.validate().expect("configuration is valid");
+        let redacted = validated.to_redacted_toml();
+        let registry = validated
+            .kafka
+            .schema_registry_url
+            .clone()
+            .expect("a registry");
+        for shown in [
+            raw_debug,
+            format!("{validated:?}"),
+            redacted.clone(),
+            registry.credential_keys(),
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            redacted.contains(&format!("{printed_key} = \"**redacted**\"")),
+            "{redacted}"
+        );
+        // What is printed loads back to the same settings, the secret given again.
+        let reloaded = load_valid(Some(&redacted), &env_with_key(&[(variable, secret)]));
+        assert_eq!(reloaded.kafka.schema_registry_url, Some(registry));
+    }
+}
+
+#[test]
+fn registry_secret_files_are_printed_as_their_paths() {
+    let password_file = TempFile::new(REGISTRY_PASSWORD);
+    let path = password_file.path().display().to_string();
+    let config = load_valid(
+        None,
+        &env_with_registry(&[
+            ("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_USERNAME", "SR-API-KEY"),
+            ("SESSIONIZER__KAFKA__SCHEMA_REGISTRY_PASSWORD_FILE", &path),
+        ]),
+    );
+    let redacted = config.to_redacted_toml();
+    assert!(!redacted.contains(REGISTRY_PASSWORD), "{redacted}");
+    assert!(redacted.contains(&path), "{redacted}");
+    assert!(
+        redacted.contains("schema_registry_username = \"SR-API-KEY\""),
+        "{redacted}"
+    );
+    assert!(
+        redacted.contains("# schema_registry_password is unset"),
+        "{redacted}"
+    );
+    let reloaded = load_valid(Some(&redacted), &env_with_key(&[]));
+    assert_eq!(reloaded.to_redacted_toml(), redacted);
+}
+
 // ---- docs/configuration.md stays in step with the code --------------------------------------
 
 fn reference_doc() -> String {
@@ -947,4 +1365,23 @@ fn reference_example_is_a_valid_configuration() {
         Some("SASL_SSL")
     );
     assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn reference_confluent_cloud_example_sets_basic_credentials() {
+    let doc = reference_doc();
+    let example = doc
+        .split("Confluent Cloud (")
+        .nth(1)
+        .and_then(|section| section.split("```toml\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("a Confluent Cloud example block");
+    // Loaded, not validated: the secret file it names exists only in the pod.
+    let config = load(Some(example), &env(&[])).expect("the example's keys exist");
+    assert!(config.kafka.schema_registry_url.starts_with("https://"));
+    assert_eq!(
+        config.kafka.schema_registry_username.as_deref(),
+        Some("SR_API_KEY")
+    );
+    assert!(config.kafka.schema_registry_password_file.is_some());
 }

@@ -31,6 +31,7 @@ const KNOWN_REASONS: &[&str] = &[
     "unknown_fingerprint",
     "unknown_schema_id",
     "registry_unavailable",
+    "registry_unauthorized",
     "incompatible_schema",
     "malformed_avro",
     "trailing_bytes",

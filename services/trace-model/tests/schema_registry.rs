@@ -1,16 +1,18 @@
 //! The Schema Registry client against a local Confluent-compatible server: ids are registered
-//! and fetched once per process, failures map to the right decode errors, and writer schemas
-//! other than ours decode through schema resolution.
+//! and fetched once per process, failures map to the right decode errors, writer schemas
+//! other than ours decode through schema resolution, and credentials (basic or bearer) go
+//! with every request, a refusal being a permanent, clearly worded error.
 
 mod support;
 
 use axum::http::StatusCode;
-use fakes::schema_registry::{REGISTRY_CONTENT_TYPE, RegistryServer, SeenHeaders};
+use fakes::schema_registry::{REGISTRY_CONTENT_TYPE, RegistryServer, RequiredAuth, SeenHeaders};
 use std::time::{Duration, Instant};
 use support::fixtures::{V1_AVSC, confluent, full_trace, v1_datum, v1_full_trace};
 use support::registry::client_of;
 use trace_model::codec::avro;
-use trace_model::codec::registry::{RegistryError, SchemaRegistry};
+use trace_model::codec::registry::{RegistryAuth, RegistryEndpoint, RegistryError, SchemaRegistry};
+use trace_model::secret::Secret;
 use trace_model::{DecodeError, Decoder, Encoding, Limits, encode};
 
 const SUBJECT: &str = "llm-traces-value";
@@ -286,4 +288,205 @@ async fn sends_basic_credentials_and_accepts_a_base_url_with_a_trailing_slash() 
         "Basic cmVnaXN0cnktdXNlcjpzM2NyZXQ="
     );
     assert_eq!(server.state.num_fetches(schema_id), 1);
+}
+
+// ---- credentials -------------------------------------------------------------------------
+
+const PASSWORD: &str = "sr-secret-4711";
+const TOKEN: &str = "sr-token-0815";
+
+fn basic(username: &str, password: &str) -> RegistryAuth {
+    RegistryAuth::Basic {
+        username: username.to_owned(),
+        password: Secret::new(password),
+    }
+}
+
+fn client_with(server: &RegistryServer, auth: RegistryAuth) -> SchemaRegistry {
+    let endpoint = RegistryEndpoint {
+        url: server.url.clone(),
+        auth,
+    };
+    SchemaRegistry::try_new(endpoint, Duration::from_secs(5)).expect("client")
+}
+
+/// A registry requiring `required`, our schema preloaded, and a Confluent-framed trace.
+async fn registry_requiring(required: RequiredAuth) -> (RegistryServer, Vec<u8>) {
+    let server = RegistryServer::start().await;
+    let schema_id = server
+        .state
+        .preload(&avro::trace_event_schema().canonical_form());
+    server.state.require(required);
+    let bytes = encode(&full_trace(), Encoding::Confluent { schema_id }).expect("encodes");
+    (server, bytes)
+}
+
+fn required_basic() -> RequiredAuth {
+    RequiredAuth::Basic {
+        username: "SR-API-KEY".to_owned(),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn the_right_basic_credentials_decode_a_confluent_framed_trace() {
+    let (server, bytes) = registry_requiring(required_basic()).await;
+    let registry = client_with(&server, basic("SR-API-KEY", PASSWORD));
+    registry.check_access().await.expect("credentials accepted");
+    let decoder = decoder_with(registry.clone());
+    assert_eq!(
+        decoder.decode_fetching(&bytes).await.expect("decodes"),
+        full_trace()
+    );
+    registry
+        .register(SUBJECT, avro::trace_event_schema())
+        .await
+        .expect("registers with the same credentials");
+    let expected = required_basic().header_value();
+    let seen = server.state.headers_seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen.iter().all(|headers| headers.authorization == expected),
+        "every request carries the credentials: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_right_bearer_token_decodes_a_confluent_framed_trace() {
+    let (server, bytes) = registry_requiring(RequiredAuth::Bearer(TOKEN.to_owned())).await;
+    let registry = client_with(&server, RegistryAuth::Bearer(Secret::new(TOKEN)));
+    registry.check_access().await.expect("token accepted");
+    let decoder = decoder_with(registry);
+    assert_eq!(
+        decoder.decode_fetching(&bytes).await.expect("decodes"),
+        full_trace()
+    );
+    assert_eq!(
+        server.state.headers_seen()[1].authorization,
+        format!("Bearer {TOKEN}")
+    );
+    // The builder method sends the same header.
+    let built = SchemaRegistry::try_new(&server.url, Duration::from_secs(5))
+        .expect("client")
+        .with_bearer_token(TOKEN);
+    built.check_access().await.expect("token accepted");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_permanent_unauthorized_error_that_never_shows_the_password() {
+    let (server, bytes) = registry_requiring(required_basic()).await;
+    let registry = client_with(&server, basic("SR-API-KEY", "not-the-password"));
+    let decoder = decoder_with(registry.clone());
+
+    let error = decoder.decode_fetching(&bytes).await.expect_err("refused");
+    assert!(
+        matches!(
+            &error,
+            DecodeError::RegistryUnauthorized {
+                source: RegistryError::Unauthorized { status: 401 },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.reason(), "registry_unauthorized");
+    assert!(!error.is_transient(), "retrying cannot fix the credentials");
+    let chain = service_chain(&error);
+    assert!(chain.contains("refused the credentials"), "{chain}");
+    assert!(chain.contains("401"), "{chain}");
+    for shown in [chain, format!("{error:?}"), format!("{registry:?}")] {
+        assert!(!shown.contains("not-the-password"), "{shown}");
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
+    // Nothing was cached: the next attempt asks again.
+    decoder.decode_fetching(&bytes).await.expect_err("refused");
+    assert_eq!(server.state.num_fetches_total(), 2);
+
+    assert!(matches!(
+        registry.check_access().await,
+        Err(RegistryError::Unauthorized { status: 401 })
+    ));
+    assert!(matches!(
+        registry.register(SUBJECT, avro::trace_event_schema()).await,
+        Err(RegistryError::Unauthorized { status: 401 })
+    ));
+}
+
+#[tokio::test]
+async fn missing_credentials_and_a_wrong_token_are_refused() {
+    let (server, bytes) = registry_requiring(RequiredAuth::Bearer(TOKEN.to_owned())).await;
+    for auth in [
+        RegistryAuth::None,
+        RegistryAuth::Bearer(Secret::new("expired-token")),
+        basic("user", TOKEN),
+    ] {
+        let decoder = decoder_with(client_with(&server, auth.clone()));
+        let error = decoder.decode_fetching(&bytes).await.expect_err("refused");
+        assert_eq!(error.reason(), "registry_unauthorized", "{auth:?}");
+        assert!(!error.is_transient());
+    }
+    assert_eq!(server.state.headers_seen()[0].authorization, "");
+}
+
+#[tokio::test]
+async fn a_registry_answering_403_is_unauthorized_not_an_outage() {
+    let server = RegistryServer::start().await;
+    let schema_id = server
+        .state
+        .preload(&avro::trace_event_schema().canonical_form());
+    server.state.fail_with(StatusCode::FORBIDDEN);
+    let decoder = decoder_with(client_with(&server, basic("SR-API-KEY", PASSWORD)));
+    let bytes = encode(&full_trace(), Encoding::Confluent { schema_id }).expect("encodes");
+    let error = decoder
+        .decode_fetching(&bytes)
+        .await
+        .expect_err("forbidden");
+    assert!(
+        matches!(
+            &error,
+            DecodeError::RegistryUnauthorized {
+                id,
+                source: RegistryError::Unauthorized { status: 403 },
+            } if *id == schema_id
+        ),
+        "{error:?}"
+    );
+    assert!(!error.is_transient());
+    assert!(service_chain(&error).contains("forbidden"), "{error}");
+}
+
+#[test]
+fn endpoints_from_a_bare_url_send_no_credentials_and_never_print_secrets() {
+    let endpoint = RegistryEndpoint::from("http://registry:8081");
+    assert_eq!(endpoint.auth, RegistryAuth::None);
+    let with_secrets = [
+        RegistryEndpoint {
+            url: "https://registry".to_owned(),
+            auth: basic("SR-API-KEY", PASSWORD),
+        },
+        RegistryEndpoint {
+            url: "https://registry".to_owned(),
+            auth: RegistryAuth::Bearer(Secret::new(TOKEN)),
+        },
+    ];
+    for endpoint in with_secrets {
+        let debug = format!("{endpoint:?}");
+        assert!(
+            !debug.contains(PASSWORD) && !debug.contains(TOKEN),
+            "{debug}"
+        );
+        assert!(debug.contains("redacted"), "{debug}");
+    }
+}
+
+/// The error and its sources, as logs show them.
+fn service_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
 }

@@ -10,8 +10,9 @@
 //!   `OPENLAYER_VERIFY_SSL`) fill the Openlayer options the configuration left unset: an
 //!   explicit sessionizer setting always wins over the SDK's generic variable.
 //! - [`SessionizerConfig::validate`] turns it into a [`ValidatedConfig`] (`Duration`s, parsed
-//!   addresses, the sink's [`SinkSettings`](crate::sink::SinkSettings), the API key read from
-//!   its file) or reports every problem at once, each naming its key and showing an example.
+//!   addresses, the sink's [`SinkSettings`](crate::sink::SinkSettings), the API key and the
+//!   Schema Registry's password or token read from their files) or reports every problem at
+//!   once, each naming its key and showing an example.
 //!
 //! Unknown keys fail loudly, in the file and in `SESSIONIZER__*` variables alike, naming the
 //! key and where it came from: a misspelt option silently falling back to its default is the
@@ -46,8 +47,8 @@ pub use model::{
 pub use service_kit::client_properties::ClientProperties;
 pub use service_kit::logging::{LogConfig, LogFormat};
 pub use validated::{
-    ApiKeySource, HttpSettings, LogSettings, OpenlayerSettings, SessionSettings, ShutdownSettings,
-    ValidatedConfig,
+    ApiKeySource, HttpSettings, LogSettings, OpenlayerSettings, SchemaRegistrySettings,
+    SecretSource, SessionSettings, ShutdownSettings, ValidatedConfig,
 };
 
 /// Prefix of the environment variables that set options: `SESSIONIZER__SECTION__KEY`.

@@ -70,6 +70,27 @@ pub struct KafkaConfig {
     /// Confluent-framed traces; empty: such traces are dead-lettered as `unknown_schema_id`.
     /// Avro single-object and JSON traces need no registry.
     pub schema_registry_url: String,
+    /// User for HTTP basic authentication to the registry, with `schema_registry_password`:
+    /// Confluent's `basic.auth.user.info` is `username:password`; on Confluent Cloud, the
+    /// Schema Registry API key.
+    pub schema_registry_username: Option<String>,
+    /// Password for basic authentication (on Confluent Cloud, the API key's secret). Prefer
+    /// `schema_registry_password_file` or the variable to writing it in a file that is not a
+    /// secret.
+    #[serde(serialize_with = "serialize_secret")]
+    pub schema_registry_password: Option<Secret>,
+    /// File holding the password (surrounding whitespace ignored), e.g. a Kubernetes Secret
+    /// mounted as a volume. Read at start; set either this or `schema_registry_password`.
+    #[serde(serialize_with = "serialize_path")]
+    pub schema_registry_password_file: Option<PathBuf>,
+    /// Token sent as `Authorization: Bearer` (Confluent's `bearer.auth.token`) instead of
+    /// basic authentication. Read once at start: a token that expires needs a restart.
+    #[serde(serialize_with = "serialize_secret")]
+    pub schema_registry_bearer_token: Option<Secret>,
+    /// File holding the bearer token (surrounding whitespace ignored), e.g. a mounted
+    /// Kubernetes Secret. Read at start; set either this or `schema_registry_bearer_token`.
+    #[serde(serialize_with = "serialize_path")]
+    pub schema_registry_bearer_token_file: Option<PathBuf>,
     /// Consumer group session timeout (librdkafka `session.timeout.ms`): a replica silent for
     /// this long is removed from the group. Must be longer than `shutdown.drain_timeout_secs`.
     pub session_timeout_ms: u64,
@@ -293,6 +314,11 @@ impl Default for KafkaConfig {
             repartition_topic: None,
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             schema_registry_url: String::new(),
+            schema_registry_username: None,
+            schema_registry_password: None,
+            schema_registry_password_file: None,
+            schema_registry_bearer_token: None,
+            schema_registry_bearer_token_file: None,
             session_timeout_ms: default_session_timeout_ms(),
             client: ClientProperties::default(),
         }

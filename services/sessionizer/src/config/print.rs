@@ -1,14 +1,18 @@
 //! The effective configuration printed as TOML for `check-config`: the keys a file takes, the
-//! API key and secret librdkafka properties redacted.
+//! API key, the Schema Registry's password or token and secret librdkafka properties
+//! redacted.
 
 use super::model::{
     BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, SessionConfig, SessionizerConfig,
     ShutdownConfig,
 };
-use super::validated::{ApiKeySource, ValidatedConfig};
+use super::validated::{ApiKeySource, SchemaRegistrySettings, SecretSource, ValidatedConfig};
 use service_kit::logging::LogConfig;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
+use trace_model::codec::registry::RegistryAuth;
+use trace_model::secret::Secret;
 
 impl ValidatedConfig {
     /// The effective configuration as TOML (the same keys a file takes), with the API key and
@@ -29,6 +33,7 @@ impl ValidatedConfig {
             ApiKeySource::Value => (Some(self.sink.api_key.clone()), None),
             ApiKeySource::File(path) => (None, Some(path.clone())),
         };
+        let registry = RegistryOptions::of(self.kafka.schema_registry_url.as_ref());
         SessionizerConfig {
             kafka: KafkaConfig {
                 bootstrap_servers: self.kafka.bootstrap_servers.clone(),
@@ -39,7 +44,12 @@ impl ValidatedConfig {
                 changelog_topic: self.kafka.changelog_topic.clone().unwrap_or_default(),
                 repartition_topic: Some(self.kafka.repartition_topic.clone().unwrap_or_default()),
                 checkpoint_interval_ms: millis(self.kafka.checkpoint_interval),
-                schema_registry_url: self.kafka.schema_registry_url.clone().unwrap_or_default(),
+                schema_registry_url: registry.url,
+                schema_registry_username: registry.username,
+                schema_registry_password: registry.password,
+                schema_registry_password_file: registry.password_file,
+                schema_registry_bearer_token: registry.bearer_token,
+                schema_registry_bearer_token_file: registry.bearer_token_file,
                 session_timeout_ms: millis(self.kafka.session_timeout),
                 client: self.kafka.client.clone(),
             },
@@ -83,6 +93,49 @@ impl ValidatedConfig {
                 drain_timeout_secs: self.shutdown.drain_timeout.as_secs(),
             },
         }
+    }
+}
+
+/// The `kafka.schema_registry_*` options that produce the registry settings; a secret read
+/// from a file is shown as its file.
+#[derive(Default)]
+struct RegistryOptions {
+    url: String,
+    username: Option<String>,
+    password: Option<Secret>,
+    password_file: Option<PathBuf>,
+    bearer_token: Option<Secret>,
+    bearer_token_file: Option<PathBuf>,
+}
+
+impl RegistryOptions {
+    fn of(settings: Option<&SchemaRegistrySettings>) -> Self {
+        let Some(settings) = settings else {
+            return RegistryOptions::default();
+        };
+        let mut options = RegistryOptions {
+            url: settings.endpoint.url.clone(),
+            ..RegistryOptions::default()
+        };
+        let file = match &settings.secret_source {
+            Some(SecretSource::File(path)) => Some(path.clone()),
+            _ => None,
+        };
+        match &settings.endpoint.auth {
+            RegistryAuth::Basic { username, password } => {
+                options.username = Some(username.clone());
+                match file {
+                    Some(path) => options.password_file = Some(path),
+                    None => options.password = Some(password.clone()),
+                }
+            }
+            RegistryAuth::Bearer(token) => match file {
+                Some(path) => options.bearer_token_file = Some(path),
+                None => options.bearer_token = Some(token.clone()),
+            },
+            _ => {}
+        }
+        options
     }
 }
 

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use trace_model::Limits;
+use trace_model::codec::registry::{RegistryAuth, RegistryEndpoint};
 
 /// The checked configuration the runtime uses: durations, parsed addresses, the API key read.
 #[derive(Debug, Clone)]
@@ -60,6 +61,56 @@ pub enum ApiKeySource {
     Value,
     /// `openlayer.api_key_file`.
     File(PathBuf),
+}
+
+/// Validated Schema Registry settings (`kafka.schema_registry_*`): the URL and the
+/// credentials, and where the secret came from so messages can name the option to fix.
+/// `Debug` never shows the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaRegistrySettings {
+    /// URL (no trailing slash) and credentials, as the registry client takes them.
+    pub endpoint: RegistryEndpoint,
+    /// Where the password or bearer token was read from; `None` without credentials.
+    pub secret_source: Option<SecretSource>,
+}
+
+/// Where a secret was read from (for messages and `check-config`; never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The option itself (file or `SESSIONIZER__*` variable).
+    Value,
+    /// The `..._file` option naming this file.
+    File(PathBuf),
+}
+
+impl SchemaRegistrySettings {
+    /// The options to check when the registry refuses the credentials, e.g.
+    /// `kafka.schema_registry_username and kafka.schema_registry_password_file
+    /// (/etc/sessionizer/sr-password)`.
+    pub fn credential_keys(&self) -> String {
+        let file = |key: &str| match &self.secret_source {
+            Some(SecretSource::File(path)) => format!("{key}_file ({})", path.display()),
+            _ => key.to_owned(),
+        };
+        match &self.endpoint.auth {
+            RegistryAuth::Basic { .. } => format!(
+                "kafka.schema_registry_username and {}",
+                file("kafka.schema_registry_password")
+            ),
+            RegistryAuth::Bearer(_) => file("kafka.schema_registry_bearer_token"),
+            _ => "kafka.schema_registry_username and kafka.schema_registry_password, or \
+                  kafka.schema_registry_bearer_token (none is set, and the registry requires \
+                  credentials)"
+                .to_owned(),
+        }
+    }
+}
+
+/// What the pipeline builds its registry client from.
+impl From<SchemaRegistrySettings> for RegistryEndpoint {
+    fn from(settings: SchemaRegistrySettings) -> Self {
+        settings.endpoint
+    }
 }
 
 /// Validated `[http]`.

@@ -37,8 +37,9 @@ pub struct KafkaSettings {
     /// Where traces read in another partition than their session's are forwarded (co-partitioned
     /// with `topic`); `None` sessionizes traces where they are read.
     pub repartition_topic: Option<String>,
-    /// Resolves Confluent schema ids; `None`: Confluent-framed traces are dead-lettered.
-    pub schema_registry_url: Option<String>,
+    /// Resolves Confluent schema ids: the registry's URL and credentials; `None`:
+    /// Confluent-framed traces are dead-lettered.
+    pub schema_registry_url: Option<crate::config::SchemaRegistrySettings>,
     /// How often session state is checkpointed and acknowledged offsets stored.
     pub checkpoint_interval: Duration,
     /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.

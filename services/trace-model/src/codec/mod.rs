@@ -62,6 +62,14 @@ pub enum DecodeError {
         #[source]
         source: RegistryError,
     },
+    /// The registry refused the credentials (401/403): permanent for this process, whose
+    /// credentials are read at start.
+    #[error("schema id {id} could not be fetched with the configured credentials")]
+    RegistryUnauthorized {
+        id: u32,
+        #[source]
+        source: RegistryError,
+    },
     #[error("writer schema cannot be read as a trace: {0}")]
     IncompatibleSchema(String),
     #[error("malformed avro datum: {0}")]
@@ -93,6 +101,7 @@ impl DecodeError {
             DecodeError::UnknownFingerprint(_) => "unknown_fingerprint",
             DecodeError::UnknownSchemaId(_) => "unknown_schema_id",
             DecodeError::RegistryUnavailable { .. } => "registry_unavailable",
+            DecodeError::RegistryUnauthorized { .. } => "registry_unauthorized",
             DecodeError::IncompatibleSchema(_) => "incompatible_schema",
             DecodeError::Avro(_) => "malformed_avro",
             DecodeError::TrailingBytes(_) => "trailing_bytes",
@@ -106,7 +115,9 @@ impl DecodeError {
     }
 
     /// True when the same bytes may decode later (the registry was unreachable): such a
-    /// message must be retried, not dead-lettered.
+    /// message must be retried, not dead-lettered. A refusal of the credentials
+    /// (`RegistryUnauthorized`) is not: retrying with the same credentials cannot succeed,
+    /// and waiting would stall every partition behind one message.
     pub fn is_transient(&self) -> bool {
         matches!(self, DecodeError::RegistryUnavailable { .. })
     }
@@ -229,7 +240,8 @@ impl Decoder {
     /// [`Decoder::decode`] needs no network.
     ///
     /// # Errors
-    /// `RegistryUnavailable` (transient), `UnknownSchemaId` or `IncompatibleSchema` (permanent).
+    /// `RegistryUnavailable` (transient), `UnknownSchemaId`, `IncompatibleSchema` or
+    /// `RegistryUnauthorized` (permanent).
     pub async fn prefetch_schema(&self, bytes: &[u8]) -> Result<(), DecodeError> {
         if let (Ok(Framing::Confluent { schema_id }), Some(registry)) =
             (detect_framing(bytes), &self.registry)
@@ -245,6 +257,12 @@ impl Decoder {
                     return Err(DecodeError::IncompatibleSchema(format!(
                         "schema id {schema_id} is not an avro schema: {source}"
                     )));
+                }
+                Err(source @ RegistryError::Unauthorized { .. }) => {
+                    return Err(DecodeError::RegistryUnauthorized {
+                        id: schema_id,
+                        source,
+                    });
                 }
                 Err(source) => {
                     return Err(DecodeError::RegistryUnavailable {

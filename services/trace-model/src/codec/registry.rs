@@ -1,14 +1,24 @@
 //! A small Confluent Schema Registry client: fetch writer schemas by id, register ours, and
 //! cache both directions so each id costs one request per process.
+//!
+//! Credentials ([`RegistryAuth`]) go with every request: HTTP basic (Confluent's
+//! `basic.auth.user.info`; on Confluent Cloud a Schema Registry API key and secret) or a
+//! bearer token (Confluent's `bearer.auth.token`). A registry that refuses them (401 or 403)
+//! gives [`RegistryError::Unauthorized`], which is not an outage: asking again with the same
+//! credentials cannot succeed, so decoders treat it as permanent
+//! ([`DecodeError::RegistryUnauthorized`](super::DecodeError::RegistryUnauthorized)) and the
+//! first refusal after an accepted request is logged as an error.
 
 use super::DecodeError;
 use super::avro::{self, trace_event_fingerprint};
 use super::avro_scan::ScanPlan;
 use crate::record::TraceEvent;
+use crate::secret::Secret;
 use crate::validate::Limits;
 use apache_avro::Schema;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -23,10 +33,66 @@ pub enum RegistryError {
     NotFound { what: String },
     #[error("schema registry answered {status}")]
     Status { status: u16 },
+    /// 401 (no or wrong credentials) or 403 (credentials without access): not an outage,
+    /// the same request cannot succeed until the credentials change.
+    #[error("schema registry refused the credentials ({status} {})", refusal_meaning(*status))]
+    Unauthorized { status: u16 },
     #[error("schema registry request failed")]
     Request(#[source] reqwest::Error),
     #[error("schema registry returned a schema that does not parse")]
     InvalidSchema(#[source] apache_avro::Error),
+}
+
+fn refusal_meaning(status: u16) -> &'static str {
+    if status == 403 {
+        "forbidden: the credentials may not read schemas"
+    } else {
+        "unauthorized: credentials missing or wrong"
+    }
+}
+
+/// How the client authenticates to the registry. `Debug` never shows a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryAuth {
+    /// No `Authorization` header.
+    #[default]
+    None,
+    /// HTTP basic: Confluent's `basic.auth.user.info` (`username:password`); on Confluent
+    /// Cloud, the Schema Registry API key and its secret.
+    Basic { username: String, password: Secret },
+    /// `Authorization: Bearer <token>`: Confluent's `bearer.auth.token`.
+    Bearer(Secret),
+}
+
+/// Where the registry is and how to authenticate to it. Built from a bare URL (`&str`,
+/// `String`) it sends no credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEndpoint {
+    /// Base URL, e.g. `http://registry:8081` (trailing slashes are ignored).
+    pub url: String,
+    pub auth: RegistryAuth,
+}
+
+impl From<String> for RegistryEndpoint {
+    fn from(url: String) -> Self {
+        RegistryEndpoint {
+            url,
+            auth: RegistryAuth::None,
+        }
+    }
+}
+
+impl From<&String> for RegistryEndpoint {
+    fn from(url: &String) -> Self {
+        RegistryEndpoint::from(url.clone())
+    }
+}
+
+impl From<&str> for RegistryEndpoint {
+    fn from(url: &str) -> Self {
+        RegistryEndpoint::from(url.to_owned())
+    }
 }
 
 /// A writer schema from the registry, prepared for decoding.
@@ -71,8 +137,11 @@ struct Cache {
 pub struct SchemaRegistry {
     client: reqwest::Client,
     base_url: String,
-    basic_auth: Option<(String, String)>,
+    auth: RegistryAuth,
     cache: Arc<RwLock<Cache>>,
+    /// Set by a refusal, cleared by an accepted request: only the first refusal in a row is
+    /// logged as an error, so a stream of messages needing one schema cannot flood the log.
+    refusing: Arc<AtomicBool>,
 }
 
 #[derive(Deserialize)]
@@ -86,36 +155,104 @@ struct IdResponse {
 }
 
 impl SchemaRegistry {
-    /// A client for the registry at `base_url` (for example `http://registry:8081`).
+    /// A client for the registry at `endpoint`: a base URL (for example
+    /// `http://registry:8081`) or a [`RegistryEndpoint`] with credentials.
     ///
     /// # Errors
     /// When the HTTP client cannot be built (no TLS roots available).
-    pub fn try_new(base_url: impl Into<String>, timeout: Duration) -> Result<Self, RegistryError> {
+    pub fn try_new(
+        endpoint: impl Into<RegistryEndpoint>,
+        timeout: Duration,
+    ) -> Result<Self, RegistryError> {
+        let RegistryEndpoint { url, auth } = endpoint.into();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
             .map_err(RegistryError::Request)?;
         Ok(SchemaRegistry {
             client,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
-            basic_auth: None,
+            base_url: url.trim_end_matches('/').to_owned(),
+            auth,
             cache: Arc::default(),
+            refusing: Arc::default(),
         })
     }
 
     /// Sends HTTP basic credentials with every request.
     #[must_use]
     pub fn with_basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.basic_auth = Some((user.into(), password.into()));
+        self.auth = RegistryAuth::Basic {
+            username: user.into(),
+            password: Secret::new(password),
+        };
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    #[must_use]
+    pub fn with_bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.auth = RegistryAuth::Bearer(Secret::new(token));
         self
     }
 
     fn request(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let builder = builder.header(reqwest::header::ACCEPT, CONTENT_TYPE);
-        match &self.basic_auth {
-            Some((user, password)) => builder.basic_auth(user, Some(password)),
-            None => builder,
+        // Both helpers mark the header sensitive, so it is never shown by reqwest either.
+        match &self.auth {
+            RegistryAuth::None => builder,
+            RegistryAuth::Basic { username, password } => {
+                builder.basic_auth(username, Some(password.expose()))
+            }
+            RegistryAuth::Bearer(token) => builder.bearer_auth(token.expose()),
         }
+    }
+
+    /// `Unauthorized` for 401 and 403, logging the first refusal in a row; any other status
+    /// clears the refusal.
+    fn check_refusal(&self, status: reqwest::StatusCode) -> Result<(), RegistryError> {
+        let refused = matches!(
+            status,
+            reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN
+        );
+        if !refused {
+            self.refusing.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        let error = RegistryError::Unauthorized {
+            status: status.as_u16(),
+        };
+        if !self.refusing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                %error,
+                registry = %self.base_url,
+                "schema registry refused the credentials; messages whose schema id is not \
+                 cached cannot be decoded until the credentials are fixed"
+            );
+        }
+        Err(error)
+    }
+
+    /// Asks the registry for its subjects (`GET /subjects`), the cheapest request that needs
+    /// the credentials: a start-up and preflight check.
+    ///
+    /// # Errors
+    /// `Unauthorized` for 401/403, `Status` for another failure, `Request` when the registry
+    /// cannot be reached.
+    pub async fn check_access(&self) -> Result<(), RegistryError> {
+        let url = format!("{}/subjects", self.base_url);
+        let response = self
+            .request(self.client.get(url))
+            .send()
+            .await
+            .map_err(RegistryError::Request)?;
+        let status = response.status();
+        self.check_refusal(status)?;
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                status: status.as_u16(),
+            });
+        }
+        Ok(())
     }
 
     /// The writer schema for `id` if it was fetched before.
@@ -130,7 +267,8 @@ impl SchemaRegistry {
     /// Fetches and caches the writer schema for `id` (`GET /schemas/ids/{id}`).
     ///
     /// # Errors
-    /// `NotFound` for an unknown id; `Status` or `Request` when the registry is unavailable.
+    /// `NotFound` for an unknown id; `Unauthorized` when the credentials are refused; `Status`
+    /// or `Request` when the registry is unavailable.
     pub async fn fetch(&self, id: u32) -> Result<Arc<WriterSchema>, RegistryError> {
         if let Some(writer) = self.cached(id) {
             return Ok(writer);
@@ -142,6 +280,7 @@ impl SchemaRegistry {
             .await
             .map_err(RegistryError::Request)?;
         let status = response.status();
+        self.check_refusal(status)?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
                 what: format!("with id {id}"),
@@ -166,7 +305,8 @@ impl SchemaRegistry {
     /// id; registering the same schema again is answered from the cache.
     ///
     /// # Errors
-    /// `Status` or `Request` when the registry refuses or cannot be reached.
+    /// `Unauthorized` when the credentials are refused; `Status` or `Request` when the
+    /// registry fails or cannot be reached.
     pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32, RegistryError> {
         let canonical = schema.canonical_form();
         let key = (subject.to_owned(), canonical);
@@ -189,6 +329,7 @@ impl SchemaRegistry {
             .await
             .map_err(RegistryError::Request)?;
         let status = response.status();
+        self.check_refusal(status)?;
         if !status.is_success() {
             return Err(RegistryError::Status {
                 status: status.as_u16(),

@@ -1,7 +1,9 @@
 //! Validation of `[kafka]`: brokers, group, topic names (legal and distinct), timeouts, the
-//! Schema Registry URL, and the librdkafka properties the sessionizer owns itself.
+//! Schema Registry (in `schema_registry`), and the librdkafka properties the sessionizer owns
+//! itself.
 
 use super::super::model::KafkaConfig;
+use super::schema_registry::validate_schema_registry;
 use crate::source::kafka::KafkaSettings;
 use service_kit::client_properties::ClientProperties;
 use service_kit::problems::Problems;
@@ -41,7 +43,7 @@ pub(super) fn validate_kafka(
         "1000",
     );
     check_client_properties(&kafka.client, problems);
-    let schema_registry_url = validate_schema_registry_url(&kafka.schema_registry_url, problems);
+    let schema_registry_url = validate_schema_registry(&kafka, problems, warnings);
     KafkaSettings {
         bootstrap_servers,
         group_id: kafka.group_id,
@@ -169,19 +171,6 @@ fn validate_topics(
         repartition_topic,
         sessions_topic,
     }
-}
-
-/// The URL without trailing slashes; `None` when empty (no registry).
-fn validate_schema_registry_url(configured: &str, problems: &mut Problems) -> Option<String> {
-    let url = configured.trim().trim_end_matches('/');
-    let is_http = url.starts_with("http://") || url.starts_with("https://");
-    if !url.is_empty() && !is_http {
-        problems.push(
-            "kafka.schema_registry_url",
-            "must be an http(s) URL or empty, e.g. `http://schema-registry:8081`",
-        );
-    }
-    (!url.is_empty()).then(|| url.to_owned())
 }
 
 /// `None` for an empty name (the feature is off), else the name once checked.

@@ -1,10 +1,11 @@
 //! Validation of the configuration: every option checked, and the relationships between
 //! options (timeouts above all), with every problem reported at once, each naming its key and
 //! showing an example. The `[kafka]` and `[openlayer]` sections, the largest, have files of
-//! their own.
+//! their own, and so do the Schema Registry options of `[kafka]`.
 
 mod kafka;
 mod openlayer;
+mod schema_registry;
 
 use super::MAX_STEP_DEPTH_CAP;
 use super::error::ConfigError;
@@ -26,12 +27,13 @@ use trace_model::Limits;
 const LIBRDKAFKA_MAX_POLL_INTERVAL_MS: u64 = 300_000;
 
 impl SessionizerConfig {
-    /// Checks every option and their relationships, reads `openlayer.api_key_file`, and
-    /// returns what the runtime uses.
+    /// Checks every option and their relationships, reads `openlayer.api_key_file` and the
+    /// Schema Registry's secret files, and returns what the runtime uses.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] listing every problem found; each names its key and what was
-    /// expected. Messages never contain the API key (nor an unreadable key file's content).
+    /// expected. Messages never contain the API key or a registry secret (nor an unreadable
+    /// secret file's content).
     pub fn validate(self) -> Result<ValidatedConfig, ConfigError> {
         let mut problems = Problems::default();
         let mut warnings = Vec::new();
