@@ -70,6 +70,7 @@ fn assert_restores_everything(settings: &KafkaSettings, changelog: &str, case: &
     for partition in PARTITIONS {
         let checkpoint = read.partitions[&partition]
             .checkpoint
+            .as_ref()
             .expect("a checkpoint");
         assert_eq!(
             checkpoint.w,
