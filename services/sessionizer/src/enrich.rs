@@ -376,6 +376,10 @@ mod tests {
             model: Some("gpt-4o-mini".into()),
             metadata: JsonMap::new(),
             steps: Vec::new(),
+            documents: None,
+            provider: None,
+            model_parameters: None,
+            raw_output: Value::Null,
         }];
         event
     }

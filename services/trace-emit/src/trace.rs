@@ -375,6 +375,10 @@ impl Frame {
             model: self.model,
             metadata: self.metadata,
             steps: self.children,
+            documents: None,
+            provider: None,
+            model_parameters: None,
+            raw_output: Value::Null,
         }
     }
 
