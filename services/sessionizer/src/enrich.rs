@@ -68,8 +68,8 @@ fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// The row's `latency`, `tokens` and `cost` columns: numbers, 0 when the trace has none (as
-/// the official SDK sends them; a `null` would not read as a number in Openlayer).
+/// The row's `latency`, `tokens` and `cost` columns, which the batch `config` names: numbers,
+/// 0 when the trace has none, as the official SDK sends them (never `null`).
 struct UsageColumns {
     latency_ms: f64,
     tokens: i64,
