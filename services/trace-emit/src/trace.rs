@@ -120,13 +120,21 @@ fn to_json_list<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<Value> 
 /// Model parameters must be a JSON object (Openlayer's `modelParameters`); anything else is
 /// not recorded.
 fn to_json_object(name: &str, value: impl Serialize) -> Option<JsonMap> {
-    match to_json(value) {
-        Value::Object(map) => Some(map),
-        other => {
-            tracing::warn!(step = name, value = %other, "model parameters are not a JSON object; not recorded");
-            None
-        }
-    }
+    let json_type = match to_json(value) {
+        Value::Object(map) => return Some(map),
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "boolean",
+        Value::Null => "null",
+    };
+    // The type only: the value may hold anything the caller passed.
+    tracing::warn!(
+        step = name,
+        json_type,
+        "model parameters are not a JSON object; not recorded"
+    );
+    None
 }
 
 /// One message of a chat prompt, as Openlayer's SDK records it: `{"role": .., "content": ..}`.
