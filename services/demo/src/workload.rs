@@ -1,11 +1,15 @@
 //! Synthetic chat traffic for the demo, emitted through the real producer helpers: users in
-//! multi-turn sessions, each turn a traced function with nested retrieval and completion steps.
+//! multi-turn sessions, each turn a traced function with nested retrieval and completion steps,
+//! recorded with the fields Openlayer's SDK sends for them (a retriever's documents; a chat
+//! completion's prompt messages, provider, model parameters and raw response).
 
 use std::time::Duration;
+use trace_emit::trace::{ChatMessage, set_documents, set_raw_output};
 use trace_emit::{
     CHAT_COMPLETION, Emitter, RETRIEVER, Usage, UserSession, record_usage, session_end_event,
     trace, with_user_session,
 };
+use trace_model::JsonMap;
 
 /// One scripted conversation.
 struct Conversation {
@@ -113,6 +117,43 @@ fn model_for(topic: &str) -> &'static str {
     }
 }
 
+/// The parameters every demo completion is called with.
+fn model_parameters() -> JsonMap {
+    let mut parameters = JsonMap::new();
+    parameters.insert("temperature".into(), 0.2.into());
+    parameters.insert("max_tokens".into(), 256.into());
+    parameters
+}
+
+/// The response an OpenAI-style provider would have sent, recorded as the step's raw output.
+fn provider_response(
+    model: &str,
+    answer: &str,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+) -> JsonMap {
+    let mut message = JsonMap::new();
+    message.insert("role".into(), "assistant".into());
+    message.insert("content".into(), answer.into());
+    let mut choice = JsonMap::new();
+    choice.insert("index".into(), 0.into());
+    choice.insert("message".into(), message.into());
+    choice.insert("finish_reason".into(), "stop".into());
+    let mut usage = JsonMap::new();
+    usage.insert("prompt_tokens".into(), prompt_tokens.into());
+    usage.insert("completion_tokens".into(), completion_tokens.into());
+    usage.insert(
+        "total_tokens".into(),
+        (prompt_tokens + completion_tokens).into(),
+    );
+    let mut response = JsonMap::new();
+    response.insert("object".into(), "chat.completion".into());
+    response.insert("model".into(), model.into());
+    response.insert("choices".into(), vec![choice].into());
+    response.insert("usage".into(), usage.into());
+    response
+}
+
 async fn one_turn(topic: &'static str, question: &'static str, answer: &'static str) {
     trace("chat")
         .input("user_message", question)
@@ -123,15 +164,24 @@ async fn one_turn(topic: &'static str, question: &'static str, answer: &'static 
                 .input("query", question)
                 .run(async {
                     tokio::time::sleep(Duration::from_millis(3)).await;
-                    vec![format!("Knowledge-base article about {topic}.")]
+                    let documents = vec![format!("Knowledge-base article about {topic}.")];
+                    let _in_trace = set_documents(&documents);
+                    documents
                 })
                 .await;
             let model = model_for(topic);
             trace("generate_answer")
                 .step_type(CHAT_COMPLETION)
                 .model(model)
-                .input("question", question)
-                .input("context", &documents)
+                .provider("OpenAI")
+                .model_parameters(model_parameters())
+                .prompt([
+                    ChatMessage::system(format!(
+                        "Answer in one sentence from this context: {}",
+                        documents.join(" ")
+                    )),
+                    ChatMessage::user(question),
+                ])
                 .run(async {
                     tokio::time::sleep(Duration::from_millis(8)).await;
                     let prompt_tokens = 60 + question.len() as i64 / 3;
@@ -142,6 +192,12 @@ async fn one_turn(topic: &'static str, question: &'static str, answer: &'static 
                             .cost((prompt_tokens + 4 * completion_tokens) as f64 * price)
                             .model(model),
                     );
+                    let _in_trace = set_raw_output(provider_response(
+                        model,
+                        answer,
+                        prompt_tokens,
+                        completion_tokens,
+                    ));
                     answer
                 })
                 .await

@@ -57,6 +57,48 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .collect();
     assert_eq!(ids.len(), 45, "every good trace exactly once");
 
+    // The columns the config names are numbers on every row, late ones (no usage) included.
+    for row in &rows {
+        for column in ["latency", "tokens", "cost"] {
+            assert!(row[column].is_number(), "{column} of {row}");
+        }
+    }
+    // Each turn's steps carry the SDK's fields of their type.
+    let turns: Vec<&Value> = rows
+        .iter()
+        .copied()
+        .filter(|row| row["session_late"] == false)
+        .collect();
+    assert_eq!(turns.len(), 43);
+    for row in turns {
+        let steps = row["steps"][0]["steps"].as_array().expect("nested steps");
+        let [retriever, completion] = &steps[..] else {
+            panic!("a retriever and a completion step: {row}");
+        };
+        assert_eq!(retriever["type"], "retriever");
+        assert!(
+            retriever["documents"]
+                .as_array()
+                .is_some_and(|documents| !documents.is_empty())
+        );
+        assert_eq!(completion["type"], "chat_completion");
+        let prompt = completion["inputs"]["prompt"]
+            .as_array()
+            .expect("prompt messages");
+        let roles: Vec<&str> = prompt
+            .iter()
+            .filter_map(|message| message["role"].as_str())
+            .collect();
+        assert_eq!(roles, ["system", "user"], "{row}");
+        assert_eq!(prompt[1]["content"], row["user_message"]);
+        assert_eq!(completion["provider"], "OpenAI");
+        assert_eq!(completion["modelParameters"]["temperature"], 0.2);
+        assert_eq!(
+            completion["rawOutput"]["choices"][0]["message"]["content"],
+            completion["output"]
+        );
+    }
+
     // Every session in the printed table matches its rows: as many turns, numbered 1..n in
     // order, with running token totals that end at the table's total.
     let mut by_session: std::collections::BTreeMap<&str, Vec<&Value>> = Default::default();

@@ -4,15 +4,20 @@
 //! `inferenceId`, `inferenceTimestamp` in float seconds, `output`, `latency` in ms, `tokens`,
 //! `cost`, one top-level `user_call` step holding the nested steps, the trace's inputs and
 //! metadata flattened to top-level columns, and `user_id` / `session_id` as strings. Unlike
-//! the tracer, row `tokens` and `cost` are the sum over all steps. Session columns are
-//! snake_case. The row is serialized straight from the trace (no intermediate JSON tree).
+//! the tracer, row `tokens` and `cost` are the sum over all steps. `latency`, `tokens` and
+//! `cost` are numbers, 0 when the trace has none, as the SDK sends them (the batch `config`
+//! names these columns). Nested steps carry the SDK's per-type fields where recorded:
+//! `documents` (retriever), `provider`, `modelParameters`, `rawOutput` (chat completion).
+//! Session columns are snake_case. The row is serialized straight from the trace (no
+//! intermediate JSON tree).
 //!
 //! Traces ingested by the gateway carry the row an Openlayer SDK sent (`TraceEvent::row`):
 //! that row is shipped with every key and value as sent, and the session columns are added
 //! on top (a sent column named like a session column takes the session value). Columns the
 //! batch `config` names (`inferenceId`, `inferenceTimestamp`, `output`, `latency`, `tokens`,
 //! `cost`, `user_id`, `session_id`) are added from the trace only where the sent row lacks
-//! them, so every row of a batch answers to the one config.
+//! them, so every row of a batch answers to the one config; a sent column is never rewritten,
+//! not even a `null` the SDK sent.
 
 use crate::sessionize::{Placement, Turn};
 use crate::sink::RowJson;
@@ -63,6 +68,24 @@ fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// The row's `latency`, `tokens` and `cost` columns, which the batch `config` names: numbers,
+/// 0 when the trace has none, as the official SDK sends them (never `null`).
+struct UsageColumns {
+    latency_ms: f64,
+    tokens: i64,
+    cost: f64,
+}
+
+impl UsageColumns {
+    fn of(event: &TraceEvent) -> Self {
+        UsageColumns {
+            latency_ms: event.latency_ms.unwrap_or(0.0),
+            tokens: event.tokens.unwrap_or(0),
+            cost: event.cost.unwrap_or(0.0),
+        }
+    }
+}
+
 /// A trace and where it landed, serialized as one Openlayer row.
 struct RowView<'a> {
     event: &'a TraceEvent,
@@ -109,6 +132,18 @@ impl Serialize for StepView<'_> {
         }
         if let Some(model) = &step.model {
             map.serialize_entry("model", model)?;
+        }
+        if let Some(provider) = &step.provider {
+            map.serialize_entry("provider", provider)?;
+        }
+        if let Some(model_parameters) = &step.model_parameters {
+            map.serialize_entry("modelParameters", model_parameters)?;
+        }
+        if !step.raw_output.is_null() {
+            map.serialize_entry("rawOutput", &step.raw_output)?;
+        }
+        if let Some(documents) = &step.documents {
+            map.serialize_entry("documents", documents)?;
         }
         map.end()
     }
@@ -224,6 +259,7 @@ fn serialize_sent_row<M: SerializeMap>(
         }
     }
     let absent = |column: &str| !sent.contains_key(column);
+    let usage = UsageColumns::of(event);
     if absent("inferenceId") {
         map.serialize_entry("inferenceId", view.inference_id)?;
     }
@@ -234,13 +270,13 @@ fn serialize_sent_row<M: SerializeMap>(
         map.serialize_entry("output", &event.output)?;
     }
     if absent("latency") {
-        map.serialize_entry("latency", &event.latency_ms)?;
+        map.serialize_entry("latency", &usage.latency_ms)?;
     }
     if absent("tokens") {
-        map.serialize_entry("tokens", &event.tokens)?;
+        map.serialize_entry("tokens", &usage.tokens)?;
     }
     if absent("cost") {
-        map.serialize_entry("cost", &event.cost)?;
+        map.serialize_entry("cost", &usage.cost)?;
     }
     serialize_placement(map, event, view.placement, |column| {
         sent.contains_key(column)
@@ -264,12 +300,13 @@ impl Serialize for RowView<'_> {
             serialize_sent_row(&mut map, sent, self)?;
             return map.end();
         }
+        let usage = UsageColumns::of(event);
         map.serialize_entry("inferenceId", self.inference_id)?;
         map.serialize_entry("inferenceTimestamp", &seconds(event.timestamp_ms))?;
         map.serialize_entry("output", &event.output)?;
-        map.serialize_entry("latency", &event.latency_ms)?;
-        map.serialize_entry("tokens", &event.tokens)?;
-        map.serialize_entry("cost", &event.cost)?;
+        map.serialize_entry("latency", &usage.latency_ms)?;
+        map.serialize_entry("tokens", &usage.tokens)?;
+        map.serialize_entry("cost", &usage.cost)?;
         map.serialize_entry(
             "steps",
             &[RootStepView {
@@ -360,11 +397,32 @@ mod tests {
         event.latency_ms = Some(1500.0);
         event.tokens = Some(49);
         event.cost = Some(0.002);
-        event.steps = vec![Step {
+        let retrieve = Step {
+            id: "step-0".into(),
+            name: "retrieve".into(),
+            step_type: "retriever".into(),
+            inputs: object(json!({"query": "Lisbon"})),
+            output: json!(["Lisbon in spring"]),
+            start_time_ms: 1_700_000_000_260,
+            end_time_ms: 1_700_000_000_290,
+            latency_ms: 30.0,
+            tokens: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            cost: None,
+            model: None,
+            metadata: JsonMap::new(),
+            steps: Vec::new(),
+            documents: Some(vec![json!("Lisbon in spring"), json!({"id": "kb-2"})]),
+            provider: None,
+            model_parameters: None,
+            raw_output: Value::Null,
+        };
+        let complete = Step {
             id: "step-1".into(),
             name: "complete".into(),
             step_type: "chat_completion".into(),
-            inputs: JsonMap::new(),
+            inputs: object(json!({"prompt": [{"role": "user", "content": "Best time?"}]})),
             output: json!("Spring."),
             start_time_ms: 1_700_000_000_300,
             end_time_ms: 1_700_000_001_700,
@@ -376,8 +434,17 @@ mod tests {
             model: Some("gpt-4o-mini".into()),
             metadata: JsonMap::new(),
             steps: Vec::new(),
-        }];
+            documents: None,
+            provider: Some("OpenAI".into()),
+            model_parameters: Some(object(json!({"temperature": 0.2, "max_tokens": 256}))),
+            raw_output: json!({"id": "chatcmpl-1", "choices": []}),
+        };
+        event.steps = vec![retrieve, complete];
         event
+    }
+
+    fn object(value: Value) -> JsonMap {
+        value.as_object().cloned().expect("a JSON object")
     }
 
     fn second_turn() -> Placement {
@@ -428,10 +495,62 @@ mod tests {
         let root = &row["steps"][0];
         assert_eq!(root["type"], "user_call");
         assert_eq!(root["endTime"], 1_700_000_001.75);
-        let completion = &root["steps"][0];
+        let completion = &root["steps"][1];
         assert_eq!(completion["type"], "chat_completion");
         assert_eq!(completion["promptTokens"], 42);
         assert_eq!(completion["model"], "gpt-4o-mini");
+    }
+
+    #[test]
+    fn steps_carry_the_sdk_fields_of_their_type_only_where_recorded() {
+        let row = row(&second_turn());
+        let retriever = &row["steps"][0]["steps"][0];
+        let completion = &row["steps"][0]["steps"][1];
+        assert_eq!(retriever["type"], "retriever");
+        assert_eq!(
+            retriever["documents"],
+            json!(["Lisbon in spring", {"id": "kb-2"}])
+        );
+        assert_eq!(completion["provider"], "OpenAI");
+        assert_eq!(
+            completion["modelParameters"],
+            json!({"temperature": 0.2, "max_tokens": 256})
+        );
+        assert_eq!(
+            completion["rawOutput"],
+            json!({"id": "chatcmpl-1", "choices": []})
+        );
+        assert_eq!(
+            completion["inputs"]["prompt"],
+            json!([{"role": "user", "content": "Best time?"}])
+        );
+        for absent in ["provider", "modelParameters", "rawOutput", "model"] {
+            assert!(retriever.get(absent).is_none(), "retriever has {absent}");
+        }
+        assert!(completion.get("documents").is_none());
+        // The root step is built from the trace, which has none of these fields.
+        for absent in ["provider", "modelParameters", "rawOutput", "documents"] {
+            assert!(row["steps"][0].get(absent).is_none(), "root has {absent}");
+        }
+    }
+
+    #[test]
+    fn rows_of_traces_without_usage_carry_zero_latency_tokens_and_cost() {
+        let mut event = event();
+        (event.latency_ms, event.tokens, event.cost) = (None, None, None);
+        let built: Value =
+            serde_json::from_str(openlayer_row(&event, "inf-2", &second_turn()).get())
+                .expect("json");
+        event.row = Some(object(json!({"answer": "Spring."})));
+        let sent: Value =
+            serde_json::from_str(openlayer_row(&event, "inf-2", &Placement::Passthrough).get())
+                .expect("json");
+        for row in [&built, &sent] {
+            assert_eq!(row["latency"], json!(0.0), "{row}");
+            assert_eq!(row["tokens"], json!(0), "{row}");
+            assert_eq!(row["cost"], json!(0.0), "{row}");
+        }
+        assert_eq!(built["steps"][0]["latency"], json!(0.0));
     }
 
     /// Top-level keys of a JSON object in order, duplicates kept.
@@ -556,9 +675,58 @@ mod tests {
         assert_eq!(row["inferenceId"], "derived-id");
         assert_eq!(row["inferenceTimestamp"], 1_700_000_000.25);
         assert_eq!(row["output"], "Spring.");
+        assert_eq!(row["latency"], 1500.0);
         assert_eq!(row["tokens"], 49);
+        assert_eq!(row["cost"], 0.002);
         assert_eq!(row["user_id"], "ana");
         assert!(row.get("session_id").is_none());
+    }
+
+    /// Each top-level column's JSON text, as written.
+    fn column_texts(text: &str) -> std::collections::BTreeMap<String, String> {
+        let columns: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(text).expect("a JSON object");
+        columns
+            .into_iter()
+            .map(|(name, value)| (name, value.get().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn sent_rows_keep_every_column_byte_for_byte_and_gain_only_the_session_columns() {
+        // An SDK row in the compact, key-sorted form the gateway stores: nulls in the columns
+        // the config names (the helpers' rows carry 0 there; a sent row keeps what it sent),
+        // numbers at the edges, escapes, and the step fields of the SDK's step types.
+        let sent_text = concat!(
+            r#"{"big":18446744073709551615,"cost":null,"inferenceId":"sdk-7","#,
+            r#""inferenceTimestamp":1700000000.123456,"latency":null,"#,
+            r#""nested":{"a":{},"b":[1,2.5,null,true,-0.0]},"output":"Paris \"quoted\" é 🚀\n","#,
+            r#""session_id":"trip","steps":[{"name":"answer","steps":[{"documents":["doc"],"#,
+            r#""inputs":{"prompt":[{"content":"Capital?","role":"user"}]},"#,
+            r#""modelParameters":{"temperature":0.2},"provider":"OpenAI","#,
+            r#""rawOutput":{"choices":[]},"type":"chat_completion"}],"type":"user_call"}],"#,
+            r#""tenth":0.1,"tiny":5e-324,"tokens":null,"user_id":"ana","user_message":"Capital?"}"#,
+        );
+        let mut event = event();
+        event.row = Some(serde_json::from_str(sent_text).expect("an object"));
+        // The way the sessionizer gets it: encoded by the gateway, decoded from Kafka.
+        let bytes = trace_model::encode(&event, trace_model::Encoding::Avro).expect("encodes");
+        let decoded = trace_model::Decoder::default()
+            .decode(&bytes)
+            .expect("decodes");
+        assert_eq!(decoded.row, event.row);
+
+        let shipped = column_texts(openlayer_row(&decoded, "sdk-7", &second_turn()).get());
+        let sent = column_texts(sent_text);
+        for (name, text) in &sent {
+            assert_eq!(shipped.get(name), Some(text), "column {name}");
+        }
+        let added: BTreeSet<&str> = shipped
+            .keys()
+            .filter(|name| !sent.contains_key(*name))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(added, SESSION_COLUMNS.iter().copied().collect());
     }
 
     #[test]

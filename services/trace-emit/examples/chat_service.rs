@@ -20,6 +20,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use trace_emit::trace::{ChatMessage, set_documents, set_raw_output};
 use trace_emit::{
     CHAT_COMPLETION, Emitter, EmitterConfig, RETRIEVER, Usage, UserSessionLayer,
     current_user_session, record_usage, session_end_event, set_global_sink, trace,
@@ -65,7 +66,10 @@ async fn retrieve(query: &str) -> Vec<String> {
         .input("query", query)
         .run(async {
             tokio::time::sleep(Duration::from_millis(2)).await;
-            vec![format!("A document about {query}.")]
+            let documents = vec![format!("A document about {query}.")];
+            // Outside a trace this returns an error; here it cannot.
+            let _recorded = set_documents(&documents);
+            documents
         })
         .await
 }
@@ -74,20 +78,29 @@ async fn complete(question: &str, context: &[String]) -> String {
     trace("generate_answer")
         .step_type(CHAT_COMPLETION)
         .model("gpt-4o-mini")
-        .input(
-            "prompt",
-            format!("Context: {context:?}\nQuestion: {question}"),
-        )
+        .provider("OpenAI")
+        .model_parameters(serde_json::json!({"temperature": 0.2, "max_tokens": 256}))
+        .prompt([
+            ChatMessage::system(format!("Answer from this context: {context:?}")),
+            ChatMessage::user(question),
+        ])
         .run(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let prompt_tokens = 40 + question.len() as i64;
-            // Outside a trace this returns an error; here it cannot.
+            let answer = format!("Here is what I found about '{question}'.");
             let _recorded = record_usage(
                 Usage::tokens(prompt_tokens, 25)
                     .cost(prompt_tokens as f64 * 1.5e-7 + 25.0 * 6e-7)
                     .model("gpt-4o-mini"),
             );
-            format!("Here is what I found about '{question}'.")
+            // What the provider answered, as it came.
+            let _recorded = set_raw_output(serde_json::json!({
+                "object": "chat.completion",
+                "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": &answer}}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 25},
+            }));
+            answer
         })
         .await
 }

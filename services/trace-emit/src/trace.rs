@@ -5,6 +5,13 @@
 //! step. The active step is a task-local, set for exactly the polls of its own future, so
 //! steps awaited concurrently (`join!`) still nest under the right parent. A trace whose
 //! future is dropped or panics is not emitted.
+//!
+//! Steps carry the fields Openlayer shows per step type, named as in its SDK: a chat
+//! completion's [`Trace::prompt`] (inputs `{"prompt": [{"role", "content"}, ...]}`),
+//! [`Trace::provider`], [`Trace::model_parameters`] and [`Trace::raw_output`] (or
+//! [`set_raw_output`] once the response is in); a retriever's [`Trace::documents`] (or
+//! [`set_documents`]). The schema keeps all but the prompt on nested steps only: a root trace
+//! records its prompt and drops the others.
 
 use crate::context::{UserSession, current_user_session};
 use crate::sink::{TraceSink, global_sink};
@@ -63,6 +70,11 @@ struct Frame {
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,
     cost: Option<f64>,
+    documents: Option<Vec<Value>>,
+    provider: Option<String>,
+    model_parameters: Option<JsonMap>,
+    /// `Null`: not recorded.
+    raw_output: Value,
     children: Vec<Step>,
     start_ms: i64,
     started: Instant,
@@ -101,6 +113,74 @@ fn add_cost(total: Option<f64>, part: Option<f64>) -> Option<f64> {
     }
 }
 
+fn to_json_list<T: Serialize>(items: impl IntoIterator<Item = T>) -> Vec<Value> {
+    items.into_iter().map(to_json).collect()
+}
+
+/// Model parameters must be a JSON object (Openlayer's `modelParameters`); anything else is
+/// not recorded.
+fn to_json_object(name: &str, value: impl Serialize) -> Option<JsonMap> {
+    let json_type = match to_json(value) {
+        Value::Object(map) => return Some(map),
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "boolean",
+        Value::Null => "null",
+    };
+    // The type only: the value may hold anything the caller passed.
+    tracing::warn!(
+        step = name,
+        json_type,
+        "model parameters are not a JSON object; not recorded"
+    );
+    None
+}
+
+/// One message of a chat prompt, as Openlayer's SDK records it: `{"role": .., "content": ..}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, ... (the provider's roles).
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage::new("system", content)
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage::new("user", content)
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage::new("assistant", content)
+    }
+
+    /// The JSON object, built directly (no serializer round trip).
+    fn into_json(self) -> Value {
+        let mut message = JsonMap::new();
+        message.insert("role".to_owned(), Value::String(self.role));
+        message.insert("content".to_owned(), Value::String(self.content));
+        Value::Object(message)
+    }
+}
+
+/// `(role, content)` pairs: `.prompt([("system", rules), ("user", question)])`.
+impl<R: Into<String>, C: Into<String>> From<(R, C)> for ChatMessage {
+    fn from((role, content): (R, C)) -> Self {
+        ChatMessage::new(role, content)
+    }
+}
+
 /// Starts describing a traced function or step; finish with one of the `run` methods.
 pub fn trace(name: impl Into<String>) -> Trace {
     Trace {
@@ -109,6 +189,10 @@ pub fn trace(name: impl Into<String>) -> Trace {
         inputs: JsonMap::new(),
         model: None,
         metadata: JsonMap::new(),
+        documents: None,
+        provider: None,
+        model_parameters: None,
+        raw_output: Value::Null,
         pipeline_id: None,
         inference_id: None,
         sink: None,
@@ -124,6 +208,10 @@ pub struct Trace {
     inputs: JsonMap,
     model: Option<String>,
     metadata: JsonMap,
+    documents: Option<Vec<Value>>,
+    provider: Option<String>,
+    model_parameters: Option<JsonMap>,
+    raw_output: Value,
     pipeline_id: Option<String>,
     inference_id: Option<String>,
     sink: Option<Arc<dyn TraceSink>>,
@@ -154,6 +242,47 @@ impl Trace {
 
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
+        self
+    }
+
+    /// The chat messages sent to the model: sets input `prompt` to `[{"role", "content"}, ...]`,
+    /// the shape Openlayer's SDK gives chat completion inputs. Takes [`ChatMessage`]s or
+    /// `(role, content)` pairs.
+    pub fn prompt<M: Into<ChatMessage>>(mut self, messages: impl IntoIterator<Item = M>) -> Self {
+        let messages = messages
+            .into_iter()
+            .map(|message| message.into().into_json())
+            .collect();
+        self.inputs
+            .insert("prompt".to_owned(), Value::Array(messages));
+        self
+    }
+
+    /// Who serves the model, e.g. `OpenAI` (nested steps only).
+    pub fn provider(mut self, provider: impl Into<String>) -> Self {
+        self.provider = Some(provider.into());
+        self
+    }
+
+    /// Parameters of the model call, e.g. `json!({"temperature": 0.2, "max_tokens": 256})` or
+    /// a struct serializing to an object; anything that is not a JSON object is not recorded
+    /// (a warning is logged). Nested steps only.
+    pub fn model_parameters(mut self, parameters: impl Serialize) -> Self {
+        self.model_parameters = to_json_object(&self.name, parameters);
+        self
+    }
+
+    /// The provider's response as it came (nested steps only); usually known only inside the
+    /// step: [`set_raw_output`].
+    pub fn raw_output(mut self, raw_output: impl Serialize) -> Self {
+        self.raw_output = to_json(raw_output);
+        self
+    }
+
+    /// Documents a retriever step found (nested steps only); usually known only inside the
+    /// step: [`set_documents`].
+    pub fn documents<D: Serialize>(mut self, documents: impl IntoIterator<Item = D>) -> Self {
+        self.documents = Some(to_json_list(documents));
         self
     }
 
@@ -268,6 +397,10 @@ impl Trace {
             prompt_tokens: None,
             completion_tokens: None,
             cost: None,
+            documents: self.documents,
+            provider: self.provider,
+            model_parameters: self.model_parameters,
+            raw_output: self.raw_output,
             children: Vec::new(),
             start_ms,
             started,
@@ -346,6 +479,10 @@ impl Frame {
             prompt_tokens: self.prompt_tokens.take(),
             completion_tokens: self.completion_tokens.take(),
             cost: self.cost.take(),
+            documents: self.documents.take(),
+            provider: self.provider.take(),
+            model_parameters: self.model_parameters.take(),
+            raw_output: self.raw_output.take(),
             children: std::mem::take(&mut self.children),
             start_ms: self.start_ms,
             started: self.started,
@@ -375,6 +512,10 @@ impl Frame {
             model: self.model,
             metadata: self.metadata,
             steps: self.children,
+            documents: self.documents,
+            provider: self.provider,
+            model_parameters: self.model_parameters,
+            raw_output: self.raw_output,
         }
     }
 
@@ -500,6 +641,27 @@ pub fn record_usage(usage: Usage) -> Result<(), NoActiveTrace> {
 pub fn set_output(output: impl Serialize) -> Result<(), NoActiveTrace> {
     let output = to_json(output);
     with_frame(|frame| frame.output = Some(output))
+}
+
+/// Sets the provider's raw response on the current step (Openlayer's `rawOutput`; an object,
+/// or an array of chunks when streamed).
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn set_raw_output(raw_output: impl Serialize) -> Result<(), NoActiveTrace> {
+    let raw_output = to_json(raw_output);
+    with_frame(|frame| frame.raw_output = raw_output)
+}
+
+/// Sets the documents of the current (retriever) step, replacing any set before.
+///
+/// # Errors
+/// [`NoActiveTrace`] outside any trace.
+pub fn set_documents<D: Serialize>(
+    documents: impl IntoIterator<Item = D>,
+) -> Result<(), NoActiveTrace> {
+    let documents = to_json_list(documents);
+    with_frame(|frame| frame.documents = Some(documents))
 }
 
 /// Adds a metadata entry to the current step.

@@ -5,12 +5,13 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use trace_emit::trace::{ChatMessage, set_documents, set_raw_output};
 use trace_emit::{
     CHAT_COMPLETION, CollectingSink, NoActiveTrace, RETRIEVER, TOOL, USER_CALL, Usage, UserSession,
     add_metadata, current_user_session, record_usage, set_output, trace, update_trace_user_session,
     with_user_session, with_user_session_sync,
 };
-use trace_model::{Step, TraceEvent, TraceKind};
+use trace_model::{Decoder, Encoding, JsonMap, Limits, Step, TraceEvent, TraceKind, encode};
 
 /// Float slack for sums of latencies measured in f64 milliseconds.
 const EPSILON: f64 = 1e-9;
@@ -442,6 +443,8 @@ async fn step_helpers_outside_a_trace_report_no_active_trace() {
         assert_eq!(record_usage(Usage::tokens(1, 1)), Err(NoActiveTrace));
         assert_eq!(set_output("orphan"), Err(NoActiveTrace));
         assert_eq!(add_metadata("key", "value"), Err(NoActiveTrace));
+        assert_eq!(set_raw_output(json!({"id": "x"})), Err(NoActiveTrace));
+        assert_eq!(set_documents(["orphan"]), Err(NoActiveTrace));
         assert_eq!(
             update_trace_user_session(Some("other"), None),
             Err(NoActiveTrace)
@@ -478,4 +481,205 @@ async fn consecutive_root_traces_are_separate_events() {
     }
     let inference_ids: BTreeSet<_> = events.iter().map(|event| &event.inference_id).collect();
     assert_eq!(inference_ids.len(), 3);
+}
+
+fn object(value: serde_json::Value) -> JsonMap {
+    value.as_object().cloned().expect("a JSON object")
+}
+
+#[tokio::test]
+async fn chat_completion_steps_record_prompt_provider_model_parameters_and_raw_output() {
+    let sink = CollectingSink::new();
+    trace("answer")
+        .sink(sink.clone())
+        .run(async {
+            trace("complete")
+                .step_type(CHAT_COMPLETION)
+                .model("gpt-4o-mini")
+                .prompt([
+                    ChatMessage::system("Answer briefly."),
+                    ChatMessage::user("Capital of France?"),
+                ])
+                .provider("OpenAI")
+                .model_parameters(json!({"temperature": 0.2, "max_tokens": 256}))
+                .run(async {
+                    set_raw_output(json!({
+                        "id": "chatcmpl-1",
+                        "choices": [{"message": {"role": "assistant", "content": "Paris"}}],
+                    }))
+                    .expect("inside the step");
+                    "Paris"
+                })
+                .await;
+            // (role, content) pairs, and a builder raw output the step does not replace.
+            trace("follow_up")
+                .step_type(CHAT_COMPLETION)
+                .prompt([("user", "And of Spain?"), ("assistant", "Madrid")])
+                .raw_output(["chunk 1", "chunk 2"])
+                .run(async { "Madrid" })
+                .await;
+        })
+        .await;
+
+    let event = only_event(&sink);
+    let complete = step(&event.steps, "complete");
+    assert_eq!(
+        complete.inputs,
+        object(json!({"prompt": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Capital of France?"},
+        ]}))
+    );
+    assert_eq!(complete.provider.as_deref(), Some("OpenAI"));
+    assert_eq!(
+        complete.model_parameters,
+        Some(object(json!({"temperature": 0.2, "max_tokens": 256})))
+    );
+    assert_eq!(complete.raw_output["id"], json!("chatcmpl-1"));
+    assert_eq!(complete.documents, None);
+    assert_eq!(complete.model.as_deref(), Some("gpt-4o-mini"));
+
+    let follow_up = step(&event.steps, "follow_up");
+    assert_eq!(
+        follow_up.inputs["prompt"],
+        json!([
+            {"role": "user", "content": "And of Spain?"},
+            {"role": "assistant", "content": "Madrid"},
+        ])
+    );
+    assert_eq!(follow_up.raw_output, json!(["chunk 1", "chunk 2"]));
+    assert_eq!(
+        (&follow_up.provider, &follow_up.model_parameters),
+        (&None, &None)
+    );
+}
+
+#[tokio::test]
+async fn retriever_steps_record_documents_from_the_builder_or_from_inside_the_step() {
+    let sink = CollectingSink::new();
+    trace("answer")
+        .sink(sink.clone())
+        .run(async {
+            trace("cached")
+                .step_type(RETRIEVER)
+                .documents(["Paris is the capital of France."])
+                .run(async {})
+                .await;
+            trace("search")
+                .step_type(RETRIEVER)
+                .documents(["replaced"])
+                .run(async {
+                    set_documents([
+                        json!({"id": "doc-1", "text": "Paris", "score": 0.9}),
+                        json!({"id": "doc-2", "text": "France", "score": 0.4}),
+                    ])
+                    .expect("inside the step");
+                })
+                .await;
+            trace("empty")
+                .step_type(RETRIEVER)
+                .run(async {
+                    set_documents(Vec::<String>::new()).expect("inside the step");
+                })
+                .await;
+            trace("plain").run(async {}).await;
+        })
+        .await;
+
+    let event = only_event(&sink);
+    assert_eq!(
+        step(&event.steps, "cached").documents,
+        Some(vec![json!("Paris is the capital of France.")])
+    );
+    let search = step(&event.steps, "search");
+    assert_eq!(
+        search.documents,
+        Some(vec![
+            json!({"id": "doc-1", "text": "Paris", "score": 0.9}),
+            json!({"id": "doc-2", "text": "France", "score": 0.4}),
+        ])
+    );
+    assert_eq!(step(&event.steps, "empty").documents, Some(Vec::new()));
+    assert_eq!(step(&event.steps, "plain").documents, None);
+    assert_eq!(step(&event.steps, "plain").raw_output, json!(null));
+}
+
+#[tokio::test]
+async fn model_parameters_that_are_not_a_json_object_are_not_recorded() {
+    let sink = CollectingSink::new();
+    trace("answer")
+        .sink(sink.clone())
+        .run(async {
+            trace("list")
+                .model_parameters([0.2, 256.0])
+                .run(async {})
+                .await;
+            trace("empty")
+                .model_parameters(JsonMap::new())
+                .run(async {})
+                .await;
+        })
+        .await;
+    let event = only_event(&sink);
+    assert_eq!(step(&event.steps, "list").model_parameters, None);
+    assert_eq!(
+        step(&event.steps, "empty").model_parameters,
+        Some(JsonMap::new())
+    );
+}
+
+#[tokio::test]
+async fn a_root_trace_records_its_prompt_as_an_input_column() {
+    let sink = CollectingSink::new();
+    trace("chat")
+        .prompt([ChatMessage::user("Hi")])
+        .input("user_message", "Hi")
+        .sink(sink.clone())
+        .run(async {})
+        .await;
+    let event = only_event(&sink);
+    assert_eq!(
+        event.inputs,
+        object(json!({
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "user_message": "Hi",
+        }))
+    );
+}
+
+#[tokio::test]
+async fn recorded_step_fields_survive_every_encoding() {
+    let sink = CollectingSink::new();
+    trace("answer")
+        .sink(sink.clone())
+        .run(async {
+            trace("retrieve")
+                .step_type(RETRIEVER)
+                .run(async {
+                    set_documents([json!({"text": "Paris", "score": 0.5}), json!("plain")])
+                        .expect("inside the step");
+                })
+                .await;
+            trace("complete")
+                .step_type(CHAT_COMPLETION)
+                .prompt([("user", "Capital of France? \"quoted\" ✓")])
+                .provider("OpenAI")
+                .model_parameters(json!({"temperature": 0.0}))
+                .run(async {
+                    set_raw_output(json!({"choices": [], "usage": null})).expect("inside the step");
+                })
+                .await;
+        })
+        .await;
+    let event = only_event(&sink);
+    assert!(event.steps[0].documents.is_some() && event.steps[1].provider.is_some());
+    let decoder = Decoder::new(Limits::default());
+    for encoding in [Encoding::Avro, Encoding::Json] {
+        let bytes = encode(&event, encoding).expect("encodes");
+        assert_eq!(
+            decoder.decode(&bytes).expect("decodes"),
+            event,
+            "{encoding:?}"
+        );
+    }
 }

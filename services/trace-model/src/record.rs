@@ -1,7 +1,7 @@
 //! The records that travel on the traces and sessions topics, as the rest of the code sees them.
 //!
-//! JSON-typed fields (`inputs`, `output`, `metadata`, `row`, `row_config`) are `serde_json`
-//! values here; the Avro
+//! JSON-typed fields (`inputs`, `output`, `metadata`, `row`, `row_config`, and a step's
+//! `documents`, `model_parameters`, `raw_output`) are `serde_json` values here; the Avro
 //! wire form in [`crate::codec::avro`] carries them as JSON text. The JSON wire form is this
 //! type serialized directly, so both encodings use the same field names.
 
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Version written by this build; `schemas/trace_event.avsc` carries the same number.
-pub const TRACE_EVENT_SCHEMA_VERSION: i32 = 3;
+pub const TRACE_EVENT_SCHEMA_VERSION: i32 = 4;
 /// Version written by this build; `schemas/session_summary.avsc` carries the same number.
 pub const SESSION_SUMMARY_SCHEMA_VERSION: i32 = 1;
 
@@ -130,6 +130,21 @@ pub struct Step {
     pub metadata: JsonMap,
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Documents a retriever step found, in the order it ranked them (Openlayer's
+    /// `documents`). `None` when not recorded. Added in schema version 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<Value>>,
+    /// Who served the model of a chat completion step, e.g. `OpenAI` (Openlayer's `provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Parameters the model was called with, e.g. `{"temperature": 0.2, "max_tokens": 256}`
+    /// (Openlayer's `modelParameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_parameters: Option<JsonMap>,
+    /// The provider's response as it came, any JSON (Openlayer's `rawOutput`); `Null` when
+    /// not recorded, as with `output`.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub raw_output: Value,
 }
 
 /// One closed session (or session segment), as produced to the sessions topic.

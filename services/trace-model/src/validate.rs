@@ -234,6 +234,10 @@ mod tests {
                 model: None,
                 metadata: Default::default(),
                 steps,
+                documents: None,
+                provider: None,
+                model_parameters: None,
+                raw_output: serde_json::Value::Null,
             };
             steps = vec![step];
         }

@@ -7,8 +7,9 @@ use axum::http::StatusCode;
 use fakes::schema_registry::{RegistryServer, unreachable_registry_url};
 use std::time::Duration;
 use support::fixtures::{
-    SchemaVersion, avro_step_chain_datum, confluent, full_session_summary, full_step, full_trace,
-    json_step_chain, single_object, step_chain_trace, v1_fingerprint,
+    SchemaVersion, avro_step_chain_closing_bytes, avro_step_chain_datum, confluent,
+    full_session_summary, full_step, full_trace, json_step_chain, single_object, step_chain_trace,
+    v1_fingerprint,
 };
 use support::registry::client_of;
 use trace_model::codec::avro::{self, SINGLE_OBJECT_HEADER_LEN};
@@ -492,6 +493,7 @@ fn avro_chain(depth: usize, version: SchemaVersion) -> Vec<u8> {
     let fingerprint = match version {
         SchemaVersion::V1 => v1_fingerprint(),
         SchemaVersion::V2 => support::fixtures::v2_fingerprint(),
+        SchemaVersion::V3 => support::fixtures::v3_fingerprint(),
         SchemaVersion::Current => avro::trace_event_fingerprint(),
     };
     single_object(fingerprint, &avro_step_chain_datum(depth, version))
@@ -509,7 +511,12 @@ fn accepts_steps_nested_to_max_step_depth_and_rejects_one_level_more() {
         let too_deep = step_chain_trace(max_step_depth + 1);
         // v1 records take the resolving path, whose stack use is covered on its own below.
         let versions: &[SchemaVersion] = if max_step_depth <= 3 {
-            &[SchemaVersion::Current, SchemaVersion::V1, SchemaVersion::V2]
+            &[
+                SchemaVersion::Current,
+                SchemaVersion::V1,
+                SchemaVersion::V2,
+                SchemaVersion::V3,
+            ]
         } else {
             &[SchemaVersion::Current]
         };
@@ -519,7 +526,12 @@ fn accepts_steps_nested_to_max_step_depth_and_rejects_one_level_more() {
                 .expect("depth at the limit decodes");
             assert_eq!(decoded.steps, at_limit.steps);
         }
-        for version in [SchemaVersion::Current, SchemaVersion::V1, SchemaVersion::V2] {
+        for version in [
+            SchemaVersion::Current,
+            SchemaVersion::V1,
+            SchemaVersion::V2,
+            SchemaVersion::V3,
+        ] {
             assert_refused(
                 &decoder,
                 &avro_chain(max_step_depth + 1, version),
@@ -583,8 +595,9 @@ fn rejects_fifty_thousand_nested_avro_steps_as_steps_too_deep_without_overflowin
         assert_eq!(error.reason(), "steps_too_deep");
     }
     // With the default 1 MiB limit, as deep as fits in a message.
-    // 28 bytes open a level, one byte closes it.
-    let deepest_that_fits = (1024 * 1024 - 64) / 29;
+    // 28 bytes open a level; the step's trailing null fields and the block end close it.
+    let bytes_per_level = 28 + avro_step_chain_closing_bytes(SchemaVersion::Current);
+    let deepest_that_fits = (1024 * 1024 - 64) / bytes_per_level;
     let bytes = avro_chain(deepest_that_fits, SchemaVersion::Current);
     assert!(bytes.len() <= 1024 * 1024);
     assert_refused(&decoder(), &bytes, "steps_too_deep");
@@ -603,7 +616,14 @@ fn rejects_fifty_thousand_nested_json_steps_as_steps_too_deep_without_overflowin
 
 fn flat_steps(count: usize) -> Vec<Step> {
     (0..count)
-        .map(|index| full_step(&format!("flat-{index}"), Vec::new()))
+        .map(|index| Step {
+            // Without the version 4 fields: 1000 full steps with them pass 1 MiB in JSON.
+            documents: None,
+            provider: None,
+            model_parameters: None,
+            raw_output: serde_json::Value::Null,
+            ..full_step(&format!("flat-{index}"), Vec::new())
+        })
         .collect()
 }
 
@@ -722,6 +742,50 @@ fn rejects_avro_map_values_that_are_not_json_text_as_invalid_json_text() {
         "{error}"
     );
     assert_eq!(error.reason(), "invalid_json_text");
+}
+
+/// A one-step chain datum whose step has `text` in the version 4 field at `index`
+/// (0 documents, 1 provider, 2 model_parameters, 3 raw_output) instead of null.
+fn one_step_with_v4_field(index: usize, text: &str) -> Vec<u8> {
+    let datum = avro_step_chain_datum(1, SchemaVersion::Current);
+    // The datum ends: step's documents .. raw_output (4 nulls), end of block, row, row_config.
+    let field_at = datum.len() - 7 + index;
+    assert_eq!(datum[field_at], 0x00, "a null union branch");
+    let mut spliced = datum[..field_at].to_vec();
+    spliced.push(0x02); // union branch 1: string
+    spliced.push(u8::try_from(text.len() * 2).expect("short text")); // zig-zag length
+    spliced.extend(text.as_bytes());
+    spliced.extend(&datum[field_at + 1..]);
+    single_object(avro::trace_event_fingerprint(), &spliced)
+}
+
+#[test]
+fn rejects_step_documents_and_model_parameters_of_the_wrong_json_type_as_invalid_json_text() {
+    let decoded = decoder()
+        .decode(&one_step_with_v4_field(0, r#"["doc", {"id": 1}]"#))
+        .expect("an array of documents decodes");
+    assert_eq!(
+        decoded.steps[0].documents,
+        Some(vec![serde_json::json!("doc"), serde_json::json!({"id": 1})])
+    );
+    let decoded = decoder()
+        .decode(&one_step_with_v4_field(3, "[1, 2]"))
+        .expect("raw output may be any JSON");
+    assert_eq!(decoded.steps[0].raw_output, serde_json::json!([1, 2]));
+
+    for (index, text, field) in [
+        (0, r#"{"not": "an array"}"#, "step.documents"),
+        (0, "[unclosed", "step.documents"),
+        (2, "[0.2, 256]", "step.model_parameters"),
+        (3, "{not json", "step.raw_output"),
+    ] {
+        let error = decode_error(&decoder(), &one_step_with_v4_field(index, text));
+        assert!(
+            matches!(error, DecodeError::InvalidJsonText { field: refused } if refused == field),
+            "{text}: {error}"
+        );
+        assert_eq!(error.reason(), "invalid_json_text");
+    }
 }
 
 #[test]

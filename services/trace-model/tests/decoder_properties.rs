@@ -290,6 +290,12 @@ fn steps(levels: usize) -> BoxedStrategy<Vec<Step>> {
             proptest::option::of(non_negative_finite_f64()),
             proptest::option::of(any::<String>()),
         ),
+        (
+            proptest::option::of(prop::collection::vec(json_value(), 0..4)),
+            proptest::option::of(any::<String>()),
+            proptest::option::of(json_map()),
+            json_value(),
+        ),
         steps(levels - 1),
     )
         .prop_map(
@@ -298,6 +304,7 @@ fn steps(levels: usize) -> BoxedStrategy<Vec<Step>> {
                 (inputs, output, metadata),
                 (start_time_ms, end_time_ms, latency_ms),
                 (tokens, prompt_tokens, completion_tokens, cost, model),
+                (documents, provider, model_parameters, raw_output),
                 steps,
             )| Step {
                 id,
@@ -315,6 +322,10 @@ fn steps(levels: usize) -> BoxedStrategy<Vec<Step>> {
                 model,
                 metadata,
                 steps,
+                documents,
+                provider,
+                model_parameters,
+                raw_output,
             },
         );
     prop::collection::vec(step, 0..3).boxed()

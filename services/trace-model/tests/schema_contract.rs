@@ -11,9 +11,10 @@ use fakes::schema_registry::RegistryServer;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use support::fixtures::{
-    SchemaVersion, V1_AVSC, V2_AVSC, avro_step_chain_datum, full_session_summary, full_trace,
-    header_fingerprint, single_object, step_chain_trace, v1_datum, v1_full_trace, v1_schema,
-    v2_datum, v2_full_trace, v2_schema,
+    SchemaVersion, V1_AVSC, V2_AVSC, V3_AVSC, avro_step_chain_datum, confluent,
+    full_session_summary, full_trace, header_fingerprint, single_object, step_chain_trace,
+    v1_datum, v1_full_trace, v1_schema, v2_datum, v2_full_trace, v2_schema, v3_datum,
+    v3_full_trace, v3_schema,
 };
 use support::registry::client_of;
 use trace_model::codec::avro::{
@@ -41,6 +42,23 @@ fn crc64_avro(bytes: &[u8]) -> u64 {
         let index = usize::try_from((fingerprint ^ u64::from(*byte)) & 0xff).expect("one byte");
         (fingerprint >> 8) ^ table[index]
     })
+}
+
+#[test]
+fn the_full_trace_fixture_sets_every_step_field_of_version_4() {
+    // The round trips below prove something about these fields only if they are set.
+    let event = full_trace();
+    assert_eq!(event.all_steps().count(), 5);
+    for step in event.all_steps() {
+        assert!(step.documents.as_ref().is_some_and(|items| items.len() > 1));
+        assert_eq!(step.provider.as_deref(), Some("OpenAI"));
+        assert!(
+            step.model_parameters
+                .as_ref()
+                .is_some_and(|map| !map.is_empty())
+        );
+        assert!(step.raw_output.is_object());
+    }
 }
 
 #[test]
@@ -139,12 +157,7 @@ fn json_keys(value: &Value) -> BTreeSet<String> {
 #[test]
 fn json_wire_form_uses_the_avro_field_names() {
     let schema: Value = serde_json::from_str(TRACE_EVENT_AVSC).expect("schema is JSON");
-    let step_schema = &schema["fields"]
-        .as_array()
-        .expect("record has fields")
-        .iter()
-        .find(|field| field["name"] == "steps")
-        .expect("steps field")["type"]["items"];
+    let step_schema = step_record(&schema);
     let json: Value =
         serde_json::from_slice(&encode(&full_trace(), Encoding::Json).expect("encodes"))
             .expect("encoded JSON parses");
@@ -196,14 +209,61 @@ fn hand_built_step_chain_bytes_match_the_production_encoding() {
 // ---- evolution ----
 
 #[test]
-fn history_holds_the_v1_and_v2_schema_files() {
-    assert_eq!(TRACE_EVENT_HISTORY_AVSC, [V1_AVSC, V2_AVSC]);
-    for earlier in [v1_schema(), v2_schema()] {
+fn history_holds_the_v1_v2_and_v3_schema_files() {
+    assert_eq!(TRACE_EVENT_HISTORY_AVSC, [V1_AVSC, V2_AVSC, V3_AVSC]);
+    for earlier in [v1_schema(), v2_schema(), v3_schema()] {
         assert_ne!(
             earlier.canonical_form(),
             avro::trace_event_schema().canonical_form()
         );
     }
+}
+
+#[test]
+fn v3_record_decodes_with_the_step_field_defaults_and_every_other_field_intact() {
+    let expected = v3_full_trace();
+    assert!(expected.row.is_some(), "v3 fields are set");
+    let v3_fingerprint = crc64_avro(v3_schema().canonical_form().as_bytes());
+    assert_ne!(v3_fingerprint, avro::trace_event_fingerprint());
+    let bytes = single_object(v3_fingerprint, &v3_datum(&expected));
+    assert_eq!(header_fingerprint(&bytes), v3_fingerprint);
+
+    let decoded = decoder().decode(&bytes).expect("v3 record decodes");
+    assert_eq!(decoded.schema_version, 3);
+    for step in decoded.all_steps() {
+        assert_eq!(step.documents, None);
+        assert_eq!(step.provider, None);
+        assert_eq!(step.model_parameters, None);
+        assert_eq!(step.raw_output, Value::Null);
+    }
+    assert_eq!(decoded, expected);
+}
+
+#[tokio::test]
+async fn v3_record_in_confluent_framing_resolves_to_the_current_schema() {
+    let server = RegistryServer::start().await;
+    let v3_id = server.state.preload(V3_AVSC);
+    let decoding = decoder().with_registry(client_of(&server));
+    let bytes = confluent(v3_id, &v3_datum(&v3_full_trace()));
+    assert_eq!(
+        decoding.decode_fetching(&bytes).await.expect("v3 decodes"),
+        v3_full_trace()
+    );
+    // The current writer schema next to it on the same topic.
+    let current_id = server
+        .state
+        .preload(&avro::trace_event_schema().canonical_form());
+    let current = encode(
+        &full_trace(),
+        Encoding::Confluent {
+            schema_id: current_id,
+        },
+    )
+    .expect("encodes");
+    assert_eq!(
+        decoding.decode_fetching(&current).await.expect("decodes"),
+        full_trace()
+    );
 }
 
 #[test]
@@ -255,18 +315,34 @@ fn v1_record_decodes_with_the_pipeline_id_default_and_every_other_field_intact()
     assert_eq!(decoded, expected);
 }
 
+/// The `Step` record of a `TraceEvent` schema file.
+fn step_record(schema: &Value) -> &Value {
+    &schema["fields"]
+        .as_array()
+        .expect("record has fields")
+        .iter()
+        .find(|field| field["name"] == "steps")
+        .expect("steps field")["type"]["items"]
+}
+
+/// Fields of `current` whose names `earlier` lacks.
+fn added_fields<'a>(current: &'a Value, earlier: &Value) -> Vec<&'a Value> {
+    let earlier_fields = avsc_field_names(earlier);
+    current["fields"]
+        .as_array()
+        .expect("record has fields")
+        .iter()
+        .filter(|field| !earlier_fields.contains(field["name"].as_str().unwrap_or_default()))
+        .collect()
+}
+
 #[test]
 fn every_field_added_since_each_earlier_version_has_a_default() {
     let current: Value = serde_json::from_str(TRACE_EVENT_AVSC).expect("schema is JSON");
-    for earlier in [V1_AVSC, V2_AVSC] {
+    for earlier in [V1_AVSC, V2_AVSC, V3_AVSC] {
         let earlier: Value = serde_json::from_str(earlier).expect("history file is JSON");
-        let earlier_fields = avsc_field_names(&earlier);
-        let added: Vec<&Value> = current["fields"]
-            .as_array()
-            .expect("record has fields")
-            .iter()
-            .filter(|field| !earlier_fields.contains(field["name"].as_str().unwrap_or_default()))
-            .collect();
+        let mut added = added_fields(&current, &earlier);
+        added.extend(added_fields(step_record(&current), step_record(&earlier)));
         assert!(
             !added.is_empty(),
             "{} and the current schema are the same",
@@ -280,6 +356,16 @@ fn every_field_added_since_each_earlier_version_has_a_default() {
             );
         }
     }
+    let v3: Value = serde_json::from_str(V3_AVSC).expect("history file is JSON");
+    let step_fields_added_in_v4: BTreeSet<&str> =
+        added_fields(step_record(&current), step_record(&v3))
+            .iter()
+            .filter_map(|field| field["name"].as_str())
+            .collect();
+    assert_eq!(
+        step_fields_added_in_v4,
+        BTreeSet::from(["documents", "model_parameters", "provider", "raw_output"])
+    );
 }
 
 /// The current schema with `extra` appended to the top-level fields and `step_extra` to the

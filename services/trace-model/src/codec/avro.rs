@@ -24,6 +24,7 @@ pub const SESSION_SUMMARY_AVSC: &str = include_str!("../../../../schemas/session
 pub const TRACE_EVENT_HISTORY_AVSC: &[&str] = &[
     include_str!("../../../../schemas/history/trace_event.v1.avsc"),
     include_str!("../../../../schemas/history/trace_event.v2.avsc"),
+    include_str!("../../../../schemas/history/trace_event.v3.avsc"),
 ];
 
 /// First two bytes of Avro single-object encoding.
@@ -332,6 +333,10 @@ pub(crate) struct WireStep {
     model: Option<String>,
     metadata: HashMap<String, String>,
     steps: Vec<WireStep>,
+    documents: Option<String>,
+    provider: Option<String>,
+    model_parameters: Option<String>,
+    raw_output: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -369,7 +374,21 @@ fn parse_json_texts(
         .collect()
 }
 
-/// JSON text that must hold an object (a row or a config).
+/// JSON text that must hold an array (a step's documents).
+fn parse_optional_json_array(
+    field: &'static str,
+    text: Option<String>,
+) -> Result<Option<Vec<Value>>, DecodeError> {
+    match text {
+        None => Ok(None),
+        Some(text) => match parse_json_text(field, &text)? {
+            Value::Array(items) => Ok(Some(items)),
+            _ => Err(DecodeError::InvalidJsonText { field }),
+        },
+    }
+}
+
+/// JSON text that must hold an object (a row, a config, model parameters).
 fn parse_optional_json_object(
     field: &'static str,
     text: Option<String>,
@@ -447,6 +466,13 @@ impl TryFrom<WireStep> for Step {
                 .into_iter()
                 .map(Step::try_from)
                 .collect::<Result<_, _>>()?,
+            documents: parse_optional_json_array("step.documents", wire.documents)?,
+            provider: wire.provider,
+            model_parameters: parse_optional_json_object(
+                "step.model_parameters",
+                wire.model_parameters,
+            )?,
+            raw_output: parse_optional_json_text("step.raw_output", wire.raw_output)?,
         })
     }
 }

@@ -96,18 +96,20 @@ fn write_json(out: &mut Vec<u8>, value: &Value) {
             let _infallible = serde_json::to_writer(&mut *out, number);
         }
         Value::String(text) => json_string(out, text),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_json(out, item);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => write_json_array(out, items),
         Value::Object(map) => write_json_object(out, map),
     }
+}
+
+fn write_json_array(out: &mut Vec<u8>, items: &[Value]) {
+    out.push(b'[');
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_json(out, item);
+    }
+    out.push(b']');
 }
 
 fn write_json_object(out: &mut Vec<u8>, map: &JsonMap) {
@@ -189,6 +191,10 @@ fn write_step(out: &mut Vec<u8>, step: &Step, scratch: &mut Vec<u8>) {
     optional(out, step.model.as_deref(), string);
     json_map(out, &step.metadata, scratch);
     self::steps(out, &step.steps, scratch);
+    optional_json_array(out, step.documents.as_deref(), scratch);
+    optional(out, step.provider.as_deref(), string);
+    optional_json_object(out, step.model_parameters.as_ref(), scratch);
+    optional_json(out, &step.raw_output, scratch);
 }
 
 /// Appends the Avro datum of `event` (current `TraceEvent` schema) to `out`.
@@ -214,6 +220,19 @@ pub(crate) fn write_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) {
     steps(out, &event.steps, &mut scratch);
     optional_json_object(out, event.row.as_ref(), &mut scratch);
     optional_json_object(out, event.row_config.as_ref(), &mut scratch);
+}
+
+/// `["null", "string"]` holding the JSON text of an array.
+fn optional_json_array(out: &mut Vec<u8>, items: Option<&[Value]>, scratch: &mut Vec<u8>) {
+    match items {
+        None => long(out, 0),
+        Some(items) => {
+            long(out, 1);
+            scratch.clear();
+            write_json_array(scratch, items);
+            bytes(out, scratch);
+        }
+    }
 }
 
 /// `["null", "string"]` holding the JSON text of an object.

@@ -63,6 +63,25 @@ pub(crate) fn full_step(id: &str, children: Vec<Step>) -> Step {
         model: Some("gpt-4o-mini".to_owned()),
         metadata: object(json!({"retries": 0, "cache": {"hit": false}, "tags": ["a", "β"]})),
         steps: children,
+        documents: Some(vec![
+            json!("Paris is the capital of France."),
+            json!({"id": id, "text": "chunk \"quoted\" ✓", "score": 0.875, "tags": ["β", null]}),
+            json!(null),
+        ]),
+        provider: Some("OpenAI".to_owned()),
+        model_parameters: Some(object(json!({
+            "temperature": 0.2,
+            "max_tokens": 256,
+            "stop": ["\n\n"],
+            "logit_bias": {"50256": -100},
+            "stream": false,
+        }))),
+        raw_output: json!({
+            "id": "chatcmpl-1",
+            "choices": [{"message": {"role": "assistant", "content": "Paris"}}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+            "all_types": json_of_every_type(),
+        }),
     }
 }
 
@@ -150,6 +169,10 @@ pub(crate) fn chain_step(children: Vec<Step>) -> Step {
         model: None,
         metadata: JsonMap::new(),
         steps: children,
+        documents: None,
+        provider: None,
+        model_parameters: None,
+        raw_output: Value::Null,
     }
 }
 
@@ -171,6 +194,9 @@ pub(crate) enum SchemaVersion {
     V1,
     /// `schemas/history/trace_event.v2.avsc`: no `row`, `row_config`.
     V2,
+    /// `schemas/history/trace_event.v3.avsc`: no step `documents`, `provider`,
+    /// `model_parameters`, `raw_output`.
+    V3,
     /// `schemas/trace_event.avsc`.
     Current,
 }
@@ -187,7 +213,9 @@ pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec
         // schema_version int 2, inference_id null, pipeline_id null
         SchemaVersion::V2 => bytes.extend([0x04, 0x00, 0x00]),
         // schema_version int 3, inference_id null, pipeline_id null
-        SchemaVersion::Current => bytes.extend([0x06, 0x00, 0x00]),
+        SchemaVersion::V3 => bytes.extend([0x06, 0x00, 0x00]),
+        // schema_version int 4, inference_id null, pipeline_id null
+        SchemaVersion::Current => bytes.extend([0x08, 0x00, 0x00]),
     }
     bytes.extend([0x00, 0x00]); // user_id, session_id: null
     bytes.extend([0x0A, b't', b'r', b'a', b'c', b'e']); // kind "trace"
@@ -213,11 +241,27 @@ pub(crate) fn avro_step_chain_datum(depth: usize, version: SchemaVersion) -> Vec
         bytes.extend(STEP_FIELDS);
     }
     bytes.push(0x00); // the innermost steps array is empty
-    bytes.extend(std::iter::repeat_n(0x00, depth)); // end every block opened above
-    if version == SchemaVersion::Current {
+    // Each step's fields after its steps array (documents, provider, model_parameters,
+    // raw_output: null), then the end of the block holding it.
+    let step_trailer: &[u8] = match version {
+        SchemaVersion::Current => &[0x00, 0x00, 0x00, 0x00, 0x00],
+        SchemaVersion::V1 | SchemaVersion::V2 | SchemaVersion::V3 => &[0x00],
+    };
+    for _ in 0..depth {
+        bytes.extend(step_trailer);
+    }
+    if matches!(version, SchemaVersion::V3 | SchemaVersion::Current) {
         bytes.extend([0x00, 0x00]); // row, row_config: null
     }
     bytes
+}
+
+/// Bytes that close one level of [`avro_step_chain_datum`] (the 28 that open it aside).
+pub(crate) fn avro_step_chain_closing_bytes(version: SchemaVersion) -> usize {
+    match version {
+        SchemaVersion::Current => 5,
+        SchemaVersion::V1 | SchemaVersion::V2 | SchemaVersion::V3 => 1,
+    }
 }
 
 /// `C3 01`, the little-endian fingerprint, then `datum`.
@@ -390,7 +434,7 @@ pub(crate) fn v1_full_trace() -> TraceEvent {
         pipeline_id: None,
         row: None,
         row_config: None,
-        ..full_trace()
+        ..v3_full_trace()
     }
 }
 
@@ -400,7 +444,34 @@ pub(crate) fn v2_full_trace() -> TraceEvent {
         schema_version: 2,
         row: None,
         row_config: None,
-        ..full_trace()
+        ..v3_full_trace()
+    }
+}
+
+/// `step` and its nested steps without the fields schema version 4 added.
+fn without_v4_step_fields(step: Step) -> Step {
+    Step {
+        documents: None,
+        provider: None,
+        model_parameters: None,
+        raw_output: Value::Null,
+        steps: step.steps.into_iter().map(without_v4_step_fields).collect(),
+        ..step
+    }
+}
+
+/// The full trace as a v3 producer would have sent it: steps without documents, provider,
+/// model parameters and raw output, version 3.
+pub(crate) fn v3_full_trace() -> TraceEvent {
+    let trace = full_trace();
+    TraceEvent {
+        schema_version: 3,
+        steps: trace
+            .steps
+            .into_iter()
+            .map(without_v4_step_fields)
+            .collect(),
+        ..trace
     }
 }
 
@@ -438,6 +509,55 @@ pub(crate) fn v2_datum(event: &TraceEvent) -> Vec<u8> {
     writer
         .write_value_ref(&mut datum, &AvroValue::Record(fields))
         .expect("value matches the v2 schema");
+    datum
+}
+
+/// `schemas/history/trace_event.v3.avsc`: the schema before the step fields of version 4.
+pub(crate) const V3_AVSC: &str = include_str!("../../../../schemas/history/trace_event.v3.avsc");
+
+pub(crate) fn v3_schema() -> Schema {
+    Schema::parse_str(V3_AVSC).expect("v3 schema parses")
+}
+
+/// The v3 fingerprint as apache-avro computes it.
+pub(crate) fn v3_fingerprint() -> u64 {
+    let bytes = v3_schema().fingerprint::<apache_avro::rabin::Rabin>().bytes;
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+fn optional_json_object(map: Option<&JsonMap>) -> AvroValue {
+    optional_string(
+        map.map(|map| Value::Object(map.clone()).to_string())
+            .as_deref(),
+    )
+}
+
+/// A v3 datum (no header): the v2 record with `row` and `row_config` appended, written with
+/// the v3 schema by apache-avro's generic writer (v3 steps are v1 steps).
+pub(crate) fn v3_datum(event: &TraceEvent) -> Vec<u8> {
+    let AvroValue::Record(mut fields) = v1_trace(event) else {
+        unreachable!("v1_trace builds a record");
+    };
+    fields.insert(
+        2,
+        (
+            "pipeline_id".into(),
+            optional_string(event.pipeline_id.as_deref()),
+        ),
+    );
+    fields.push(("row".into(), optional_json_object(event.row.as_ref())));
+    fields.push((
+        "row_config".into(),
+        optional_json_object(event.row_config.as_ref()),
+    ));
+    let schema = v3_schema();
+    let writer = GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("v3 writer");
+    let mut datum = Vec::new();
+    writer
+        .write_value_ref(&mut datum, &AvroValue::Record(fields))
+        .expect("value matches the v3 schema");
     datum
 }
 
