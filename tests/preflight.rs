@@ -127,7 +127,10 @@ async fn passes_every_check_when_everything_is_in_place() {
         "{stdout}"
     );
     assert!(line(&stdout, &names.changelog).starts_with('✓'), "{stdout}");
-    assert!(line(&stdout, &names.group).starts_with('✓'), "{stdout}");
+    assert!(
+        line(&stdout, &format!("consumer group `{}`", names.group)).starts_with('✓'),
+        "{stdout}"
+    );
     assert!(line(&stdout, PIPELINE).starts_with('✓'), "{stdout}");
     assert!(stdout.ends_with("checks passed\n"), "{stdout}");
     // Read-only: the key was checked with a GET, nothing was shipped.
@@ -180,12 +183,15 @@ async fn a_broker_without_the_topics_gets_the_commands_that_create_them_and_noth
         "{stdout}"
     );
     assert!(
-        line(&stdout, &names.group).contains("not checked"),
+        line(&stdout, &format!("consumer group `{}`", names.group)).contains("not checked"),
         "{stdout}"
     );
+    let repartition = format!("{}-repartition", names.group);
+    assert!(line(&stdout, &repartition).starts_with('✓'), "{stdout}");
     for topic in [
         &names.traces,
         &names.changelog,
+        &repartition,
         &names.dead_letters,
         &names.sessions,
     ] {
