@@ -62,6 +62,8 @@ enum StringKind {
     AnyJson,
     /// JSON text of an object in Avro: a JSON object in the JSON encoding.
     JsonObject,
+    /// JSON text of an array in Avro: a JSON array in the JSON encoding.
+    JsonArray,
 }
 
 /// Named Avro types by name, for references like `"Step"`.
@@ -255,12 +257,13 @@ fn codec_keeps(root: &Value, record: &str, field: &Value, probe: &Value, named: 
 fn string_kind(root: &Value, record: &str, field: &Value, named: &Named) -> StringKind {
     let object_probe = json!({ "json-schema-probe": [1, "two", null] });
     let array_probe = json!(["json-schema-probe", { "n": 1 }]);
-    if !codec_keeps(root, record, field, &object_probe, named) {
-        StringKind::Text
-    } else if codec_keeps(root, record, field, &array_probe, named) {
-        StringKind::AnyJson
-    } else {
-        StringKind::JsonObject
+    let keeps_object = codec_keeps(root, record, field, &object_probe, named);
+    let keeps_array = codec_keeps(root, record, field, &array_probe, named);
+    match (keeps_object, keeps_array) {
+        (true, true) => StringKind::AnyJson,
+        (true, false) => StringKind::JsonObject,
+        (false, true) => StringKind::JsonArray,
+        (false, false) => StringKind::Text,
     }
 }
 
@@ -328,6 +331,7 @@ impl<'a> Generator<'a> {
                 StringKind::Text => json!({"type": "string"}),
                 StringKind::AnyJson => json!({}),
                 StringKind::JsonObject => json!({"type": "object"}),
+                StringKind::JsonArray => json!({"type": "array"}),
             },
             Some("map") => {
                 json!({"type": "object", "additionalProperties": self.of(&schema["values"], strings)})
@@ -378,10 +382,10 @@ impl<'a> Generator<'a> {
                 .unwrap_or_default()
                 .to_owned();
             if strings != StringKind::Text {
-                let what = if strings == StringKind::JsonObject {
-                    "a JSON object"
-                } else {
-                    "any JSON value"
+                let what = match strings {
+                    StringKind::JsonObject => "a JSON object",
+                    StringKind::JsonArray => "a JSON array",
+                    _ => "any JSON value",
                 };
                 let (carried, value) = if type_name(&field["type"]) == Some("map") {
                     ("each value", "each value is")
@@ -671,6 +675,62 @@ fn json_typed_fields_are_json_values_and_ids_are_strings() {
         json!(["id", "name", "start_time_ms", "end_time_ms", "latency_ms"])
     );
     assert_eq!(step["steps"]["items"]["$ref"], "#/$defs/Step");
+}
+
+/// Field names the root record's doc lists as JSON-typed: the identifiers inside the
+/// parentheses after "JSON-typed fields" (`inputs, output, metadata values, row, ...`).
+fn json_typed_names_in_the_doc(avsc: &Value) -> BTreeSet<String> {
+    let doc = avsc["doc"].as_str().unwrap_or_default();
+    let list = doc
+        .split_once("JSON-typed fields (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list)
+        .expect("the record doc lists its JSON-typed fields");
+    list.split(|character: char| !(character.is_ascii_alphanumeric() || character == '_'))
+        .filter(|word| !word.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every string-holding field of every record, as (record, field).
+fn string_fields<'a>(named: &Named<'a>) -> Vec<(&'a str, &'a Value)> {
+    let mut fields = Vec::new();
+    for schema in named.values() {
+        let record = schema["name"].as_str().unwrap_or_default();
+        for field in schema["fields"].as_array().into_iter().flatten() {
+            if embed_probe(&field["type"], &json!("x"), named).is_some() {
+                fields.push((record, field));
+            }
+        }
+    }
+    fields
+}
+
+/// The `.avsc` says in words which fields carry JSON text; the generator asks the codec.
+/// They must agree, so the schema's own words and the JSON Schema never tell two stories.
+#[test]
+fn the_avsc_doc_and_the_codec_agree_on_json_typed_fields() {
+    let avsc: Value = serde_json::from_str(TRACE_EVENT_AVSC).expect("avsc is json");
+    let mut named = Named::new();
+    collect_named(&avsc, &mut named);
+    let listed = json_typed_names_in_the_doc(&avsc);
+    let mut disagreements = Vec::new();
+    for (record, field) in string_fields(&named) {
+        let name = field["name"].as_str().unwrap_or_default();
+        let kind = string_kind(&avsc, record, field, &named);
+        let says_json_text = field["doc"]
+            .as_str()
+            .is_some_and(|doc| doc.contains("JSON text"));
+        let json_typed = kind != StringKind::Text;
+        if json_typed != listed.contains(name) || (says_json_text && !json_typed) {
+            disagreements.push(format!(
+                "{record}.{name}: codec {kind:?}, listed in the record doc: {}, field doc \
+                 says JSON text: {says_json_text}",
+                listed.contains(name)
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
 
 fn encodings_of_the_codec() -> Vec<(String, Value)> {
