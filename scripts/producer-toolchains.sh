@@ -40,7 +40,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
   apt_opts=(-o DPkg::Lock::Timeout=300)
   echo "producer-toolchains: installing ${missing[*]}" >&2
-  apt-get "${apt_opts[@]}" update -qq
+  apt-get "${apt_opts[@]}" update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends \
     "${missing[@]}" >&2
 fi
