@@ -40,9 +40,11 @@ def single_object_header(schema) -> bytes:
 
 
 def trace(session_id: str, user_id: str, turn: int, at_ms: int) -> dict:
-    """One chat turn. JSON-typed fields (inputs and metadata values, output) are JSON text."""
+    """One chat turn. JSON-typed fields (inputs and metadata values, output) are JSON text.
+
+    Fields left out (schema_version, kind, steps, ...) take the schema's defaults.
+    """
     return {
-        "schema_version": 3,
         "inference_id": f"{session_id}-turn-{turn}",
         "session_id": session_id,
         "user_id": user_id,
@@ -83,7 +85,6 @@ def main() -> None:
         session_id = f"{prefix}-{session}"
         for turn in range(1, session + 2):
             event = trace(session_id, f"user-{session}", turn, start + turn * 1000)
-            # Fields the record leaves out take the schema's defaults.
             datum = io.BytesIO()
             fastavro.schemaless_writer(datum, schema, event)
             producer.produce(
