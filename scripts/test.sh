@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # System tools (promtool, prometheus, jq, yq, ...) installed when missing; every crate
 # fetched up front, since the image context check builds offline.
 scripts/ensure-tools.sh
+scripts/producer-toolchains.sh >/dev/null  # what tests/producers/ need (docs/producers.md), cached
 cargo fetch --locked
 
 WITH_BROKER_NAME="test"
