@@ -15,6 +15,9 @@ pub const TRACES: &str = "llm-traces";
 pub const DEAD_LETTERS: &str = "llm-traces-dlq";
 pub const SESSIONS: &str = "llm-sessions";
 pub const CHANGELOG: &str = "llm-sessions-state";
+/// The group's repartition topic (`<group_id>-repartition`, the default).
+pub const REPARTITION: &str = "sessionizer-demo-repartition";
+const GROUP_ID: &str = "sessionizer-demo";
 
 /// An in-process Kafka cluster with the service's topics.
 ///
@@ -28,6 +31,7 @@ pub fn start_cluster() -> anyhow::Result<MockCluster<'static, DefaultProducerCon
         (DEAD_LETTERS, 1),
         (SESSIONS, 1),
         (CHANGELOG, 3),
+        (REPARTITION, 3),
     ] {
         cluster
             .create_topic(topic, partitions, 1)
@@ -62,11 +66,12 @@ pub fn service_config(
 ) -> anyhow::Result<ValidatedConfig> {
     let mut config = SessionizerConfig::default();
     config.kafka.bootstrap_servers = bootstrap.to_owned();
-    config.kafka.group_id = "sessionizer-demo".to_owned();
+    config.kafka.group_id = GROUP_ID.to_owned();
     config.kafka.topic = TRACES.to_owned();
     config.kafka.dead_letter_topic = DEAD_LETTERS.to_owned();
     config.kafka.sessions_topic = SESSIONS.to_owned();
     config.kafka.changelog_topic = CHANGELOG.to_owned();
+    config.kafka.repartition_topic = Some(REPARTITION.to_owned());
     config.kafka.session_timeout_ms = 6000;
     config.session.gap_secs = gap.as_secs();
     config.session.user_gap_secs = gap.as_secs();
