@@ -118,8 +118,9 @@ impl RepartitionSource {
 /// Creates the producer of forwards. The partition a forward lands in recognises a forward
 /// sent again after a crash by its first-read offset being at or below the highest applied,
 /// which holds only if the forwards of one sender reach a partition in order and without
-/// gaps: idempotent, never timing out, and a failure that could leave a gap is fatal
-/// (librdkafka's gapless guarantee) and ends the run.
+/// gaps: one request in flight (retries cannot reorder, even on a broker that lost the
+/// idempotent producer's sequence state in a restart), never timing out, and a failure that
+/// could leave a gap is fatal (librdkafka's gapless guarantee) and ends the run.
 ///
 /// # Errors
 /// Invalid librdkafka settings.
@@ -131,6 +132,7 @@ pub fn create_forward_producer(
         .set("bootstrap.servers", &settings.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("enable.gapless.guarantee", "true")
+        .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         // 0: never; a broker outage stalls forwards (backpressure pauses reading) instead of
         // dropping one between two delivered ones.
