@@ -25,6 +25,8 @@ struct Sample {
     stored: f64,
     /// Rows the Openlayer server had accepted at that moment.
     rows_received: usize,
+    /// `sessionizer_traces_repartitioned_total`: traces this instance forwarded.
+    repartitioned: f64,
 }
 
 impl Instance {
@@ -62,8 +64,16 @@ impl Instance {
                 at: Instant::now(),
                 stored: sum(&metrics, "sessionizer_commits_total{outcome=\"stored\"}"),
                 rows_received,
+                repartitioned: sum(&metrics, "sessionizer_traces_repartitioned_total"),
             });
         }
+    }
+
+    /// Traces this instance forwarded through the repartition topic, as last sampled.
+    pub fn repartitioned(&self) -> f64 {
+        self.samples
+            .last()
+            .map_or(0.0, |sample| sample.repartitioned)
     }
 
     /// Rows a crash right now may ship again: those this instance had the server accept
