@@ -18,6 +18,8 @@ pub mod effect;
 pub mod merge;
 mod message;
 pub mod offsets;
+#[cfg(test)]
+mod repartition_tests;
 mod settle;
 #[cfg(test)]
 mod tests;

@@ -126,7 +126,7 @@ fn build_logs(specs: &[Vec<Spec>]) -> Vec<Vec<Vec<u8>>> {
     logs
 }
 
-fn settings(changelog: bool) -> CoreSettings {
+pub(super) fn settings(changelog: bool) -> CoreSettings {
     CoreSettings {
         topic: "traces".to_owned(),
         windows: WindowSettings {

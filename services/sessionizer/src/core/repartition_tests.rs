@@ -1,0 +1,292 @@
+//! The repartition path through the core: a trace read in another partition than its
+//! session's is forwarded and settles when Kafka has the forward; the forward, read back in
+//! its session's partition, becomes the row (with the id of where it was first read); a
+//! forward read twice is applied once, also after a restore from the changelog.
+
+use super::tests::settings;
+use super::*;
+use crate::batch::Position;
+use crate::sessionize::store::RestoredPartition;
+use crate::sink::ShipReport;
+use trace_model::routing::partition_for;
+use trace_model::{Limits, TraceEvent};
+
+const PARTITIONS: i32 = 4;
+
+fn now() -> Now {
+    Now::system()
+}
+
+fn new_core(changelog: bool) -> (Core, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry).expect("metrics");
+    let mut settings = settings(changelog);
+    settings.repartition_partitions = Some(PARTITIONS);
+    let core = Core::new(settings, Decoder::new(Limits::default()), metrics, now());
+    (core, registry)
+}
+
+/// A session id whose partition is `partition`.
+fn session_in(partition: i32) -> String {
+    (0..)
+        .map(|n| format!("session-{n}"))
+        .find(|id| partition_for(id.as_bytes(), PARTITIONS) == partition)
+        .expect("some id lands there")
+}
+
+fn trace(session: &str) -> Vec<u8> {
+    let mut event = TraceEvent::new("turn", 1_700_000_000_000);
+    event.session_id = Some(session.to_owned());
+    event.tokens = Some(5);
+    trace_model::codec::json::encode_trace(&event)
+}
+
+fn received<'a>(
+    stream: Stream,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a [u8]>,
+    payload: &'a [u8],
+    first_read: Option<Position>,
+) -> Received<'a> {
+    Received {
+        stream,
+        partition,
+        offset,
+        first_read,
+        kafka_timestamp_ms: None,
+        key,
+        payload,
+    }
+}
+
+fn forwards(effects: &[Effect]) -> Vec<Forward> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Repartition(forward) => Some(forward.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stores(effects: &[Effect]) -> Vec<(Stream, i32, i64)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::StoreOffset {
+                stream,
+                partition,
+                offset,
+            } => Some((*stream, *partition, *offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Flushes and acknowledges every batch; returns the rows' inference ids and turns.
+fn ship_all(core: &mut Core, out: &mut Vec<Effect>) -> Vec<(String, i64)> {
+    core.flush_all(out);
+    let mut rows = Vec::new();
+    for effect in std::mem::take(out) {
+        if let Effect::Ship(batch) = effect {
+            for row in &batch.rows {
+                let row: serde_json::Value = serde_json::from_str(row.get()).expect("row json");
+                rows.push((
+                    row["inferenceId"].as_str().expect("id").to_owned(),
+                    row["session_turn"].as_i64().expect("turn"),
+                ));
+            }
+            core.shipped(batch, ShipReport::default(), now(), out);
+        } else {
+            out.push(effect);
+        }
+    }
+    rows
+}
+
+fn metric(registry: &prometheus::Registry, name: &str) -> f64 {
+    crate::metrics::sample_sum(registry, name, None)
+}
+
+#[test]
+fn a_trace_in_another_partition_is_forwarded_and_settles_once_kafka_has_it() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[0, 1, 2, 3], &mut out);
+    out.clear();
+    let session = session_in(2);
+    let payload = trace(&session);
+    core.message(
+        received(Stream::Traces, 0, 7, Some(b"any"), &payload, None),
+        None,
+        now(),
+        &mut out,
+    );
+    let sent = forwards(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    let forward = &sent[0];
+    assert_eq!(
+        (forward.to_partition, forward.key.as_str(), forward.reason),
+        (2, session.as_str(), "other_partition")
+    );
+    assert_eq!(
+        forward.first_read,
+        Position {
+            partition: 0,
+            offset: 7
+        }
+    );
+    assert_eq!(forward.payload, payload, "forwarded unchanged");
+    assert!(
+        stores(&out).is_empty(),
+        "nothing stored before the forward lands"
+    );
+    out.clear();
+    core.repartitioned(forward, true, &mut out);
+    assert_eq!(stores(&out), [(Stream::Traces, 0, 8)]);
+    assert_eq!(
+        metric(&registry, "sessionizer_traces_repartitioned_total"),
+        1.0
+    );
+
+    // Where it belongs, it is sessionized; keyless traces are routed too.
+    out.clear();
+    let here = trace(&session_in(1));
+    core.message(
+        received(Stream::Traces, 1, 0, None, &here, None),
+        None,
+        now(),
+        &mut out,
+    );
+    assert!(forwards(&out).is_empty(), "already in its partition");
+    let keyless = trace(&session_in(3));
+    core.message(
+        received(Stream::Traces, 1, 1, None, &keyless, None),
+        None,
+        now(),
+        &mut out,
+    );
+    assert_eq!(
+        forwards(&out).iter().map(|f| f.reason).collect::<Vec<_>>(),
+        ["no_key"]
+    );
+}
+
+#[test]
+fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[2], &mut out);
+    let session = session_in(2);
+    let payload = trace(&session);
+    let first_read = Some(Position {
+        partition: 0,
+        offset: 7,
+    });
+    core.message(
+        received(
+            Stream::Repartition,
+            2,
+            0,
+            Some(session.as_bytes()),
+            &payload,
+            first_read,
+        ),
+        None,
+        now(),
+        &mut out,
+    );
+    // Sent again by a sender that crashed before committing.
+    core.message(
+        received(
+            Stream::Repartition,
+            2,
+            1,
+            Some(session.as_bytes()),
+            &payload,
+            first_read,
+        ),
+        None,
+        now(),
+        &mut out,
+    );
+    let rows = ship_all(&mut core, &mut out);
+    assert_eq!(rows, [("traces-0-7".to_owned(), 1)]);
+    assert_eq!(
+        metric(&registry, "sessionizer_repartitioned_duplicates_total"),
+        1.0
+    );
+    assert!(
+        stores(&out).contains(&(Stream::Repartition, 2, 2)),
+        "both settled: {out:?}"
+    );
+}
+
+#[test]
+fn the_duplicate_check_survives_a_restore_from_the_changelog() {
+    let session = session_in(2);
+    let payload = trace(&session);
+    let first_read = Some(Position {
+        partition: 0,
+        offset: 7,
+    });
+    let (mut core, _) = new_core(true);
+    let mut out = Vec::new();
+    core.assigned(&[2], &mut out);
+    core.restored(2, RestoredPartition::default(), &mut out);
+    core.message(
+        received(
+            Stream::Repartition,
+            2,
+            0,
+            Some(session.as_bytes()),
+            &payload,
+            first_read,
+        ),
+        None,
+        now(),
+        &mut out,
+    );
+    assert_eq!(ship_all(&mut core, &mut out).len(), 1);
+    out.clear();
+    core.checkpoint(now(), &mut out);
+    let mut restored = RestoredPartition::default();
+    let mut written = None;
+    for effect in &out {
+        if let Effect::WriteCheckpoint { checkpoint, writes } = effect {
+            for write in writes {
+                restored
+                    .apply(write.key.as_bytes(), &write.value)
+                    .expect("record decodes");
+            }
+            written = Some(*checkpoint);
+        }
+    }
+    let written = written.expect("a checkpoint");
+    assert_eq!(written.offsets.repartition, Some(1));
+
+    // A new process restores the partition and reads the forward sent again.
+    let (mut core, registry) = new_core(true);
+    let mut out = Vec::new();
+    core.assigned(&[2], &mut out);
+    core.restored(2, restored, &mut out);
+    core.message(
+        received(
+            Stream::Repartition,
+            2,
+            1,
+            Some(session.as_bytes()),
+            &payload,
+            first_read,
+        ),
+        None,
+        now(),
+        &mut out,
+    );
+    assert!(ship_all(&mut core, &mut out).is_empty(), "applied once");
+    assert_eq!(
+        metric(&registry, "sessionizer_repartitioned_duplicates_total"),
+        1.0
+    );
+}
