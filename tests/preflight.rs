@@ -238,6 +238,38 @@ async fn a_changelog_with_another_partition_count_is_refused_with_the_command_th
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_repartition_topic_with_another_partition_count_is_refused_naming_it() {
+    let names = Names::new();
+    let bootstrap = bootstrap();
+    let repartition = format!("{}-repartition", names.group);
+    create_topic(&bootstrap, &names.traces, 3).await;
+    create_topic(&bootstrap, &repartition, 2).await;
+    let openlayer = OpenlayerServer::start(KEY).await;
+
+    let (passed, stdout) = preflight(sessionizer(&names, &bootstrap, &openlayer, KEY), &[]).await;
+
+    assert!(!passed, "{stdout}");
+    let repartition_line = line(&stdout, &repartition);
+    assert!(repartition_line.starts_with('✗'), "{stdout}");
+    assert!(
+        repartition_line.contains("(kafka.repartition_topic)"),
+        "{stdout}"
+    );
+    assert!(
+        fix(&stdout, &repartition)
+            .contains(&format!("--alter --topic {repartition} --partitions 3")),
+        "{stdout}"
+    );
+    let stderr = run_fails(sessionizer(&names, &bootstrap, &openlayer, KEY)).await;
+    assert!(
+        stderr.contains(&format!(
+            "topic `{repartition}` (kafka.repartition_topic) has 2 partitions"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_openlayer_key_or_an_unknown_pipeline_fails_its_check() {
     let names = Names::new();
     let bootstrap = bootstrap();
