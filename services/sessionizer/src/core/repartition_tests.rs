@@ -60,6 +60,30 @@ fn received<'a>(
     }
 }
 
+/// The forward of `payload`, first read at offset 7 of partition 0, read at `offset` of
+/// partition 2 of the repartition topic.
+fn read_forward(
+    core: &mut Core,
+    offset: i64,
+    session: &str,
+    payload: &[u8],
+    out: &mut Vec<Effect>,
+) {
+    let first_read = Some(Position {
+        partition: 0,
+        offset: 7,
+    });
+    let message = received(
+        Stream::Repartition,
+        2,
+        offset,
+        Some(session.as_bytes()),
+        payload,
+        first_read,
+    );
+    core.message(message, None, now(), out);
+}
+
 fn forwards(effects: &[Effect]) -> Vec<Forward> {
     effects
         .iter()
@@ -180,37 +204,9 @@ fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
     core.assigned(&[2], &mut out);
     let session = session_in(2);
     let payload = trace(&session);
-    let first_read = Some(Position {
-        partition: 0,
-        offset: 7,
-    });
-    core.message(
-        received(
-            Stream::Repartition,
-            2,
-            0,
-            Some(session.as_bytes()),
-            &payload,
-            first_read,
-        ),
-        None,
-        now(),
-        &mut out,
-    );
+    read_forward(&mut core, 0, &session, &payload, &mut out);
     // Sent again by a sender that crashed before committing.
-    core.message(
-        received(
-            Stream::Repartition,
-            2,
-            1,
-            Some(session.as_bytes()),
-            &payload,
-            first_read,
-        ),
-        None,
-        now(),
-        &mut out,
-    );
+    read_forward(&mut core, 1, &session, &payload, &mut out);
     let rows = ship_all(&mut core, &mut out);
     assert_eq!(rows, [("traces-0-7".to_owned(), 1)]);
     assert_eq!(
@@ -227,27 +223,11 @@ fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
 fn the_duplicate_check_survives_a_restore_from_the_changelog() {
     let session = session_in(2);
     let payload = trace(&session);
-    let first_read = Some(Position {
-        partition: 0,
-        offset: 7,
-    });
     let (mut core, _) = new_core(true);
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
     core.restored(2, RestoredPartition::default(), &mut out);
-    core.message(
-        received(
-            Stream::Repartition,
-            2,
-            0,
-            Some(session.as_bytes()),
-            &payload,
-            first_read,
-        ),
-        None,
-        now(),
-        &mut out,
-    );
+    read_forward(&mut core, 0, &session, &payload, &mut out);
     assert_eq!(ship_all(&mut core, &mut out).len(), 1);
     out.clear();
     core.checkpoint(now(), &mut out);
@@ -271,19 +251,7 @@ fn the_duplicate_check_survives_a_restore_from_the_changelog() {
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
     core.restored(2, restored, &mut out);
-    core.message(
-        received(
-            Stream::Repartition,
-            2,
-            1,
-            Some(session.as_bytes()),
-            &payload,
-            first_read,
-        ),
-        None,
-        now(),
-        &mut out,
-    );
+    read_forward(&mut core, 1, &session, &payload, &mut out);
     assert!(ship_all(&mut core, &mut out).is_empty(), "applied once");
     assert_eq!(
         metric(&registry, "sessionizer_repartitioned_duplicates_total"),

@@ -244,30 +244,30 @@ impl Pipeline {
                 }
                 _ = tick.tick() => self.on_tick(),
                 received = self.source.consumer.recv() => {
-                    match received {
-                        Ok(message) => {
-                            let message = message.detach();
-                            let schema_error =
-                                prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
-                            self.apply_rebalances();
-                            self.on_message(message, schema_error, Stream::Traces);
-                        }
-                        Err(error) => self.on_consumer_error(&error),
-                    }
+                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
                 }
                 received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
-                    match received {
-                        Ok(message) => {
-                            let message = message.detach();
-                            let schema_error =
-                                prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
-                            self.apply_rebalances();
-                            self.on_message(message, schema_error, Stream::Repartition);
-                        }
-                        Err(error) => self.on_consumer_error(&error),
-                    }
+                    self.on_received(received.map(|message| message.detach()), Stream::Repartition).await;
                 }
             }
+        }
+    }
+
+    /// A message (or error) from either consumer: its Confluent schema is fetched first,
+    /// rebalances that happened meanwhile are applied, then the core gets it.
+    async fn on_received(
+        &mut self,
+        received: Result<OwnedMessage, rdkafka::error::KafkaError>,
+        stream: Stream,
+    ) {
+        match received {
+            Ok(message) => {
+                let schema_error =
+                    prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
+                self.apply_rebalances();
+                self.on_message(message, schema_error, stream);
+            }
+            Err(error) => self.on_consumer_error(&error),
         }
     }
 
