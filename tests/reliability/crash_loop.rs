@@ -94,8 +94,8 @@ pub async fn run(size: Size) -> Outcome {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    // The feed's producers mostly disagree with the sessions' partitions: the kills come
-    // while traces go through the repartition topic.
+    // The feed's partitioner (CRC32) mostly disagrees with the sessions' partitions: the
+    // kills come while traces go through the repartition topic.
     outcome.note(format!(
         "{num_repartitioned:.0} traces forwarded through the repartition topic by the killed instances"
     ));

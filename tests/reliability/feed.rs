@@ -46,17 +46,20 @@ pub struct Fed {
 
 impl Feed {
     /// Produces the plan's traces turn by turn (every session's turn 1, then turn 2, ...), one
-    /// event-time second apart per turn, with idempotent producers that keep each session's
-    /// order through broker trouble. Each turn goes through another kind of producer, as
-    /// when a chat's requests are served by services in different languages: librdkafka's
-    /// default partitioner (CRC32), murmur2 (Java, KafkaJS, the helpers), FNV-1a (Go) and no
-    /// key at all; so most traces reach their session's partition through the repartition
-    /// topic, while the scenario crashes, rebalances or restarts the broker.
+    /// event-time second apart per turn, keyed by session, with an idempotent producer that
+    /// keeps each session's order through broker trouble. The producer keeps librdkafka's
+    /// default partitioner (CRC32), as a confluent-kafka service would: most sessions'
+    /// partition by it is not their murmur2 one, so their traces reach the sessionizer through
+    /// the repartition topic while the scenario crashes, rebalances or restarts the broker.
     pub fn start(bootstrap: &str, topic: &str, plan: Plan) -> Feed {
-        let producers: Vec<(FutureProducer, bool)> = PRODUCERS
-            .iter()
-            .map(|(partitioner, keyed)| (feed_producer(bootstrap, *partitioner), *keyed))
-            .collect();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            // Rides out a broker restart: delivery is retried for up to five minutes.
+            .set("message.timeout.ms", "300000")
+            .create()
+            .expect("feed producer");
         let topic = topic.to_owned();
         let produced = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&produced);
@@ -78,11 +81,9 @@ impl Feed {
                         base_ms + turn * 1000,
                     );
                     let payload = trace_model::encode(&event, Encoding::Avro).expect("encode");
-                    let (producer, keyed) = &producers[(session + turn as usize) % producers.len()];
-                    let mut record = FutureRecord::to(&topic).payload(&payload);
-                    if *keyed {
-                        record = record.key(event.partition_key().unwrap_or_default());
-                    }
+                    let record = FutureRecord::to(&topic)
+                        .key(event.partition_key().unwrap_or_default())
+                        .payload(&payload);
                     match producer.send_result(record) {
                         Ok(delivery) => pending.push(delivery),
                         Err((error, _)) => panic!("the feed's producer queue refused: {error}"),
@@ -122,29 +123,6 @@ impl Feed {
     pub async fn finish(self) -> Fed {
         self.handle.await.expect("the feed task")
     }
-}
-
-/// The feed's kinds of producer: librdkafka `partitioner` (`None`: its default), and whether
-/// traces are keyed by session.
-const PRODUCERS: [(Option<&str>, bool); 4] = [
-    (None, true),
-    (Some("murmur2_random"), true),
-    (Some("fnv1a_random"), true),
-    (None, false),
-];
-
-fn feed_producer(bootstrap: &str, partitioner: Option<&str>) -> FutureProducer {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        // Rides out a broker restart: delivery is retried for up to five minutes.
-        .set("message.timeout.ms", "300000");
-    if let Some(partitioner) = partitioner {
-        config.set("partitioner", partitioner);
-    }
-    config.create().expect("feed producer")
 }
 
 /// Awaits the deliveries; returns how many failed.
