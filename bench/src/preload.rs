@@ -117,3 +117,28 @@ pub(crate) fn preload(
         preload_traces_per_second: traces as f64 / seconds,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elsewhere_is_never_the_sessions_partition() {
+        for index in 0..1000 {
+            let key = format!("session-{index}");
+            let own = partition_for(key.as_bytes(), PARTITIONS);
+            let placed = Placing::Elsewhere.partition(Some(&key), PARTITIONS);
+            assert_eq!(placed, Some((own + 1) % PARTITIONS));
+            assert_ne!(placed, Some(own));
+        }
+    }
+
+    #[test]
+    fn by_key_and_keyless_traces_are_left_to_the_partitioner() {
+        assert_eq!(
+            Placing::ByKey.partition(Some("session-1"), PARTITIONS),
+            None
+        );
+        assert_eq!(Placing::Elsewhere.partition(None, PARTITIONS), None);
+    }
+}

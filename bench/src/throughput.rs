@@ -23,6 +23,7 @@
 //!   is forwarded once through the repartition topic and read back (checked: the counter
 //!   equals the traces, and every row is shipped).
 //!
+//! Repetitions alternate which of `sessionizer` and `sessionizer_repartition_off` runs first.
 //! Each sessionizer run has a fresh group, hence a fresh `<group>-repartition` topic, which
 //! it creates at start (before its window opens) and the bench deletes at the end.
 //!
@@ -79,6 +80,17 @@ impl Variant {
         Variant::SessionizerRepartitionOff,
         Variant::SessionizerAllForwarded,
     ];
+
+    /// The order repetition `rep` (from 1) runs them in: [`Variant::ALL`], with repartitioning
+    /// on and off swapped in even repetitions, so that neither side of that ratio always
+    /// runs first (a run leaves the broker's caches and the machine warmer for the next).
+    fn in_rep(rep: usize) -> [Variant; 5] {
+        let mut order = Variant::ALL;
+        if rep.is_multiple_of(2) {
+            order.swap(2, 3);
+        }
+        order
+    }
 
     /// Its name in the JSON and the progress lines.
     fn label(self) -> &'static str {
@@ -290,7 +302,7 @@ pub(crate) fn summarize(runs: &[Run], variant: Variant) -> VariantSummary {
 pub(crate) struct Throughput {
     pub(crate) workload: Workload,
     pub(crate) changelog: bool,
-    /// Repetitions: each ran every variant once, in [`Variant::ALL`]'s order.
+    /// Repetitions: each ran every variant once, in [`Variant::in_rep`]'s order.
     pub(crate) reps: usize,
     pub(crate) runs: Vec<Run>,
     pub(crate) bare: VariantSummary,
@@ -379,7 +391,7 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let traces = workload.traces;
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
-        for variant in Variant::ALL {
+        for variant in Variant::in_rep(rep) {
             let run = match variant {
                 Variant::Bare | Variant::Minimal => {
                     run_baseline(bootstrap, &topics.traces, traces, variant, *broker_pid)?
@@ -459,4 +471,35 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         sessionizer_repartition_off: repartition_off,
         sessionizer_all_forwarded: all_forwarded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rep_runs_every_variant_once() {
+        for rep in 1..=4 {
+            let order = Variant::in_rep(rep);
+            for variant in Variant::ALL {
+                assert_eq!(order.iter().filter(|&&run| run == variant).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn repartition_on_and_off_take_turns_to_run_first() {
+        let position = |rep, variant| {
+            Variant::in_rep(rep)
+                .iter()
+                .position(|&run| run == variant)
+                .unwrap_or(usize::MAX)
+        };
+        assert!(
+            position(1, Variant::Sessionizer) < position(1, Variant::SessionizerRepartitionOff)
+        );
+        assert!(
+            position(2, Variant::SessionizerRepartitionOff) < position(2, Variant::Sessionizer)
+        );
+    }
 }
