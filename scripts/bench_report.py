@@ -106,14 +106,19 @@ def throughput_report(t: dict, goals: list) -> None:
         f"({w['avro_bytes_min']}-{w['avro_bytes_max']}), {w['steps_per_trace']} steps "
         f"{w['step_nesting_depth']} levels deep; changelog {'on' if t['changelog'] else 'off'}"
     )
-    reps = len(t["runs"]) // 3
+    # Older results ran three variants per repetition and did not record the count.
+    reps = t.get("reps", len(t["runs"]) // 3)
     print(f"  throughput, median of {reps} run(s) each, window = first message consumed .. last trace done:")
     print(f"    {'':<34} {'traces/s':>10} {'CPU µs/trace':>13} {'broker µs/trace':>16} {'others busy':>12}")
     for label, key in [
         ("bare consumption (count only)", "bare"),
         ("minimal (decode + Passthrough row)", "minimal"),
         ("sessionizer (whole pipeline)", "sessionizer"),
+        ("  repartitioning off", "sessionizer_repartition_off"),
+        ("  every trace repartitioned", "sessionizer_all_forwarded"),
     ]:
+        if key not in t:
+            continue
         s = t[key]
         broker = s.get("median_broker_cpu_us_per_trace")
         broker_text = f"{broker:.1f}" if broker is not None else "?"
@@ -165,6 +170,64 @@ def throughput_report(t: dict, goals: list) -> None:
         "µs/trace",
         f"minimal loop, {t['minimal']['median_cpu_us_per_trace']:.1f} µs/trace",
         cpu_ratio,
+    )
+    if "sessionizer_repartition_off" in t:
+        repartition_report(t, goals)
+
+
+def repartition_report(t: dict, goals: list) -> None:
+    """The repartition stage: agreeing producers with it on against off (its cost when nothing
+    is forwarded), and every trace forwarded against agreeing producers."""
+    on, off, forwarded = t["sessionizer"], t["sessionizer_repartition_off"], t["sessionizer_all_forwarded"]
+    goal = t["goal_ratio_repartition_on_to_off"]
+    ratio = t["ratio_repartition_on_to_off"]
+    met = ratio >= goal
+    per_rep = ", ".join(f"{r:.2f}" for r in t["ratio_repartition_on_to_off_per_rep"])
+    print(
+        f"  agreeing producers (nothing forwarded), repartitioning on / off = {ratio:.2f}x "
+        f"(per rep: {per_rep})  goal >= {goal:.2f}x: {verdict(met)}"
+    )
+    print(
+        f"    CPU per trace without the ack server: on {on['median_cpu_us_per_trace_without_ack']:.1f} µs, "
+        f"off {off['median_cpu_us_per_trace_without_ack']:.1f} µs"
+    )
+    goals.append((f"repartitioning on / off >= {goal:.2f}x", f"{ratio:.2f}x", met))
+    figure(
+        "agreeing producers, repartitioning on / off (throughput)",
+        on["median_traces_per_second"],
+        "traces/s",
+        f"repartitioning off, {off['median_traces_per_second']:.0f} traces/s",
+        ratio,
+        f">= {goal:.2f}x",
+        met,
+    )
+    figure(
+        "agreeing producers, repartitioning on / off (CPU per trace, without the ack server)",
+        on["median_cpu_us_per_trace_without_ack"],
+        "µs/trace",
+        f"repartitioning off, {off['median_cpu_us_per_trace_without_ack']:.1f} µs/trace",
+        on["median_cpu_us_per_trace_without_ack"] / off["median_cpu_us_per_trace_without_ack"],
+    )
+    ratio = t["ratio_all_forwarded_to_agreeing"]
+    per_rep = ", ".join(f"{r:.2f}" for r in t["ratio_all_forwarded_to_agreeing_per_rep"])
+    print(
+        f"  every trace repartitioned (forwarded once, read back) / agreeing = {ratio:.2f}x "
+        f"(per rep: {per_rep}); CPU per trace without the ack server "
+        f"{forwarded['median_cpu_us_per_trace_without_ack']:.1f} µs"
+    )
+    figure(
+        "every trace repartitioned / agreeing producers (throughput)",
+        forwarded["median_traces_per_second"],
+        "traces/s",
+        f"agreeing producers, {on['median_traces_per_second']:.0f} traces/s",
+        ratio,
+    )
+    figure(
+        "every trace repartitioned / agreeing producers (CPU per trace, without the ack server)",
+        forwarded["median_cpu_us_per_trace_without_ack"],
+        "µs/trace",
+        f"agreeing producers, {on['median_cpu_us_per_trace_without_ack']:.1f} µs/trace",
+        forwarded["median_cpu_us_per_trace_without_ack"] / on["median_cpu_us_per_trace_without_ack"],
     )
 
 
@@ -304,7 +367,7 @@ def sdk_report(sdk: dict, throughput, goals: list) -> None:
             ">= 50x",
             met,
         )
-        runs = [run for run in throughput["runs"] if run["variant"] == "sessionizer"]
+        runs = [run for run in throughput["runs"] if run["variant"].startswith("sessionizer")]
         delivered = sum(run["traces"] for run in runs)
         figure(
             f"sessionizer: traces not delivered ({len(runs)} runs)",

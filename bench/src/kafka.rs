@@ -68,6 +68,10 @@ impl ProducerContext for DeliveryCounter {
 pub(crate) fn producer(bootstrap: &str) -> Result<ThreadedProducer<DeliveryCounter>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // The emitter's partitioner: Kafka's Java murmur2 on the key, the function the
+        // sessionizer checks every trace against (`trace_model::routing`), so keyed traces land
+        // in their session's partition and none is forwarded through the repartition topic.
+        .set("partitioner", "murmur2_random")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
@@ -77,14 +81,19 @@ pub(crate) fn producer(bootstrap: &str) -> Result<ThreadedProducer<DeliveryCount
         .create_with_context(DeliveryCounter::default())?)
 }
 
-/// Hands one record to the producer, waiting while its queue is full.
+/// Hands one record to the producer, waiting while its queue is full. `partition`: where it
+/// goes, else the partitioner's choice for `key`.
 pub(crate) fn send(
     producer: &ThreadedProducer<DeliveryCounter>,
     topic: &str,
     key: &str,
+    partition: Option<i32>,
     payload: &[u8],
 ) {
     let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => return,

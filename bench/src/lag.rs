@@ -11,7 +11,7 @@
 
 use crate::kafka::{DeliveryCounter, baseline_consumer, create_topics, producer, send};
 use crate::measure::{self, Buckets, Window, percentile};
-use crate::pipeline::{Running, sessionizer_settings, start_pipeline};
+use crate::pipeline::{Running, repartition_topic, sessionizer_settings, start_pipeline};
 use crate::setup::{Bench, PARTITIONS, Topics, cores, now_ms, unique};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, anyhow};
@@ -184,6 +184,7 @@ impl<'a> LagProducer<'a> {
             &self.producer,
             self.topic,
             event.partition_key().unwrap_or_default(),
+            None,
             &payload,
         );
         self.sent += 1;
@@ -360,6 +361,7 @@ fn start_consumers(bench: &mut Bench<'_>) -> Result<(Topics, Running, Reference)
         created.push(changelog.clone());
     }
     let settings = sessionizer_settings(bootstrap, &lag_topics, ack, changelog, &|_| {})?;
+    created.extend(repartition_topic(&settings));
     ack.reset(true);
     let running = start_pipeline(runtime, settings)?;
     let reference = start_reference(

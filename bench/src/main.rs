@@ -2,7 +2,8 @@
 //! baseline measured in the same run on the same machine.
 //!
 //! 1. Throughput: the sessionizer against a bare and a minimal consumer on one pre-loaded
-//!    topic ([`throughput`]).
+//!    topic, and its repartition stage: on against off with agreeing producers, and every
+//!    trace forwarded (a second topic, each trace in another partition) ([`throughput`]).
 //! 2. Lag: traces produced at half the measured maximum, their delay through the pipeline
 //!    against a reference consumer's ([`lag`]).
 //! 3. Gateway. The ingest gateway in-process, driven over HTTP with SDK-shaped requests of

@@ -45,6 +45,12 @@ pub(crate) fn sessionizer_settings(
     Ok(validated.pipeline_settings())
 }
 
+/// The repartition topic the pipeline of `settings` creates at start (`<group>-repartition`
+/// unless repartitioning is off): a fresh group's is a fresh topic, for the bench to delete.
+pub(crate) fn repartition_topic(settings: &PipelineSettings) -> Option<String> {
+    settings.kafka.repartition_topic.clone()
+}
+
 /// A pipeline running on the runtime, stopped by `stop`.
 pub(crate) struct Running {
     stop: tokio::sync::oneshot::Sender<()>,

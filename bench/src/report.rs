@@ -87,6 +87,8 @@ fn print_throughput(t: &Throughput) {
         ("bare consumption", &t.bare),
         ("minimal decode+row", &t.minimal),
         ("sessionizer", &t.sessionizer),
+        ("  repartition off", &t.sessionizer_repartition_off),
+        ("  all forwarded", &t.sessionizer_all_forwarded),
     ] {
         println!(
             "  {label:<19} {:>8.0} traces/s  {:>6.1} µs CPU/trace  (broker {} µs/trace, \
@@ -107,10 +109,7 @@ fn print_throughput(t: &Throughput) {
     println!(
         "  sessionizer / minimal = {:.2}x (per rep {:?})  goal >= {:.1}: {}",
         t.ratio_to_minimal,
-        t.ratio_to_minimal_per_rep
-            .iter()
-            .map(|ratio| (ratio * 100.0).round() / 100.0)
-            .collect::<Vec<_>>(),
+        rounded(&t.ratio_to_minimal_per_rep),
         t.goal_ratio_to_minimal,
         verdict(t.ratio_to_minimal >= t.goal_ratio_to_minimal)
     );
@@ -118,6 +117,26 @@ fn print_throughput(t: &Throughput) {
         "  sessionizer / bare = {:.2}x, minimal / bare = {:.2}x",
         t.ratio_to_bare, t.minimal_ratio_to_bare
     );
+    println!(
+        "  agreeing producers, repartitioning on / off = {:.2}x (per rep {:?})  goal >= {:.2}: {}",
+        t.ratio_repartition_on_to_off,
+        rounded(&t.ratio_repartition_on_to_off_per_rep),
+        t.goal_ratio_repartition_on_to_off,
+        verdict(t.ratio_repartition_on_to_off >= t.goal_ratio_repartition_on_to_off)
+    );
+    println!(
+        "  every trace repartitioned / agreeing = {:.2}x (per rep {:?})",
+        t.ratio_all_forwarded_to_agreeing,
+        rounded(&t.ratio_all_forwarded_to_agreeing_per_rep)
+    );
+}
+
+/// Ratios to two decimals, for the per-repetition lists.
+fn rounded(ratios: &[f64]) -> Vec<f64> {
+    ratios
+        .iter()
+        .map(|ratio| (ratio * 100.0).round() / 100.0)
+        .collect()
 }
 
 fn print_sdk(sdk: &Sdk, throughput: Option<&Throughput>) {

@@ -21,8 +21,10 @@
 
 use crate::kafka::create_topics;
 use crate::measure;
-use crate::pipeline::{Running, counter_sum, sessionizer_settings, start_pipeline};
-use crate::preload::preload;
+use crate::pipeline::{
+    Running, counter_sum, repartition_topic, sessionizer_settings, start_pipeline,
+};
+use crate::preload::{Placing, preload};
 use crate::setup::{Bench, PARTITIONS, RUN_TIMEOUT, Topics, cores, unique};
 use crate::throughput::{Run, Variant, run_from};
 use crate::traces::Population;
@@ -121,6 +123,10 @@ fn run_instances(
             changelog.clone(),
             &customize,
         )?;
+        // The instances share one group, so one repartition topic.
+        if running.is_empty() {
+            bench.created.extend(repartition_topic(&settings));
+        }
         running.push(start_pipeline(&bench.runtime, settings)?);
     }
     let all_metrics: Vec<_> = running.iter().map(|one| one.metrics.clone()).collect();
@@ -263,7 +269,12 @@ pub(crate) fn scaling(
             "bench: scaling: pre-loading {} traces to {partitions} partition(s)",
             args.scaling_sessions * args.turns
         );
-        let workload = preload(&bench.bootstrap, &topic, &population, args.turns)?;
+        let workload = preload(
+            &bench.bootstrap,
+            &[(&topic, Placing::ByKey)],
+            &population,
+            args.turns,
+        )?;
         topics.push((*partitions, topic, workload.traces));
     }
     let throughput_topic = bench.topics.traces.clone();

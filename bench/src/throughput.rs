@@ -1,16 +1,31 @@
-//! Throughput: the sessionizer against two baselines on the same pre-loaded topic.
+//! Throughput: the sessionizer against two baselines on the same pre-loaded topic, and what
+//! its repartition stage costs.
 //!
-//! One topic (3 partitions) is pre-loaded once with an idempotent producer (the emitter's
-//! settings: acks=all, lz4, linger 20 ms) with realistic traces: sessions × turns, two
-//! sessions per user, turn-major order so every session is open at once. Then, `--reps`
-//! times, each with a fresh consumer group reading from the beginning:
+//! Two topics (3 partitions each) are pre-loaded once, together, with the same traces by an
+//! idempotent producer (the emitter's settings: acks=all, lz4, linger 20 ms, murmur2
+//! partitioner) with realistic traces: sessions × turns, two sessions per user, turn-major
+//! order so every session is open at once. The throughput topic holds each trace where the
+//! emitter puts it, in its session's partition; the misplaced topic holds each in the next
+//! partition after that one ([`Placing::Elsewhere`]). Then, `--reps` times, each run with a
+//! fresh consumer group reading from the beginning:
 //! - `bare`: a `BaseConsumer` that only counts messages;
 //! - `minimal`: a `BaseConsumer` that decodes each message (`trace_model::Decoder`) and
 //!   serializes it as an Openlayer row (`sessionizer::enrich::openlayer_row` with
 //!   `Placement::Passthrough`): no state, no HTTP;
 //! - `sessionizer`: `sessionizer::pipeline::run` with the production defaults (changelog,
-//!   session summaries, 1000-row batches, 500 ms linger, 4 requests in flight), shipping to
-//!   the in-process ack server ([`AckServer`]).
+//!   repartition topic, session summaries, 1000-row batches, 500 ms linger, 4 requests in
+//!   flight), shipping to the in-process ack server ([`AckServer`]); producers agree, so it
+//!   must forward nothing (checked from `sessionizer_traces_repartitioned_total`);
+//! - `sessionizer_repartition_off`: the same with `kafka.repartition_topic` empty (no check,
+//!   no repartition consumer): the baseline of what the repartition stage costs when
+//!   producers agree;
+//! - `sessionizer_all_forwarded`: the sessionizer on the misplaced topic, where every trace
+//!   is forwarded once through the repartition topic and read back (checked: the counter
+//!   equals the traces, and every row is shipped).
+//!
+//! Repetitions alternate which of `sessionizer` and `sessionizer_repartition_off` runs first.
+//! Each sessionizer run has a fresh group, hence a fresh `<group>-repartition` topic, which
+//! it creates at start (before its window opens) and the bench deletes at the end.
 //!
 //! A run's window opens when its first message is consumed (the group join before it is not
 //! measured) and closes when the last trace is done: counted by the baselines, acknowledged
@@ -23,15 +38,16 @@
 //! process figure and also reported alone, so the sessionizer's own cost is the difference.
 
 use crate::ack::AckServer;
-use crate::kafka::baseline_consumer;
+use crate::kafka::{baseline_consumer, create_topics};
 use crate::measure::{self, Window, median};
-use crate::pipeline::{counter_sum, sessionizer_settings, start_pipeline};
-use crate::preload::{Workload, preload};
-use crate::setup::{Bench, RUN_TIMEOUT, cores, unique};
+use crate::pipeline::{counter_sum, repartition_topic, sessionizer_settings, start_pipeline};
+use crate::preload::{Placing, Workload, preload};
+use crate::setup::{Bench, PARTITIONS, RUN_TIMEOUT, Topics, cores, unique};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, ensure};
 use rdkafka::message::Message;
 use serde::Serialize;
+use sessionizer::config::SessionizerConfig;
 use sessionizer::enrich::openlayer_row;
 use sessionizer::pipeline::PipelineSettings;
 use sessionizer::sessionize::Placement;
@@ -49,6 +65,43 @@ pub(crate) enum Variant {
     Bare,
     Minimal,
     Sessionizer,
+    /// The sessionizer with `kafka.repartition_topic` empty, on the same topic.
+    SessionizerRepartitionOff,
+    /// The sessionizer on the misplaced topic: every trace forwarded once.
+    SessionizerAllForwarded,
+}
+
+impl Variant {
+    /// Every variant, in the order a repetition runs them.
+    const ALL: [Variant; 5] = [
+        Variant::Bare,
+        Variant::Minimal,
+        Variant::Sessionizer,
+        Variant::SessionizerRepartitionOff,
+        Variant::SessionizerAllForwarded,
+    ];
+
+    /// The order repetition `rep` (from 1) runs them in: [`Variant::ALL`], with repartitioning
+    /// on and off swapped in even repetitions, so that neither side of that ratio always
+    /// runs first (a run leaves the broker's caches and the machine warmer for the next).
+    fn in_rep(rep: usize) -> [Variant; 5] {
+        let mut order = Variant::ALL;
+        if rep.is_multiple_of(2) {
+            order.swap(2, 3);
+        }
+        order
+    }
+
+    /// Its name in the JSON and the progress lines.
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare",
+            Variant::Minimal => "minimal",
+            Variant::Sessionizer => "sessionizer",
+            Variant::SessionizerRepartitionOff => "sessionizer_repartition_off",
+            Variant::SessionizerAllForwarded => "sessionizer_all_forwarded",
+        }
+    }
 }
 
 /// The figures of one run over the whole topic.
@@ -77,6 +130,9 @@ pub(crate) struct Run {
     pub(crate) row_json_bytes_mean: Option<f64>,
     /// Openlayer requests (sessionizer only).
     pub(crate) requests: Option<u64>,
+    /// Traces forwarded through the repartition topic
+    /// (`sessionizer_traces_repartitioned_total`, sessionizer only).
+    pub(crate) repartitioned: Option<u64>,
 }
 
 /// A run's figures from its measured window; `cores` scales CPU seconds to machine shares.
@@ -98,6 +154,7 @@ pub(crate) fn run_from(variant: Variant, traces: u64, window: Window, cores: f64
         window,
         row_json_bytes_mean: None,
         requests: None,
+        repartitioned: None,
     }
 }
 
@@ -167,12 +224,13 @@ pub(crate) fn run_baseline(
     Ok(run)
 }
 
-/// One run of the sessionizer pipeline until the ack server has every trace's row.
+/// One run of the sessionizer pipeline until the ack server has every trace's row; `variant`
+/// names it in the figures.
 pub(crate) fn run_sessionizer(
     runtime: &Runtime,
     settings: PipelineSettings,
     ack: &AckServer,
-    traces: u64,
+    (traces, variant): (u64, Variant),
     broker_pid: Option<u32>,
 ) -> Result<Run> {
     ack.reset(false);
@@ -197,9 +255,12 @@ pub(crate) fn run_sessionizer(
         "the ack server counted {} rows of {traces}",
         ack.rows()
     );
-    let mut run = run_from(Variant::Sessionizer, traces, window, cores());
+    let mut run = run_from(variant, traces, window, cores());
     run.row_json_bytes_mean = Some(ack.body_bytes() as f64 / ack.rows() as f64);
     run.requests = Some(ack.requests());
+    // A whole number: the sum of integer counters.
+    run.repartitioned =
+        Some(counter_sum(&registry, "sessionizer_traces_repartitioned_total") as u64);
     Ok(run)
 }
 
@@ -241,10 +302,14 @@ pub(crate) fn summarize(runs: &[Run], variant: Variant) -> VariantSummary {
 pub(crate) struct Throughput {
     pub(crate) workload: Workload,
     pub(crate) changelog: bool,
+    /// Repetitions: each ran every variant once, in [`Variant::in_rep`]'s order.
+    pub(crate) reps: usize,
     pub(crate) runs: Vec<Run>,
     pub(crate) bare: VariantSummary,
     pub(crate) minimal: VariantSummary,
     pub(crate) sessionizer: VariantSummary,
+    pub(crate) sessionizer_repartition_off: VariantSummary,
+    pub(crate) sessionizer_all_forwarded: VariantSummary,
     /// Median sessionizer throughput over median minimal-pipeline throughput.
     pub(crate) ratio_to_minimal: f64,
     /// Same, per repetition (runs of one repetition ran back to back).
@@ -252,9 +317,38 @@ pub(crate) struct Throughput {
     pub(crate) ratio_to_bare: f64,
     pub(crate) minimal_ratio_to_bare: f64,
     pub(crate) goal_ratio_to_minimal: f64,
+    /// Agreeing producers: median sessionizer throughput with repartitioning on over off.
+    pub(crate) ratio_repartition_on_to_off: f64,
+    pub(crate) ratio_repartition_on_to_off_per_rep: Vec<f64>,
+    pub(crate) goal_ratio_repartition_on_to_off: f64,
+    /// Median throughput with every trace forwarded over agreeing producers' (repartitioning
+    /// on in both); no goal.
+    pub(crate) ratio_all_forwarded_to_agreeing: f64,
+    pub(crate) ratio_all_forwarded_to_agreeing_per_rep: Vec<f64>,
 }
 
-/// Pre-loads the throughput topic, then runs the three variants `--reps` times, interleaved.
+/// `numerator`'s throughput over `denominator`'s in each repetition.
+fn ratio_per_rep(runs: &[Run], numerator: Variant, denominator: Variant) -> Vec<f64> {
+    let throughput_of = |rep: &[Run], variant: Variant| {
+        rep.iter()
+            .find(|run| run.variant == variant)
+            .map_or(f64::NAN, |run| run.traces_per_second)
+    };
+    runs.chunks(Variant::ALL.len())
+        .map(|rep| throughput_of(rep, numerator) / throughput_of(rep, denominator))
+        .collect()
+}
+
+/// How many traces a sessionizer variant must have forwarded through the repartition topic.
+fn expected_forwards(variant: Variant, traces: u64) -> u64 {
+    match variant {
+        Variant::SessionizerAllForwarded => traces,
+        _ => 0,
+    }
+}
+
+/// Pre-loads the throughput and misplaced topics, then runs the variants `--reps` times,
+/// interleaved.
 pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let Bench {
         args,
@@ -266,37 +360,74 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         created,
     } = bench;
     let population = Population::new(args.sessions)?;
+    let misplaced = Topics {
+        traces: unique("bench-traces-misplaced"),
+        ..topics.clone()
+    };
+    runtime.block_on(create_topics(bootstrap, &[(&misplaced.traces, PARTITIONS)]))?;
+    created.push(misplaced.traces.clone());
     eprintln!(
-        "bench: pre-loading {} traces ({} sessions x {} turns) to {}",
+        "bench: pre-loading {} traces ({} sessions x {} turns) to {} and, each in another \
+         partition than its session's, to {}",
         args.sessions * args.turns,
         args.sessions,
         args.turns,
-        topics.traces
+        topics.traces,
+        misplaced.traces
     );
-    let workload = preload(bootstrap, &topics.traces, &population, args.turns)?;
+    let workload = preload(
+        bootstrap,
+        &[
+            (&topics.traces, Placing::ByKey),
+            (&misplaced.traces, Placing::Elsewhere),
+        ],
+        &population,
+        args.turns,
+    )?;
     eprintln!(
-        "bench: pre-loaded in {:.1} s ({:.0} traces/s), Avro {:.0} B mean",
+        "bench: pre-loaded in {:.1} s ({:.0} traces/s to each topic), Avro {:.0} B mean",
         workload.preload_seconds, workload.preload_traces_per_second, workload.avro_bytes_mean
     );
     let traces = workload.traces;
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
-        for variant in [Variant::Bare, Variant::Minimal, Variant::Sessionizer] {
+        for variant in Variant::in_rep(rep) {
             let run = match variant {
-                Variant::Sessionizer => {
+                Variant::Bare | Variant::Minimal => {
+                    run_baseline(bootstrap, &topics.traces, traces, variant, *broker_pid)?
+                }
+                _ => {
                     let changelog = (!args.no_changelog).then(|| unique("bench-state"));
                     if let Some(changelog) = &changelog {
                         created.push(changelog.clone());
                     }
+                    let (read, customize): (&Topics, &dyn Fn(&mut SessionizerConfig)) =
+                        match variant {
+                            Variant::SessionizerRepartitionOff => (topics, &|config| {
+                                config.kafka.repartition_topic = Some(String::new());
+                            }),
+                            Variant::SessionizerAllForwarded => (&misplaced, &|_| {}),
+                            _ => (topics, &|_| {}),
+                        };
                     let settings =
-                        sessionizer_settings(bootstrap, topics, ack, changelog, &|_| {})?;
-                    run_sessionizer(runtime, settings, ack, traces, *broker_pid)?
+                        sessionizer_settings(bootstrap, read, ack, changelog, customize)?;
+                    created.extend(repartition_topic(&settings));
+                    let run =
+                        run_sessionizer(runtime, settings, ack, (traces, variant), *broker_pid)?;
+                    let forwarded = run.repartitioned.unwrap_or_default();
+                    let expected = expected_forwards(variant, traces);
+                    ensure!(
+                        forwarded == expected,
+                        "{}: {forwarded} traces forwarded through the repartition topic, \
+                         expected {expected} of {traces}",
+                        variant.label()
+                    );
+                    run
                 }
-                _ => run_baseline(bootstrap, &topics.traces, traces, variant, *broker_pid)?,
             };
             eprintln!(
-                "bench: rep {rep} {:<11} {:>8.0} traces/s  {:>6.1} µs CPU/trace  ({:.2} s)",
-                format!("{variant:?}").to_lowercase(),
+                "bench: rep {rep} {:<27} {:>8.0} traces/s  {:>6.1} µs CPU/trace  ({:.2} s)",
+                variant.label(),
                 run.traces_per_second,
                 run.cpu_us_per_trace,
                 run.seconds
@@ -307,21 +438,68 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let bare = summarize(&runs, Variant::Bare);
     let minimal = summarize(&runs, Variant::Minimal);
     let sessionizer = summarize(&runs, Variant::Sessionizer);
-    let per_rep = runs
-        .chunks(3)
-        .map(|rep| rep[2].traces_per_second / rep[1].traces_per_second)
-        .collect();
+    let repartition_off = summarize(&runs, Variant::SessionizerRepartitionOff);
+    let all_forwarded = summarize(&runs, Variant::SessionizerAllForwarded);
     Ok(Throughput {
         workload,
         changelog: !args.no_changelog,
+        reps: args.reps,
         ratio_to_minimal: sessionizer.median_traces_per_second / minimal.median_traces_per_second,
-        ratio_to_minimal_per_rep: per_rep,
+        ratio_to_minimal_per_rep: ratio_per_rep(&runs, Variant::Sessionizer, Variant::Minimal),
         ratio_to_bare: sessionizer.median_traces_per_second / bare.median_traces_per_second,
         minimal_ratio_to_bare: minimal.median_traces_per_second / bare.median_traces_per_second,
         goal_ratio_to_minimal: 0.6,
+        ratio_repartition_on_to_off: sessionizer.median_traces_per_second
+            / repartition_off.median_traces_per_second,
+        ratio_repartition_on_to_off_per_rep: ratio_per_rep(
+            &runs,
+            Variant::Sessionizer,
+            Variant::SessionizerRepartitionOff,
+        ),
+        goal_ratio_repartition_on_to_off: 0.98,
+        ratio_all_forwarded_to_agreeing: all_forwarded.median_traces_per_second
+            / sessionizer.median_traces_per_second,
+        ratio_all_forwarded_to_agreeing_per_rep: ratio_per_rep(
+            &runs,
+            Variant::SessionizerAllForwarded,
+            Variant::Sessionizer,
+        ),
         runs,
         bare,
         minimal,
         sessionizer,
+        sessionizer_repartition_off: repartition_off,
+        sessionizer_all_forwarded: all_forwarded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rep_runs_every_variant_once() {
+        for rep in 1..=4 {
+            let order = Variant::in_rep(rep);
+            for variant in Variant::ALL {
+                assert_eq!(order.iter().filter(|&&run| run == variant).count(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn repartition_on_and_off_take_turns_to_run_first() {
+        let position = |rep, variant| {
+            Variant::in_rep(rep)
+                .iter()
+                .position(|&run| run == variant)
+                .unwrap_or(usize::MAX)
+        };
+        assert!(
+            position(1, Variant::Sessionizer) < position(1, Variant::SessionizerRepartitionOff)
+        );
+        assert!(
+            position(2, Variant::SessionizerRepartitionOff) < position(2, Variant::Sessionizer)
+        );
+    }
 }
