@@ -196,7 +196,7 @@ pub fn now_ms() -> i64 {
         })
 }
 
-/// An idempotent producer on the test broker.
+/// An idempotent producer on the test broker, partitioning as the helpers do.
 ///
 /// # Panics
 /// When the client cannot be created.
@@ -204,6 +204,10 @@ pub fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
+        // The helpers' partitioner: traces land in their session's partition, as the
+        // emitter's and the gateway's do (tests/repartition.rs and the reliability feed
+        // produce with others).
+        .set("partitioner", "murmur2_random")
         .create()
         .expect("producer")
 }
