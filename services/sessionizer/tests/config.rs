@@ -683,6 +683,45 @@ fn every_problem_is_reported_at_once_with_an_example() {
 }
 
 #[test]
+fn the_repartition_topic_is_the_group_s_unless_set_and_empty_turns_it_off() {
+    let config = load_valid(
+        Some("[kafka]\ngroup_id = \"chat-prod\"\n"),
+        &env_with_key(&[]),
+    );
+    assert_eq!(
+        config.kafka.repartition_topic.as_deref(),
+        Some("chat-prod-repartition")
+    );
+    let off = load_valid(
+        Some("[kafka]\nrepartition_topic = \"\"\n"),
+        &env_with_key(&[]),
+    );
+    assert_eq!(off.kafka.repartition_topic, None);
+    assert!(
+        off.warnings
+            .iter()
+            .any(|warning| warning.contains("repartition_topic")),
+        "{:?}",
+        off.warnings
+    );
+    // Any group id is legal in Kafka, not every topic name: the option must then be set.
+    let error = load_invalid(
+        Some("[kafka]\ngroup_id = \"team:chat\"\n"),
+        &env_with_key(&[]),
+    );
+    assert_eq!(problem_keys(&error), ["kafka.repartition_topic"]);
+    assert!(error.to_string().contains("kafka.group_id"), "{error}");
+    let set = load_valid(
+        Some("[kafka]\ngroup_id = \"team:chat\"\nrepartition_topic = \"chat-repartition\"\n"),
+        &env_with_key(&[]),
+    );
+    assert_eq!(
+        set.kafka.repartition_topic.as_deref(),
+        Some("chat-repartition")
+    );
+}
+
+#[test]
 fn empty_changelog_topic_keeps_state_in_memory_with_a_warning() {
     let config = load_valid(
         Some("[kafka]\nchangelog_topic = \"\"\n"),

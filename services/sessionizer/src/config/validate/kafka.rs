@@ -89,9 +89,22 @@ struct OptionalTopics {
     sessions_topic: Option<String>,
 }
 
-/// `<group_id>-repartition`: the topic belongs to the consumer group.
-fn default_repartition_topic(group_id: &str) -> String {
-    format!("{}-repartition", group_id.trim())
+/// `<group_id>-repartition`: the topic belongs to the consumer group. A group id may hold
+/// characters a topic name may not; then the option must be set.
+fn derived_repartition_topic(group_id: &str, problems: &mut Problems) -> Option<String> {
+    let derived = format!("{}-repartition", group_id.trim());
+    if is_topic_name(&derived) {
+        return Some(derived);
+    }
+    problems.push(
+        "kafka.repartition_topic",
+        format!(
+            "is unset, and the name derived from kafka.group_id, `{derived}`, is not a Kafka \
+             topic name (1 to {MAX_TOPIC_CHARS} of `a-z A-Z 0-9 . _ -`): set it, e.g. \
+             `sessionizer-repartition`"
+        ),
+    );
+    None
 }
 
 /// Every topic name legal, and no two options naming the same topic.
@@ -126,16 +139,16 @@ fn validate_topics(
         "llm-sessions",
         problems,
     );
-    let repartition_topic = optional_topic(
-        "kafka.repartition_topic",
-        &kafka
-            .repartition_topic
-            .clone()
-            .unwrap_or_else(|| default_repartition_topic(&kafka.group_id)),
-        "sessionizer-repartition",
-        problems,
-    );
-    if repartition_topic.is_none() {
+    let repartition_topic = match &kafka.repartition_topic {
+        Some(configured) => optional_topic(
+            "kafka.repartition_topic",
+            configured,
+            "sessionizer-repartition",
+            problems,
+        ),
+        None => derived_repartition_topic(&kafka.group_id, problems),
+    };
+    if kafka.repartition_topic.as_deref() == Some("") {
         warnings.push(
             "kafka.repartition_topic is empty: traces are sessionized in the partition they are \
              read from, so a session whose traces come through producers that partition \
@@ -187,16 +200,19 @@ fn optional_topic(
     Some(topic.to_owned())
 }
 
-fn check_topic(key: &str, topic: &str, example: &str, problems: &mut Problems) {
+fn is_topic_name(topic: &str) -> bool {
     let legal_characters = topic
         .chars()
         .all(|character| character.is_ascii_alphanumeric() || "._-".contains(character));
-    let legal = !topic.is_empty()
+    !topic.is_empty()
         && topic.len() <= MAX_TOPIC_CHARS
         && legal_characters
         && topic != "."
-        && topic != "..";
-    if !legal {
+        && topic != ".."
+}
+
+fn check_topic(key: &str, topic: &str, example: &str, problems: &mut Problems) {
+    if !is_topic_name(topic) {
         problems.push(
             key,
             format!(
