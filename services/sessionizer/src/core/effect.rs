@@ -72,16 +72,14 @@ pub struct CheckpointId {
 /// position it was first read at goes along (a header), so ids derived from it stay the same.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    /// Where it was read: settles `sequence` of `partition` once Kafka has the forward.
-    pub partition: i32,
-    pub sequence: i64,
-    pub first_read: Position,
+    /// The message it was read as: settled once Kafka has the forward; `read_at` and the
+    /// Kafka timestamp go along.
+    pub origin: Origin,
     /// The partition (of the repartition topic) its session belongs in.
     pub to_partition: i32,
     /// The session (else user) id: the record's key.
     pub key: String,
     pub payload: Vec<u8>,
-    pub kafka_timestamp_ms: Option<i64>,
     /// Why it was forwarded, a metric label: `other_partition` or `no_key`.
     pub reason: &'static str,
 }

@@ -157,13 +157,10 @@ impl Core {
     ) {
         self.offsets.track(origin.partition, origin.sequence, 1);
         out.push(Effect::Repartition(Forward {
-            partition: origin.partition,
-            sequence: origin.sequence,
-            first_read: origin.read_at,
+            origin,
             to_partition,
             key: route_key(event).unwrap_or_default().to_owned(),
             payload: received.payload.to_vec(),
-            kafka_timestamp_ms: received.kafka_timestamp_ms,
             reason,
         }));
     }

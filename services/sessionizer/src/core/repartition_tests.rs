@@ -155,7 +155,7 @@ fn a_trace_in_another_partition_is_forwarded_and_settles_once_kafka_has_it() {
         (2, session.as_str(), "other_partition")
     );
     assert_eq!(
-        forward.first_read,
+        forward.origin.read_at,
         Position {
             partition: 0,
             offset: 7

@@ -85,6 +85,24 @@ impl Core {
         delivered: bool,
         out: &mut Vec<Effect>,
     ) {
+        self.produced(origin, delivered, "dead letter", out);
+    }
+
+    /// A forward's outcome: delivered settles the message it was read as; otherwise the
+    /// message stays unsettled (never committed, read and forwarded again after a restart).
+    pub fn repartitioned(&mut self, forward: &Forward, delivered: bool, out: &mut Vec<Effect>) {
+        if delivered {
+            self.metrics
+                .repartitioned
+                .with_label_values(&[forward.reason])
+                .inc();
+        }
+        self.produced(forward.origin, delivered, "forward", out);
+    }
+
+    /// A record produced for a message (its dead letter, its forward): once Kafka has it the
+    /// message settles.
+    fn produced(&mut self, origin: Origin, delivered: bool, what: &str, out: &mut Vec<Effect>) {
         if delivered {
             self.offsets.settle(origin.partition, origin.sequence);
             self.offsets.store_advanced(out);
@@ -97,30 +115,7 @@ impl Core {
         tracing::error!(
             partition = origin.read_at.partition,
             offset = origin.read_at.offset,
-            "dead letter not delivered; the message stays uncommitted"
-        );
-    }
-
-    /// A forward's outcome: delivered settles the message it was read as; otherwise the
-    /// message stays unsettled (never committed, read and forwarded again after a restart).
-    pub fn repartitioned(&mut self, forward: &Forward, delivered: bool, out: &mut Vec<Effect>) {
-        if delivered {
-            self.metrics
-                .repartitioned
-                .with_label_values(&[forward.reason])
-                .inc();
-            self.offsets.settle(forward.partition, forward.sequence);
-            self.offsets.store_advanced(out);
-            return;
-        }
-        self.metrics
-            .errors
-            .with_label_values(&["kafka", "sending"])
-            .inc();
-        tracing::error!(
-            partition = forward.first_read.partition,
-            offset = forward.first_read.offset,
-            "trace not forwarded to its partition; it stays uncommitted"
+            "{what} not delivered; the message stays uncommitted"
         );
     }
 

@@ -162,8 +162,8 @@ impl Pipeline {
             tracing::error!("a trace to forward but no repartition topic; it stays uncommitted");
             return;
         };
-        let partition = forward.first_read.partition.to_string();
-        let offset = forward.first_read.offset.to_string();
+        let partition = forward.origin.read_at.partition.to_string();
+        let offset = forward.origin.read_at.offset.to_string();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: FIRST_READ_PARTITION_HEADER,
@@ -178,7 +178,7 @@ impl Pipeline {
             .key(forward.key.as_str())
             .payload(forward.payload.as_slice())
             .headers(headers);
-        if let Some(timestamp_ms) = forward.kafka_timestamp_ms {
+        if let Some(timestamp_ms) = forward.origin.kafka_timestamp_ms {
             record = record.timestamp(timestamp_ms);
         }
         match producer.send_result(record) {
