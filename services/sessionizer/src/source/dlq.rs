@@ -6,6 +6,7 @@
 //! partition and offset. Deterministic failures are not retried: redelivery cannot help.
 
 use crate::batch::Origin;
+use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
@@ -70,11 +71,11 @@ pub fn send_dead_letter(
             value: Some(source_topic),
         })
         .insert(Header {
-            key: "source.partition",
+            key: FIRST_READ_PARTITION_HEADER,
             value: Some(partition.as_str()),
         })
         .insert(Header {
-            key: "source.offset",
+            key: FIRST_READ_OFFSET_HEADER,
             value: Some(offset.as_str()),
         });
     if let Some(status) = &status {

@@ -48,9 +48,11 @@ pub struct KafkaSettings {
     pub client: ClientProperties,
 }
 
-/// Header of a forwarded trace: the traces topic partition it was first read from.
+/// Header of a forwarded trace and of a dead letter: the traces topic partition it was first
+/// read from.
 pub const FIRST_READ_PARTITION_HEADER: &str = "source.partition";
-/// Header of a forwarded trace: the traces topic offset it was first read at.
+/// Header of a forwarded trace and of a dead letter: the traces topic offset it was first
+/// read at.
 pub const FIRST_READ_OFFSET_HEADER: &str = "source.offset";
 
 /// A change of ownership, for the pipeline to apply to its state.
@@ -213,15 +215,22 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
 pub fn create_producer(
     settings: &KafkaSettings,
 ) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        // A dead letter settles its offset only once Kafka has it: no duplicates, no loss.
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20");
+    let mut config = idempotent_producer_config(settings);
+    config.set("linger.ms", "20");
     // librdkafka ignores (with a warning) consumer-only settings on a producer.
     settings.client.apply_to(&mut config);
     config.create()
+}
+
+/// What every producer of the service sets: a record it writes settles a message only once
+/// Kafka has it, so no duplicates and no loss (`kafka.client` is applied after the caller's
+/// own settings).
+pub fn idempotent_producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4");
+    config
 }

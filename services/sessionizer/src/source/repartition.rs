@@ -8,7 +8,10 @@
 //! group id (`<group>.repartition`): a group with members refuses commits from a consumer
 //! outside them.
 
-use super::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
+use super::kafka::{
+    FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings,
+    idempotent_producer_config,
+};
 use crate::batch::Position;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -127,17 +130,13 @@ impl RepartitionSource {
 pub fn create_forward_producer(
     settings: &KafkaSettings,
 ) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
+    let mut config = idempotent_producer_config(settings);
     config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("enable.idempotence", "true")
         .set("enable.gapless.guarantee", "true")
         .set("max.in.flight.requests.per.connection", "1")
-        .set("acks", "all")
         // 0: never; a broker outage stalls forwards (backpressure pauses reading) instead of
         // dropping one between two delivered ones.
         .set("message.timeout.ms", "0")
-        .set("compression.type", "lz4")
         .set("linger.ms", "5");
     settings.client.apply_to(&mut config);
     config.create()
