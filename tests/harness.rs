@@ -279,3 +279,53 @@ pub fn chat_trace(user: &str, session: &str, turn: i64, tokens: i64, at_ms: i64)
     event.cost = Some(0.0001 * tokens as f64);
     event
 }
+
+/// The sessionizer pipeline running in this process, on the test's runtime.
+#[derive(Debug)]
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub registry: prometheus::Registry,
+}
+
+/// Validates `config` and runs the pipeline it describes, as the service does.
+///
+/// # Panics
+/// When the configuration is invalid (a bug in the test).
+pub fn start(config: sessionizer::config::SessionizerConfig) -> Running {
+    let settings = config
+        .validate()
+        .expect("valid configuration")
+        .pipeline_settings();
+    let registry = prometheus::Registry::new();
+    let metrics = sessionizer::metrics::Metrics::register(&registry).expect("metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let health = sessionizer::health::Health::default();
+        sessionizer::pipeline::run(settings, metrics, health, async {
+            // A dropped sender stops the pipeline too.
+            let _stop_or_drop = stopped.await;
+        })
+        .await
+        .expect("pipeline runs");
+    });
+    Running {
+        stop: Some(stop),
+        task,
+        registry,
+    }
+}
+
+impl Running {
+    /// Stops the pipeline (it drains and commits) and returns its metrics.
+    ///
+    /// # Panics
+    /// When the pipeline task panicked.
+    pub async fn stop(mut self) -> prometheus::Registry {
+        if let Some(stop) = self.stop.take() {
+            let _already_stopped = stop.send(());
+        }
+        (&mut self.task).await.expect("pipeline task");
+        self.registry.clone()
+    }
+}

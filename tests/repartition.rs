@@ -4,15 +4,12 @@
 //! exact turn numbers and running totals, the traces read in another partition than their
 //! session's having gone through the repartition topic.
 
-use end_to_end::{bootstrap, chat_trace, create_service_topics, now_ms, unique_name};
+use end_to_end::{bootstrap, chat_trace, create_service_topics, now_ms, start, unique_name};
 use fakes::openlayer::OpenlayerServer;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sessionizer::config::SessionizerConfig;
-use sessionizer::health::Health;
-use sessionizer::metrics::Metrics;
-use sessionizer::pipeline::run;
 use sessionizer::secret::Secret;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,17 +55,7 @@ async fn sessions_keep_exact_turns_whatever_partitioner_their_producers_use() {
     config.openlayer.api_key = Some(Secret::new(API_KEY));
     config.openlayer.default_pipeline_id = Some("pipeline-main".to_owned());
     config.shutdown.drain_timeout_secs = 5;
-    let settings = config.validate().expect("valid").pipeline_settings();
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry).expect("metrics");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let pipeline = tokio::spawn(async move {
-        run(settings, metrics, Health::default(), async {
-            let _stop_or_drop = stopped.await;
-        })
-        .await
-        .expect("pipeline runs");
-    });
+    let running = start(config);
 
     // Each turn of a session goes through another producer, as when a chat's requests are
     // served by services written in different languages.
@@ -109,8 +96,7 @@ async fn sessions_keep_exact_turns_whatever_partitioner_their_producers_use() {
     let rows = server
         .wait_for_rows(SESSIONS * TURNS, Duration::from_secs(60))
         .await;
-    let _stopped = stop.send(());
-    pipeline.await.expect("pipeline task");
+    let registry = running.stop().await;
 
     assert_eq!(rows.len(), SESSIONS * TURNS, "every trace shipped once");
     let mut by_session: BTreeMap<String, Vec<&Value>> = BTreeMap::new();

@@ -4,21 +4,17 @@
 
 use end_to_end::{
     ReadRecord, ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce,
-    produce_trace, producer, read_topic, unique_name,
+    produce_trace, producer, read_topic, start, unique_name,
 };
 use fakes::openlayer::{Fault, OpenlayerServer};
 use fakes::schema_registry::RegistryServer;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use sessionizer::config::SessionizerConfig;
-use sessionizer::health::Health;
-use sessionizer::metrics::{Metrics, sample_sum};
-use sessionizer::pipeline::run;
+use sessionizer::metrics::sample_sum;
 use sessionizer::secret::Secret;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use trace_model::{Encoding, TraceEvent, TraceKind};
 
 const PARTITIONS: i32 = 3;
@@ -61,46 +57,6 @@ fn service_config(topics: &ServiceTopics, server: &OpenlayerServer) -> Sessioniz
     // Below the session timeout, as validation requires.
     config.shutdown.drain_timeout_secs = 5;
     config
-}
-
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    registry: prometheus::Registry,
-}
-
-/// Validates `config` and runs the pipeline it describes.
-fn start(config: SessionizerConfig) -> Running {
-    let settings = config
-        .validate()
-        .expect("valid configuration")
-        .pipeline_settings();
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::register(&registry).expect("metrics");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        run(settings, metrics, Health::default(), async {
-            // A dropped sender stops the pipeline too.
-            let _stop_or_drop = stopped.await;
-        })
-        .await
-        .expect("pipeline runs");
-    });
-    Running {
-        stop: Some(stop),
-        task,
-        registry,
-    }
-}
-
-impl Running {
-    async fn stop(mut self) -> prometheus::Registry {
-        if let Some(stop) = self.stop.take() {
-            let _already_stopped = stop.send(());
-        }
-        (&mut self.task).await.expect("pipeline task");
-        self.registry.clone()
-    }
 }
 
 /// The arrange step every test starts with: fresh topics, an Openlayer-compatible server
