@@ -207,6 +207,20 @@ impl SchemaRegistry {
         }
     }
 
+    /// Sends a request with the credentials; a refusal of them is `Unauthorized`.
+    async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let response = self
+            .request(builder)
+            .send()
+            .await
+            .map_err(RegistryError::Request)?;
+        self.check_refusal(response.status())?;
+        Ok(response)
+    }
+
     /// `Unauthorized` for 401 and 403, logging the first refusal in a row; any other status
     /// clears the refusal.
     fn check_refusal(&self, status: reqwest::StatusCode) -> Result<(), RegistryError> {
@@ -240,13 +254,8 @@ impl SchemaRegistry {
     /// cannot be reached.
     pub async fn check_access(&self) -> Result<(), RegistryError> {
         let url = format!("{}/subjects", self.base_url);
-        let response = self
-            .request(self.client.get(url))
-            .send()
-            .await
-            .map_err(RegistryError::Request)?;
+        let response = self.send(self.client.get(url)).await?;
         let status = response.status();
-        self.check_refusal(status)?;
         if !status.is_success() {
             return Err(RegistryError::Status {
                 status: status.as_u16(),
@@ -274,13 +283,8 @@ impl SchemaRegistry {
             return Ok(writer);
         }
         let url = format!("{}/schemas/ids/{id}", self.base_url);
-        let response = self
-            .request(self.client.get(url))
-            .send()
-            .await
-            .map_err(RegistryError::Request)?;
+        let response = self.send(self.client.get(url)).await?;
         let status = response.status();
-        self.check_refusal(status)?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(RegistryError::NotFound {
                 what: format!("with id {id}"),
@@ -322,14 +326,14 @@ impl SchemaRegistry {
         let url = format!("{}/subjects/{subject}/versions", self.base_url);
         let body = serde_json::json!({ "schema": key.1 });
         let response = self
-            .request(self.client.post(url))
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(RegistryError::Request)?;
+            .send(
+                self.client
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                    .body(body.to_string()),
+            )
+            .await?;
         let status = response.status();
-        self.check_refusal(status)?;
         if !status.is_success() {
             return Err(RegistryError::Status {
                 status: status.as_u16(),
