@@ -56,8 +56,15 @@ impl Outcome {
     /// Keeps the last lines `process` logged, for a failure report.
     pub fn keep_logs(&mut self, process: &crate::service::Sessionizer) {
         let output = process.output();
-        let lines: Vec<&str> = output.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        // librdkafka repeats these every few milliseconds while the broker is down: they
+        // would push what led there out of the tail.
+        let lines: Vec<&str> = output
+            .lines()
+            .filter(|line| {
+                !line.contains("AllBrokersDown") && !line.contains("BrokerTransportFailure")
+            })
+            .collect();
+        let tail = lines[lines.len().saturating_sub(150)..].join("\n");
         self.logs.push(tail);
     }
 

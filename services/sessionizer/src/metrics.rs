@@ -41,6 +41,10 @@ pub struct Metrics {
     pub repartitioned: IntCounterVec,
     /// Forwards read again (their sender crashed before committing) and skipped.
     pub repartitioned_duplicates: IntCounter,
+    /// Traces waiting for the partition's other inputs to catch up (event-time alignment).
+    pub alignment_held: IntGauge,
+    /// Traces applied before the other inputs caught up: waited too long, or too many waited.
+    pub alignment_forced: IntCounter,
     pub sessions_open: IntGauge,
     pub sessions_opened: IntCounter,
     pub sessions_closed: IntCounterVec,
@@ -188,6 +192,16 @@ impl Metrics {
                 registry,
                 "sessionizer_repartitioned_duplicates_total",
                 "Forwarded traces read a second time (their sender crashed before committing) and skipped.",
+            )?,
+            alignment_held: gauge(
+                registry,
+                "sessionizer_alignment_held_traces",
+                "Traces waiting for their partition's other inputs (its own traces, forwards from each other partition) to catch up, so sessions are applied in event-time order.",
+            )?,
+            alignment_forced: counter(
+                registry,
+                "sessionizer_alignment_forced_total",
+                "Traces applied before every other input of their partition caught up with them (they waited the maximum, or too many waited); their sessions may be numbered out of event-time order.",
             )?,
             sessions_open: gauge(
                 registry,

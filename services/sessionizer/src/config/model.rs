@@ -63,6 +63,10 @@ pub struct KafkaConfig {
     /// they are read.
     #[serde(default)]
     pub repartition_topic: Option<String>,
+    /// With repartitioning, how long a trace waits at most for the other partitions'
+    /// forwards to catch up with it, so that a session's traces are applied in event-time
+    /// order after a backlog. A partition whose owner is gone holds the others back this long.
+    pub repartition_max_wait_ms: u64,
     /// How often session state is written to `changelog_topic` and acknowledged offsets are
     /// stored for the next commit.
     pub checkpoint_interval_ms: u64,
@@ -224,6 +228,11 @@ fn default_changelog_topic() -> String {
 const fn default_checkpoint_interval_ms() -> u64 {
     1_000
 }
+// Long enough for a partition's owner to be heard of after a restart (markers go out every
+// 100 ms while behind, statistics every 2 s), short enough that a dead owner stalls little.
+const fn default_repartition_max_wait_ms() -> u64 {
+    5_000
+}
 // librdkafka 2.x default (Kafka clients since 3.0 use the same 45 s); it must exceed the
 // drain timeout (20 s), which librdkafka's pre-2.0 default of 10 s would not.
 const fn default_session_timeout_ms() -> u64 {
@@ -312,6 +321,7 @@ impl Default for KafkaConfig {
             sessions_topic: default_sessions_topic(),
             changelog_topic: default_changelog_topic(),
             repartition_topic: None,
+            repartition_max_wait_ms: default_repartition_max_wait_ms(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             schema_registry_url: String::new(),
             schema_registry_username: None,

@@ -44,6 +44,7 @@ impl ValidatedConfig {
                 changelog_topic: self.kafka.changelog_topic.clone().unwrap_or_default(),
                 repartition_topic: Some(self.kafka.repartition_topic.clone().unwrap_or_default()),
                 checkpoint_interval_ms: millis(self.kafka.checkpoint_interval),
+                repartition_max_wait_ms: millis(self.kafka.repartition_max_wait),
                 schema_registry_url: registry.url,
                 schema_registry_username: registry.username,
                 schema_registry_password: registry.password,

@@ -160,6 +160,7 @@ impl ValidatedConfig {
                 summaries: self.kafka.sessions_topic.is_some(),
                 // Known once the traces topic is described (`pipeline::run`).
                 repartition_partitions: None,
+                align_max_wait: self.kafka.repartition_max_wait,
             },
         }
     }

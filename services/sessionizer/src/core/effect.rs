@@ -25,6 +25,9 @@ pub enum Effect {
     /// Forward a trace read in the wrong partition to its session's partition of the
     /// repartition topic.
     Repartition(Forward),
+    /// Tell every other partition of the repartition topic how far this partition's
+    /// forwards have come (fire-and-forget, sent after the forwards queued before it).
+    Marker(Marker),
     /// Produce a closed session's summary to the sessions topic (best effort).
     ProduceSummary(SessionSummary),
     /// Mark a closed session's last row as its final turn (best effort).
@@ -82,6 +85,20 @@ pub struct Forward {
     pub payload: Vec<u8>,
     /// Why it was forwarded, a metric label: `other_partition` or `no_key`.
     pub reason: &'static str,
+    /// Its order key (`core::align`): the running maximum of event times in the partition it
+    /// was read in, up to it.
+    pub order_key_ms: i64,
+}
+
+/// A partition's progress, announced to the partitions it forwards to (`core::align`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// The partition (of the traces topic) it is about.
+    pub from: i32,
+    /// No forward sent later has a smaller order key; `None`: nothing read yet.
+    pub bound_ms: Option<i64>,
+    /// The partition is caught up: what it forwards later is newer than what waits.
+    pub live: bool,
 }
 
 /// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once
@@ -103,6 +120,10 @@ pub struct Received<'a> {
     pub offset: i64,
     /// For a forwarded trace, where it was first read in the traces topic (its header).
     pub first_read: Option<Position>,
+    /// For a forwarded trace, its order key (its header).
+    pub order_key_ms: Option<i64>,
+    /// A marker read from the repartition topic instead of a trace.
+    pub marker: Option<Marker>,
     pub kafka_timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],

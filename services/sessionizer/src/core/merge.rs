@@ -1,14 +1,17 @@
 //! One partition's two input streams as one log: traces read from the traces topic where they
 //! belong, and traces forwarded to the partition through the repartition topic.
 //!
-//! The core processes both in arrival order and numbers every message of the partition with a
-//! *sequence*: session state, the journal and the commit rule work on sequences exactly as
-//! they would on the offsets of a single log. Everything below a sequence is a prefix of each
-//! stream, so a sequence watermark turns into one offset per stream to store, and a
-//! checkpoint as of a sequence holds the state after exactly the messages below those offsets.
+//! The core numbers every message of the partition with a *sequence* in the order it is
+//! applied (`core::align` may hold a message back before applying it): session state, the
+//! journal and the commit rule work on sequences exactly as they would on the offsets of a
+//! single log. A sequence watermark turns into one offset per stream: the smallest offset of
+//! that stream not yet below the watermark (held, or applied at or above it). A restart from
+//! those offsets replays messages applied above the watermark too; the core recognises them
+//! (a forward by its sender's position, `Owned::forwarded`; a trace read in place cannot be
+//! applied before an earlier one of its partition that it is placed with).
 
 pub use crate::source::Stream;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// Offsets to store per stream (the next to read); `None`: nothing read from that stream yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,8 +34,11 @@ impl StreamOffsets {
 pub struct MergedLog {
     next_sequence: i64,
     last_sequence: Option<i64>,
-    /// Messages not yet below a translated watermark: (sequence, stream, offset).
+    /// Messages applied and not yet below a translated watermark: (sequence, stream, offset),
+    /// in sequence order.
     unstored: VecDeque<(i64, Stream, i64)>,
+    /// Offsets not below the last translated watermark: the unstored ones and those held.
+    open: BTreeSet<(Stream, i64)>,
     /// Per stream, the offset after the newest message below the last translated watermark
     /// (the restored checkpoint's to begin with).
     below: StreamOffsets,
@@ -59,12 +65,18 @@ impl MergedLog {
         self.next_sequence
     }
 
-    /// The sequence of a message read now.
+    /// A message read and held back: its offset is not stored until it is applied and settled.
+    pub fn hold(&mut self, stream: Stream, offset: i64) {
+        self.open.insert((stream, offset));
+    }
+
+    /// The sequence of a message applied now (held before or not).
     pub fn push(&mut self, stream: Stream, offset: i64) -> i64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         self.last_sequence = Some(sequence);
         self.unstored.push_back((sequence, stream, offset));
+        self.open.insert((stream, offset));
         sequence
     }
 
@@ -74,8 +86,8 @@ impl MergedLog {
     }
 
     /// The stream offsets equivalent to sequence watermark `sequence` (everything below it
-    /// settled): per stream, the first message at or above it, else the one after the newest
-    /// below it. Watermarks only advance, so what is below is forgotten.
+    /// settled): per stream, the smallest offset held or applied at or above it, else the one
+    /// after the newest below it. Watermarks only advance, so what is below is forgotten.
     pub fn offsets_at(&mut self, sequence: i64) -> StreamOffsets {
         while let Some((_, stream, offset)) = self
             .unstored
@@ -84,11 +96,17 @@ impl MergedLog {
             .filter(|(message_sequence, ..)| *message_sequence < sequence)
         {
             self.unstored.pop_front();
-            *self.below.get_mut(stream) = Some(offset + 1);
+            self.open.remove(&(stream, offset));
+            let below = self.below.get_mut(stream);
+            *below = Some(below.map_or(offset + 1, |below| below.max(offset + 1)));
         }
         let mut offsets = self.below;
         for stream in [Stream::Traces, Stream::Repartition] {
-            if let Some((_, _, offset)) = self.unstored.iter().find(|(_, s, _)| *s == stream) {
+            if let Some((_, offset)) = self
+                .open
+                .range((stream, i64::MIN)..=(stream, i64::MAX))
+                .next()
+            {
                 *offsets.get_mut(stream) = Some(*offset);
             }
         }
@@ -151,5 +169,30 @@ mod tests {
             }
         );
         assert_eq!(log.last_sequence(), Some(7));
+    }
+
+    #[test]
+    fn a_message_held_back_keeps_its_offset_and_those_after_it_unstored() {
+        let mut log = MergedLog::starting_at(0);
+        log.hold(Stream::Traces, 0);
+        assert_eq!(log.push(Stream::Repartition, 5), 0);
+        assert_eq!(log.push(Stream::Repartition, 3), 1);
+        // Everything applied is settled, but traces offset 0 is still held, and repartition
+        // offsets are stored from the smallest not below the watermark.
+        assert_eq!(
+            log.offsets_at(1),
+            StreamOffsets {
+                traces: Some(0),
+                repartition: Some(3)
+            }
+        );
+        assert_eq!(log.push(Stream::Traces, 0), 2);
+        assert_eq!(
+            log.offsets_at(3),
+            StreamOffsets {
+                traces: Some(1),
+                repartition: Some(6)
+            }
+        );
     }
 }

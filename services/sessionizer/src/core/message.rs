@@ -1,6 +1,7 @@
 //! A consumed message through the core: decode, sessionize, journal, enrich, batch; or a
 //! dead letter when it cannot become a row.
 
+use super::align::{Aligner, Input};
 use super::effect::{Effect, Forward, ForwardedUpdate, Now, Received};
 use super::merge::Stream;
 use super::{Core, FinalTurn};
@@ -11,6 +12,40 @@ use crate::sessionize::{ClosedSession, Placement, SessionKey};
 use crate::source::dlq::DeadLetter;
 use trace_model::routing::{partition_for, route_key};
 use trace_model::{DecodeError, SessionSummary, TraceEvent, TraceKind};
+
+/// A message read and waiting to be applied (`core::align`), or applied at once.
+#[derive(Debug)]
+pub(super) struct Pending {
+    stream: Stream,
+    offset: i64,
+    /// Where it was first read: its own position, or its forward's `first_read`.
+    read_at: Position,
+    /// Set for a forward: the sender's position, recorded as applied when it is.
+    first_read: Option<Position>,
+    kafka_timestamp_ms: Option<i64>,
+    what: Apply,
+}
+
+#[derive(Debug)]
+enum Apply {
+    /// Placed in its session window and shipped as a row.
+    Trace {
+        event: TraceEvent,
+        pipeline_id: String,
+    },
+    /// A row update, sent once the messages applied before it settled.
+    Update {
+        event: TraceEvent,
+        pipeline_id: String,
+    },
+    /// Dead-lettered.
+    Reject {
+        reason: &'static str,
+        description: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    },
+}
 
 impl Core {
     /// A message consumed from an owned partition whose state is installed. `schema_error`:
@@ -41,86 +76,210 @@ impl Core {
         };
         if stream == Stream::Traces {
             owned.position = Some(offset + 1);
+            owned.newest_read_ms = received.kafka_timestamp_ms.or(owned.newest_read_ms);
         }
-        let Some(sequence) = self.offsets.read(partition, stream, offset) else {
-            return;
-        };
-        if owned
+        let skip = if let Some(marker) = received.marker {
+            if let Some(aligner) = owned.aligner.as_mut() {
+                aligner.marker(marker.from, marker.bound_ms, marker.live, now.instant);
+            }
+            true
+        } else if owned
             .restored
             .as_ref()
             .is_some_and(|restored| restored.already_applied(None, stream, offset))
         {
             // Applied and acknowledged before the last checkpoint: replaying it would count
             // it twice.
-            self.offsets.track(partition, sequence, 0);
-            return;
-        }
-        if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
+            true
+        } else if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
             let highest = owned.forwarded.entry(first_read.partition).or_insert(-1);
-            if first_read.offset <= *highest {
+            let duplicate = first_read.offset <= *highest;
+            if duplicate {
                 // Forwarded again by a sender that crashed before committing (forwards from
                 // one partition arrive in order and without gaps): applying it would count it
                 // twice.
                 self.metrics.repartitioned_duplicates.inc();
-                self.offsets.track(partition, sequence, 0);
-                return;
+            } else {
+                *highest = first_read.offset;
             }
-            *highest = first_read.offset;
-            if let Some(journal) = owned.journal.as_mut() {
-                journal.record_forward(sequence, first_read.partition, first_read.offset);
-            }
-        }
-        let origin = Origin {
-            partition,
-            sequence,
-            read_at: received
-                .first_read
-                .unwrap_or(Position { partition, offset }),
-            kafka_timestamp_ms: received.kafka_timestamp_ms,
+            duplicate
+        } else {
+            false
         };
+        if skip {
+            if let Some(sequence) = self.offsets.read(partition, stream, offset) {
+                self.offsets.track(partition, sequence, 0);
+            }
+            self.release(partition, now, out);
+            return;
+        }
         let decoded = match schema_error {
             Some(error) => Err(error),
             None => self.decoder.decode(received.payload),
         };
-        let event = match decoded {
-            Ok(event) => event,
+        let what = match decoded {
             Err(error) => {
                 tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
-                self.reject(received, origin, error.reason(), error.to_string(), out);
+                rejected(received, error.reason(), error.to_string())
+            }
+            Ok(event) => match event
+                .pipeline_id
+                .clone()
+                .or_else(|| self.settings.default_pipeline_id.clone())
+            {
+                None => rejected(
+                    received,
+                    "no_pipeline_id",
+                    "trace names no pipeline_id and no default is configured".to_owned(),
+                ),
+                Some(pipeline_id) if event.kind == TraceKind::RowUpdate => {
+                    Apply::Update { event, pipeline_id }
+                }
+                Some(pipeline_id) => Apply::Trace { event, pipeline_id },
+            },
+        };
+        let pending = Pending {
+            stream,
+            offset,
+            read_at: received
+                .first_read
+                .unwrap_or(Position { partition, offset }),
+            first_read: received
+                .first_read
+                .filter(|_| stream == Stream::Repartition),
+            kafka_timestamp_ms: received.kafka_timestamp_ms,
+            what,
+        };
+        self.admit(pending, received, now, out);
+    }
+
+    /// Applies a message now, or holds it until its turn among the partition's inputs.
+    fn admit(&mut self, pending: Pending, received: Received<'_>, now: Now, out: &mut Vec<Effect>) {
+        let partition = received.partition;
+        let event_time = match &pending.what {
+            Apply::Trace { event, .. } => Some(event.timestamp_ms),
+            Apply::Update { .. } | Apply::Reject { .. } => None,
+        };
+        let (input, key) = match (pending.stream, pending.first_read) {
+            // The sender's order key; a forward from before alignment has its event time.
+            (Stream::Repartition, Some(first_read)) => (
+                Input::From(first_read.partition),
+                received.order_key_ms.or(event_time).unwrap_or(i64::MIN),
+            ),
+            (Stream::Traces, _) => {
+                let key = match self.aligner_mut(partition) {
+                    Some(aligner) => {
+                        aligner.advance_in_place(event_time.unwrap_or(i64::MIN), now.instant)
+                    }
+                    None => event_time.unwrap_or(i64::MIN),
+                };
+                if let Apply::Trace { event, .. } = &pending.what
+                    && let Some((to_partition, reason)) = self.belongs_elsewhere(event, received)
+                {
+                    // Forwards leave in the order they were read, held back by nothing here.
+                    if let Some(sequence) =
+                        self.offsets.read(partition, Stream::Traces, pending.offset)
+                    {
+                        let origin = self.origin_of(partition, sequence, &pending);
+                        self.forward(event, received, origin, (to_partition, reason), key, out);
+                    }
+                    return;
+                }
+                if let Apply::Reject { .. } = pending.what {
+                    // Nothing of the partition's state depends on where it goes.
+                    self.apply(partition, pending, now, out);
+                    return;
+                }
+                (Input::InPlace, key)
+            }
+            // Not a forward of ours: nothing to order it by.
+            (Stream::Repartition, None) => {
+                self.apply(partition, pending, now, out);
                 return;
             }
         };
-        let Some(pipeline_id) = event
-            .pipeline_id
-            .clone()
-            .or_else(|| self.settings.default_pipeline_id.clone())
-        else {
-            let description = "trace names no pipeline_id and no default is configured";
-            self.reject(
-                received,
-                origin,
-                "no_pipeline_id",
-                description.to_owned(),
-                out,
-            );
+        if self.aligner_mut(partition).is_none() {
+            self.apply(partition, pending, now, out);
+            return;
+        }
+        self.offsets.hold(partition, pending.stream, pending.offset);
+        if let Some(aligner) = self.aligner_mut(partition) {
+            aligner.push(input, key, pending, now.instant);
+        }
+        self.release(partition, now, out);
+    }
+
+    fn aligner_mut(&mut self, partition: i32) -> Option<&mut Aligner<Pending>> {
+        self.owned.get_mut(&partition)?.aligner.as_mut()
+    }
+
+    /// Applies what the partition's aligner lets go now.
+    pub(super) fn release(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
+        let mut ready = Vec::new();
+        let Some(owned) = self.owned.get_mut(&partition) else {
             return;
         };
-        if event.kind == TraceKind::RowUpdate {
-            self.offsets.track(partition, sequence, 1);
-            self.forwarded_updates.push(ForwardedUpdate {
-                origin,
-                pipeline_id,
-                event,
-            });
+        let Some(aligner) = owned.aligner.as_mut() else {
             return;
+        };
+        let released = aligner.release(now.instant, &mut ready);
+        if released.forced > 0 {
+            self.metrics.alignment_forced.inc_by(released.forced as u64);
         }
-        if stream == Stream::Traces
-            && let Some((to_partition, reason)) = self.belongs_elsewhere(&event, received)
-        {
-            self.forward(&event, received, origin, to_partition, reason, out);
+        for pending in ready {
+            self.apply(partition, pending, now, out);
+        }
+    }
+
+    fn origin_of(&self, partition: i32, sequence: i64, pending: &Pending) -> Origin {
+        Origin {
+            partition,
+            sequence,
+            read_at: pending.read_at,
+            kafka_timestamp_ms: pending.kafka_timestamp_ms,
+        }
+    }
+
+    /// Applies a message: it takes the partition's next sequence.
+    fn apply(&mut self, partition: i32, pending: Pending, now: Now, out: &mut Vec<Effect>) {
+        let Some(sequence) = self.offsets.read(partition, pending.stream, pending.offset) else {
             return;
+        };
+        if let (Some(first_read), Some(journal)) = (
+            pending.first_read,
+            self.owned
+                .get_mut(&partition)
+                .and_then(|owned| owned.journal.as_mut()),
+        ) {
+            journal.record_forward(sequence, first_read.partition, first_read.offset);
         }
-        self.place(&event, &pipeline_id, origin, (stream, offset), now, out);
+        let origin = self.origin_of(partition, sequence, &pending);
+        match pending.what {
+            Apply::Trace { event, pipeline_id } => {
+                self.place(
+                    &event,
+                    &pipeline_id,
+                    origin,
+                    (pending.stream, pending.offset),
+                    now,
+                    out,
+                );
+            }
+            Apply::Update { event, pipeline_id } => {
+                self.offsets.track(partition, sequence, 1);
+                self.forwarded_updates.push(ForwardedUpdate {
+                    origin,
+                    pipeline_id,
+                    event,
+                });
+            }
+            Apply::Reject {
+                reason,
+                description,
+                key,
+                payload,
+            } => self.reject(origin, reason, description, key, payload, out),
+        }
     }
 
     /// The partition a trace read in `received.partition` belongs in instead, and why it was
@@ -151,8 +310,8 @@ impl Core {
         event: &TraceEvent,
         received: Received<'_>,
         origin: Origin,
-        to_partition: i32,
-        reason: &'static str,
+        (to_partition, reason): (i32, &'static str),
+        order_key_ms: i64,
         out: &mut Vec<Effect>,
     ) {
         self.offsets.track(origin.partition, origin.sequence, 1);
@@ -162,6 +321,7 @@ impl Core {
             key: route_key(event).unwrap_or_default().to_owned(),
             payload: received.payload.to_vec(),
             reason,
+            order_key_ms,
         }));
     }
 
@@ -169,10 +329,11 @@ impl Core {
     /// pipeline); it settles once the dead letter is acknowledged.
     fn reject(
         &mut self,
-        received: Received<'_>,
         origin: Origin,
         reason: &'static str,
         description: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
         out: &mut Vec<Effect>,
     ) {
         self.metrics
@@ -186,8 +347,8 @@ impl Core {
                 stage: "decode",
                 message: description,
                 origin,
-                key: received.key.map(<[u8]>::to_vec),
-                payload: received.payload.to_vec(),
+                key,
+                payload,
                 http_status: None,
                 pipeline_id: None,
             },
@@ -395,5 +556,15 @@ impl Core {
             first_inference_id: state.first_inference_id.clone(),
             last_inference_id: state.last_inference_id.clone(),
         }));
+    }
+}
+
+/// A message that cannot become a row, to be dead-lettered with its key and payload.
+fn rejected(received: Received<'_>, reason: &'static str, description: String) -> Apply {
+    Apply::Reject {
+        reason,
+        description,
+        key: received.key.map(<[u8]>::to_vec),
+        payload: received.payload.to_vec(),
     }
 }

@@ -11,9 +11,11 @@
 //! - [`effect`]: effects out, message and time in
 //! - [`offsets`]: the commit rule (track, settle, checkpoint, store)
 //! - [`merge`]: a partition's two streams (traces, repartitioned traces) as one sequence
+//! - [`align`]: a partition's inputs merged in event-time order
 //! - `message.rs`: a consumed message through decode, sessionize, enrich and batch
 //! - `settle.rs`: outcomes coming back (acks, dead letters, updates, checkpoints)
 
+pub mod align;
 pub mod effect;
 pub mod merge;
 mod message;
@@ -24,13 +26,15 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Now, Received};
+pub use effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Marker, Now, Received};
 pub use merge::{Stream, StreamOffsets};
 
 use crate::batch::{Batch, BatchSettings, Batcher};
 use crate::metrics::Metrics;
 use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{PartitionWindows, WindowSettings};
+use align::Aligner;
+use message::Pending;
 use offsets::Offsets;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -60,7 +64,15 @@ pub struct CoreSettings {
     /// its session's partition (`trace_model::routing`) is forwarded there. `None`: traces
     /// are sessionized where they are read.
     pub repartition_partitions: Option<i32>,
+    /// With repartitioning, how long a trace waits at most for the partition's other inputs
+    /// to catch up with it (`align`).
+    pub align_max_wait: Duration,
 }
+
+/// How often a partition behind tells the others how far it has come.
+const MARKER_INTERVAL: Duration = Duration::from_millis(100);
+/// A partition whose newest record is younger than this is caught up (live).
+const LIVE_LAG_MS: i64 = 1_000;
 
 /// A closed session's last row, to be marked as its final turn once acknowledged.
 #[derive(Debug)]
@@ -83,13 +95,21 @@ struct Owned {
     position: Option<i64>,
     /// Kafka timestamp of the newest processed record, for the partition lag gauge.
     newest_timestamp_ms: Option<i64>,
-    /// Per traces partition, the highest offset first read there whose forward was applied
+    /// Per traces partition, the highest offset first read there whose forward arrived
     /// here: a forward at or below it is a duplicate (sent again after its sender crashed).
     forwarded: HashMap<i32, i64>,
+    /// With repartitioning: the partition's inputs, merged in event-time order.
+    aligner: Option<Aligner<Pending>>,
+    /// Kafka timestamp of the newest record read from the traces topic.
+    newest_read_ms: Option<i64>,
+    /// Records of the traces topic not read yet, as of the last statistics.
+    behind_records: Option<i64>,
+    /// The last marker sent: its bound, whether live, and when.
+    last_marker: Option<(Option<i64>, bool, Instant)>,
 }
 
 impl Owned {
-    fn new(windows: PartitionWindows) -> Self {
+    fn new(windows: PartitionWindows, aligner: Option<Aligner<Pending>>) -> Self {
         Owned {
             windows,
             journal: None,
@@ -97,7 +117,46 @@ impl Owned {
             position: None,
             newest_timestamp_ms: None,
             forwarded: HashMap::new(),
+            aligner,
+            newest_read_ms: None,
+            behind_records: None,
+            last_marker: None,
         }
+    }
+
+    /// Whether the partition is caught up: nothing left to read, or its newest record young.
+    fn is_live(&self, wall_ms: i64) -> bool {
+        self.behind_records == Some(0)
+            || self
+                .newest_read_ms
+                .is_some_and(|newest_ms| wall_ms - newest_ms < LIVE_LAG_MS)
+    }
+
+    /// The marker to send now, if one is due: when the partition's liveness changed, or its
+    /// bound moved while it is behind, at most every `MARKER_INTERVAL`. Nothing is sent
+    /// while nothing changes (a broker outage, a quiet partition): markers queued across a
+    /// broker restart are what an idempotent producer can fail on.
+    fn marker_due(&mut self, partition: i32, now: Now) -> Option<Marker> {
+        let live = self.is_live(now.wall_ms);
+        let aligner = self.aligner.as_mut()?;
+        aligner.set_in_place_live(live, now.instant);
+        let bound = aligner.in_place_bound();
+        let due = match self.last_marker {
+            None => true,
+            Some((last_bound, last_live, at)) => {
+                let changed = last_live != live || (!live && last_bound != bound);
+                changed && now.instant.saturating_duration_since(at) >= MARKER_INTERVAL
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last_marker = Some((bound, live, now.instant));
+        Some(Marker {
+            from: partition,
+            bound_ms: bound,
+            live,
+        })
     }
 }
 
@@ -191,7 +250,8 @@ impl Core {
         } else {
             for partition in partitions {
                 let windows = PartitionWindows::new(self.settings.windows);
-                self.owned.insert(*partition, Owned::new(windows));
+                let owned = Owned::new(windows, self.aligner_for(*partition));
+                self.owned.insert(*partition, owned);
             }
             if self.paused {
                 // Backpressure holds for partitions gained while paused, too.
@@ -302,13 +362,24 @@ impl Core {
                     .and(checkpoint.as_ref().map(|checkpoint| checkpoint.rw)),
             },
         );
-        let mut owned = Owned::new(windows);
+        let mut owned = Owned::new(windows, self.aligner_for(partition));
         owned.journal = Some(PartitionJournal::new(checkpoint.as_ref()));
         if let Some(checkpoint) = &checkpoint {
             owned.forwarded.extend(&checkpoint.forwarded);
         }
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
+    }
+
+    /// The aligner of an owned partition, when it has other partitions' forwards to merge.
+    fn aligner_for(&self, partition: i32) -> Option<Aligner<Pending>> {
+        let num_partitions = self.settings.repartition_partitions.filter(|n| *n > 1)?;
+        Some(Aligner::new(
+            partition,
+            num_partitions,
+            self.settings.align_max_wait,
+            self.settings.batch.max_unacked_rows,
+        ))
     }
 
     fn update_partitions_gauge(&self) {
@@ -321,6 +392,7 @@ impl Core {
     /// closes idle sessions when due. Returns whether the idle check ran (the IO loop
     /// refreshes the lag gauges at the same pace).
     pub fn tick(&mut self, now: Now, out: &mut Vec<Effect>) -> bool {
+        self.align(now, out);
         self.send_final_turn_updates(out);
         self.send_forwarded_updates(out);
         self.metrics
@@ -340,6 +412,27 @@ impl Core {
         self.last_idle_check = now.instant;
         self.close_idle_sessions(now, out);
         true
+    }
+
+    /// Sends the markers due and applies what waited long enough.
+    fn align(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let mut num_held = 0;
+        for partition in self.owned_partitions() {
+            if let Some(marker) = self
+                .owned
+                .get_mut(&partition)
+                .and_then(|owned| owned.marker_due(partition, now))
+            {
+                out.push(Effect::Marker(marker));
+            }
+            self.release(partition, now, out);
+            num_held += self
+                .owned
+                .get(&partition)
+                .and_then(|owned| owned.aligner.as_ref())
+                .map_or(0, Aligner::num_held);
+        }
+        self.metrics.alignment_held.set(num_held as i64);
     }
 
     /// Shutdown begins: every open batch goes out.
@@ -394,12 +487,13 @@ impl Core {
 
     /// Consumer lag per owned partition (high watermark minus next offset to process), and
     /// how far behind real time its newest processed record is while records wait.
-    pub fn update_lag_gauges(&self, high_watermarks: &HashMap<i32, i64>, now: Now) {
-        for (partition, owned) in &self.owned {
+    pub fn update_lag_gauges(&mut self, high_watermarks: &HashMap<i32, i64>, now: Now) {
+        for (partition, owned) in &mut self.owned {
             let label = partition.to_string();
             let behind_records = high_watermarks
                 .get(partition)
                 .map(|high| (high - owned.position.unwrap_or(0)).max(0));
+            owned.behind_records = behind_records;
             if let Some(behind_records) = behind_records {
                 self.metrics
                     .consumer_lag

@@ -96,6 +96,14 @@ impl Offsets {
         Some(self.logs.get_mut(&partition)?.push(stream, offset))
     }
 
+    /// A message read from `stream` of an owned partition and held back before it is applied
+    /// (`core::align`): its offset is not stored until then.
+    pub fn hold(&mut self, partition: i32, stream: Stream, offset: i64) {
+        if let Some(log) = self.logs.get_mut(&partition) {
+            log.hold(stream, offset);
+        }
+    }
+
     /// Sequence of the newest message read from `partition`.
     pub fn last_sequence(&self, partition: i32) -> Option<i64> {
         self.logs.get(&partition)?.last_sequence()

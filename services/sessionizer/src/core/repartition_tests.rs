@@ -35,7 +35,11 @@ fn session_in(partition: i32) -> String {
 }
 
 fn trace(session: &str) -> Vec<u8> {
-    let mut event = TraceEvent::new("turn", 1_700_000_000_000);
+    trace_at(session, 1_700_000_000_000)
+}
+
+fn trace_at(session: &str, at_ms: i64) -> Vec<u8> {
+    let mut event = TraceEvent::new("turn", at_ms);
     event.session_id = Some(session.to_owned());
     event.tokens = Some(5);
     trace_model::codec::json::encode_trace(&event)
@@ -54,10 +58,39 @@ fn received<'a>(
         partition,
         offset,
         first_read,
+        order_key_ms: None,
+        marker: None,
         kafka_timestamp_ms: None,
         key,
         payload,
     }
+}
+
+/// A marker from `from` read at `offset` of partition `partition` of the repartition topic.
+fn read_marker(
+    core: &mut Core,
+    (partition, offset): (i32, i64),
+    marker: Marker,
+    out: &mut Vec<Effect>,
+) {
+    let mut message = received(Stream::Repartition, partition, offset, None, &[], None);
+    message.marker = Some(marker);
+    core.message(message, None, now(), out);
+}
+
+/// Every input of `partition` is caught up: its own (nothing left to read) and every other
+/// partition's (a live marker each, from repartition offset 100 on).
+fn caught_up(core: &mut Core, partition: i32, out: &mut Vec<Effect>) {
+    for (offset, from) in (100..).zip((0..PARTITIONS).filter(|from| *from != partition)) {
+        let marker = Marker {
+            from,
+            bound_ms: None,
+            live: true,
+        };
+        read_marker(core, (partition, offset), marker, out);
+    }
+    core.update_lag_gauges(&HashMap::from([(partition, 0)]), now());
+    core.tick(now(), out);
 }
 
 /// The forward of `payload`, first read at offset 7 of partition 0, read at `offset` of
@@ -202,6 +235,7 @@ fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
     let (mut core, registry) = new_core(false);
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
+    caught_up(&mut core, 2, &mut out);
     let session = session_in(2);
     let payload = trace(&session);
     read_forward(&mut core, 0, &session, &payload, &mut out);
@@ -214,8 +248,8 @@ fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
         1.0
     );
     assert!(
-        stores(&out).contains(&(Stream::Repartition, 2, 2)),
-        "both settled: {out:?}"
+        stores(&out).contains(&(Stream::Repartition, 2, 103)),
+        "both and the markers settled: {out:?}"
     );
 }
 
@@ -227,6 +261,7 @@ fn the_duplicate_check_survives_a_restore_from_the_changelog() {
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
     core.restored(2, RestoredPartition::default(), &mut out);
+    caught_up(&mut core, 2, &mut out);
     read_forward(&mut core, 0, &session, &payload, &mut out);
     assert_eq!(ship_all(&mut core, &mut out).len(), 1);
     out.clear();
@@ -244,17 +279,83 @@ fn the_duplicate_check_survives_a_restore_from_the_changelog() {
         }
     }
     let written = written.expect("a checkpoint");
-    assert_eq!(written.offsets.repartition, Some(1));
+    assert_eq!(written.offsets.repartition, Some(103));
 
     // A new process restores the partition and reads the forward sent again.
     let (mut core, registry) = new_core(true);
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
     core.restored(2, restored, &mut out);
-    read_forward(&mut core, 1, &session, &payload, &mut out);
+    caught_up(&mut core, 2, &mut out);
+    read_forward(&mut core, 200, &session, &payload, &mut out);
     assert!(ship_all(&mut core, &mut out).is_empty(), "applied once");
     assert_eq!(
         metric(&registry, "sessionizer_repartitioned_duplicates_total"),
         1.0
     );
+}
+
+#[test]
+fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[2], &mut out);
+    let session = session_in(2);
+    let marker = |from, bound_ms, live| Marker {
+        from,
+        bound_ms,
+        live,
+    };
+    read_marker(&mut core, (2, 0), marker(1, None, true), &mut out);
+    read_marker(&mut core, (2, 1), marker(3, None, true), &mut out);
+    // Partition 2 reads turns 2 and 4 in place before partition 0 has forwarded 1 and 3.
+    for (offset, at_ms) in [(0, 2_000), (1, 4_000)] {
+        let payload = trace_at(&session, at_ms);
+        let message = received(Stream::Traces, 2, offset, None, &payload, None);
+        core.message(message, None, now(), &mut out);
+    }
+    assert!(
+        ship_all(&mut core, &mut out).is_empty(),
+        "both wait for partition 0"
+    );
+    let forward_from_0 = |core: &mut Core, offset: i64, at_ms: i64, out: &mut Vec<Effect>| {
+        let payload = trace_at(&session, at_ms);
+        let mut message = received(
+            Stream::Repartition,
+            2,
+            offset,
+            None,
+            &payload,
+            Some(Position {
+                partition: 0,
+                offset: 10 + offset,
+            }),
+        );
+        message.order_key_ms = Some(at_ms);
+        core.message(message, None, now(), out);
+    };
+    forward_from_0(&mut core, 2, 1_000, &mut out);
+    forward_from_0(&mut core, 3, 3_000, &mut out);
+    let rows = ship_all(&mut core, &mut out);
+    // Turn 4 waits: partition 0 may still forward something before it.
+    assert_eq!(
+        rows,
+        [
+            ("traces-0-12".to_owned(), 1),
+            ("traces-2-0".to_owned(), 2),
+            ("traces-0-13".to_owned(), 3)
+        ]
+    );
+    assert!(
+        stores(&out)
+            .iter()
+            .all(|(stream, _, offset)| *stream != Stream::Traces || *offset <= 1),
+        "nothing stored past the held trace: {out:?}"
+    );
+    read_marker(&mut core, (2, 4), marker(0, Some(5_000), false), &mut out);
+    assert_eq!(
+        ship_all(&mut core, &mut out),
+        [("traces-2-1".to_owned(), 4)]
+    );
+    assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
 }

@@ -150,6 +150,7 @@ pub(super) fn settings(changelog: bool) -> CoreSettings {
         changelog,
         summaries: true,
         repartition_partitions: None,
+        align_max_wait: Duration::from_secs(5),
     }
 }
 
@@ -276,6 +277,7 @@ impl World {
                 Effect::Repartition(forward) => {
                     panic!("forwarded with repartitioning off: {forward:?}")
                 }
+                Effect::Marker(marker) => panic!("a marker with repartitioning off: {marker:?}"),
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.checkpoints.push((checkpoint, writes));
                 }
@@ -346,6 +348,8 @@ impl World {
             partition,
             offset,
             first_read: None,
+            order_key_ms: None,
+            marker: None,
             kafka_timestamp_ms: None,
             key: None,
             payload: &payload,

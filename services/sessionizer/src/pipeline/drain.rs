@@ -1,7 +1,8 @@
 //! Draining for the pipeline's IO loop: stop fetching, flush, wait for acknowledgements until
 //! the drain deadline, checkpoint, commit, flush the producer.
 
-use super::Pipeline;
+use super::forwarder::Forwarder;
+use super::{Pipeline, next_forward};
 use crate::core::Now;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
@@ -23,7 +24,9 @@ impl Pipeline {
             );
             self.shipping.abort_all();
             self.dead_letters.abort_all();
-            self.forwards.abort_all();
+            if let Some(forwarder) = self.forwarder.as_mut() {
+                forwarder.abort_all();
+            }
             self.forwarded_in_flight.abort_all();
         }
         self.core.store_settled(&mut self.effects);
@@ -60,7 +63,10 @@ impl Pipeline {
             self.perform();
             if self.shipping.is_empty()
                 && self.dead_letters.is_empty()
-                && self.forwards.is_empty()
+                && !self
+                    .forwarder
+                    .as_ref()
+                    .is_some_and(Forwarder::has_in_flight)
                 && self.core.num_waiting_batches() == 0
                 && self.forwarded_in_flight.is_empty()
             {
@@ -70,7 +76,7 @@ impl Pipeline {
                 biased;
                 Some(shipped) = self.shipping.join_next_with_id(), if !self.shipping.is_empty() => self.on_shipped(shipped),
                 Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => self.on_dead_letter(delivered),
-                Some(forwarded) = self.forwards.join_next(), if !self.forwards.is_empty() => self.on_forwarded(forwarded),
+                Some(outcome) = next_forward(self.forwarder.as_mut()), if self.forwarder.as_ref().is_some_and(Forwarder::has_in_flight) => self.on_forward_outcome(outcome),
                 Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => self.on_forwarded_update(forwarded),
                 else => return,
             }

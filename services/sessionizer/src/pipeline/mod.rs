@@ -11,22 +11,24 @@
 //! until the drain deadline) → Complete (store and commit offsets, flush producers).
 
 mod drain;
+mod forwarder;
 mod perform;
 mod settings;
 
 pub use settings::PipelineSettings;
 
 use crate::batch::{Batch, Origin};
-use crate::core::{CheckpointId, Core, Effect, Forward, ForwardedUpdate, Now, Received, Stream};
+use crate::core::{CheckpointId, Core, Effect, ForwardedUpdate, Now, Received, Stream};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
-use crate::source::repartition::{RepartitionSource, create_forward_producer, first_read};
+use crate::source::repartition::{ForwardHeaders, RepartitionSource, forward_headers};
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
+use forwarder::{Forwarder, Outcome};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use std::collections::HashMap;
@@ -49,8 +51,10 @@ pub enum RunError {
     Consumer(#[source] rdkafka::error::KafkaError),
     #[error("failed to create the consumer or producer of the repartition topic")]
     RepartitionClient(#[source] rdkafka::error::KafkaError),
-    /// A forward lost between two delivered ones could later be taken for a duplicate;
-    /// stopping lets the restart forward everything from the last commit again, in order.
+    /// A forward that cannot be sent even through a new producer (the forwarder recovers from
+    /// a producer stopped by a failure): a forward lost between two delivered ones could
+    /// later be taken for a duplicate, so stopping lets the restart forward everything from
+    /// the last commit again, in order.
     #[error(
         "a trace could not be forwarded to repartition topic `{topic}` (kafka.repartition_topic): \
          check that the topic exists and that the service may write to it; the restart forwards \
@@ -102,7 +106,7 @@ struct Pipeline {
     /// The repartition topic's consumer, following `source`'s assignment, and the producer of
     /// forwards to it.
     repartition: Option<RepartitionSource>,
-    forward_producer: Option<FutureProducer>,
+    forwarder: Option<Forwarder>,
     producer: FutureProducer,
     sink: Arc<OpenlayerSink>,
     shipping: JoinSet<(Batch, ShipReport)>,
@@ -110,8 +114,6 @@ struct Pipeline {
     shipping_started: HashMap<tokio::task::Id, Instant>,
     /// Dead-letter deliveries, with whether Kafka has them.
     dead_letters: JoinSet<(Origin, bool)>,
-    /// Traces forwarded to their session's partition, with whether Kafka has them.
-    forwards: JoinSet<(Forward, bool)>,
     summaries: JoinSet<bool>,
     /// Final-turn row updates in flight (best-effort, like summaries).
     row_updates: JoinSet<bool>,
@@ -141,14 +143,14 @@ pub async fn run(
     let num_partitions = prepare_topics(&settings.kafka)
         .await
         .map_err(RunError::Topics)?;
-    let (repartition, forward_producer) = match &settings.kafka.repartition_topic {
+    let (repartition, forwarder) = match &settings.kafka.repartition_topic {
         Some(topic) => {
             settings.core.repartition_partitions = Some(num_partitions);
             let consumer = RepartitionSource::try_new(&settings.kafka, topic)
                 .map_err(RunError::RepartitionClient)?;
-            let producer =
-                create_forward_producer(&settings.kafka).map_err(RunError::RepartitionClient)?;
-            (Some(consumer), Some(producer))
+            let forwarder = Forwarder::try_new(&settings.kafka, topic, num_partitions)
+                .map_err(RunError::RepartitionClient)?;
+            (Some(consumer), Some(forwarder))
         }
         None => (None, None),
     };
@@ -180,13 +182,12 @@ pub async fn run(
         health,
         source,
         repartition,
-        forward_producer,
+        forwarder,
         producer,
         sink: Arc::new(sink),
         shipping: JoinSet::new(),
         shipping_started: HashMap::new(),
         dead_letters: JoinSet::new(),
-        forwards: JoinSet::new(),
         summaries: JoinSet::new(),
         row_updates: JoinSet::new(),
         forwarded_in_flight: JoinSet::new(),
@@ -225,8 +226,8 @@ impl Pipeline {
                 Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => {
                     self.on_dead_letter(delivered);
                 }
-                Some(forwarded) = self.forwards.join_next(), if !self.forwards.is_empty() => {
-                    self.on_forwarded(forwarded);
+                Some(outcome) = next_forward(self.forwarder.as_mut()), if self.forwarder.as_ref().is_some_and(Forwarder::has_in_flight) => {
+                    self.on_forward_outcome(outcome);
                 }
                 Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
                     self.on_summary(produced);
@@ -329,14 +330,17 @@ impl Pipeline {
             restoring.hold(message, schema_error, stream);
             return;
         }
+        let headers = match stream {
+            Stream::Traces => ForwardHeaders::default(),
+            Stream::Repartition => forward_headers(&message),
+        };
         let received = Received {
             stream,
             partition: message.partition(),
             offset: message.offset(),
-            first_read: match stream {
-                Stream::Traces => None,
-                Stream::Repartition => first_read(&message),
-            },
+            first_read: headers.first_read,
+            order_key_ms: headers.order_key_ms,
+            marker: headers.marker,
             kafka_timestamp_ms: message.timestamp().to_millis(),
             key: message.key(),
             payload: message.payload().unwrap_or_default(),
@@ -398,25 +402,25 @@ impl Pipeline {
         }
     }
 
-    fn on_forwarded(&mut self, forwarded: Result<(Forward, bool), JoinError>) {
-        match forwarded {
-            Ok((forward, delivered)) => {
-                self.core
-                    .repartitioned(&forward, delivered, &mut self.effects);
+    fn on_forward_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered(forward) => {
+                self.core.repartitioned(&forward, true, &mut self.effects);
                 self.perform();
-                if !delivered {
-                    self.forward_failed();
-                }
             }
-            Err(error) => {
-                tracing::error!(%error, "forward task failed");
+            Outcome::Failed(error) => {
+                self.metrics
+                    .errors
+                    .with_label_values(&["kafka", "sending"])
+                    .inc();
+                tracing::error!(error = %service_kit::fatal::cause_chain(&error), "a forward cannot be sent");
                 self.forward_failed();
             }
         }
     }
 
     /// Ends the run: see [`RunError::Forward`].
-    pub(super) fn forward_failed(&mut self) {
+    fn forward_failed(&mut self) {
         let topic = self
             .settings
             .kafka
@@ -529,4 +533,9 @@ async fn prefetch_schema(
             Err(error) => return Some(error),
         }
     }
+}
+
+/// The next outcome of the forwarder's forwards in flight.
+async fn next_forward(forwarder: Option<&mut Forwarder>) -> Option<Outcome> {
+    forwarder?.next().await
 }

@@ -6,9 +6,7 @@ use crate::batch::Batch;
 use crate::core::{CheckpointId, Effect, Forward, ForwardedUpdate, Stream};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
-use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Instant;
@@ -35,6 +33,11 @@ impl Pipeline {
                 }
                 Effect::ForwardUpdate(update) => self.forward_update(*update),
                 Effect::Repartition(forward) => self.forward(forward),
+                Effect::Marker(marker) => {
+                    if let Some(forwarder) = self.forwarder.as_mut() {
+                        forwarder.send_marker(marker);
+                    }
+                }
                 Effect::StoreOffset {
                     stream,
                     partition,
@@ -151,53 +154,15 @@ impl Pipeline {
         });
     }
 
-    /// Forwards a trace to its session's partition of the repartition topic, unchanged but
-    /// for headers naming where it was first read (its derived id and dead letters use them).
+    /// Forwards a trace to its session's partition of the repartition topic.
     fn forward(&mut self, forward: Forward) {
-        let (Some(topic), Some(producer)) = (
-            self.settings.kafka.repartition_topic.as_deref(),
-            self.forward_producer.as_ref(),
-        ) else {
-            // The core forwards only when repartitioning is on, which needs both.
+        let Some(forwarder) = self.forwarder.as_mut() else {
+            // The core forwards only when repartitioning is on, which makes a forwarder.
             tracing::error!("a trace to forward but no repartition topic; it stays uncommitted");
             return;
         };
-        let partition = forward.origin.read_at.partition.to_string();
-        let offset = forward.origin.read_at.offset.to_string();
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: FIRST_READ_PARTITION_HEADER,
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: FIRST_READ_OFFSET_HEADER,
-                value: Some(offset.as_str()),
-            });
-        let mut record = FutureRecord::to(topic)
-            .partition(forward.to_partition)
-            .key(forward.key.as_str())
-            .payload(forward.payload.as_slice())
-            .headers(headers);
-        if let Some(timestamp_ms) = forward.origin.kafka_timestamp_ms {
-            record = record.timestamp(timestamp_ms);
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => {
-                self.forwards.spawn(async move {
-                    let delivered = matches!(delivery.await, Ok(Ok(_)));
-                    (forward, delivered)
-                });
-            }
-            Err((error, _)) => {
-                // Left unsettled: its offset is never committed, so a restart forwards it.
-                self.metrics
-                    .errors
-                    .with_label_values(&["kafka", "sending"])
-                    .inc();
-                tracing::error!(%error, "failed to queue a forward; the trace stays uncommitted");
-                // Later forwards must not pass it (see `create_forward_producer`).
-                self.forward_failed();
-            }
+        if let Some(outcome) = forwarder.send(forward) {
+            self.on_forward_outcome(outcome);
         }
     }
 

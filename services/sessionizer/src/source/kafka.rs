@@ -42,6 +42,8 @@ pub struct KafkaSettings {
     pub schema_registry_url: Option<crate::config::SchemaRegistrySettings>,
     /// How often session state is checkpointed and acknowledged offsets stored.
     pub checkpoint_interval: Duration,
+    /// With repartitioning, the longest a trace waits for the other partitions' forwards.
+    pub repartition_max_wait: Duration,
     /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.
     pub session_timeout: Duration,
     /// librdkafka settings applied last (TLS, SASL, ...) with [`ClientProperties::apply_to`].

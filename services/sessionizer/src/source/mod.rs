@@ -9,7 +9,7 @@ pub mod restoring;
 pub mod topics;
 
 /// Which topic a message was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stream {
     /// The traces topic, where producers write.
     Traces,

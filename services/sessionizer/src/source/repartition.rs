@@ -13,6 +13,7 @@ use super::kafka::{
     idempotent_producer_config,
 };
 use crate::batch::Position;
+use crate::core::Marker;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -55,7 +56,10 @@ impl RepartitionSource {
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // Markers steer what the traces consumer's partitions may apply (`core::align`):
+            // a quiet repartition partition answers fetches after 100 ms instead of 500.
+            .set("fetch.wait.max.ms", "100");
         settings.client.apply_to(&mut config);
         Ok(RepartitionSource {
             consumer: config.create()?,
@@ -123,7 +127,8 @@ impl RepartitionSource {
 /// which holds only if the forwards of one sender reach a partition in order and without
 /// gaps: one request in flight (retries cannot reorder, even on a broker that lost the
 /// idempotent producer's sequence state in a restart), never timing out, and a failure that
-/// could leave a gap is fatal (librdkafka's gapless guarantee) and ends the run.
+/// could leave a gap stops the producer (librdkafka's gapless guarantee); the pipeline's
+/// forwarder then sends the undelivered forwards again, in order, through a new one.
 ///
 /// # Errors
 /// Invalid librdkafka settings.
@@ -142,11 +147,37 @@ pub fn create_forward_producer(
     config.create()
 }
 
-/// Where a forwarded trace was first read, from its headers.
-pub fn first_read(message: &impl Message) -> Option<Position> {
-    let headers = message.headers()?;
+/// Header of a forwarded trace: its order key (`core::align`).
+pub const ORDER_KEY_HEADER: &str = "order.key";
+/// Header of a marker (a record with no payload): the partition whose progress it announces.
+pub const MARKER_FROM_HEADER: &str = "marker.from";
+/// Header of a marker: no later forward of that partition has a smaller order key (absent:
+/// nothing read yet).
+pub const MARKER_BOUND_HEADER: &str = "marker.bound";
+/// Header of a marker: `true` when that partition is caught up.
+pub const MARKER_LIVE_HEADER: &str = "marker.live";
+
+/// What the headers of a record of the repartition topic say.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardHeaders {
+    /// Where a forwarded trace was first read.
+    pub first_read: Option<Position>,
+    pub order_key_ms: Option<i64>,
+    /// Set when the record is a marker rather than a forward.
+    pub marker: Option<Marker>,
+}
+
+/// Reads the headers of a record of the repartition topic.
+pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
+    let Some(headers) = message.headers() else {
+        return ForwardHeaders::default();
+    };
     let mut partition = None;
     let mut offset = None;
+    let mut order_key_ms = None;
+    let mut marker_from = None;
+    let mut marker_bound = None;
+    let mut marker_live = false;
     for header in headers.iter() {
         let value = header
             .value
@@ -154,11 +185,22 @@ pub fn first_read(message: &impl Message) -> Option<Position> {
         match header.key {
             FIRST_READ_PARTITION_HEADER => partition = value.and_then(|value| value.parse().ok()),
             FIRST_READ_OFFSET_HEADER => offset = value.and_then(|value| value.parse().ok()),
+            ORDER_KEY_HEADER => order_key_ms = value.and_then(|value| value.parse().ok()),
+            MARKER_FROM_HEADER => marker_from = value.and_then(|value| value.parse().ok()),
+            MARKER_BOUND_HEADER => marker_bound = value.and_then(|value| value.parse().ok()),
+            MARKER_LIVE_HEADER => marker_live = value == Some("true"),
             _ => {}
         }
     }
-    Some(Position {
-        partition: partition?,
-        offset: offset?,
-    })
+    ForwardHeaders {
+        first_read: partition
+            .zip(offset)
+            .map(|(partition, offset)| Position { partition, offset }),
+        order_key_ms,
+        marker: marker_from.map(|from| Marker {
+            from,
+            bound_ms: marker_bound,
+            live: marker_live,
+        }),
+    }
 }

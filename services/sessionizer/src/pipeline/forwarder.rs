@@ -1,0 +1,237 @@
+//! Forwards and markers to the repartition topic, through one idempotent producer, so that
+//! a partition's forwards reach their destination in order and without gaps (the destination
+//! recognises a forward sent again by its first-read offset, `core::message`).
+//!
+//! librdkafka's gapless guarantee stops the producer rather than let a later forward pass an
+//! earlier one that failed, e.g. when a broker lost the producer's sequence state in a
+//! restart. The forwarder then recovers instead of ending the run: it waits until every
+//! forward in flight has reported, makes a new producer, and sends the undelivered forwards
+//! again, in the order they were read, before any newer one. A forward that had landed after
+//! all is recognised as a duplicate where it lands.
+
+use crate::core::{Forward, Marker};
+use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
+use crate::source::repartition::{
+    MARKER_BOUND_HEADER, MARKER_FROM_HEADER, MARKER_LIVE_HEADER, ORDER_KEY_HEADER,
+    create_forward_producer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use tokio::task::JoinSet;
+
+/// What became of a forward.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Kafka has it: its message may settle.
+    Delivered(Forward),
+    /// It cannot be sent, not even through a new producer: the run must end.
+    Failed(KafkaError),
+}
+
+/// The sender of forwards and markers; see the module docs.
+pub(super) struct Forwarder {
+    kafka: KafkaSettings,
+    topic: String,
+    num_partitions: i32,
+    producer: FutureProducer,
+    in_flight: JoinSet<(Forward, bool)>,
+    /// Set while recovering: the forwards to send through the next producer, undelivered
+    /// ones and newer ones alike.
+    waiting: Option<Vec<Forward>>,
+    /// Producers made after a fatal error, for the log.
+    num_recoveries: u64,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Forwarder")
+            .field("topic", &self.topic)
+            .field("in_flight", &self.in_flight.len())
+            .field("recovering", &self.waiting.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// # Errors
+    /// Invalid librdkafka settings.
+    pub(super) fn try_new(
+        kafka: &KafkaSettings,
+        topic: &str,
+        num_partitions: i32,
+    ) -> Result<Self, KafkaError> {
+        Ok(Forwarder {
+            producer: create_forward_producer(kafka)?,
+            kafka: kafka.clone(),
+            topic: topic.to_owned(),
+            num_partitions,
+            in_flight: JoinSet::new(),
+            waiting: None,
+            num_recoveries: 0,
+        })
+    }
+
+    /// Whether forwards are in flight (their outcomes come from [`Forwarder::next`]).
+    pub(super) fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Stops waiting for the forwards in flight (the drain's deadline passed).
+    pub(super) fn abort_all(&mut self) {
+        self.in_flight.abort_all();
+    }
+
+    /// Sends a forward (after the undelivered ones, while recovering).
+    pub(super) fn send(&mut self, forward: Forward) -> Option<Outcome> {
+        if let Some(waiting) = self.waiting.as_mut() {
+            waiting.push(forward);
+            return None;
+        }
+        match self.enqueue(&forward) {
+            Ok(delivery) => {
+                self.in_flight.spawn(async move {
+                    let delivered = matches!(delivery.await, Ok(Ok(_)));
+                    (forward, delivered)
+                });
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the forward producer refused a forward; recovering");
+                self.waiting = Some(vec![forward]);
+                self.recover_when_settled()
+            }
+        }
+    }
+
+    /// Announces a partition's progress to every other partition of the topic, after the
+    /// forwards sent before it. Dropped while recovering: a marker only lets the others go on
+    /// sooner, and the next one says more.
+    pub(super) fn send_marker(&mut self, marker: Marker) {
+        if self.waiting.is_some() {
+            return;
+        }
+        let from = marker.from.to_string();
+        let bound = marker.bound_ms.map(|bound| bound.to_string());
+        let live = if marker.live { "true" } else { "false" };
+        for partition in (0..self.num_partitions).filter(|partition| *partition != marker.from) {
+            let mut headers = OwnedHeaders::new_with_capacity(3)
+                .insert(Header {
+                    key: MARKER_FROM_HEADER,
+                    value: Some(from.as_str()),
+                })
+                .insert(Header {
+                    key: MARKER_LIVE_HEADER,
+                    value: Some(live),
+                });
+            if let Some(bound) = &bound {
+                headers = headers.insert(Header {
+                    key: MARKER_BOUND_HEADER,
+                    value: Some(bound.as_str()),
+                });
+            }
+            let record = FutureRecord::<(), ()>::to(&self.topic)
+                .partition(partition)
+                .headers(headers);
+            // Its delivery is not awaited: a failure stops the producer, and the forwards
+            // after it recover.
+            if let Err((error, _)) = self.producer.send_result(record) {
+                tracing::debug!(%error, partition, "failed to queue a marker");
+            }
+        }
+    }
+
+    /// The next forward delivered (or the failure that ends the run). Cancel-safe: waits only
+    /// in [`JoinSet::join_next`].
+    pub(super) async fn next(&mut self) -> Option<Outcome> {
+        loop {
+            let (forward, delivered) = match self.in_flight.join_next().await? {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    // Only a panicked task gets here, and its forward is gone with it.
+                    tracing::error!(%error, "forward task failed");
+                    return Some(Outcome::Failed(KafkaError::Canceled));
+                }
+            };
+            if delivered {
+                return Some(Outcome::Delivered(forward));
+            }
+            self.waiting.get_or_insert_with(Vec::new).push(forward);
+            if let Some(outcome) = self.recover_when_settled() {
+                return Some(outcome);
+            }
+        }
+    }
+
+    /// Once nothing is in flight any more, sends what waits through a new producer.
+    fn recover_when_settled(&mut self) -> Option<Outcome> {
+        if !self.in_flight.is_empty() {
+            return None;
+        }
+        let mut waiting = self.waiting.take()?;
+        // In the order they were read, per partition they were read in: the order the
+        // destination's duplicate check relies on.
+        waiting.sort_by_key(|forward| {
+            (
+                forward.origin.read_at.partition,
+                forward.origin.read_at.offset,
+            )
+        });
+        self.num_recoveries += 1;
+        tracing::warn!(
+            undelivered = waiting.len(),
+            recoveries = self.num_recoveries,
+            topic = self.topic,
+            "the forward producer failed; sending the undelivered forwards again through a new one"
+        );
+        self.producer = match create_forward_producer(&self.kafka) {
+            Ok(producer) => producer,
+            Err(error) => return Some(Outcome::Failed(error)),
+        };
+        for forward in waiting {
+            match self.enqueue(&forward) {
+                Ok(delivery) => {
+                    self.in_flight.spawn(async move {
+                        let delivered = matches!(delivery.await, Ok(Ok(_)));
+                        (forward, delivered)
+                    });
+                }
+                Err(error) => return Some(Outcome::Failed(error)),
+            }
+        }
+        None
+    }
+
+    /// Queues a forward: its payload unchanged, with headers naming where it was first read
+    /// (its derived id and dead letters use them) and its order key.
+    fn enqueue(&self, forward: &Forward) -> Result<DeliveryFuture, KafkaError> {
+        let partition = forward.origin.read_at.partition.to_string();
+        let offset = forward.origin.read_at.offset.to_string();
+        let order_key = forward.order_key_ms.to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: FIRST_READ_PARTITION_HEADER,
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: FIRST_READ_OFFSET_HEADER,
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: ORDER_KEY_HEADER,
+                value: Some(order_key.as_str()),
+            });
+        let mut record = FutureRecord::to(&self.topic)
+            .partition(forward.to_partition)
+            .key(forward.key.as_str())
+            .payload(forward.payload.as_slice())
+            .headers(headers);
+        if let Some(timestamp_ms) = forward.origin.kafka_timestamp_ms {
+            record = record.timestamp(timestamp_ms);
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error)
+    }
+}
