@@ -86,7 +86,7 @@ impl Core {
         } else if owned
             .restored
             .as_ref()
-            .is_some_and(|restored| restored.already_applied(None, stream, offset))
+            .is_some_and(|restored| restored.already_applied(None, (stream, offset), None))
         {
             // Applied and acknowledged before the last checkpoint: replaying it would count
             // it twice.
@@ -385,11 +385,9 @@ impl Core {
         };
         let windows = &mut owned.windows;
         let key = windows.peek_key(event, pipeline_id);
-        if owned
-            .restored
-            .as_ref()
-            .is_some_and(|restored| restored.already_applied(key.as_ref(), read.0, read.1))
-        {
+        if owned.restored.as_ref().is_some_and(|restored| {
+            restored.already_applied(key.as_ref(), read, Some(origin.read_at))
+        }) {
             // Its session's state already holds it, but the partition's event time may not: a
             // checkpoint that landed in part has the session's record and not the partition's.
             // Without this, a later trace could be judged on time when it was late.

@@ -349,7 +349,7 @@ impl Core {
         restored.sessions.retain(|_, record| {
             checkpoint
                 .as_ref()
-                .is_none_or(|checkpoint| record.w > checkpoint.w || record.rw > checkpoint.rw)
+                .is_none_or(|checkpoint| record.is_ahead_of(checkpoint))
         });
         self.offsets.restored(
             partition,

@@ -28,6 +28,7 @@
 //! `W` is kept.
 
 use super::window::{SessionKey, SessionState};
+use crate::batch::Position;
 use crate::source::Stream;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -62,6 +63,26 @@ pub struct SessionRecord {
     /// Segment the next window of this session starts at (non-zero after a max-duration split).
     #[serde(default)]
     pub next_segment: i32,
+    /// Per traces partition, the highest offset first read there whose forward is in this
+    /// state: forwards are applied out of their repartition-topic order (`core::align`), so
+    /// `rw` alone cannot tell which ones at or above it are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rf: BTreeMap<i32, i64>,
+}
+
+impl SessionRecord {
+    /// Whether this state holds messages that `checkpoint` does not (the checkpoint that
+    /// wrote it did not land whole).
+    pub fn is_ahead_of(&self, checkpoint: &CheckpointRecord) -> bool {
+        self.w > checkpoint.w
+            || self.rw > checkpoint.rw
+            || self.rf.iter().any(|(partition, offset)| {
+                checkpoint
+                    .forwarded
+                    .get(partition)
+                    .is_none_or(|applied| offset > applied)
+            })
+    }
 }
 
 /// The partition's own checkpoint.
@@ -223,6 +244,7 @@ impl PartitionJournal {
                 session_id: key.session_id.clone(),
                 state: after.state,
                 next_segment: after.next_segment,
+                rf: self.base_forwarded.clone(),
             };
             writes.push(ChangelogWrite {
                 key: changelog_key(&key),
@@ -298,8 +320,13 @@ impl RestoredPartition {
     }
 
     /// Whether the message at `offset` of `stream`, of session `key`, is already in the
-    /// restored state.
-    pub fn already_applied(&self, key: Option<&SessionKey>, stream: Stream, offset: i64) -> bool {
+    /// restored state. `first_read`: where a forward was first read.
+    pub fn already_applied(
+        &self,
+        key: Option<&SessionKey>,
+        (stream, offset): (Stream, i64),
+        first_read: Option<Position>,
+    ) -> bool {
         let below = |w: i64, rw: i64| match stream {
             Stream::Traces => offset < w,
             Stream::Repartition => offset < rw,
@@ -311,8 +338,18 @@ impl RestoredPartition {
         {
             return true;
         }
+        let forward_in = |record: &SessionRecord| {
+            first_read
+                .filter(|_| stream == Stream::Repartition)
+                .is_some_and(|first_read| {
+                    record
+                        .rf
+                        .get(&first_read.partition)
+                        .is_some_and(|applied| first_read.offset <= *applied)
+                })
+        };
         key.and_then(|key| self.sessions.get(key))
-            .is_some_and(|record| below(record.w, record.rw))
+            .is_some_and(|record| below(record.w, record.rw) || forward_in(record))
     }
 }
 
@@ -445,6 +482,7 @@ mod tests {
             session_id: "ahead".into(),
             state: Some(state(3)),
             next_segment: 0,
+            rf: BTreeMap::new(),
         };
         restored
             .apply(
@@ -452,11 +490,53 @@ mod tests {
                 &serde_json::to_vec(&record).expect("json"),
             )
             .expect("applies");
-        assert!(restored.already_applied(None, Stream::Traces, 9));
-        assert!(!restored.already_applied(None, Stream::Traces, 10));
-        assert!(restored.already_applied(Some(&key("ahead")), Stream::Traces, 13));
-        assert!(!restored.already_applied(Some(&key("ahead")), Stream::Traces, 14));
-        assert!(!restored.already_applied(Some(&key("other")), Stream::Traces, 12));
+        assert!(restored.already_applied(None, (Stream::Traces, 9), None));
+        assert!(!restored.already_applied(None, (Stream::Traces, 10), None));
+        assert!(restored.already_applied(Some(&key("ahead")), (Stream::Traces, 13), None));
+        assert!(!restored.already_applied(Some(&key("ahead")), (Stream::Traces, 14), None));
+        assert!(!restored.already_applied(Some(&key("other")), (Stream::Traces, 12), None));
+    }
+
+    #[test]
+    fn a_forward_applied_out_of_order_is_known_by_where_it_was_first_read() {
+        let checkpoint = CheckpointRecord {
+            w: 0,
+            rw: 3,
+            event_time_ms: None,
+            forwarded: BTreeMap::from([(1, 40)]),
+        };
+        // The session's record landed, its checkpoint record did not: it holds the forward
+        // first read at offset 45 of partition 1, read at repartition offset 7, applied while
+        // repartition offset 3 still waited.
+        let record = SessionRecord {
+            w: 0,
+            rw: 3,
+            pipeline_id: "pipe".into(),
+            session_id: "s".into(),
+            state: Some(state(2)),
+            next_segment: 0,
+            rf: BTreeMap::from([(1, 45)]),
+        };
+        assert!(record.is_ahead_of(&checkpoint), "the record holds more");
+        let mut restored = RestoredPartition::default();
+        for (key, value) in [
+            (CHECKPOINT_KEY.to_owned(), serde_json::to_vec(&checkpoint)),
+            (changelog_key(&key("s")), serde_json::to_vec(&record)),
+        ] {
+            restored
+                .apply(key.as_bytes(), &value.expect("json"))
+                .expect("applies");
+        }
+        let from_1 = |offset| {
+            Some(Position {
+                partition: 1,
+                offset,
+            })
+        };
+        let read = (Stream::Repartition, 7);
+        assert!(restored.already_applied(Some(&key("s")), read, from_1(45)));
+        assert!(!restored.already_applied(Some(&key("s")), read, from_1(46)));
+        assert!(!restored.already_applied(Some(&key("other")), read, from_1(45)));
     }
 
     #[test]
