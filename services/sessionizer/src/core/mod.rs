@@ -181,6 +181,10 @@ pub struct Core {
     final_turns: Vec<FinalTurn>,
     /// Row updates from the traces topic waiting for the messages below them to settle.
     forwarded_updates: Vec<ForwardedUpdate>,
+    /// Forwards between two partitions owned here, sent and not read back yet, per (from,
+    /// to): their first-read offsets and order keys. A partition learns how far another one
+    /// owned here has come from this, without markers.
+    local_forwards: HashMap<(i32, i32), VecDeque<(i64, i64)>>,
     paused: bool,
     paused_since: Option<Instant>,
     last_idle_check: Instant,
@@ -202,6 +206,7 @@ impl Core {
             num_shipping: 0,
             final_turns: Vec::new(),
             forwarded_updates: Vec::new(),
+            local_forwards: HashMap::new(),
             paused: false,
             paused_since: None,
             last_idle_check: now.instant,
@@ -277,6 +282,8 @@ impl Core {
         if !abandoned.is_empty() {
             out.push(Effect::AbandonRestore(abandoned));
         }
+        self.local_forwards
+            .retain(|(from, to), _| !partitions.contains(from) && !partitions.contains(to));
         for partition in partitions {
             self.offsets.revoke(*partition);
             if let Some(mut owned) = self.owned.remove(partition) {

@@ -359,3 +359,59 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
     );
     assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
 }
+
+#[test]
+fn partitions_owned_together_align_without_markers() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[0, 2], &mut out);
+    for from in [1, 3] {
+        let marker = Marker {
+            from,
+            bound_ms: None,
+            live: true,
+        };
+        read_marker(&mut core, (2, from.into()), marker, &mut out);
+    }
+    let session = session_in(2);
+    // Partition 0 reads turn 1 and forwards it; partition 2 reads turn 2 in place before the
+    // forward is back.
+    let first = trace_at(&session, 1_000);
+    core.message(
+        received(Stream::Traces, 0, 0, None, &first, None),
+        None,
+        now(),
+        &mut out,
+    );
+    let sent = forwards(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    let second = trace_at(&session, 2_000);
+    core.message(
+        received(Stream::Traces, 2, 0, None, &second, None),
+        None,
+        now(),
+        &mut out,
+    );
+    // Caught up on both, as far as the traces topic goes.
+    core.update_lag_gauges(&HashMap::from([(0, 1), (2, 1)]), now());
+    core.tick(now(), &mut out);
+    assert!(
+        ship_all(&mut core, &mut out).is_empty(),
+        "turn 2 waits for the forward on its way"
+    );
+    let mut back = received(
+        Stream::Repartition,
+        2,
+        5,
+        None,
+        &sent[0].payload,
+        Some(sent[0].origin.read_at),
+    );
+    back.order_key_ms = Some(sent[0].order_key_ms);
+    core.message(back, None, now(), &mut out);
+    assert_eq!(
+        ship_all(&mut core, &mut out),
+        [("traces-0-0".to_owned(), 1), ("traces-2-0".to_owned(), 2)]
+    );
+    assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
+}
