@@ -13,10 +13,12 @@
 //! - [`merge`]: a partition's two streams (traces, repartitioned traces) as one sequence
 //! - [`align`]: a partition's inputs merged in event-time order
 //! - `message.rs`: a consumed message through decode, sessionize, enrich and batch
+//! - `inputs.rs`: where it goes then: applied now, forwarded, or held for alignment
 //! - `settle.rs`: outcomes coming back (acks, dead letters, updates, checkpoints)
 
 pub mod align;
 pub mod effect;
+mod inputs;
 pub mod merge;
 mod message;
 pub mod offsets;
@@ -34,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{PartitionWindows, WindowSettings};
 use align::Aligner;
-use message::Pending;
+use inputs::Pending;
 use offsets::Offsets;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};

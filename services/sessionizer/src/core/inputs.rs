@@ -1,0 +1,228 @@
+//! Where a decoded message goes: applied now, forwarded, or held until its turn among the
+//! partition's inputs (`core::align`), then applied with the partition's next sequence.
+
+use super::Core;
+use super::align::{Aligner, Input};
+use super::effect::{Effect, ForwardedUpdate, Now, Received};
+use super::merge::Stream;
+use crate::batch::{Origin, Position};
+use trace_model::TraceEvent;
+
+/// A message read and waiting to be applied (`core::align`), or applied at once.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) stream: Stream,
+    pub(super) offset: i64,
+    /// Where it was first read: its own position, or its forward's `first_read`.
+    pub(super) read_at: Position,
+    /// Set for a forward: the sender's position, recorded as applied when it is.
+    pub(super) first_read: Option<Position>,
+    pub(super) kafka_timestamp_ms: Option<i64>,
+    pub(super) what: Apply,
+}
+
+#[derive(Debug)]
+pub(super) enum Apply {
+    /// Placed in its session window and shipped as a row.
+    Trace {
+        event: TraceEvent,
+        pipeline_id: String,
+    },
+    /// A row update, sent once the messages applied before it settled.
+    Update {
+        event: TraceEvent,
+        pipeline_id: String,
+    },
+    /// Dead-lettered.
+    Reject {
+        reason: &'static str,
+        description: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    },
+}
+
+impl Core {
+    /// Applies a message now, or holds it until its turn among the partition's inputs.
+    pub(super) fn admit(
+        &mut self,
+        pending: Pending,
+        received: Received<'_>,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        let partition = received.partition;
+        let event_time = match &pending.what {
+            Apply::Trace { event, .. } => Some(event.timestamp_ms),
+            Apply::Update { .. } | Apply::Reject { .. } => None,
+        };
+        let (input, key) = match (pending.stream, pending.first_read) {
+            // The sender's order key; a forward from before alignment has its event time.
+            (Stream::Repartition, Some(first_read)) => (
+                Input::From(first_read.partition),
+                received.order_key_ms.or(event_time).unwrap_or(i64::MIN),
+            ),
+            (Stream::Traces, _) => {
+                let key = match self.aligner_mut(partition) {
+                    Some(aligner) => {
+                        aligner.advance_in_place(event_time.unwrap_or(i64::MIN), now.instant)
+                    }
+                    None => event_time.unwrap_or(i64::MIN),
+                };
+                if let Apply::Trace { event, .. } = &pending.what
+                    && let Some((to_partition, reason)) = self.belongs_elsewhere(event, received)
+                {
+                    // Forwards leave in the order they were read, held back by nothing here.
+                    if let Some(sequence) =
+                        self.offsets.read(partition, Stream::Traces, pending.offset)
+                    {
+                        let origin = self.origin_of(partition, sequence, &pending);
+                        self.forward(event, received, origin, (to_partition, reason), key, out);
+                        if self.owned.contains_key(&to_partition) {
+                            self.local_forwards
+                                .entry((partition, to_partition))
+                                .or_default()
+                                .push_back((pending.offset, key));
+                        }
+                    }
+                    return;
+                }
+                if let Apply::Reject { .. } = pending.what {
+                    // Nothing of the partition's state depends on where it goes.
+                    self.apply(partition, pending, now, out);
+                    return;
+                }
+                (Input::InPlace, key)
+            }
+            // Not a forward of ours: nothing to order it by.
+            (Stream::Repartition, None) => {
+                self.apply(partition, pending, now, out);
+                return;
+            }
+        };
+        if self.aligner_mut(partition).is_none() {
+            self.apply(partition, pending, now, out);
+            return;
+        }
+        self.offsets.hold(partition, pending.stream, pending.offset);
+        if let Some(aligner) = self.aligner_mut(partition) {
+            aligner.push(input, key, pending, now.instant);
+        }
+        self.release(partition, now, out);
+    }
+
+    fn aligner_mut(&mut self, partition: i32) -> Option<&mut Aligner<Pending>> {
+        self.owned.get_mut(&partition)?.aligner.as_mut()
+    }
+
+    /// Applies what the partition's aligner lets go now.
+    pub(super) fn release(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
+        let mut ready = Vec::new();
+        let mut forced = 0;
+        for learn in [false, true] {
+            if learn {
+                self.learn_from_local(partition, now);
+            }
+            let Some(aligner) = self.aligner_mut(partition) else {
+                return;
+            };
+            forced += aligner.release(now.instant, &mut ready).forced;
+            if aligner.num_held() == 0 {
+                break;
+            }
+        }
+        if forced > 0 {
+            self.metrics.alignment_forced.inc_by(forced as u64);
+        }
+        for pending in ready {
+            self.apply(partition, pending, now, out);
+        }
+    }
+
+    /// Tells `partition`'s aligner how far the other partitions owned here have come: their
+    /// own bound, held back by their forwards to it that are still on the way.
+    fn learn_from_local(&mut self, partition: i32, now: Now) {
+        let progress: Vec<(i32, Option<i64>, bool)> = self
+            .owned
+            .iter()
+            .filter(|(from, _)| **from != partition)
+            .filter_map(|(from, owned)| {
+                let bound = owned.aligner.as_ref()?.in_place_bound();
+                let on_the_way = self
+                    .local_forwards
+                    .get(&(*from, partition))
+                    .and_then(|forwards| forwards.front());
+                Some(match on_the_way {
+                    Some((_, key)) => (*from, bound.min(Some(*key)), false),
+                    None => (*from, bound, owned.is_live(now.wall_ms)),
+                })
+            })
+            .collect();
+        if let Some(aligner) = self.aligner_mut(partition) {
+            for (from, bound, live) in progress {
+                aligner.marker(from, bound, live, now.instant);
+            }
+        }
+    }
+
+    fn origin_of(&self, partition: i32, sequence: i64, pending: &Pending) -> Origin {
+        Origin {
+            partition,
+            sequence,
+            read_at: pending.read_at,
+            kafka_timestamp_ms: pending.kafka_timestamp_ms,
+        }
+    }
+
+    /// Applies a message: it takes the partition's next sequence.
+    fn apply(&mut self, partition: i32, pending: Pending, now: Now, out: &mut Vec<Effect>) {
+        let Some(sequence) = self.offsets.read(partition, pending.stream, pending.offset) else {
+            return;
+        };
+        if let (Some(first_read), Some(journal)) = (
+            pending.first_read,
+            self.owned
+                .get_mut(&partition)
+                .and_then(|owned| owned.journal.as_mut()),
+        ) {
+            journal.record_forward(sequence, first_read.partition, first_read.offset);
+        }
+        let origin = self.origin_of(partition, sequence, &pending);
+        match pending.what {
+            Apply::Trace { event, pipeline_id } => {
+                self.place(
+                    &event,
+                    &pipeline_id,
+                    origin,
+                    (pending.stream, pending.offset),
+                    now,
+                    out,
+                );
+            }
+            Apply::Update { event, pipeline_id } => {
+                self.offsets.track(partition, sequence, 1);
+                self.forwarded_updates.push(ForwardedUpdate {
+                    origin,
+                    pipeline_id,
+                    event,
+                });
+            }
+            Apply::Reject {
+                reason,
+                description,
+                key,
+                payload,
+            } => self.reject(origin, reason, description, key, payload, out),
+        }
+    }
+}
+
+/// A message that cannot become a row, to be dead-lettered with its key and payload.
+pub(super) fn rejected(received: Received<'_>, reason: &'static str, description: String) -> Apply {
+    Apply::Reject {
+        reason,
+        description,
+        key: received.key.map(<[u8]>::to_vec),
+        payload: received.payload.to_vec(),
+    }
+}
