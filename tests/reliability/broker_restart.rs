@@ -26,6 +26,7 @@ pub async fn run(size: Size) -> Outcome {
         num_sessions: size.pick(100, 1000),
         num_turns: size.pick(20, 30),
         traces_per_sec: size.pick(100.0, 400.0),
+        mixed: false,
     };
     outcome.note(format!(
         "{} traces; the broker (S3 storage) stopped for {} s mid-stream",
@@ -95,6 +96,7 @@ pub async fn run_during_restore(size: Size) -> Outcome {
         num_sessions: size.pick(100, 500),
         num_turns: size.pick(20, 30),
         traces_per_sec: size.pick(100.0, 300.0),
+        mixed: false,
     };
     outcome.note(format!(
         "{} traces; an instance killed, and the broker (S3 storage) stopped for {} s as its \

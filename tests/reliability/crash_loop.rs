@@ -16,6 +16,7 @@ pub async fn run(size: Size) -> Outcome {
         num_sessions: size.pick(150, 5000),
         num_turns: size.pick(20, 40),
         traces_per_sec: size.pick(100.0, 1100.0),
+        mixed: true,
     };
     let scene = Scene::new("crash", 4).await;
     let mut rng = Rng::seeded();
@@ -30,6 +31,7 @@ pub async fn run(size: Size) -> Outcome {
     let mut lifetimes = Vec::new();
     let mut num_mid_stream = 0;
     let mut num_repartitioned = 0.0;
+    let mut num_forced = 0.0;
     for kill in 0..num_kills {
         // One kill in four comes early (during the group join or the state restore), the
         // others at a random moment after the instance became ready, mid-stream.
@@ -74,6 +76,7 @@ pub async fn run(size: Size) -> Outcome {
             )
         });
         num_repartitioned += instance.repartitioned();
+        num_forced += instance.alignment_forced();
         instance.process.kill();
         outcome.keep_logs(&instance.process);
         // A request the dead instance had fully sent may still be answered and recorded.
@@ -97,7 +100,8 @@ pub async fn run(size: Size) -> Outcome {
     // The feed's partitioner (CRC32) mostly disagrees with the sessions' partitions: the
     // kills come while traces go through the repartition topic.
     outcome.note(format!(
-        "{num_repartitioned:.0} traces forwarded through the repartition topic by the killed instances"
+        "{num_repartitioned:.0} traces forwarded through the repartition topic by the killed instances, \
+         {num_forced:.0} applied before their partition's inputs caught up"
     ));
     outcome.check(num_repartitioned > 0.0, || {
         "no trace went through the repartition topic before a kill".to_owned()

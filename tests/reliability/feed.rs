@@ -20,6 +20,10 @@ pub struct Plan {
     pub num_turns: usize,
     /// Traces per second; the whole feed takes `sessions × turns / rate` seconds.
     pub traces_per_sec: f64,
+    /// Each session's turns go through producers that partition differently (CRC32 keyed,
+    /// murmur2 keyed, no key), as when services in several languages serve one chat: its
+    /// traces then reach their partition several ways and are merged there by event time.
+    pub mixed: bool,
 }
 
 impl Plan {
@@ -46,20 +50,36 @@ pub struct Fed {
 
 impl Feed {
     /// Produces the plan's traces turn by turn (every session's turn 1, then turn 2, ...), one
-    /// event-time second apart per turn, keyed by session, with an idempotent producer that
-    /// keeps each session's order through broker trouble. The producer keeps librdkafka's
+    /// event-time second apart per turn, keyed by session, with idempotent producers that keep
+    /// each session's order through broker trouble. The first producer keeps librdkafka's
     /// default partitioner (CRC32), as a confluent-kafka service would: most sessions'
     /// partition by it is not their murmur2 one, so their traces reach the sessionizer through
     /// the repartition topic while the scenario crashes, rebalances or restarts the broker.
+    /// With [`Plan::mixed`], turns rotate over it, a murmur2 producer and a keyless one.
     pub fn start(bootstrap: &str, topic: &str, plan: Plan) -> Feed {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            // Rides out a broker restart: delivery is retried for up to five minutes.
-            .set("message.timeout.ms", "300000")
-            .create()
-            .expect("feed producer");
+        let producer = |partitioner: Option<&str>| -> FutureProducer {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", bootstrap)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                // Rides out a broker restart: delivery is retried for up to five minutes.
+                .set("message.timeout.ms", "300000");
+            if let Some(partitioner) = partitioner {
+                config.set("partitioner", partitioner);
+            }
+            config.create().expect("feed producer")
+        };
+        // (producer, keyed)
+        let producers = if plan.mixed {
+            vec![
+                (producer(None), true),
+                (producer(Some("murmur2_random")), true),
+                (producer(None), false),
+            ]
+        } else {
+            vec![(producer(None), true)]
+        };
         let topic = topic.to_owned();
         let produced = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&produced);
@@ -81,9 +101,11 @@ impl Feed {
                         base_ms + turn * 1000,
                     );
                     let payload = trace_model::encode(&event, Encoding::Avro).expect("encode");
-                    let record = FutureRecord::to(&topic)
-                        .key(event.partition_key().unwrap_or_default())
-                        .payload(&payload);
+                    let (producer, keyed) = &producers[(session + turn as usize) % producers.len()];
+                    let mut record = FutureRecord::to(&topic).payload(&payload);
+                    if *keyed {
+                        record = record.key(event.partition_key().unwrap_or_default());
+                    }
                     match producer.send_result(record) {
                         Ok(delivery) => pending.push(delivery),
                         Err((error, _)) => panic!("the feed's producer queue refused: {error}"),

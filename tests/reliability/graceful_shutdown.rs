@@ -15,6 +15,7 @@ pub async fn run(size: Size) -> Outcome {
         num_sessions: size.pick(100, 1000),
         num_turns: size.pick(20, 50),
         traces_per_sec: size.pick(150.0, 600.0),
+        mixed: false,
     };
     let num_traces = plan.num_traces();
     outcome.note(format!(

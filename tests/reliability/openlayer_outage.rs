@@ -29,6 +29,7 @@ pub async fn run(size: Size) -> Outcome {
         num_sessions: size.pick(100, 1000),
         num_turns: size.pick(25, 40),
         traces_per_sec,
+        mixed: false,
     };
     outcome.note(format!(
         "{} traces; 503 for {} s, then 429 Retry-After {} s on every third request for {} s",

@@ -27,6 +27,8 @@ struct Sample {
     rows_received: usize,
     /// `sessionizer_traces_repartitioned_total`: traces this instance forwarded.
     repartitioned: f64,
+    /// `sessionizer_alignment_forced_total`: traces applied before their inputs caught up.
+    forced: f64,
 }
 
 impl Instance {
@@ -65,6 +67,7 @@ impl Instance {
                 stored: sum(&metrics, "sessionizer_commits_total{outcome=\"stored\"}"),
                 rows_received,
                 repartitioned: sum(&metrics, "sessionizer_traces_repartitioned_total"),
+                forced: sum(&metrics, "sessionizer_alignment_forced_total"),
             });
         }
     }
@@ -74,6 +77,12 @@ impl Instance {
         self.samples
             .last()
             .map_or(0.0, |sample| sample.repartitioned)
+    }
+
+    /// Traces this instance applied before their partition's inputs caught up, as last
+    /// sampled.
+    pub fn alignment_forced(&self) -> f64 {
+        self.samples.last().map_or(0.0, |sample| sample.forced)
     }
 
     /// Rows a crash right now may ship again: those this instance had the server accept

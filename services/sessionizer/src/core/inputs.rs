@@ -78,12 +78,6 @@ impl Core {
                     {
                         let origin = self.origin_of(partition, sequence, &pending);
                         self.forward(event, received, origin, (to_partition, reason), key, out);
-                        if self.owned.contains_key(&to_partition) {
-                            self.local_forwards
-                                .entry((partition, to_partition))
-                                .or_default()
-                                .push_back((pending.offset, key));
-                        }
                     }
                     return;
                 }
@@ -118,50 +112,15 @@ impl Core {
     /// Applies what the partition's aligner lets go now.
     pub(super) fn release(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
         let mut ready = Vec::new();
-        let mut forced = 0;
-        for learn in [false, true] {
-            if learn {
-                self.learn_from_local(partition, now);
-            }
-            let Some(aligner) = self.aligner_mut(partition) else {
-                return;
-            };
-            forced += aligner.release(now.instant, &mut ready).forced;
-            if aligner.num_held() == 0 {
-                break;
-            }
-        }
+        let Some(aligner) = self.aligner_mut(partition) else {
+            return;
+        };
+        let forced = aligner.release(now.instant, &mut ready).forced;
         if forced > 0 {
             self.metrics.alignment_forced.inc_by(forced as u64);
         }
         for pending in ready {
             self.apply(partition, pending, now, out);
-        }
-    }
-
-    /// Tells `partition`'s aligner how far the other partitions owned here have come: their
-    /// own bound, held back by their forwards to it that are still on the way.
-    fn learn_from_local(&mut self, partition: i32, now: Now) {
-        let progress: Vec<(i32, Option<i64>, bool)> = self
-            .owned
-            .iter()
-            .filter(|(from, _)| **from != partition)
-            .filter_map(|(from, owned)| {
-                let bound = owned.aligner.as_ref()?.in_place_bound();
-                let on_the_way = self
-                    .local_forwards
-                    .get(&(*from, partition))
-                    .and_then(|forwards| forwards.front());
-                Some(match on_the_way {
-                    Some((_, key)) => (*from, bound.min(Some(*key)), false),
-                    None => (*from, bound, owned.is_live(now.wall_ms)),
-                })
-            })
-            .collect();
-        if let Some(aligner) = self.aligner_mut(partition) {
-            for (from, bound, live) in progress {
-                aligner.marker(from, bound, live, now.instant);
-            }
         }
     }
 

@@ -44,9 +44,16 @@ impl Core {
             owned.position = Some(offset + 1);
             owned.newest_read_ms = received.kafka_timestamp_ms.or(owned.newest_read_ms);
         }
+        let started_ms = *owned.started_ms.get_or_insert(now.wall_ms);
         let skip = if let Some(marker) = received.marker {
+            // A marker sent before this ownership began may be a replay from before a crash:
+            // its bound still holds, but not its claim that its sender is caught up.
+            let fresh = received
+                .kafka_timestamp_ms
+                .is_some_and(|sent_ms| sent_ms >= started_ms);
             if let Some(aligner) = owned.aligner.as_mut() {
-                aligner.marker(marker.from, marker.bound_ms, marker.live, now.instant);
+                let live = marker.live && fresh;
+                aligner.marker(marker.from, marker.bound_ms, live, now.instant);
             }
             true
         } else if owned
@@ -58,17 +65,6 @@ impl Core {
             // it twice.
             true
         } else if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
-            if let Some(on_the_way) = self
-                .local_forwards
-                .get_mut(&(first_read.partition, partition))
-            {
-                while on_the_way
-                    .front()
-                    .is_some_and(|(offset, _)| *offset <= first_read.offset)
-                {
-                    on_the_way.pop_front();
-                }
-            }
             let highest = owned.forwarded.entry(first_read.partition).or_insert(-1);
             let duplicate = first_read.offset <= *highest;
             if duplicate {

@@ -73,6 +73,9 @@ pub struct CoreSettings {
 
 /// How often a partition behind tells the others how far it has come.
 const MARKER_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a partition says where it stands even when nothing changed: a partition whose
+/// ownership began since trusts only markers sent after that.
+const MARKER_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A partition whose newest record is younger than this is caught up (live).
 const LIVE_LAG_MS: i64 = 1_000;
 
@@ -108,6 +111,8 @@ struct Owned {
     behind_records: Option<i64>,
     /// The last marker sent: its bound, whether live, and when.
     last_marker: Option<(Option<i64>, bool, Instant)>,
+    /// Wall clock when the partition began being processed in this ownership.
+    started_ms: Option<i64>,
 }
 
 impl Owned {
@@ -123,6 +128,7 @@ impl Owned {
             newest_read_ms: None,
             behind_records: None,
             last_marker: None,
+            started_ms: None,
         }
     }
 
@@ -135,9 +141,8 @@ impl Owned {
     }
 
     /// The marker to send now, if one is due: when the partition's liveness changed, or its
-    /// bound moved while it is behind, at most every `MARKER_INTERVAL`. Nothing is sent
-    /// while nothing changes (a broker outage, a quiet partition): markers queued across a
-    /// broker restart are what an idempotent producer can fail on.
+    /// bound moved while it is behind, at most every `MARKER_INTERVAL`; and every
+    /// `MARKER_HEARTBEAT` anyway.
     fn marker_due(&mut self, partition: i32, now: Now) -> Option<Marker> {
         let live = self.is_live(now.wall_ms);
         let aligner = self.aligner.as_mut()?;
@@ -147,7 +152,8 @@ impl Owned {
             None => true,
             Some((last_bound, last_live, at)) => {
                 let changed = last_live != live || (!live && last_bound != bound);
-                changed && now.instant.saturating_duration_since(at) >= MARKER_INTERVAL
+                let since = now.instant.saturating_duration_since(at);
+                (changed && since >= MARKER_INTERVAL) || since >= MARKER_HEARTBEAT
             }
         };
         if !due {
@@ -183,10 +189,6 @@ pub struct Core {
     final_turns: Vec<FinalTurn>,
     /// Row updates from the traces topic waiting for the messages below them to settle.
     forwarded_updates: Vec<ForwardedUpdate>,
-    /// Forwards between two partitions owned here, sent and not read back yet, per (from,
-    /// to): their first-read offsets and order keys. A partition learns how far another one
-    /// owned here has come from this, without markers.
-    local_forwards: HashMap<(i32, i32), VecDeque<(i64, i64)>>,
     paused: bool,
     paused_since: Option<Instant>,
     last_idle_check: Instant,
@@ -208,7 +210,6 @@ impl Core {
             num_shipping: 0,
             final_turns: Vec::new(),
             forwarded_updates: Vec::new(),
-            local_forwards: HashMap::new(),
             paused: false,
             paused_since: None,
             last_idle_check: now.instant,
@@ -284,8 +285,6 @@ impl Core {
         if !abandoned.is_empty() {
             out.push(Effect::AbandonRestore(abandoned));
         }
-        self.local_forwards
-            .retain(|(from, to), _| !partitions.contains(from) && !partitions.contains(to));
         for partition in partitions {
             self.offsets.revoke(*partition);
             if let Some(mut owned) = self.owned.remove(partition) {

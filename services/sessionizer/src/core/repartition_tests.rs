@@ -75,6 +75,8 @@ fn read_marker(
 ) {
     let mut message = received(Stream::Repartition, partition, offset, None, &[], None);
     message.marker = Some(marker);
+    // Sent now, so after the partition's ownership began.
+    message.kafka_timestamp_ms = Some(now().wall_ms);
     core.message(message, None, now(), out);
 }
 
@@ -361,10 +363,27 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
 }
 
 #[test]
-fn partitions_owned_together_align_without_markers() {
-    let (mut core, registry) = new_core(false);
+fn a_marker_from_before_the_ownership_began_says_nothing_of_liveness() {
+    let (mut core, _) = new_core(false);
     let mut out = Vec::new();
-    core.assigned(&[0, 2], &mut out);
+    core.assigned(&[2], &mut out);
+    let session = session_in(2);
+    let payload = trace_at(&session, 2_000);
+    core.message(
+        received(Stream::Traces, 2, 0, None, &payload, None),
+        None,
+        now(),
+        &mut out,
+    );
+    // Replayed after a crash: partition 0 said it was caught up, long ago.
+    let mut replayed = received(Stream::Repartition, 2, 0, None, &[], None);
+    replayed.marker = Some(Marker {
+        from: 0,
+        bound_ms: Some(1_000),
+        live: true,
+    });
+    replayed.kafka_timestamp_ms = Some(now().wall_ms - 60_000);
+    core.message(replayed, None, now(), &mut out);
     for from in [1, 3] {
         let marker = Marker {
             from,
@@ -373,45 +392,15 @@ fn partitions_owned_together_align_without_markers() {
         };
         read_marker(&mut core, (2, from.into()), marker, &mut out);
     }
-    let session = session_in(2);
-    // Partition 0 reads turn 1 and forwards it; partition 2 reads turn 2 in place before the
-    // forward is back.
-    let first = trace_at(&session, 1_000);
-    core.message(
-        received(Stream::Traces, 0, 0, None, &first, None),
-        None,
-        now(),
-        &mut out,
-    );
-    let sent = forwards(&out);
-    assert_eq!(sent.len(), 1, "{out:?}");
-    let second = trace_at(&session, 2_000);
-    core.message(
-        received(Stream::Traces, 2, 0, None, &second, None),
-        None,
-        now(),
-        &mut out,
-    );
-    // Caught up on both, as far as the traces topic goes.
-    core.update_lag_gauges(&HashMap::from([(0, 1), (2, 1)]), now());
-    core.tick(now(), &mut out);
     assert!(
         ship_all(&mut core, &mut out).is_empty(),
-        "turn 2 waits for the forward on its way"
+        "partition 0 may still forward something before 2000"
     );
-    let mut back = received(
-        Stream::Repartition,
-        2,
-        5,
-        None,
-        &sent[0].payload,
-        Some(sent[0].origin.read_at),
-    );
-    back.order_key_ms = Some(sent[0].order_key_ms);
-    core.message(back, None, now(), &mut out);
-    assert_eq!(
-        ship_all(&mut core, &mut out),
-        [("traces-0-0".to_owned(), 1), ("traces-2-0".to_owned(), 2)]
-    );
-    assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
+    let fresh = Marker {
+        from: 0,
+        bound_ms: Some(1_000),
+        live: true,
+    };
+    read_marker(&mut core, (2, 4), fresh, &mut out);
+    assert_eq!(ship_all(&mut core, &mut out).len(), 1);
 }

@@ -108,9 +108,9 @@ impl Forwarder {
     /// Announces a partition's progress to every other partition of the topic, after the
     /// forwards sent before it. Dropped while recovering: a marker only lets the others go on
     /// sooner, and the next one says more.
-    pub(super) fn send_marker(&mut self, marker: Marker) {
+    pub(super) fn send_marker(&mut self, marker: Marker) -> Option<Outcome> {
         if self.waiting.is_some() {
-            return;
+            return None;
         }
         let from = marker.from.to_string();
         let bound = marker.bound_ms.map(|bound| bound.to_string());
@@ -137,9 +137,13 @@ impl Forwarder {
             // Its delivery is not awaited: a failure stops the producer, and the forwards
             // after it recover.
             if let Err((error, _)) = self.producer.send_result(record) {
+                // A stopped producer: recover, or no marker would get through again.
                 tracing::debug!(%error, partition, "failed to queue a marker");
+                self.waiting.get_or_insert_with(Vec::new);
+                return self.recover_when_settled();
             }
         }
+        None
     }
 
     /// The next forward delivered (or the failure that ends the run). Cancel-safe: waits only

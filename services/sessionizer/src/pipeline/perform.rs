@@ -34,8 +34,12 @@ impl Pipeline {
                 Effect::ForwardUpdate(update) => self.forward_update(*update),
                 Effect::Repartition(forward) => self.forward(forward),
                 Effect::Marker(marker) => {
-                    if let Some(forwarder) = self.forwarder.as_mut() {
-                        forwarder.send_marker(marker);
+                    if let Some(outcome) = self
+                        .forwarder
+                        .as_mut()
+                        .and_then(|forwarder| forwarder.send_marker(marker))
+                    {
+                        self.on_forward_outcome(outcome);
                     }
                 }
                 Effect::StoreOffset {
