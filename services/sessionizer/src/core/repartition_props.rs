@@ -827,3 +827,68 @@ proptest! {
         check(false, num_partitions, &specs, &ops)?;
     }
 }
+
+/// Found by the harness above: after a restore, a forward redelivered from a committed offset
+/// below the restored checkpoint (skipped as already applied) is read after traces of the
+/// new life; while those are unsettled, `MergedLog::offsets_at` reports the replay's offset as
+/// the smallest open one of the repartition stream, below the restored checkpoint's, and the
+/// next checkpoint stores it: the stored offset goes back. Nothing unsettled is passed (the
+/// messages between are all applied and checkpointed), so the properties above hold.
+#[test]
+#[ignore = "finding: a stored repartition offset can go back below the restored checkpoint's"]
+fn a_replay_below_the_restored_checkpoint_does_not_move_the_stored_offset_back() {
+    let session = (0..SESSIONS)
+        .find(|session| partition_for(session_id(*session).as_bytes(), 2) == 0)
+        .expect("a session of partition 0");
+    let trace = |partition| Spec {
+        session,
+        partition,
+        advance_ms: 1_000,
+        garbage: false,
+    };
+    // A read in partition 1 and forwarded; B1 and B2 read in place, after a restart.
+    let mut world = World::new(true, 2, &[trace(1), trace(0), trace(0)]);
+    let ack = Op::Ack {
+        pick: 0,
+        reject_one: false,
+    };
+    let all_checkpoints_done = |world: &mut World| {
+        while !world.checkpoints.is_empty() {
+            world.step(&Op::CheckpointDone {
+                pick: 0,
+                delivered: true,
+            });
+        }
+    };
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::DeliverTraces(1));
+    world.step(&Op::Produce);
+    world.step(&Op::DeliverRepartition(0));
+    world.step(&Op::Tick(6_000));
+    world.step(&Op::Tick(200));
+    world.step(&ack);
+    all_checkpoints_done(&mut world);
+    world.step(&Op::Tick(300));
+    all_checkpoints_done(&mut world);
+    assert_eq!(world.stored.get(&(Stream::Repartition, 0)), Some(&1));
+    // Nothing committed: the forward is read again after the restart.
+    world.crash(0);
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::DeliverTraces(0));
+    world.step(&Op::Tick(6_000));
+    world.step(&Op::Tick(200));
+    world.step(&Op::DeliverTraces(0));
+    world.step(&Op::Tick(6_000));
+    world.step(&Op::DeliverRepartition(0));
+    all_checkpoints_done(&mut world);
+    world.step(&ack);
+    world.step(&Op::Tick(300));
+    all_checkpoints_done(&mut world);
+    let stored = world.stored.get(&(Stream::Repartition, 0)).copied();
+    assert!(
+        stored.is_none_or(|stored| stored >= 1),
+        "the stored repartition offset went back below the restored checkpoint's: {stored:?}"
+    );
+}
