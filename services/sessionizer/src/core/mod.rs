@@ -23,6 +23,8 @@ pub mod merge;
 mod message;
 pub mod offsets;
 #[cfg(test)]
+mod repartition_props;
+#[cfg(test)]
 mod repartition_tests;
 mod settle;
 #[cfg(test)]
