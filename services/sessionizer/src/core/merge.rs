@@ -42,6 +42,9 @@ pub struct MergedLog {
     /// Per stream, the offset after the newest message below the last translated watermark
     /// (the restored checkpoint's to begin with).
     below: StreamOffsets,
+    /// The restored checkpoint's offsets: a message read below them is a replay of one
+    /// applied before the checkpoint, so nothing is ever stored below them.
+    floor: StreamOffsets,
 }
 
 impl MergedLog {
@@ -58,6 +61,7 @@ impl MergedLog {
     /// The streams continue after `restored` (a checkpoint's offsets).
     pub fn continue_after(&mut self, restored: StreamOffsets) {
         self.below = restored;
+        self.floor = restored;
     }
 
     /// The sequence the next message gets.
@@ -107,7 +111,8 @@ impl MergedLog {
                 .range((stream, i64::MIN)..=(stream, i64::MAX))
                 .next()
             {
-                *offsets.get_mut(stream) = Some(*offset);
+                let floor = *self.floor.get_mut(stream);
+                *offsets.get_mut(stream) = Some(floor.map_or(*offset, |floor| floor.max(*offset)));
             }
         }
         offsets
