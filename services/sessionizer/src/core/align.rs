@@ -10,9 +10,13 @@
 //!   it was first read in, up to it, so keys never decrease along an input;
 //! - every input has a *bound*: no later item on it has a smaller key (the last key seen, or
 //!   what the sending partition's owner announced in a marker);
-//! - the item with the smallest key among the inputs' heads is released once every input
-//!   with nothing held has a bound at or past it, or is *live*: its sender is caught up, so
-//!   what it sends later is newer than anything held.
+//! - every input has a *read-through* time: every record of its partition with a Kafka
+//!   timestamp at or before it has been read (and, for another partition, forwarded before
+//!   the marker that said so);
+//! - the item with the smallest key among the inputs' heads (ties: the first appended) is
+//!   released once every input with nothing held has a bound past it, or has read through the item's own Kafka
+//!   timestamp: a session's earlier turn was appended before its later one, so it has
+//!   arrived already.
 //!
 //! Nothing waits forever: an item held for `max_wait` is released anyway, and an input whose
 //! bound has not moved for that long (its sender died, or is stuck) holds nothing back; both
@@ -33,6 +37,8 @@ pub enum Input {
 #[derive(Debug)]
 struct Held<T> {
     key: i64,
+    /// Its Kafka timestamp in the partition it was first read in.
+    appended_ms: Option<i64>,
     since: Instant,
     item: T,
 }
@@ -42,8 +48,9 @@ struct Lane<T> {
     held: VecDeque<Held<T>>,
     /// No later item of this input has a smaller key; `None`: nothing known yet.
     bound: Option<i64>,
-    /// The sender is caught up: this input holds nothing back while it is empty.
-    live: bool,
+    /// Every record of the input's partition with a Kafka timestamp at or before it has
+    /// arrived; `None`: nothing known yet.
+    read_through_ms: Option<i64>,
     /// When its bound last moved (or its liveness changed); `None`: never, count from the
     /// aligner's start.
     heard_at: Option<Instant>,
@@ -54,15 +61,29 @@ impl<T> Lane<T> {
         Lane {
             held: VecDeque::new(),
             bound: None,
-            live: false,
+            read_through_ms: None,
             heard_at: None,
         }
     }
 
-    /// Whether this input keeps an item of key `key` waiting: only when it holds nothing,
-    /// is not live and may still send something before `key`.
-    fn holds_back(&self, key: i64, started: Instant, now: Instant, max_wait: Duration) -> Hold {
-        if !self.held.is_empty() || self.live || self.bound.is_some_and(|bound| bound >= key) {
+    /// Whether this input keeps an item of key `key`, appended at `appended_ms`, waiting:
+    /// only when it holds nothing, may still send something before `key`, and has not read
+    /// through the item's append time.
+    fn holds_back(
+        &self,
+        (key, appended_ms): (i64, Option<i64>),
+        started: Instant,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Hold {
+        let read_through = self
+            .read_through_ms
+            .zip(appended_ms)
+            .is_some_and(|(through, appended)| through >= appended);
+        // A bound equal to the key is not enough: a later item may tie, and ties go by append
+        // time (producers that disagree append a session's earlier turn after another
+        // session's later one, which raises the earlier turn's key to theirs).
+        if !self.held.is_empty() || read_through || self.bound.is_some_and(|bound| bound > key) {
             Hold::No
         } else if now.saturating_duration_since(self.heard_at.unwrap_or(started)) < max_wait {
             Hold::Yes
@@ -123,15 +144,23 @@ impl<T> Aligner<T> {
         self.lanes.entry(input).or_insert_with(Lane::new)
     }
 
-    /// An item arrives on `input` with order key `key`; it waits for [`Aligner::release`].
-    /// Returns the key it is ordered by (never below an earlier item's of the same input).
-    pub fn push(&mut self, input: Input, key: i64, item: T, now: Instant) -> i64 {
+    /// An item arrives on `input` with order key `key` and its Kafka timestamp; it waits for
+    /// [`Aligner::release`]. Returns the key it is ordered by (never below an earlier item's
+    /// of the same input).
+    pub fn push(
+        &mut self,
+        input: Input,
+        (key, appended_ms): (i64, Option<i64>),
+        item: T,
+        now: Instant,
+    ) -> i64 {
         let lane = self.lane(input, now);
         let key = lane.bound.map_or(key, |bound| bound.max(key));
         lane.bound = Some(key);
         lane.heard_at = Some(now);
         lane.held.push_back(Held {
             key,
+            appended_ms,
             since: now,
             item,
         });
@@ -140,19 +169,27 @@ impl<T> Aligner<T> {
     }
 
     /// The sender of `from` announced that nothing it sends later has a key below `bound`,
-    /// and whether it is caught up.
-    pub fn marker(&mut self, from: i32, bound: Option<i64>, live: bool, now: Instant) {
+    /// and that it has read (and forwarded) its partition through `read_through_ms`. Both
+    /// are facts of the logs, true whoever owns the partition now.
+    pub fn marker(
+        &mut self,
+        from: i32,
+        bound: Option<i64>,
+        read_through_ms: Option<i64>,
+        now: Instant,
+    ) {
         let lane = self.lane(Input::From(from), now);
-        if bound > lane.bound || live != lane.live {
+        if bound > lane.bound || read_through_ms > lane.read_through_ms {
             lane.heard_at = Some(now);
         }
         lane.bound = lane.bound.max(bound);
-        lane.live = live;
+        lane.read_through_ms = lane.read_through_ms.max(read_through_ms);
     }
 
-    /// Whether the partition's own input is caught up.
-    pub fn set_in_place_live(&mut self, live: bool, now: Instant) {
-        self.lane(Input::InPlace, now).live = live;
+    /// How far the partition's own input has been read.
+    pub fn read_in_place_through(&mut self, read_through_ms: Option<i64>, now: Instant) {
+        let lane = self.lane(Input::InPlace, now);
+        lane.read_through_ms = lane.read_through_ms.max(read_through_ms);
     }
 
     /// The bound of the partition's own input: what its owner announces to the others.
@@ -184,13 +221,14 @@ impl<T> Aligner<T> {
         self.release_while(now, true, out);
     }
 
-    /// The smallest head among the inputs: (key, input, held since).
-    fn next_head(&self) -> Option<(i64, Input, Instant)> {
+    /// The smallest head among the inputs, ties going to the one appended first: (key,
+    /// appended, input, held since).
+    fn next_head(&self) -> Option<(i64, Option<i64>, Input, Instant)> {
         self.lanes
             .iter()
             .filter_map(|(input, lane)| {
                 let head = lane.held.front()?;
-                Some((head.key, *input, head.since))
+                Some((head.key, head.appended_ms, *input, head.since))
             })
             .min()
     }
@@ -198,12 +236,12 @@ impl<T> Aligner<T> {
     fn release_while(&mut self, now: Instant, all: bool, out: &mut Vec<T>) -> Released {
         let started = *self.started.get_or_insert(now);
         let mut released = Released::default();
-        while let Some((key, input, since)) = self.next_head() {
+        while let Some((key, appended_ms, input, since)) = self.next_head() {
             let hold = self
                 .lanes
                 .iter()
                 .filter(|(other, _)| **other != input)
-                .map(|(_, lane)| lane.holds_back(key, started, now, self.max_wait))
+                .map(|(_, lane)| lane.holds_back((key, appended_ms), started, now, self.max_wait))
                 .max()
                 .unwrap_or(Hold::No);
             let forced = all
@@ -247,16 +285,19 @@ mod tests {
     fn a_trace_waits_for_the_inputs_that_may_still_send_an_earlier_one() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 3, WAIT, 100);
-        aligner.push(Input::InPlace, 20, "in place at 20", now);
+        aligner.push(Input::InPlace, (20, None), "in place at 20", now);
         assert!(released(&mut aligner, now).is_empty());
-        aligner.push(Input::From(1), 10, "from 1 at 10", now);
-        aligner.marker(2, Some(15), false, now);
+        aligner.push(Input::From(1), (10, None), "from 1 at 10", now);
+        aligner.marker(2, Some(15), None, now);
         // Partition 2 may still send something between 15 and 20.
         assert_eq!(released(&mut aligner, now), ["from 1 at 10"]);
-        aligner.marker(2, Some(25), false, now);
+        aligner.marker(2, Some(25), None, now);
         // Partition 1 may too: its last forward was at 10.
         assert!(released(&mut aligner, now).is_empty());
-        aligner.marker(1, Some(20), false, now);
+        // A bound of 20 is not enough: 1 may still send a 20 appended earlier.
+        aligner.marker(1, Some(20), None, now);
+        assert!(released(&mut aligner, now).is_empty());
+        aligner.marker(1, Some(21), None, now);
         assert_eq!(released(&mut aligner, now), ["in place at 20"]);
         assert_eq!(aligner.num_held(), 0);
     }
@@ -265,34 +306,70 @@ mod tests {
     fn inputs_merge_in_key_order() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 2, WAIT, 100);
-        aligner.push(Input::InPlace, 1, "a1", now);
-        aligner.push(Input::InPlace, 3, "a3", now);
-        aligner.push(Input::InPlace, 6, "a6", now);
-        aligner.push(Input::From(1), 2, "b2", now);
-        aligner.push(Input::From(1), 4, "b4", now);
+        aligner.push(Input::InPlace, (1, None), "a1", now);
+        aligner.push(Input::InPlace, (3, None), "a3", now);
+        aligner.push(Input::InPlace, (6, None), "a6", now);
+        aligner.push(Input::From(1), (2, None), "b2", now);
+        aligner.push(Input::From(1), (4, None), "b4", now);
         // b's last key bounds what it sends later: a6 waits.
         assert_eq!(released(&mut aligner, now), ["a1", "b2", "a3", "b4"]);
-        aligner.marker(1, Some(7), false, now);
+        aligner.marker(1, Some(7), None, now);
         assert_eq!(released(&mut aligner, now), ["a6"]);
+    }
+
+    #[test]
+    fn equal_keys_go_in_append_order() {
+        let now = Instant::now();
+        let mut aligner = Aligner::new(0, 2, WAIT, 100);
+        // Partition 1 read another session's turn at 20 first: this session's turn 7 after it
+        // took its key. Turn 8, read in place, has 20 too, but was appended later.
+        aligner.push(Input::InPlace, (20, Some(2_000)), "turn 8", now);
+        aligner.marker(1, Some(20), Some(900), now);
+        assert!(released(&mut aligner, now).is_empty());
+        aligner.push(Input::From(1), (20, Some(1_000)), "turn 7", now);
+        aligner.marker(1, Some(20), Some(2_500), now);
+        assert_eq!(released(&mut aligner, now), ["turn 7", "turn 8"]);
     }
 
     #[test]
     fn keys_never_go_back_along_an_input() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 1, WAIT, 100);
-        assert_eq!(aligner.push(Input::InPlace, 10, "late clock", now), 10);
-        assert_eq!(aligner.push(Input::InPlace, 5, "earlier", now), 10);
+        assert_eq!(
+            aligner.push(Input::InPlace, (10, None), "late clock", now),
+            10
+        );
+        assert_eq!(aligner.push(Input::InPlace, (5, None), "earlier", now), 10);
         assert_eq!(aligner.in_place_bound(), Some(10));
         assert_eq!(aligner.advance_in_place(7, now), 10);
     }
 
     #[test]
-    fn a_live_input_holds_nothing_back_and_a_silent_one_only_for_the_wait() {
+    fn an_input_read_through_an_items_append_time_holds_it_back_no_longer() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 3, WAIT, 100);
-        aligner.marker(1, None, true, now);
+        aligner.marker(1, None, Some(1_000), now);
+        aligner.marker(2, None, Some(2_000), now);
+        aligner.push(Input::InPlace, (20, Some(1_500)), "appended at 1.5 s", now);
+        // 1 has not read through 1.5 s: an earlier turn may still be on its way from it.
+        assert!(released(&mut aligner, now).is_empty());
+        // A marker from an earlier owner says less, and changes nothing.
+        aligner.marker(1, None, Some(900), now);
+        assert!(released(&mut aligner, now).is_empty());
+        aligner.marker(1, None, Some(1_500), now);
+        assert_eq!(released(&mut aligner, now), ["appended at 1.5 s"]);
+        // Without its append time, an item waits for the bounds.
+        aligner.push(Input::InPlace, (30, None), "no timestamp", now);
+        assert!(released(&mut aligner, now).is_empty());
+    }
+
+    #[test]
+    fn a_silent_input_holds_back_only_for_the_wait() {
+        let now = Instant::now();
+        let mut aligner = Aligner::new(0, 3, WAIT, 100);
+        aligner.marker(1, None, Some(5_000), now);
         let later = now + Duration::from_secs(1);
-        aligner.push(Input::InPlace, 20, "in place", later);
+        aligner.push(Input::InPlace, (20, Some(1_000)), "in place", later);
         assert!(released(&mut aligner, later).is_empty(), "2 is unknown");
         // 2 said nothing for the whole wait: its owner may be gone.
         let mut out = Vec::new();
@@ -307,11 +384,11 @@ mod tests {
     fn a_stuck_input_holds_back_only_for_the_wait() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 2, WAIT, 100);
-        aligner.marker(1, Some(5), false, now);
+        aligner.marker(1, Some(5), None, now);
         let later = now + Duration::from_secs(1);
-        aligner.push(Input::InPlace, 10, "in place", later);
+        aligner.push(Input::InPlace, (10, None), "in place", later);
         // The same bound again says nothing new: 1 is stuck at 5 since `now`.
-        aligner.marker(1, Some(5), false, later);
+        aligner.marker(1, Some(5), None, later);
         assert!(released(&mut aligner, later).is_empty());
         let mut out = Vec::new();
         assert_eq!(
@@ -325,19 +402,19 @@ mod tests {
     fn nothing_waits_longer_than_the_wait_or_beyond_the_limit() {
         let now = Instant::now();
         let mut aligner = Aligner::new(0, 2, WAIT, 2);
-        aligner.marker(1, Some(0), false, now);
-        aligner.push(Input::InPlace, 10, "first", now);
+        aligner.marker(1, Some(0), None, now);
+        aligner.push(Input::InPlace, (10, None), "first", now);
         let later = now + Duration::from_secs(1);
         // Partition 1 moves on, but not past 10.
-        aligner.marker(1, Some(1), false, later);
+        aligner.marker(1, Some(1), None, later);
         assert!(released(&mut aligner, later).is_empty());
         let mut out = Vec::new();
         let at_wait = now + WAIT;
-        aligner.marker(1, Some(2), false, at_wait);
+        aligner.marker(1, Some(2), None, at_wait);
         assert_eq!(aligner.release(at_wait, &mut out), Released { forced: 1 });
         assert_eq!(out, ["first"]);
         for item in ["a", "b", "c"] {
-            aligner.push(Input::InPlace, 11, item, at_wait);
+            aligner.push(Input::InPlace, (11, None), item, at_wait);
         }
         // Three held, two allowed: the oldest goes.
         assert_eq!(released(&mut aligner, at_wait), ["a"]);

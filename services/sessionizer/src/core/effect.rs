@@ -90,6 +90,14 @@ pub struct Forward {
     pub order_key_ms: i64,
 }
 
+/// A partition's high watermark, as the consumer's statistics last reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighWatermark {
+    pub offset: i64,
+    /// Wall clock of the statistics that reported it.
+    pub at_ms: i64,
+}
+
 /// A partition's progress, announced to the partitions it forwards to (`core::align`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marker {
@@ -97,8 +105,9 @@ pub struct Marker {
     pub from: i32,
     /// No forward sent later has a smaller order key; `None`: nothing read yet.
     pub bound_ms: Option<i64>,
-    /// The partition is caught up: what it forwards later is newer than what waits.
-    pub live: bool,
+    /// Every record of that partition with a Kafka timestamp at or before it was read, and
+    /// forwarded before this marker; `None`: nothing known yet.
+    pub read_through_ms: Option<i64>,
 }
 
 /// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once

@@ -99,8 +99,9 @@ impl Core {
             return;
         }
         self.offsets.hold(partition, pending.stream, pending.offset);
+        let appended_ms = pending.kafka_timestamp_ms;
         if let Some(aligner) = self.aligner_mut(partition) {
-            aligner.push(input, key, pending, now.instant);
+            aligner.push(input, (key, appended_ms), pending, now.instant);
         }
         self.release(partition, now, out);
     }

@@ -42,18 +42,16 @@ impl Core {
         };
         if stream == Stream::Traces {
             owned.position = Some(offset + 1);
-            owned.newest_read_ms = received.kafka_timestamp_ms.or(owned.newest_read_ms);
+            owned.read_through(received.kafka_timestamp_ms, now);
         }
-        let started_ms = *owned.started_ms.get_or_insert(now.wall_ms);
         let skip = if let Some(marker) = received.marker {
-            // A marker sent before this ownership began may be a replay from before a crash:
-            // its bound still holds, but not its claim that its sender is caught up.
-            let fresh = received
-                .kafka_timestamp_ms
-                .is_some_and(|sent_ms| sent_ms >= started_ms);
             if let Some(aligner) = owned.aligner.as_mut() {
-                let live = marker.live && fresh;
-                aligner.marker(marker.from, marker.bound_ms, live, now.instant);
+                aligner.marker(
+                    marker.from,
+                    marker.bound_ms,
+                    marker.read_through_ms,
+                    now.instant,
+                );
             }
             true
         } else if owned

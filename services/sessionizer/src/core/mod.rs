@@ -30,7 +30,9 @@ mod settle;
 #[cfg(test)]
 mod tests;
 
-pub use effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Marker, Now, Received};
+pub use effect::{
+    CheckpointId, Effect, Forward, ForwardedUpdate, HighWatermark, Marker, Now, Received,
+};
 pub use merge::{Stream, StreamOffsets};
 
 use crate::batch::{Batch, BatchSettings, Batcher};
@@ -75,11 +77,14 @@ pub struct CoreSettings {
 
 /// How often a partition behind tells the others how far it has come.
 const MARKER_INTERVAL: Duration = Duration::from_millis(100);
-/// How often a partition says where it stands even when nothing changed: a partition whose
-/// ownership began since trusts only markers sent after that.
+/// How often a partition says where it stands even when nothing changed.
 const MARKER_HEARTBEAT: Duration = Duration::from_secs(1);
-/// A partition whose newest record is younger than this is caught up (live).
-const LIVE_LAG_MS: i64 = 1_000;
+/// A partition found caught up has read every record appended up to its last fetch, which
+/// the statistics report this much later at most (fetches return every 500 ms when idle).
+const CAUGHT_UP_MARGIN_MS: i64 = 1_000;
+/// After its fetching (re)starts, a partition's reported high watermark may still be one
+/// fetched before; it is trusted once fetching has gone on this long.
+const FETCH_SETTLE_MS: i64 = 3_000;
 
 /// A closed session's last row, to be marked as its final turn once acknowledged.
 #[derive(Debug)]
@@ -107,14 +112,17 @@ struct Owned {
     forwarded: HashMap<i32, i64>,
     /// With repartitioning: the partition's inputs, merged in event-time order.
     aligner: Option<Aligner<Pending>>,
-    /// Kafka timestamp of the newest record read from the traces topic.
-    newest_read_ms: Option<i64>,
+    /// Every record of the partition with a Kafka timestamp at or before this was read: the
+    /// newest timestamp read (records are appended in time order), or, once the partition is
+    /// found caught up, the time of that finding.
+    read_through_ms: Option<i64>,
     /// Records of the traces topic not read yet, as of the last statistics.
     behind_records: Option<i64>,
-    /// The last marker sent: its bound, whether live, and when.
-    last_marker: Option<(Option<i64>, bool, Instant)>,
-    /// Wall clock when the partition began being processed in this ownership.
-    started_ms: Option<i64>,
+    /// Since when (wall clock) the partition has been fetched without a pause, as first seen
+    /// by the lag gauges; `None`: paused, or not seen yet.
+    fetching_since_ms: Option<i64>,
+    /// The last marker sent: its bound, its read-through time, and when.
+    last_marker: Option<(Option<i64>, Option<i64>, Instant)>,
 }
 
 impl Owned {
@@ -127,33 +135,30 @@ impl Owned {
             newest_timestamp_ms: None,
             forwarded: HashMap::new(),
             aligner,
-            newest_read_ms: None,
+            read_through_ms: None,
+            fetching_since_ms: None,
             behind_records: None,
             last_marker: None,
-            started_ms: None,
         }
     }
 
-    /// Whether the partition is caught up: nothing left to read, or its newest record young.
-    fn is_live(&self, wall_ms: i64) -> bool {
-        self.behind_records == Some(0)
-            || self
-                .newest_read_ms
-                .is_some_and(|newest_ms| wall_ms - newest_ms < LIVE_LAG_MS)
+    /// Raises the read-through time (`Owned::read_through_ms`).
+    fn read_through(&mut self, read_through_ms: Option<i64>, now: Now) {
+        self.read_through_ms = self.read_through_ms.max(read_through_ms);
+        if let Some(aligner) = self.aligner.as_mut() {
+            aligner.read_in_place_through(self.read_through_ms, now.instant);
+        }
     }
 
-    /// The marker to send now, if one is due: when the partition's liveness changed, or its
-    /// bound moved while it is behind, at most every `MARKER_INTERVAL`; and every
-    /// `MARKER_HEARTBEAT` anyway.
+    /// The marker to send now, if one is due: when the partition's bound or read-through time
+    /// moved, at most every `MARKER_INTERVAL`, and every `MARKER_HEARTBEAT` anyway.
     fn marker_due(&mut self, partition: i32, now: Now) -> Option<Marker> {
-        let live = self.is_live(now.wall_ms);
-        let aligner = self.aligner.as_mut()?;
-        aligner.set_in_place_live(live, now.instant);
-        let bound = aligner.in_place_bound();
+        let bound = self.aligner.as_ref()?.in_place_bound();
+        let read_through_ms = self.read_through_ms;
         let due = match self.last_marker {
             None => true,
-            Some((last_bound, last_live, at)) => {
-                let changed = last_live != live || (!live && last_bound != bound);
+            Some((last_bound, last_read_through, at)) => {
+                let changed = last_bound != bound || last_read_through != read_through_ms;
                 let since = now.instant.saturating_duration_since(at);
                 (changed && since >= MARKER_INTERVAL) || since >= MARKER_HEARTBEAT
             }
@@ -161,11 +166,11 @@ impl Owned {
         if !due {
             return None;
         }
-        self.last_marker = Some((bound, live, now.instant));
+        self.last_marker = Some((bound, read_through_ms, now.instant));
         Some(Marker {
             from: partition,
             bound_ms: bound,
-            live,
+            read_through_ms,
         })
     }
 }
@@ -497,13 +502,31 @@ impl Core {
 
     /// Consumer lag per owned partition (high watermark minus next offset to process), and
     /// how far behind real time its newest processed record is while records wait.
-    pub fn update_lag_gauges(&mut self, high_watermarks: &HashMap<i32, i64>, now: Now) {
+    /// A partition found caught up has read everything appended before the statistics said
+    /// so, less `CAUGHT_UP_MARGIN_MS`: its read-through time moves on with the clock while it
+    /// is quiet.
+    pub fn update_lag_gauges(&mut self, high_watermarks: &HashMap<i32, HighWatermark>, now: Now) {
         for (partition, owned) in &mut self.owned {
+            if self.paused {
+                owned.fetching_since_ms = None;
+            } else {
+                owned.fetching_since_ms.get_or_insert(now.wall_ms);
+            }
             let label = partition.to_string();
-            let behind_records = high_watermarks
-                .get(partition)
-                .map(|high| (high - owned.position.unwrap_or(0)).max(0));
+            // Before its first record, a partition reads from its restored checkpoint.
+            let position = owned.position.or_else(|| {
+                let restored = owned.restored.as_ref()?;
+                restored.checkpoint.as_ref().map(|checkpoint| checkpoint.w)
+            });
+            let high = high_watermarks.get(partition);
+            let behind_records = high.map(|high| (high.offset - position.unwrap_or(0)).max(0));
             owned.behind_records = behind_records;
+            if let (Some(0), Some(high), Some(since)) =
+                (behind_records, high, owned.fetching_since_ms)
+                && high.at_ms - FETCH_SETTLE_MS >= since
+            {
+                owned.read_through(Some(high.at_ms - CAUGHT_UP_MARGIN_MS), now);
+            }
             if let Some(behind_records) = behind_records {
                 self.metrics
                     .consumer_lag
@@ -537,6 +560,9 @@ impl Core {
             tracing::info!(unsettled, "pausing partitions until openlayer catches up");
             self.paused = true;
             self.paused_since = Some(now);
+            for owned in self.owned.values_mut() {
+                owned.fetching_since_ms = None;
+            }
             self.metrics.partitions_paused.set(partitions.len() as i64);
             out.push(Effect::Pause(partitions));
         } else if self.paused && unsettled <= limit / 2 {

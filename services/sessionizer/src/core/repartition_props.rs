@@ -64,7 +64,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 /// What a message of the traces topic is.
 #[derive(Debug, Clone)]
 enum Trace {
-    Garbage,
+    /// Appended at `at_ms` (its Kafka timestamp).
+    Garbage { at_ms: i64 },
     Row {
         id: String,
         session: String,
@@ -78,8 +79,7 @@ enum Trace {
 #[derive(Debug, Clone)]
 enum Relayed {
     Forward(Forward),
-    /// With the wall time it reached the topic (its Kafka timestamp).
-    Marker(Marker, i64),
+    Marker(Marker),
 }
 
 impl Relayed {
@@ -100,7 +100,7 @@ fn build_logs(num_partitions: i32, specs: &[Spec]) -> Vec<Vec<(Vec<u8>, Trace)>>
         let partition = i32::from(spec.partition) % num_partitions;
         let log = &mut logs[partition as usize];
         if spec.garbage {
-            log.push((b"\x07not a trace".to_vec(), Trace::Garbage));
+            log.push((b"\x07not a trace".to_vec(), Trace::Garbage { at_ms }));
             continue;
         }
         at_ms += spec.advance_ms;
@@ -305,7 +305,7 @@ impl World {
                     offset,
                 } => self.store(stream, partition, offset),
                 Effect::Repartition(forward) => self.producer.push_back(Relayed::Forward(forward)),
-                Effect::Marker(marker) => self.producer.push_back(Relayed::Marker(marker, 0)),
+                Effect::Marker(marker) => self.producer.push_back(Relayed::Marker(marker)),
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.checkpoints.push((checkpoint, writes));
                 }
@@ -355,14 +355,14 @@ impl World {
     fn is_settled(&self, stream: Stream, partition: i32, offset: i64) -> bool {
         match stream {
             Stream::Traces => match &self.traces[partition as usize][offset as usize].1 {
-                Trace::Garbage => self.dead_lettered.contains(&(partition, offset)),
+                Trace::Garbage { .. } => self.dead_lettered.contains(&(partition, offset)),
                 Trace::Row { id, home, .. } if *home == partition => {
                     self.row_settled(id, (partition, offset))
                 }
                 Trace::Row { .. } => self.forwarded.contains(&(partition, offset)),
             },
             Stream::Repartition => match &self.relayed[partition as usize][offset as usize] {
-                Relayed::Marker(..) => true,
+                Relayed::Marker(_) => true,
                 Relayed::Forward(forward) => {
                     let read_at = forward.origin.read_at;
                     let (_, trace) =
@@ -379,12 +379,14 @@ impl World {
     /// Whether a forward waits to be read. Markers alone do not keep the world busy: the
     /// heartbeat sends them forever.
     fn unread_forwards(&self) -> bool {
-        self.ready(Stream::Repartition).into_iter().any(|partition| {
-            let from = self.positions[&(Stream::Repartition, partition)] as usize;
-            self.relayed[partition as usize][from..]
-                .iter()
-                .any(Relayed::is_forward)
-        })
+        self.ready(Stream::Repartition)
+            .into_iter()
+            .any(|partition| {
+                let from = self.positions[&(Stream::Repartition, partition)] as usize;
+                self.relayed[partition as usize][from..]
+                    .iter()
+                    .any(Relayed::is_forward)
+            })
     }
 
     /// Partitions of `stream` with something to fetch.
@@ -421,18 +423,21 @@ impl World {
         let mut out = Vec::new();
         match stream {
             Stream::Traces => {
-                received.payload = &self.traces[partition as usize][offset as usize].0;
+                // Appended in the order of the traces' times, which are their timestamps.
+                let (payload, trace) = &self.traces[partition as usize][offset as usize];
+                received.payload = payload;
+                received.kafka_timestamp_ms = Some(match trace {
+                    Trace::Garbage { at_ms } | Trace::Row { at_ms, .. } => *at_ms,
+                });
                 self.core.message(received, None, self.now(), &mut out);
             }
             Stream::Repartition => {
                 relayed = self.relayed[partition as usize][offset as usize].clone();
                 match &relayed {
-                    Relayed::Marker(marker, sent_ms) => {
-                        received.marker = Some(*marker);
-                        received.kafka_timestamp_ms = Some(*sent_ms);
-                    }
+                    Relayed::Marker(marker) => received.marker = Some(*marker),
                     Relayed::Forward(forward) => {
                         received.first_read = Some(forward.origin.read_at);
+                        received.kafka_timestamp_ms = forward.origin.kafka_timestamp_ms;
                         received.order_key_ms = Some(forward.order_key_ms);
                         received.key = Some(forward.key.as_bytes());
                         received.payload = &forward.payload;
@@ -461,11 +466,10 @@ impl World {
                     self.perform(out);
                 }
             }
-            Relayed::Marker(marker, _) => {
-                let sent = Relayed::Marker(*marker, self.now().wall_ms);
+            Relayed::Marker(marker) => {
                 for partition in self.partitions() {
                     if partition != marker.from {
-                        self.relayed[partition as usize].push(sent.clone());
+                        self.relayed[partition as usize].push(relayed.clone());
                     }
                 }
             }
@@ -560,10 +564,15 @@ impl World {
                 self.core.tick(self.now(), &mut out);
             }
             Op::LagGauges => {
+                // The logs are complete from the start: a high watermark is never stale.
+                let at_ms = self.now().wall_ms;
                 let high_watermarks = self
                     .partitions()
                     .into_iter()
-                    .map(|partition| (partition, self.traces[partition as usize].len() as i64))
+                    .map(|partition| {
+                        let offset = self.traces[partition as usize].len() as i64;
+                        (partition, HighWatermark { offset, at_ms })
+                    })
                     .collect();
                 self.core.update_lag_gauges(&high_watermarks, self.now());
             }
@@ -745,7 +754,7 @@ fn check_no_loss(world: &World) -> Result<(), TestCaseError> {
         for (offset, (_, trace)) in world.traces[partition as usize].iter().enumerate() {
             let position = (partition, offset as i64);
             let done = match trace {
-                Trace::Garbage => world.dead_lettered.contains(&position),
+                Trace::Garbage { .. } => world.dead_lettered.contains(&position),
                 Trace::Row { id, .. } => {
                     world.acknowledged.contains_key(id) || world.dead_lettered.contains(&position)
                 }

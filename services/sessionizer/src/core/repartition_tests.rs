@@ -60,7 +60,8 @@ fn received<'a>(
         first_read,
         order_key_ms: None,
         marker: None,
-        kafka_timestamp_ms: None,
+        // Appended now: a marker read through now covers it.
+        kafka_timestamp_ms: Some(now().wall_ms),
         key,
         payload,
     }
@@ -75,23 +76,30 @@ fn read_marker(
 ) {
     let mut message = received(Stream::Repartition, partition, offset, None, &[], None);
     message.marker = Some(marker);
-    // Sent now, so after the partition's ownership began.
-    message.kafka_timestamp_ms = Some(now().wall_ms);
     core.message(message, None, now(), out);
 }
 
-/// Every input of `partition` is caught up: its own (nothing left to read) and every other
-/// partition's (a live marker each, from repartition offset 100 on).
+/// Read through what the test appends in the next minute.
+fn caught_up_ms() -> Option<i64> {
+    Some(now().wall_ms + 60_000)
+}
+
+/// Every input of `partition` is caught up for the next minute: its own (nothing left to
+/// read) and every other partition's (a marker each, from repartition offset 100 on).
 fn caught_up(core: &mut Core, partition: i32, out: &mut Vec<Effect>) {
     for (offset, from) in (100..).zip((0..PARTITIONS).filter(|from| *from != partition)) {
         let marker = Marker {
             from,
             bound_ms: None,
-            live: true,
+            read_through_ms: caught_up_ms(),
         };
         read_marker(core, (partition, offset), marker, out);
     }
-    core.update_lag_gauges(&HashMap::from([(partition, 0)]), now());
+    // Fetched since now, and found caught up long enough after.
+    let high = |at_ms| HashMap::from([(partition, HighWatermark { offset: 0, at_ms })]);
+    core.update_lag_gauges(&high(now().wall_ms), now());
+    let at_ms = now().wall_ms + 60_000 + CAUGHT_UP_MARGIN_MS + FETCH_SETTLE_MS;
+    core.update_lag_gauges(&high(at_ms), now());
     core.tick(now(), out);
 }
 
@@ -303,13 +311,14 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
     let session = session_in(2);
-    let marker = |from, bound_ms, live| Marker {
+    let marker = |from, bound_ms, read_through_ms| Marker {
         from,
         bound_ms,
-        live,
+        read_through_ms,
     };
-    read_marker(&mut core, (2, 0), marker(1, None, true), &mut out);
-    read_marker(&mut core, (2, 1), marker(3, None, true), &mut out);
+    let caught_up = caught_up_ms();
+    read_marker(&mut core, (2, 0), marker(1, None, caught_up), &mut out);
+    read_marker(&mut core, (2, 1), marker(3, None, caught_up), &mut out);
     // Partition 2 reads turns 2 and 4 in place before partition 0 has forwarded 1 and 3.
     for (offset, at_ms) in [(0, 2_000), (1, 4_000)] {
         let payload = trace_at(&session, at_ms);
@@ -354,7 +363,7 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
             .all(|(stream, _, offset)| *stream != Stream::Traces || *offset <= 1),
         "nothing stored past the held trace: {out:?}"
     );
-    read_marker(&mut core, (2, 4), marker(0, Some(5_000), false), &mut out);
+    read_marker(&mut core, (2, 4), marker(0, Some(5_000), None), &mut out);
     assert_eq!(
         ship_all(&mut core, &mut out),
         [("traces-2-1".to_owned(), 4)]
@@ -363,7 +372,7 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
 }
 
 #[test]
-fn a_marker_from_before_the_ownership_began_says_nothing_of_liveness() {
+fn a_marker_of_an_earlier_owner_does_not_cover_what_was_appended_since() {
     let (mut core, _) = new_core(false);
     let mut out = Vec::new();
     core.assigned(&[2], &mut out);
@@ -375,20 +384,19 @@ fn a_marker_from_before_the_ownership_began_says_nothing_of_liveness() {
         now(),
         &mut out,
     );
-    // Replayed after a crash: partition 0 said it was caught up, long ago.
-    let mut replayed = received(Stream::Repartition, 2, 0, None, &[], None);
-    replayed.marker = Some(Marker {
+    // Partition 0's owner read it through a minute ago, then left (a rebalance, a crash):
+    // what was appended to 0 since may hold an earlier turn.
+    let stale = Marker {
         from: 0,
         bound_ms: Some(1_000),
-        live: true,
-    });
-    replayed.kafka_timestamp_ms = Some(now().wall_ms - 60_000);
-    core.message(replayed, None, now(), &mut out);
+        read_through_ms: Some(now().wall_ms - 60_000),
+    };
+    read_marker(&mut core, (2, 0), stale, &mut out);
     for from in [1, 3] {
         let marker = Marker {
             from,
             bound_ms: None,
-            live: true,
+            read_through_ms: Some(now().wall_ms),
         };
         read_marker(&mut core, (2, from.into()), marker, &mut out);
     }
@@ -396,11 +404,11 @@ fn a_marker_from_before_the_ownership_began_says_nothing_of_liveness() {
         ship_all(&mut core, &mut out).is_empty(),
         "partition 0 may still forward something before 2000"
     );
-    let fresh = Marker {
+    let new_owner = Marker {
         from: 0,
         bound_ms: Some(1_000),
-        live: true,
+        read_through_ms: Some(now().wall_ms),
     };
-    read_marker(&mut core, (2, 4), fresh, &mut out);
+    read_marker(&mut core, (2, 4), new_owner, &mut out);
     assert_eq!(ship_all(&mut core, &mut out).len(), 1);
 }

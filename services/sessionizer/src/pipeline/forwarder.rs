@@ -12,7 +12,7 @@
 use crate::core::{Forward, Marker};
 use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
 use crate::source::repartition::{
-    MARKER_BOUND_HEADER, MARKER_FROM_HEADER, MARKER_LIVE_HEADER, ORDER_KEY_HEADER,
+    MARKER_BOUND_HEADER, MARKER_FROM_HEADER, MARKER_READ_THROUGH_HEADER, ORDER_KEY_HEADER,
     create_forward_producer,
 };
 use rdkafka::error::KafkaError;
@@ -114,17 +114,18 @@ impl Forwarder {
         }
         let from = marker.from.to_string();
         let bound = marker.bound_ms.map(|bound| bound.to_string());
-        let live = if marker.live { "true" } else { "false" };
+        let read_through = marker.read_through_ms.map(|through| through.to_string());
         for partition in (0..self.num_partitions).filter(|partition| *partition != marker.from) {
-            let mut headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: MARKER_FROM_HEADER,
-                    value: Some(from.as_str()),
-                })
-                .insert(Header {
-                    key: MARKER_LIVE_HEADER,
-                    value: Some(live),
+            let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
+                key: MARKER_FROM_HEADER,
+                value: Some(from.as_str()),
+            });
+            if let Some(read_through) = &read_through {
+                headers = headers.insert(Header {
+                    key: MARKER_READ_THROUGH_HEADER,
+                    value: Some(read_through.as_str()),
                 });
+            }
             if let Some(bound) = &bound {
                 headers = headers.insert(Header {
                     key: MARKER_BOUND_HEADER,

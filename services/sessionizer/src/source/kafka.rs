@@ -8,6 +8,7 @@
 //! which drains them before handling anything else. Rows still in flight for a revoked
 //! partition are not committed; its new owner redoes them (at-least-once).
 
+use crate::core::{HighWatermark, Now};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -67,7 +68,7 @@ pub enum RebalanceEvent {
 /// High watermarks per partition, from the fetch responses librdkafka reports in its
 /// statistics (not from ListOffsets requests, which cost a round trip and which some brokers
 /// answer wrongly).
-pub type HighWatermarks = Arc<Mutex<HashMap<i32, i64>>>;
+pub type HighWatermarks = Arc<Mutex<HashMap<i32, HighWatermark>>>;
 
 /// Consumer context: turns rebalances into events and statistics into high watermarks.
 pub struct SourceContext {
@@ -90,6 +91,7 @@ impl ClientContext for SourceContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let at_ms = Now::system().wall_ms;
         let mut high_watermarks = self
             .high_watermarks
             .lock()
@@ -97,7 +99,11 @@ impl ClientContext for SourceContext {
         for partition in topic.partitions.values() {
             // -1 is librdkafka's "not fetched yet"; the internal partition is -1 too.
             if partition.partition >= 0 && partition.hi_offset >= 0 {
-                high_watermarks.insert(partition.partition, partition.hi_offset);
+                let watermark = HighWatermark {
+                    offset: partition.hi_offset,
+                    at_ms,
+                };
+                high_watermarks.insert(partition.partition, watermark);
             }
         }
     }

@@ -154,8 +154,9 @@ pub const MARKER_FROM_HEADER: &str = "marker.from";
 /// Header of a marker: no later forward of that partition has a smaller order key (absent:
 /// nothing read yet).
 pub const MARKER_BOUND_HEADER: &str = "marker.bound";
-/// Header of a marker: `true` when that partition is caught up.
-pub const MARKER_LIVE_HEADER: &str = "marker.live";
+/// Header of a marker: every record of that partition with a Kafka timestamp at or before it
+/// was read and forwarded (absent: nothing known yet).
+pub const MARKER_READ_THROUGH_HEADER: &str = "marker.read_through";
 
 /// What the headers of a record of the repartition topic say.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +178,7 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
     let mut order_key_ms = None;
     let mut marker_from = None;
     let mut marker_bound = None;
-    let mut marker_live = false;
+    let mut marker_read_through = None;
     for header in headers.iter() {
         let value = header
             .value
@@ -188,7 +189,9 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
             ORDER_KEY_HEADER => order_key_ms = value.and_then(|value| value.parse().ok()),
             MARKER_FROM_HEADER => marker_from = value.and_then(|value| value.parse().ok()),
             MARKER_BOUND_HEADER => marker_bound = value.and_then(|value| value.parse().ok()),
-            MARKER_LIVE_HEADER => marker_live = value == Some("true"),
+            MARKER_READ_THROUGH_HEADER => {
+                marker_read_through = value.and_then(|value| value.parse().ok());
+            }
             _ => {}
         }
     }
@@ -200,7 +203,7 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
         marker: marker_from.map(|from| Marker {
             from,
             bound_ms: marker_bound,
-            live: marker_live,
+            read_through_ms: marker_read_through,
         }),
     }
 }
