@@ -83,8 +83,8 @@ const MARKER_HEARTBEAT: Duration = Duration::from_secs(1);
 /// the statistics report this much later at most (fetches return every 500 ms when idle).
 const CAUGHT_UP_MARGIN_MS: i64 = 1_000;
 /// After its fetching (re)starts, a partition's reported high watermark may still be one
-/// fetched before; it is trusted once fetching has gone on this long.
-const FETCH_SETTLE_MS: i64 = 3_000;
+/// fetched before; it is trusted once fetching has gone on this long (three idle fetches).
+const FETCH_SETTLE_MS: i64 = 1_500;
 
 /// A closed session's last row, to be marked as its final turn once acknowledged.
 #[derive(Debug)]

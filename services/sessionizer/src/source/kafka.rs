@@ -199,8 +199,9 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
-        // Statistics carry the fetch high watermark for the consumer-lag metric.
-        .set("statistics.interval.ms", "2000")
+        // Statistics carry the fetch high watermark for the consumer-lag metric and for when
+        // a quiet partition is caught up (core::align, which waits for it).
+        .set("statistics.interval.ms", "1000")
         // Classic protocol: KIP-848 groups are not available on every broker.
         .set("group.protocol", "classic")
         // Incremental rebalances: a member joining or leaving moves only the partitions that
