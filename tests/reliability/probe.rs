@@ -20,9 +20,11 @@ pub struct Instance {
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
-    at: Instant,
-    /// `sessionizer_commits_total{outcome="stored"}`: offsets stored after a checkpoint.
-    stored: f64,
+    /// Wall clock, in Unix seconds.
+    at_secs: f64,
+    /// The oldest cut of the owned partitions' durable checkpoints
+    /// (`sessionizer_checkpoint_timestamp_seconds`), when every assigned partition has one.
+    durable_since_secs: Option<f64>,
     /// Rows the Openlayer server had accepted at that moment.
     rows_received: usize,
     /// `sessionizer_traces_repartitioned_total`: traces this instance forwarded.
@@ -62,9 +64,13 @@ impl Instance {
     pub async fn sample(&mut self, server: &OpenlayerServer) {
         let rows_received = server.num_rows();
         if let Some(metrics) = self.metrics().await {
+            let cuts = values(&metrics, "sessionizer_checkpoint_timestamp_seconds");
+            let assigned = sum(&metrics, "sessionizer_partitions_assigned");
+            let durable_since_secs = (assigned > 0.0 && cuts.len() as f64 >= assigned)
+                .then(|| cuts.iter().copied().fold(f64::INFINITY, f64::min));
             self.samples.push(Sample {
-                at: Instant::now(),
-                stored: sum(&metrics, "sessionizer_commits_total{outcome=\"stored\"}"),
+                at_secs: unix_secs(),
+                durable_since_secs,
                 rows_received,
                 repartitioned: sum(&metrics, "sessionizer_traces_repartitioned_total"),
                 forced: sum(&metrics, "sessionizer_alignment_forced_total"),
@@ -85,35 +91,50 @@ impl Instance {
         self.samples.last().map_or(0.0, |sample| sample.forced)
     }
 
-    /// Rows a crash right now may ship again: those this instance had the server accept
-    /// since the state of its last durable checkpoint. That checkpoint was cut at most one
-    /// `checkpoint_interval` before the sample preceding the one where the stored-offset
-    /// counter last rose; rows accepted since that moment are counted (since the first
-    /// sample when no checkpoint was seen). Rows earlier instances left in flight count
-    /// against those instances.
-    pub fn rows_in_flight(&self, rows_now: usize, checkpoint_interval: Duration) -> usize {
+    /// Rows a crash right now may ship again: those the server accepted since the oldest
+    /// cut of this instance's durable checkpoints, as last sampled (a restart replays what
+    /// came after each partition's), less `slack`: requests in flight are acknowledged out
+    /// of order, so a row accepted just before a cut may sit above an unsettled one and be
+    /// replayed too. Since its first sample when some partition had no durable checkpoint.
+    /// Rows earlier instances left in flight count against those instances.
+    pub fn rows_in_flight(&self, rows_now: usize, slack: Duration) -> usize {
         let Some(first) = self.samples.first() else {
             return 0;
         };
-        let last_rise = self
+        let durable_since = self
             .samples
-            .windows(2)
-            .rev()
-            .find(|pair| pair[1].stored > pair[0].stored)
-            .map(|pair| pair[0].at);
-        let Some(before_rise) = last_rise else {
-            return rows_now.saturating_sub(first.rows_received);
-        };
-        let cut_no_earlier_than = before_rise.checked_sub(checkpoint_interval);
-        let covered = self
-            .samples
-            .iter()
-            .rev()
-            .find(|sample| cut_no_earlier_than.is_none_or(|cut| sample.at <= cut))
-            .map_or(0, |sample| sample.rows_received)
-            .max(first.rows_received);
+            .last()
+            .and_then(|last| last.durable_since_secs)
+            .map(|since| since - slack.as_secs_f64());
+        let covered = durable_since
+            .and_then(|since| {
+                self.samples
+                    .iter()
+                    .rev()
+                    .find(|sample| sample.at_secs <= since)
+            })
+            .unwrap_or(first)
+            .rows_received;
         rows_now.saturating_sub(covered)
     }
+}
+
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64())
+}
+
+/// The values of `name`'s series.
+fn values(exposition: &str, name: &str) -> Vec<f64> {
+    exposition
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect()
 }
 
 /// Sum of the samples of series starting with `series` (a name, or a name with the first

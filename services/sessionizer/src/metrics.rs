@@ -53,6 +53,7 @@ pub struct Metrics {
     pub summaries_produced: IntCounter,
     pub sessionization_lag: Histogram,
     pub partition_lag: prometheus::GaugeVec,
+    pub checkpoint_timestamp: prometheus::GaugeVec,
     pub consumer_lag: IntGaugeVec,
     pub openlayer_requests: IntCounterVec,
     pub openlayer_request_duration: HistogramVec,
@@ -122,6 +123,14 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(partition_lag.clone()))?;
+        let checkpoint_timestamp = prometheus::GaugeVec::new(
+            Opts::new(
+                "sessionizer_checkpoint_timestamp_seconds",
+                "When (Unix seconds) the state of each owned partition's newest durable changelog checkpoint was cut: a restart replays what came after it.",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(checkpoint_timestamp.clone()))?;
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "sessionizer_consumer_lag_records",
@@ -243,6 +252,7 @@ impl Metrics {
                 LAG_BUCKETS,
             )?,
             partition_lag,
+            checkpoint_timestamp,
             consumer_lag,
             openlayer_requests: counter_vec(
                 registry,

@@ -69,6 +69,8 @@ pub struct CheckpointId {
     pub ownership: u64,
     pub watermark: i64,
     pub offsets: StreamOffsets,
+    /// Wall clock when it was cut.
+    pub cut_ms: i64,
 }
 
 /// A trace on its way to its session's partition. Its payload is forwarded unchanged; the

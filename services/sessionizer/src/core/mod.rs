@@ -302,6 +302,10 @@ impl Core {
             // The gauge may not have this partition yet; nothing to remove then.
             let _absent = self.metrics.consumer_lag.remove_label_values(&[&label]);
             let _absent = self.metrics.partition_lag.remove_label_values(&[&label]);
+            let _absent = self
+                .metrics
+                .checkpoint_timestamp
+                .remove_label_values(&[&label]);
         }
         self.batcher.forget_partitions(partitions);
         self.waiting.retain_mut(|batch| {
@@ -464,7 +468,7 @@ impl Core {
             .owned
             .iter_mut()
             .filter_map(|(partition, owned)| Some((*partition, owned.journal.as_mut()?)));
-        self.offsets.checkpoint(journals, out);
+        self.offsets.checkpoint(journals, now.wall_ms, out);
     }
 
     /// Closes sessions whose gap passed by the wall clock on quiet partitions.

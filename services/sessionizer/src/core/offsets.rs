@@ -158,6 +158,7 @@ impl Offsets {
     pub fn checkpoint<'a>(
         &mut self,
         journals: impl Iterator<Item = (i32, &'a mut PartitionJournal)>,
+        cut_ms: i64,
         out: &mut Vec<Effect>,
     ) {
         if !self.changelog {
@@ -194,6 +195,7 @@ impl Offsets {
                     ownership,
                     watermark,
                     offsets,
+                    cut_ms,
                 },
                 writes,
             });
@@ -213,6 +215,7 @@ impl Offsets {
             ownership,
             watermark,
             offsets,
+            ..
         } = checkpoint;
         if self.checkpoint_in_flight.get(&partition) == Some(&ownership) {
             self.checkpoint_in_flight.remove(&partition);

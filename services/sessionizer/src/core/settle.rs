@@ -158,7 +158,9 @@ impl Core {
         delivered: bool,
         out: &mut Vec<Effect>,
     ) {
-        let partition = checkpoint.partition;
+        let CheckpointId {
+            partition, cut_ms, ..
+        } = checkpoint;
         let journal = self
             .owned
             .get_mut(&partition)
@@ -167,7 +169,11 @@ impl Core {
             .offsets
             .checkpoint_written(checkpoint, delivered, journal, out)
         {
-            CheckpointOutcome::Stored => {}
+            CheckpointOutcome::Stored => self
+                .metrics
+                .checkpoint_timestamp
+                .with_label_values(&[&partition.to_string()])
+                .set(cut_ms as f64 / 1000.0),
             CheckpointOutcome::Frozen => {
                 self.metrics
                     .errors
