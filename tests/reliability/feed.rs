@@ -6,7 +6,7 @@ use crate::service::Expectations;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use trace_model::Encoding;
@@ -37,6 +37,14 @@ impl Plan {
 pub struct Feed {
     handle: JoinHandle<Fed>,
     produced: Arc<AtomicUsize>,
+    pause: Arc<Pause>,
+}
+
+/// Holds the feed between two traces, every delivery settled.
+#[derive(Debug, Default)]
+struct Pause {
+    wanted: AtomicBool,
+    holding: AtomicBool,
 }
 
 /// A finished feed: what every trace's row must say, and what Kafka refused.
@@ -57,10 +65,11 @@ impl Feed {
     /// the repartition topic while the scenario crashes, rebalances or restarts the broker.
     /// With [`Plan::mixed`], turns rotate over it, a murmur2 producer and a keyless one.
     pub fn start(bootstrap: &str, topic: &str, plan: Plan) -> Feed {
-        let producer = |partitioner: Option<&str>| -> FutureProducer {
+        let bootstrap = bootstrap.to_owned();
+        let producer = move |partitioner: Option<&str>| -> FutureProducer {
             let mut config = ClientConfig::new();
             config
-                .set("bootstrap.servers", bootstrap)
+                .set("bootstrap.servers", &bootstrap)
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "5")
                 // Rides out a broker restart: delivery is retried for up to five minutes.
@@ -71,18 +80,24 @@ impl Feed {
             config.create().expect("feed producer")
         };
         // (producer, keyed)
-        let producers = if plan.mixed {
-            vec![
-                (producer(None), true),
-                (producer(Some("murmur2_random")), true),
-                (producer(None), false),
-            ]
-        } else {
-            vec![(producer(None), true)]
+        let mixed = plan.mixed;
+        let producers_for = move || {
+            if mixed {
+                vec![
+                    (producer(None), true),
+                    (producer(Some("murmur2_random")), true),
+                    (producer(None), false),
+                ]
+            } else {
+                vec![(producer(None), true)]
+            }
         };
+        let mut producers = producers_for();
         let topic = topic.to_owned();
         let produced = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&produced);
+        let pause = Arc::new(Pause::default());
+        let holder = Arc::clone(&pause);
         let handle = tokio::spawn(async move {
             let mut expected = Expectations::default();
             let mut pending = Vec::new();
@@ -92,6 +107,17 @@ impl Feed {
             let mut index = 0_usize;
             for turn in 1..=plan.num_turns as i64 {
                 for session in 0..plan.num_sessions {
+                    if holder.wanted.load(Ordering::SeqCst) {
+                        num_failed += settle(&mut pending).await;
+                        holder.holding.store(true, Ordering::SeqCst);
+                        while holder.wanted.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        holder.holding.store(false, Ordering::SeqCst);
+                        // Fresh producers: the test broker forgets idempotent producers when
+                        // it restarts, which a producer with history takes as fatal.
+                        producers = producers_for();
+                    }
                     let tokens = (turn * 7 + session as i64) % 13 + 1;
                     let event = chat_trace(
                         &format!("user-{}", session % 50),
@@ -129,7 +155,25 @@ impl Feed {
                 num_failed,
             }
         });
-        Feed { handle, produced }
+        Feed {
+            handle,
+            produced,
+            pause,
+        }
+    }
+
+    /// Stops producing once every trace produced so far is acknowledged (the feed may have
+    /// ended first).
+    pub async fn pause(&self) {
+        self.pause.wanted.store(true, Ordering::SeqCst);
+        while !self.pause.holding.load(Ordering::SeqCst) && !self.handle.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Produces on, through new producers.
+    pub fn resume(&self) {
+        self.pause.wanted.store(false, Ordering::SeqCst);
     }
 
     /// Traces handed to the producer so far.

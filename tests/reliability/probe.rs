@@ -25,6 +25,9 @@ struct Sample {
     /// The oldest cut of the owned partitions' durable checkpoints
     /// (`sessionizer_checkpoint_timestamp_seconds`), when every assigned partition has one.
     durable_since_secs: Option<f64>,
+    /// `sessionizer_rebalances_total{kind="revoke"}`: partitions given up, each replayed by
+    /// its next owner (this process too) from its durable checkpoint.
+    revokes: f64,
     /// Rows the Openlayer server had accepted at that moment.
     rows_received: usize,
     /// `sessionizer_traces_repartitioned_total`: traces this instance forwarded.
@@ -71,6 +74,7 @@ impl Instance {
             self.samples.push(Sample {
                 at_secs: unix_secs(),
                 durable_since_secs,
+                revokes: sum(&metrics, "sessionizer_rebalances_total{kind=\"revoke\"}"),
                 rows_received,
                 repartitioned: sum(&metrics, "sessionizer_traces_repartitioned_total"),
                 forced: sum(&metrics, "sessionizer_alignment_forced_total"),
@@ -91,31 +95,41 @@ impl Instance {
         self.samples.last().map_or(0.0, |sample| sample.forced)
     }
 
-    /// Rows a crash right now may ship again: those the server accepted since the oldest
-    /// cut of this instance's durable checkpoints, as last sampled (a restart replays what
-    /// came after each partition's), less `slack`: requests in flight are acknowledged out
-    /// of order, so a row accepted just before a cut may sit above an unsettled one and be
-    /// replayed too. Since its first sample when some partition had no durable checkpoint.
-    /// Rows earlier instances left in flight count against those instances.
+    /// Rows this instance may have shipped twice: at every revocation it sampled, and at a
+    /// crash right now, those the server accepted since the oldest cut of its durable
+    /// checkpoints (the next owner replays what came after each partition's), less `slack`:
+    /// requests in flight are acknowledged out of order, so a row accepted just before a cut
+    /// may sit above an unsettled one and be replayed too. Counted from the first sample
+    /// when some partition had no durable checkpoint. Rows earlier instances left in flight
+    /// count against those instances.
     pub fn rows_in_flight(&self, rows_now: usize, slack: Duration) -> usize {
-        let Some(first) = self.samples.first() else {
-            return 0;
-        };
-        let durable_since = self
+        let revocations: usize = self
             .samples
-            .last()
-            .and_then(|last| last.durable_since_secs)
+            .windows(2)
+            .enumerate()
+            .filter(|(_, pair)| pair[1].revokes > pair[0].revokes)
+            .map(|(before, pair)| self.in_flight_after(before, pair[1].rows_received, slack))
+            .sum();
+        let now = self
+            .samples
+            .len()
+            .checked_sub(1)
+            .map_or(0, |last| self.in_flight_after(last, rows_now, slack));
+        revocations + now
+    }
+
+    /// Rows accepted by `rows_then` that the durable checkpoints as of sample `index` do not
+    /// cover.
+    fn in_flight_after(&self, index: usize, rows_then: usize, slack: Duration) -> usize {
+        let samples = &self.samples[..=index];
+        let durable_since = samples[index]
+            .durable_since_secs
             .map(|since| since - slack.as_secs_f64());
         let covered = durable_since
-            .and_then(|since| {
-                self.samples
-                    .iter()
-                    .rev()
-                    .find(|sample| sample.at_secs <= since)
-            })
-            .unwrap_or(first)
+            .and_then(|since| samples.iter().rev().find(|sample| sample.at_secs <= since))
+            .unwrap_or(&samples[0])
             .rows_received;
-        rows_now.saturating_sub(covered)
+        rows_then.saturating_sub(covered)
     }
 }
 

@@ -7,7 +7,9 @@
 //! restart. The forwarder then recovers instead of ending the run: it waits until every
 //! forward in flight has reported, makes a new producer, and sends the undelivered forwards
 //! again, in the order they were read, before any newer one. A forward that had landed after
-//! all is recognised as a duplicate where it lands.
+//! all is recognised as a duplicate where it lands. A stopped producer never reports on the
+//! forwards it still holds (they never time out), so once it is found stopped, they count as
+//! undelivered.
 
 use crate::core::{Forward, Marker};
 use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
@@ -17,7 +19,8 @@ use crate::source::repartition::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// What became of a forward.
@@ -35,6 +38,8 @@ pub(super) struct Forwarder {
     topic: String,
     num_partitions: i32,
     producer: FutureProducer,
+    /// Set once `producer` is found stopped: its forwards in flight stop waiting.
+    stopped: watch::Sender<bool>,
     in_flight: JoinSet<(Forward, bool)>,
     /// Set while recovering: the forwards to send through the next producer, undelivered
     /// ones and newer ones alike.
@@ -64,6 +69,7 @@ impl Forwarder {
     ) -> Result<Self, KafkaError> {
         Ok(Forwarder {
             producer: create_forward_producer(kafka)?,
+            stopped: watch::Sender::new(false),
             kafka: kafka.clone(),
             topic: topic.to_owned(),
             num_partitions,
@@ -91,15 +97,13 @@ impl Forwarder {
         }
         match self.enqueue(&forward) {
             Ok(delivery) => {
-                self.in_flight.spawn(async move {
-                    let delivered = matches!(delivery.await, Ok(Ok(_)));
-                    (forward, delivered)
-                });
+                self.await_delivery(forward, delivery);
                 None
             }
             Err(error) => {
                 tracing::warn!(%error, "the forward producer refused a forward; recovering");
                 self.waiting = Some(vec![forward]);
+                self.stop_waiting_if_stopped();
                 self.recover_when_settled()
             }
         }
@@ -141,6 +145,7 @@ impl Forwarder {
                 // A stopped producer: recover, or no marker would get through again.
                 tracing::debug!(%error, partition, "failed to queue a marker");
                 self.waiting.get_or_insert_with(Vec::new);
+                self.stop_waiting_if_stopped();
                 return self.recover_when_settled();
             }
         }
@@ -169,6 +174,27 @@ impl Forwarder {
         }
     }
 
+    /// Reports `forward` once Kafka has it, or as undelivered once the producer is found
+    /// stopped.
+    fn await_delivery(&mut self, forward: Forward, delivery: DeliveryFuture) {
+        let mut stopped = self.stopped.subscribe();
+        self.in_flight.spawn(async move {
+            tokio::select! {
+                delivery = delivery => (forward, matches!(delivery, Ok(Ok(_)))),
+                _ = stopped.wait_for(|stopped| *stopped) => (forward, false),
+            }
+        });
+    }
+
+    /// A producer stopped by a fatal error reports nothing more: what it holds in flight is
+    /// undelivered.
+    fn stop_waiting_if_stopped(&self) {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::warn!(?code, reason, "the forward producer stopped");
+            self.stopped.send_replace(true);
+        }
+    }
+
     /// Once nothing is in flight any more, sends what waits through a new producer.
     fn recover_when_settled(&mut self) -> Option<Outcome> {
         if !self.in_flight.is_empty() {
@@ -194,14 +220,10 @@ impl Forwarder {
             Ok(producer) => producer,
             Err(error) => return Some(Outcome::Failed(error)),
         };
+        self.stopped = watch::Sender::new(false);
         for forward in waiting {
             match self.enqueue(&forward) {
-                Ok(delivery) => {
-                    self.in_flight.spawn(async move {
-                        let delivered = matches!(delivery.await, Ok(Ok(_)));
-                        (forward, delivered)
-                    });
-                }
+                Ok(delivery) => self.await_delivery(forward, delivery),
                 Err(error) => return Some(Outcome::Failed(error)),
             }
         }
