@@ -27,13 +27,16 @@ impl Core {
         now: Now,
         out: &mut Vec<Effect>,
     ) {
-        self.metrics.events_consumed.inc();
         let Received {
             stream,
             partition,
             offset,
             ..
         } = received;
+        if stream == Stream::Traces {
+            // Forwards and markers read from the repartition topic are not new traces.
+            self.metrics.events_consumed.inc();
+        }
         if !self.offsets.owns(partition) || self.awaiting_state.contains(&partition) {
             return;
         }

@@ -257,6 +257,11 @@ fn a_forward_becomes_one_row_with_the_id_of_where_it_was_first_read() {
         metric(&registry, "sessionizer_repartitioned_duplicates_total"),
         1.0
     );
+    assert_eq!(
+        metric(&registry, "sessionizer_events_consumed_total"),
+        0.0,
+        "forwards and markers are not new traces"
+    );
     assert!(
         stores(&out).contains(&(Stream::Repartition, 2, 103)),
         "both and the markers settled: {out:?}"
