@@ -10,7 +10,8 @@
 #      sessionizer: probes /healthz and /readyz on port 9464 (named metrics), the --config path
 #      served by the generated ConfigMap, the API key file (openlayer.api_key_file) mounted
 #      read-only from Secret sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/
-#      ScaledObject wiring, terminationGracePeriodSeconds > drain timeout + 10 s;
+#      ScaledObject wiring (a lag trigger for the traces topic and, unless repartitioning is
+#      off, one for the repartition topic), terminationGracePeriodSeconds > drain timeout + 10 s;
 #      gateway: ports http 8080 (http.listen) and metrics 9465 (ops.listen), probes /healthz and
 #      /readyz on metrics, the --config path served by its ConfigMap, the client key file
 #      (auth.api_keys_file) mounted read-only from Secret gateway-api-keys key keys, Service
@@ -25,8 +26,8 @@
 #      the Kafka connection (generated ConfigMap kafka-connection, set once per overlay): both
 #      Deployments read bootstrap servers, security protocol (and SASL mechanism) from it and
 #      their effective config equals it; SASL user/password come from a Secret, a CA file from
-#      a read-only Secret volume; the ScaledObject's bootstrapServers/sasl/tls match it (the
-#      KEDA words agree with librdkafka's) and its TriggerAuthentication reads the sessionizer's
+#      a read-only Secret volume; each ScaledObject trigger's bootstrapServers/sasl/tls match it
+#      (the KEDA words agree with librdkafka's) and its TriggerAuthentication reads the sessionizer's
 #      Secret keys; both NetworkPolicies allow egress to its brokers' namespace and port (and
 #      DNS; the sessionizer's also openlayer.base_url's port);
 #      deploy/Dockerfile has a stage per service that builds, copies and runs that binary as
@@ -314,11 +315,19 @@ if effective:
     check(grace >= drain + 10, f"terminationGracePeriodSeconds {grace} must be >= drain_timeout_secs {drain} + 10")
     check(effective["openlayer"].get("api_key_file") == dummy_key_file and "api_key" not in effective["openlayer"],
           "check-config did not take the API key from openlayer.api_key_file")
-    trig = next((t for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"), {}).get("metadata", {})
-    check(trig.get("topic") == effective["kafka"]["topic"], f"ScaledObject topic {trig.get('topic')} != kafka.topic")
-    check(trig.get("consumerGroup") == effective["kafka"]["group_id"], f"ScaledObject consumerGroup != kafka.group_id")
-    check(trig.get("bootstrapServers") == effective["kafka"]["bootstrap_servers"],
-          f"ScaledObject bootstrapServers {trig.get('bootstrapServers')} != kafka.bootstrap_servers {effective['kafka']['bootstrap_servers']}")
+    # One lag trigger per topic the group consumes: the traces topic, and the repartition
+    # topic (read under `<group_id>.repartition`) unless repartitioning is off.
+    kafka_cfg = effective["kafka"]
+    wanted = {(kafka_cfg["topic"], kafka_cfg["group_id"])}
+    if kafka_cfg.get("repartition_topic"):
+        wanted.add((kafka_cfg["repartition_topic"], kafka_cfg["group_id"] + ".repartition"))
+    triggers = [t.get("metadata", {}) for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"]
+    found = {(t.get("topic"), t.get("consumerGroup")) for t in triggers}
+    check(found == wanted, f"ScaledObject kafka triggers (topic, consumerGroup) {sorted(found)} != {sorted(wanted)} "
+          f"(kafka.topic/group_id, and kafka.repartition_topic/<group_id>.repartition unless it is empty)")
+    for trig in triggers:
+        check(trig.get("bootstrapServers") == kafka_cfg["bootstrap_servers"],
+              f"ScaledObject bootstrapServers {trig.get('bootstrapServers')} != kafka.bootstrap_servers {kafka_cfg['bootstrap_servers']}")
 
 # Service, ServiceMonitor, PDB, ScaledObject wiring.
 def selects(sel):
@@ -586,23 +595,24 @@ for who, prefix, eff, sources, pod_spec, container, policy in (
                   for rule in policy.get("spec", {}).get("egress", [])),
               f"sessionizer: NetworkPolicy egress does not allow port {port} of openlayer.base_url {base_url}")
 
-# The ScaledObject's trigger: the same brokers and security, and the sessionizer's credentials.
-trigger = next((t for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"), {})
-meta = trigger.get("metadata", {})
-check(meta.get("bootstrapServers") == conn.get("bootstrap-servers"),
-      f"ScaledObject bootstrapServers {meta.get('bootstrapServers')} != kafka-connection's {conn.get('bootstrap-servers')} "
-      f"(does the overlay list components/kafka-connection?)")
-check(meta.get("sasl") == conn.get("keda-sasl") and meta.get("tls") == conn.get("keda-tls"),
-      f"ScaledObject sasl/tls {meta.get('sasl')}/{meta.get('tls')} != kafka-connection's {conn.get('keda-sasl')}/{conn.get('keda-tls')}")
+# The ScaledObject's triggers: the same brokers and security, and the sessionizer's credentials.
 wanted_params = {name: ref for name, ref in credentials.get("sessionizer", {}).items() if ref}
-if wanted_params:
-    auth = trigger.get("authenticationRef", {})
-    check(auth.get("kind", "TriggerAuthentication") == "TriggerAuthentication" and auth.get("name"),
-          "ScaledObject: the kafka trigger needs an authenticationRef to a TriggerAuthentication (components/kafka-sasl-tls)")
-    trigger_auth = one("TriggerAuthentication", auth.get("name")) if auth.get("name") else {}
-    params = {r.get("parameter"): (r.get("name"), r.get("key")) for r in trigger_auth.get("spec", {}).get("secretTargetRef", [])}
-    for name, ref in wanted_params.items():
-        check(params.get(name) == ref, f"TriggerAuthentication {auth.get('name')}: parameter {name} is {params.get(name)}, the sessionizer uses Secret/key {ref}")
+for trigger in (t for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"):
+    meta = trigger.get("metadata", {})
+    label = f"ScaledObject trigger {trigger.get('name', meta.get('topic'))}"
+    check(meta.get("bootstrapServers") == conn.get("bootstrap-servers"),
+          f"{label}: bootstrapServers {meta.get('bootstrapServers')} != kafka-connection's {conn.get('bootstrap-servers')} "
+          f"(does the overlay list components/kafka-connection?)")
+    check(meta.get("sasl") == conn.get("keda-sasl") and meta.get("tls") == conn.get("keda-tls"),
+          f"{label}: sasl/tls {meta.get('sasl')}/{meta.get('tls')} != kafka-connection's {conn.get('keda-sasl')}/{conn.get('keda-tls')}")
+    if wanted_params:
+        auth = trigger.get("authenticationRef", {})
+        check(auth.get("kind", "TriggerAuthentication") == "TriggerAuthentication" and auth.get("name"),
+              f"{label} needs an authenticationRef to a TriggerAuthentication (components/kafka-sasl-tls)")
+        trigger_auth = one("TriggerAuthentication", auth.get("name")) if auth.get("name") else {}
+        params = {r.get("parameter"): (r.get("name"), r.get("key")) for r in trigger_auth.get("spec", {}).get("secretTargetRef", [])}
+        for name, ref in wanted_params.items():
+            check(params.get(name) == ref, f"TriggerAuthentication {auth.get('name')}: parameter {name} is {params.get(name)}, the sessionizer uses Secret/key {ref}")
 print(f"Kafka connection {conn.get('bootstrap-servers')} ({protocol}{'/' + mechanism if mechanism else ''}) reaches both "
       f"Deployments, the ScaledObject{' and its TriggerAuthentication' if wanted_params else ''} and both NetworkPolicies")
 
