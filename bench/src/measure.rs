@@ -177,6 +177,7 @@ impl Clocks {
         let machine = self.machine - earlier.machine;
         Window {
             seconds,
+            seconds_to_nine_tenths: seconds,
             process_cpu_seconds: process,
             process_cpu_seconds_stat: self.process_stat - earlier.process_stat,
             ack_cpu_seconds: self.ack - earlier.ack,
@@ -192,6 +193,9 @@ impl Clocks {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Window {
     pub(crate) seconds: f64,
+    /// Seconds until nine tenths were done: the rest of `seconds` is the drain of the last
+    /// tenth, where fixed waits (batch linger, alignment at the end of a backlog) show.
+    pub(crate) seconds_to_nine_tenths: f64,
     /// Process CPU seconds spent in the window (every thread, the ack server's included),
     /// from the per-thread scheduler counters.
     pub(crate) process_cpu_seconds: f64,
@@ -227,7 +231,11 @@ pub(crate) fn window(
         std::thread::sleep(POLL);
     }
     let began = Clocks::take(ack_tid, broker_pid)?;
+    let mut nine_tenths = None;
     while done() < n {
+        if nine_tenths.is_none() && done() * 10 >= n * 9 {
+            nine_tenths = Some(began.at.elapsed().as_secs_f64());
+        }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {n} traces done within {timeout:?} ({} consumed)",
@@ -237,7 +245,9 @@ pub(crate) fn window(
         }
         std::thread::sleep(POLL);
     }
-    Ok(Clocks::take(ack_tid, broker_pid)?.since(&began))
+    let mut window = Clocks::take(ack_tid, broker_pid)?.since(&began);
+    window.seconds_to_nine_tenths = nine_tenths.unwrap_or(window.seconds);
+    Ok(window)
 }
 
 /// Median of a non-empty list (mean of the middle two for an even count).

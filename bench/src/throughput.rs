@@ -426,11 +426,13 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
                 }
             };
             eprintln!(
-                "bench: rep {rep} {:<27} {:>8.0} traces/s  {:>6.1} µs CPU/trace  ({:.2} s)",
+                "bench: rep {rep} {:<27} {:>8.0} traces/s  {:>6.1} µs CPU/trace  ({:.2} s, \
+                 the last tenth {:.2} s)",
                 variant.label(),
                 run.traces_per_second,
                 run.cpu_us_per_trace,
-                run.seconds
+                run.seconds,
+                run.seconds - run.window.seconds_to_nine_tenths
             );
             runs.push(run);
         }
