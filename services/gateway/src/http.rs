@@ -5,7 +5,8 @@
 //!   becomes a record on the traces topic; `200 {"success": true}` once Kafka acknowledged
 //!   all of them;
 //! - `PUT /v1/inference-pipelines/{id}/rows?inferenceId=..` with `{"row", "config"}`: one
-//!   `row_update` record, shipped by the sessionizer after the rows before it.
+//!   `row_update` record, shipped by the sessionizer after the rows before it;
+//! - `POST /v1/traces`: OTLP/HTTP, what OpenTelemetry SDKs export (`crate::otlp`).
 //!
 //! Answers: 401 without a configured bearer key (checked before the body is read); 400 with
 //! `{"success": false, "error", "row", "field"}` for a malformed request, nothing produced;
@@ -147,7 +148,7 @@ impl AppState {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -157,7 +158,7 @@ fn now_ms() -> i64 {
 
 /// Every failure a request can meet, answered in one place.
 #[derive(Debug)]
-enum ApiError {
+pub(crate) enum ApiError {
     Unauthorized,
     Refused(Refusal),
     BodyTooLarge {
@@ -213,6 +214,8 @@ fn route_label(path: &str) -> &'static str {
         "data_stream"
     } else if path.starts_with("/v1/inference-pipelines/") && path.ends_with("/rows") {
         "row_update"
+    } else if path == "/v1/traces" {
+        "otlp_traces"
     } else {
         "other"
     }
@@ -258,6 +261,7 @@ pub fn api_app(state: AppState) -> Router {
             "/v1/inference-pipelines/{pipeline_id}/rows",
             put(update_row),
         )
+        .route("/v1/traces", post(crate::otlp::traces))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .fallback(not_found)
@@ -273,7 +277,10 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge {
@@ -291,7 +298,7 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<B
 }
 
 /// Hands the records to Kafka, within the in-flight bound; `Ok` once all are acknowledged.
-async fn produce(
+pub(crate) async fn produce(
     state: &AppState,
     records: Vec<Outgoing>,
     kind: &'static str,

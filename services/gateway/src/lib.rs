@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod preflight;
 pub mod publish;
 pub mod rows;

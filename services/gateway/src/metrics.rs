@@ -12,7 +12,7 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// The routes requests are counted under.
-pub const ROUTES: &[&str] = &["data_stream", "row_update", "other"];
+pub const ROUTES: &[&str] = &["data_stream", "row_update", "otlp_traces", "other"];
 
 /// Handles to every metric; cheap to clone (clones share the values).
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct Metrics {
     pub produce_errors: IntCounterVec,
     /// 1 while the broker answered the last readiness check or delivery, else 0.
     pub broker_reachable: IntGauge,
+    /// OTLP spans refused (answered as partial success), by reason.
+    pub otlp_spans_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -87,6 +89,13 @@ impl Metrics {
             "gateway_broker_reachable",
             "1 while the broker answered the last readiness check or delivery, else 0.",
         )?;
+        let otlp_spans_rejected = IntCounterVec::new(
+            Opts::new(
+                "gateway_otlp_spans_rejected_total",
+                "OTLP spans refused and reported back as partial success, by reason.",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(requests_in_flight.clone()))?;
@@ -95,10 +104,11 @@ impl Metrics {
         registry.register(Box::new(rows_in_flight.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(broker_reachable.clone()))?;
+        registry.register(Box::new(otlp_spans_rejected.clone()))?;
         for route in ROUTES {
             let _zero = request_duration.with_label_values(&[route]);
         }
-        for kind in ["trace", "row_update"] {
+        for kind in ["trace", "row_update", "otel_trace"] {
             let _zero = rows_produced.with_label_values(&[kind]);
         }
         for reason in crate::publish::PublishError::REASONS {
@@ -113,6 +123,7 @@ impl Metrics {
             rows_in_flight,
             produce_errors,
             broker_reachable,
+            otlp_spans_rejected,
         })
     }
 }

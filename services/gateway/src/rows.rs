@@ -221,7 +221,7 @@ fn total(column: Option<f64>, steps: Option<&Value>, key: &str) -> Option<f64> {
     }
 }
 
-fn encode_checked(
+pub(crate) fn encode_checked(
     event: &TraceEvent,
     index: Option<usize>,
     limits: &Limits,

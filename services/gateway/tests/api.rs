@@ -406,3 +406,284 @@ async fn readiness_follows_the_broker_and_shutdown() {
         assert!(text.contains(name), "{name} in\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// OTLP/HTTP (`POST /v1/traces`)
+// ---------------------------------------------------------------------------------------------
+
+mod otlp {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+    use std::io::Write as _;
+
+    fn attribute(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.to_owned())),
+            }),
+            ..KeyValue::default()
+        }
+    }
+
+    /// Turn `turn` of conversation `session`: a handler span around a chat span.
+    fn turn_spans(trace: u8, session: &str, turn: u64) -> Vec<Span> {
+        let start = 1_780_000_000_000_000_000 + turn * 1_000_000_000;
+        let span = |id: u8, parent: Option<u8>, name: &str, attributes| Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, trace, id],
+            parent_span_id: parent
+                .map_or(Vec::new(), |parent| vec![0, 0, 0, 0, 0, 0, trace, parent]),
+            name: name.to_owned(),
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 500_000_000,
+            attributes,
+            ..Span::default()
+        };
+        vec![
+            span(1, None, "POST /chat", vec![attribute("user.id", "ana")]),
+            span(
+                2,
+                Some(1),
+                "chat gpt-4o",
+                vec![
+                    attribute("gen_ai.operation.name", "chat"),
+                    attribute("gen_ai.conversation.id", session),
+                    attribute(
+                        "gen_ai.output.messages",
+                        r#"[{"role": "assistant", "content": "ok"}]"#,
+                    ),
+                ],
+            ),
+        ]
+    }
+
+    fn export(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        }
+    }
+
+    fn post(content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> Request<Body> {
+        let mut builder = Request::builder()
+            .method("POST")
+            .uri("/v1/traces")
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::AUTHORIZATION, format!("Bearer {KEY}"));
+        if let Some(encoding) = encoding {
+            builder = builder.header(header::CONTENT_ENCODING, encoding);
+        }
+        builder.body(Body::from(body)).expect("request")
+    }
+
+    async fn answer(app: &Router, request: Request<Body>) -> (StatusCode, Vec<u8>) {
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, bytes.to_vec())
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).expect("gzip");
+        encoder.finish().expect("gzip")
+    }
+
+    #[tokio::test]
+    async fn protobuf_and_gzip_exports_become_one_record_per_trace_keyed_by_session() {
+        let fixture = fixture(1 << 20);
+        let mut spans = turn_spans(1, "conv-1", 1);
+        spans.extend(turn_spans(2, "conv-1", 2));
+        let body = export(spans).encode_to_vec();
+        let (status, answer_bytes) = answer(
+            &fixture.app,
+            post("application/x-protobuf", None, body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let response =
+            ExportTraceServiceResponse::decode(&answer_bytes[..]).expect("protobuf answer");
+        assert_eq!(response.partial_success, None, "nothing refused");
+        let (status, _) = answer(
+            &fixture.app,
+            post("application/x-protobuf", Some("gzip"), gzip(&body)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        let events = fixture.publisher.events();
+        assert_eq!(events.len(), 4, "two traces, twice");
+        for (key, event) in &events {
+            assert_eq!(key.as_deref(), Some("conv-1"));
+            assert_eq!(event.session_id.as_deref(), Some("conv-1"));
+            assert_eq!(event.user_id.as_deref(), Some("ana"));
+            assert_eq!(event.steps[0].step_type, "chat_completion");
+            assert_eq!(event.output, json!("ok"));
+        }
+        let metrics = prometheus::TextEncoder::new()
+            .encode_to_string(&fixture.registry.gather())
+            .expect("metrics");
+        assert!(
+            metrics.contains(r#"gateway_rows_produced_total{kind="otel_trace"} 4"#),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_traces_are_a_partial_success_and_the_rest_is_produced() {
+        let fixture = fixture(1 << 20);
+        let mut spans = turn_spans(1, "conv-1", 1);
+        // A trace of two roots.
+        let mut second_root = turn_spans(2, "conv-2", 1);
+        second_root[1].parent_span_id.clear();
+        spans.extend(second_root);
+        let (status, bytes) = answer(
+            &fixture.app,
+            post(
+                "application/x-protobuf",
+                None,
+                export(spans).encode_to_vec(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let partial = ExportTraceServiceResponse::decode(&bytes[..])
+            .expect("protobuf answer")
+            .partial_success
+            .expect("partial success");
+        assert_eq!(partial.rejected_spans, 2);
+        assert!(
+            partial.error_message.contains("root spans"),
+            "{}",
+            partial.error_message
+        );
+        assert_eq!(fixture.publisher.events().len(), 1);
+        let metrics = prometheus::TextEncoder::new()
+            .encode_to_string(&fixture.registry.gather())
+            .expect("metrics");
+        assert!(
+            metrics.contains(r#"gateway_otlp_spans_rejected_total{reason="otel_several_roots"} 2"#),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn otlp_json_is_answered_in_json() {
+        let fixture = fixture(1 << 20);
+        let body = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": "0102030405060708090a0b0c0d0e0f10",
+            "spanId": "0102030405060708",
+            "name": "chat",
+            "startTimeUnixNano": "1780000000000000000",
+            "endTimeUnixNano": "1780000000500000000",
+            "attributes": [
+                {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+                {"key": "session.id", "value": {"stringValue": "s-9"}},
+                {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "7"}}
+            ]
+        }]}]}]});
+        let (status, bytes) = answer(
+            &fixture.app,
+            post(
+                "application/json; charset=utf-8",
+                None,
+                body.to_string().into_bytes(),
+            ),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let _: Value = serde_json::from_slice(&bytes).expect("a JSON answer");
+        let events = fixture.publisher.events();
+        assert_eq!(events.len(), 1);
+        let (key, event) = &events[0];
+        assert_eq!(key.as_deref(), Some("s-9"));
+        assert_eq!(
+            event.inference_id.as_deref(),
+            Some("0102030405060708090a0b0c0d0e0f10")
+        );
+        assert_eq!(event.steps[0].prompt_tokens, Some(7));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_and_nothing_is_produced() {
+        let fixture = fixture(64 * 1024);
+        let valid = export(turn_spans(1, "conv-1", 1)).encode_to_vec();
+        // Inflates far past the limit: stopped while inflating.
+        let bomb = gzip(&vec![0u8; 10 << 20]);
+        assert!(bomb.len() < 64 * 1024, "the bomb itself fits the limit");
+        let cases = [
+            (
+                post("text/plain", None, valid.clone()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                post("application/x-protobuf", Some("br"), valid.clone()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                post("application/x-protobuf", None, b"\x0a\xff\xff".to_vec()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                post("application/json", None, b"{\"resourceSpans\": 1}".to_vec()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                post("application/x-protobuf", Some("gzip"), b"not gzip".to_vec()),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                post("application/x-protobuf", Some("gzip"), bomb),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                post("application/x-protobuf", None, vec![0x0a; 70_000]),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ];
+        for (request, expected) in cases {
+            let (status, bytes) = answer(&fixture.app, request).await;
+            assert_eq!(status, expected, "{}", String::from_utf8_lossy(&bytes));
+        }
+        let unauthorized = Request::builder()
+            .method("POST")
+            .uri("/v1/traces")
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Body::from(valid))
+            .expect("request");
+        assert_eq!(
+            answer(&fixture.app, unauthorized).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(fixture.publisher.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn kafka_down_is_503_with_retry_after() {
+        let fixture = fixture(1 << 20);
+        fixture.broker.set_reachable(false);
+        let body = export(turn_spans(1, "conv-1", 1)).encode_to_vec();
+        let (status, retry_after, _) =
+            send(&fixture.app, post("application/x-protobuf", None, body)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("3"));
+    }
+}

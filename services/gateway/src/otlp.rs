@@ -1,0 +1,196 @@
+//! OTLP/HTTP traces: `POST /v1/traces`, what the OpenTelemetry SDKs' exporters send with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT=http://<gateway>:<port>` (and the key in
+//! `OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer <key>`).
+//!
+//! The body is an `ExportTraceServiceRequest`, protobuf (`application/x-protobuf`) or JSON
+//! (`application/json`), plain or gzip. Its spans are grouped by trace and each trace is
+//! assembled into one record (`otel_ingest`), keyed by session as every trace is. The answer,
+//! in the request's encoding, comes once Kafka acknowledged every record: an
+//! `ExportTraceServiceResponse`, whose `partial_success` counts the spans refused (no trace
+//! id, no single root, a cycle, beyond the limits) with the first reason. The spans of one
+//! trace must come in one request: spans of a trace exported in several requests are each
+//! assembled on their own (a part without its root is refused).
+//!
+//! Errors: 415 for another content type, 400 for a body that does not decode (or does not
+//! inflate), 413 for a body over `http.max_body_bytes` before or after inflating, 503 with
+//! `Retry-After` when Kafka does not acknowledge (OTLP exporters retry it).
+
+use crate::http::{ApiError, AppState, body_bytes, produce};
+use crate::rows::{Outgoing, Refusal, encode_checked};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use otel_ingest::request::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use otel_ingest::{Encoding, assemble, decode, group_by_trace};
+use prost::Message as _;
+use std::io::Read as _;
+
+pub(crate) async fn traces(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let encoding = encoding(&headers)?;
+    let body = body_bytes(&state, body)?;
+    let body = inflate(&headers, body, state.max_body_bytes)?;
+    let request =
+        decode(&body, encoding).map_err(|error| refused(400, "body", error.to_string()))?;
+    let grouped = group_by_trace(&request);
+    let mut rejected = Rejected::default();
+    rejected.add(grouped.without_trace_id, "otel_trace_id", || {
+        "spans without a valid trace id".to_owned()
+    });
+    let mut records = Vec::with_capacity(grouped.traces.len());
+    for (trace_id, spans) in &grouped.traces {
+        let event = match assemble(trace_id, spans, &state.limits) {
+            Ok(event) => event,
+            Err(error) => {
+                rejected.add(spans.len(), error.reason(), || {
+                    format!("trace {trace_id}: {error}")
+                });
+                continue;
+            }
+        };
+        match encode_checked(&event, None, &state.limits) {
+            Ok(payload) => records.push(Outgoing {
+                key: event.partition_key().map(str::to_owned),
+                payload,
+                inference_id: event.inference_id,
+            }),
+            Err(refusal) => rejected.add(spans.len(), "too_large", || {
+                format!("trace {trace_id}: {refusal}")
+            }),
+        }
+    }
+    for (reason, spans) in &rejected.by_reason {
+        state
+            .metrics
+            .otlp_spans_rejected
+            .with_label_values(&[reason])
+            .inc_by(*spans as u64);
+    }
+    if !records.is_empty() {
+        produce(&state, records, "otel_trace").await?;
+    }
+    let response = ExportTraceServiceResponse {
+        partial_success: (rejected.spans > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(rejected.spans).unwrap_or(i64::MAX),
+            error_message: rejected.first_message.unwrap_or_default(),
+        }),
+    };
+    Ok(respond(encoding, &response))
+}
+
+/// Spans refused so far, by reason, and the first message (OTLP reports one).
+#[derive(Debug, Default)]
+struct Rejected {
+    spans: usize,
+    by_reason: Vec<(&'static str, usize)>,
+    first_message: Option<String>,
+}
+
+impl Rejected {
+    fn add(&mut self, spans: usize, reason: &'static str, message: impl FnOnce() -> String) {
+        if spans == 0 {
+            return;
+        }
+        self.spans += spans;
+        match self
+            .by_reason
+            .iter_mut()
+            .find(|(known, _)| *known == reason)
+        {
+            Some((_, count)) => *count += spans,
+            None => self.by_reason.push((reason, spans)),
+        }
+        self.first_message.get_or_insert_with(message);
+    }
+}
+
+fn refused(status: u16, field: &str, message: String) -> ApiError {
+    ApiError::Refused(Refusal {
+        status,
+        row: None,
+        field: Some(field.to_owned()),
+        message,
+    })
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/x-protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(refused(
+            415,
+            "content-type",
+            format!(
+                "content type {content_type:?}: OTLP/HTTP takes application/x-protobuf or \
+                 application/json"
+            ),
+        )),
+    }
+}
+
+/// The body as sent, or inflated when gzip: the size limit holds for the inflated bytes
+/// too, checked while inflating (a small bomb stops at the limit).
+fn inflate(headers: &HeaderMap, body: Bytes, max_bytes: usize) -> Result<Bytes, ApiError> {
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_ascii_lowercase());
+    match content_encoding.as_deref() {
+        None | Some("" | "identity") => Ok(body),
+        Some("gzip") => {
+            let mut inflated = Vec::new();
+            let limit = u64::try_from(max_bytes)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
+            flate2::read::GzDecoder::new(&body[..])
+                .take(limit)
+                .read_to_end(&mut inflated)
+                .map_err(|error| {
+                    refused(
+                        400,
+                        "body",
+                        format!("the gzip body does not inflate: {error}"),
+                    )
+                })?;
+            if inflated.len() > max_bytes {
+                return Err(ApiError::BodyTooLarge { limit: max_bytes });
+            }
+            Ok(Bytes::from(inflated))
+        }
+        Some(other) => Err(refused(
+            415,
+            "content-encoding",
+            format!("content encoding {other:?}: gzip or none"),
+        )),
+    }
+}
+
+fn respond(encoding: Encoding, response: &ExportTraceServiceResponse) -> Response {
+    let (content_type, body) = match encoding {
+        Encoding::Protobuf => ("application/x-protobuf", response.encode_to_vec()),
+        Encoding::Json => (
+            "application/json",
+            serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec()),
+        ),
+    };
+    let mut answer = (StatusCode::OK, body).into_response();
+    answer
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    answer
+}
