@@ -706,3 +706,135 @@ async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_on
     );
     gateway.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// OpenTelemetry: the official Python SDK exporting OTLP/HTTP to the gateway
+// ---------------------------------------------------------------------------------------------
+
+/// One turn as `tests/otel/genai_chat.py` recorded it.
+#[derive(Debug)]
+struct OtelTurn {
+    session: String,
+    turn: u64,
+    trace_id: String,
+    tokens: i64,
+    answer: String,
+}
+
+impl OtelTurn {
+    fn parse(line: &str) -> OtelTurn {
+        let sent: Value = serde_json::from_str(line).expect("a sent line");
+        let text = |key: &str| sent[key].as_str().expect("a string").to_owned();
+        OtelTurn {
+            session: text("session"),
+            turn: sent["turn"].as_u64().expect("turn"),
+            trace_id: text("trace_id"),
+            tokens: sent["tokens"].as_i64().expect("tokens"),
+            answer: text("answer"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetry_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
+    const SESSIONS: usize = 3;
+    const TURNS: usize = 4;
+    let topics = create_service_topics("gw-otel-", 3).await;
+    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&shipping_key).await;
+    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
+
+    let output = Command::new(workspace().join("scripts/python-venv.sh"))
+        .arg("otel-sdk")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/python-venv.sh");
+    assert!(
+        output.status.success(),
+        "scripts/python-venv.sh otel-sdk failed"
+    );
+    let python = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("python");
+    let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
+    let prefix = unique_name("otel");
+    let endpoint = format!("{}/traces", gateway.base_url());
+    let args = [
+        "--prefix".to_owned(),
+        prefix.clone(),
+        "--sessions".to_owned(),
+        SESSIONS.to_string(),
+        "--turns".to_owned(),
+        TURNS.to_string(),
+        "--sent".to_owned(),
+        sent.to_string_lossy().into_owned(),
+    ];
+    let script = workspace().join("tests/otel/genai_chat.py");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .env_clear()
+            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
+            .env(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                format!("Authorization=Bearer%20{CLIENT_KEY}"),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the OpenTelemetry script")
+    })
+    .await
+    .expect("joined");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "the script failed: {stderr}");
+    assert!(
+        !stderr.contains("Failed to export"),
+        "the exporter reported a failure: {stderr}"
+    );
+    let text = std::fs::read_to_string(&sent).expect("the script wrote what it sent");
+    let _removed = std::fs::remove_file(&sent);
+    let turns: Vec<OtelTurn> = text.lines().map(OtelTurn::parse).collect();
+    assert_eq!(turns.len(), SESSIONS * TURNS);
+
+    let shipped = server.wait_for_rows(turns.len(), WAIT).await;
+    let mut by_id: HashMap<String, Map<String, Value>> = HashMap::new();
+    for row in &shipped {
+        let row = row.as_object().expect("row object").clone();
+        let previous = by_id.insert(inference_id(&row), row);
+        assert!(previous.is_none(), "shipped twice: {previous:?}");
+    }
+    assert_eq!(
+        shipped.len(),
+        turns.len(),
+        "one row per trace, nothing else"
+    );
+    let mut tokens_so_far: HashMap<&str, i64> = HashMap::new();
+    for turn in &turns {
+        let row = by_id
+            .get(&turn.trace_id)
+            .unwrap_or_else(|| panic!("trace {} not shipped", turn.trace_id));
+        let so_far = tokens_so_far.entry(turn.session.as_str()).or_default();
+        *so_far += turn.tokens;
+        assert_eq!(row["session_id"], json!(turn.session));
+        assert_eq!(row["session_turn"], json!(turn.turn), "{}", turn.trace_id);
+        assert_eq!(row["session_tokens_so_far"], json!(*so_far));
+        assert_eq!(row["output"], json!(turn.answer));
+        assert_eq!(row["service.name"], json!("genai-chat"));
+        let chat = &row["steps"][0]["steps"][0];
+        assert_eq!(chat["type"], "chat_completion", "{row:?}");
+        assert_eq!(chat["model"], "gpt-4o-mini");
+        assert_eq!(chat["provider"], "openai");
+        assert_eq!(chat["tokens"], json!(turn.tokens));
+        assert_eq!(
+            chat["inputs"]["prompt"],
+            json!([{"role": "user", "content": format!("question {}", turn.turn)}])
+        );
+    }
+    assert!(
+        gateway
+            .metric("gateway_rows_produced_total", r#"kind="otel_trace""#)
+            .await
+            >= turns.len() as f64
+    );
+    gateway.stop().await;
+}

@@ -42,24 +42,28 @@ pub(crate) async fn traces(
     rejected.add(grouped.without_trace_id, "otel_trace_id", || {
         "spans without a valid trace id".to_owned()
     });
-    let mut records = Vec::with_capacity(grouped.traces.len());
+    let mut events = Vec::with_capacity(grouped.traces.len());
     for (trace_id, spans) in &grouped.traces {
-        let event = match assemble(trace_id, spans, &state.limits) {
-            Ok(event) => event,
-            Err(error) => {
-                rejected.add(spans.len(), error.reason(), || {
-                    format!("trace {trace_id}: {error}")
-                });
-                continue;
-            }
-        };
+        match assemble(trace_id, spans, &state.limits) {
+            Ok(event) => events.push((event, spans.len())),
+            Err(error) => rejected.add(spans.len(), error.reason(), || {
+                format!("trace {trace_id}: {error}")
+            }),
+        }
+    }
+    // A session's turns are numbered in the order they reach its partition: produce the
+    // request's traces in the order they started (the map above is by trace id).
+    events.sort_by_key(|(event, _)| event.timestamp_ms);
+    let mut records = Vec::with_capacity(events.len());
+    for (event, num_spans) in events {
+        let trace_id = event.inference_id.clone().unwrap_or_default();
         match encode_checked(&event, None, &state.limits) {
             Ok(payload) => records.push(Outgoing {
                 key: event.partition_key().map(str::to_owned),
                 payload,
                 inference_id: event.inference_id,
             }),
-            Err(refusal) => rejected.add(spans.len(), "too_large", || {
+            Err(refusal) => rejected.add(num_spans, "too_large", || {
                 format!("trace {trace_id}: {refusal}")
             }),
         }

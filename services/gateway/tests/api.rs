@@ -505,8 +505,9 @@ mod otlp {
     #[tokio::test]
     async fn protobuf_and_gzip_exports_become_one_record_per_trace_keyed_by_session() {
         let fixture = fixture(1 << 20);
-        let mut spans = turn_spans(1, "conv-1", 1);
-        spans.extend(turn_spans(2, "conv-1", 2));
+        // The later turn has the smaller trace id.
+        let mut spans = turn_spans(2, "conv-1", 1);
+        spans.extend(turn_spans(1, "conv-1", 2));
         let body = export(spans).encode_to_vec();
         let (status, answer_bytes) = answer(
             &fixture.app,
@@ -526,6 +527,18 @@ mod otlp {
 
         let events = fixture.publisher.events();
         assert_eq!(events.len(), 4, "two traces, twice");
+        let first_ids: Vec<Option<&str>> = events[..2]
+            .iter()
+            .map(|(_, event)| event.inference_id.as_deref())
+            .collect();
+        assert_eq!(
+            first_ids,
+            [
+                Some("02020202020202020202020202020202"),
+                Some("01010101010101010101010101010101")
+            ],
+            "produced in the order the traces started, as turns are numbered"
+        );
         for (key, event) in &events {
             assert_eq!(key.as_deref(), Some("conv-1"));
             assert_eq!(event.session_id.as_deref(), Some("conv-1"));

@@ -153,6 +153,18 @@ fn trace(
     for key in SESSION_KEYS.iter().chain(&USER_KEYS).chain(&[PIPELINE_ID]) {
         metadata.remove(*key);
     }
+    // The trace's usage is its own plus every step's, as the Rust helpers count it: session
+    // totals add it up turn by turn.
+    let own = if fields.step_type == "user_call" {
+        (
+            fields.tokens,
+            fields.prompt_tokens,
+            fields.completion_tokens,
+            fields.cost,
+        )
+    } else {
+        (None, None, None, None)
+    };
     if fields.step_type == "user_call" {
         // A plain root (a request handler, a workflow): the trace itself, its children the
         // steps; it answers with what its last model call did unless it says otherwise.
@@ -177,7 +189,28 @@ fn trace(
         only.steps = steps;
         event.steps = vec![only];
     }
+    let (mut tokens, mut prompt_tokens, mut completion_tokens, mut cost) = own;
+    for step in event.all_steps() {
+        tokens = add(tokens, step.tokens);
+        prompt_tokens = add(prompt_tokens, step.prompt_tokens);
+        completion_tokens = add(completion_tokens, step.completion_tokens);
+        cost = match (cost, step.cost) {
+            (Some(total), Some(more)) => Some(total + more),
+            (total, more) => total.or(more),
+        };
+    }
+    event.tokens = tokens;
+    event.prompt_tokens = prompt_tokens;
+    event.completion_tokens = completion_tokens;
+    event.cost = cost;
     event
+}
+
+fn add(total: Option<i64>, more: Option<i64>) -> Option<i64> {
+    match (total, more) {
+        (Some(total), Some(more)) => Some(total.saturating_add(more)),
+        (total, more) => total.or(more),
+    }
 }
 
 fn step(

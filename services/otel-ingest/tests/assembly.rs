@@ -174,6 +174,16 @@ fn a_genai_trace_becomes_one_trace_with_nested_typed_steps() {
     assert_eq!(event.timestamp_ms, (T0 / 1_000_000) as i64);
     assert_eq!(event.latency_ms, Some(900.0));
     assert_eq!(
+        (
+            event.tokens,
+            event.prompt_tokens,
+            event.completion_tokens,
+            event.cost
+        ),
+        (Some(150), Some(120), Some(30), Some(0.0021)),
+        "the trace's usage sums its steps'"
+    );
+    assert_eq!(
         event.output,
         json!("It ships today."),
         "the last model call's answer"
@@ -405,6 +415,7 @@ fn a_lone_model_call_is_wrapped_as_the_traces_one_step() {
     );
     assert_eq!(event.inputs, step.inputs);
     assert_eq!(event.output, json!("4"));
+    assert_eq!(event.tokens, None, "no usage recorded");
     assert_eq!(step.metadata["otel.status_code"], "ERROR");
     assert_eq!(step.metadata["otel.status_message"], "rate limited");
 }
