@@ -7,25 +7,21 @@
 //! from `cargo build -p sessionizer` (`make test` builds it first). The outage test starts and
 //! stops a broker of its own and never touches the shared one.
 
+use end_to_end::gateway::{CLIENT_KEY, Gateway};
 use end_to_end::service::{Sessionizer, free_local_address, service_env};
 use end_to_end::{
     ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
     unique_name,
 };
 use fakes::openlayer::OpenlayerServer;
-use gateway::config::GatewayConfig;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use trace_model::{Decoder, Limits, TraceKind};
 
 const PIPELINE: &str = "pipeline-sdk";
-/// The key the SDK presents to the gateway; the sessionizer ships with another one.
-const CLIENT_KEY: &str = "client-key-for-the-gateway";
 /// Bound of every wait (a consumer group join alone takes about 3 s on the test broker).
 const WAIT: Duration = Duration::from_secs(120);
 /// The session columns every turn row carries (the sessionizer's `enrich::SESSION_COLUMNS`).
@@ -36,99 +32,6 @@ fn workspace() -> PathBuf {
         .parent()
         .expect("tests/ is inside the workspace")
         .to_path_buf()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The gateway, in-process
-// ---------------------------------------------------------------------------------------------
-
-struct Gateway {
-    listen: SocketAddr,
-    ops: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), gateway::RunError>>,
-}
-
-impl Gateway {
-    async fn start(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Gateway {
-        let listen = free_local_address();
-        let ops = free_local_address();
-        let mut env: HashMap<String, String> = [
-            ("GATEWAY__KAFKA__BOOTSTRAP_SERVERS", bootstrap),
-            ("GATEWAY__KAFKA__TOPIC", topic),
-            ("GATEWAY__AUTH__API_KEYS", CLIENT_KEY),
-            ("GATEWAY__SHUTDOWN__UNREADY_DELAY_SECS", "0"),
-            ("GATEWAY__OPS__READINESS_CHECK_MS", "200"),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.to_owned()))
-        .collect();
-        env.insert("GATEWAY__HTTP__LISTEN".into(), listen.to_string());
-        env.insert("GATEWAY__OPS__LISTEN".into(), ops.to_string());
-        for (key, value) in extra {
-            env.insert((*key).to_owned(), (*value).to_owned());
-        }
-        let config = GatewayConfig::load(None, env)
-            .expect("loads")
-            .validate()
-            .expect("valid");
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(gateway::run(config, async move {
-            let _stopped = stopped.await;
-        }));
-        let gateway = Gateway {
-            listen,
-            ops,
-            stop: Some(stop),
-            task,
-        };
-        gateway.wait_ready().await;
-        gateway
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}/v1", self.listen)
-    }
-
-    async fn get_ops(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.ops))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
-    async fn wait_ready(&self) {
-        let until = Instant::now() + WAIT;
-        while self.get_ops("/readyz").await.map(|(status, _)| status) != Some(200) {
-            assert!(Instant::now() < until, "the gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The sum of every series of metric `name` on `/metrics` whose labels contain `labels`.
-    async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (_, text) = self.get_ops("/metrics").await.expect("metrics answer");
-        text.lines()
-            .filter(|line| line.starts_with(name) && line.contains(labels))
-            .filter(|line| line[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _sent = stop.send(());
-        }
-        let stopped = tokio::time::timeout(WAIT, &mut self.task).await;
-        assert!(
-            matches!(stopped, Ok(Ok(Ok(())))),
-            "the gateway stops cleanly: {stopped:?}"
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,9 +445,7 @@ async fn on_shutdown_readiness_fails_first_while_requests_are_still_served() {
         "rows": [{"output": "o", "inferenceId": "during-drain"}],
     }))
     .expect("json");
-    if let Some(stop) = gateway.stop.take() {
-        let _sent = stop.send(());
-    }
+    gateway.signal_stop();
     let until = Instant::now() + WAIT;
     while gateway.get_ops("/readyz").await.map(|(status, _)| status) == Some(200) {
         assert!(
@@ -563,7 +464,7 @@ async fn on_shutdown_readiness_fails_first_while_requests_are_still_served() {
     assert_eq!((status, answer), (200, json!({"success": true})));
     let records = read_topic(&bootstrap(), &topic, 1, 1, WAIT);
     assert_eq!(records.len(), 1);
-    gateway.task.abort();
+    gateway.abort();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //! `KAFKA_BOOTSTRAP`). Without it these tests fail with a message saying so: they are never
 //! skipped silently.
 
+pub mod gateway;
 pub mod reliability;
 pub mod service;
 

@@ -61,6 +61,10 @@ pub struct HttpConfig {
     pub listen: String,
     /// Largest request body, in bytes; larger requests are answered 413.
     pub max_body_bytes: usize,
+    /// Request body bytes held at once, over all requests (a body of unknown length or gzip
+    /// counts as `max_body_bytes`); beyond it new requests are answered 503 at once, before
+    /// their body is read, so concurrent large requests cannot exhaust memory.
+    pub max_body_bytes_in_flight: usize,
     /// `Retry-After` sent with 503 when Kafka is slow or down, in seconds: the SDK waits this
     /// long before its own retry.
     pub retry_after_secs: u64,
@@ -138,6 +142,11 @@ fn default_http_listen() -> String {
 const fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
+// Eight maximum-size bodies (32 MiB): thousands of the SDK's one-trace requests, and with
+// their parsed form well inside the Deployment's 256 MiB memory limit.
+const fn default_max_body_bytes_in_flight() -> usize {
+    8 * default_max_body_bytes()
+}
 // Short enough that the SDK's default two retries span a broker leader election.
 const fn default_retry_after_secs() -> u64 {
     2
@@ -184,6 +193,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_http_listen(),
             max_body_bytes: default_max_body_bytes(),
+            max_body_bytes_in_flight: default_max_body_bytes_in_flight(),
             retry_after_secs: default_retry_after_secs(),
             max_rows_in_flight: default_max_rows_in_flight(),
             update_key_cache_entries: default_update_key_cache_entries(),
@@ -263,6 +273,7 @@ pub struct ValidatedConfig {
     pub listen: SocketAddr,
     pub ops_listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub max_body_bytes_in_flight: usize,
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub update_key_cache_entries: usize,
@@ -317,6 +328,13 @@ impl GatewayConfig {
         let listen = parse_address("http.listen", &self.http.listen, &mut problems);
         let ops_listen = parse_address("ops.listen", &self.ops.listen, &mut problems);
         problems.require_at_least_one("http.max_body_bytes", self.http.max_body_bytes, "4194304");
+        if self.http.max_body_bytes_in_flight < self.http.max_body_bytes {
+            problems.push(
+                "http.max_body_bytes_in_flight",
+                "must be at least http.max_body_bytes, or no request of the largest size could \
+                 ever be served (default: 8 times it)",
+            );
+        }
         problems.require_at_least_one(
             "http.max_rows_in_flight",
             self.http.max_rows_in_flight,
@@ -343,6 +361,7 @@ impl GatewayConfig {
             listen,
             ops_listen,
             max_body_bytes: self.http.max_body_bytes,
+            max_body_bytes_in_flight: self.http.max_body_bytes_in_flight,
             retry_after: Duration::from_secs(self.http.retry_after_secs),
             max_rows_in_flight: self.http.max_rows_in_flight,
             update_key_cache_entries: self.http.update_key_cache_entries,

@@ -12,7 +12,8 @@
 //! `{"success": false, "error", "row", "field"}` for a malformed request, nothing produced;
 //! 413 for a body over `http.max_body_bytes` (or a row over the message limit); 503 with
 //! `Retry-After` when Kafka is unreachable, slow, or too many rows are in flight, which the
-//! SDK retries on its own. Errors never echo a key.
+//! SDK retries on its own, and, before the body is read, when taking it would hold more than
+//! `http.max_body_bytes_in_flight` body bytes over all requests. Errors never echo a key.
 //!
 //! Operations (own port): `/metrics`, `/healthz` (the process serves), `/readyz` (no shutdown
 //! has begun). An unreachable broker does not make the gateway unready: clients would then
@@ -38,6 +39,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 use trace_model::Limits;
 
 /// Partition keys of recently produced rows by inference id, oldest evicted first.
@@ -87,6 +89,8 @@ pub struct AppState {
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     rows_in_flight: Arc<AtomicUsize>,
+    /// Permits for request body bytes (`http.max_body_bytes_in_flight`).
+    body_bytes: Arc<Semaphore>,
     key_cache: Arc<Mutex<KeyCache>>,
     /// Set at SIGTERM: `/readyz` fails so the Service stops routing here.
     draining: Arc<AtomicBool>,
@@ -107,6 +111,7 @@ impl std::fmt::Debug for AppState {
 pub struct ApiSettings {
     pub limits: Limits,
     pub max_body_bytes: usize,
+    pub max_body_bytes_in_flight: usize,
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub update_key_cache_entries: usize,
@@ -130,6 +135,11 @@ impl AppState {
             retry_after: settings.retry_after,
             max_rows_in_flight: settings.max_rows_in_flight,
             rows_in_flight: Arc::default(),
+            body_bytes: Arc::new(Semaphore::new(
+                settings
+                    .max_body_bytes_in_flight
+                    .clamp(settings.max_body_bytes, Semaphore::MAX_PERMITS),
+            )),
             key_cache: Arc::new(Mutex::new(KeyCache::new(settings.update_key_cache_entries))),
             draining: Arc::default(),
         }
@@ -250,6 +260,48 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
     }
 }
 
+/// Holds the bytes a request's body will take (its length; `http.max_body_bytes` when unknown
+/// or compressed) until it is answered; when they are not free, 503 at once, before the body
+/// is read.
+async fn bound_body_bytes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let compressed = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            !value.trim().is_empty() && !value.trim().eq_ignore_ascii_case("identity")
+        });
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    let bytes = match length {
+        // Refused by the body limit without being read.
+        Some(length) if length > state.max_body_bytes => {
+            return ApiError::BodyTooLarge {
+                limit: state.max_body_bytes,
+            }
+            .into_response();
+        }
+        Some(length) if !compressed => length,
+        _ => state.max_body_bytes,
+    };
+    let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let Ok(held) = state.body_bytes.clone().try_acquire_many_owned(permits) else {
+        state.metrics.requests_shed.inc();
+        return ApiError::Unavailable {
+            reason: "too many request bytes in flight",
+            retry_after: state.retry_after,
+        }
+        .into_response();
+    };
+    state.metrics.body_bytes_in_flight.add(i64::from(permits));
+    let response = next.run(request).await;
+    state.metrics.body_bytes_in_flight.sub(i64::from(permits));
+    drop(held);
+    response
+}
+
 /// The Openlayer-compatible API.
 pub fn api_app(state: AppState) -> Router {
     Router::new()
@@ -263,6 +315,10 @@ pub fn api_app(state: AppState) -> Router {
         )
         .route("/v1/traces", post(crate::otlp::traces))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            bound_body_bytes,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -85,6 +85,7 @@ pub async fn run(
         ApiSettings {
             limits: config.limits,
             max_body_bytes: config.max_body_bytes,
+            max_body_bytes_in_flight: config.max_body_bytes_in_flight,
             retry_after: config.retry_after,
             max_rows_in_flight: config.max_rows_in_flight,
             update_key_cache_entries: config.update_key_cache_entries,

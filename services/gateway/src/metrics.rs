@@ -35,6 +35,10 @@ pub struct Metrics {
     pub broker_reachable: IntGauge,
     /// OTLP spans refused (answered as partial success), by reason.
     pub otlp_spans_rejected: IntCounterVec,
+    /// Request body bytes held (`http.max_body_bytes_in_flight` bounds it).
+    pub body_bytes_in_flight: IntGauge,
+    /// Requests answered 503 before their body was read, the body bytes bound being reached.
+    pub requests_shed: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -96,6 +100,14 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let body_bytes_in_flight = IntGauge::new(
+            "gateway_body_bytes_in_flight",
+            "Request body bytes held (length, or the maximum body size when unknown or compressed).",
+        )?;
+        let requests_shed = prometheus::IntCounter::new(
+            "gateway_requests_shed_total",
+            "Requests answered 503 before their body was read: http.max_body_bytes_in_flight was reached.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(requests_in_flight.clone()))?;
@@ -105,6 +117,8 @@ impl Metrics {
         registry.register(Box::new(produce_errors.clone()))?;
         registry.register(Box::new(broker_reachable.clone()))?;
         registry.register(Box::new(otlp_spans_rejected.clone()))?;
+        registry.register(Box::new(body_bytes_in_flight.clone()))?;
+        registry.register(Box::new(requests_shed.clone()))?;
         for route in ROUTES {
             let _zero = request_duration.with_label_values(&[route]);
         }
@@ -124,6 +138,8 @@ impl Metrics {
             produce_errors,
             broker_reachable,
             otlp_spans_rejected,
+            body_bytes_in_flight,
+            requests_shed,
         })
     }
 }

@@ -79,6 +79,7 @@ fn fixture(max_body_bytes: usize) -> Fixture {
         ApiSettings {
             limits: Limits::default(),
             max_body_bytes,
+            max_body_bytes_in_flight: 2 * max_body_bytes,
             retry_after: Duration::from_secs(3),
             max_rows_in_flight: 100,
             update_key_cache_entries: 10,
