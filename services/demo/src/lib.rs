@@ -15,11 +15,13 @@
 //!   recording each request as a JSON line, or the real Openlayer
 //! - [`traffic`]: what the producers send: the workload, late traces, poison messages
 //! - [`workload`]: the scripted multi-user chats
+//! - [`otel`]: the gateway in-process, and GenAI traces exported to it over OTLP/HTTP
 //! - [`scrape`]: the service's `/metrics`, read over HTTP; the progress lines
 //! - [`report`]: the session table read back from the sessions topic, and the totals
 
 pub mod config;
 pub mod destination;
+pub mod otel;
 pub mod report;
 pub mod scrape;
 pub mod traffic;
@@ -76,7 +78,9 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     println!();
 
     let progress = tokio::spawn(scrape::print_progress(metrics.clone(), Instant::now()));
-    let produced = traffic::produce(&bootstrap, settings.workload()).await?;
+    let gateway = otel::Gateway::start(&bootstrap)?;
+    let mut produced = traffic::produce(&bootstrap, settings.workload()).await?;
+    produced.num_otel = gateway.export(settings.timeout).await?;
     let samples = metrics
         .wait_until_done(&produced, Instant::now() + settings.timeout)
         .await;
@@ -89,6 +93,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
         tokio::time::sleep(settings.keep_serving).await;
     }
     progress.abort();
+    gateway.stop().await?;
     let _ = stop.send(());
     service.await?.context("sessionizer service")?;
 

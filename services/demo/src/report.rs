@@ -93,6 +93,10 @@ pub fn print_totals(
         produced.workload.session_ends,
         produced.num_poison
     );
+    println!(
+        "OpenTelemetry GenAI traces exported to the gateway's /v1/traces (OTLP/HTTP): {}",
+        produced.num_otel
+    );
     println!("rows shipped: {}", samples.rows_shipped());
     let reasons = samples.dead_letters_by_reason();
     let described: Vec<String> = reasons

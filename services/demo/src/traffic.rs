@@ -19,12 +19,14 @@ pub struct Produced {
     pub workload: Emitted,
     pub num_late: usize,
     pub num_poison: usize,
+    /// Traces an OpenTelemetry-instrumented service exported to the gateway (`otel`).
+    pub num_otel: usize,
 }
 
 impl Produced {
-    /// Rows the sessionizer must ship: every good trace, late ones included.
+    /// Rows the sessionizer must ship: every good trace, late and OpenTelemetry ones included.
     pub fn expected_rows(&self) -> f64 {
-        (self.workload.traces + self.num_late) as f64
+        (self.workload.traces + self.num_late + self.num_otel) as f64
     }
 }
 
@@ -63,6 +65,7 @@ pub async fn produce(bootstrap: &str, settings: WorkloadSettings) -> anyhow::Res
         workload,
         num_late,
         num_poison: poison.len(),
+        num_otel: 0,
     })
 }
 

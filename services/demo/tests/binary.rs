@@ -27,7 +27,8 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         "demo failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("12 sessions closed"), "{stdout}");
+    // Twelve chats through the helpers, two conversations through OpenTelemetry.
+    assert!(stdout.contains("14 sessions closed"), "{stdout}");
     assert!(stdout.contains("end_event: 6"), "{stdout}");
     // The other six close by inactivity: on the wall clock (idle) or, when other sessions'
     // traces moved the partition's event time on first, by event time (gap).
@@ -35,8 +36,8 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .lines()
         .filter(|line| line.ends_with(" idle") || line.ends_with(" gap"))
         .count();
-    assert_eq!(closed_by_inactivity, 6, "{stdout}");
-    assert!(stdout.contains("rows shipped: 45"), "{stdout}");
+    assert_eq!(closed_by_inactivity, 8, "{stdout}");
+    assert!(stdout.contains("rows shipped: 51"), "{stdout}");
     assert!(stdout.contains("dead letters: 3"), "{stdout}");
 
     let recorded =
@@ -50,12 +51,12 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .filter(|request| request["request"] == "data-stream")
         .flat_map(|request| request["rows"].as_array().expect("rows").iter())
         .collect();
-    assert_eq!(rows.len(), 45);
+    assert_eq!(rows.len(), 51);
     let ids: std::collections::HashSet<&str> = rows
         .iter()
         .filter_map(|row| row["inferenceId"].as_str())
         .collect();
-    assert_eq!(ids.len(), 45, "every good trace exactly once");
+    assert_eq!(ids.len(), 51, "every good trace exactly once");
 
     // The columns the config names are numbers on every row, late ones (no usage) included.
     for row in &rows {
@@ -68,8 +69,33 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .iter()
         .copied()
         .filter(|row| row["session_late"] == false)
+        .filter(|row| {
+            row["session_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("chat-"))
+        })
         .collect();
     assert_eq!(turns.len(), 43);
+    // The OpenTelemetry conversations: a request span around a chat span, per turn.
+    let otel: Vec<&Value> = rows
+        .iter()
+        .copied()
+        .filter(|row| {
+            row["session_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("otel-"))
+        })
+        .collect();
+    assert_eq!(otel.len(), 6);
+    for row in otel {
+        assert_eq!(row["service.name"], "support-bot", "{row}");
+        let chat = &row["steps"][0]["steps"][0];
+        assert_eq!(chat["type"], "chat_completion", "{row}");
+        assert_eq!(chat["provider"], "openai");
+        assert_eq!(chat["tokens"], 52);
+        assert_eq!(chat["inputs"]["prompt"][0]["role"], "user");
+        assert_eq!(row["output"], chat["output"]);
+    }
     for row in turns {
         let steps = row["steps"][0]["steps"].as_array().expect("nested steps");
         let [retriever, completion] = &steps[..] else {
@@ -110,7 +136,7 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
     }
     let table: Vec<(&str, usize, i64)> = stdout
         .lines()
-        .filter(|line| line.starts_with("user-"))
+        .filter(|line| line.starts_with("user-") || line.starts_with("otel-user-"))
         .map(|line| {
             let columns: Vec<&str> = line.split_whitespace().collect();
             let turns = columns[2].parse().expect("turns");
@@ -118,7 +144,7 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
             (columns[1], turns, tokens)
         })
         .collect();
-    assert_eq!(table.len(), 12, "{stdout}");
+    assert_eq!(table.len(), 14, "{stdout}");
     for (session, turns, tokens) in table {
         let mut session_rows = by_session
             .remove(session)
@@ -157,6 +183,6 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
             request["request"] == "row-update" && request["row"]["session_final_turn"] == true
         })
         .count();
-    assert_eq!(updates, 12, "each closed session's final turn is marked");
+    assert_eq!(updates, 14, "each closed session's final turn is marked");
     let _cleanup = std::fs::remove_dir_all(&output_dir);
 }
