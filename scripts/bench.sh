@@ -2,7 +2,8 @@
 # Runs the benchmarks and reports each figure as a ratio to a baseline measured in the same
 # run on the same machine, so the numbers mean something on a noisy shared box.
 #
-# 1. The producer helper's criterion bench (in-process Kafka, no broker needed).
+# 1. The criterion benches: the producer helper (in-process Kafka, no broker needed) and the
+#    OpenTelemetry assembly against the native decode of the same traces.
 # 2. `pipeline-bench`: the sessionizer end to end on the real broker (throughput against a
 #    minimal consumer and a bare one, rows/s against the official Openlayer Python SDK on the
 #    same traces, the ingest gateway's rows/s and request latency at half that rate, scaling
@@ -56,6 +57,7 @@ fi
 
 echo "bench: size $size" >&2
 cargo bench --locked -p trace-emit --bench emit_path
+cargo bench --locked -p otel-ingest --bench assembly
 cargo run --locked --release -p pipeline-bench -- "${size_args[@]}" "$@"
 python3 scripts/bench_report.py target/criterion target/bench/pipeline.json \
   bench-results/latest.json "$size"

@@ -98,6 +98,44 @@ def producer_report(root: Path, goals: list) -> None:
         print(f"  {label}: median {value / 1000:.2f} µs = {ratio:.2f}x baseline{verdict_text}")
 
 
+def otel_report(root: Path) -> None:
+    print()
+    print("OpenTelemetry ingest per trace (4 spans), against the native decode of the same traces")
+    try:
+        baseline = median_ns(root, "otel_assembly", "native_decode")
+        baseline_mtime = estimates_path(root, "otel_assembly", "native_decode").stat().st_mtime
+    except OSError as error:
+        print(f"  no criterion results ({error})")
+        return
+    # Criterion's throughput groups report the time of one iteration: 100 traces.
+    traces = 100
+    print(f"  baseline native_decode: median {baseline / traces / 1000:.2f} µs per trace")
+    for label, bench in [
+        ("OTLP protobuf decode, grouping and assembly", "otlp_decode_assemble"),
+        ("  of which grouping and assembly", "assemble_only"),
+    ]:
+        try:
+            if estimates_path(root, "otel_assembly", bench).stat().st_mtime < baseline_mtime - STALE_SECONDS:
+                continue
+            value = median_ns(root, "otel_assembly", bench)
+        except OSError:
+            continue
+        ratio = value / baseline
+        per_trace_us = value / traces / 1000
+        print(
+            f"  {label}: median {per_trace_us:.2f} µs per trace "
+            f"({traces * 4 / (value / 1e9):,.0f} spans/s) = {ratio:.2f}x baseline"
+        )
+        if bench == "otlp_decode_assemble":
+            figure(
+                "OpenTelemetry ingest: OTLP decode + assembly per trace (4 spans)",
+                per_trace_us,
+                "µs/trace",
+                f"native Avro decode of the same traces, {baseline / traces / 1000:.2f} µs",
+                ratio,
+            )
+
+
 def throughput_report(t: dict, goals: list) -> None:
     w = t["workload"]
     print(
@@ -585,6 +623,7 @@ def main() -> int:
     RUN["machine"] = machine()
     goals: list = []
     producer_report(root, goals)
+    otel_report(root)
     pipeline_report(pipeline, goals)
     if goals:
         print()
