@@ -636,16 +636,8 @@ impl OtelTurn {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opentelemetry_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
-    const SESSIONS: usize = 3;
-    const TURNS: usize = 4;
-    let topics = create_service_topics("gw-otel-", 3).await;
-    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-    let server = OpenlayerServer::start(&shipping_key).await;
-    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
-    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
-
+/// A client that exports OTLP/HTTP, run with `--prefix --sessions --turns --sent`.
+fn otel_python() -> Command {
     let output = Command::new(workspace().join("scripts/python-venv.sh"))
         .arg("otel-sdk")
         .stderr(Stdio::inherit())
@@ -656,43 +648,64 @@ async fn opentelemetry_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
         "scripts/python-venv.sh otel-sdk failed"
     );
     let python = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("python");
+    let mut command = Command::new(python);
+    command.arg(workspace().join("tests/otel/genai_chat.py"));
+    command
+}
+
+fn otel_node() -> Command {
+    let output = Command::new(workspace().join("scripts/node-modules.sh"))
+        .arg(workspace().join("tests/otel/node"))
+        .arg("otel-node")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/node-modules.sh");
+    assert!(output.status.success(), "scripts/node-modules.sh failed");
+    let modules = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let mut command = Command::new("node");
+    command
+        .arg(workspace().join("tests/otel/node/genai_chat.js"))
+        .env("NODE_PATH", modules);
+    command
+}
+
+/// `client` exports multi-turn GenAI traces to the gateway; every turn must reach Openlayer
+/// once, numbered in its conversation, with running tokens and the mapped chat step.
+async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &str) {
+    const SESSIONS: usize = 3;
+    const TURNS: usize = 4;
+    let topics = create_service_topics("gw-otel-", 3).await;
+    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&shipping_key).await;
+    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
+
     let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
-    let prefix = unique_name("otel");
-    let endpoint = format!("{}/traces", gateway.base_url());
-    let args = [
-        "--prefix".to_owned(),
-        prefix.clone(),
-        "--sessions".to_owned(),
-        SESSIONS.to_string(),
-        "--turns".to_owned(),
-        TURNS.to_string(),
-        "--sent".to_owned(),
-        sent.to_string_lossy().into_owned(),
-    ];
-    let script = workspace().join("tests/otel/genai_chat.py");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(args)
-            .env_clear()
-            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)
-            .env(
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                format!("Authorization=Bearer%20{CLIENT_KEY}"),
-            )
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the OpenTelemetry script")
-    })
-    .await
-    .expect("joined");
+    client
+        .args(["--prefix", &unique_name("otel")])
+        .args(["--sessions", &SESSIONS.to_string()])
+        .args(["--turns", &TURNS.to_string()])
+        .arg("--sent")
+        .arg(&sent)
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/traces", gateway.base_url()),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("Authorization=Bearer%20{CLIENT_KEY}"),
+        )
+        .stdin(Stdio::null());
+    let run = tokio::task::spawn_blocking(move || client.output().expect("run the client"))
+        .await
+        .expect("joined");
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "the script failed: {stderr}");
+    assert!(run.status.success(), "the client failed: {stderr}");
     assert!(
-        !stderr.contains("Failed to export"),
+        !stderr.to_lowercase().contains("failed to export"),
         "the exporter reported a failure: {stderr}"
     );
-    let text = std::fs::read_to_string(&sent).expect("the script wrote what it sent");
+    let text = std::fs::read_to_string(&sent).expect("the client wrote what it sent");
     let _removed = std::fs::remove_file(&sent);
     let turns: Vec<OtelTurn> = text.lines().map(OtelTurn::parse).collect();
     assert_eq!(turns.len(), SESSIONS * TURNS);
@@ -720,7 +733,7 @@ async fn opentelemetry_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
         assert_eq!(row["session_turn"], json!(turn.turn), "{}", turn.trace_id);
         assert_eq!(row["session_tokens_so_far"], json!(*so_far));
         assert_eq!(row["output"], json!(turn.answer));
-        assert_eq!(row["service.name"], json!("genai-chat"));
+        assert_eq!(row["service.name"], json!(service_name));
         let chat = &row["steps"][0]["steps"][0];
         assert_eq!(chat["type"], "chat_completion", "{row:?}");
         assert_eq!(chat["model"], "gpt-4o-mini");
@@ -738,4 +751,16 @@ async fn opentelemetry_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
             >= turns.len() as f64
     );
     gateway.stop().await;
+}
+
+/// The official Python SDK's OTLP/HTTP exporter sends protobuf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetry_python_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
+    otel_client_ships_exact_sessions(otel_python(), "genai-chat").await;
+}
+
+/// The JavaScript SDK's OTLP/HTTP exporter sends OTLP JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetry_js_sdk_json_traces_ship_as_sessions_with_exact_turns() {
+    otel_client_ships_exact_sessions(otel_node(), "genai-chat-node").await;
 }
