@@ -52,6 +52,17 @@ def median_ns(root: Path, group: str, bench: str) -> float:
 STALE_SECONDS = 1
 
 
+def same_run_median(root: Path, group: str, bench: str, baseline_mtime: float):
+    """The median of `bench` when it was written by the same criterion run as the baseline of
+    its group, else None (a variant an older revision of the bench had, or none at all)."""
+    try:
+        if estimates_path(root, group, bench).stat().st_mtime < baseline_mtime - STALE_SECONDS:
+            return None
+        return median_ns(root, group, bench)
+    except OSError:
+        return None
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
@@ -73,12 +84,8 @@ def producer_report(root: Path, goals: list) -> None:
     baseline_mtime = estimates_path(root, "emit_path", "bare_send").stat().st_mtime
     print(f"  baseline bare_send: median {baseline / 1000:.2f} µs per trace")
     for label, bench, goal in rows:
-        try:
-            if estimates_path(root, "emit_path", bench).stat().st_mtime < baseline_mtime - STALE_SECONDS:
-                continue
-            value = median_ns(root, "emit_path", bench)
-        except OSError:
-            # Not every revision of the bench has every variant.
+        value = same_run_median(root, "emit_path", bench, baseline_mtime)
+        if value is None:
             continue
         ratio = value / baseline
         verdict_text = ""
@@ -114,11 +121,8 @@ def otel_report(root: Path) -> None:
         ("OTLP protobuf decode, grouping and assembly", "otlp_decode_assemble"),
         ("  of which grouping and assembly", "assemble_only"),
     ]:
-        try:
-            if estimates_path(root, "otel_assembly", bench).stat().st_mtime < baseline_mtime - STALE_SECONDS:
-                continue
-            value = median_ns(root, "otel_assembly", bench)
-        except OSError:
+        value = same_run_median(root, "otel_assembly", bench, baseline_mtime)
+        if value is None:
             continue
         ratio = value / baseline
         per_trace_us = value / traces / 1000

@@ -3,8 +3,9 @@
 # once, under .cache/producers/; tests/producers.rs and scripts/test.sh call it. Prints, on
 # stdout only, the line `ok`; diagnostics go to stderr.
 #   python   .cache/venv/producers via scripts/python-venv.sh (confluent-kafka, fastavro, jsonschema)
-#   node     node and npm (Debian's nodejs, npm when missing); kafkajs from the example's
-#            package-lock.json into .cache/producers/node/node_modules
+#   node     kafkajs from the example's package-lock.json into
+#            .cache/node/producers-kafkajs/node_modules (scripts/node-modules.sh, which installs
+#            Debian's nodejs and npm when missing)
 #   go       Debian's golang-go and golang-github-shopify-sarama-dev, built in GOPATH mode (the
 #            Go module proxy is not reachable from the build machines); the binary is
 #            .cache/producers/bin/go-sarama
@@ -31,6 +32,7 @@ missing=()
 have go || missing+=(golang-go)
 [[ -d /usr/share/gocode/src/github.com/Shopify/sarama ]] || missing+=(golang-github-shopify-sarama-dev)
 have kcat || missing+=(kcat)
+# With the others in one apt run (scripts/node-modules.sh would install them on its own).
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -49,16 +51,7 @@ fi
 python_bin="$("$root/scripts/python-venv.sh" producers)"
 
 # ---- Node: kafkajs ----------------------------------------------------------------------------
-node_dir="$cache/node"
-want="$(stamp_of "$examples/node-kafkajs/package.json" "$examples/node-kafkajs/package-lock.json")"
-if [[ "$(cat "$node_dir/.stamp" 2>/dev/null)" != "$want" || ! -d "$node_dir/node_modules/kafkajs" ]]; then
-  echo "producer-toolchains: npm ci (kafkajs) into .cache/producers/node" >&2
-  rm -rf "$node_dir"
-  mkdir -p "$node_dir"
-  cp "$examples/node-kafkajs/package.json" "$examples/node-kafkajs/package-lock.json" "$node_dir/"
-  (cd "$node_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
-  echo "$want" >"$node_dir/.stamp"
-fi
+"$root/scripts/node-modules.sh" "$examples/node-kafkajs" producers-kafkajs >/dev/null
 
 # ---- Go: sarama -------------------------------------------------------------------------------
 go_binary="$cache/bin/go-sarama"

@@ -346,7 +346,7 @@ async fn node_kafkajs_json_sessions_ship_in_order() {
     let mut command = Command::new("node");
     command
         .arg(example("node-kafkajs/produce.js"))
-        .env("NODE_PATH", cache("producers/node/node_modules"));
+        .env("NODE_PATH", cache("node/producers-kafkajs/node_modules"));
     example_sessions_ship("node-kafkajs", Framing::Json, command).await;
 }
 
