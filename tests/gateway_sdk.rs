@@ -637,7 +637,7 @@ impl OtelTurn {
 }
 
 /// A client that exports OTLP/HTTP, run with `--prefix --sessions --turns --sent`.
-fn otel_python() -> Command {
+fn otel_python(script: &str) -> Command {
     let output = Command::new(workspace().join("scripts/python-venv.sh"))
         .arg("otel-sdk")
         .stderr(Stdio::inherit())
@@ -649,7 +649,7 @@ fn otel_python() -> Command {
     );
     let python = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("python");
     let mut command = Command::new(python);
-    command.arg(workspace().join("tests/otel/genai_chat.py"));
+    command.arg(workspace().join("tests/otel").join(script));
     command
 }
 
@@ -756,7 +756,14 @@ async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &st
 /// The official Python SDK's OTLP/HTTP exporter sends protobuf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentelemetry_python_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
-    otel_client_ships_exact_sessions(otel_python(), "genai-chat").await;
+    otel_client_ships_exact_sessions(otel_python("genai_chat.py"), "genai-chat").await;
+}
+
+/// The official OpenAI instrumentation records the model calls of the openai client; the
+/// service's own span around each call carries the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetry_openai_instrumentation_traces_ship_as_sessions_with_exact_turns() {
+    otel_client_ships_exact_sessions(otel_python("openai_chat.py"), "genai-chat-openai").await;
 }
 
 /// The JavaScript SDK's OTLP/HTTP exporter sends OTLP JSON.
