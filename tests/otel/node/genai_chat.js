@@ -9,7 +9,7 @@
 // Writes one JSON line per turn to FILE: session, turn, trace id (hex), tokens, answer.
 
 const fs = require("node:fs");
-const { context, trace } = require("@opentelemetry/api");
+const { context, diag, DiagConsoleLogger, DiagLogLevel, trace } = require("@opentelemetry/api");
 const { BatchSpanProcessor, TracerProvider } = require("@opentelemetry/sdk-trace");
 const { resourceFromAttributes } = require("@opentelemetry/resources");
 const { OTLPTraceExporter } = require("@opentelemetry/exporter-trace-otlp-http");
@@ -26,6 +26,8 @@ function arg(name, fallback) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main() {
+  // Export failures are reported on stderr (the test reads it), as an operator would see them.
+  diag.setLogger(new DiagConsoleLogger(), DiagLogLevel.WARN);
   const prefix = arg("prefix");
   const sessions = Number(arg("sessions", "2"));
   const turns = Number(arg("turns", "3"));
