@@ -132,12 +132,13 @@ async fn many_large_requests_at_once_hold_bounded_memory() {
         count(413),
         count(503)
     );
-    // A body read whole is refused for its row (over the 1 MiB message limit): 413.
+    // A body read whole is refused for its row (over the 1 MiB message limit): 413. A shed
+    // upload's 503 may be lost to the connection reset that cuts its body short: the count
+    // is the gateway's.
     assert!(count(413) >= 1, "some uploads were read: {statuses:?}");
-    assert!(count(503) >= 1, "some were shed: {statuses:?}");
     assert!(
         gateway.metric("gateway_requests_shed_total", "").await >= 1.0,
-        "shed requests are counted"
+        "some were shed: {statuses:?}"
     );
     gateway.stop().await;
 }

@@ -142,8 +142,8 @@ fn default_http_listen() -> String {
 const fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
-// Eight maximum-size bodies (32 MiB): thousands of the SDK's one-trace requests, and with
-// their parsed form well inside the Deployment's 256 MiB memory limit.
+// Eight maximum-size bodies (32 MiB): thousands of the SDK's one-trace requests; their
+// parsed form, a few times the bytes for real traffic, fits the Deployment's 256 MiB limit.
 const fn default_max_body_bytes_in_flight() -> usize {
     8 * default_max_body_bytes()
 }

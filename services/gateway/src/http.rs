@@ -231,13 +231,47 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// An amount counted in flight (a gauge, and the admission counter when there is one), given
+/// back when dropped: a request whose client goes away is dropped mid-await, and its count
+/// must not stay behind.
+struct InFlight<'a> {
+    gauge: &'a prometheus::IntGauge,
+    admitted: Option<&'a AtomicUsize>,
+    amount: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(
+        gauge: &'a prometheus::IntGauge,
+        admitted: Option<&'a AtomicUsize>,
+        amount: usize,
+    ) -> Self {
+        gauge.add(i64::try_from(amount).unwrap_or(i64::MAX));
+        InFlight {
+            gauge,
+            admitted,
+            amount,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge
+            .sub(i64::try_from(self.amount).unwrap_or(i64::MAX));
+        if let Some(admitted) = self.admitted {
+            admitted.fetch_sub(self.amount, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Counts and times every API request by route and status.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let started = Instant::now();
-    state.metrics.requests_in_flight.inc();
+    let in_flight = InFlight::new(&state.metrics.requests_in_flight, None, 1);
     let response = next.run(request).await;
-    state.metrics.requests_in_flight.dec();
+    drop(in_flight);
     state
         .metrics
         .requests
@@ -295,10 +329,13 @@ async fn bound_body_bytes(State(state): State<AppState>, request: Request, next:
         }
         .into_response();
     };
-    state.metrics.body_bytes_in_flight.add(i64::from(permits));
+    let in_flight = InFlight::new(
+        &state.metrics.body_bytes_in_flight,
+        None,
+        usize::try_from(permits).unwrap_or(usize::MAX),
+    );
     let response = next.run(request).await;
-    state.metrics.body_bytes_in_flight.sub(i64::from(permits));
-    drop(held);
+    drop((in_flight, held));
     response
 }
 
@@ -382,11 +419,14 @@ pub(crate) async fn produce(
             .inc();
         return Err(unavailable("too many rows in flight"));
     }
-    state.metrics.rows_in_flight.add(num_rows as i64);
+    let in_flight = InFlight::new(
+        &state.metrics.rows_in_flight,
+        Some(&state.rows_in_flight),
+        num_rows,
+    );
     let started = Instant::now();
     let published = state.publisher.publish(records).await;
-    state.rows_in_flight.fetch_sub(num_rows, Ordering::SeqCst);
-    state.metrics.rows_in_flight.sub(num_rows as i64);
+    drop(in_flight);
     match published {
         Ok(()) => {
             state

@@ -26,6 +26,7 @@ use otel_ingest::request::{ExportTracePartialSuccess, ExportTraceServiceResponse
 use otel_ingest::{Encoding, assemble, decode, group_by_trace};
 use prost::Message as _;
 use std::io::Read as _;
+use trace_model::Limits;
 
 pub(crate) async fn traces(
     State(state): State<AppState>,
@@ -33,41 +34,24 @@ pub(crate) async fn traces(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let encoding = encoding(&headers)?;
+    let gzip = gzip(&headers)?;
     let body = body_bytes(&state, body)?;
-    let body = inflate(&headers, body, state.max_body_bytes)?;
-    let request =
-        decode(&body, encoding).map_err(|error| refused(400, "body", error.to_string()))?;
-    let grouped = group_by_trace(&request);
-    let mut rejected = Rejected::default();
-    rejected.add(grouped.without_trace_id, "otel_trace_id", || {
-        "spans without a valid trace id".to_owned()
-    });
-    let mut events = Vec::with_capacity(grouped.traces.len());
-    for (trace_id, spans) in &grouped.traces {
-        match assemble(trace_id, spans, &state.limits) {
-            Ok(event) => events.push((event, spans.len())),
-            Err(error) => rejected.add(spans.len(), error.reason(), || {
-                format!("trace {trace_id}: {error}")
-            }),
-        }
-    }
-    // A session's turns are numbered in the order they reach its partition: produce the
-    // request's traces in the order they started (the map above is by trace id).
-    events.sort_by_key(|(event, _)| event.timestamp_ms);
-    let mut records = Vec::with_capacity(events.len());
-    for (event, num_spans) in events {
-        let trace_id = event.inference_id.clone().unwrap_or_default();
-        match encode_checked(&event, None, &state.limits) {
-            Ok(payload) => records.push(Outgoing {
-                key: event.partition_key().map(str::to_owned),
-                payload,
-                inference_id: event.inference_id,
-            }),
-            Err(refusal) => rejected.add(num_spans, "too_large", || {
-                format!("trace {trace_id}: {refusal}")
-            }),
-        }
-    }
+    let (max_body_bytes, limits) = (state.max_body_bytes, state.limits);
+    // Inflating, decoding and assembling cost CPU in proportion to the body: off the async
+    // workers. The body and its decoded form are gone before the wait for Kafka.
+    let (records, rejected) = tokio::task::spawn_blocking(move || {
+        let body = if gzip {
+            inflate(&body, max_body_bytes)?
+        } else {
+            body
+        };
+        records_of(&body, encoding, &limits)
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable {
+        reason: "the request could not be processed",
+        retry_after: state.retry_after,
+    })??;
     for (reason, spans) in &rejected.by_reason {
         state
             .metrics
@@ -85,6 +69,49 @@ pub(crate) async fn traces(
         }),
     };
     Ok(respond(encoding, &response))
+}
+
+/// The request's traces as records for the traces topic, in the order they started, and the
+/// spans refused.
+fn records_of(
+    body: &[u8],
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<(Vec<Outgoing>, Rejected), ApiError> {
+    let request =
+        decode(body, encoding).map_err(|error| refused(400, "body", error.to_string()))?;
+    let grouped = group_by_trace(&request);
+    let mut rejected = Rejected::default();
+    rejected.add(grouped.without_trace_id, "otel_trace_id", || {
+        "spans without a valid trace id".to_owned()
+    });
+    let mut events = Vec::with_capacity(grouped.traces.len());
+    for (trace_id, spans) in &grouped.traces {
+        match assemble(trace_id, spans, limits) {
+            Ok(event) => events.push((event, spans.len())),
+            Err(error) => rejected.add(spans.len(), error.reason(), || {
+                format!("trace {trace_id}: {error}")
+            }),
+        }
+    }
+    // A session's turns are numbered in the order they reach its partition: produce the
+    // request's traces in the order they started (the map above is by trace id).
+    events.sort_by_key(|(event, _)| event.timestamp_ms);
+    let mut records = Vec::with_capacity(events.len());
+    for (event, num_spans) in events {
+        let trace_id = event.inference_id.clone().unwrap_or_default();
+        match encode_checked(&event, None, limits) {
+            Ok(payload) => records.push(Outgoing {
+                key: event.partition_key().map(str::to_owned),
+                payload,
+                inference_id: event.inference_id,
+            }),
+            Err(refusal) => rejected.add(num_spans, "too_large", || {
+                format!("trace {trace_id}: {refusal}")
+            }),
+        }
+    }
+    Ok((records, rejected))
 }
 
 /// Spans refused so far, by reason, and the first message (OTLP reports one).
@@ -147,41 +174,44 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// The body as sent, or inflated when gzip: the size limit holds for the inflated bytes
-/// too, checked while inflating (a small bomb stops at the limit).
-fn inflate(headers: &HeaderMap, body: Bytes, max_bytes: usize) -> Result<Bytes, ApiError> {
+/// Whether the body is gzip (`Content-Encoding`); another coding is refused with 415.
+fn gzip(headers: &HeaderMap) -> Result<bool, ApiError> {
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
         .map(|value| value.trim().to_ascii_lowercase());
     match content_encoding.as_deref() {
-        None | Some("" | "identity") => Ok(body),
-        Some("gzip") => {
-            let mut inflated = Vec::new();
-            let limit = u64::try_from(max_bytes)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
-            flate2::read::GzDecoder::new(&body[..])
-                .take(limit)
-                .read_to_end(&mut inflated)
-                .map_err(|error| {
-                    refused(
-                        400,
-                        "body",
-                        format!("the gzip body does not inflate: {error}"),
-                    )
-                })?;
-            if inflated.len() > max_bytes {
-                return Err(ApiError::BodyTooLarge { limit: max_bytes });
-            }
-            Ok(Bytes::from(inflated))
-        }
+        None | Some("" | "identity") => Ok(false),
+        Some("gzip") => Ok(true),
         Some(other) => Err(refused(
             415,
             "content-encoding",
             format!("content encoding {other:?}: gzip or none"),
         )),
     }
+}
+
+/// The gzip body inflated (every member, as gzip allows several): the size limit holds for
+/// the inflated bytes too, checked while inflating (a small bomb stops at the limit).
+fn inflate(body: &[u8], max_bytes: usize) -> Result<Bytes, ApiError> {
+    let mut inflated = Vec::new();
+    let limit = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    flate2::read::MultiGzDecoder::new(body)
+        .take(limit)
+        .read_to_end(&mut inflated)
+        .map_err(|error| {
+            refused(
+                400,
+                "body",
+                format!("the gzip body does not inflate: {error}"),
+            )
+        })?;
+    if inflated.len() > max_bytes {
+        return Err(ApiError::BodyTooLarge { limit: max_bytes });
+    }
+    Ok(Bytes::from(inflated))
 }
 
 fn respond(encoding: Encoding, response: &ExportTraceServiceResponse) -> Response {

@@ -23,11 +23,16 @@ const KEY: &str = "client-key-1";
 struct RecordingPublisher {
     published: Mutex<Vec<Outgoing>>,
     failure: Mutex<Option<PublishError>>,
+    /// Never acknowledges (a Kafka that hangs).
+    hang: std::sync::atomic::AtomicBool,
 }
 
 impl Publish for RecordingPublisher {
     fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_> {
         Box::pin(async move {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if let Some(error) = *self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
                 return Err(error);
             }
@@ -406,6 +411,92 @@ async fn readiness_follows_the_broker_and_shutdown() {
     ] {
         assert!(text.contains(name), "{name} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_request_whose_client_goes_away_gives_back_what_it_held() {
+    let fixture = fixture(1 << 20);
+    let body = serde_json::to_vec(&tracer_body(60)).expect("json");
+    fixture
+        .publisher
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The client gives up while Kafka has not answered: the request is dropped mid-await.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        fixture
+            .app
+            .clone()
+            .oneshot(request("POST", STREAM, Some(KEY), body.clone())),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the publish hangs");
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&fixture.registry.gather())
+        .expect("metrics");
+    for gauge in [
+        "gateway_rows_in_flight 0",
+        "gateway_requests_in_flight 0",
+        "gateway_body_bytes_in_flight 0",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge}: {metrics}");
+    }
+    // Its 60 rows no longer count against the 100 in flight.
+    fixture
+        .publisher
+        .hang
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, _, _) = send(&fixture.app, request("POST", STREAM, Some(KEY), body)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_bytes_in_flight_are_shed_before_they_are_read() {
+    // Room for two bodies of 1 KiB at once.
+    let fixture = fixture(1024);
+    let declared = |length: usize| {
+        Request::builder()
+            .method("POST")
+            .uri(STREAM)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .header(header::CONTENT_LENGTH, length)
+            .body(Body::from(vec![b' '; length]))
+            .expect("request")
+    };
+    // Larger than a body may be: 413 from its declared length alone.
+    let (status, _, _) = send(&fixture.app, declared(2000)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    fixture
+        .publisher
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Small, but sent without a length: each counts as the largest body, so two fill the room.
+    let small = serde_json::to_vec(&tracer_body(1)).expect("json");
+    assert!(small.len() < 1024);
+    let hold = |app: Router| {
+        let body = small.clone();
+        tokio::spawn(async move { app.oneshot(request("POST", STREAM, Some(KEY), body)).await })
+    };
+    let first = hold(fixture.app.clone());
+    let second = hold(fixture.app.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, retry_after, _) = send(
+        &fixture.app,
+        request("POST", STREAM, Some(KEY), small.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("3"));
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&fixture.registry.gather())
+        .expect("metrics");
+    assert!(
+        metrics.contains("gateway_requests_shed_total 1"),
+        "{metrics}"
+    );
+    first.abort();
+    second.abort();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ pub fn assemble(
     spans: &[SpanRef<'_>],
     limits: &Limits,
 ) -> Result<TraceEvent, AssemblyError> {
-    // The root is the trace itself; the others are its steps.
+    // The root is the trace itself; the others are its steps (checked again below once the
+    // root is known: a root that is a model call is a step too). Early, before any work.
     if spans.len() > limits.max_steps + 1 {
         return Err(AssemblyError::TooManySpans {
             spans: spans.len(),
@@ -99,11 +100,30 @@ pub fn assemble(
     for list in &mut children {
         list.sort_by_key(|position| (spans[*position].span.start_time_unix_nano, *position));
     }
+    // A root that is itself a model or tool call becomes the trace's one step, one level
+    // above its children.
+    let wrapped = genai::step_type(Attributes(&spans[root].span.attributes).str(genai::OPERATION))
+        != "user_call";
+    let max_spans = limits.max_steps + usize::from(!wrapped);
+    if spans.len() > max_spans {
+        return Err(AssemblyError::TooManySpans {
+            spans: spans.len(),
+            max: limits.max_steps,
+        });
+    }
+    let first_depth = if wrapped { 2 } else { 1 };
     let mut visited = vec![false; spans.len()];
     visited[root] = true;
     let mut steps = Vec::with_capacity(children[root].len());
     for child in &children[root] {
-        steps.push(step(spans, &children, *child, 1, limits, &mut visited)?);
+        steps.push(step(
+            spans,
+            &children,
+            *child,
+            first_depth,
+            limits,
+            &mut visited,
+        )?);
     }
     if let Some(first) = visited.iter().position(|seen| !seen) {
         let count = visited.iter().filter(|seen| !**seen).count();
@@ -153,17 +173,18 @@ fn trace(
     for key in SESSION_KEYS.iter().chain(&USER_KEYS).chain(&[PIPELINE_ID]) {
         metadata.remove(*key);
     }
-    // The trace's usage is its own plus every step's, as the Rust helpers count it: session
-    // totals add it up turn by turn.
+    // The trace's usage, for the session totals. A span that reports usage while spans under
+    // it do too (an agent or workflow span with its children's totals) is not counted again:
+    // usage counts where it is recorded deepest.
     let own = if fields.step_type == "user_call" {
-        (
-            fields.tokens,
-            fields.prompt_tokens,
-            fields.completion_tokens,
-            fields.cost,
-        )
+        Usage {
+            tokens: fields.tokens,
+            prompt_tokens: fields.prompt_tokens,
+            completion_tokens: fields.completion_tokens,
+            cost: fields.cost,
+        }
     } else {
-        (None, None, None, None)
+        Usage::default()
     };
     if fields.step_type == "user_call" {
         // A plain root (a request handler, a workflow): the trace itself, its children the
@@ -189,27 +210,60 @@ fn trace(
         only.steps = steps;
         event.steps = vec![only];
     }
-    let (mut tokens, mut prompt_tokens, mut completion_tokens, mut cost) = own;
-    for step in event.all_steps() {
-        tokens = add(tokens, step.tokens);
-        prompt_tokens = add(prompt_tokens, step.prompt_tokens);
-        completion_tokens = add(completion_tokens, step.completion_tokens);
-        cost = match (cost, step.cost) {
-            (Some(total), Some(more)) => Some(total + more),
-            (total, more) => total.or(more),
-        };
-    }
-    event.tokens = tokens;
-    event.prompt_tokens = prompt_tokens;
-    event.completion_tokens = completion_tokens;
-    event.cost = cost;
+    let usage = Usage::deepest(own, &event.steps);
+    event.tokens = usage.tokens;
+    event.prompt_tokens = usage.prompt_tokens;
+    event.completion_tokens = usage.completion_tokens;
+    event.cost = usage.cost;
     event
 }
 
-fn add(total: Option<i64>, more: Option<i64>) -> Option<i64> {
-    match (total, more) {
-        (Some(total), Some(more)) => Some(total.saturating_add(more)),
-        (total, more) => total.or(more),
+/// Tokens and cost, each `None` until some span reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Usage {
+    tokens: Option<i64>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    cost: Option<f64>,
+}
+
+impl Usage {
+    fn of(step: &Step) -> Usage {
+        Usage {
+            tokens: step.tokens,
+            prompt_tokens: step.prompt_tokens,
+            completion_tokens: step.completion_tokens,
+            cost: step.cost,
+        }
+    }
+
+    fn is_reported(&self) -> bool {
+        self.tokens.is_some() || self.cost.is_some()
+    }
+
+    fn plus(self, other: Usage) -> Usage {
+        let add = |total: Option<i64>, more: Option<i64>| match (total, more) {
+            (Some(total), Some(more)) => Some(total.saturating_add(more)),
+            (total, more) => total.or(more),
+        };
+        Usage {
+            tokens: add(self.tokens, other.tokens),
+            prompt_tokens: add(self.prompt_tokens, other.prompt_tokens),
+            completion_tokens: add(self.completion_tokens, other.completion_tokens),
+            cost: match (self.cost, other.cost) {
+                (Some(total), Some(more)) => Some(total + more),
+                (total, more) => total.or(more),
+            },
+        }
+    }
+
+    /// `own` usage with `children` under it: the children's when any of them reports usage,
+    /// else `own`.
+    fn deepest(own: Usage, children: &[Step]) -> Usage {
+        let below = children.iter().fold(Usage::default(), |total, child| {
+            total.plus(Usage::deepest(Usage::of(child), &child.steps))
+        });
+        if below.is_reported() { below } else { own }
     }
 }
 

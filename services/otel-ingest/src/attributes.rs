@@ -62,10 +62,7 @@ impl<'a> Attributes<'a> {
 
     /// A string attribute (other types are not coerced: a session id must be a string).
     pub fn str(&self, key: &str) -> Option<&'a str> {
-        match &self.get(key)?.value {
-            Some(any_value::Value::StringValue(text)) if !text.is_empty() => Some(text),
-            _ => None,
-        }
+        text_of(self.get(key)?)
     }
 
     /// The first of `keys` that is set, as a string.
@@ -104,11 +101,26 @@ impl<'a> Attributes<'a> {
     /// The attribute as JSON, where its string holds JSON (as `gen_ai.input.messages` does
     /// when an SDK cannot record structured values): parsed; otherwise as it is.
     pub fn json(&self, key: &str) -> Option<Value> {
-        let value = to_json(self.get(key)?);
-        match value {
-            Value::String(text) => Some(serde_json::from_str(&text).unwrap_or(Value::String(text))),
-            other => Some(other),
+        Some(parsed_json(self.get(key)?))
+    }
+}
+
+/// A non-empty string value.
+pub fn text_of(value: &AnyValue) -> Option<&str> {
+    match &value.value {
+        Some(any_value::Value::StringValue(text)) if !text.is_empty() => Some(text),
+        _ => None,
+    }
+}
+
+/// A value as JSON; a string holding a JSON array or object is parsed (an answer that reads
+/// `42` or `null` stays text).
+pub fn parsed_json(value: &AnyValue) -> Value {
+    match to_json(value) {
+        Value::String(text) if text.trim_start().starts_with(['[', '{']) => {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
         }
+        other => other,
     }
 }
 
@@ -173,5 +185,10 @@ mod tests {
         assert_eq!(attributes.first_str(&["empty", "k"]), Some("last"));
         assert_eq!(attributes.json("messages"), Some(serde_json::json!([1, 2])));
         assert_eq!(attributes.json("k"), Some(Value::from("last")));
+        assert_eq!(
+            attributes.json("tokens"),
+            Some(Value::from("12")),
+            "text stays text"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! `gen_ai.prompt`/`gen_ai.completion`, and OpenLLMetry's indexed `gen_ai.prompt.0.content`).
 //! Every attribute not mapped here is kept in the step's metadata.
 
-use crate::attributes::{Attributes, to_json, to_map};
+use crate::attributes::{Attributes, parsed_json, text_of, to_json, to_map};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -122,7 +122,9 @@ pub fn step_fields(span: &Span) -> StepFields {
     let tokens =
         first_int(&[TOTAL_TOKENS], &mut used).or(match (prompt_tokens, completion_tokens) {
             (None, None) => None,
-            (prompt, completion) => Some(prompt.unwrap_or(0) + completion.unwrap_or(0)),
+            (prompt, completion) => {
+                Some(prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0)))
+            }
         });
     let cost = COST.iter().find_map(|key| {
         let value = attributes.number(key)?;
@@ -263,17 +265,51 @@ fn choice_text(span: &Span, attributes: &Attributes<'_>) -> Option<Value> {
         .or_else(|| attributes.json(COMPLETION))
 }
 
-/// OpenLLMetry's `<prefix>.<i>.role` / `<prefix>.<i>.content`, in index order.
+/// Most messages read from indexed attributes: a span with more is not a conversation anyone
+/// reads back, and the cap keeps a hostile span from costing more than one pass.
+const MAX_INDEXED_MESSAGES: usize = 1024;
+
+/// OpenLLMetry's `<prefix>.<i>.role` / `<prefix>.<i>.content`, in index order from 0 up to the
+/// first missing index; one pass over the attributes.
 fn indexed_messages(attributes: &Attributes<'_>, prefix: &str) -> Vec<Value> {
-    (0..)
-        .map_while(|index| {
-            let role = attributes.str(&format!("{prefix}.{index}.role"));
-            let content = attributes.json(&format!("{prefix}.{index}.content"));
-            (role.is_some() || content.is_some()).then(|| {
-                json!({
-                    "role": role.unwrap_or("user"),
-                    "content": content.unwrap_or(Value::Null),
-                })
+    let mut by_index: std::collections::BTreeMap<usize, (Option<&str>, Option<Value>)> =
+        std::collections::BTreeMap::new();
+    for pair in attributes.0 {
+        let Some((index, field)) = pair
+            .key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split_once('.'))
+        else {
+            continue;
+        };
+        let Some(index) = index
+            .parse::<usize>()
+            .ok()
+            .filter(|index| *index < MAX_INDEXED_MESSAGES)
+        else {
+            continue;
+        };
+        let entry = by_index.entry(index).or_default();
+        let Some(value) = pair.value.as_ref() else {
+            continue;
+        };
+        match field {
+            "role" => entry.0 = text_of(value),
+            "content" => entry.1 = Some(parsed_json(value)),
+            _ => {}
+        }
+    }
+    by_index
+        .into_iter()
+        .enumerate()
+        .take_while(|(expected, (index, (role, content)))| {
+            expected == index && (role.is_some() || content.is_some())
+        })
+        .map(|(_, (_, (role, content)))| {
+            json!({
+                "role": role.unwrap_or("user"),
+                "content": content.unwrap_or(Value::Null),
             })
         })
         .collect()

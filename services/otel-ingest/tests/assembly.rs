@@ -421,6 +421,83 @@ fn a_lone_model_call_is_wrapped_as_the_traces_one_step() {
 }
 
 #[test]
+fn usage_counts_where_it_is_recorded_deepest() {
+    // An agent span reporting its model calls' total, as agent frameworks do.
+    let spans = vec![
+        span(1, 0, "handle", (0, 100), vec![]),
+        span(
+            2,
+            1,
+            "invoke_agent planner",
+            (1, 90),
+            vec![
+                s("gen_ai.operation.name", "invoke_agent"),
+                i("gen_ai.usage.input_tokens", 30),
+                i("gen_ai.usage.output_tokens", 6),
+            ],
+        ),
+        span(
+            3,
+            2,
+            "chat a",
+            (2, 40),
+            vec![
+                s("gen_ai.operation.name", "chat"),
+                i("gen_ai.usage.input_tokens", 10),
+                i("gen_ai.usage.output_tokens", 2),
+            ],
+        ),
+        span(
+            4,
+            2,
+            "chat b",
+            (41, 80),
+            vec![
+                s("gen_ai.operation.name", "chat"),
+                i("gen_ai.usage.input_tokens", 20),
+                i("gen_ai.usage.output_tokens", 4),
+            ],
+        ),
+        span(
+            5,
+            1,
+            "embeddings",
+            (91, 95),
+            vec![
+                s("gen_ai.operation.name", "embeddings"),
+                i("gen_ai.usage.input_tokens", 5),
+            ],
+        ),
+    ];
+    let event = assemble_one(&request(spans)).expect("assembled");
+    assert_eq!(
+        event.steps[0].tokens,
+        Some(36),
+        "the agent step keeps its own figure"
+    );
+    assert_eq!(
+        (event.tokens, event.prompt_tokens, event.completion_tokens),
+        (Some(41), Some(35), Some(6)),
+        "the model calls once each, not the agent's total again"
+    );
+}
+
+#[test]
+fn a_span_with_a_great_many_indexed_messages_is_read_in_one_pass() {
+    let mut attributes = vec![s("gen_ai.operation.name", "chat")];
+    for index in 0..50_000 {
+        attributes.push(s(&format!("gen_ai.prompt.{index}.content"), "hi"));
+    }
+    let spans = vec![
+        span(1, 0, "root", (0, 10), vec![]),
+        span(2, 1, "chat", (1, 9), attributes),
+    ];
+    let event = assemble_one(&request(spans)).expect("assembled");
+    let prompt = event.steps[0].inputs["prompt"].as_array().expect("prompt");
+    assert_eq!(prompt.len(), 1024, "capped");
+}
+
+#[test]
 fn a_span_whose_parent_is_missing_hangs_under_the_root_and_is_counted() {
     let spans = vec![
         span(1, 0, "root", (0, 100), vec![]),
@@ -484,7 +561,28 @@ fn traces_beyond_the_step_limits_are_refused() {
     let deep: Vec<Span> = (1..=4)
         .map(|n| span(n, n - 1, "level", (0, 1), vec![]))
         .collect();
-    for (spans, reason) in [(wide, "too_many_steps"), (deep, "too_deep")] {
+    // A root that is a model call is a step itself: one span fewer, one level less.
+    let chat = || vec![s("gen_ai.operation.name", "chat")];
+    let wide_chat: Vec<Span> = std::iter::once(span(1, 0, "chat", (0, 1), chat()))
+        .chain((2..=4).map(|n| span(n, 1, "child", (0, 1), vec![])))
+        .collect();
+    let deep_chat: Vec<Span> = (1..=3)
+        .map(|n| {
+            span(
+                n,
+                n - 1,
+                "level",
+                (0, 1),
+                if n == 1 { chat() } else { vec![] },
+            )
+        })
+        .collect();
+    for (spans, reason) in [
+        (wide, "too_many_steps"),
+        (deep, "too_deep"),
+        (wide_chat, "too_many_steps"),
+        (deep_chat, "too_deep"),
+    ] {
         let request = request(spans);
         let grouped = group_by_trace(&request);
         let (trace_id, spans) = grouped.traces.iter().next().expect("trace");
