@@ -13,7 +13,8 @@
 //! 413 for a body over `http.max_body_bytes` (or a row over the message limit); 503 with
 //! `Retry-After` when Kafka is unreachable, slow, or too many rows are in flight, which the
 //! SDK retries on its own, and, before the body is read, when taking it would hold more than
-//! `http.max_body_bytes_in_flight` body bytes over all requests. Errors never echo a key.
+//! `http.max_body_bytes_in_flight` body bytes over all requests; 408 for a request not done
+//! within its deadline (a minute beyond the produce timeout: a body trickling in). Errors never echo a key.
 //!
 //! Operations (own port): `/metrics`, `/healthz` (the process serves), `/readyz` (no shutdown
 //! has begun). An unreachable broker does not make the gateway unready: clients would then
@@ -88,6 +89,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
+    pub request_deadline: Duration,
     rows_in_flight: Arc<AtomicUsize>,
     /// Permits for request body bytes (`http.max_body_bytes_in_flight`).
     body_bytes: Arc<Semaphore>,
@@ -112,6 +114,9 @@ pub struct ApiSettings {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub max_body_bytes_in_flight: usize,
+    /// Longest a request may run, holding its body bytes: far beyond an upload and the wait
+    /// for Kafka, short enough that trickling clients cannot keep the room.
+    pub request_deadline: Duration,
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub update_key_cache_entries: usize,
@@ -134,6 +139,7 @@ impl AppState {
             max_body_bytes: settings.max_body_bytes,
             retry_after: settings.retry_after,
             max_rows_in_flight: settings.max_rows_in_flight,
+            request_deadline: settings.request_deadline,
             rows_in_flight: Arc::default(),
             body_bytes: Arc::new(Semaphore::new(
                 settings
@@ -334,7 +340,15 @@ async fn bound_body_bytes(State(state): State<AppState>, request: Request, next:
         None,
         usize::try_from(permits).unwrap_or(usize::MAX),
     );
-    let response = next.run(request).await;
+    // A client that trickles its body would hold the bytes for as long as it likes.
+    let response = match tokio::time::timeout(state.request_deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(json!({"success": false, "error": "the request took too long to arrive"})),
+        )
+            .into_response(),
+    };
     drop((in_flight, held));
     response
 }

@@ -86,6 +86,7 @@ pub async fn run(
             limits: config.limits,
             max_body_bytes: config.max_body_bytes,
             max_body_bytes_in_flight: config.max_body_bytes_in_flight,
+            request_deadline: config.kafka.produce_timeout + std::time::Duration::from_secs(60),
             retry_after: config.retry_after,
             max_rows_in_flight: config.max_rows_in_flight,
             update_key_cache_entries: config.update_key_cache_entries,

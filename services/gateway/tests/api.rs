@@ -85,6 +85,8 @@ fn fixture(max_body_bytes: usize) -> Fixture {
             limits: Limits::default(),
             max_body_bytes,
             max_body_bytes_in_flight: 2 * max_body_bytes,
+            // Short, for the test of a request that runs past it.
+            request_deadline: Duration::from_millis(500),
             retry_after: Duration::from_secs(3),
             max_rows_in_flight: 100,
             update_key_cache_entries: 10,
@@ -448,6 +450,26 @@ async fn a_request_whose_client_goes_away_gives_back_what_it_held() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let (status, _, _) = send(&fixture.app, request("POST", STREAM, Some(KEY), body)).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_running_past_its_deadline_gets_408_and_gives_back_what_it_held() {
+    let fixture = fixture(1 << 20);
+    fixture
+        .publisher
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let body = serde_json::to_vec(&tracer_body(3)).expect("json");
+    let (status, _, _) = send(&fixture.app, request("POST", STREAM, Some(KEY), body)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&fixture.registry.gather())
+        .expect("metrics");
+    assert!(
+        metrics.contains("gateway_body_bytes_in_flight 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_rows_in_flight 0"), "{metrics}");
 }
 
 #[tokio::test]
