@@ -38,7 +38,13 @@ pub async fn run(size: Size) -> Outcome {
     let scene = scene_on(&broker, "restart").await;
     let bootstrap = broker.bootstrap();
     let feed = Feed::start(&bootstrap, &scene.topics.traces, plan);
-    let mut instance = Instance::start(&scene.env);
+    // Repartitioning off here: its markers move the partitions' positions every second, so
+    // the changelog is written every checkpoint interval even when no trace comes, and this
+    // test broker loses a record being written when it stops (a restore then waits on the
+    // hole for good). Without them the changelog goes quiet once the feed holds.
+    let mut env = scene.env.clone();
+    set(&mut env, "SESSIONIZER__KAFKA__REPARTITION_TOPIC", "");
+    let mut instance = Instance::start(&env);
     let server = &scene.server;
     let ready = wait_until(Duration::from_secs(60), async || {
         instance.sample(server).await;
@@ -53,6 +59,15 @@ pub async fn run(size: Size) -> Outcome {
     // restarts, which producers with messages in flight take as fatal. The sessionizer still
     // rides out the restart with work in hand, and the feed's backlog follows it.
     feed.pause().await;
+    // What was fed is shipped and its last checkpoint written before the broker stops (see
+    // above): the outage meets no changelog write in flight.
+    let fed = feed.num_produced();
+    wait_until(Duration::from_secs(60), async || {
+        instance.sample(server).await;
+        server.num_rows() >= fed
+    })
+    .await;
+    tokio::time::sleep(scene.checkpoint_interval * 4).await;
     broker.stop();
     let mut not_ready_seen = false;
     let outage_ends = Instant::now() + outage;
