@@ -160,7 +160,7 @@ fn trace(
     event.session_id = find(&SESSION_KEYS);
     event.user_id = find(&USER_KEYS);
     event.pipeline_id = find(&[PIPELINE_ID]);
-    let mut metadata = to_map(root_ref.resource);
+    let mut metadata = without_ids(to_map(root_ref.resource));
     if let Some(scope) = root_ref.scope.filter(|scope| !scope.name.is_empty()) {
         metadata.insert(
             "otel.scope.name".to_owned(),
@@ -170,36 +170,29 @@ fn trace(
     if orphans > 0 {
         metadata.insert("otel.orphan_spans".to_owned(), Value::from(orphans));
     }
-    for key in SESSION_KEYS.iter().chain(&USER_KEYS).chain(&[PIPELINE_ID]) {
-        metadata.remove(*key);
-    }
-    // The trace's usage, for the session totals. A span that reports usage while spans under
-    // it do too (an agent or workflow span with its children's totals) is not counted again:
-    // usage counts where it is recorded deepest.
+    // The trace's usage, for the session totals: its own (a plain root's) and its steps'. A
+    // span that reports usage while spans under it do too (an agent or workflow span with its
+    // children's totals) is not counted again: usage counts where it is recorded deepest.
     let own = if fields.step_type == "user_call" {
-        Usage {
+        // A plain root (a request handler, a workflow): the trace itself, its children the
+        // steps; it answers with what its last model call did unless it says otherwise.
+        let own = Usage {
             tokens: fields.tokens,
             prompt_tokens: fields.prompt_tokens,
             completion_tokens: fields.completion_tokens,
             cost: fields.cost,
-        }
-    } else {
-        Usage::default()
-    };
-    if fields.step_type == "user_call" {
-        // A plain root (a request handler, a workflow): the trace itself, its children the
-        // steps; it answers with what its last model call did unless it says otherwise.
-        let output = if fields.output.is_null() {
+        };
+        event.output = if fields.output.is_null() {
             last_completion_output(&steps).unwrap_or(Value::Null)
         } else {
-            fields.output.clone()
+            fields.output
         };
-        event.inputs = fields.inputs.clone();
-        event.output = output;
-        metadata.extend(without_ids(fields.metadata.clone()));
+        event.inputs = fields.inputs;
+        metadata.extend(without_ids(fields.metadata));
         metadata.extend(status(span));
         event.metadata = metadata;
         event.steps = steps;
+        own
     } else {
         // A model or tool call with no span around it: the trace wraps it as its one step,
         // as the Openlayer SDK wraps a traced call in a `user_call`.
@@ -209,7 +202,8 @@ fn trace(
         let mut only = to_step(span, fields);
         only.steps = steps;
         event.steps = vec![only];
-    }
+        Usage::default()
+    };
     let usage = Usage::deepest(own, &event.steps);
     event.tokens = usage.tokens;
     event.prompt_tokens = usage.prompt_tokens;

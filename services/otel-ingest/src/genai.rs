@@ -95,42 +95,25 @@ pub struct StepFields {
 pub fn step_fields(span: &Span) -> StepFields {
     let attributes = Attributes(&span.attributes);
     let mut used: HashSet<&str> = HashSet::new();
-    let mut take_str = |keys: &[&'static str]| {
-        let found = keys
-            .iter()
-            .find(|key| attributes.str(key).is_some())
-            .copied()?;
-        used.insert(found);
-        attributes.str(found).map(str::to_owned)
-    };
-    let operation = take_str(&[OPERATION]);
+    let text = |key: &str| attributes.str(key).map(str::to_owned);
+    let operation = first(&[OPERATION], &mut used, text);
     let step_type = step_type(operation.as_deref());
-    let model = take_str(&[RESPONSE_MODEL, REQUEST_MODEL]);
-    let provider = take_str(&PROVIDER);
+    let model = first(&[RESPONSE_MODEL, REQUEST_MODEL], &mut used, text);
+    let provider = first(&PROVIDER, &mut used, text);
     if model.is_some() {
         used.extend([RESPONSE_MODEL, REQUEST_MODEL]);
     }
-    let first_int = |keys: &[&'static str], used: &mut HashSet<&str>| {
-        keys.iter().find_map(|key| {
-            let value = attributes.int(key)?;
-            used.insert(key);
-            Some(value)
-        })
-    };
-    let prompt_tokens = first_int(&INPUT_TOKENS, &mut used);
-    let completion_tokens = first_int(&OUTPUT_TOKENS, &mut used);
+    let int = |key: &str| attributes.int(key);
+    let prompt_tokens = first(&INPUT_TOKENS, &mut used, int);
+    let completion_tokens = first(&OUTPUT_TOKENS, &mut used, int);
     let tokens =
-        first_int(&[TOTAL_TOKENS], &mut used).or(match (prompt_tokens, completion_tokens) {
+        first(&[TOTAL_TOKENS], &mut used, int).or(match (prompt_tokens, completion_tokens) {
             (None, None) => None,
             (prompt, completion) => {
                 Some(prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0)))
             }
         });
-    let cost = COST.iter().find_map(|key| {
-        let value = attributes.number(key)?;
-        used.insert(key);
-        Some(value)
-    });
+    let cost = first(&COST, &mut used, |key| attributes.number(key));
     let mut parameters = Map::new();
     for name in MODEL_PARAMETERS {
         let key = format!("gen_ai.request.{name}");
@@ -180,6 +163,19 @@ pub fn step_fields(span: &Span) -> StepFields {
         raw_output,
         metadata,
     }
+}
+
+/// The first of `keys` whose value `read` accepts; that key counts as mapped (`used`).
+fn first<T>(
+    keys: &[&'static str],
+    used: &mut HashSet<&'static str>,
+    read: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    keys.iter().find_map(|key| {
+        let value = read(key)?;
+        used.insert(key);
+        Some(value)
+    })
 }
 
 /// Attributes mapped into step fields whatever their value: they are not repeated in the
