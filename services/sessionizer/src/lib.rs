@@ -27,6 +27,7 @@ pub mod enrich;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod pipeline;
 pub mod preflight;
 pub mod secret;
