@@ -8,6 +8,7 @@
 //! stops a broker of its own and never touches the shared one.
 
 use end_to_end::gateway::{CLIENT_KEY, Gateway};
+use end_to_end::otel::{self, OtelTurn, assert_exact_sessions};
 use end_to_end::service::{Sessionizer, free_local_address, service_env};
 use end_to_end::{
     ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
@@ -612,63 +613,6 @@ async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_on
 // OpenTelemetry: the official Python SDK exporting OTLP/HTTP to the gateway
 // ---------------------------------------------------------------------------------------------
 
-/// One turn as `tests/otel/genai_chat.py` recorded it.
-#[derive(Debug)]
-struct OtelTurn {
-    session: String,
-    turn: u64,
-    trace_id: String,
-    tokens: i64,
-    answer: String,
-}
-
-impl OtelTurn {
-    fn parse(line: &str) -> OtelTurn {
-        let sent: Value = serde_json::from_str(line).expect("a sent line");
-        let text = |key: &str| sent[key].as_str().expect("a string").to_owned();
-        OtelTurn {
-            session: text("session"),
-            turn: sent["turn"].as_u64().expect("turn"),
-            trace_id: text("trace_id"),
-            tokens: sent["tokens"].as_i64().expect("tokens"),
-            answer: text("answer"),
-        }
-    }
-}
-
-/// A client that exports OTLP/HTTP, run with `--prefix --sessions --turns --sent`.
-fn otel_python(script: &str) -> Command {
-    let output = Command::new(workspace().join("scripts/python-venv.sh"))
-        .arg("otel-sdk")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/python-venv.sh");
-    assert!(
-        output.status.success(),
-        "scripts/python-venv.sh otel-sdk failed"
-    );
-    let python = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("python");
-    let mut command = Command::new(python);
-    command.arg(workspace().join("tests/otel").join(script));
-    command
-}
-
-fn otel_node() -> Command {
-    let output = Command::new(workspace().join("scripts/node-modules.sh"))
-        .arg(workspace().join("tests/otel/node"))
-        .arg("otel-node")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/node-modules.sh");
-    assert!(output.status.success(), "scripts/node-modules.sh failed");
-    let modules = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let mut command = Command::new("node");
-    command
-        .arg(workspace().join("tests/otel/node/genai_chat.js"))
-        .env("NODE_PATH", modules);
-    command
-}
-
 /// `client` exports multi-turn GenAI traces to the gateway; every turn must reach Openlayer
 /// once, numbered in its conversation, with running tokens and the mapped chat step.
 async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &str) {
@@ -705,45 +649,10 @@ async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &st
         !stderr.to_lowercase().contains("failed to export"),
         "the exporter reported a failure: {stderr}"
     );
-    let text = std::fs::read_to_string(&sent).expect("the client wrote what it sent");
-    let _removed = std::fs::remove_file(&sent);
-    let turns: Vec<OtelTurn> = text.lines().map(OtelTurn::parse).collect();
+    let turns = OtelTurn::read_sent(&sent);
     assert_eq!(turns.len(), SESSIONS * TURNS);
-
     let shipped = server.wait_for_rows(turns.len(), WAIT).await;
-    let mut by_id: HashMap<String, Map<String, Value>> = HashMap::new();
-    for row in &shipped {
-        let row = row.as_object().expect("row object").clone();
-        let previous = by_id.insert(inference_id(&row), row);
-        assert!(previous.is_none(), "shipped twice: {previous:?}");
-    }
-    assert_eq!(
-        shipped.len(),
-        turns.len(),
-        "one row per trace, nothing else"
-    );
-    let mut tokens_so_far: HashMap<&str, i64> = HashMap::new();
-    for turn in &turns {
-        let row = by_id
-            .get(&turn.trace_id)
-            .unwrap_or_else(|| panic!("trace {} not shipped", turn.trace_id));
-        let so_far = tokens_so_far.entry(turn.session.as_str()).or_default();
-        *so_far += turn.tokens;
-        assert_eq!(row["session_id"], json!(turn.session));
-        assert_eq!(row["session_turn"], json!(turn.turn), "{}", turn.trace_id);
-        assert_eq!(row["session_tokens_so_far"], json!(*so_far));
-        assert_eq!(row["output"], json!(turn.answer));
-        assert_eq!(row["service.name"], json!(service_name));
-        let chat = &row["steps"][0]["steps"][0];
-        assert_eq!(chat["type"], "chat_completion", "{row:?}");
-        assert_eq!(chat["model"], "gpt-4o-mini");
-        assert_eq!(chat["provider"], "openai");
-        assert_eq!(chat["tokens"], json!(turn.tokens));
-        assert_eq!(
-            chat["inputs"]["prompt"],
-            json!([{"role": "user", "content": format!("question {}", turn.turn)}])
-        );
-    }
+    assert_exact_sessions(&turns, &shipped, service_name);
     assert!(
         gateway
             .metric("gateway_rows_produced_total", r#"kind="otel_trace""#)
@@ -756,18 +665,18 @@ async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &st
 /// The official Python SDK's OTLP/HTTP exporter sends protobuf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentelemetry_python_sdk_genai_traces_ship_as_sessions_with_exact_turns() {
-    otel_client_ships_exact_sessions(otel_python("genai_chat.py"), "genai-chat").await;
+    otel_client_ships_exact_sessions(otel::python("genai_chat.py"), "genai-chat").await;
 }
 
 /// The official OpenAI instrumentation records the model calls of the openai client; the
 /// service's own span around each call carries the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentelemetry_openai_instrumentation_traces_ship_as_sessions_with_exact_turns() {
-    otel_client_ships_exact_sessions(otel_python("openai_chat.py"), "genai-chat-openai").await;
+    otel_client_ships_exact_sessions(otel::python("openai_chat.py"), "genai-chat-openai").await;
 }
 
 /// The JavaScript SDK's OTLP/HTTP exporter sends OTLP JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentelemetry_js_sdk_json_traces_ship_as_sessions_with_exact_turns() {
-    otel_client_ships_exact_sessions(otel_node(), "genai-chat-node").await;
+    otel_client_ships_exact_sessions(otel::node(), "genai-chat-node").await;
 }

@@ -6,6 +6,7 @@
 //! skipped silently.
 
 pub mod gateway;
+pub mod otel;
 pub mod reliability;
 pub mod service;
 

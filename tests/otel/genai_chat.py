@@ -5,6 +5,11 @@ Each turn is a request span around a chat span carrying the GenAI semantic conve
 through the SDK's batch span processor and OTLP/HTTP exporter, configured by the standard
 environment (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS).
 
+With --kafka, spans are written to a Kafka topic instead, as the OpenTelemetry Collector's
+Kafka exporter writes them (`otlp_proto`): one ExportTraceServiceRequest per export, unkeyed,
+or with --keyed one per trace keyed by its hex id (`partition_traces_by_id`). --batch-size 1
+exports every span on its own, so a trace's spans come in several messages.
+
 Writes one JSON line per turn to --sent: session, turn, trace id (hex), tokens.
 """
 
@@ -16,7 +21,39 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+
+class CollectorKafkaExporter(SpanExporter):
+    """Writes spans to Kafka as the Collector's Kafka exporter does with `otlp_proto`."""
+
+    def __init__(self, bootstrap, topic, keyed):
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        self.topic = topic
+        self.keyed = keyed
+
+    def export(self, spans):
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        if self.keyed:
+            by_trace = {}
+            for span in spans:
+                by_trace.setdefault(format(span.context.trace_id, "032x"), []).append(span)
+            for trace_id, trace_spans in by_trace.items():
+                self.producer.produce(
+                    self.topic, key=trace_id, value=encode_spans(trace_spans).SerializeToString()
+                )
+        else:
+            self.producer.produce(self.topic, value=encode_spans(spans).SerializeToString())
+        # The Collector's exporter is synchronous: an export returns once Kafka has it.
+        if self.producer.flush(30) != 0:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        self.producer.flush(30)
 
 
 def main() -> None:
@@ -25,10 +62,22 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--sent", required=True)
+    parser.add_argument("--kafka", help="bootstrap servers: write spans to Kafka instead")
+    parser.add_argument("--topic", default="otlp_spans")
+    parser.add_argument("--keyed", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=512)
     args = parser.parse_args()
 
     provider = TracerProvider(resource=Resource.create({"service.name": "genai-chat"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if args.kafka:
+        # Exported every 50 ms, as a Collector's batch processor flushes every 200 ms.
+        processor = BatchSpanProcessor(
+            CollectorKafkaExporter(args.kafka, args.topic, args.keyed),
+            max_export_batch_size=args.batch_size, schedule_delay_millis=50,
+        )
+    else:
+        processor = BatchSpanProcessor(OTLPSpanExporter(), max_export_batch_size=args.batch_size)
+    provider.add_span_processor(processor)
     tracer = provider.get_tracer("genai-chat")
 
     sent = []

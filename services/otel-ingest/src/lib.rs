@@ -15,4 +15,6 @@ pub mod genai;
 pub mod request;
 
 pub use assemble::{AssemblyError, assemble};
-pub use request::{Encoding, RequestError, SpanRef, TraceSpans, decode, group_by_trace};
+pub use request::{
+    Encoding, RequestError, SpanRef, TraceSpans, decode, group_by_trace, split_by_trace,
+};

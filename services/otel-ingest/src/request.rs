@@ -2,7 +2,7 @@
 
 use crate::attributes::hex;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use std::collections::BTreeMap;
 
@@ -90,6 +90,61 @@ pub fn group_by_trace(request: &ExportTraceServiceRequest) -> TraceSpans<'_> {
         }
     }
     grouped
+}
+
+/// A request's spans as one request per trace id (lowercase hex), each span keeping its
+/// resource and scope, in the order they came; spans without a valid trace id go in a request
+/// of their own (empty when there are none). Moves the spans: nothing but resources and scopes
+/// is copied.
+pub fn split_by_trace(
+    request: ExportTraceServiceRequest,
+) -> (
+    BTreeMap<String, ExportTraceServiceRequest>,
+    ExportTraceServiceRequest,
+) {
+    let mut traces: BTreeMap<String, ExportTraceServiceRequest> = BTreeMap::new();
+    let mut without_trace_id = ExportTraceServiceRequest::default();
+    for resource_spans in request.resource_spans {
+        let ResourceSpans {
+            resource,
+            scope_spans,
+            schema_url,
+        } = resource_spans;
+        // Each request this resource's spans go to gets one ResourceSpans for it.
+        let mut opened: BTreeMap<Option<String>, usize> = BTreeMap::new();
+        for scope_spans in scope_spans {
+            let ScopeSpans {
+                scope,
+                spans,
+                schema_url: scope_schema_url,
+            } = scope_spans;
+            let mut scoped: BTreeMap<Option<String>, Vec<Span>> = BTreeMap::new();
+            for span in spans {
+                let trace_id = valid_id(&span.trace_id, 16).then(|| hex(&span.trace_id));
+                scoped.entry(trace_id).or_default().push(span);
+            }
+            for (trace_id, spans) in scoped {
+                let target = match &trace_id {
+                    Some(trace_id) => traces.entry(trace_id.clone()).or_default(),
+                    None => &mut without_trace_id,
+                };
+                let index = *opened.entry(trace_id).or_insert_with(|| {
+                    target.resource_spans.push(ResourceSpans {
+                        resource: resource.clone(),
+                        scope_spans: Vec::new(),
+                        schema_url: schema_url.clone(),
+                    });
+                    target.resource_spans.len() - 1
+                });
+                target.resource_spans[index].scope_spans.push(ScopeSpans {
+                    scope: scope.clone(),
+                    spans,
+                    schema_url: scope_schema_url.clone(),
+                });
+            }
+        }
+    }
+    (traces, without_trace_id)
 }
 
 /// An OTLP id: exactly `len` bytes, not all zero.

@@ -73,6 +73,14 @@ pub struct Metrics {
     pub restore_records: IntCounterVec,
     /// Time from a partition's assignment to its state being back, by partition.
     pub restore_duration: HistogramVec,
+    /// The Collector path (`otel`): messages read from the spans topic.
+    pub otel_messages_consumed: IntCounter,
+    /// Traces assembled from spans, by completion (quiet, forced).
+    pub otel_traces_assembled: IntCounterVec,
+    /// Spans read and not assembled nor dead-lettered, by reason (duplicate, shipped_before).
+    pub otel_spans_skipped: IntCounterVec,
+    pub otel_open_traces: IntGauge,
+    pub otel_held_spans: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -325,6 +333,33 @@ impl Metrics {
                 &["partition"],
             )?,
             restore_duration,
+            otel_messages_consumed: counter(
+                registry,
+                "sessionizer_otel_messages_consumed_total",
+                "Messages read from the OpenTelemetry spans topic (otel.spans_topic).",
+            )?,
+            otel_traces_assembled: counter_vec(
+                registry,
+                "sessionizer_otel_traces_assembled_total",
+                "Traces assembled from OpenTelemetry spans and produced to the traces topic, by completion (quiet: no span came for otel.quiet_ms after the root; forced: open otel.max_open_secs).",
+                &["completion"],
+            )?,
+            otel_spans_skipped: counter_vec(
+                registry,
+                "sessionizer_otel_spans_skipped_total",
+                "OpenTelemetry spans neither assembled nor dead-lettered, by reason (duplicate: the same span again in an open trace; shipped_before: read again after a restart, its trace already shipped).",
+                &["reason"],
+            )?,
+            otel_open_traces: gauge(
+                registry,
+                "sessionizer_otel_open_traces",
+                "OpenTelemetry traces waiting for their root or for quiet.",
+            )?,
+            otel_held_spans: gauge(
+                registry,
+                "sessionizer_otel_held_spans",
+                "Spans held in open OpenTelemetry traces (bounded by otel.max_held_spans).",
+            )?,
         }
         .with_known_series())
     }
@@ -361,6 +396,12 @@ impl Metrics {
         }
         self.dead_letters
             .with_label_values(&["sink", "openlayer_rejected"]);
+        for completion in ["quiet", "forced"] {
+            self.otel_traces_assembled.with_label_values(&[completion]);
+        }
+        for reason in ["duplicate", "shipped_before"] {
+            self.otel_spans_skipped.with_label_values(&[reason]);
+        }
         self
     }
 }

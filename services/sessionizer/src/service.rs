@@ -43,6 +43,8 @@ pub enum ServiceError {
     SchemaRegistryClient(#[source] RegistryError),
     #[error(transparent)]
     Pipeline(#[from] RunError),
+    #[error("the OpenTelemetry Collector path (otel.spans_topic) stopped")]
+    Otel(#[from] crate::otel::OtelError),
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` and runs the pipeline until `shutdown`
@@ -80,14 +82,52 @@ pub async fn run(
         HttpState::new(registry, health.clone(), config.http.liveness_window),
         http_stop.clone().cancelled_owned(),
     ));
-    let result = crate::pipeline::run(config.pipeline_settings(), metrics, health, shutdown).await;
+    // The Collector path runs beside the pipeline; a failure of it stops the service.
+    let otel_stop = CancellationToken::new();
+    let otel_failed = CancellationToken::new();
+    let otel = config.otel.clone().map(|otel| {
+        let run = crate::otel::run(
+            otel,
+            config.kafka.clone(),
+            metrics.clone(),
+            config.shutdown.drain_timeout,
+            otel_stop.clone(),
+        );
+        let failed = otel_failed.clone();
+        tokio::spawn(async move {
+            let result = run.await;
+            if result.is_err() {
+                failed.cancel();
+            }
+            result
+        })
+    });
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = otel_failed.cancelled() => {}
+        }
+    };
+    let result = crate::pipeline::run(config.pipeline_settings(), metrics, health, stop).await;
+    otel_stop.cancel();
+    let otel_result = match otel {
+        Some(otel) => match otel.await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(%error, "the otel stage's task failed");
+                Ok(())
+            }
+        },
+        None => Ok(()),
+    };
     http_stop.cancel();
     match http.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "metrics server stopped with an error"),
         Err(error) => tracing::warn!(%error, "metrics server task failed"),
     }
-    result.map_err(ServiceError::from)
+    result?;
+    otel_result.map_err(ServiceError::from)
 }
 
 /// Tries the registry's credentials once; only a refusal is an error (see the module doc).

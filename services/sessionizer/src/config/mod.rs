@@ -41,8 +41,8 @@ mod validated;
 
 pub use error::{ConfigError, KeyOrigin, Problem, UnknownKey};
 pub use model::{
-    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, SessionConfig, SessionizerConfig,
-    ShutdownConfig,
+    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, OtelConfig, SessionConfig,
+    SessionizerConfig, ShutdownConfig,
 };
 pub use service_kit::client_properties::ClientProperties;
 pub use service_kit::logging::{LogConfig, LogFormat};

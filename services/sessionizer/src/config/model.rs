@@ -32,6 +32,8 @@ pub struct SessionizerConfig {
     pub log: LogConfig,
     /// `[shutdown]`: how long a stopping replica may take.
     pub shutdown: ShutdownConfig,
+    /// `[otel]`: OpenTelemetry spans read from the Collector's Kafka exporter.
+    pub otel: OtelConfig,
 }
 
 /// `[kafka]`: the cluster, the consumer group and the topics.
@@ -188,6 +190,34 @@ pub struct HttpConfig {
     pub liveness_window_secs: u64,
 }
 
+/// `[otel]`: OpenTelemetry spans read from the topic the Collector's Kafka exporter writes
+/// (`otlp_proto` or `otlp_json`, keyed by trace id or not), assembled into traces and produced
+/// to `kafka.topic` keyed by session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtelConfig {
+    /// Topic of `ExportTraceServiceRequest` messages (the Collector's default is
+    /// `otlp_spans`); an empty string turns the Collector path off.
+    pub spans_topic: String,
+    /// Topic through which spans are routed by trace id, so a trace's spans meet in one
+    /// partition however the Collector partitioned them. Unset: `<group_id>-otel-repartition`.
+    #[serde(default)]
+    pub repartition_topic: Option<String>,
+    /// Compacted topic, co-partitioned with `repartition_topic`, keeping each partition's
+    /// commit point (which traces are shipped), so a restart or rebalance ships each trace
+    /// once. Unset: `<group_id>-otel-state`.
+    #[serde(default)]
+    pub state_topic: Option<String>,
+    /// A trace whose root span has come is complete once no span of it came for this long.
+    pub quiet_ms: u64,
+    /// The longest a trace is held open: it then ships as it is (counted as forced), or, with
+    /// no root span, its spans are dead-lettered as `otel_no_root`.
+    pub max_open_secs: u64,
+    /// Spans held in open traces at most, per replica; reading pauses at the bound until
+    /// traces complete.
+    pub max_held_spans: usize,
+}
+
 /// `[shutdown]`: how long a stopping replica may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -331,6 +361,33 @@ impl Default for KafkaConfig {
             schema_registry_bearer_token_file: None,
             session_timeout_ms: default_session_timeout_ms(),
             client: ClientProperties::default(),
+        }
+    }
+}
+
+// Ten Collector batch timeouts (200 ms): a trace's spans exported in the next batches still
+// meet.
+const fn default_otel_quiet_ms() -> u64 {
+    2_000
+}
+// Long enough for an agent's run; short enough that an abandoned trace's memory comes back.
+const fn default_otel_max_open_secs() -> u64 {
+    60
+}
+// About 100 MB of spans at 1 KiB each.
+const fn default_otel_max_held_spans() -> usize {
+    100_000
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            spans_topic: String::new(),
+            repartition_topic: None,
+            state_topic: None,
+            quiet_ms: default_otel_quiet_ms(),
+            max_open_secs: default_otel_max_open_secs(),
+            max_held_spans: default_otel_max_held_spans(),
         }
     }
 }

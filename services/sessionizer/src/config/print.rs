@@ -3,8 +3,8 @@
 //! redacted.
 
 use super::model::{
-    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, SessionConfig, SessionizerConfig,
-    ShutdownConfig,
+    BatchConfig, HttpConfig, KafkaConfig, OpenlayerConfig, OtelConfig, SessionConfig,
+    SessionizerConfig, ShutdownConfig,
 };
 use super::validated::{ApiKeySource, SchemaRegistrySettings, SecretSource, ValidatedConfig};
 use service_kit::logging::LogConfig;
@@ -93,6 +93,17 @@ impl ValidatedConfig {
             shutdown: ShutdownConfig {
                 drain_timeout_secs: self.shutdown.drain_timeout.as_secs(),
             },
+            otel: self
+                .otel
+                .as_ref()
+                .map_or_else(OtelConfig::default, |otel| OtelConfig {
+                    spans_topic: otel.spans_topic.clone(),
+                    repartition_topic: Some(otel.repartition_topic.clone()),
+                    state_topic: Some(otel.state_topic.clone()),
+                    quiet_ms: millis(otel.assembly.quiet),
+                    max_open_secs: otel.assembly.max_open.as_secs(),
+                    max_held_spans: otel.max_held_spans,
+                }),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::batch::BatchSettings;
 use crate::core::CoreSettings;
+use crate::otel::OtelSettings;
 use crate::pipeline::PipelineSettings;
 use crate::sessionize::WindowSettings;
 use crate::sink::SinkSettings;
@@ -30,6 +31,8 @@ pub struct ValidatedConfig {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    /// The Collector path; `None`: off.
+    pub otel: Option<OtelSettings>,
     /// Settings that are valid but risky, to log at start (e.g. TLS verification off).
     pub warnings: Vec<String>,
 }

@@ -61,6 +61,8 @@ pub enum Output {
     /// A complete trace, for the traces topic.
     Trace {
         ticket: Ticket,
+        /// The first message holding its spans.
+        read_at: i64,
         event: Box<TraceEvent>,
         /// Opened by the wait bound, not by quiet.
         forced: bool,
@@ -68,6 +70,8 @@ pub enum Output {
     /// Spans that make no trace, for the dead-letter topic.
     Refused {
         ticket: Ticket,
+        /// The first message holding them, for the dead letter's `source.offset`.
+        read_at: i64,
         reason: &'static str,
         message: String,
         spans: ExportTraceServiceRequest,
@@ -107,6 +111,8 @@ struct Open {
     /// The messages holding its spans, each once.
     offsets: Vec<i64>,
     root: Option<Position>,
+    /// The root span's start (Unix ms): the trace's timestamp.
+    root_start_ms: i64,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -170,9 +176,24 @@ impl Assembler {
         self.open.len()
     }
 
+    /// The earliest timestamp (root start, Unix ms) of the open traces that have their root:
+    /// they complete soon, and a trace that started later must not be shipped before them.
+    pub fn oldest_open_ms(&self) -> Option<i64> {
+        self.by_root
+            .values()
+            .filter_map(|trace_id| self.open.get(trace_id))
+            .map(|open| open.root_start_ms)
+            .min()
+    }
+
     /// Takes the counts gathered since the last call.
     pub fn take_skipped(&mut self) -> Skipped {
         std::mem::take(&mut self.skipped)
+    }
+
+    /// The message at `offset` holds no spans (a marker).
+    pub fn skip(&mut self, offset: i64) {
+        self.consumed(offset);
     }
 
     /// The message at `offset` could not be decoded: it is dead-lettered whole, and settles
@@ -223,6 +244,7 @@ impl Assembler {
             let ticket = self.ticket_for(offset);
             outputs.push(Output::Refused {
                 ticket,
+                read_at: offset,
                 reason,
                 message,
                 spans: request_of(spans),
@@ -255,6 +277,7 @@ impl Assembler {
             span_ids: HashSet::new(),
             offsets: Vec::new(),
             root: None,
+            root_start_ms: 0,
             first_seen: now,
             last_seen: now,
         });
@@ -270,10 +293,13 @@ impl Assembler {
             open.offsets.push(position.offset);
             *self.pending.entry(position.offset).or_insert(0) += 1;
         }
+        let start_ms =
+            i64::try_from(held.span.start_time_unix_nano / 1_000_000).unwrap_or(i64::MAX);
         open.spans.push(held);
         self.held_spans += 1;
         if is_root && open.root.is_none() {
             open.root = Some(position);
+            open.root_start_ms = start_ms;
             if position < self.resume {
                 // Shipped before the commit point this partition was read again from.
                 let open = self.close(&trace_id, now);
@@ -393,6 +419,7 @@ impl Assembler {
         let spans: Vec<SpanRef<'_>> = open.spans.iter().map(Held::as_ref).collect();
         match otel_ingest::assemble(trace_id, &spans, &self.settings.limits) {
             Ok(event) => Output::Trace {
+                read_at: open.offsets.first().copied().unwrap_or_default(),
                 ticket: self.ticket(open.offsets, open.root),
                 event: Box::new(event),
                 forced,
@@ -403,6 +430,7 @@ impl Assembler {
 
     fn refuse(&mut self, open: Open, reason: &'static str, message: String) -> Output {
         Output::Refused {
+            read_at: open.offsets.first().copied().unwrap_or_default(),
             ticket: self.ticket(open.offsets, open.root),
             reason,
             message,

@@ -117,6 +117,7 @@ fn a_trace_split_across_messages_ships_once_quiet_with_all_its_spans() {
             ticket,
             event,
             forced,
+            ..
         },
     ] = &outputs[..]
     else {

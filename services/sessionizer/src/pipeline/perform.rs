@@ -6,9 +6,10 @@ use crate::batch::Batch;
 use crate::core::{CheckpointId, Effect, Forward, ForwardedUpdate, Stream};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
+use crate::source::kafka::store_next_offset;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
 use std::time::Instant;
 use trace_model::SessionSummary;
 use trace_model::codec::avro::encode_session_summary;
@@ -172,14 +173,14 @@ impl Pipeline {
 
     fn store_offset(&mut self, stream: Stream, partition: i32, offset: i64) {
         let result = match (stream, &self.repartition) {
-            (Stream::Traces, _) => store(
+            (Stream::Traces, _) => store_next_offset(
                 &self.source.consumer,
                 &self.settings.kafka.topic,
                 partition,
                 offset,
             ),
             (Stream::Repartition, Some(repartition)) => {
-                store(&repartition.consumer, &repartition.topic, partition, offset)
+                store_next_offset(&repartition.consumer, &repartition.topic, partition, offset)
             }
             (Stream::Repartition, None) => return,
         };
@@ -248,16 +249,4 @@ impl Pipeline {
             repartition.set_fetching(partitions, fetching);
         }
     }
-}
-
-/// Stores `offset` of `partition` of `topic` on `consumer`, for its next commit.
-fn store<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> rdkafka::error::KafkaResult<()> {
-    let mut offsets = TopicPartitionList::new();
-    offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    consumer.store_offsets(&offsets)
 }

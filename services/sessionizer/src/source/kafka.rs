@@ -177,10 +177,23 @@ impl std::fmt::Debug for Source {
 /// # Errors
 /// Invalid librdkafka settings or a failed subscription.
 pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error::KafkaError> {
+    create_consumer(settings, &settings.group_id, &settings.topic)
+}
+
+/// Creates a consumer like the traces topic's, for `topic` in group `group_id` (the Collector
+/// path's spans topic).
+///
+/// # Errors
+/// Invalid librdkafka settings or a failed subscription.
+pub fn create_consumer(
+    settings: &KafkaSettings,
+    group_id: &str,
+    topic: &str,
+) -> Result<Source, rdkafka::error::KafkaError> {
     let (sender, rebalances) = channel();
     let high_watermarks = HighWatermarks::default();
     let context = SourceContext {
-        topic: settings.topic.clone(),
+        topic: topic.to_owned(),
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
     };
@@ -189,7 +202,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("group.id", &settings.group_id)
+        .set("group.id", group_id)
         // Offsets are stored only once every row at and below them is acknowledged
         // (commit.rs); librdkafka then commits the stored offsets periodically.
         .set("enable.auto.offset.store", "false")
@@ -209,7 +222,7 @@ pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error:
         .set("partition.assignment.strategy", "cooperative-sticky");
     settings.client.apply_to(&mut config);
     let consumer: StreamConsumer<SourceContext> = config.create_with_context(context)?;
-    consumer.subscribe(&[settings.topic.as_str()])?;
+    consumer.subscribe(&[topic])?;
     Ok(Source {
         consumer,
         rebalances,
@@ -242,4 +255,20 @@ pub fn idempotent_producer_config(settings: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         .set("compression.type", "lz4");
     config
+}
+
+/// Stores `offset`, the next offset to read, of `partition` of `topic` on `consumer`, for its
+/// next commit (`rd_kafka_offset_store` would store one more).
+///
+/// # Errors
+/// The partition is not assigned (any more).
+pub fn store_next_offset<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    consumer.store_offsets(&offsets)
 }

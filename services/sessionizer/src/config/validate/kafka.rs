@@ -12,7 +12,7 @@ use std::time::Duration;
 /// librdkafka's allowed range of `session.timeout.ms`.
 const LIBRDKAFKA_MAX_SESSION_TIMEOUT_MS: u64 = 3_600_000;
 /// Kafka's longest legal topic name.
-const MAX_TOPIC_CHARS: usize = 249;
+pub(super) const MAX_TOPIC_CHARS: usize = 249;
 
 pub(super) fn validate_kafka(
     kafka: KafkaConfig,
@@ -193,7 +193,7 @@ fn validate_topics(
 }
 
 /// `None` for an empty name (the feature is off), else the name once checked.
-fn optional_topic(
+pub(super) fn optional_topic(
     key: &str,
     topic: &str,
     example: &str,
@@ -206,7 +206,7 @@ fn optional_topic(
     Some(topic.to_owned())
 }
 
-fn is_topic_name(topic: &str) -> bool {
+pub(super) fn is_topic_name(topic: &str) -> bool {
     let legal_characters = topic
         .chars()
         .all(|character| character.is_ascii_alphanumeric() || "._-".contains(character));
@@ -217,7 +217,7 @@ fn is_topic_name(topic: &str) -> bool {
         && topic != ".."
 }
 
-fn check_topic(key: &str, topic: &str, example: &str, problems: &mut Problems) {
+pub(super) fn check_topic(key: &str, topic: &str, example: &str, problems: &mut Problems) {
     if !is_topic_name(topic) {
         problems.push(
             key,

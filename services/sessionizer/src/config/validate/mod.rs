@@ -5,6 +5,7 @@
 
 mod kafka;
 mod openlayer;
+mod otel;
 mod schema_registry;
 
 use super::MAX_STEP_DEPTH_CAP;
@@ -17,6 +18,7 @@ use crate::batch::BatchSettings;
 use crate::source::kafka::KafkaSettings;
 use kafka::validate_kafka;
 use openlayer::validate_openlayer;
+use otel::validate_otel;
 use service_kit::logging::LogConfig;
 use service_kit::problems::Problems;
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ impl SessionizerConfig {
         validate_limits(&self.limits, &mut problems);
         let (sink, openlayer) =
             validate_openlayer(self.openlayer, &self.limits, &mut problems, &mut warnings);
+        let otel = validate_otel(self.otel, &kafka, &self.limits, &mut problems);
         let http = validate_http(&self.http, &mut problems);
         let log = validate_log(self.log, &mut problems);
         let shutdown = ShutdownSettings {
@@ -98,6 +101,7 @@ impl SessionizerConfig {
                     http,
                     log,
                     shutdown,
+                    otel,
                     warnings,
                 })
             }
