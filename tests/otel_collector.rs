@@ -6,8 +6,13 @@
 
 use end_to_end::otel::{self, OtelTurn, assert_exact_sessions};
 use end_to_end::service::{Sessionizer, free_local_address, http_get, service_env, set};
-use end_to_end::{bootstrap, create_service_topics, create_topic, read_topic, unique_name};
+use end_to_end::{
+    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, unique_name,
+};
 use fakes::openlayer::OpenlayerServer;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,77 +21,140 @@ const WAIT: Duration = Duration::from_secs(120);
 const SESSIONS: usize = 3;
 const TURNS: usize = 4;
 
-/// The spans of `SESSIONS` conversations of `TURNS` turns, each span its own message, reach
-/// Openlayer as one row per turn with exact session columns; nothing is dead-lettered.
-async fn collector_spans_ship_as_sessions(keyed: bool) {
-    let topics = create_service_topics("otel-coll-", 3).await;
-    let spans_topic = unique_name("otlp-spans");
-    create_topic(&bootstrap(), &spans_topic, 3).await;
-    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-    let server = OpenlayerServer::start(&api_key).await;
-    let http = free_local_address();
-    let mut env = service_env(
-        &topics,
-        &unique_name("otel-coll-group"),
-        &server,
-        &api_key,
-        http,
-    );
-    set(&mut env, "SESSIONIZER__OTEL__SPANS_TOPIC", &spans_topic);
-    set(&mut env, "SESSIONIZER__OTEL__QUIET_MS", "500");
-    let mut sessionizer = Sessionizer::run(&env);
+/// A sessionizer with the Collector path on, and what it needs.
+struct Setup {
+    topics: ServiceTopics,
+    spans_topic: String,
+    server: OpenlayerServer,
+    http: SocketAddr,
+    env: BTreeMap<String, String>,
+    prefix: String,
+}
 
-    let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
-    let mut client = otel::python("genai_chat.py");
-    client
-        .args(["--prefix", &unique_name("otel")])
-        .args(["--sessions", &SESSIONS.to_string()])
-        .args(["--turns", &TURNS.to_string()])
-        .arg("--sent")
-        .arg(&sent)
-        .args(["--kafka", &bootstrap(), "--topic", &spans_topic])
-        .args(["--batch-size", "1"])
-        .stdin(Stdio::null());
-    if keyed {
-        client.arg("--keyed");
+impl Setup {
+    async fn new() -> Setup {
+        let topics = create_service_topics("otel-coll-", 3).await;
+        let spans_topic = unique_name("otlp-spans");
+        create_topic(&bootstrap(), &spans_topic, 3).await;
+        let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+        let server = OpenlayerServer::start(&api_key).await;
+        let http = free_local_address();
+        let mut env = service_env(
+            &topics,
+            &unique_name("otel-coll-group"),
+            &server,
+            &api_key,
+            http,
+        );
+        set(&mut env, "SESSIONIZER__OTEL__SPANS_TOPIC", &spans_topic);
+        set(&mut env, "SESSIONIZER__OTEL__QUIET_MS", "500");
+        Setup {
+            topics,
+            spans_topic,
+            server,
+            http,
+            env,
+            prefix: unique_name("otel"),
+        }
     }
-    let run = tokio::task::spawn_blocking(move || client.output().expect("run the client"))
-        .await
-        .expect("joined");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "the client failed: {stderr}");
-    let turns = OtelTurn::read_sent(&sent);
-    assert_eq!(turns.len(), SESSIONS * TURNS);
 
-    let shipped = server.wait_for_rows(turns.len(), WAIT).await;
-    // Anything more would come within a quiet wait or two.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let shipped_now = server.rows();
-    assert_eq!(shipped_now.len(), shipped.len(), "more rows than traces");
-    assert_exact_sessions(&turns, &shipped, "genai-chat");
-    let (_, metrics) = http_get(http, "/metrics").await.expect("metrics answer");
-    let assembled = metrics
-        .lines()
-        .find(|line| {
-            line.starts_with("sessionizer_otel_traces_assembled_total{completion=\"quiet\"}")
+    /// The client writes turns `first_turn..first_turn + TURNS` of `SESSIONS` conversations,
+    /// every span in a message of its own; returns what it recorded.
+    async fn client(&self, first_turn: usize, keyed: bool) -> Vec<OtelTurn> {
+        self.start_client(first_turn, keyed, 0.0)
+            .await
+            .expect("the client ran")
+    }
+
+    /// Starts the client; the last turn's root span is exported `hold_last_root` seconds
+    /// after the rest.
+    fn start_client(
+        &self,
+        first_turn: usize,
+        keyed: bool,
+        hold_last_root: f64,
+    ) -> tokio::task::JoinHandle<Vec<OtelTurn>> {
+        let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
+        let mut client = otel::python("genai_chat.py");
+        client
+            .args(["--prefix", &self.prefix])
+            .args(["--sessions", &SESSIONS.to_string()])
+            .args(["--turns", &TURNS.to_string()])
+            .args(["--first-turn", &first_turn.to_string()])
+            .arg("--sent")
+            .arg(&sent)
+            .args(["--kafka", &bootstrap(), "--topic", &self.spans_topic])
+            .args(["--batch-size", "1"])
+            .args(["--hold-last-root", &hold_last_root.to_string()])
+            .stdin(Stdio::null());
+        if keyed {
+            client.arg("--keyed");
+        }
+        tokio::task::spawn_blocking(move || {
+            let run = client.output().expect("run the client");
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(run.status.success(), "the client failed: {stderr}");
+            let turns = OtelTurn::read_sent(&sent);
+            assert_eq!(turns.len(), SESSIONS * TURNS);
+            turns
         })
-        .expect("the assembled traces metric");
-    assert!(
-        assembled.ends_with(&format!(" {}", turns.len())),
-        "{assembled}"
-    );
-    sessionizer.stop().await;
-    let dead_letters = read_topic(
-        &bootstrap(),
-        &topics.dead_letters,
-        1,
-        1,
-        Duration::from_secs(3),
-    );
-    let reasons: Vec<_> = dead_letters
+    }
+
+    /// Waits for a row per turn, and a moment more for any row too many.
+    async fn shipped(&self, turns: &[OtelTurn]) -> Vec<Value> {
+        let shipped = self.server.wait_for_rows(turns.len(), WAIT).await;
+        // Anything more would come within a quiet wait or two.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            self.server.rows().len(),
+            shipped.len(),
+            "more rows than traces"
+        );
+        shipped
+    }
+
+    /// `sessionizer_otel_traces_assembled_total` with `labels`.
+    async fn assembled(&self, labels: &str) -> f64 {
+        let (_, metrics) = http_get(self.http, "/metrics")
+            .await
+            .expect("metrics answer");
+        let series = format!("sessionizer_otel_traces_assembled_total{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("the assembled traces metric")
+    }
+
+    /// The `error.reason` of every dead letter.
+    fn dead_letter_reasons(&self) -> Vec<Option<String>> {
+        read_topic(
+            &bootstrap(),
+            &self.topics.dead_letters,
+            1,
+            1,
+            Duration::from_secs(3),
+        )
         .iter()
         .map(|letter| letter.header("error.reason"))
-        .collect();
+        .collect()
+    }
+}
+
+/// The spans of `SESSIONS` conversations of `TURNS` turns reach Openlayer as one row per turn
+/// with exact session columns; nothing is dead-lettered.
+async fn collector_spans_ship_as_sessions(keyed: bool) {
+    let setup = Setup::new().await;
+    let mut sessionizer = Sessionizer::run(&setup.env);
+    let turns = setup.client(1, keyed).await;
+    let shipped = setup.shipped(&turns).await;
+    assert_exact_sessions(&turns, &shipped, "genai-chat");
+    assert_eq!(
+        setup.assembled(r#"completion="quiet""#).await,
+        turns.len() as f64
+    );
+    sessionizer.stop().await;
+    let reasons = setup.dead_letter_reasons();
     assert!(reasons.is_empty(), "dead letters: {reasons:?}");
 }
 
@@ -100,4 +168,25 @@ async fn collector_spans_keyed_by_trace_id_ship_as_sessions_with_exact_turns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unkeyed_collector_spans_ship_as_sessions_with_exact_turns() {
     collector_spans_ship_as_sessions(false).await;
+}
+
+/// A stop while a trace is still being assembled (its spans read, its root not yet written):
+/// the next run reads the spans again from the commit point, ships that trace whole, and none
+/// of those shipped before (every turn numbered as if nothing had happened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_assembly_ships_each_trace_once() {
+    let setup = Setup::new().await;
+    let mut first = Sessionizer::run(&setup.env);
+    let client = setup.start_client(1, false, 8.0);
+    // Every turn but the last, whose root the client still holds.
+    setup.server.wait_for_rows(SESSIONS * TURNS - 1, WAIT).await;
+    first.stop().await;
+    let mut second = Sessionizer::run(&setup.env);
+    let mut turns = client.await.expect("the client ran");
+    turns.extend(setup.client(1 + TURNS, false).await);
+    let shipped = setup.shipped(&turns).await;
+    assert_exact_sessions(&turns, &shipped, "genai-chat");
+    second.stop().await;
+    let reasons = setup.dead_letter_reasons();
+    assert!(reasons.is_empty(), "dead letters: {reasons:?}");
 }

@@ -61,11 +61,14 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--sessions", type=int, default=2)
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--first-turn", type=int, default=1, help="continue earlier conversations")
     parser.add_argument("--sent", required=True)
     parser.add_argument("--kafka", help="bootstrap servers: write spans to Kafka instead")
     parser.add_argument("--topic", default="otlp_spans")
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--hold-last-root", type=float, default=0.0,
+                        help="seconds the last turn's request span stays open after its chat")
     args = parser.parse_args()
 
     provider = TracerProvider(resource=Resource.create({"service.name": "genai-chat"}))
@@ -81,7 +84,7 @@ def main() -> None:
     tracer = provider.get_tracer("genai-chat")
 
     sent = []
-    for turn in range(1, args.turns + 1):
+    for turn in range(args.first_turn, args.first_turn + args.turns):
         for session in range(args.sessions):
             conversation = f"{args.prefix}-{session}"
             question = f"question {turn}"
@@ -110,6 +113,10 @@ def main() -> None:
                     },
                 ):
                     time.sleep(0.002)
+                last = turn == args.first_turn + args.turns - 1 and session == args.sessions - 1
+                if last and args.hold_last_root:
+                    # Its chat span is exported meanwhile; the root comes later.
+                    time.sleep(args.hold_last_root)
                 trace_id = format(request.get_span_context().trace_id, "032x")
             sent.append({"session": conversation, "turn": turn, "trace_id": trace_id,
                          "tokens": prompt_tokens + completion_tokens, "answer": answer})

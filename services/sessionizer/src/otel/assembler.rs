@@ -9,12 +9,11 @@
 //! refused as late, never dropped.
 //!
 //! Completed traces go out in the order of their roots' positions (offset, then the root's
-//! index among the message's spans), so what was shipped is always every rooted trace before
-//! a position `resume`, and the partition's commit point is that position plus the lowest
-//! offset still holding spans of an unshipped trace. Reading again from that offset with
-//! `resume` skips the traces shipped already: a restart or a rebalance ships each trace once
-//! (only a trace acknowledged ahead of an earlier one, which the broker may do across traces
-//! partitions, goes again).
+//! index among the message's spans), and Kafka acknowledges them in about that order, so what
+//! was shipped is every rooted trace before a position plus a few after it ([`Resume`]). The
+//! partition's commit point is that, with the lowest offset still holding spans of an
+//! unshipped trace. Reading again from that offset with the [`Resume`] skips the traces
+//! shipped already: a restart or a rebalance ships each trace once.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
@@ -22,7 +21,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use otel_ingest::SpanRef;
 use otel_ingest::attributes::hex;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trace_model::{Limits, TraceEvent};
@@ -40,6 +39,33 @@ impl Position {
         offset: i64::MIN,
         index: 0,
     };
+}
+
+/// Which rooted traces were shipped: every one before `before`, and those rooted at `shipped`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    pub before: Position,
+    pub shipped: BTreeSet<Position>,
+}
+
+impl Resume {
+    /// Nothing was shipped.
+    pub fn start() -> Self {
+        Resume {
+            before: Position::START,
+            shipped: BTreeSet::new(),
+        }
+    }
+
+    fn covers(&self, root: Position) -> bool {
+        root < self.before || self.shipped.contains(&root)
+    }
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Position::START
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -127,8 +153,10 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Assembler {
     settings: AssemblySettings,
-    /// Roots before it were shipped before the last commit point.
-    resume: Position,
+    /// The traces shipped before the commit point this partition was read again from.
+    resume: Resume,
+    /// Roots of traces Kafka acknowledged, at or after the point before which all are.
+    acked_roots: BTreeSet<Position>,
     open: HashMap<String, Open>,
     /// Open traces with a root, by the root's position: they ship in this order.
     by_root: BTreeMap<Position, String>,
@@ -139,8 +167,9 @@ pub struct Assembler {
     /// how many.
     pending: BTreeMap<i64, u32>,
     next_offset: Option<i64>,
-    /// Traces completed lately: a span of theirs arriving now is late.
-    completed: HashMap<String, Instant>,
+    /// Traces completed lately: a span of theirs arriving now is late (or, for a trace
+    /// shipped before the commit point, `true`, one read again).
+    completed: HashMap<String, (Instant, bool)>,
     completed_order: VecDeque<(Instant, String)>,
     held_spans: usize,
     next_ticket: u64,
@@ -148,11 +177,12 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// A partition read from its commit point: roots before `resume` were shipped.
-    pub fn new(settings: AssemblySettings, resume: Position) -> Self {
+    /// A partition read from its commit point, after `resume` was shipped.
+    pub fn new(settings: AssemblySettings, resume: Resume) -> Self {
         Assembler {
             settings,
             resume,
+            acked_roots: BTreeSet::new(),
             open: HashMap::new(),
             by_root: BTreeMap::new(),
             in_flight: HashMap::new(),
@@ -267,9 +297,16 @@ impl Assembler {
             return None;
         }
         let trace_id = hex(&held.span.trace_id);
-        if self.completed.contains_key(&trace_id) {
-            refused.entry(LATE).or_default().push(held);
-            return None;
+        match self.completed.get(&trace_id) {
+            Some((_, true)) => {
+                self.skipped.shipped_before += 1;
+                return None;
+            }
+            Some((_, false)) => {
+                refused.entry(LATE).or_default().push(held);
+                return None;
+            }
+            None => {}
         }
         let is_root = !valid_id(&held.span.parent_span_id, 8);
         let open = self.open.entry(trace_id.clone()).or_insert_with(|| Open {
@@ -300,9 +337,10 @@ impl Assembler {
         if is_root && open.root.is_none() {
             open.root = Some(position);
             open.root_start_ms = start_ms;
-            if position < self.resume {
+            if self.resume.covers(position) {
                 // Shipped before the commit point this partition was read again from.
                 let open = self.close(&trace_id, now);
+                self.completed.insert(trace_id.clone(), (now, true));
                 self.skipped.shipped_before += open.spans.len();
                 self.settle_offsets(&open.offsets);
                 return None;
@@ -359,7 +397,7 @@ impl Assembler {
                 break;
             }
             if let Some((since, trace_id)) = self.completed_order.pop_front()
-                && self.completed.get(&trace_id) == Some(&since)
+                && self.completed.get(&trace_id).map(|(at, _)| *at) == Some(since)
             {
                 self.completed.remove(&trace_id);
             }
@@ -372,17 +410,18 @@ impl Assembler {
         if let Some(in_flight) = self.in_flight.remove(&ticket) {
             if let Some(root) = in_flight.root {
                 self.in_flight_roots.remove(&root);
+                self.acked_roots.insert(root);
             }
             self.settle_offsets(&in_flight.offsets);
         }
     }
 
     /// Where to read again from: the lowest offset holding spans of an unshipped trace, and
-    /// the position before which every rooted trace is shipped. `None` before any message.
-    pub fn commit_point(&self) -> Option<(i64, Position)> {
+    /// which rooted traces are shipped. `None` before any message.
+    pub fn commit_point(&mut self) -> Option<(i64, Resume)> {
         let next_offset = self.next_offset?;
         let offset = self.pending.keys().next().copied().unwrap_or(next_offset);
-        let resume = [
+        let unshipped = [
             self.by_root.keys().next(),
             self.in_flight_roots.keys().next(),
         ]
@@ -394,7 +433,16 @@ impl Assembler {
             offset: next_offset,
             index: 0,
         });
-        Some((offset, resume.max(self.resume)))
+        let before = unshipped.max(self.resume.before);
+        // What is before it needs no list.
+        self.acked_roots = self.acked_roots.split_off(&before);
+        self.resume.shipped = self.resume.shipped.split_off(&before);
+        let shipped = self
+            .acked_roots
+            .union(&self.resume.shipped)
+            .copied()
+            .collect();
+        Some((offset, Resume { before, shipped }))
     }
 
     fn consumed(&mut self, offset: i64) {
@@ -410,7 +458,7 @@ impl Assembler {
             self.by_root.remove(&root);
         }
         self.held_spans -= open.spans.len();
-        self.completed.insert(trace_id.to_owned(), now);
+        self.completed.insert(trace_id.to_owned(), (now, false));
         self.completed_order.push_back((now, trace_id.to_owned()));
         open
     }

@@ -1,13 +1,13 @@
 //! The assembler against traces split across messages, and against a crash at any point:
 //! reading again from the commit point ships every trace, and none shipped before.
 
-use super::assembler::{Assembler, AssemblySettings, Output, Position, Ticket};
+use super::assembler::{Assembler, AssemblySettings, Output, Position, Resume, Ticket};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 use trace_model::Limits;
 
@@ -94,7 +94,7 @@ fn id_of(trace: u8) -> String {
 #[test]
 fn a_trace_split_across_messages_ships_once_quiet_with_all_its_spans() {
     let start = Instant::now();
-    let mut assembler = Assembler::new(settings(), Position::START);
+    let mut assembler = Assembler::new(settings(), Resume::start());
     assert!(
         assembler
             .message(0, request(vec![span(0, 1), span(0, 2)]), start)
@@ -134,9 +134,12 @@ fn a_trace_split_across_messages_ships_once_quiet_with_all_its_spans() {
         assembler.commit_point(),
         Some((
             2,
-            Position {
-                offset: 2,
-                index: 0
+            Resume {
+                before: Position {
+                    offset: 2,
+                    index: 0
+                },
+                shipped: BTreeSet::new()
             }
         ))
     );
@@ -146,7 +149,7 @@ fn a_trace_split_across_messages_ships_once_quiet_with_all_its_spans() {
 #[test]
 fn a_span_after_completion_is_refused_as_late_and_a_rootless_trace_after_the_wait() {
     let start = Instant::now();
-    let mut assembler = Assembler::new(settings(), Position::START);
+    let mut assembler = Assembler::new(settings(), Resume::start());
     assembler.message(0, request(vec![span(0, 0), span(1, 1)]), start);
     let (shipped, _) = split(assembler.tick(start + QUIET));
     assert_eq!(shipped.len(), 1);
@@ -178,7 +181,7 @@ fn a_span_after_completion_is_refused_as_late_and_a_rootless_trace_after_the_wai
 #[test]
 fn a_retried_span_is_counted_not_assembled_twice() {
     let start = Instant::now();
-    let mut assembler = Assembler::new(settings(), Position::START);
+    let mut assembler = Assembler::new(settings(), Resume::start());
     assembler.message(0, request(vec![span(0, 1)]), start);
     assembler.message(1, request(vec![span(0, 1), span(0, 0)]), start);
     let outputs = assembler.tick(start + QUIET);
@@ -201,7 +204,7 @@ fn a_trace_past_the_step_limit_is_refused_at_once_and_not_held() {
             limits,
             ..settings()
         },
-        Position::START,
+        Resume::start(),
     );
     let outputs = assembler.message(0, request((1..6).map(|n| span(0, n)).collect()), start);
     let (_, refused) = split(outputs);
@@ -218,7 +221,7 @@ fn a_trace_past_the_step_limit_is_refused_at_once_and_not_held() {
 #[test]
 fn traces_ship_in_the_order_of_their_roots() {
     let start = Instant::now();
-    let mut assembler = Assembler::new(settings(), Position::START);
+    let mut assembler = Assembler::new(settings(), Resume::start());
     assembler.message(0, request(vec![span(0, 0), span(1, 0)]), start);
     // Trace 0 keeps getting spans: trace 1, complete, waits behind it.
     assembler.message(1, request(vec![span(0, 1)]), start + QUIET);
@@ -227,6 +230,32 @@ fn traces_ship_in_the_order_of_their_roots() {
     assert_eq!(
         shipped.into_iter().map(|(_, id)| id).collect::<Vec<_>>(),
         [id_of(0), id_of(1)]
+    );
+}
+
+#[test]
+fn a_trace_acknowledged_before_an_earlier_rooted_one_is_not_shipped_again() {
+    let start = Instant::now();
+    let mut first = Assembler::new(settings(), Resume::start());
+    first.message(0, request(vec![span(0, 0)]), start);
+    first.message(1, request(vec![span(1, 0)]), start);
+    let (shipped, _) = split(first.tick(start + QUIET));
+    let [(_, ref trace_0), (ticket_1, ref trace_1)] = shipped[..] else {
+        panic!("two traces: {shipped:?}");
+    };
+    assert_eq!((trace_0, trace_1), (&id_of(0), &id_of(1)));
+    // Kafka acknowledges trace 1 first; then the process stops.
+    first.settled(ticket_1);
+    let commit = first.commit_point().expect("a commit point");
+    let mut second = Assembler::new(settings(), commit.1);
+    for offset in commit.0..2 {
+        let trace = u8::try_from(offset).expect("a small offset");
+        second.message(offset, request(vec![span(trace, 0)]), start);
+    }
+    let (shipped, _) = split(second.tick(start + QUIET));
+    assert_eq!(
+        shipped.into_iter().map(|(_, id)| id).collect::<Vec<_>>(),
+        [id_of(0)]
     );
 }
 
@@ -267,16 +296,16 @@ fn log() -> impl Strategy<Value = Vec<Vec<(u8, u8)>>> {
         })
 }
 
-/// Runs the log from `from` with ticks between messages; Kafka acknowledges the outputs in
-/// order, `acked_per_step` at a time; stops after `stop_after` messages (a crash). Returns
-/// the traces Kafka acknowledged, those sent but not acknowledged, and the last commit point.
+/// Runs the log from `from` with ticks between messages; Kafka acknowledges `acked_per_step`
+/// outputs at a time, in any order (`picks`); stops after `stop_after` messages (a crash).
+/// Returns the traces Kafka acknowledged, those sent but not acknowledged, and the last
+/// commit point.
 fn run(
     messages: &[Vec<(u8, u8)>],
-    from: i64,
-    resume: Position,
+    (from, resume): (i64, Resume),
     stop_after: usize,
-    acked_per_step: usize,
-) -> (Vec<String>, Vec<String>, Option<(i64, Position)>) {
+    (acked_per_step, picks): (usize, &[usize]),
+) -> (Vec<String>, Vec<String>, Option<(i64, Resume)>) {
     let start = Instant::now();
     let mut assembler = Assembler::new(settings(), resume);
     let mut unacked: VecDeque<(Ticket, String)> = VecDeque::new();
@@ -297,11 +326,13 @@ fn run(
         let (traces, refused) = split(assembler.tick(now));
         assert!(refused.is_empty(), "refused: {refused:?}");
         unacked.extend(traces);
-        for _ in 0..acked_per_step {
-            if let Some((ticket, id)) = unacked.pop_front() {
-                assembler.settled(ticket);
-                acked.push(id);
+        for pick in picks.iter().cycle().skip(step).take(acked_per_step) {
+            if unacked.is_empty() {
+                break;
             }
+            let (ticket, id) = unacked.remove(pick % unacked.len()).expect("an output");
+            assembler.settled(ticket);
+            acked.push(id);
         }
         commit = assembler.commit_point();
     }
@@ -330,11 +361,13 @@ proptest! {
         messages in log(),
         crash_at in 0usize..40,
         acked_per_step in 0usize..3,
+        picks in prop::collection::vec(0usize..4, 1..8),
     ) {
         let num_traces = messages.iter().flatten().map(|(trace, _)| *trace).max().map_or(0, |max| max + 1);
-        let (before, in_flight, commit) = run(&messages, 0, Position::START, crash_at, acked_per_step);
-        let (from, resume) = commit.unwrap_or((0, Position::START));
-        let (after, left, _) = run(&messages, from, resume, usize::MAX, 1);
+        let start = (0, Resume::start());
+        let (before, in_flight, commit) =
+            run(&messages, start.clone(), crash_at, (acked_per_step, &picks));
+        let (after, left, _) = run(&messages, commit.unwrap_or(start), usize::MAX, (1, &[0]));
         prop_assert!(left.is_empty());
         let mut shipped = before.clone();
         shipped.extend(after.iter().cloned());
@@ -342,7 +375,8 @@ proptest! {
             let id = id_of(trace);
             let times = shipped.iter().filter(|shipped| **shipped == id).count();
             prop_assert!(times >= 1, "trace {trace} lost");
-            // Only a trace Kafka may have had without acknowledging it goes twice.
+            // Only a trace Kafka may have had without acknowledging it goes twice, however
+            // the acknowledgements came.
             if times > 1 {
                 prop_assert!(in_flight.contains(&id), "trace {trace} shipped {times} times");
             }

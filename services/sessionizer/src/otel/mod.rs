@@ -14,11 +14,16 @@ pub mod topics;
 
 use crate::metrics::Metrics;
 use crate::source::kafka::KafkaSettings;
+use crate::source::kafka::idempotent_producer_config;
 use assembler::AssemblySettings;
 use rdkafka::error::KafkaError;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use topics::OtelTopicError;
+use trace_model::Limits;
 
 /// Validated `[otel]`.
 #[derive(Debug, Clone)]
@@ -37,40 +42,48 @@ pub struct OtelSettings {
 
 /// Pause while a producer's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
-/// Pause before queueing again a record a producer refused otherwise.
-const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
 /// Queues `record` now, in the order of the calls (what was queued before it reaches its
 /// partition before it), waiting while the queue is full; the delivery is awaited apart.
+///
+/// # Errors
+/// The producer refused the record for good (too large, or the producer failed).
 async fn enqueue<K, P>(
-    producer: &rdkafka::producer::FutureProducer,
-    mut record: rdkafka::producer::FutureRecord<'_, K, P>,
-) -> rdkafka::producer::DeliveryFuture
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+) -> Result<DeliveryFuture, KafkaError>
 where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
 {
     loop {
         match producer.send_result(record) {
-            Ok(delivery) => return delivery,
-            Err((error, returned)) => {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                 record = returned;
-                let full = matches!(
-                    error,
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                );
-                if !full {
-                    tracing::warn!(%error, "a producer refused a record; queueing it again");
-                }
-                tokio::time::sleep(if full {
-                    QUEUE_FULL_PAUSE
-                } else {
-                    REFUSED_PAUSE
-                })
-                .await;
+                tokio::time::sleep(QUEUE_FULL_PAUSE).await;
             }
+            Err((error, _)) => return Err(error),
         }
     }
+}
+
+/// The producer of routed spans and of assembled traces: idempotent, murmur2 like every
+/// producer of the project, retrying without a deadline (a record given up would come after
+/// the ones queued behind it), and taking any record within `limits.max_message_bytes`.
+fn ordered_producer(kafka: &KafkaSettings, limits: &Limits) -> Result<FutureProducer, KafkaError> {
+    let max_bytes = limits
+        .max_message_bytes
+        .saturating_add(64 * 1024)
+        .max(1_000_000);
+    let mut config = idempotent_producer_config(kafka);
+    config
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "0")
+        .set("message.max.bytes", max_bytes.to_string())
+        .set("linger.ms", "5");
+    kafka.client.apply_to(&mut config);
+    config.create()
 }
 
 /// Why the Collector path stopped.
@@ -81,6 +94,16 @@ pub enum OtelError {
     Topics(#[from] OtelTopicError),
     #[error("creating a consumer or producer of the Collector path failed")]
     Kafka(#[from] KafkaError),
+    #[error(
+        "kafka refused a record for `{topic}` for good; check that the topic exists, that the \
+         service may write to it and that its max.message.bytes allows \
+         limits.max_message_bytes. The spans are read again from the last commit after a restart"
+    )]
+    Produce {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
 }
 
 /// Runs the Collector path until `stop` is cancelled: the topics made ready, then the router

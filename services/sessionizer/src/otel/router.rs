@@ -14,17 +14,16 @@
 //! message of `q` with a Kafka timestamp at or before its read-through time was read and its
 //! spans routed before the marker (they share one idempotent producer, which keeps order, and
 //! retries without a deadline). The assembly ships traces in event-time order from it
-//! (`order`). A partition read to its end (nothing fetched for a quiet wait) has read through
-//! the present, less that wait.
+//! (`order`). A partition read, routed and committed to its end (the consumer's statistics
+//! say no record is left) and quiet for a wait has read through the present, less that wait.
 
-use super::{OtelSettings, enqueue};
+use super::{OtelError, OtelSettings, enqueue, ordered_producer};
 use crate::batch::{Origin, Position as ReadAt};
 use crate::commit::OffsetTracker;
 use crate::metrics::Metrics;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{
-    KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer,
-    idempotent_producer_config, store_next_offset,
+    KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer, store_next_offset,
 };
 use crate::source::repartition::{MARKER_FROM_HEADER, MARKER_READ_THROUGH_HEADER};
 use otel_ingest::{Encoding, decode, split_by_trace};
@@ -78,14 +77,16 @@ struct Router {
     partitions: HashMap<i32, Progress>,
     num_repartition: i32,
     next_generation: u64,
-    tasks: JoinSet<Routed>,
+    /// Each part of a message routed, or the record Kafka refused for good.
+    tasks: JoinSet<Result<Routed, (String, KafkaError)>>,
+    failure: Option<OtelError>,
 }
 
 /// Routes the spans topic until `stop` is cancelled; then waits up to `drain_timeout` for what
 /// is in flight and commits.
 ///
 /// # Errors
-/// A client cannot be created.
+/// A client cannot be created, or Kafka refused a record for good.
 pub async fn run(
     num_repartition: i32,
     otel: OtelSettings,
@@ -93,16 +94,9 @@ pub async fn run(
     metrics: Metrics,
     drain_timeout: Duration,
     stop: CancellationToken,
-) -> Result<(), KafkaError> {
+) -> Result<(), OtelError> {
     let source = create_consumer(&kafka, &otel.group_id, &otel.spans_topic)?;
-    let mut config = idempotent_producer_config(&kafka);
-    config
-        .set("partitioner", "murmur2_random")
-        // 0: never give up; a failed record would come after the markers sent behind it.
-        .set("message.timeout.ms", "0")
-        .set("linger.ms", "5");
-    kafka.client.apply_to(&mut config);
-    let producer: FutureProducer = config.create()?;
+    let producer = ordered_producer(&kafka, &otel.assembly.limits)?;
     let dead_letters = create_producer(&kafka)?;
     let mut router = Router {
         otel,
@@ -116,26 +110,27 @@ pub async fn run(
         num_repartition,
         next_generation: 0,
         tasks: JoinSet::new(),
+        failure: None,
     };
     router.run(&stop).await;
     router.drain(drain_timeout).await;
-    Ok(())
+    router.failure.map_or(Ok(()), Err)
 }
 
 impl Router {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut markers = tokio::time::interval(MARKER_INTERVAL);
-        loop {
+        while self.failure.is_none() {
             self.apply_rebalances();
             let reading = self.offsets.num_pending() < MAX_PENDING;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                Some(joined) = self.tasks.join_next() => {
-                    if let Ok(routed) = joined {
-                        self.routed(&routed);
-                    }
-                }
+                Some(joined) = self.tasks.join_next() => match joined {
+                    Ok(Ok(routed)) => self.routed(&routed),
+                    Ok(Err((topic, source))) => self.fail(topic, source),
+                    Err(_) => {}
+                },
                 _ = markers.tick() => self.send_markers().await,
                 received = self.source.consumer.recv(), if reading => match received {
                     Ok(message) => {
@@ -241,17 +236,25 @@ impl Router {
         let record = FutureRecord::to(&self.otel.repartition_topic)
             .key(&trace_id)
             .payload(&payload);
-        let delivery = enqueue(&self.producer, record).await;
+        let delivery = match enqueue(&self.producer, record).await {
+            Ok(delivery) => delivery,
+            Err(source) => return self.fail(self.otel.repartition_topic.clone(), source),
+        };
         let routed = Routed { ..*routed };
+        let topic = self.otel.repartition_topic.clone();
         self.tasks.spawn(async move {
-            // The producer retries without a deadline; an error here is fatal to it, and the
-            // message, not stored, is routed again after the restart.
-            if let Ok(Err((error, _))) = delivery.await {
-                tracing::error!(%error, "routing spans failed");
-                std::future::pending::<()>().await;
+            // The producer retries without a deadline: an error is for good.
+            match delivery.await {
+                Ok(Err((source, _))) => Err((topic, source)),
+                _ => Ok(routed),
             }
-            routed
         });
+    }
+
+    fn fail(&mut self, topic: String, source: KafkaError) {
+        tracing::error!(%source, topic, "kafka refused routed spans for good; stopping");
+        self.failure
+            .get_or_insert(OtelError::Produce { topic, source });
     }
 
     /// Announces each owned partition's progress to every repartition partition, when it
@@ -259,13 +262,25 @@ impl Router {
     async fn send_markers(&mut self) {
         let now = Instant::now();
         let quiet = self.otel.assembly.quiet;
+        let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
         let wall_ms = crate::core::Now::system().wall_ms;
+        let paused = self.offsets.num_pending() >= MAX_PENDING;
+        let lags = self
+            .source
+            .committed_lags
+            .lock()
+            .map(|lags| lags.clone())
+            .unwrap_or_default();
         let mut due = Vec::new();
         for (partition, progress) in &mut self.partitions {
-            let idle = now.saturating_duration_since(progress.last_read) >= quiet;
-            let read_through = if idle {
-                // Read to its end: nothing older than a quiet wait is on its way.
-                let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
+            // Everything read, routed and committed, as of statistics newer than the last
+            // read, and nothing read since for a quiet wait.
+            let caught_up = !paused
+                && now.saturating_duration_since(progress.last_read) >= quiet
+                && lags
+                    .get(partition)
+                    .is_some_and(|(lag, at_ms)| *lag == 0 && *at_ms >= wall_ms - quiet_ms);
+            let read_through = if caught_up {
                 Some(
                     wall_ms
                         .saturating_sub(quiet_ms)
@@ -303,7 +318,9 @@ impl Router {
                     .partition(partition)
                     .headers(headers);
                 // Its delivery is not awaited: a marker only lets traces go sooner.
-                let _delivery = enqueue(&self.producer, record).await;
+                if let Err(error) = enqueue(&self.producer, record).await {
+                    tracing::debug!(%error, partition, "queueing an otel marker");
+                }
             }
         }
     }
@@ -345,7 +362,7 @@ impl Router {
                     Err(_) => false,
                 };
                 if delivered {
-                    return routed;
+                    return Ok(routed);
                 }
                 tracing::warn!(topic, "producing a dead letter of spans; retrying");
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -379,7 +396,7 @@ impl Router {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.tasks.is_empty() {
             match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
-                Ok(Some(Ok(routed))) => self.routed(&routed),
+                Ok(Some(Ok(Ok(routed)))) => self.routed(&routed),
                 Ok(_) => {}
                 Err(_) => {
                     tracing::warn!("spans routed were not all acknowledged in time");

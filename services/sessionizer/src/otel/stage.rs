@@ -11,16 +11,15 @@
 //! the traces topic is where the rest of the service reads, and a trace given up here would be
 //! lost.
 
-use super::assembler::{Assembler, Output, Position, Ticket};
+use super::assembler::{Assembler, Output, Resume, Ticket};
 use super::order::{EventTimeOrder, Progress};
-use super::state::{CommitPoint, read_commit_point};
-use super::{OtelSettings, enqueue};
+use super::state::{CommitPoint, read_commit_points};
+use super::{OtelError, OtelSettings, enqueue, ordered_producer};
 use crate::batch::{Origin, Position as ReadAt};
 use crate::metrics::Metrics;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::{
-    KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer,
-    idempotent_producer_config, store_next_offset,
+    KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer, store_next_offset,
 };
 use crate::source::repartition::forward_headers;
 use otel_ingest::{Encoding, decode};
@@ -49,6 +48,8 @@ struct Partition {
     generation: u64,
     /// The commit point last written to the state topic.
     written: Option<CommitPoint>,
+    /// Records sent for it and not yet acknowledged.
+    deliveries: usize,
     /// How far each spans partition was read and routed (Kafka time, Unix ms), from the
     /// router's markers read so far, and when that was read.
     sources: HashMap<i32, (i64, Instant)>,
@@ -65,6 +66,8 @@ enum Done {
         generation: u64,
         offset: Option<i64>,
     },
+    /// Kafka refused a record for good.
+    Failed { topic: String, source: KafkaError },
 }
 
 struct Stage {
@@ -83,13 +86,16 @@ struct Stage {
     order: EventTimeOrder<(u64, Output)>,
     next_generation: u64,
     tasks: JoinSet<Done>,
+    /// Kafka refused a record for good: the stage stops with it.
+    failure: Option<OtelError>,
+    drain_timeout: Duration,
 }
 
 /// Assembles the routed spans until `stop` is cancelled; then waits up to `drain_timeout` for
 /// what is in flight, writes the commit points and commits.
 ///
 /// # Errors
-/// A client cannot be created.
+/// A client cannot be created, or Kafka refused a record for good.
 pub async fn run(
     num_spans: i32,
     otel: OtelSettings,
@@ -97,17 +103,9 @@ pub async fn run(
     metrics: Metrics,
     drain_timeout: Duration,
     stop: CancellationToken,
-) -> Result<(), KafkaError> {
+) -> Result<(), OtelError> {
     let source = create_consumer(&kafka, &otel.assembly_group_id, &otel.repartition_topic)?;
-    let mut config = idempotent_producer_config(&kafka);
-    config
-        // Java's partitioner, the one sessions are routed by.
-        .set("partitioner", "murmur2_random")
-        // 0: never give up; a trace retried later would come after the next turn.
-        .set("message.timeout.ms", "0")
-        .set("linger.ms", "5");
-    kafka.client.apply_to(&mut config);
-    let producer: FutureProducer = config.create()?;
+    let producer = ordered_producer(&kafka, &otel.assembly.limits)?;
     let side = create_producer(&kafka)?;
     tracing::info!(
         topic = otel.repartition_topic,
@@ -127,17 +125,19 @@ pub async fn run(
         order,
         next_generation: 0,
         tasks: JoinSet::new(),
+        failure: None,
+        drain_timeout,
     };
     stage.run(&stop).await;
     stage.drain(drain_timeout).await;
-    Ok(())
+    stage.failure.map_or(Ok(()), Err)
 }
 
 impl Stage {
     async fn run(&mut self, stop: &CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         let mut checkpoint = tokio::time::interval(self.kafka.checkpoint_interval);
-        loop {
+        while self.failure.is_none() {
             self.apply_rebalances(stop).await;
             let reading = self.held_spans() < self.otel.max_held_spans;
             tokio::select! {
@@ -174,9 +174,14 @@ impl Stage {
         while let Ok(event) = self.source.rebalances.try_recv() {
             match event {
                 RebalanceEvent::Assigned(partitions) => {
+                    let Some(mut resumes) =
+                        read_resumes(&self.kafka, &self.otel.state_topic, &partitions, stop).await
+                    else {
+                        // Stopping: the partitions are read by the next owner.
+                        return;
+                    };
                     for partition in partitions {
-                        let resume =
-                            read_resume(&self.kafka, &self.otel.state_topic, partition, stop).await;
+                        let resume = resumes.remove(&partition).unwrap_or_else(Resume::start);
                         let generation = self.next_generation;
                         self.next_generation += 1;
                         self.partitions.insert(
@@ -185,16 +190,16 @@ impl Stage {
                                 assembler: Assembler::new(self.otel.assembly.clone(), resume),
                                 generation,
                                 written: None,
+                                deliveries: 0,
                                 sources: HashMap::new(),
                             },
                         );
                     }
                 }
                 RebalanceEvent::Revoked(partitions) => {
-                    // Open traces are read again by the next owner, from the committed offset.
+                    self.hand_over(&partitions).await;
                     for partition in partitions {
                         self.partitions.remove(&partition);
-                        self.order.forget(partition);
                     }
                 }
             }
@@ -353,20 +358,33 @@ impl Stage {
             record = record.key(key);
         }
         // Queued now, in release order: a session's turns reach the traces topic in order.
-        let delivery = enqueue(&self.producer, record).await;
-        self.tasks.spawn(async move {
-            // The producer retries without a deadline; an error here is fatal to it, and the
-            // spans, not committed, are assembled again after the restart.
-            if let Ok(Err((error, _))) = delivery.await {
-                tracing::error!(%error, "producing an assembled trace failed");
-                std::future::pending::<()>().await;
+        let delivery = match enqueue(&self.producer, record).await {
+            Ok(delivery) => delivery,
+            Err(source) => {
+                return self.fail(self.kafka.topic.clone(), source);
             }
-            Done::Output {
-                partition,
-                generation,
-                ticket,
+        };
+        let topic = self.kafka.topic.clone();
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.deliveries += 1;
+        }
+        self.tasks.spawn(async move {
+            // The producer retries without a deadline: an error is for good.
+            match delivery.await {
+                Ok(Err((source, _))) => Done::Failed { topic, source },
+                _ => Done::Output {
+                    partition,
+                    generation,
+                    ticket,
+                },
             }
         });
+    }
+
+    fn fail(&mut self, topic: String, source: KafkaError) {
+        tracing::error!(%source, topic, "kafka refused an assembled trace for good; stopping");
+        self.failure
+            .get_or_insert(OtelError::Produce { topic, source });
     }
 
     fn dead_letter(
@@ -402,11 +420,24 @@ impl Stage {
         partition: i32,
         generation: u64,
         ticket: Ticket,
-        letter: DeadLetter,
+        mut letter: DeadLetter,
     ) {
+        let max_bytes = self.otel.assembly.limits.max_message_bytes;
+        if letter.payload.len() > max_bytes {
+            // Kafka would refuse it; the spans stay in the spans topic.
+            letter.message = format!(
+                "{} (its {} bytes of spans are left out: more than limits.max_message_bytes)",
+                letter.message,
+                letter.payload.len()
+            );
+            letter.payload = Vec::new();
+        }
         let producer = self.side.clone();
         let topic = self.kafka.dead_letter_topic.clone();
         let source_topic = self.otel.repartition_topic.clone();
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.deliveries += 1;
+        }
         self.tasks.spawn(async move {
             loop {
                 let delivered = match send_dead_letter(&producer, &topic, &source_topic, &letter) {
@@ -429,6 +460,7 @@ impl Stage {
 
     fn done(&mut self, done: Done) {
         match done {
+            Done::Failed { topic, source } => self.fail(topic, source),
             Done::Output {
                 partition,
                 generation,
@@ -437,6 +469,7 @@ impl Stage {
                 if let Some(state) = self.partitions.get_mut(&partition)
                     && state.generation == generation
                 {
+                    state.deliveries -= 1;
                     state.assembler.settled(ticket);
                 }
             }
@@ -451,6 +484,7 @@ impl Stage {
                 if state.generation != generation {
                     return;
                 }
+                state.deliveries -= 1;
                 match offset {
                     // The commit point is durable: its offset may be committed.
                     Some(offset) => {
@@ -474,38 +508,87 @@ impl Stage {
 
     /// Writes each partition's commit point that moved since it was last written.
     fn write_commit_points(&mut self) {
-        for (partition, state) in &mut self.partitions {
-            let Some((offset, resume)) = state.assembler.commit_point() else {
-                continue;
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            self.write_commit_point(partition);
+        }
+    }
+
+    /// Writes `partition`'s commit point if it moved; its offset is stored once Kafka has it.
+    fn write_commit_point(&mut self, partition: i32) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let Some((offset, resume)) = state.assembler.commit_point() else {
+            return;
+        };
+        let point = CommitPoint::new(offset, &resume);
+        if state.written.as_ref() == Some(&point) {
+            return;
+        }
+        state.written = Some(point.clone());
+        state.deliveries += 1;
+        let payload = serde_json::to_vec(&point).expect("a commit point serializes");
+        let producer = self.side.clone();
+        let topic = self.otel.state_topic.clone();
+        let generation = state.generation;
+        self.tasks.spawn(async move {
+            let key = CommitPoint::key(partition);
+            let record = FutureRecord::to(&topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&payload);
+            let offset = match producer.send(record, Timeout::Never).await {
+                Ok(_) => Some(offset),
+                Err((error, _)) => {
+                    tracing::warn!(%error, topic, partition, "writing an otel commit point");
+                    None
+                }
             };
-            let point = CommitPoint::new(offset, resume);
-            if state.written == Some(point) {
+            Done::Checkpoint {
+                partition,
+                generation,
+                offset,
+            }
+        });
+    }
+
+    /// Before revoked `partitions` go: what was sent for them lands (up to the drain
+    /// timeout) and their commit points are written, so their next owner ships none of it
+    /// again. Traces still waiting for their turn to ship are left to that owner.
+    async fn hand_over(&mut self, partitions: &[i32]) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        for partition in partitions {
+            self.order.forget(*partition);
+        }
+        let mut wrote = false;
+        loop {
+            let sending = partitions.iter().any(|partition| {
+                self.partitions
+                    .get(partition)
+                    .is_some_and(|state| state.deliveries > 0)
+            });
+            if !sending {
+                if wrote {
+                    return;
+                }
+                for partition in partitions {
+                    self.write_commit_point(*partition);
+                }
+                wrote = true;
                 continue;
             }
-            state.written = Some(point);
-            let payload = serde_json::to_vec(&point).expect("a commit point serializes");
-            let producer = self.side.clone();
-            let topic = self.otel.state_topic.clone();
-            let (partition, generation) = (*partition, state.generation);
-            self.tasks.spawn(async move {
-                let key = CommitPoint::key(partition);
-                let record = FutureRecord::to(&topic)
-                    .partition(partition)
-                    .key(&key)
-                    .payload(&payload);
-                let offset = match producer.send(record, Timeout::Never).await {
-                    Ok(_) => Some(offset),
-                    Err((error, _)) => {
-                        tracing::warn!(%error, topic, partition, "writing an otel commit point");
-                        None
-                    }
-                };
-                Done::Checkpoint {
-                    partition,
-                    generation,
-                    offset,
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(done))) => self.done(done),
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => {
+                    tracing::warn!(
+                        ?partitions,
+                        "revoked before their records were all acknowledged"
+                    );
+                    return;
                 }
-            });
+            }
         }
     }
 
@@ -558,34 +641,49 @@ impl Stage {
     }
 }
 
-/// The partition's commit point from the state topic, retried until it is read (the
-/// partition's messages wait meanwhile) or the stage stops.
-async fn read_resume(
+/// The partitions' commit points from the state topic, read again until they are read (their
+/// messages wait meanwhile); `None` when the stage stops first.
+async fn read_resumes(
     kafka: &KafkaSettings,
     state_topic: &str,
-    partition: i32,
+    partitions: &[i32],
     stop: &CancellationToken,
-) -> Position {
+) -> Option<HashMap<i32, Resume>> {
     loop {
         let kafka = kafka.clone();
         let topic = state_topic.to_owned();
+        let owned = partitions.to_vec();
         let read = tokio::task::spawn_blocking(move || {
-            read_commit_point(&kafka, &topic, partition, STATE_STALL)
+            read_commit_points(&kafka, &topic, &owned, STATE_STALL)
         });
-        match read.await {
-            Ok(Ok(point)) => {
-                tracing::info!(partition, ?point, "otel commit point read");
-                return point.map_or(Position::START, |point| point.resume());
+        let read = tokio::select! {
+            read = read => read,
+            () = stop.cancelled() => return None,
+        };
+        match read {
+            Ok(Ok(points)) => {
+                tracing::info!(?points, "otel commit points read");
+                return Some(
+                    points
+                        .into_iter()
+                        .map(|(partition, point)| {
+                            (
+                                partition,
+                                point.map_or_else(Resume::start, |point| point.resume()),
+                            )
+                        })
+                        .collect(),
+                );
             }
             Ok(Err(error)) => tracing::warn!(
                 error = %service_kit::fatal::cause_chain(&error),
-                "reading the otel commit point; retrying"
+                "reading the otel commit points; retrying"
             ),
-            Err(error) => tracing::warn!(%error, "reading the otel commit point; retrying"),
+            Err(error) => tracing::warn!(%error, "reading the otel commit points; retrying"),
         }
         tokio::select! {
             () = tokio::time::sleep(RETRY_PAUSE) => {}
-            () = stop.cancelled() => return Position::START,
+            () = stop.cancelled() => return None,
         }
     }
 }

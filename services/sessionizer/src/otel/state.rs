@@ -3,37 +3,47 @@
 //! state partition `q`. The consumer group's offset alone cannot say which traces rooted after
 //! it were shipped already; the record can (`assembler` module docs).
 
-use super::assembler::Position;
+use super::assembler::{Position, Resume};
 use crate::source::kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// One partition's commit point as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitPoint {
     /// Where reading starts again (also committed to the group, after this record landed).
     pub offset: i64,
-    /// Rooted traces before this position are shipped.
+    /// Rooted traces before this position are shipped...
     pub resume_offset: i64,
     pub resume_index: u32,
+    /// ...and those rooted at these (offset, index) positions.
+    #[serde(default)]
+    pub shipped: Vec<(i64, u32)>,
 }
 
 impl CommitPoint {
-    pub fn new(offset: i64, resume: Position) -> Self {
+    pub fn new(offset: i64, resume: &Resume) -> Self {
         CommitPoint {
             offset,
-            resume_offset: resume.offset,
-            resume_index: resume.index,
+            resume_offset: resume.before.offset,
+            resume_index: resume.before.index,
+            shipped: resume
+                .shipped
+                .iter()
+                .map(|root| (root.offset, root.index))
+                .collect(),
         }
     }
 
-    pub fn resume(&self) -> Position {
-        Position {
-            offset: self.resume_offset,
-            index: self.resume_index,
+    pub fn resume(&self) -> Resume {
+        let position = |(offset, index)| Position { offset, index };
+        Resume {
+            before: position((self.resume_offset, self.resume_index)),
+            shipped: self.shipped.iter().copied().map(position).collect(),
         }
     }
 
@@ -62,24 +72,32 @@ pub enum StateError {
     },
 }
 
-/// Reads state partition `partition` to its end and returns the newest commit point of spans
-/// partition `partition`; `None` when there is none (never committed, or a record that does
-/// not parse, which is logged: reading again from the group's offset ships some traces
+/// Reads state `partitions` to their ends and returns the newest commit point of each spans
+/// partition of the same number; `None` when there is none (never committed, or a record that
+/// does not parse, which is logged: reading again from the group's offset ships some traces
 /// twice, and loses none). Blocks the calling thread.
 ///
 /// # Errors
-/// A consumer error, or nothing received for `stall_timeout` before the partition's end.
-pub fn read_commit_point(
+/// A consumer error, or nothing received for `stall_timeout` before every partition's end.
+pub fn read_commit_points(
     settings: &KafkaSettings,
     topic: &str,
-    partition: i32,
+    partitions: &[i32],
     stall_timeout: Duration,
-) -> Result<Option<CommitPoint>, StateError> {
-    let failed = |source| StateError::Kafka {
+) -> Result<HashMap<i32, Option<CommitPoint>>, StateError> {
+    let failed = |partition, source| StateError::Kafka {
         topic: topic.to_owned(),
         partition,
         source,
     };
+    let first = partitions.first().copied().unwrap_or_default();
+    let mut points: HashMap<i32, Option<CommitPoint>> = partitions
+        .iter()
+        .map(|partition| (*partition, None))
+        .collect();
+    if partitions.is_empty() {
+        return Ok(points);
+    }
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap_servers)
@@ -87,16 +105,19 @@ pub fn read_commit_point(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
     settings.client.apply_to(&mut config);
-    let consumer: BaseConsumer = config.create().map_err(failed)?;
+    let consumer: BaseConsumer = config.create().map_err(|error| failed(first, error))?;
     let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Beginning)
-        .map_err(failed)?;
-    consumer.assign(&assignment).map_err(failed)?;
-    let key = CommitPoint::key(partition);
-    let mut newest = None;
+    for partition in partitions {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(|error| failed(*partition, error))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| failed(first, error))?;
+    let mut unfinished: HashSet<i32> = partitions.iter().copied().collect();
     let mut last_progress = Instant::now();
-    loop {
+    while let Some(partition) = unfinished.iter().copied().min() {
         if last_progress.elapsed() >= stall_timeout {
             return Err(StateError::Stalled {
                 topic: topic.to_owned(),
@@ -106,14 +127,18 @@ pub fn read_commit_point(
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(newest),
-            Some(Err(error)) => tracing::debug!(%error, topic, partition, "state read"),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
+                last_progress = Instant::now();
+            }
+            Some(Err(error)) => tracing::debug!(%error, topic, "state read"),
             Some(Ok(message)) => {
                 last_progress = Instant::now();
-                if message.key() != Some(key.as_bytes()) {
+                let partition = message.partition();
+                if message.key() != Some(CommitPoint::key(partition).as_bytes()) {
                     continue;
                 }
-                newest = match message.payload().map(serde_json::from_slice::<CommitPoint>) {
+                let point = match message.payload().map(serde_json::from_slice::<CommitPoint>) {
                     Some(Ok(point)) => Some(point),
                     None => None,
                     Some(Err(error)) => {
@@ -124,7 +149,10 @@ pub fn read_commit_point(
                         None
                     }
                 };
+                points.insert(partition, point);
             }
         }
     }
+    drop(assignment);
+    Ok(points)
 }

@@ -70,11 +70,16 @@ pub enum RebalanceEvent {
 /// answer wrongly).
 pub type HighWatermarks = Arc<Mutex<HashMap<i32, HighWatermark>>>;
 
+/// Per partition, the records between its high watermark and its committed offset, and when
+/// the statistics said so (Unix ms).
+pub type CommittedLags = Arc<Mutex<HashMap<i32, (i64, i64)>>>;
+
 /// Consumer context: turns rebalances into events and statistics into high watermarks.
 pub struct SourceContext {
     topic: String,
     events: Mutex<Sender<RebalanceEvent>>,
     high_watermarks: HighWatermarks,
+    committed_lags: CommittedLags,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -96,6 +101,10 @@ impl ClientContext for SourceContext {
             .high_watermarks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut committed_lags = self
+            .committed_lags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for partition in topic.partitions.values() {
             // -1 is librdkafka's "not fetched yet"; the internal partition is -1 too.
             if partition.partition >= 0 && partition.hi_offset >= 0 {
@@ -104,6 +113,9 @@ impl ClientContext for SourceContext {
                     at_ms,
                 };
                 high_watermarks.insert(partition.partition, watermark);
+            }
+            if partition.partition >= 0 && partition.consumer_lag >= 0 {
+                committed_lags.insert(partition.partition, (partition.consumer_lag, at_ms));
             }
         }
     }
@@ -164,6 +176,7 @@ pub struct Source {
     pub consumer: StreamConsumer<SourceContext>,
     pub rebalances: Receiver<RebalanceEvent>,
     pub high_watermarks: HighWatermarks,
+    pub committed_lags: CommittedLags,
 }
 
 impl std::fmt::Debug for Source {
@@ -192,10 +205,12 @@ pub fn create_consumer(
 ) -> Result<Source, rdkafka::error::KafkaError> {
     let (sender, rebalances) = channel();
     let high_watermarks = HighWatermarks::default();
+    let committed_lags = CommittedLags::default();
     let context = SourceContext {
         topic: topic.to_owned(),
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
+        committed_lags: committed_lags.clone(),
     };
     let session_timeout_ms = settings.session_timeout.as_millis();
     let heartbeat_ms = (session_timeout_ms / 3).max(100);
@@ -227,6 +242,7 @@ pub fn create_consumer(
         consumer,
         rebalances,
         high_watermarks,
+        committed_lags,
     })
 }
 
