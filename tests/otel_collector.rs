@@ -7,9 +7,13 @@
 use end_to_end::otel::{self, OtelTurn, assert_exact_sessions};
 use end_to_end::service::{Sessionizer, free_local_address, http_get, service_env, set};
 use end_to_end::{
-    ServiceTopics, bootstrap, create_service_topics, create_topic, read_topic, unique_name,
+    ServiceTopics, bootstrap, create_service_topics, create_topic, produce, producer, read_topic,
+    unique_name,
 };
 use fakes::openlayer::OpenlayerServer;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message as _;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -189,4 +193,81 @@ async fn a_restart_during_assembly_ships_each_trace_once() {
     second.stop().await;
     let reasons = setup.dead_letter_reasons();
     assert!(reasons.is_empty(), "dead letters: {reasons:?}");
+}
+
+/// A span of a trace whose two spans are each other's parent: it never gets a root.
+fn cyclic_span(n: u8) -> Span {
+    Span {
+        trace_id: vec![7; 16],
+        span_id: vec![n; 8],
+        parent_span_id: vec![3 - n; 8],
+        name: format!("cyclic {n}"),
+        ..Span::default()
+    }
+}
+
+fn one_request(spans: Vec<Span>) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Messages that are not OTLP, spans without a trace id and a trace that never gets a root
+/// are dead-lettered with their reason; the conversations around them ship exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_span_messages_are_dead_lettered_and_the_rest_ships() {
+    let mut setup = Setup::new().await;
+    set(&mut setup.env, "SESSIONIZER__OTEL__MAX_OPEN_SECS", "3");
+    let mut sessionizer = Sessionizer::run(&setup.env);
+    let producer = producer();
+    let without_trace_id = Span {
+        span_id: vec![5; 8],
+        name: "no trace".to_owned(),
+        ..Span::default()
+    };
+    let bad: [&[u8]; 4] = [
+        // A length-delimited field longer than the message.
+        &[0x0a, 0xff, 0xff, 0xff, 0x0f],
+        b"{\"resourceSpans\": 7}",
+        &one_request(vec![without_trace_id]),
+        &one_request(vec![cyclic_span(1), cyclic_span(2)]),
+    ];
+    for payload in bad {
+        produce(&producer, &setup.spans_topic, None, payload).await;
+    }
+    let turns = setup.client(1, false).await;
+    let shipped = setup.shipped(&turns).await;
+    assert_exact_sessions(&turns, &shipped, "genai-chat");
+    let mut reasons: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while reasons.len() < 4 && std::time::Instant::now() < deadline {
+        reasons = read_topic(
+            &bootstrap(),
+            &setup.topics.dead_letters,
+            1,
+            4,
+            Duration::from_secs(5),
+        )
+        .iter()
+        .filter_map(|letter| letter.header("error.reason"))
+        .collect();
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "otel_no_root",
+            "otel_trace_id",
+            "otlp_json",
+            "otlp_protobuf"
+        ]
+    );
+    sessionizer.stop().await;
 }

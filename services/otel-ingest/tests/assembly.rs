@@ -626,3 +626,71 @@ fn undecodable_bodies_are_errors_not_panics() {
     body[at] = 0xff;
     assert!(decode(&body, Encoding::Protobuf).is_err());
 }
+
+#[test]
+fn split_by_trace_keeps_each_traces_spans_with_their_resource_and_scope_in_order() {
+    let other_trace = |mut span: Span| {
+        span.trace_id = vec![9; 16];
+        span
+    };
+    let mut spans = rag_turn();
+    let mut without_trace_id = spans[0].clone();
+    without_trace_id.trace_id = vec![0; 16];
+    spans.insert(1, other_trace(spans[1].clone()));
+    spans.push(without_trace_id);
+    let mut whole = request(spans);
+    // A second resource holding a span of the first trace.
+    let mut second = request(vec![rag_turn()[2].clone()]);
+    second.resource_spans[0].resource = Some(Resource {
+        attributes: vec![s("service.name", "tools")],
+        ..Resource::default()
+    });
+    whole.resource_spans.extend(second.resource_spans.clone());
+
+    let (traces, rest) = otel_ingest::split_by_trace(whole.clone());
+    assert_eq!(traces.len(), 2);
+    let names = |request: &ExportTraceServiceRequest| -> Vec<(String, String)> {
+        request
+            .resource_spans
+            .iter()
+            .flat_map(|resource| {
+                let service = resource
+                    .resource
+                    .as_ref()
+                    .map_or(String::new(), |resource| {
+                        format!("{:?}", resource.attributes[0].value)
+                    });
+                resource.scope_spans.iter().flat_map(move |scope| {
+                    let service = service.clone();
+                    scope
+                        .spans
+                        .iter()
+                        .map(move |span| (service.clone(), span.name.clone()))
+                })
+            })
+            .collect()
+    };
+    let first = &traces[TRACE_HEX];
+    let expected: Vec<(String, String)> = names(&request(rag_turn()))
+        .into_iter()
+        .chain(names(&second))
+        .collect();
+    assert_eq!(names(first), expected);
+    assert_eq!(
+        first.resource_spans.len(),
+        2,
+        "one ResourceSpans per resource"
+    );
+    assert_eq!(
+        first.resource_spans[0].scope_spans[0].scope,
+        whole.resource_spans[0].scope_spans[0].scope
+    );
+    assert_eq!(names(&traces[&"09".repeat(16)]).len(), 1);
+    assert_eq!(names(&rest).len(), 1, "the span without a trace id, apart");
+    // Nothing lost or made up: as many spans out as in.
+    let count = |request: &ExportTraceServiceRequest| names(request).len();
+    assert_eq!(
+        traces.values().map(count).sum::<usize>() + count(&rest),
+        count(&whole)
+    );
+}
