@@ -558,6 +558,12 @@ def pipeline_report(path: Path, goals: list) -> None:
         lag_report(report["lag"], goals)
     if report.get("memory"):
         memory_report(report["memory"], goals)
+    if report.get("otel_memory"):
+        otel = report["otel_memory"]
+        print(
+            f"  OpenTelemetry assembly: {otel['traces']} open traces hold {otel['bytes_per_open_trace']:.0f} B/trace "
+            f"({otel['protobuf_bytes_per_trace']:.0f} B of protobuf on the wire)"
+        )
 
 
 # What the table was measured on (docs/performance.md quotes it).

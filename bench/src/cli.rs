@@ -40,6 +40,9 @@ pub(crate) struct Args {
     /// Sessions of the probe that also measures the changelog journal (0: skip it).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) journal_sessions: usize,
+    /// Open traces of the Collector path's memory probe (0: skip it).
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) otel_traces: usize,
     /// Python of the official Openlayer SDK's venv (`scripts/python-venv.sh openlayer-sdk`
     /// prints its bin directory); without it the SDK comparison is skipped.
     #[arg(long, env = "OPENLAYER_SDK_PYTHON")]
@@ -111,6 +114,12 @@ pub(crate) enum ProbeCommand {
         sessions: usize,
         #[arg(long)]
         journal: bool,
+    },
+    /// Internal: memory per open trace of the Collector path's assembler, in a fresh process.
+    #[command(hide = true)]
+    OtelMemoryProbe {
+        #[arg(long)]
+        traces: usize,
     },
 }
 

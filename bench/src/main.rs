@@ -34,6 +34,7 @@ mod kafka;
 mod lag;
 mod measure;
 mod memory;
+mod otel_memory;
 mod pipeline;
 mod preload;
 mod report;
@@ -53,10 +54,18 @@ use std::time::Instant;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(ProbeCommand::MemoryProbe { sessions, journal }) = &args.probe {
-        let probe = memory::probe(*sessions, *journal)?;
-        println!("{}", serde_json::to_string(&probe)?);
-        return Ok(());
+    match &args.probe {
+        Some(ProbeCommand::MemoryProbe { sessions, journal }) => {
+            let probe = memory::probe(*sessions, *journal)?;
+            println!("{}", serde_json::to_string(&probe)?);
+            return Ok(());
+        }
+        Some(ProbeCommand::OtelMemoryProbe { traces }) => {
+            let probe = otel_memory::probe(*traces)?;
+            println!("{}", serde_json::to_string(&probe)?);
+            return Ok(());
+        }
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -79,6 +88,13 @@ fn main() -> Result<()> {
             &args.memory_sessions,
             args.journal_sessions,
         )?);
+        if args.otel_traces > 0 {
+            eprintln!(
+                "bench: memory of {} open OpenTelemetry traces",
+                args.otel_traces
+            );
+            report.otel_memory = Some(otel_memory::probe_in_child(args.otel_traces)?);
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     report::print(&report);

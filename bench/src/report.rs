@@ -4,6 +4,7 @@
 use crate::gateway::Gateway;
 use crate::lag::Lag;
 use crate::memory::Memory;
+use crate::otel_memory::OtelProbe;
 use crate::scaling::Scaling;
 use crate::sdk::Sdk;
 use crate::throughput::Throughput;
@@ -21,6 +22,8 @@ pub(crate) struct Report {
     pub(crate) scaling: Option<Scaling>,
     pub(crate) lag: Option<Lag>,
     pub(crate) memory: Option<Memory>,
+    /// Memory per open trace of the Collector path's assembler.
+    pub(crate) otel_memory: Option<OtelProbe>,
 }
 
 impl Report {
@@ -35,6 +38,7 @@ impl Report {
             scaling: None,
             lag: None,
             memory: None,
+            otel_memory: None,
         }
     }
 }
@@ -64,6 +68,13 @@ pub(crate) fn print(report: &Report) {
     }
     if let Some(memory) = &report.memory {
         print_memory(memory);
+    }
+    if let Some(otel) = &report.otel_memory {
+        println!(
+            "  OpenTelemetry assembly: {} open traces ({} spans) hold {:.0} B/trace \
+             ({:.0} B of protobuf on the wire)",
+            otel.traces, otel.held_spans, otel.bytes_per_open_trace, otel.protobuf_bytes_per_trace
+        );
     }
 }
 

@@ -374,7 +374,7 @@ const fn default_otel_quiet_ms() -> u64 {
 const fn default_otel_max_open_secs() -> u64 {
     60
 }
-// About 100 MB of spans at 1 KiB each.
+// About 140 MB of held GenAI spans (1.4 KB each decoded, docs/performance.md).
 const fn default_otel_max_held_spans() -> usize {
     100_000
 }
