@@ -17,6 +17,7 @@ use prost::Message as _;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,6 +25,35 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(120);
 const SESSIONS: usize = 3;
 const TURNS: usize = 4;
+
+/// The file the client waits for before it ends the last turn's root span (it removes it).
+struct Release {
+    file: PathBuf,
+    released: bool,
+}
+
+impl Release {
+    fn new() -> Release {
+        Release {
+            file: std::env::temp_dir().join(unique_name("otel-release")),
+            released: false,
+        }
+    }
+
+    fn now(&mut self) {
+        std::fs::write(&self.file, b"").expect("write the release file");
+        self.released = true;
+    }
+}
+
+impl Drop for Release {
+    /// A test that fails first still lets the client finish.
+    fn drop(&mut self) {
+        if !self.released {
+            let _written = std::fs::write(&self.file, b"");
+        }
+    }
+}
 
 /// A sessionizer with the Collector path on, and what it needs.
 struct Setup {
@@ -65,18 +95,18 @@ impl Setup {
     /// The client writes turns `first_turn..first_turn + TURNS` of `SESSIONS` conversations,
     /// every span in a message of its own; returns what it recorded.
     async fn client(&self, first_turn: usize, keyed: bool) -> Vec<OtelTurn> {
-        self.start_client(first_turn, keyed, 0.0)
+        self.start_client(first_turn, keyed, None)
             .await
             .expect("the client ran")
     }
 
-    /// Starts the client; the last turn's root span is exported `hold_last_root` seconds
-    /// after the rest.
+    /// Starts the client; with `hold_last_root`, the last turn's root span ends once that
+    /// file exists.
     fn start_client(
         &self,
         first_turn: usize,
         keyed: bool,
-        hold_last_root: f64,
+        hold_last_root: Option<&Path>,
     ) -> tokio::task::JoinHandle<Vec<OtelTurn>> {
         let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
         let mut client = otel::python("genai_chat.py");
@@ -89,10 +119,12 @@ impl Setup {
             .arg(&sent)
             .args(["--kafka", &bootstrap(), "--topic", &self.spans_topic])
             .args(["--batch-size", "1"])
-            .args(["--hold-last-root", &hold_last_root.to_string()])
             .stdin(Stdio::null());
         if keyed {
             client.arg("--keyed");
+        }
+        if let Some(file) = hold_last_root {
+            client.arg("--hold-last-root").arg(file);
         }
         tokio::task::spawn_blocking(move || {
             let run = client.output().expect("run the client");
@@ -181,11 +213,13 @@ async fn unkeyed_collector_spans_ship_as_sessions_with_exact_turns() {
 async fn a_restart_during_assembly_ships_each_trace_once() {
     let setup = Setup::new().await;
     let mut first = Sessionizer::run(&setup.env);
-    let client = setup.start_client(1, false, 8.0);
+    let mut release = Release::new();
+    let client = setup.start_client(1, false, Some(&release.file));
     // Every turn but the last, whose root the client still holds.
     setup.server.wait_for_rows(SESSIONS * TURNS - 1, WAIT).await;
     first.stop().await;
     let mut second = Sessionizer::run(&setup.env);
+    release.now();
     let mut turns = client.await.expect("the client ran");
     turns.extend(setup.client(1 + TURNS, false).await);
     let shipped = setup.shipped(&turns).await;
@@ -270,4 +304,64 @@ async fn bad_span_messages_are_dead_lettered_and_the_rest_ships() {
         ]
     );
     sessionizer.stop().await;
+}
+
+/// SIGKILL while a trace is half read, a checkpoint interval after the others shipped: nothing
+/// is lost (the held trace ships whole after the restart) and no trace is produced again
+/// (rows the pipeline ships again repeat their turn). A kill within the interval may produce
+/// again the traces acknowledged since the last commit point (docs/opentelemetry.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_assembly_loses_nothing() {
+    let setup = Setup::new().await;
+    let mut first = Sessionizer::run(&setup.env);
+    let mut release = Release::new();
+    let client = setup.start_client(1, false, Some(&release.file));
+    setup.server.wait_for_rows(SESSIONS * TURNS - 1, WAIT).await;
+    // Past a checkpoint interval (1 s): the commit points cover what was shipped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.kill();
+    let mut second = Sessionizer::run(&setup.env);
+    release.now();
+    let turns = client.await.expect("the client ran");
+    let held = turns.last().expect("turns").trace_id.clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    let ids = |rows: &[Value]| -> Vec<String> {
+        rows.iter()
+            .filter_map(|row| row["inferenceId"].as_str().map(str::to_owned))
+            .collect()
+    };
+    while !ids(&setup.server.rows()).contains(&held) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = setup.server.rows();
+    let shipped = ids(&rows);
+    for turn in &turns {
+        assert!(shipped.contains(&turn.trace_id), "{} lost", turn.trace_id);
+    }
+    let held_row = rows
+        .iter()
+        .find(|row| row["inferenceId"] == held.as_str())
+        .expect("the held trace shipped");
+    assert_eq!(
+        held_row["steps"][0]["steps"][0]["type"], "chat_completion",
+        "the held trace ships whole, its chat span read again after the restart: {held_row}"
+    );
+    // Rows the pipeline ships again after the kill repeat a turn; a trace the Collector
+    // path produced again is a turn of its own.
+    let turns_shipped: std::collections::HashSet<(String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row["inferenceId"].to_string(),
+                row["session_turn"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        turns_shipped.len(),
+        turns.len(),
+        "traces produced again although a commit point covered them: {turns_shipped:?}"
+    );
+    second.stop().await;
 }

@@ -15,6 +15,7 @@ Writes one JSON line per turn to --sent: session, turn, trace id (hex), tokens.
 
 import argparse
 import json
+import os
 import time
 
 from opentelemetry import trace
@@ -67,8 +68,8 @@ def main() -> None:
     parser.add_argument("--topic", default="otlp_spans")
     parser.add_argument("--keyed", action="store_true")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--hold-last-root", type=float, default=0.0,
-                        help="seconds the last turn's request span stays open after its chat")
+    parser.add_argument("--hold-last-root",
+                        help="a file: the last turn's request span ends once it exists")
     args = parser.parse_args()
 
     provider = TracerProvider(resource=Resource.create({"service.name": "genai-chat"}))
@@ -115,8 +116,12 @@ def main() -> None:
                     time.sleep(0.002)
                 last = turn == args.first_turn + args.turns - 1 and session == args.sessions - 1
                 if last and args.hold_last_root:
-                    # Its chat span is exported meanwhile; the root comes later.
-                    time.sleep(args.hold_last_root)
+                    # Its chat span is exported meanwhile; the root comes when told.
+                    deadline = time.monotonic() + 300
+                    while not os.path.exists(args.hold_last_root) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if os.path.exists(args.hold_last_root):
+                        os.remove(args.hold_last_root)
                 trace_id = format(request.get_span_context().trace_id, "032x")
             sent.append({"session": conversation, "turn": turn, "trace_id": trace_id,
                          "tokens": prompt_tokens + completion_tokens, "answer": answer})

@@ -14,8 +14,9 @@
 //! message of `q` with a Kafka timestamp at or before its read-through time was read and its
 //! spans routed before the marker (they share one idempotent producer, which keeps order, and
 //! retries without a deadline). The assembly ships traces in event-time order from it
-//! (`order`). A partition read, routed and committed to its end (the consumer's statistics
-//! say no record is left) and quiet for a wait has read through the present, less that wait.
+//! (`order`). A partition fetched to its end (the consumer's statistics say no record is
+//! left), with nothing read for a quiet wait while reading is not paused, has read through
+//! the present, less that wait.
 
 use super::{OtelError, OtelSettings, enqueue, ordered_producer};
 use crate::batch::{Origin, Position as ReadAt};
@@ -267,14 +268,14 @@ impl Router {
         let paused = self.offsets.num_pending() >= MAX_PENDING;
         let lags = self
             .source
-            .committed_lags
+            .fetch_lags
             .lock()
             .map(|lags| lags.clone())
             .unwrap_or_default();
         let mut due = Vec::new();
         for (partition, progress) in &mut self.partitions {
-            // Everything read, routed and committed, as of statistics newer than the last
-            // read, and nothing read since for a quiet wait.
+            // Everything fetched, as of statistics newer than the last read, and nothing read
+            // since for a quiet wait.
             let caught_up = !paused
                 && now.saturating_duration_since(progress.last_read) >= quiet
                 && lags

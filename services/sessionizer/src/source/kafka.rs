@@ -70,16 +70,16 @@ pub enum RebalanceEvent {
 /// answer wrongly).
 pub type HighWatermarks = Arc<Mutex<HashMap<i32, HighWatermark>>>;
 
-/// Per partition, the records between its high watermark and its committed offset, and when
-/// the statistics said so (Unix ms).
-pub type CommittedLags = Arc<Mutex<HashMap<i32, (i64, i64)>>>;
+/// Per partition, the records between its high watermark and the next offset the consumer
+/// fetches, and when the statistics said so (Unix ms).
+pub type FetchLags = Arc<Mutex<HashMap<i32, (i64, i64)>>>;
 
 /// Consumer context: turns rebalances into events and statistics into high watermarks.
 pub struct SourceContext {
     topic: String,
     events: Mutex<Sender<RebalanceEvent>>,
     high_watermarks: HighWatermarks,
-    committed_lags: CommittedLags,
+    fetch_lags: FetchLags,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -101,8 +101,8 @@ impl ClientContext for SourceContext {
             .high_watermarks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut committed_lags = self
-            .committed_lags
+        let mut fetch_lags = self
+            .fetch_lags
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         for partition in topic.partitions.values() {
@@ -114,8 +114,10 @@ impl ClientContext for SourceContext {
                 };
                 high_watermarks.insert(partition.partition, watermark);
             }
-            if partition.partition >= 0 && partition.consumer_lag >= 0 {
-                committed_lags.insert(partition.partition, (partition.consumer_lag, at_ms));
+            // The next fetch offset is negative until the partition's first fetch.
+            if partition.partition >= 0 && partition.hi_offset >= 0 && partition.next_offset >= 0 {
+                let lag = partition.hi_offset - partition.next_offset;
+                fetch_lags.insert(partition.partition, (lag, at_ms));
             }
         }
     }
@@ -176,7 +178,7 @@ pub struct Source {
     pub consumer: StreamConsumer<SourceContext>,
     pub rebalances: Receiver<RebalanceEvent>,
     pub high_watermarks: HighWatermarks,
-    pub committed_lags: CommittedLags,
+    pub fetch_lags: FetchLags,
 }
 
 impl std::fmt::Debug for Source {
@@ -205,12 +207,12 @@ pub fn create_consumer(
 ) -> Result<Source, rdkafka::error::KafkaError> {
     let (sender, rebalances) = channel();
     let high_watermarks = HighWatermarks::default();
-    let committed_lags = CommittedLags::default();
+    let fetch_lags = FetchLags::default();
     let context = SourceContext {
         topic: topic.to_owned(),
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
-        committed_lags: committed_lags.clone(),
+        fetch_lags: fetch_lags.clone(),
     };
     let session_timeout_ms = settings.session_timeout.as_millis();
     let heartbeat_ms = (session_timeout_ms / 3).max(100);
@@ -242,7 +244,7 @@ pub fn create_consumer(
         consumer,
         rebalances,
         high_watermarks,
-        committed_lags,
+        fetch_lags,
     })
 }
 
