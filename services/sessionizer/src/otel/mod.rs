@@ -12,7 +12,9 @@ pub mod stage;
 pub mod state;
 pub mod topics;
 
+use crate::batch::{Origin, Position as ReadAt};
 use crate::metrics::Metrics;
+use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::KafkaSettings;
 use crate::source::kafka::idempotent_producer_config;
 use assembler::AssemblySettings;
@@ -40,6 +42,8 @@ pub struct OtelSettings {
     pub max_held_spans: usize,
 }
 
+/// Pause before a dead letter Kafka did not take goes again.
+const DEAD_LETTER_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Pause while a producer's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
@@ -84,6 +88,56 @@ fn ordered_producer(kafka: &KafkaSettings, limits: &Limits) -> Result<FutureProd
         .set("linger.ms", "5");
     kafka.client.apply_to(&mut config);
     config.create()
+}
+
+/// A dead letter of the Collector path (stage `otel`) for the message at `offset` of
+/// `partition`, counted; the caller sets its key and payload.
+fn dead_letter(
+    metrics: &Metrics,
+    (partition, offset): (i32, i64),
+    reason: &'static str,
+    message: String,
+) -> DeadLetter {
+    metrics
+        .dead_letters
+        .with_label_values(&["otel", reason])
+        .inc();
+    DeadLetter {
+        reason,
+        stage: "otel",
+        message,
+        origin: Origin {
+            partition,
+            sequence: offset,
+            read_at: ReadAt { partition, offset },
+            kafka_timestamp_ms: None,
+        },
+        key: None,
+        payload: Vec::new(),
+        http_status: None,
+        pipeline_id: None,
+    }
+}
+
+/// Sends `letter` (read from `source_topic`) to `topic` until Kafka has it: the message it
+/// stands for settles only then.
+async fn deliver_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    source_topic: &str,
+    letter: &DeadLetter,
+) {
+    loop {
+        let delivered = match send_dead_letter(producer, topic, source_topic, letter) {
+            Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+            Err(_) => false,
+        };
+        if delivered {
+            return;
+        }
+        tracing::warn!(topic, "producing a dead letter of spans; retrying");
+        tokio::time::sleep(DEAD_LETTER_RETRY_PAUSE).await;
+    }
 }
 
 /// Why the Collector path stopped.

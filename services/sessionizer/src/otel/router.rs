@@ -18,11 +18,10 @@
 //! left), with nothing read for a quiet wait while reading is not paused, has read through
 //! the present, less that wait.
 
-use super::{OtelError, OtelSettings, enqueue, ordered_producer};
-use crate::batch::{Origin, Position as ReadAt};
+use super::{OtelError, OtelSettings, dead_letter, deliver_dead_letter, enqueue, ordered_producer};
 use crate::commit::OffsetTracker;
 use crate::metrics::Metrics;
-use crate::source::dlq::{DeadLetter, send_dead_letter};
+use crate::source::dlq::DeadLetter;
 use crate::source::kafka::{
     KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer, store_next_offset,
 };
@@ -39,8 +38,6 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Pause between attempts at a record Kafka did not take.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Messages routed and not yet acknowledged at most; reading waits beyond.
 const MAX_PENDING: usize = 10_000;
 /// How often markers go out when a partition's progress moved...
@@ -327,28 +324,12 @@ impl Router {
     }
 
     fn dead_letter(&self, routed: &Routed, reason: &'static str, message: String) -> DeadLetter {
-        self.metrics
-            .dead_letters
-            .with_label_values(&["otel", reason])
-            .inc();
-        DeadLetter {
+        dead_letter(
+            &self.metrics,
+            (routed.partition, routed.offset),
             reason,
-            stage: "otel",
             message,
-            origin: Origin {
-                partition: routed.partition,
-                sequence: routed.offset,
-                read_at: ReadAt {
-                    partition: routed.partition,
-                    offset: routed.offset,
-                },
-                kafka_timestamp_ms: None,
-            },
-            key: None,
-            payload: Vec::new(),
-            http_status: None,
-            pipeline_id: None,
-        }
+        )
     }
 
     fn send_dead_letter(&mut self, letter: DeadLetter, routed: &Routed) {
@@ -357,17 +338,8 @@ impl Router {
         let source_topic = self.otel.spans_topic.clone();
         let routed = Routed { ..*routed };
         self.tasks.spawn(async move {
-            loop {
-                let delivered = match send_dead_letter(&producer, &topic, &source_topic, &letter) {
-                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
-                if delivered {
-                    return Ok(routed);
-                }
-                tracing::warn!(topic, "producing a dead letter of spans; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            deliver_dead_letter(&producer, &topic, &source_topic, &letter).await;
+            Ok(routed)
         });
     }
 

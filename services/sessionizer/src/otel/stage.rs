@@ -14,10 +14,9 @@
 use super::assembler::{Assembler, Output, Resume, Ticket};
 use super::order::{EventTimeOrder, Progress};
 use super::state::{CommitPoint, read_commit_points};
-use super::{OtelError, OtelSettings, enqueue, ordered_producer};
-use crate::batch::{Origin, Position as ReadAt};
+use super::{OtelError, OtelSettings, dead_letter, deliver_dead_letter, enqueue, ordered_producer};
 use crate::metrics::Metrics;
-use crate::source::dlq::{DeadLetter, send_dead_letter};
+use crate::source::dlq::DeadLetter;
 use crate::source::kafka::{
     KafkaSettings, RebalanceEvent, Source, create_consumer, create_producer, store_next_offset,
 };
@@ -394,25 +393,7 @@ impl Stage {
         reason: &'static str,
         message: String,
     ) -> DeadLetter {
-        self.metrics
-            .dead_letters
-            .with_label_values(&["otel", reason])
-            .inc();
-        DeadLetter {
-            reason,
-            stage: "otel",
-            message,
-            origin: Origin {
-                partition,
-                sequence: offset,
-                read_at: ReadAt { partition, offset },
-                kafka_timestamp_ms: None,
-            },
-            key: None,
-            payload: Vec::new(),
-            http_status: None,
-            pipeline_id: None,
-        }
+        dead_letter(&self.metrics, (partition, offset), reason, message)
     }
 
     fn send_dead_letter(
@@ -439,17 +420,7 @@ impl Stage {
             state.deliveries += 1;
         }
         self.tasks.spawn(async move {
-            loop {
-                let delivered = match send_dead_letter(&producer, &topic, &source_topic, &letter) {
-                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
-                if delivered {
-                    break;
-                }
-                tracing::warn!(topic, "producing a dead letter of spans; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            deliver_dead_letter(&producer, &topic, &source_topic, &letter).await;
             Done::Output {
                 partition,
                 generation,
