@@ -437,9 +437,12 @@ impl Assembler {
         // What is before it needs no list.
         self.acked_roots = self.acked_roots.split_off(&before);
         self.resume.shipped = self.resume.shipped.split_off(&before);
+        // Bounded, so the record stays small: a trace left out of the list is shipped again
+        // after a restart, never lost.
         let shipped = self
             .acked_roots
             .union(&self.resume.shipped)
+            .take(MAX_SHIPPED_LISTED)
             .copied()
             .collect();
         Some((offset, Resume { before, shipped }))
@@ -513,6 +516,10 @@ impl Assembler {
         }
     }
 }
+
+/// Traces shipped past the first unshipped one that a commit point lists at most (about
+/// 200 KB of JSON).
+const MAX_SHIPPED_LISTED: usize = 16_384;
 
 const TRACE_ID: &str = "otel_trace_id";
 const LATE: &str = "otel_span_after_completion";

@@ -120,22 +120,42 @@ fn dead_letter(
 }
 
 /// Sends `letter` (read from `source_topic`) to `topic` until Kafka has it: the message it
-/// stands for settles only then.
+/// stands for settles only then. A letter too large for Kafka goes without its payload (the
+/// spans stay in the topic they were read from).
 async fn deliver_dead_letter(
     producer: &FutureProducer,
     topic: &str,
     source_topic: &str,
-    letter: &DeadLetter,
+    mut letter: DeadLetter,
 ) {
     loop {
-        let delivered = match send_dead_letter(producer, topic, source_topic, letter) {
-            Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-            Err(_) => false,
+        let error = match send_dead_letter(producer, topic, source_topic, &letter) {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => return,
+                Ok(Err((error, _))) => Some(error),
+                Err(_) => None,
+            },
+            Err(error) => Some(error),
         };
-        if delivered {
-            return;
+        let too_large = error
+            .as_ref()
+            .and_then(KafkaError::rdkafka_error_code)
+            .is_some_and(|code| {
+                matches!(
+                    code,
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+                )
+            });
+        if too_large && !letter.payload.is_empty() {
+            letter.message = format!(
+                "{} (its {} bytes are left out: more than Kafka takes)",
+                letter.message,
+                letter.payload.len()
+            );
+            letter.payload = Vec::new();
+            continue;
         }
-        tracing::warn!(topic, "producing a dead letter of spans; retrying");
+        tracing::warn!(topic, ?error, "producing a dead letter of spans; retrying");
         tokio::time::sleep(DEAD_LETTER_RETRY_PAUSE).await;
     }
 }

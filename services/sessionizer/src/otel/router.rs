@@ -74,6 +74,8 @@ struct Router {
     offsets: OffsetTracker,
     partitions: HashMap<i32, Progress>,
     num_repartition: i32,
+    /// When reading last waited for acknowledgements (`MAX_PENDING`).
+    paused_at: Option<Instant>,
     next_generation: u64,
     /// Each part of a message routed, or the record Kafka refused for good.
     tasks: JoinSet<Result<Routed, (String, KafkaError)>>,
@@ -106,6 +108,7 @@ pub async fn run(
         offsets: OffsetTracker::new(),
         partitions: HashMap::new(),
         num_repartition,
+        paused_at: None,
         next_generation: 0,
         tasks: JoinSet::new(),
         failure: None,
@@ -121,6 +124,9 @@ impl Router {
         while self.failure.is_none() {
             self.apply_rebalances();
             let reading = self.offsets.num_pending() < MAX_PENDING;
+            if !reading {
+                self.paused_at = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
@@ -262,7 +268,10 @@ impl Router {
         let quiet = self.otel.assembly.quiet;
         let quiet_ms = i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX);
         let wall_ms = crate::core::Now::system().wall_ms;
-        let paused = self.offsets.num_pending() >= MAX_PENDING;
+        // Paused within a quiet wait: what the consumer fetched meanwhile is unread.
+        let paused = self
+            .paused_at
+            .is_some_and(|at| now.saturating_duration_since(at) < quiet);
         let lags = self
             .source
             .fetch_lags
@@ -338,7 +347,7 @@ impl Router {
         let source_topic = self.otel.spans_topic.clone();
         let routed = Routed { ..*routed };
         self.tasks.spawn(async move {
-            deliver_dead_letter(&producer, &topic, &source_topic, &letter).await;
+            deliver_dead_letter(&producer, &topic, &source_topic, letter).await;
             Ok(routed)
         });
     }

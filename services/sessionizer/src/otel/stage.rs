@@ -420,7 +420,7 @@ impl Stage {
             state.deliveries += 1;
         }
         self.tasks.spawn(async move {
-            deliver_dead_letter(&producer, &topic, &source_topic, &letter).await;
+            deliver_dead_letter(&producer, &topic, &source_topic, letter).await;
             Done::Output {
                 partition,
                 generation,

@@ -70,8 +70,8 @@ pub enum RebalanceEvent {
 /// answer wrongly).
 pub type HighWatermarks = Arc<Mutex<HashMap<i32, HighWatermark>>>;
 
-/// Per partition, the records between its high watermark and the next offset the consumer
-/// fetches, and when the statistics said so (Unix ms).
+/// Per partition, the records between its high watermark and what the application read (what
+/// was fetched, before the first message), and when the statistics said so (Unix ms).
 pub type FetchLags = Arc<Mutex<HashMap<i32, (i64, i64)>>>;
 
 /// Consumer context: turns rebalances into events and statistics into high watermarks.
@@ -114,9 +114,15 @@ impl ClientContext for SourceContext {
                 };
                 high_watermarks.insert(partition.partition, watermark);
             }
-            // The next fetch offset is negative until the partition's first fetch.
-            if partition.partition >= 0 && partition.hi_offset >= 0 && partition.next_offset >= 0 {
-                let lag = partition.hi_offset - partition.next_offset;
+            // Against what the application read; before its first message, what was fetched
+            // (negative until the partition's first fetch).
+            let position = if partition.app_offset >= 0 {
+                partition.app_offset
+            } else {
+                partition.next_offset
+            };
+            if partition.partition >= 0 && partition.hi_offset >= 0 && position >= 0 {
+                let lag = partition.hi_offset - position;
                 fetch_lags.insert(partition.partition, (lag, at_ms));
             }
         }
