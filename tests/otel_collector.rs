@@ -222,7 +222,10 @@ async fn a_restart_during_assembly_ships_each_trace_once() {
     setup.server.wait_for_rows(SESSIONS * TURNS - 1, WAIT).await;
     let deadline = std::time::Instant::now() + WAIT;
     while setup.metric("sessionizer_otel_open_traces").await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the held trace was never read");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held trace was never read"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.stop().await;
