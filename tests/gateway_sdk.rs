@@ -10,6 +10,7 @@
 use end_to_end::gateway::{CLIENT_KEY, Gateway};
 use end_to_end::otel::{self, OtelTurn, assert_exact_sessions};
 use end_to_end::service::{Sessionizer, free_local_address, service_env};
+use end_to_end::workspace;
 use end_to_end::{
     ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
     unique_name,
@@ -17,7 +18,7 @@ use end_to_end::{
 use fakes::openlayer::OpenlayerServer;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use trace_model::{Decoder, Limits, TraceKind};
@@ -27,13 +28,6 @@ const PIPELINE: &str = "pipeline-sdk";
 const WAIT: Duration = Duration::from_secs(120);
 /// The session columns every turn row carries (the sessionizer's `enrich::SESSION_COLUMNS`).
 use sessionizer::enrich::SESSION_COLUMNS;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The sessionizer binary (the shared child-process helpers of `end_to_end::service`)

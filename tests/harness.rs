@@ -20,6 +20,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use trace_model::{Encoding, TraceEvent};
 
+/// The workspace root (scripts, test clients and broker state live under it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
 /// Bootstrap address of the test broker.
 ///
 /// # Panics

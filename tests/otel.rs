@@ -2,17 +2,11 @@
 //! OpenAI instrumentation) and the JavaScript SDK, run as child processes, and the check that
 //! every turn they recorded reached Openlayer once, numbered in its conversation.
 
+use crate::workspace;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
 
 /// One turn as a client recorded it (`--sent`, one JSON line per turn).
 #[derive(Debug)]

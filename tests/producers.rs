@@ -15,6 +15,7 @@
 //! kafka-clients cannot be resolved on the build machines (docs/producers.md).
 
 use end_to_end::service::{Sessionizer, WAIT, free_local_address, service_env};
+use end_to_end::workspace;
 use end_to_end::{ServiceTopics, bootstrap, create_service_topics, read_topic, unique_name};
 use fakes::openlayer::OpenlayerServer;
 use serde_json::Value;
@@ -35,13 +36,6 @@ const PRODUCER_TIMEOUT: Duration = Duration::from_secs(120);
 const DEAD_LETTER_WAIT: Duration = Duration::from_secs(2);
 /// How often the dead-letter topic is looked at while rows are awaited.
 const DEAD_LETTER_CHECK_EVERY: Duration = Duration::from_secs(3);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
 
 /// Runs `scripts/producer-toolchains.sh` once per test process.
 fn toolchains() -> &'static Path {

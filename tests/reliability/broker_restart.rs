@@ -9,9 +9,10 @@ use super::feed::{Feed, Plan};
 use super::probe::{Instance, sum, wait_until};
 use super::{Outcome, Scene, Size};
 use crate::service::{Expectations, free_local_address, set};
+use crate::workspace;
 use crate::{ServiceTopics, create_topic, read_topic, unique_name};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -461,13 +462,6 @@ impl Drop for Owned {
             let _reaped = child.wait();
         }
     }
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
 }
 
 /// `moto_server` with the bucket the broker writes to.
