@@ -3,6 +3,7 @@
 //! an acknowledged batch says exactly which offsets are settled.
 
 use crate::enrich::openlayer_config;
+use crate::session_row::session_config;
 use crate::sink::RowJson;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -47,11 +48,24 @@ pub struct Position {
 #[derive(Debug)]
 pub struct Batch {
     pub pipeline_id: String,
+    pub kind: RowKind,
     pub config: Value,
     pub rows: Vec<RowJson>,
     pub origins: Vec<Origin>,
     pub bytes: usize,
 }
+
+/// What a row describes; rows of each kind are batched apart, as their `config` differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowKind {
+    /// A trace, with its session columns.
+    Trace,
+    /// A closed session (`session_row`).
+    Session,
+}
+
+/// Open batches are per pipeline and kind of row.
+type BatchKey = (String, RowKind);
 
 #[derive(Debug)]
 struct OpenBatch {
@@ -77,10 +91,16 @@ impl OpenBatch {
         }
     }
 
-    fn seal(self, pipeline_id: String) -> Batch {
+    fn seal(self, (pipeline_id, kind): BatchKey) -> Batch {
         Batch {
-            config: openlayer_config(&self.input_names, self.has_user, self.has_session),
+            config: match kind {
+                RowKind::Trace => {
+                    openlayer_config(&self.input_names, self.has_user, self.has_session)
+                }
+                RowKind::Session => session_config(),
+            },
             pipeline_id,
+            kind,
             rows: self.rows,
             origins: self.origins,
             bytes: self.bytes,
@@ -94,6 +114,7 @@ pub struct RowToBatch<'a, I> {
     pub pipeline_id: &'a str,
     pub row: RowJson,
     pub origin: Origin,
+    pub kind: RowKind,
     /// The trace's input names: the config's `inputVariableNames` is their union.
     pub input_names: I,
     pub has_user: bool,
@@ -104,7 +125,7 @@ pub struct RowToBatch<'a, I> {
 #[derive(Debug)]
 pub struct Batcher {
     settings: BatchSettings,
-    open: HashMap<String, OpenBatch>,
+    open: HashMap<BatchKey, OpenBatch>,
     num_rows: usize,
 }
 
@@ -131,15 +152,16 @@ impl Batcher {
         ready: &mut Vec<Batch>,
     ) {
         let row_bytes = row.row.get().len() + 1;
-        if let Some(open) = self.open.get(row.pipeline_id)
+        let key = (row.pipeline_id.to_owned(), row.kind);
+        if let Some(open) = self.open.get(&key)
             && !open.rows.is_empty()
             && open.bytes + row_bytes > self.settings.max_bytes
         {
-            ready.extend(self.take(row.pipeline_id));
+            ready.extend(self.take(&key));
         }
         let open = self
             .open
-            .entry(row.pipeline_id.to_owned())
+            .entry(key.clone())
             .or_insert_with(|| OpenBatch::new(now));
         for name in row.input_names {
             if !open.input_names.contains(name) {
@@ -153,36 +175,36 @@ impl Batcher {
         open.origins.push(row.origin);
         self.num_rows += 1;
         if open.rows.len() >= self.settings.max_rows || open.bytes >= self.settings.max_bytes {
-            ready.extend(self.take(row.pipeline_id));
+            ready.extend(self.take(&key));
         }
     }
 
-    fn take(&mut self, pipeline_id: &str) -> Option<Batch> {
-        let (pipeline_id, open) = self.open.remove_entry(pipeline_id)?;
+    fn take(&mut self, key: &BatchKey) -> Option<Batch> {
+        let (key, open) = self.open.remove_entry(key)?;
         self.num_rows -= open.rows.len();
-        Some(open.seal(pipeline_id))
+        Some(open.seal(key))
     }
 
     /// Batches that waited `linger` or longer.
     pub fn flush_due(&mut self, now: Instant, ready: &mut Vec<Batch>) {
-        let due: Vec<String> = self
+        let due: Vec<BatchKey> = self
             .open
             .iter()
             .filter(|(_, open)| {
                 now.saturating_duration_since(open.opened_at) >= self.settings.linger
             })
-            .map(|(pipeline_id, _)| pipeline_id.clone())
+            .map(|(key, _)| key.clone())
             .collect();
-        for pipeline_id in due {
-            ready.extend(self.take(&pipeline_id));
+        for key in due {
+            ready.extend(self.take(&key));
         }
     }
 
     /// Every open batch (shutdown).
     pub fn flush_all(&mut self, ready: &mut Vec<Batch>) {
-        let pipelines: Vec<String> = self.open.keys().cloned().collect();
-        for pipeline_id in pipelines {
-            ready.extend(self.take(&pipeline_id));
+        let keys: Vec<BatchKey> = self.open.keys().cloned().collect();
+        for key in keys {
+            ready.extend(self.take(&key));
         }
     }
 
@@ -240,6 +262,7 @@ mod tests {
                     },
                     kafka_timestamp_ms: None,
                 },
+                kind: RowKind::Trace,
                 input_names: inputs.iter(),
                 has_user: true,
                 has_session: offset > 0,

@@ -53,7 +53,8 @@ impl OffsetTracker {
         self.partitions.contains_key(&partition)
     }
 
-    /// Records a consumed message that settles after `parts` settlements (0: at once).
+    /// Records a consumed message that settles after `parts` settlements (0: at once); parts
+    /// tracked again for the same message add up (a session row its message also waits for).
     pub fn track(&mut self, partition: i32, offset: i64, parts: u32) {
         let Some(offsets) = self.partitions.get_mut(&partition) else {
             return;
@@ -63,9 +64,14 @@ impl OffsetTracker {
                 .next_offset
                 .map_or(offset + 1, |next| next.max(offset + 1)),
         );
-        if parts > 0 && offsets.pending.insert(offset, parts).is_none() {
+        if parts == 0 {
+            return;
+        }
+        let pending = offsets.pending.entry(offset).or_insert(0);
+        if *pending == 0 {
             self.num_pending += 1;
         }
+        *pending += parts;
     }
 
     /// One part of `offset` settled.

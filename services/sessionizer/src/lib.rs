@@ -32,6 +32,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod secret;
 pub mod service;
+pub mod session_row;
 pub mod sessionize;
 pub mod sink;
 pub mod source;

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub session_duration: Histogram,
     pub session_turns: Histogram,
     pub summaries_produced: IntCounter,
+    /// Rows of closed sessions answered by Openlayer, by outcome (shipped, rejected).
+    pub session_rows: IntCounterVec,
+    /// Aggregate columns left out of session rows, by reason (wrong_type, overflow).
+    pub session_columns_omitted: IntCounterVec,
     pub sessionization_lag: Histogram,
     pub partition_lag: prometheus::GaugeVec,
     pub checkpoint_timestamp: prometheus::GaugeVec,
@@ -253,6 +257,18 @@ impl Metrics {
                 "sessionizer_session_summaries_produced_total",
                 "SessionSummary records produced to the sessions topic.",
             )?,
+            session_rows: counter_vec(
+                registry,
+                "sessionizer_session_rows_total",
+                "Rows of closed sessions answered by the sessions pipeline, by outcome (shipped; rejected: dead-lettered with Openlayer's answer).",
+                &["outcome"],
+            )?,
+            session_columns_omitted: counter_vec(
+                registry,
+                "sessionizer_session_columns_omitted_total",
+                "Aggregate columns left out of a session row, by reason (wrong_type: a metadata value of the wrong type; overflow: the sum left its range).",
+                &["reason"],
+            )?,
             sessionization_lag: histogram(
                 registry,
                 "sessionizer_sessionization_lag_seconds",
@@ -390,6 +406,12 @@ impl Metrics {
         }
         for reason in ["gap", "idle", "max_duration", "end_event"] {
             self.sessions_closed.with_label_values(&[reason]);
+        }
+        for outcome in ["shipped", "rejected"] {
+            self.session_rows.with_label_values(&[outcome]);
+        }
+        for reason in ["wrong_type", "overflow"] {
+            self.session_columns_omitted.with_label_values(&[reason]);
         }
         for reason in RETRY_REASONS {
             self.openlayer_retries.with_label_values(&[reason]);

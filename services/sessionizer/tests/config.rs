@@ -1319,7 +1319,7 @@ fn option_defaults() -> Vec<(String, serde_json::Value)> {
             options.push((prefix.to_owned(), value.clone()));
             return;
         };
-        if prefix == "kafka.client" {
+        if prefix == "kafka.client" || prefix == "openlayer.sessions_pipelines" {
             options.push((prefix.to_owned(), value.clone()));
             return;
         }
@@ -1423,4 +1423,50 @@ fn reference_confluent_cloud_example_sets_basic_credentials() {
         Some("SR_API_KEY")
     );
     assert!(config.kafka.schema_registry_password_file.is_some());
+}
+
+#[test]
+fn session_row_options_are_checked_naming_the_key() {
+    let mut config = SessionizerConfig::default();
+    config.openlayer.api_key = Some(Secret::new("sk-test"));
+    config.openlayer.default_pipeline_id = Some("traces".to_owned());
+    config.openlayer.sessions_pipeline_id = Some("traces".to_owned());
+    config.session.aggregates = toml::from_str::<toml::Value>(
+        r#"list = [
+            { column = "turns", key = "k", op = "sum" },
+            { column = "calls", key = "", op = "max" },
+            { column = "calls", key = "k", op = "count" },
+        ]"#,
+    )
+    .and_then(|value| value["list"].clone().try_into())
+    .expect("aggregates parse");
+    let Err(ConfigError::Invalid(problems)) = config.validate() else {
+        panic!("invalid session row options are refused");
+    };
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|problem| problem.key.as_str())
+        .collect();
+    for key in [
+        "openlayer.sessions_pipeline_id",
+        "session.aggregates[0].column",
+        "session.aggregates[1].key",
+        "session.aggregates[2].column",
+    ] {
+        assert!(keys.contains(&key), "{key} not named in {keys:?}");
+    }
+}
+
+#[test]
+fn an_unknown_aggregate_op_is_refused_at_load() {
+    let error = load(
+        Some("[[session.aggregates]]\ncolumn = \"c\"\nkey = \"k\"\nop = \"avg\"\n"),
+        &HashMap::new(),
+    )
+    .expect_err("avg is not an aggregate");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("avg") && message.contains("session.aggregates[0]"),
+        "{message}"
+    );
 }

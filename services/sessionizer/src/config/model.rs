@@ -3,9 +3,11 @@
 
 use super::REDACTED;
 use crate::secret::Secret;
+use crate::session_row::Aggregate;
 use serde::{Deserialize, Serialize, Serializer};
 use service_kit::client_properties::ClientProperties;
 use service_kit::logging::LogConfig;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use trace_model::Limits;
 
@@ -126,6 +128,10 @@ pub struct SessionConfig {
     pub infer_user_sessions: bool,
     /// Inactivity that ends an inferred user session (with `infer_user_sessions`).
     pub user_gap_secs: u64,
+    /// Session row columns computed from trace metadata, e.g.
+    /// `{ column = "tool_calls", key = "tool_calls", op = "sum" }`; `op` is `sum`, `count`,
+    /// `last` or `max`. Used with `openlayer.sessions_pipeline_id`.
+    pub aggregates: Vec<Aggregate>,
 }
 
 /// `[batch]`: how rows are grouped into Openlayer requests.
@@ -177,6 +183,12 @@ pub struct OpenlayerConfig {
     pub verify_tls: Option<bool>,
     /// When a session closes, update its last row in Openlayer to mark it the final turn.
     pub mark_final_turn: bool,
+    /// Inference pipeline that gets one row per closed session (turns, duration, tokens, cost,
+    /// why it closed), for session-level tests in Openlayer. Unset or empty: no session rows.
+    pub sessions_pipeline_id: Option<String>,
+    /// Sessions pipeline per traces pipeline, when several traces pipelines need their own,
+    /// e.g. `{ "pipeline-a" = "sessions-a" }`; others use `sessions_pipeline_id`.
+    pub sessions_pipelines: BTreeMap<String, String>,
 }
 
 /// `[http]`: the operations endpoint.
@@ -401,6 +413,7 @@ impl Default for SessionConfig {
             idle_check_ms: default_idle_check_ms(),
             infer_user_sessions: default_infer_user_sessions(),
             user_gap_secs: default_user_gap_secs(),
+            aggregates: Vec::new(),
         }
     }
 }
@@ -430,6 +443,8 @@ impl Default for OpenlayerConfig {
             retry_deadline_secs: None,
             verify_tls: None,
             mark_final_turn: default_mark_final_turn(),
+            sessions_pipeline_id: None,
+            sessions_pipelines: BTreeMap::new(),
         }
     }
 }

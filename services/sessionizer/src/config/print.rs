@@ -61,6 +61,11 @@ impl ValidatedConfig {
                 idle_check_ms: millis(self.session.idle_check_interval),
                 infer_user_sessions: self.session.infer_user_sessions,
                 user_gap_secs: self.session.user_gap.as_secs(),
+                aggregates: self
+                    .session_rows
+                    .as_ref()
+                    .map(|rows| rows.aggregates.clone())
+                    .unwrap_or_default(),
             },
             batch: BatchConfig {
                 max_rows: self.batch.max_rows,
@@ -80,6 +85,15 @@ impl ValidatedConfig {
                 retry_deadline_secs: self.sink.retry_deadline.map(|deadline| deadline.as_secs()),
                 verify_tls: Some(self.sink.verify_tls),
                 mark_final_turn: self.openlayer.mark_final_turn,
+                sessions_pipeline_id: self
+                    .session_rows
+                    .as_ref()
+                    .and_then(|rows| rows.pipeline_id.clone()),
+                sessions_pipelines: self
+                    .session_rows
+                    .as_ref()
+                    .map(|rows| rows.by_traces_pipeline.clone())
+                    .unwrap_or_default(),
             },
             limits: self.limits,
             http: HttpConfig {

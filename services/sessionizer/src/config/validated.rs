@@ -8,6 +8,7 @@ use crate::batch::BatchSettings;
 use crate::core::CoreSettings;
 use crate::otel::OtelSettings;
 use crate::pipeline::PipelineSettings;
+use crate::session_row::SessionRowSettings;
 use crate::sessionize::WindowSettings;
 use crate::sink::SinkSettings;
 use crate::source::kafka::KafkaSettings;
@@ -33,6 +34,8 @@ pub struct ValidatedConfig {
     pub shutdown: ShutdownSettings,
     /// The Collector path; `None`: off.
     pub otel: Option<OtelSettings>,
+    /// Rows of closed sessions; `None`: off.
+    pub session_rows: Option<SessionRowSettings>,
     /// Settings that are valid but risky, to log at start (e.g. TLS verification off).
     pub warnings: Vec<String>,
 }
@@ -164,6 +167,7 @@ impl ValidatedConfig {
                 // Known once the traces topic is described (`pipeline::run`).
                 repartition_partitions: None,
                 align_max_wait: self.kafka.repartition_max_wait,
+                session_rows: self.session_rows.clone(),
             },
         }
     }

@@ -34,9 +34,9 @@ impl StreamOffsets {
 pub struct MergedLog {
     next_sequence: i64,
     last_sequence: Option<i64>,
-    /// Messages applied and not yet below a translated watermark: (sequence, stream, offset),
-    /// in sequence order.
-    unstored: VecDeque<(i64, Stream, i64)>,
+    /// Messages applied and not yet below a translated watermark: (sequence, stream and
+    /// offset), in sequence order; a tick has no stream offset.
+    unstored: VecDeque<(i64, Option<(Stream, i64)>)>,
     /// Offsets not below the last translated watermark: the unstored ones and those held.
     open: BTreeSet<(Stream, i64)>,
     /// Per stream, the offset after the newest message below the last translated watermark
@@ -79,8 +79,18 @@ impl MergedLog {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         self.last_sequence = Some(sequence);
-        self.unstored.push_back((sequence, stream, offset));
+        self.unstored.push_back((sequence, Some((stream, offset))));
         self.open.insert((stream, offset));
+        sequence
+    }
+
+    /// The sequence of something the partition does between messages (idle session closes):
+    /// effects tracked on it hold the watermark back like a message's, and it stores no offset.
+    pub fn push_tick(&mut self) -> i64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.last_sequence = Some(sequence);
+        self.unstored.push_back((sequence, None));
         sequence
     }
 
@@ -93,13 +103,16 @@ impl MergedLog {
     /// settled): per stream, the smallest offset held or applied at or above it, else the one
     /// after the newest below it. Watermarks only advance, so what is below is forgotten.
     pub fn offsets_at(&mut self, sequence: i64) -> StreamOffsets {
-        while let Some((_, stream, offset)) = self
+        while let Some((_, read)) = self
             .unstored
             .front()
             .copied()
-            .filter(|(message_sequence, ..)| *message_sequence < sequence)
+            .filter(|(message_sequence, _)| *message_sequence < sequence)
         {
             self.unstored.pop_front();
+            let Some((stream, offset)) = read else {
+                continue;
+            };
             self.open.remove(&(stream, offset));
             let below = self.below.get_mut(stream);
             *below = Some(below.map_or(offset + 1, |below| below.max(offset + 1)));
@@ -159,6 +172,37 @@ mod tests {
             }
         );
         assert_eq!(log.last_sequence(), Some(3));
+    }
+
+    #[test]
+    fn a_tick_holds_the_watermark_and_stores_no_offset() {
+        let mut log = MergedLog::starting_at(0);
+        assert_eq!(log.push(Stream::Traces, 4), 0);
+        assert_eq!(log.push_tick(), 1);
+        assert_eq!(log.last_sequence(), Some(1));
+        assert_eq!(log.push(Stream::Traces, 5), 2);
+        // The tick unsettled: the trace after it is not stored either.
+        assert_eq!(
+            log.offsets_at(1),
+            StreamOffsets {
+                traces: Some(5),
+                repartition: None
+            }
+        );
+        assert_eq!(
+            log.offsets_at(2),
+            StreamOffsets {
+                traces: Some(5),
+                repartition: None
+            }
+        );
+        assert_eq!(
+            log.offsets_at(3),
+            StreamOffsets {
+                traces: Some(6),
+                repartition: None
+            }
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@ use super::effect::{Effect, Forward, Now, Received};
 use super::inputs::{Apply, Pending, rejected};
 use super::merge::Stream;
 use super::{Core, FinalTurn};
-use crate::batch::{Origin, Position, RowToBatch};
+use crate::batch::{Origin, Position, RowKind, RowToBatch};
 use crate::enrich::{openlayer_row, row_id_columns};
+use crate::session_row::session_row;
 use crate::sessionize::store::StateAfter;
 use crate::sessionize::{ClosedSession, Placement, SessionKey};
 use crate::source::dlq::DeadLetter;
@@ -255,6 +256,14 @@ impl Core {
         {
             closed.push(ended.clone());
         }
+        // What the session row adds up, journaled with the session's state below. Only turns
+        // count: whether a trace past grace finds its session still open depends on ticks.
+        if let (Some(rows), Placement::Turn(turn)) = (&self.settings.session_rows, &placement)
+            && let Some(state) = windows.session_mut(&turn.key)
+        {
+            let totals = state.totals.get_or_insert_default();
+            totals.add(event, turn.late_within_grace, &rows.aggregates);
+        }
         if let Some(journal) = owned.journal.as_mut() {
             let mut touched: Vec<&SessionKey> = closed.iter().map(|session| &session.key).collect();
             if let Placement::Turn(turn) = &placement {
@@ -270,7 +279,7 @@ impl Core {
             journal.record_event_time(sequence, windows.event_time_ms());
         }
         for session in closed {
-            self.on_session_closed(partition, session, sequence, out);
+            self.on_session_closed(session, origin, now, out);
         }
         if let Placement::End { .. } = placement {
             self.offsets.track(partition, sequence, 0);
@@ -279,6 +288,53 @@ impl Core {
         }
         self.count_placement(&placement);
         self.batch_row(event, pipeline_id, origin, &placement, now, out);
+    }
+
+    /// Batches the closed session's row for its sessions pipeline, if it has one; the message
+    /// that closed it settles only once the row is acknowledged.
+    fn batch_session_row(
+        &mut self,
+        session: &ClosedSession,
+        closed_by: Origin,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(pipeline_id) = self
+            .settings
+            .session_rows
+            .as_ref()
+            .and_then(|rows| rows.pipeline_for(&session.key.pipeline_id))
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let (row, omitted) = session_row(session, session.reason.as_str());
+        for reason in omitted {
+            self.metrics
+                .session_columns_omitted
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+        self.offsets
+            .track(closed_by.partition, closed_by.sequence, 1);
+        let mut ready = Vec::new();
+        self.batcher.add(
+            RowToBatch {
+                pipeline_id: &pipeline_id,
+                row,
+                origin: Origin {
+                    kafka_timestamp_ms: None,
+                    ..closed_by
+                },
+                kind: RowKind::Session,
+                input_names: std::iter::empty::<&String>(),
+                has_user: true,
+                has_session: true,
+            },
+            now.instant,
+            &mut ready,
+        );
+        self.dispatch(ready, out);
     }
 
     fn count_placement(&self, placement: &Placement) {
@@ -339,6 +395,7 @@ impl Core {
                 pipeline_id,
                 row,
                 origin,
+                kind: RowKind::Trace,
                 input_names: event.inputs.keys(),
                 has_user,
                 has_session,
@@ -350,15 +407,20 @@ impl Core {
         self.apply_backpressure(now.instant, out);
     }
 
-    /// `close_sequence`: the message that closed it, or the last one read (idle closes); the
-    /// session's rows all sit at or below it.
+    /// `closed_by`: the message that closed it, or the idle close's own sequence; the session's
+    /// rows all sit below it, and its session row holds it back until acknowledged.
     pub(super) fn on_session_closed(
         &mut self,
-        partition: i32,
         session: ClosedSession,
-        close_sequence: i64,
+        closed_by: Origin,
+        now: Now,
         out: &mut Vec<Effect>,
     ) {
+        let Origin {
+            partition,
+            sequence: close_sequence,
+            ..
+        } = closed_by;
         let reason = session.reason.as_str();
         self.metrics
             .sessions_closed
@@ -369,6 +431,7 @@ impl Core {
         self.metrics.session_duration.observe(duration_seconds);
         self.metrics.session_turns.observe(state.turns as f64);
         tracing::debug!(partition, reason, turns = state.turns, "session closed");
+        self.batch_session_row(&session, closed_by, now, out);
         if self.settings.mark_final_turn && !state.last_inference_id.is_empty() {
             // Sent once the final row itself is acknowledged: updating a row Openlayer has not
             // stored yet would be lost.

@@ -35,8 +35,9 @@ pub use effect::{
 };
 pub use merge::{Stream, StreamOffsets};
 
-use crate::batch::{Batch, BatchSettings, Batcher};
+use crate::batch::{Batch, BatchSettings, Batcher, Origin, Position};
 use crate::metrics::Metrics;
+use crate::session_row::SessionRowSettings;
 use crate::sessionize::store::{PartitionJournal, RestoredPartition, StateAfter};
 use crate::sessionize::{PartitionWindows, WindowSettings};
 use align::Aligner;
@@ -73,6 +74,8 @@ pub struct CoreSettings {
     /// With repartitioning, how long a trace waits at most for the partition's other inputs
     /// to catch up with it (`align`).
     pub align_max_wait: Duration,
+    /// Where closed sessions' rows go; `None`: no session rows.
+    pub session_rows: Option<SessionRowSettings>,
 }
 
 /// How often a partition behind tells the others how far it has come.
@@ -476,16 +479,19 @@ impl Core {
         let mut closed_by_partition = Vec::new();
         for (partition, owned) in &mut self.owned {
             let mut closed = Vec::new();
+            owned.windows.resumed(now.wall_ms);
             owned.windows.expire(now.wall_ms, &mut closed);
             if closed.is_empty() {
                 continue;
             }
-            // Idle closes happen between messages: record them after the last one read.
-            let last_sequence = self.offsets.last_sequence(*partition);
-            if let (Some(journal), Some(last_sequence)) = (owned.journal.as_mut(), last_sequence) {
+            // Idle closes happen between messages: they get a sequence of their own, which
+            // their effects (session rows) hold back until acknowledged.
+            let close_sequence = self.offsets.tick(*partition);
+            if let (Some(journal), Some(close_sequence)) = (owned.journal.as_mut(), close_sequence)
+            {
                 for session in &closed {
                     journal.record_state(
-                        last_sequence,
+                        close_sequence,
                         &session.key,
                         StateAfter {
                             state: None,
@@ -494,12 +500,21 @@ impl Core {
                     );
                 }
             }
-            closed_by_partition.push((*partition, closed, last_sequence.unwrap_or(-1)));
+            closed_by_partition.push((*partition, closed, close_sequence.unwrap_or(-1)));
         }
         for (partition, closed, close_sequence) in closed_by_partition {
             self.metrics.sessions_open.sub(closed.len() as i64);
+            let closed_by = Origin {
+                partition,
+                sequence: close_sequence,
+                read_at: Position {
+                    partition,
+                    offset: -1,
+                },
+                kafka_timestamp_ms: None,
+            };
             for session in closed {
-                self.on_session_closed(partition, session, close_sequence, out);
+                self.on_session_closed(session, closed_by, now, out);
             }
         }
     }

@@ -113,6 +113,14 @@ impl Offsets {
         self.tracker.owns(partition)
     }
 
+    /// A sequence for what happens between messages (`MergedLog::push_tick`); `None` when the
+    /// partition is not owned.
+    pub fn tick(&mut self, partition: i32) -> Option<i64> {
+        let sequence = self.logs.get_mut(&partition)?.push_tick();
+        self.tracker.track(partition, sequence, 0);
+        Some(sequence)
+    }
+
     /// A message read (its sequence) that settles after `parts` settlements (0: at once).
     pub fn track(&mut self, partition: i32, sequence: i64, parts: u32) {
         self.tracker.track(partition, sequence, parts);

@@ -4,7 +4,7 @@
 use super::effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Now};
 use super::offsets::CheckpointOutcome;
 use super::{Core, FinalTurn};
-use crate::batch::{Batch, Origin};
+use crate::batch::{Batch, Origin, RowKind};
 use crate::sink::{Rejection, ShipReport};
 use crate::source::dlq::DeadLetter;
 use std::collections::HashMap;
@@ -31,6 +31,13 @@ impl Core {
             .iter()
             .map(|(index, rejection)| (*index, rejection))
             .collect();
+        if batch.kind == RowKind::Session {
+            let num_rejected = rejected.len() as u64;
+            let num_shipped = (batch.origins.len() as u64).saturating_sub(num_rejected);
+            let rows = &self.metrics.session_rows;
+            rows.with_label_values(&["shipped"]).inc_by(num_shipped);
+            rows.with_label_values(&["rejected"]).inc_by(num_rejected);
+        }
         let mut letters = Vec::new();
         for (index, origin) in batch.origins.iter().enumerate() {
             if let Some(rejection) = rejected.get(&index) {

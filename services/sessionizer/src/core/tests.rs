@@ -12,7 +12,7 @@
 //! - nothing is lost: in the end every message has its row or dead letter.
 
 use super::*;
-use crate::batch::Origin;
+use crate::batch::{Origin, RowKind};
 use crate::sessionize::SessionKey;
 use crate::sink::{Rejection, ShipReport};
 use proptest::prelude::*;
@@ -151,6 +151,10 @@ pub(super) fn settings(changelog: bool) -> CoreSettings {
         summaries: true,
         repartition_partitions: None,
         align_max_wait: Duration::from_secs(5),
+        session_rows: Some(crate::session_row::SessionRowSettings {
+            pipeline_id: Some("sessions".to_owned()),
+            ..Default::default()
+        }),
     }
 }
 
@@ -208,6 +212,8 @@ struct World {
     /// Rows Openlayer acknowledged, every delivery, by inference id.
     acknowledged: BTreeMap<String, Vec<Value>>,
     dead_lettered: BTreeSet<(i32, i64)>,
+    /// Session rows Openlayer refused (dead-lettered with the refusal), by inference id.
+    refused_session_rows: BTreeSet<String>,
 }
 
 impl World {
@@ -231,6 +237,7 @@ impl World {
             restores: Vec::new(),
             acknowledged: BTreeMap::new(),
             dead_lettered: BTreeSet::new(),
+            refused_session_rows: BTreeSet::new(),
         };
         world.assign(&PARTITIONS);
         world
@@ -374,14 +381,17 @@ impl World {
             ));
         }
         for (index, row) in batch.rows.iter().enumerate() {
-            if reject_one && index == 0 {
-                continue;
-            }
             let row: Value = serde_json::from_str(row.get()).expect("rows are JSON");
             let id = row["inferenceId"]
                 .as_str()
                 .expect("rows have ids")
                 .to_owned();
+            if reject_one && index == 0 {
+                if batch.kind == RowKind::Session {
+                    self.refused_session_rows.insert(id);
+                }
+                continue;
+            }
             self.acknowledged.entry(id).or_default().push(row);
         }
         let mut out = Vec::new();
@@ -586,6 +596,46 @@ fn check_no_loss(world: &World) {
     }
 }
 
+/// Every session whose trace rows were acknowledged and that is no longer open got its session
+/// row acknowledged: a close is never lost, whatever crashed in between.
+fn check_session_rows(world: &World) {
+    for row in world.acknowledged.values().flatten() {
+        let (Some(session_id), Some(segment), Some(started_at)) = (
+            row["session_id"].as_str(),
+            row["session_segment"].as_i64(),
+            row["session_started_at"].as_f64(),
+        ) else {
+            continue;
+        };
+        let key = SessionKey {
+            pipeline_id: "pipe".to_owned(),
+            session_id: session_id.to_owned(),
+        };
+        let open = world.core.owned.values().any(|owned| {
+            owned
+                .windows
+                .session(&key)
+                .is_some_and(|state| i64::from(state.segment) == segment)
+        });
+        let id = format!("pipe/{session_id}@{}", (started_at * 1000.0).round() as i64);
+        assert!(
+            open || world.acknowledged.contains_key(&id)
+                || world.refused_session_rows.contains(&id),
+            "session {id} closed and its row was lost"
+        );
+    }
+}
+
+/// A session row's close reason depends on whether a tick closed it before its next trace
+/// (gap or end event, idle or gap); everything else in the row does not.
+fn without_close_reason(row: &Value) -> Value {
+    let mut row = row.clone();
+    if let Some(columns) = row.as_object_mut() {
+        columns.remove("close_reason");
+    }
+    row
+}
+
 fn run_world(changelog: bool, logs: &[Vec<Vec<u8>>], ops: &[Op]) -> World {
     let mut world = World::new(changelog, logs.to_vec());
     for op in ops {
@@ -612,10 +662,11 @@ proptest! {
         let reference = reference_rows(&logs);
         let world = run_world(true, &logs, &ops);
         check_no_loss(&world);
+        check_session_rows(&world);
         for (id, rows) in &world.acknowledged {
-            let expected = reference.get(id);
+            let expected = reference.get(id).map(without_close_reason);
             for row in rows {
-                prop_assert_eq!(Some(row), expected, "row {} differs from the uninterrupted run", id);
+                prop_assert_eq!(Some(without_close_reason(row)), expected.clone(), "row {} differs from the uninterrupted run", id);
             }
         }
     }
@@ -650,14 +701,17 @@ fn a_session_end_closes_its_session_and_settles_at_once() {
     world.step(&Op::Deliver(0));
     assert_eq!(
         world.core.num_unsettled(),
-        1,
-        "the trace waits, the end does not"
+        2,
+        "the trace waits for its row, the end for the session row"
     );
     world.step(&Op::Tick(150));
-    world.step(&Op::Ack {
-        pick: 0,
-        reject_one: false,
-    });
+    assert_eq!(world.ships.len(), 2);
+    for _ in 0..2 {
+        world.step(&Op::Ack {
+            pick: 0,
+            reject_one: false,
+        });
+    }
     assert_eq!(world.stored.get(&0), Some(&2));
     let key = SessionKey {
         pipeline_id: "pipe".to_owned(),
@@ -702,4 +756,129 @@ fn with_a_changelog_offsets_wait_for_the_checkpoint() {
         delivered: true,
     });
     assert_eq!(world.stored.get(&0), Some(&1));
+}
+
+#[test]
+fn a_closing_message_settles_once_the_session_row_is_acknowledged() {
+    let logs = build_logs(&[
+        vec![
+            Spec::Trace {
+                session: 0,
+                advance_ms: 0,
+                tokens: 5,
+                named: true,
+            },
+            // A gap later: closes the first window, opens the next segment.
+            Spec::Trace {
+                session: 0,
+                advance_ms: GAP_MS + 1,
+                tokens: 7,
+                named: true,
+            },
+        ],
+        vec![],
+    ]);
+    let mut world = World::new(false, logs);
+    world.step(&Op::Deliver(0));
+    world.step(&Op::Tick(150));
+    world.step(&Op::Ack {
+        pick: 0,
+        reject_one: false,
+    });
+    assert_eq!(world.stored.get(&0), Some(&1));
+    world.step(&Op::Deliver(0));
+    world.step(&Op::Tick(150));
+    let kinds: Vec<RowKind> = world.ships.iter().map(|batch| batch.kind).collect();
+    assert_eq!(kinds.len(), 2, "the session row and the new trace's row");
+    let session_batch = kinds
+        .iter()
+        .position(|kind| *kind == RowKind::Session)
+        .expect("a session row");
+    assert_eq!(world.ships[session_batch].pipeline_id, "sessions");
+    let row: Value =
+        serde_json::from_str(world.ships[session_batch].rows[0].get()).expect("a JSON row");
+    assert!(
+        row["inferenceId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("pipe/s0-0@")),
+        "{row}"
+    );
+    assert_eq!(row["turns"], 1);
+    assert_eq!(row["tokens"], 5);
+    assert_eq!(row["close_reason"], "gap");
+    // The trace's own row first: its message still waits for the session row.
+    let trace_batch = 1 - session_batch;
+    world.step(&Op::Ack {
+        pick: trace_batch as u8,
+        reject_one: false,
+    });
+    assert_eq!(
+        world.stored.get(&0),
+        Some(&1),
+        "the session row is not acknowledged"
+    );
+    world.step(&Op::Ack {
+        pick: 0,
+        reject_one: false,
+    });
+    assert_eq!(world.stored.get(&0), Some(&2));
+}
+
+#[test]
+fn an_idle_close_holds_the_checkpoint_until_the_session_row_is_acknowledged() {
+    let logs = build_logs(&[
+        vec![Spec::Trace {
+            session: 0,
+            advance_ms: 0,
+            tokens: 5,
+            named: true,
+        }],
+        vec![],
+    ]);
+    let mut world = World::new(true, logs);
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::RestoreDone(0));
+    world.step(&Op::Deliver(0));
+    world.step(&Op::Tick(150));
+    world.step(&Op::Ack {
+        pick: 0,
+        reject_one: false,
+    });
+    world.step(&Op::Tick(100));
+    world.step(&Op::CheckpointDone {
+        pick: 0,
+        delivered: true,
+    });
+    assert_eq!(world.stored.get(&0), Some(&1));
+    let num_records = world.changelog_records.len();
+    // A gap of wall clock without traces: the session closes idle.
+    world.elapsed_ms += GAP_MS as u64;
+    world.step(&Op::Tick(1));
+    world.step(&Op::Tick(150));
+    assert_eq!(world.ships.len(), 1, "the session row");
+    assert_eq!(world.ships[0].kind, RowKind::Session);
+    world.step(&Op::Tick(300));
+    assert!(
+        world.checkpoints.is_empty(),
+        "no checkpoint records the close before its row is acknowledged"
+    );
+    world.step(&Op::Ack {
+        pick: 0,
+        reject_one: false,
+    });
+    world.step(&Op::Tick(300));
+    assert_eq!(world.checkpoints.len(), 1, "the close is checkpointed");
+    world.step(&Op::CheckpointDone {
+        pick: 0,
+        delivered: true,
+    });
+    let restored = world.read_changelog(0);
+    assert!(world.changelog_records.len() > num_records);
+    assert!(
+        restored
+            .sessions
+            .values()
+            .all(|record| record.state.is_none()),
+        "the session is closed in the changelog"
+    );
 }

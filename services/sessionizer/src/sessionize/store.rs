@@ -378,6 +378,7 @@ mod tests {
             latency_ms: 0.0,
             first_inference_id: "first".into(),
             last_inference_id: format!("t{turns}"),
+            totals: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //! Turns are numbered in arrival (offset) order within a window, which is what makes a replay
 //! of the same offsets produce the same numbers.
 
+use crate::session_row::SessionTotals;
 use std::collections::HashMap;
 use std::time::Duration;
 use trace_model::{TraceEvent, TraceKind};
@@ -103,6 +104,9 @@ pub struct SessionState {
     pub latency_ms: f64,
     pub first_inference_id: String,
     pub last_inference_id: String,
+    /// What a session row needs beyond the above; kept only with a sessions pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Box<SessionTotals>>,
 }
 
 /// Where a trace landed and the session context its row gets.
@@ -221,6 +225,11 @@ impl PartitionWindows {
     }
 
     /// Open sessions, for persistence.
+    /// The open session `key`, to add what the window does not keep itself.
+    pub fn session_mut(&mut self, key: &SessionKey) -> Option<&mut SessionState> {
+        self.sessions.get_mut(key)
+    }
+
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionKey, &SessionState)> {
         self.sessions.iter()
     }
@@ -388,6 +397,7 @@ impl PartitionWindows {
                     latency_ms: event.latency_ms.unwrap_or(0.0),
                     first_inference_id: inference_id.clone(),
                     last_inference_id: inference_id,
+                    totals: None,
                 };
                 let turn = Turn {
                     key: key.clone(),
@@ -482,6 +492,12 @@ impl PartitionWindows {
         self.next_segment.retain(|_, (_, ended_ms)| {
             watermark.saturating_sub(*ended_ms) < gap && quiet_for < gap
         });
+    }
+
+    /// The partition's state was restored at wall-clock `wall_ms`: its sessions close by the
+    /// wall clock after a gap without traces from then on, as if a trace had come.
+    pub fn resumed(&mut self, wall_ms: i64) {
+        self.last_message_wall_ms.get_or_insert(wall_ms);
     }
 
     /// Restores the partition's event time (state recovery).

@@ -7,6 +7,7 @@ mod kafka;
 mod openlayer;
 mod otel;
 mod schema_registry;
+mod session_rows;
 
 use super::MAX_STEP_DEPTH_CAP;
 use super::error::ConfigError;
@@ -21,6 +22,7 @@ use openlayer::validate_openlayer;
 use otel::validate_otel;
 use service_kit::logging::LogConfig;
 use service_kit::problems::Problems;
+use session_rows::validate_session_rows;
 use std::net::SocketAddr;
 use std::time::Duration;
 use trace_model::Limits;
@@ -43,6 +45,12 @@ impl SessionizerConfig {
         let session = validate_session(&self.session, &mut problems);
         let batch = validate_batch(&self.batch, &mut problems);
         validate_limits(&self.limits, &mut problems);
+        let session_rows = validate_session_rows(
+            &self.openlayer,
+            self.session.aggregates.clone(),
+            &self.limits,
+            &mut problems,
+        );
         let (sink, openlayer) =
             validate_openlayer(self.openlayer, &self.limits, &mut problems, &mut warnings);
         let otel = validate_otel(self.otel, &kafka, &self.limits, &mut problems);
@@ -102,6 +110,7 @@ impl SessionizerConfig {
                     log,
                     shutdown,
                     otel,
+                    session_rows,
                     warnings,
                 })
             }
