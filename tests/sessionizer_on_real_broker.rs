@@ -374,12 +374,52 @@ async fn routes_pipelines_apart_and_closes_sessions_by_end_event_and_idleness() 
 
     // The quiet session closes a gap (3 s) after its trace on the wall clock.
     let read_back = Some((topics.sessions.as_str(), 2));
+    let mut config = service_config(&topics, &server);
+    config.openlayer.sessions_pipeline_id = Some("sessions-main".to_owned());
+    config
+        .openlayer
+        .sessions_pipelines
+        .insert("pipeline-other".to_owned(), "sessions-other".to_owned());
+    // Two trace rows and the two sessions' rows.
     let Outcome {
         records: summaries, ..
-    } = run_until_rows(service_config(&topics, &server), &server, 2, read_back).await;
+    } = run_until_rows(config, &server, 4, read_back).await;
 
     assert_eq!(server.rows_for("pipeline-other").len(), 1);
     assert_eq!(server.rows_for(PIPELINE).len(), 1);
+    for (pipeline, session, reason) in [
+        ("sessions-main", "quiet", "idle"),
+        ("sessions-other", "ended", "end_event"),
+    ] {
+        let rows = server.rows_for(pipeline);
+        assert_eq!(
+            rows.len(),
+            1,
+            "one row per closed session in {pipeline}: {rows:?}"
+        );
+        let row = &rows[0];
+        assert_eq!(row["session_id"], session);
+        assert_eq!(row["close_reason"], reason);
+        assert_eq!(row["turns"], 1);
+        assert_eq!(row["last_inference_id"], format!("{session}-turn-1"));
+        let config = server
+            .requests()
+            .into_iter()
+            .find(|request| request.pipeline_id == pipeline)
+            .and_then(|request| request.config)
+            .expect("the session row's request has a config");
+        for role in [
+            "outputColumnName",
+            "inferenceIdColumnName",
+            "latencyColumnName",
+        ] {
+            let column = config[role].as_str().expect("a column name");
+            assert!(
+                row.get(column).is_some(),
+                "{role} names {column}, not in {row}"
+            );
+        }
+    }
     let mut updates: Vec<(String, Option<String>)> = server
         .row_updates()
         .into_iter()

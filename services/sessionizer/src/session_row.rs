@@ -20,6 +20,7 @@ const MAX_MODELS: usize = 16;
 /// Columns of every session row; configured aggregates may not take these names.
 pub const SESSION_ROW_COLUMNS: &[&str] = &[
     "inferenceId",
+    "output",
     "inferenceTimestamp",
     "latency",
     "tokens",
@@ -241,6 +242,16 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
     let duration_ms = (state.last_event_ms - state.started_at_ms).max(0);
     let mut row = Map::new();
     row.insert("inferenceId".into(), session_inference_id(session).into());
+    // The API requires an output column: a one-line account of the session.
+    row.insert(
+        "output".into(),
+        format!(
+            "{} turns in {} s, closed by {reason}",
+            state.turns,
+            duration_ms / 1000
+        )
+        .into(),
+    );
     row.insert(
         "inferenceTimestamp".into(),
         seconds(state.last_event_ms).into(),
@@ -300,6 +311,7 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
 /// The data-stream `config` of session rows: the columns Openlayer reads by role.
 pub fn session_config() -> Value {
     serde_json::json!({
+        "outputColumnName": "output",
         "inferenceIdColumnName": "inferenceId",
         "timestampColumnName": "inferenceTimestamp",
         "latencyColumnName": "latency",

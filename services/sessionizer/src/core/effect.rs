@@ -15,6 +15,15 @@ use crate::source::dlq::DeadLetter;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use trace_model::{SessionSummary, TraceEvent};
 
+/// A closed session's last row, to be marked as its final turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalTurnUpdate {
+    pub pipeline_id: String,
+    pub inference_id: String,
+    /// The message that closed the session (or the idle close's own sequence).
+    pub origin: Origin,
+}
+
 /// One thing for the IO loop to do.
 #[derive(Debug)]
 pub enum Effect {
@@ -28,13 +37,15 @@ pub enum Effect {
     /// Tell every other partition of the repartition topic how far this partition's
     /// forwards have come (fire-and-forget, sent after the forwards queued before it).
     Marker(Marker),
-    /// Produce a closed session's summary to the sessions topic (best effort).
-    ProduceSummary(SessionSummary),
-    /// Mark a closed session's last row as its final turn (best effort).
-    MarkFinalTurn {
-        pipeline_id: String,
-        inference_id: String,
+    /// Produce a closed session's summary to the sessions topic; the message that closed the
+    /// session (`origin`) settles once Kafka has it.
+    ProduceSummary {
+        summary: SessionSummary,
+        origin: Origin,
     },
+    /// Mark a closed session's last row as its final turn; `origin` settles once Openlayer
+    /// accepted it.
+    MarkFinalTurn(FinalTurnUpdate),
     /// Send a row update read from the traces topic to Openlayer.
     ForwardUpdate(Box<ForwardedUpdate>),
     /// Store `offset` (the next to read) of `partition` of `stream`'s topic; librdkafka

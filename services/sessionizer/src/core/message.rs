@@ -1,10 +1,11 @@
 //! A consumed message through the core: decode, sessionize, journal, enrich, batch; or a
 //! dead letter when it cannot become a row.
 
+use super::Core;
+use super::effect::FinalTurnUpdate;
 use super::effect::{Effect, Forward, Now, Received};
 use super::inputs::{Apply, Pending, rejected};
 use super::merge::Stream;
-use super::{Core, FinalTurn};
 use crate::batch::{Origin, Position, RowKind, RowToBatch};
 use crate::enrich::{openlayer_row, row_id_columns};
 use crate::session_row::session_row;
@@ -433,19 +434,20 @@ impl Core {
         tracing::debug!(partition, reason, turns = state.turns, "session closed");
         self.batch_session_row(&session, closed_by, now, out);
         if self.settings.mark_final_turn && !state.last_inference_id.is_empty() {
-            // Sent once the final row itself is acknowledged: updating a row Openlayer has not
-            // stored yet would be lost.
-            self.final_turns.push(FinalTurn {
-                partition,
-                close_sequence,
+            // Sent once the final row itself is acknowledged (every message below the close
+            // is settled): updating a row Openlayer has not stored yet would be lost.
+            self.offsets.track(partition, close_sequence, 1);
+            self.final_turns.push(FinalTurnUpdate {
                 pipeline_id: session.key.pipeline_id.clone(),
                 inference_id: state.last_inference_id.clone(),
+                origin: closed_by,
             });
         }
         if !self.settings.summaries {
             return;
         }
-        out.push(Effect::ProduceSummary(SessionSummary {
+        self.offsets.track(partition, close_sequence, 1);
+        let summary = SessionSummary {
             schema_version: trace_model::record::SESSION_SUMMARY_SCHEMA_VERSION,
             session_key: session.key.joined(),
             pipeline_id: session.key.pipeline_id.clone(),
@@ -461,6 +463,10 @@ impl Core {
             close_reason: reason.to_owned(),
             first_inference_id: state.first_inference_id.clone(),
             last_inference_id: state.last_inference_id.clone(),
-        }));
+        };
+        out.push(Effect::ProduceSummary {
+            summary,
+            origin: closed_by,
+        });
     }
 }

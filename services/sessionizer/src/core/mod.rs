@@ -31,7 +31,8 @@ mod settle;
 mod tests;
 
 pub use effect::{
-    CheckpointId, Effect, Forward, ForwardedUpdate, HighWatermark, Marker, Now, Received,
+    CheckpointId, Effect, FinalTurnUpdate, Forward, ForwardedUpdate, HighWatermark, Marker, Now,
+    Received,
 };
 pub use merge::{Stream, StreamOffsets};
 
@@ -88,15 +89,6 @@ const CAUGHT_UP_MARGIN_MS: i64 = 1_000;
 /// After its fetching (re)starts, a partition's reported high watermark may still be one
 /// fetched before; it is trusted once fetching has gone on this long (three idle fetches).
 const FETCH_SETTLE_MS: i64 = 1_500;
-
-/// A closed session's last row, to be marked as its final turn once acknowledged.
-#[derive(Debug)]
-struct FinalTurn {
-    partition: i32,
-    close_sequence: i64,
-    pipeline_id: String,
-    inference_id: String,
-}
 
 /// The state of a partition whose session state is installed.
 #[derive(Debug)]
@@ -196,7 +188,8 @@ pub struct Core {
     waiting: VecDeque<Batch>,
     num_shipping: usize,
     /// Final-turn updates waiting for their session's rows to be acknowledged.
-    final_turns: Vec<FinalTurn>,
+    /// Final-turn updates waiting for their session's rows to be acknowledged.
+    final_turns: Vec<FinalTurnUpdate>,
     /// Row updates from the traces topic waiting for the messages below them to settle.
     forwarded_updates: Vec<ForwardedUpdate>,
     paused: bool,

@@ -320,9 +320,13 @@ impl World {
                     self.restores
                         .retain(|partition| !partitions.contains(partition));
                 }
-                Effect::ProduceSummary(_)
-                | Effect::MarkFinalTurn { .. }
-                | Effect::ForwardUpdate(_) => {}
+                Effect::ProduceSummary { origin, .. } => {
+                    // Delivered at once: core::tests covers summaries in flight at a crash.
+                    let mut more = Vec::new();
+                    self.core.summary_produced(origin, true, &mut more);
+                    self.perform(more);
+                }
+                Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}
             }
         }
     }

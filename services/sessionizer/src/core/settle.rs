@@ -1,9 +1,10 @@
 //! Outcomes coming back to the core: batches acknowledged, dead letters delivered, row updates
 //! accepted, checkpoints written; and the sends that wait for them.
 
+use super::Core;
+use super::effect::FinalTurnUpdate;
 use super::effect::{CheckpointId, Effect, Forward, ForwardedUpdate, Now};
 use super::offsets::CheckpointOutcome;
-use super::{Core, FinalTurn};
 use crate::batch::{Batch, Origin, RowKind};
 use crate::sink::{Rejection, ShipReport};
 use crate::source::dlq::DeadLetter;
@@ -206,28 +207,69 @@ impl Core {
         self.offsets.store_advanced(out);
     }
 
-    /// Sends final-turn updates whose session rows are all settled; forgets those of
-    /// partitions this instance no longer owns.
+    /// Sends final-turn updates whose session rows are all settled (every message below the
+    /// close); forgets those of partitions this instance no longer owns (the new owner closes
+    /// the session again: its close is not committed before the update is accepted).
     pub fn send_final_turn_updates(&mut self, out: &mut Vec<Effect>) {
         if self.final_turns.is_empty() {
             return;
         }
-        let (ready, waiting): (Vec<FinalTurn>, Vec<FinalTurn>) =
+        let (ready, waiting): (Vec<FinalTurnUpdate>, Vec<FinalTurnUpdate>) =
             std::mem::take(&mut self.final_turns)
                 .into_iter()
-                .filter(|final_turn| self.offsets.owns(final_turn.partition))
-                .partition(|final_turn| {
+                .filter(|update| self.offsets.owns(update.origin.partition))
+                .partition(|update| {
                     self.offsets
-                        .watermark(final_turn.partition)
-                        .is_some_and(|watermark| watermark > final_turn.close_sequence)
+                        .watermark(update.origin.partition)
+                        .is_some_and(|watermark| watermark >= update.origin.sequence)
                 });
         self.final_turns = waiting;
-        for final_turn in ready {
-            out.push(Effect::MarkFinalTurn {
-                pipeline_id: final_turn.pipeline_id,
-                inference_id: final_turn.inference_id,
-            });
+        for update in ready {
+            out.push(Effect::MarkFinalTurn(update));
         }
+    }
+
+    /// A final-turn update's outcome: accepted settles its part of the close; refused
+    /// dead-letters it (with the row it was for).
+    pub fn final_turn_marked(
+        &mut self,
+        update: FinalTurnUpdate,
+        accepted: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let origin = update.origin;
+        if !self.offsets.owns(origin.partition) {
+            return;
+        }
+        if accepted {
+            self.offsets.settle(origin.partition, origin.sequence);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        let payload = serde_json::json!({
+            "inferenceId": update.inference_id,
+            "row": { crate::enrich::FINAL_TURN_COLUMN: true },
+        });
+        let letter = DeadLetter {
+            reason: "openlayer_row_update_failed",
+            stage: "sink",
+            message: "openlayer did not accept the final-turn row update".to_owned(),
+            origin,
+            key: None,
+            payload: payload.to_string().into_bytes(),
+            http_status: None,
+            pipeline_id: Some(update.pipeline_id),
+        };
+        self.dead_letter(letter, out);
+    }
+
+    /// A session summary's outcome: delivered settles its part of the close; otherwise the
+    /// close stays uncommitted (the session closes again after a restart).
+    pub fn summary_produced(&mut self, origin: Origin, delivered: bool, out: &mut Vec<Effect>) {
+        if delivered {
+            self.metrics.summaries_produced.inc();
+        }
+        self.produced(origin, delivered, "session summary", out);
     }
 
     /// Sends the row updates whose messages below are all settled; forgets those of

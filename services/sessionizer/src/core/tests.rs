@@ -58,6 +58,7 @@ enum Op {
     DeadLetterDone { pick: u8, delivered: bool },
     CheckpointDone { pick: u8, delivered: bool },
     RestoreDone(u8),
+    SummaryDone { pick: u8, delivered: bool },
     Tick(u16),
     AutoCommit,
     Rebalance(u8),
@@ -72,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, delivered)| Op::DeadLetterDone { pick, delivered }),
         4 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, delivered)| Op::CheckpointDone { pick, delivered }),
         3 => any::<u8>().prop_map(Op::RestoreDone),
+        3 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, delivered)| Op::SummaryDone { pick, delivered }),
         6 => (1..400u16).prop_map(Op::Tick),
         2 => Just(Op::AutoCommit),
         1 => any::<u8>().prop_map(Op::Rebalance),
@@ -214,6 +216,10 @@ struct World {
     dead_lettered: BTreeSet<(i32, i64)>,
     /// Session rows Openlayer refused (dead-lettered with the refusal), by inference id.
     refused_session_rows: BTreeSet<String>,
+    /// Session summaries in flight: the close they settle, and the session as `key@start`.
+    summaries: Vec<(Origin, String)>,
+    /// Session summaries Kafka has, as `key@start`.
+    summarized: BTreeSet<String>,
 }
 
 impl World {
@@ -238,6 +244,8 @@ impl World {
             acknowledged: BTreeMap::new(),
             dead_lettered: BTreeSet::new(),
             refused_session_rows: BTreeSet::new(),
+            summaries: Vec::new(),
+            summarized: BTreeSet::new(),
         };
         world.assign(&PARTITIONS);
         world
@@ -299,9 +307,11 @@ impl World {
                     self.restores
                         .retain(|partition| !partitions.contains(partition));
                 }
-                Effect::ProduceSummary(_)
-                | Effect::MarkFinalTurn { .. }
-                | Effect::ForwardUpdate(_) => {}
+                Effect::ProduceSummary { summary, origin } => {
+                    let session = format!("{}@{}", summary.session_key, summary.started_at_ms);
+                    self.summaries.push((origin, session));
+                }
+                Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}
             }
         }
     }
@@ -441,6 +451,17 @@ impl World {
                         .checkpoint_written(checkpoint, delivered, &mut out);
                 }
             }
+            Op::SummaryDone {
+                pick: index,
+                delivered,
+            } => {
+                if let Some((origin, session)) = pick(&mut self.summaries, index) {
+                    if delivered {
+                        self.summarized.insert(session);
+                    }
+                    self.core.summary_produced(origin, delivered, &mut out);
+                }
+            }
             Op::RestoreDone(index) => {
                 if let Some(partition) = pick(&mut self.restores, index) {
                     let restored = self.read_changelog(partition);
@@ -496,6 +517,7 @@ impl World {
         }
         self.ships.clear();
         self.dead_letters.clear();
+        self.summaries.clear();
         self.checkpoints.clear();
         self.restores.clear();
         self.stored.clear();
@@ -509,6 +531,7 @@ impl World {
             let busy = !self.restores.is_empty()
                 || !self.ships.is_empty()
                 || !self.dead_letters.is_empty()
+                || !self.summaries.is_empty()
                 || !self.checkpoints.is_empty()
                 || self.positions.iter().any(|(partition, position)| {
                     // Lost requests can keep the partitions paused by backpressure for the
@@ -529,6 +552,10 @@ impl World {
                     reject_one: false,
                 },
                 Op::DeadLetterDone {
+                    pick: 0,
+                    delivered: true,
+                },
+                Op::SummaryDone {
                     pick: 0,
                     delivered: true,
                 },
@@ -597,7 +624,8 @@ fn check_no_loss(world: &World) {
 }
 
 /// Every session whose trace rows were acknowledged and that is no longer open got its session
-/// row acknowledged: a close is never lost, whatever crashed in between.
+/// row acknowledged and its summary delivered: a close is never lost, whatever crashed in
+/// between.
 fn check_session_rows(world: &World) {
     for row in world.acknowledged.values().flatten() {
         let (Some(session_id), Some(segment), Some(started_at)) = (
@@ -617,7 +645,12 @@ fn check_session_rows(world: &World) {
                 .session(&key)
                 .is_some_and(|state| i64::from(state.segment) == segment)
         });
-        let id = format!("pipe/{session_id}@{}", (started_at * 1000.0).round() as i64);
+        let started_at_ms = (started_at * 1000.0).round() as i64;
+        let id = format!("pipe/{session_id}@{started_at_ms}");
+        assert!(
+            open || world.summarized.contains(&id),
+            "session {id} closed and its summary was lost"
+        );
         assert!(
             open || world.acknowledged.contains_key(&id)
                 || world.refused_session_rows.contains(&id),
@@ -702,7 +735,7 @@ fn a_session_end_closes_its_session_and_settles_at_once() {
     assert_eq!(
         world.core.num_unsettled(),
         2,
-        "the trace waits for its row, the end for the session row"
+        "the trace waits for its row, the end for the session row and summary"
     );
     world.step(&Op::Tick(150));
     assert_eq!(world.ships.len(), 2);
@@ -712,6 +745,15 @@ fn a_session_end_closes_its_session_and_settles_at_once() {
             reject_one: false,
         });
     }
+    assert_eq!(
+        world.stored.get(&0),
+        Some(&1),
+        "the summary is not delivered"
+    );
+    world.step(&Op::SummaryDone {
+        pick: 0,
+        delivered: true,
+    });
     assert_eq!(world.stored.get(&0), Some(&2));
     let key = SessionKey {
         pipeline_id: "pipe".to_owned(),
@@ -759,7 +801,7 @@ fn with_a_changelog_offsets_wait_for_the_checkpoint() {
 }
 
 #[test]
-fn a_closing_message_settles_once_the_session_row_is_acknowledged() {
+fn a_closing_message_settles_once_its_session_row_and_summary_are_acknowledged() {
     let logs = build_logs(&[
         vec![
             Spec::Trace {
@@ -821,11 +863,25 @@ fn a_closing_message_settles_once_the_session_row_is_acknowledged() {
         pick: 0,
         reject_one: false,
     });
-    assert_eq!(world.stored.get(&0), Some(&2));
+    assert_eq!(
+        world.stored.get(&0),
+        Some(&1),
+        "the summary is not delivered"
+    );
+    world.step(&Op::SummaryDone {
+        pick: 0,
+        delivered: false,
+    });
+    assert_eq!(
+        world.stored.get(&0),
+        Some(&1),
+        "an undelivered summary keeps the close uncommitted"
+    );
+    assert!(world.summaries.is_empty());
 }
 
 #[test]
-fn an_idle_close_holds_the_checkpoint_until_the_session_row_is_acknowledged() {
+fn an_idle_close_holds_the_checkpoint_until_its_session_row_and_summary_are_acknowledged() {
     let logs = build_logs(&[
         vec![Spec::Trace {
             session: 0,
@@ -865,6 +921,15 @@ fn an_idle_close_holds_the_checkpoint_until_the_session_row_is_acknowledged() {
     world.step(&Op::Ack {
         pick: 0,
         reject_one: false,
+    });
+    world.step(&Op::Tick(300));
+    assert!(
+        world.checkpoints.is_empty(),
+        "nor before its summary is delivered"
+    );
+    world.step(&Op::SummaryDone {
+        pick: 0,
+        delivered: true,
     });
     world.step(&Op::Tick(300));
     assert_eq!(world.checkpoints.len(), 1, "the close is checkpointed");

@@ -28,6 +28,8 @@ impl Pipeline {
                 forwarder.abort_all();
             }
             self.forwarded_in_flight.abort_all();
+            self.summaries.abort_all();
+            self.row_updates.abort_all();
         }
         self.core.store_settled(&mut self.effects);
         self.perform();
@@ -43,26 +45,20 @@ impl Pipeline {
         if checkpointed.is_err() {
             tracing::warn!("drain deadline passed before the last checkpoint was written");
         }
-        self.core.send_final_turn_updates(&mut self.effects);
-        self.perform();
-        let updated = tokio::time::timeout_at(deadline, async {
-            while self.row_updates.join_next().await.is_some() {}
-        })
-        .await;
-        if updated.is_err() {
-            tracing::warn!("drain deadline passed before every final-turn update was sent");
-        }
         self.commit_and_flush(deadline);
     }
 
-    /// Waits for requests, dead letters, forwards and forwarded updates until none is in
-    /// flight.
+    /// Waits for requests, dead letters, forwards, row updates and session summaries until
+    /// none is in flight.
     async fn settle_in_flight(&mut self) {
         loop {
             self.core.send_forwarded_updates(&mut self.effects);
+            self.core.send_final_turn_updates(&mut self.effects);
             self.perform();
             if self.shipping.is_empty()
                 && self.dead_letters.is_empty()
+                && self.summaries.is_empty()
+                && self.row_updates.is_empty()
                 && !self
                     .forwarder
                     .as_ref()
@@ -78,6 +74,8 @@ impl Pipeline {
                 Some(delivered) = self.dead_letters.join_next(), if !self.dead_letters.is_empty() => self.on_dead_letter(delivered),
                 Some(outcome) = next_forward(self.forwarder.as_mut()), if self.forwarder.as_ref().is_some_and(Forwarder::has_in_flight) => self.on_forward_outcome(outcome),
                 Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => self.on_forwarded_update(forwarded),
+                Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => self.on_summary(produced),
+                Some(updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => self.on_final_turn_marked(updated),
                 else => return,
             }
         }
@@ -102,9 +100,6 @@ impl Pipeline {
                     .inc();
                 tracing::debug!(%error, "final commit");
             }
-        }
-        while let Some(produced) = self.summaries.try_join_next() {
-            self.on_summary(produced);
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(error) = self.producer.flush(remaining.max(Duration::from_secs(1))) {

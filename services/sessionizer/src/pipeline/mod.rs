@@ -18,7 +18,9 @@ mod settings;
 pub use settings::PipelineSettings;
 
 use crate::batch::{Batch, Origin};
-use crate::core::{CheckpointId, Core, Effect, ForwardedUpdate, Now, Received, Stream};
+use crate::core::{
+    CheckpointId, Core, Effect, FinalTurnUpdate, ForwardedUpdate, Now, Received, Stream,
+};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::sink::ShipReport;
@@ -114,9 +116,10 @@ struct Pipeline {
     shipping_started: HashMap<tokio::task::Id, Instant>,
     /// Dead-letter deliveries, with whether Kafka has them.
     dead_letters: JoinSet<(Origin, bool)>,
-    summaries: JoinSet<bool>,
-    /// Final-turn row updates in flight (best-effort, like summaries).
-    row_updates: JoinSet<bool>,
+    /// Session summaries in flight, by the close they settle.
+    summaries: JoinSet<(Origin, bool)>,
+    /// Final-turn row updates in flight, and whether Openlayer accepted them.
+    row_updates: JoinSet<(FinalTurnUpdate, bool)>,
     /// Row updates sent, with whether Openlayer accepted them.
     forwarded_in_flight: JoinSet<(ForwardedUpdate, bool)>,
     /// Checkpoint writes awaiting Kafka, with whether all their records were delivered.
@@ -232,7 +235,9 @@ impl Pipeline {
                 Some(produced) = self.summaries.join_next(), if !self.summaries.is_empty() => {
                     self.on_summary(produced);
                 }
-                Some(_updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => {}
+                Some(updated) = self.row_updates.join_next(), if !self.row_updates.is_empty() => {
+                    self.on_final_turn_marked(updated);
+                }
                 Some(forwarded) = self.forwarded_in_flight.join_next(), if !self.forwarded_in_flight.is_empty() => {
                     self.on_forwarded_update(forwarded);
                 }
@@ -453,17 +458,23 @@ impl Pipeline {
         self.perform();
     }
 
-    fn on_summary(&mut self, produced: Result<bool, JoinError>) {
-        match produced {
-            Ok(true) => self.metrics.summaries_produced.inc(),
-            Ok(false) | Err(_) => {
-                self.metrics
-                    .errors
-                    .with_label_values(&["kafka", "sending"])
-                    .inc();
-                tracing::warn!("session summary not delivered");
-            }
-        }
+    /// A lost task leaves its close unsettled, as an undelivered summary does.
+    fn on_summary(&mut self, produced: Result<(Origin, bool), JoinError>) {
+        let Ok((origin, delivered)) = produced else {
+            return;
+        };
+        self.core
+            .summary_produced(origin, delivered, &mut self.effects);
+        self.perform();
+    }
+
+    fn on_final_turn_marked(&mut self, updated: Result<(FinalTurnUpdate, bool), JoinError>) {
+        let Ok((update, accepted)) = updated else {
+            return;
+        };
+        self.core
+            .final_turn_marked(update, accepted, &mut self.effects);
+        self.perform();
     }
 
     /// A changelog read finished: install the state and go on with the partitions, wait for

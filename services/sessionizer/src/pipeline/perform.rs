@@ -2,7 +2,7 @@
 //! (or a task awaiting one), and nothing else.
 
 use super::Pipeline;
-use crate::batch::Batch;
+use crate::batch::{Batch, Origin};
 use crate::core::{CheckpointId, Effect, Forward, ForwardedUpdate, Stream};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::{DeadLetter, send_dead_letter};
@@ -21,15 +21,17 @@ impl Pipeline {
             match effect {
                 Effect::Ship(batch) => self.ship(batch),
                 Effect::DeadLetter(letter) => self.send_dead_letter(letter),
-                Effect::ProduceSummary(summary) => self.produce_summary(&summary),
-                Effect::MarkFinalTurn {
-                    pipeline_id,
-                    inference_id,
-                } => {
+                Effect::ProduceSummary { summary, origin } => {
+                    self.produce_summary(&summary, origin);
+                }
+                Effect::MarkFinalTurn(update) => {
                     let sink = self.sink.clone();
                     self.row_updates.spawn(async move {
                         let columns = serde_json::json!({ crate::enrich::FINAL_TURN_COLUMN: true });
-                        sink.update_row(&pipeline_id, &inference_id, &columns).await
+                        let accepted = sink
+                            .update_row(&update.pipeline_id, &update.inference_id, &columns)
+                            .await;
+                        (update, accepted)
                     });
                 }
                 Effect::ForwardUpdate(update) => self.forward_update(*update),
@@ -104,7 +106,9 @@ impl Pipeline {
         }
     }
 
-    fn produce_summary(&mut self, summary: &SessionSummary) {
+    /// Left unsettled when it cannot be queued: the close is never committed, and a restart
+    /// closes the session again.
+    fn produce_summary(&mut self, summary: &SessionSummary, origin: Origin) {
         let Some(topic) = self.settings.kafka.sessions_topic.as_deref() else {
             return;
         };
@@ -125,7 +129,7 @@ impl Pipeline {
         match self.producer.send_result(record) {
             Ok(delivery) => {
                 self.summaries
-                    .spawn(async move { matches!(delivery.await, Ok(Ok(_))) });
+                    .spawn(async move { (origin, matches!(delivery.await, Ok(Ok(_)))) });
             }
             Err((error, _)) => {
                 self.metrics
