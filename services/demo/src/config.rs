@@ -87,6 +87,7 @@ pub fn service_config(
     config.openlayer.request_timeout_secs = 30;
     config.openlayer.retry_deadline_secs = Some(30);
     config.openlayer.mark_final_turn = true;
+    config.openlayer.sessions_pipeline_id = destination.sessions_pipeline_id().map(str::to_owned);
     config.shutdown.drain_timeout_secs = 5;
     config.http.listen = metrics_listen.to_string();
     config.http.liveness_window_secs = 60;

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 const DEMO_KEY: &str = "demo-key";
 /// The pipeline id the local endpoint is sent.
 const DEMO_PIPELINE: &str = "demo-pipeline";
+/// The sessions pipeline id the local endpoint is sent one row per closed session.
+const DEMO_SESSIONS_PIPELINE: &str = "demo-sessions";
+/// Names the sessions pipeline when shipping to the real Openlayer (as for the service).
+const SESSIONS_PIPELINE_VAR: &str = "SESSIONIZER__OPENLAYER__SESSIONS_PIPELINE_ID";
 const OPENLAYER_BASE_URL: &str = "https://api.openlayer.com/v1";
 
 /// Where rows go, with what the service needs to send them there.
@@ -18,6 +22,8 @@ pub struct Destination {
     base_url: String,
     api_key: String,
     pipeline_id: String,
+    /// `None`: no session rows (a real account without a sessions pipeline named).
+    sessions_pipeline_id: Option<String>,
     /// `None` when shipping to the real Openlayer.
     local: Option<LocalEndpoint>,
 }
@@ -45,10 +51,12 @@ impl Destination {
         if let Some((api_key, pipeline_id)) = account {
             let base_url = non_empty_var("OPENLAYER_BASE_URL")
                 .unwrap_or_else(|| OPENLAYER_BASE_URL.to_owned());
+            let sessions_pipeline_id = non_empty_var(SESSIONS_PIPELINE_VAR);
             return Ok(Destination {
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 api_key,
                 pipeline_id,
+                sessions_pipeline_id,
                 local: None,
             });
         }
@@ -68,6 +76,7 @@ impl Destination {
             base_url: local.server.base_url(),
             api_key: DEMO_KEY.to_owned(),
             pipeline_id: DEMO_PIPELINE.to_owned(),
+            sessions_pipeline_id: Some(DEMO_SESSIONS_PIPELINE.to_owned()),
             local: Some(local),
         })
     }
@@ -84,6 +93,10 @@ impl Destination {
         &self.pipeline_id
     }
 
+    pub fn sessions_pipeline_id(&self) -> Option<&str> {
+        self.sessions_pipeline_id.as_deref()
+    }
+
     /// Says where rows are going, before the traffic starts.
     pub fn announce(&self) {
         match &self.local {
@@ -92,8 +105,12 @@ impl Destination {
                 local.requests_file.display()
             ),
             None => println!(
-                "shipping to Openlayer at {}, pipeline {}",
-                self.base_url, self.pipeline_id
+                "shipping to Openlayer at {}, pipeline {}, sessions pipeline {}",
+                self.base_url,
+                self.pipeline_id,
+                self.sessions_pipeline_id
+                    .clone()
+                    .unwrap_or_else(|| format!("none (set {SESSIONS_PIPELINE_VAR})"))
             ),
         }
     }

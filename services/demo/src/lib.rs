@@ -82,7 +82,11 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     let mut produced = traffic::produce(&bootstrap, settings.workload()).await?;
     produced.num_otel = gateway.export(settings.timeout).await?;
     let samples = metrics
-        .wait_until_done(&produced, Instant::now() + settings.timeout)
+        .wait_until_done(
+            &produced,
+            destination.sessions_pipeline_id().is_some(),
+            Instant::now() + settings.timeout,
+        )
         .await;
     if !settings.keep_serving.is_zero() {
         println!(
@@ -103,7 +107,7 @@ pub async fn run(settings: DemoSettings) -> anyhow::Result<()> {
     // The emitter stays installed as the global sink until the process exits; stopping the
     // cluster under it would only make librdkafka log connection errors on the way out.
     std::mem::forget::<MockCluster<DefaultProducerContext>>(cluster);
-    let shipped = samples.rows_shipped();
+    let shipped = samples.trace_rows_shipped();
     if shipped < produced.expected_rows() {
         bail!(
             "only {shipped} of {} rows were shipped within {:?}",

@@ -97,7 +97,13 @@ pub fn print_totals(
         "OpenTelemetry GenAI traces exported to the gateway's /v1/traces (OTLP/HTTP): {}",
         produced.num_otel
     );
-    println!("rows shipped: {}", samples.rows_shipped());
+    println!("rows shipped: {}", samples.trace_rows_shipped());
+    if let Some(pipeline_id) = destination.sessions_pipeline_id() {
+        println!(
+            "session rows shipped to the sessions pipeline {pipeline_id}: {} (one per closed session)",
+            samples.session_rows_shipped()
+        );
+    }
     let reasons = samples.dead_letters_by_reason();
     let described: Vec<String> = reasons
         .iter()

@@ -54,17 +54,24 @@ impl MetricsEndpoint {
         Ok(Samples::parse(&text))
     }
 
-    /// Scrapes until every good trace was shipped, no session is open and every poison
-    /// message was dead-lettered, or until `deadline`; returns the last scrape.
-    pub async fn wait_until_done(&self, produced: &Produced, deadline: Instant) -> Samples {
+    /// Scrapes until every good trace was shipped, no session is open, every closed session's
+    /// row was shipped (with `session_rows`) and every poison message was dead-lettered, or
+    /// until `deadline`; returns the last scrape.
+    pub async fn wait_until_done(
+        &self,
+        produced: &Produced,
+        session_rows: bool,
+        deadline: Instant,
+    ) -> Samples {
         let mut last = Samples::default();
         loop {
             if let Ok(samples) = self.scrape().await {
                 last = samples;
             }
             let poisoned = last.sum("sessionizer_dead_letters_total", Some(("stage", "decode")));
-            let done = last.rows_shipped() >= produced.expected_rows()
+            let done = last.trace_rows_shipped() >= produced.expected_rows()
                 && last.sessions_open() == 0.0
+                && (!session_rows || last.session_rows_shipped() >= last.sessions_closed())
                 && poisoned >= produced.num_poison as f64;
             if done || Instant::now() >= deadline {
                 return last;
@@ -121,8 +128,25 @@ impl Samples {
             .sum()
     }
 
+    /// Rows of traces and of closed sessions.
     pub fn rows_shipped(&self) -> f64 {
         self.sum("sessionizer_rows_shipped_total", None)
+    }
+
+    /// Rows of closed sessions, shipped to the sessions pipeline.
+    pub fn session_rows_shipped(&self) -> f64 {
+        self.sum(
+            "sessionizer_session_rows_total",
+            Some(("outcome", "shipped")),
+        )
+    }
+
+    pub fn trace_rows_shipped(&self) -> f64 {
+        self.rows_shipped() - self.session_rows_shipped()
+    }
+
+    pub fn sessions_closed(&self) -> f64 {
+        self.sum("sessionizer_sessions_closed_total", None)
     }
 
     pub fn sessions_open(&self) -> f64 {
