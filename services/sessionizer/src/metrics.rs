@@ -294,7 +294,7 @@ impl Metrics {
             rows_shipped: counter(
                 registry,
                 "sessionizer_rows_shipped_total",
-                "Rows acknowledged by Openlayer.",
+                "Rows acknowledged by Openlayer: trace rows and session rows (sessionizer_session_rows_total counts the latter).",
             )?,
             rows_in_flight: gauge(
                 registry,
