@@ -197,6 +197,22 @@ pub fn read_topic(
     records
 }
 
+/// How many records partition 0 of `topic` holds (its high watermark; the topics of these
+/// tests are never compacted nor trimmed).
+///
+/// # Panics
+/// When the broker does not answer within ten seconds.
+pub fn records_in(bootstrap: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    usize::try_from(high - low).expect("a high watermark at or above the low one")
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch, as trace timestamps use it.
 pub fn now_ms() -> i64 {
     SystemTime::now()

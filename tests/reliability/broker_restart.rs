@@ -28,6 +28,7 @@ pub async fn run(size: Size) -> Outcome {
         num_turns: size.pick(20, 30),
         traces_per_sec: size.pick(100.0, 400.0),
         mixed: false,
+        end_sessions: false,
     };
     outcome.note(format!(
         "{} traces; the broker (S3 storage) stopped for {} s mid-stream",
@@ -118,6 +119,7 @@ pub async fn run_during_restore(size: Size) -> Outcome {
         num_turns: size.pick(20, 30),
         traces_per_sec: size.pick(100.0, 300.0),
         mixed: false,
+        end_sessions: false,
     };
     outcome.note(format!(
         "{} traces; an instance killed, and the broker (S3 storage) stopped for {} s as its \

@@ -1,11 +1,15 @@
 //! Crash loop: while sessions stream in, the instance is SIGKILLed at random moments and
 //! restarted each time. Every trace must be shipped at least once, with the turn number and
-//! running totals of an uninterrupted run; duplicates stay within what was in flight.
+//! running totals of an uninterrupted run; duplicates stay within what was in flight. Sessions
+//! end all through the feed: every one must get its summary and its session row, each with
+//! the session's exact turn count, copies again within what was in flight.
 
 use super::feed::{Feed, Plan};
 use super::probe::{Instance, Rng, wait_until};
-use super::{Outcome, Scene, Size};
-use crate::bootstrap;
+use super::{CloseEffects, Outcome, Scene, Size};
+use crate::{bootstrap, read_topic, records_in};
+use serde_json::Value;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub async fn run(size: Size) -> Outcome {
@@ -17,8 +21,10 @@ pub async fn run(size: Size) -> Outcome {
         num_turns: size.pick(20, 40),
         traces_per_sec: size.pick(100.0, 1100.0),
         mixed: true,
+        end_sessions: true,
     };
-    let scene = Scene::new("crash", 4).await;
+    let mut scene = Scene::new("crash", 4).await;
+    scene.with_session_rows();
     let mut rng = Rng::seeded();
     outcome.note(format!(
         "{} traces in {} sessions, {num_kills} SIGKILLs at random moments (RELIABILITY_SEED={})",
@@ -26,7 +32,7 @@ pub async fn run(size: Size) -> Outcome {
         plan.num_sessions,
         rng.seed()
     ));
-    let feed = Feed::start(&bootstrap(), &scene.topics.traces, plan);
+    let feed = Feed::start(&bootstrap(), &scene.topics.traces, plan.clone());
 
     let mut lifetimes = Vec::new();
     let mut num_mid_stream = 0;
@@ -111,8 +117,87 @@ pub async fn run(size: Size) -> Outcome {
         format!("only {num_mid_stream} of {num_late} kills after readiness came while shipping")
     });
 
-    let last = Instance::start(&scene.env);
+    let mut last = Instance::start(&scene.env);
     let timeout = size.pick(Duration::from_secs(180), Duration::from_secs(900));
+    // Every session ends: its row comes once its end event was applied.
+    let all_closed = wait_until(timeout, async || {
+        last.sample(&scene.server).await;
+        session_rows(&scene).len() >= plan.num_sessions
+    })
+    .await;
+    outcome.check(all_closed, || "not every session closed in time".to_owned());
     scene.finish(&mut outcome, feed, last, timeout).await;
+    check_closes(&scene, &plan, &mut outcome);
     outcome
+}
+
+/// Copies of each session's row, by session id.
+fn session_rows(scene: &Scene) -> HashMap<String, Vec<Value>> {
+    let pipeline = scene.sessions_pipeline.as_deref().unwrap_or_default();
+    let mut rows: HashMap<String, Vec<Value>> = HashMap::new();
+    for row in scene.server.rows_for(pipeline) {
+        let session = row["session_id"].as_str().unwrap_or_default().to_owned();
+        rows.entry(session).or_default().push(row);
+    }
+    rows
+}
+
+/// Every session's summary and session row came, with the session's turn count, and copies
+/// stay within what was in flight at the kills (a close redone after a crash).
+fn check_closes(scene: &Scene, plan: &Plan, outcome: &mut Outcome) {
+    let mut summaries: HashMap<String, Vec<i64>> = HashMap::new();
+    // Every copy: the sessions topic holds them all, duplicates too.
+    let num_records = records_in(&bootstrap(), &scene.topics.sessions);
+    let records = read_topic(
+        &bootstrap(),
+        &scene.topics.sessions,
+        1,
+        num_records,
+        Duration::from_secs(30),
+    );
+    for record in &records {
+        let summary = trace_model::codec::avro::decode_session_summary(&record.payload)
+            .expect("summaries decode");
+        summaries
+            .entry(summary.session_id)
+            .or_default()
+            .push(summary.num_turns);
+    }
+    let rows: HashMap<String, Vec<i64>> = session_rows(scene)
+        .into_iter()
+        .map(|(session, rows)| {
+            let turns = rows.iter().map(|row| row["turns"].as_i64().unwrap_or(-1));
+            (session, turns.collect())
+        })
+        .collect();
+    for (name, by_session) in [("summaries", &summaries), ("session rows", &rows)] {
+        let mut wrong = Vec::new();
+        for (session, copies) in by_session {
+            let want = session
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| plan.turns_of(n) as i64);
+            if copies.iter().any(|turns| Some(*turns) != want) {
+                wrong.push(format!("{session}: {copies:?}, want {want:?}"));
+            }
+        }
+        outcome.check(wrong.is_empty(), || {
+            format!(
+                "{} sessions' {name} have the wrong turn count, e.g. {:?}",
+                wrong.len(),
+                &wrong[..wrong.len().min(3)]
+            )
+        });
+        let known = (0..plan.num_sessions)
+            .filter(|n| by_session.contains_key(&plan.session_id(*n)))
+            .count();
+        outcome.take_close_effects(CloseEffects {
+            name,
+            num_sessions: plan.num_sessions,
+            num_delivered: known,
+            num_received: by_session.values().map(Vec::len).sum(),
+            duplicate_bound: outcome.duplicate_bound,
+        });
+    }
 }

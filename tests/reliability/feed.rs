@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use trace_model::Encoding;
+use trace_model::{Encoding, TraceEvent, TraceKind};
 
 /// What to produce.
 #[derive(Debug, Clone)]
@@ -24,11 +24,29 @@ pub struct Plan {
     /// murmur2 keyed, no key), as when services in several languages serve one chat: its
     /// traces then reach their partition several ways and are merged there by event time.
     pub mixed: bool,
+    /// Sessions end with a `session_end` event after their last turn, and have from 1 to
+    /// `num_turns` turns, so that sessions close all through the feed.
+    pub end_sessions: bool,
 }
 
 impl Plan {
     pub fn num_traces(&self) -> usize {
-        self.num_sessions * self.num_turns
+        (0..self.num_sessions)
+            .map(|session| self.turns_of(session))
+            .sum()
+    }
+
+    /// Session `{prefix}-{session}`'s number of turns.
+    pub fn turns_of(&self, session: usize) -> usize {
+        if self.end_sessions {
+            1 + session % self.num_turns
+        } else {
+            self.num_turns
+        }
+    }
+
+    pub fn session_id(&self, session: usize) -> String {
+        format!("{}-{session}", self.prefix)
     }
 }
 
@@ -105,8 +123,34 @@ impl Feed {
             let started = Instant::now();
             let base_ms = crate::now_ms();
             let mut index = 0_usize;
-            for turn in 1..=plan.num_turns as i64 {
+            // Sessions whose last turn went out in the previous round: their end events go
+            // first in the next one, half a second of event time after that turn, before any
+            // later turn (the user closed the chat after the answer came).
+            let mut ending: Vec<String> = Vec::new();
+            for turn in 1..=plan.num_turns as i64 + 1 {
+                let end_at_ms = base_ms + (turn - 1) * 1000 + 500;
+                for session_id in ending.drain(..) {
+                    let mut end = TraceEvent::new("session_end", end_at_ms);
+                    end.kind = TraceKind::SessionEnd;
+                    end.session_id = Some(session_id);
+                    let payload = trace_model::encode(&end, Encoding::Avro).expect("encode");
+                    let key = end.partition_key().unwrap_or_default();
+                    let record = FutureRecord::to(&topic).payload(&payload).key(key);
+                    // Through the keyed CRC32 producer: its partition is mostly not the
+                    // session's, so the end event takes another way than some of its turns.
+                    match producers[0].0.send_result(record) {
+                        Ok(delivery) => pending.push(delivery),
+                        Err((error, _)) => panic!("the feed's producer queue refused: {error}"),
+                    }
+                }
+                if turn > plan.num_turns as i64 {
+                    break;
+                }
                 for session in 0..plan.num_sessions {
+                    let num_turns = plan.turns_of(session) as i64;
+                    if turn > num_turns {
+                        continue;
+                    }
                     if holder.wanted.load(Ordering::SeqCst) {
                         num_failed += settle(&mut pending).await;
                         holder.holding.store(true, Ordering::SeqCst);
@@ -119,9 +163,10 @@ impl Feed {
                         producers = producers_for();
                     }
                     let tokens = (turn * 7 + session as i64) % 13 + 1;
+                    let session_id = plan.session_id(session);
                     let event = chat_trace(
                         &format!("user-{}", session % 50),
-                        &format!("{}-{session}", plan.prefix),
+                        &session_id,
                         turn,
                         tokens,
                         base_ms + turn * 1000,
@@ -137,6 +182,9 @@ impl Feed {
                         Err((error, _)) => panic!("the feed's producer queue refused: {error}"),
                     }
                     expected.produced(&event);
+                    if plan.end_sessions && turn == num_turns {
+                        ending.push(session_id);
+                    }
                     index += 1;
                     counter.store(index, Ordering::Relaxed);
                     if pending.len() >= 1000 {

@@ -16,6 +16,7 @@ pub async fn run(size: Size) -> Outcome {
         num_turns: size.pick(20, 50),
         traces_per_sec: size.pick(150.0, 600.0),
         mixed: false,
+        end_sessions: false,
     };
     let num_traces = plan.num_traces();
     outcome.note(format!(

@@ -17,7 +17,7 @@ pub mod rebalance;
 pub mod report;
 pub mod security;
 
-pub use report::{Outcome, Report};
+pub use report::{CloseEffects, Outcome, Report};
 
 /// How much work each scenario does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +91,8 @@ pub struct Scene {
     pub env: BTreeMap<String, String>,
     /// How often the instances checkpoint (and so how much a crash may redo).
     pub checkpoint_interval: Duration,
+    /// Where closed sessions' rows go, when the scenario asks for them.
+    pub sessions_pipeline: Option<String>,
 }
 
 impl Scene {
@@ -120,6 +122,32 @@ impl Scene {
             server,
             env,
             checkpoint_interval,
+            sessions_pipeline: None,
+        }
+    }
+
+    /// Instances started from now on send a row per closed session to a sessions pipeline.
+    pub fn with_session_rows(&mut self) {
+        let pipeline = "rel-sessions".to_owned();
+        set(
+            &mut self.env,
+            "SESSIONIZER__OPENLAYER__SESSIONS_PIPELINE_ID",
+            &pipeline,
+        );
+        self.sessions_pipeline = Some(pipeline);
+    }
+
+    /// Rows the server accepted for traces (not session rows).
+    pub fn trace_rows(&self) -> Vec<serde_json::Value> {
+        match &self.sessions_pipeline {
+            None => self.server.rows(),
+            Some(sessions) => self
+                .server
+                .requests()
+                .into_iter()
+                .filter(|request| request.accepted() && &request.pipeline_id != sessions)
+                .flat_map(|request| request.rows)
+                .collect(),
         }
     }
 
@@ -155,7 +183,7 @@ impl Scene {
         outcome.check(letters.is_empty(), || {
             "good traces were dead-lettered".to_owned()
         });
-        outcome.take_verification(&fed.expected.verify(&self.server.rows()));
+        outcome.take_verification(&fed.expected.verify(&self.trace_rows()));
         shipped_at
     }
 
@@ -165,7 +193,7 @@ impl Scene {
         loop {
             // Counting is cheap; checking ids copies every row, so only when it may pass.
             if self.server.num_rows() >= expected.rows.len()
-                && expected.verify(&self.server.rows()).lost.is_empty()
+                && expected.verify(&self.trace_rows()).lost.is_empty()
             {
                 return true;
             }

@@ -30,6 +30,7 @@ pub async fn run(size: Size) -> Outcome {
         num_turns: size.pick(25, 40),
         traces_per_sec,
         mixed: false,
+        end_sessions: false,
     };
     outcome.note(format!(
         "{} traces; 503 for {} s, then 429 Retry-After {} s on every third request for {} s",

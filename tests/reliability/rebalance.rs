@@ -35,6 +35,7 @@ pub async fn run(size: Size) -> Outcome {
         num_turns: size.pick(20, 25),
         traces_per_sec: size.pick(120.0, 700.0),
         mixed: true,
+        end_sessions: false,
     };
     outcome.note(format!(
         "{} traces in {} sessions over {PARTITIONS} partitions; 1 -> 3 instances, one of \

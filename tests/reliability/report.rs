@@ -28,6 +28,32 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// The last log lines of each instance, shown when the scenario fails.
     pub logs: Vec<String>,
+    /// Effects of session closes (summaries, session rows), a table row each.
+    pub closes: Vec<CloseEffects>,
+}
+
+/// One kind of effect of the sessions' closes: how many sessions closed, how many of them got
+/// it, and how many copies came.
+#[derive(Debug, Clone, Default)]
+pub struct CloseEffects {
+    pub name: &'static str,
+    pub num_sessions: usize,
+    /// Sessions that got it at least once.
+    pub num_delivered: usize,
+    /// Everything that came, copies included.
+    pub num_received: usize,
+    /// What copies may be (closes redone after crashes).
+    pub duplicate_bound: usize,
+}
+
+impl CloseEffects {
+    pub fn num_lost(&self) -> usize {
+        self.num_sessions - self.num_delivered
+    }
+
+    pub fn num_duplicated(&self) -> usize {
+        self.num_received - self.num_delivered
+    }
 }
 
 impl Outcome {
@@ -101,6 +127,20 @@ impl Outcome {
         });
     }
 
+    /// Takes the counts of one effect of the closes: none lost, copies within the bound.
+    pub fn take_close_effects(&mut self, effects: CloseEffects) {
+        let name = effects.name;
+        let lost = effects.num_lost();
+        self.check(lost == 0, || {
+            format!("{lost} closed sessions without their {name}")
+        });
+        let (duplicated, bound) = (effects.num_duplicated(), effects.duplicate_bound);
+        self.check(duplicated <= bound, || {
+            format!("{duplicated} duplicate {name}, more than the bound of {bound}")
+        });
+        self.closes.push(effects);
+    }
+
     pub fn verdict(&self) -> &'static str {
         if self.passed() { "pass" } else { "FAIL" }
     }
@@ -127,24 +167,37 @@ impl Report {
             "peak RSS MiB",
             "verdict",
         ];
-        let rows: Vec<[String; 10]> = self
-            .outcomes
-            .iter()
-            .map(|outcome| {
-                [
-                    outcome.scenario.to_owned(),
-                    outcome.num_sent.to_string(),
-                    outcome.num_shipped.to_string(),
-                    outcome.num_lost.to_string(),
-                    outcome.num_duplicated.to_string(),
-                    outcome.duplicate_bound.to_string(),
-                    outcome.num_dead_lettered.to_string(),
-                    outcome.num_restarts.to_string(),
-                    format!("{:.1}", outcome.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        let mut rows: Vec<[String; 10]> = Vec::new();
+        for outcome in &self.outcomes {
+            rows.push([
+                outcome.scenario.to_owned(),
+                outcome.num_sent.to_string(),
+                outcome.num_shipped.to_string(),
+                outcome.num_lost.to_string(),
+                outcome.num_duplicated.to_string(),
+                outcome.duplicate_bound.to_string(),
+                outcome.num_dead_lettered.to_string(),
+                outcome.num_restarts.to_string(),
+                format!("{:.1}", outcome.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+                outcome.verdict().to_owned(),
+            ]);
+            // A row per effect of the closes: sent = sessions closed, shipped = sessions that
+            // got it.
+            for effects in &outcome.closes {
+                rows.push([
+                    format!("{}: {}", outcome.scenario, effects.name),
+                    effects.num_sessions.to_string(),
+                    effects.num_delivered.to_string(),
+                    effects.num_lost().to_string(),
+                    effects.num_duplicated().to_string(),
+                    effects.duplicate_bound.to_string(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
                     outcome.verdict().to_owned(),
-                ]
-            })
-            .collect();
+                ]);
+            }
+        }
         let mut widths = header.map(str::len);
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -208,6 +261,29 @@ impl Report {
                 "baseline": Value::Null, "ratio": Value::Null,
                 "goal": "every check passes", "met": outcome.passed(),
             }));
+            for effects in &outcome.closes {
+                let sessions = effects.num_sessions;
+                let ratio = |value: usize| {
+                    if sessions > 0 {
+                        json!(value as f64 / sessions as f64)
+                    } else {
+                        Value::Null
+                    }
+                };
+                figures.push(json!({
+                    "name": format!("{} {} lost", outcome.scenario, effects.name),
+                    "value": effects.num_lost(), "unit": "sessions",
+                    "baseline": sessions, "ratio": ratio(effects.num_lost()),
+                    "goal": "0", "met": effects.num_lost() == 0,
+                }));
+                figures.push(json!({
+                    "name": format!("{} {} duplicated", outcome.scenario, effects.name),
+                    "value": effects.num_duplicated(), "unit": "records",
+                    "baseline": sessions, "ratio": ratio(effects.num_duplicated()),
+                    "goal": format!("<= {} (closes redone after crashes)", effects.duplicate_bound),
+                    "met": effects.num_duplicated() <= effects.duplicate_bound,
+                }));
+            }
             scenarios.push(json!({
                 "scenario": outcome.scenario,
                 "sent": outcome.num_sent,
