@@ -306,6 +306,20 @@ async fn a_wrong_openlayer_key_or_an_unknown_pipeline_fails_its_check() {
         line(&stdout, "pipeline-nobody-made").contains("does not know this pipeline (404"),
         "{stdout}"
     );
+
+    // The sessions pipeline is checked too.
+    let mut command = sessionizer(&names, &bootstrap, &openlayer, KEY);
+    command.env(
+        "SESSIONIZER__OPENLAYER__SESSIONS_PIPELINE_ID",
+        "sessions-nobody-made",
+    );
+    let (passed, stdout) = preflight(command, &[]).await;
+    assert!(!passed, "{stdout}");
+    assert!(line(&stdout, PIPELINE).starts_with('✓'), "{stdout}");
+    assert!(
+        line(&stdout, "sessions-nobody-made").contains("does not know this pipeline (404"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -213,15 +213,23 @@ pub async fn schema_registry_check(settings: &SchemaRegistrySettings, timeout: D
     }
 }
 
-/// The key against each pipeline, with the request the SDK calls `inference_pipelines.retrieve`.
+/// The key against each pipeline (the default one, the sessions pipelines and those passed),
+/// with the request the SDK calls `inference_pipelines.retrieve`.
 async fn openlayer_checks(config: &ValidatedConfig, extra_pipeline_ids: &[String]) -> Vec<Check> {
+    let sessions_pipelines = config.session_rows.iter().flat_map(|rows| {
+        rows.pipeline_id
+            .iter()
+            .chain(rows.by_traces_pipeline.values())
+    });
     let mut pipeline_ids: Vec<&str> = config
         .openlayer
         .default_pipeline_id
         .iter()
+        .chain(sessions_pipelines)
         .map(String::as_str)
         .chain(extra_pipeline_ids.iter().map(String::as_str))
         .collect();
+    pipeline_ids.sort_unstable();
     pipeline_ids.dedup();
     if pipeline_ids.is_empty() {
         return vec![Check::failed(
