@@ -242,15 +242,11 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
     let duration_ms = (state.last_event_ms - state.started_at_ms).max(0);
     let mut row = Map::new();
     row.insert("inferenceId".into(), session_inference_id(session).into());
-    // The API requires an output column: a one-line account of the session.
+    // The API requires an output column: a one-line account of the session (not its close
+    // reason, which a replay may tell differently).
     row.insert(
         "output".into(),
-        format!(
-            "{} turns in {} s, closed by {reason}",
-            state.turns,
-            duration_ms / 1000
-        )
-        .into(),
+        format!("{} turn(s) over {} s", state.turns, duration_ms / 1000).into(),
     );
     row.insert(
         "inferenceTimestamp".into(),

@@ -146,7 +146,7 @@ fn the_row_has_every_session_column_and_the_aggregates_that_could_be_computed() 
     assert_eq!(row["tool_calls"], 5);
     assert!(row.get("bad").is_none(), "{row}");
     let config = session_config();
-    assert_eq!(row["output"], "2 turns in 90 s, closed by gap");
+    assert_eq!(row["output"], "2 turn(s) over 90 s");
     for role in [
         "outputColumnName",
         "inferenceIdColumnName",

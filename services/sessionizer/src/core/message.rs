@@ -257,13 +257,25 @@ impl Core {
         {
             closed.push(ended.clone());
         }
-        // What the session row adds up, journaled with the session's state below. Only turns
-        // count: whether a trace past grace finds its session still open depends on ticks.
-        if let (Some(rows), Placement::Turn(turn)) = (&self.settings.session_rows, &placement)
+        if let Placement::Turn(turn) = &placement
             && let Some(state) = windows.session_mut(&turn.key)
         {
-            let totals = state.totals.get_or_insert_default();
-            totals.add(event, turn.late_within_grace, &rows.aggregates);
+            if event.inference_id.is_none() {
+                // The window knows the producer's ids only; the row's is derived (below), and
+                // the next turn's `previous_inference_id`, the final-turn update and the
+                // session row name it.
+                let derived = derived_inference_id(&self.settings.topic, origin.read_at);
+                if turn.turn == 1 {
+                    state.first_inference_id.clone_from(&derived);
+                }
+                state.last_inference_id = derived;
+            }
+            // What the session row adds up, journaled with the session's state below. Only
+            // turns count: whether a trace past grace finds its session open depends on ticks.
+            if let Some(rows) = &self.settings.session_rows {
+                let totals = state.totals.get_or_insert_default();
+                totals.add(event, turn.late_within_grace, &rows.aggregates);
+            }
         }
         if let Some(journal) = owned.journal.as_mut() {
             let mut touched: Vec<&SessionKey> = closed.iter().map(|session| &session.key).collect();
@@ -379,14 +391,10 @@ impl Core {
                 owned.newest_timestamp_ms = Some(kafka_timestamp_ms);
             }
         }
-        // The producer's id, else one derived from the position it was first read at: stable
-        // across redeliveries and forwards, so a retried row is recognisably the same row.
-        let inference_id = event.inference_id.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}-{}",
-                self.settings.topic, origin.read_at.partition, origin.read_at.offset
-            )
-        });
+        let inference_id = event
+            .inference_id
+            .clone()
+            .unwrap_or_else(|| derived_inference_id(&self.settings.topic, origin.read_at));
         let row = openlayer_row(event, &inference_id, placement);
         let (has_user, has_session) = row_id_columns(event, placement);
         self.offsets.track(origin.partition, origin.sequence, 1);
@@ -469,4 +477,10 @@ impl Core {
             origin: closed_by,
         });
     }
+}
+
+/// The id of a trace that came without one: derived from the position it was first read at,
+/// stable across redeliveries and forwards, so a retried row is recognisably the same row.
+fn derived_inference_id(topic: &str, read_at: Position) -> String {
+    format!("{topic}-{}-{}", read_at.partition, read_at.offset)
 }
