@@ -97,7 +97,7 @@ impl OpenBatch {
                 RowKind::Trace => {
                     openlayer_config(&self.input_names, self.has_user, self.has_session)
                 }
-                RowKind::Session => session_config(),
+                RowKind::Session => session_config(self.has_user),
             },
             pipeline_id,
             kind,

@@ -256,7 +256,10 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
     row.insert("tokens".into(), state.tokens.into());
     row.insert("cost".into(), state.cost.into());
     row.insert("session_id".into(), session.key.session_id.clone().into());
-    row.insert("user_id".into(), state.user_id.clone().into());
+    // As in trace rows: the column and its config role only when there is a user.
+    if let Some(user_id) = &state.user_id {
+        row.insert("user_id".into(), user_id.clone().into());
+    }
     row.insert(
         "traces_pipeline_id".into(),
         session.key.pipeline_id.clone().into(),
@@ -304,9 +307,10 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
     (row, omitted)
 }
 
-/// The data-stream `config` of session rows: the columns Openlayer reads by role.
-pub fn session_config() -> Value {
-    serde_json::json!({
+/// The data-stream `config` of session rows: the columns Openlayer reads by role; the user
+/// column only when a row of the batch has a user.
+pub fn session_config(has_user: bool) -> Value {
+    let mut config = serde_json::json!({
         "outputColumnName": "output",
         "inferenceIdColumnName": "inferenceId",
         "timestampColumnName": "inferenceTimestamp",
@@ -314,9 +318,12 @@ pub fn session_config() -> Value {
         "costColumnName": "cost",
         "numOfTokenColumnName": "tokens",
         "sessionIdColumnName": "session_id",
-        "userIdColumnName": "user_id",
         "inputVariableNames": [],
-    })
+    });
+    if has_user {
+        config["userIdColumnName"] = Value::from("user_id");
+    }
+    config
 }
 
 #[cfg(test)]

@@ -145,7 +145,11 @@ fn the_row_has_every_session_column_and_the_aggregates_that_could_be_computed() 
     assert_eq!(row["late_traces"], 1);
     assert_eq!(row["tool_calls"], 5);
     assert!(row.get("bad").is_none(), "{row}");
-    let config = session_config();
+    assert!(
+        session_config(false).get("userIdColumnName").is_none(),
+        "no user column named when no row has one"
+    );
+    let config = session_config(true);
     assert_eq!(row["output"], "2 turn(s) over 90 s");
     for role in [
         "outputColumnName",

@@ -341,7 +341,7 @@ impl Core {
                 },
                 kind: RowKind::Session,
                 input_names: std::iter::empty::<&String>(),
-                has_user: true,
+                has_user: session.state.user_id.is_some(),
                 has_session: true,
             },
             now.instant,
