@@ -1470,3 +1470,41 @@ fn an_unknown_aggregate_op_is_refused_at_load() {
         "{message}"
     );
 }
+
+#[test]
+fn session_rows_load_from_the_file_and_the_environment() {
+    let config = load_valid(
+        Some(
+            r#"
+            [openlayer]
+            sessions_pipeline_id = "sessions-default"
+
+            [openlayer.sessions_pipelines]
+            "Traces-A" = "sessions-a"
+
+            [[session.aggregates]]
+            column = "tool_calls"
+            key = "tool_calls"
+            op = "sum"
+            "#,
+        ),
+        &env_with_key(&[(
+            "SESSIONIZER__OPENLAYER__SESSIONS_PIPELINES__TRACES-B",
+            "sessions-b",
+        )]),
+    );
+    let rows = config.session_rows.expect("session rows are on");
+    assert_eq!(rows.pipeline_id.as_deref(), Some("sessions-default"));
+    let mapped: Vec<(&str, &str)> = rows
+        .by_traces_pipeline
+        .iter()
+        .map(|(traces, sessions)| (traces.as_str(), sessions.as_str()))
+        .collect();
+    assert_eq!(
+        mapped,
+        [("Traces-A", "sessions-a"), ("traces-b", "sessions-b")]
+    );
+    assert_eq!(rows.pipeline_for("Traces-A"), Some("sessions-a"));
+    assert_eq!(rows.pipeline_for("other"), Some("sessions-default"));
+    assert_eq!(rows.aggregates.len(), 1);
+}

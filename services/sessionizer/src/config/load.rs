@@ -104,7 +104,7 @@ impl SessionizerConfig {
         }
         // No `try_parsing`: it turns digit-only text into numbers, so an API key or group id
         // such as `007` would lose its text; numbers and booleans parse from strings without
-        // it, and no option is a list.
+        // it, and the one list (`session.aggregates`) is written in the file.
         let environment = Environment::with_prefix(ENV_PREFIX)
             .separator(ENV_SEPARATOR)
             .source(Some(

@@ -7,7 +7,7 @@ use super::{ENV_PREFIX, ENV_SEPARATOR};
 use std::path::Path;
 
 /// Key paths whose tables are open maps (any key allowed), not structs.
-const OPEN_TABLES: &[&str] = &["kafka.client"];
+const OPEN_TABLES: &[&str] = &["kafka.client", "openlayer.sessions_pipelines"];
 
 /// Every key the configuration has, as the tree its defaults serialize to.
 pub(super) fn known_key_tree() -> serde_json::Value {

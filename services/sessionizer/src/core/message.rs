@@ -413,7 +413,7 @@ impl Core {
             &mut ready,
         );
         self.dispatch(ready, out);
-        self.apply_backpressure(now.instant, out);
+        self.apply_backpressure(now, out);
     }
 
     /// `closed_by`: the message that closed it, or the idle close's own sequence; the session's

@@ -192,6 +192,9 @@ pub struct Core {
     final_turns: Vec<FinalTurnUpdate>,
     /// Row updates from the traces topic waiting for the messages below them to settle.
     forwarded_updates: Vec<ForwardedUpdate>,
+    /// Session summaries Kafka did not take, to send again (`retry_summaries`).
+    unsent_summaries: Vec<(trace_model::SessionSummary, Origin)>,
+    last_summary_retry: Instant,
     paused: bool,
     paused_since: Option<Instant>,
     last_idle_check: Instant,
@@ -213,6 +216,8 @@ impl Core {
             num_shipping: 0,
             final_turns: Vec::new(),
             forwarded_updates: Vec::new(),
+            unsent_summaries: Vec::new(),
+            last_summary_retry: now.instant,
             paused: false,
             paused_since: None,
             last_idle_check: now.instant,
@@ -304,6 +309,14 @@ impl Core {
                 .remove_label_values(&[&label]);
         }
         self.batcher.forget_partitions(partitions);
+        // Their new owner sends them again; kept, they would go out after a quick re-assign
+        // for rows the revoke dropped.
+        self.final_turns
+            .retain(|update| !partitions.contains(&update.origin.partition));
+        self.forwarded_updates
+            .retain(|update| !partitions.contains(&update.origin.partition));
+        self.unsent_summaries
+            .retain(|(_, origin)| !partitions.contains(&origin.partition));
         self.waiting.retain_mut(|batch| {
             retain_owned_rows(batch, partitions);
             !batch.rows.is_empty()
@@ -410,6 +423,10 @@ impl Core {
         self.align(now, out);
         self.send_final_turn_updates(out);
         self.send_forwarded_updates(out);
+        self.retry_summaries(now, out);
+        // Parts settled by Kafka (summaries, dead letters, forwards) and row updates do not
+        // re-check it where they settle.
+        self.apply_backpressure(now, out);
         self.metrics
             .rows_in_flight
             .set(self.offsets.num_pending() as i64);
@@ -469,6 +486,10 @@ impl Core {
 
     /// Closes sessions whose gap passed by the wall clock on quiet partitions.
     fn close_idle_sessions(&mut self, now: Now, out: &mut Vec<Effect>) {
+        if self.paused {
+            // Not quiet: its traces wait in Kafka (the quiet clock restarts on resume).
+            return;
+        }
         let mut closed_by_partition = Vec::new();
         for (partition, owned) in &mut self.owned {
             let mut closed = Vec::new();
@@ -564,7 +585,11 @@ impl Core {
 
     /// Pauses fetching while too many messages are unsettled (Openlayer slow or down), and
     /// resumes at half the limit, so memory stays bounded.
-    fn apply_backpressure(&mut self, now: Instant, out: &mut Vec<Effect>) {
+    fn apply_backpressure(&mut self, now: Now, out: &mut Vec<Effect>) {
+        let Now {
+            instant: now,
+            wall_ms,
+        } = now;
         let unsettled = self.offsets.num_pending();
         let limit = self.settings.batch.max_unacked_rows;
         if !self.paused && unsettled >= limit {
@@ -586,6 +611,9 @@ impl Core {
                     .inc_by(now.saturating_duration_since(since).as_secs_f64());
             }
             self.metrics.partitions_paused.set(0);
+            for owned in self.owned.values_mut() {
+                owned.windows.restart_quiet_clock(wall_ms);
+            }
             out.push(Effect::Resume(self.owned_partitions()));
         }
     }

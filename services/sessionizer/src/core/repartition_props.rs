@@ -320,10 +320,10 @@ impl World {
                     self.restores
                         .retain(|partition| !partitions.contains(partition));
                 }
-                Effect::ProduceSummary { origin, .. } => {
+                Effect::ProduceSummary { summary, origin } => {
                     // Delivered at once: core::tests covers summaries in flight at a crash.
                     let mut more = Vec::new();
-                    self.core.summary_produced(origin, true, &mut more);
+                    self.core.summary_produced(summary, origin, true, &mut more);
                     self.perform(more);
                 }
                 Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}

@@ -9,6 +9,11 @@ use crate::batch::{Batch, Origin, RowKind};
 use crate::sink::{Rejection, ShipReport};
 use crate::source::dlq::DeadLetter;
 use std::collections::HashMap;
+use std::time::Duration;
+use trace_model::SessionSummary;
+
+/// How long an undelivered session summary waits before it is sent again.
+const SUMMARY_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Queues ready batches and hands out as many as there are free request slots.
@@ -71,7 +76,7 @@ impl Core {
         }
         self.offsets.store_advanced(out);
         self.dispatch(Vec::new(), out);
-        self.apply_backpressure(now.instant, out);
+        self.apply_backpressure(now, out);
     }
 
     /// A request task failed without an answer (a panic in the sink): its rows stay unsettled,
@@ -263,13 +268,56 @@ impl Core {
         self.dead_letter(letter, out);
     }
 
-    /// A session summary's outcome: delivered settles its part of the close; otherwise the
-    /// close stays uncommitted (the session closes again after a restart).
-    pub fn summary_produced(&mut self, origin: Origin, delivered: bool, out: &mut Vec<Effect>) {
+    /// A session summary's outcome: delivered settles its part of the close; otherwise it is
+    /// sent again a second later (`retry_summaries`), its close uncommitted meanwhile.
+    pub fn summary_produced(
+        &mut self,
+        summary: SessionSummary,
+        origin: Origin,
+        delivered: bool,
+        out: &mut Vec<Effect>,
+    ) {
         if delivered {
             self.metrics.summaries_produced.inc();
+            self.produced(origin, true, "session summary", out);
+            return;
         }
-        self.produced(origin, delivered, "session summary", out);
+        if !self.offsets.owns(origin.partition) {
+            return;
+        }
+        self.metrics
+            .errors
+            .with_label_values(&["kafka", "sending"])
+            .inc();
+        tracing::warn!(
+            partition = origin.partition,
+            "session summary not delivered; sending it again"
+        );
+        self.unsent_summaries.push((summary, origin));
+    }
+
+    /// A summary that cannot be encoded (it never will be): its part of the close settles
+    /// without it, counted as an `encode` error where it was found.
+    pub fn summary_dropped(&mut self, origin: Origin, out: &mut Vec<Effect>) {
+        self.produced(origin, true, "session summary", out);
+    }
+
+    /// Sends again the summaries Kafka did not take, at most once a second.
+    pub(super) fn retry_summaries(&mut self, now: Now, out: &mut Vec<Effect>) {
+        if self.unsent_summaries.is_empty()
+            || now
+                .instant
+                .saturating_duration_since(self.last_summary_retry)
+                < SUMMARY_RETRY_INTERVAL
+        {
+            return;
+        }
+        self.last_summary_retry = now.instant;
+        for (summary, origin) in std::mem::take(&mut self.unsent_summaries) {
+            if self.offsets.owns(origin.partition) {
+                out.push(Effect::ProduceSummary { summary, origin });
+            }
+        }
     }
 
     /// Sends the row updates whose messages below are all settled; forgets those of

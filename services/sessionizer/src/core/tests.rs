@@ -216,8 +216,8 @@ struct World {
     dead_lettered: BTreeSet<(i32, i64)>,
     /// Session rows Openlayer refused (dead-lettered with the refusal), by inference id.
     refused_session_rows: BTreeSet<String>,
-    /// Session summaries in flight: the close they settle, and the session as `key@start`.
-    summaries: Vec<(Origin, String)>,
+    /// Session summaries in flight, with the close they settle.
+    summaries: Vec<(Origin, trace_model::SessionSummary)>,
     /// Session summaries Kafka has, as `key@start`.
     summarized: BTreeSet<String>,
 }
@@ -308,8 +308,7 @@ impl World {
                         .retain(|partition| !partitions.contains(partition));
                 }
                 Effect::ProduceSummary { summary, origin } => {
-                    let session = format!("{}@{}", summary.session_key, summary.started_at_ms);
-                    self.summaries.push((origin, session));
+                    self.summaries.push((origin, summary));
                 }
                 Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}
             }
@@ -455,11 +454,13 @@ impl World {
                 pick: index,
                 delivered,
             } => {
-                if let Some((origin, session)) = pick(&mut self.summaries, index) {
+                if let Some((origin, summary)) = pick(&mut self.summaries, index) {
                     if delivered {
+                        let session = format!("{}@{}", summary.session_key, summary.started_at_ms);
                         self.summarized.insert(session);
                     }
-                    self.core.summary_produced(origin, delivered, &mut out);
+                    self.core
+                        .summary_produced(summary, origin, delivered, &mut out);
                 }
             }
             Op::RestoreDone(index) => {
@@ -878,6 +879,13 @@ fn a_closing_message_settles_once_its_session_row_and_summary_are_acknowledged()
         "an undelivered summary keeps the close uncommitted"
     );
     assert!(world.summaries.is_empty());
+    world.step(&Op::Tick(1_000));
+    assert_eq!(world.summaries.len(), 1, "the summary is sent again");
+    world.step(&Op::SummaryDone {
+        pick: 0,
+        delivered: true,
+    });
+    assert_eq!(world.stored.get(&0), Some(&2));
 }
 
 #[test]

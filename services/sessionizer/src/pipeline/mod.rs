@@ -116,8 +116,8 @@ struct Pipeline {
     shipping_started: HashMap<tokio::task::Id, Instant>,
     /// Dead-letter deliveries, with whether Kafka has them.
     dead_letters: JoinSet<(Origin, bool)>,
-    /// Session summaries in flight, by the close they settle.
-    summaries: JoinSet<(Origin, bool)>,
+    /// Session summaries in flight, with the close they settle.
+    summaries: JoinSet<(trace_model::SessionSummary, Origin, bool)>,
     /// Final-turn row updates in flight, and whether Openlayer accepted them.
     row_updates: JoinSet<(FinalTurnUpdate, bool)>,
     /// Row updates sent, with whether Openlayer accepted them.
@@ -458,13 +458,20 @@ impl Pipeline {
         self.perform();
     }
 
-    /// A lost task leaves its close unsettled, as an undelivered summary does.
-    fn on_summary(&mut self, produced: Result<(Origin, bool), JoinError>) {
-        let Ok((origin, delivered)) = produced else {
+    /// A lost task (a panic) leaves its close unsettled until a restart.
+    fn on_summary(
+        &mut self,
+        produced: Result<(trace_model::SessionSummary, Origin, bool), JoinError>,
+    ) {
+        let Ok((summary, origin, delivered)) = produced else {
+            self.metrics
+                .errors
+                .with_label_values(&["panic", "sending"])
+                .inc();
             return;
         };
         self.core
-            .summary_produced(origin, delivered, &mut self.effects);
+            .summary_produced(summary, origin, delivered, &mut self.effects);
         self.perform();
     }
 

@@ -22,7 +22,7 @@ impl Pipeline {
                 Effect::Ship(batch) => self.ship(batch),
                 Effect::DeadLetter(letter) => self.send_dead_letter(letter),
                 Effect::ProduceSummary { summary, origin } => {
-                    self.produce_summary(&summary, origin);
+                    self.produce_summary(summary, origin);
                 }
                 Effect::MarkFinalTurn(update) => {
                     let sink = self.sink.clone();
@@ -106,20 +106,20 @@ impl Pipeline {
         }
     }
 
-    /// Left unsettled when it cannot be queued: the close is never committed, and a restart
-    /// closes the session again.
-    fn produce_summary(&mut self, summary: &SessionSummary, origin: Origin) {
+    /// One Kafka did not take goes back to the core, which sends it again.
+    fn produce_summary(&mut self, summary: SessionSummary, origin: Origin) {
         let Some(topic) = self.settings.kafka.sessions_topic.as_deref() else {
             return;
         };
-        let payload = match encode_session_summary(summary) {
+        let payload = match encode_session_summary(&summary) {
             Ok(payload) => payload,
             Err(error) => {
                 self.metrics
                     .errors
                     .with_label_values(&["encode", "processing"])
                     .inc();
-                tracing::error!(%error, "failed to encode a session summary");
+                tracing::error!(%error, "failed to encode a session summary; it is dropped");
+                self.core.summary_dropped(origin, &mut self.effects);
                 return;
             }
         };
@@ -128,15 +128,15 @@ impl Pipeline {
             .payload(&payload);
         match self.producer.send_result(record) {
             Ok(delivery) => {
-                self.summaries
-                    .spawn(async move { (origin, matches!(delivery.await, Ok(Ok(_)))) });
+                self.summaries.spawn(async move {
+                    let delivered = matches!(delivery.await, Ok(Ok(_)));
+                    (summary, origin, delivered)
+                });
             }
             Err((error, _)) => {
-                self.metrics
-                    .errors
-                    .with_label_values(&["kafka", "sending"])
-                    .inc();
-                tracing::warn!(%error, "failed to queue a session summary");
+                tracing::debug!(%error, "failed to queue a session summary");
+                self.core
+                    .summary_produced(summary, origin, false, &mut self.effects);
             }
         }
     }

@@ -500,6 +500,15 @@ impl PartitionWindows {
         self.last_message_wall_ms.get_or_insert(wall_ms);
     }
 
+    /// The partition was paused (its traces waited in Kafka) and is fetched again from
+    /// `wall_ms`: the idle rule counts quiet from then, not from its last trace.
+    pub fn restart_quiet_clock(&mut self, wall_ms: i64) {
+        self.last_message_wall_ms = Some(
+            self.last_message_wall_ms
+                .map_or(wall_ms, |last| last.max(wall_ms)),
+        );
+    }
+
     /// Restores the partition's event time (state recovery).
     pub fn restore_event_time(&mut self, event_time_ms: Option<i64>) {
         self.event_time_ms = self.event_time_ms.max(event_time_ms);

@@ -48,8 +48,9 @@ impl SessionizerConfig {
         let session_rows = validate_session_rows(
             &self.openlayer,
             self.session.aggregates.clone(),
-            &self.limits,
+            (&self.limits, kafka.changelog_topic.is_some()),
             &mut problems,
+            &mut warnings,
         );
         let (sink, openlayer) =
             validate_openlayer(self.openlayer, &self.limits, &mut problems, &mut warnings);

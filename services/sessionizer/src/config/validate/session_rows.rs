@@ -10,17 +10,24 @@ use trace_model::Limits;
 pub(super) fn validate_session_rows(
     openlayer: &OpenlayerConfig,
     aggregates: Vec<Aggregate>,
-    limits: &Limits,
+    (limits, changelog): (&Limits, bool),
     problems: &mut Problems,
+    warnings: &mut Vec<String>,
 ) -> Option<SessionRowSettings> {
     let printable = |id: &str| {
-        !id.trim().is_empty()
+        !id.is_empty()
+            && id.trim() == id
             && id.chars().count() <= limits.max_id_chars
             && !id.chars().any(char::is_control)
     };
+    let is_traces_pipeline = |id: &String| {
+        openlayer.default_pipeline_id.as_ref() == Some(id)
+            || openlayer.sessions_pipelines.contains_key(id)
+    };
     let id_problem = format!(
-        "must be printable and at most {} characters (limits.max_id_chars), e.g. the id of an \
-         inference pipeline created for sessions in the Openlayer app",
+        "must be printable, without surrounding spaces, and at most {} characters \
+         (limits.max_id_chars), e.g. the id of an inference pipeline created for sessions in the \
+         Openlayer app",
         limits.max_id_chars
     );
     let pipeline_id = openlayer
@@ -30,11 +37,12 @@ pub(super) fn validate_session_rows(
     if let Some(id) = &pipeline_id {
         if !printable(id) {
             problems.push("openlayer.sessions_pipeline_id", id_problem.clone());
-        } else if openlayer.default_pipeline_id.as_ref() == Some(id) {
+        } else if is_traces_pipeline(id) {
             problems.push(
                 "openlayer.sessions_pipeline_id",
-                "must differ from openlayer.default_pipeline_id: session rows and trace rows \
-                 have different columns, so they need a pipeline each",
+                "is a traces pipeline (openlayer.default_pipeline_id or a key of \
+                 openlayer.sessions_pipelines): session rows and trace rows have different \
+                 columns, so they need a pipeline each",
             );
         }
     }
@@ -43,9 +51,7 @@ pub(super) fn validate_session_rows(
         let key = format!("openlayer.sessions_pipelines.{traces}");
         if !printable(traces) || !printable(sessions) {
             problems.push(key, id_problem.clone());
-        } else if openlayer.sessions_pipelines.contains_key(sessions)
-            || openlayer.default_pipeline_id.as_ref() == Some(sessions)
-        {
+        } else if is_traces_pipeline(sessions) {
             problems.push(
                 key,
                 format!(
@@ -93,6 +99,13 @@ pub(super) fn validate_session_rows(
             );
         }
         return None;
+    }
+    if !changelog {
+        warnings.push(
+            "session rows are on without kafka.changelog_topic: sessions open at a crash start \
+             again from nothing, and their closes in flight are not sent again"
+                .to_owned(),
+        );
     }
     Some(SessionRowSettings {
         pipeline_id,
