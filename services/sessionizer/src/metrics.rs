@@ -266,7 +266,7 @@ impl Metrics {
             session_columns_omitted: counter_vec(
                 registry,
                 "sessionizer_session_columns_omitted_total",
-                "Aggregate columns left out of a session row, by reason (wrong_type: a metadata value of the wrong type; overflow: the sum left its range).",
+                "Aggregate columns left out of a session row, by reason (wrong_type: a metadata value of the wrong type; overflow: the sum left its range; too_large: a last value over 1 KiB).",
                 &["reason"],
             )?,
             sessionization_lag: histogram(
@@ -410,7 +410,7 @@ impl Metrics {
         for outcome in ["shipped", "rejected"] {
             self.session_rows.with_label_values(&[outcome]);
         }
-        for reason in ["wrong_type", "overflow"] {
+        for reason in ["wrong_type", "overflow", "too_large"] {
             self.session_columns_omitted.with_label_values(&[reason]);
         }
         for reason in RETRY_REASONS {

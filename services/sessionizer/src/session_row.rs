@@ -16,6 +16,10 @@ use trace_model::{Step, TraceEvent};
 
 /// Models listed per session at most (the first ones seen).
 const MAX_MODELS: usize = 16;
+/// Largest value a `last` aggregate keeps (serialized JSON): the value is journaled with the
+/// session's state on every change, and a changelog record Kafka refuses would freeze the
+/// partition.
+pub const MAX_LAST_VALUE_BYTES: usize = 1024;
 
 /// Columns of every session row; configured aggregates may not take these names.
 pub const SESSION_ROW_COLUMNS: &[&str] = &[
@@ -108,6 +112,8 @@ pub enum OmitReason {
     WrongType,
     /// The sum left the range of its type.
     Overflow,
+    /// A `last` value longer than [`MAX_LAST_VALUE_BYTES`] serialized.
+    TooLarge,
 }
 
 impl OmitReason {
@@ -115,6 +121,7 @@ impl OmitReason {
         match self {
             OmitReason::WrongType => "wrong_type",
             OmitReason::Overflow => "overflow",
+            OmitReason::TooLarge => "too_large",
         }
     }
 }
@@ -191,7 +198,13 @@ fn fold(op: AggregateOp, so_far: Option<&Accumulated>, value: &Value) -> Accumul
         return Accumulated::Omitted(*reason);
     }
     match op {
-        AggregateOp::Last => Accumulated::Value(value.clone()),
+        AggregateOp::Last => {
+            if value.to_string().len() > MAX_LAST_VALUE_BYTES {
+                Accumulated::Omitted(OmitReason::TooLarge)
+            } else {
+                Accumulated::Value(value.clone())
+            }
+        }
         AggregateOp::Count => match so_far {
             Some(Accumulated::Int(count)) => Accumulated::Int(count.saturating_add(1)),
             _ => Accumulated::Int(1),

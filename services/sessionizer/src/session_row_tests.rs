@@ -75,6 +75,12 @@ fn a_value_of_the_wrong_type_or_an_overflow_omits_the_column_for_good() {
         totals_of(AggregateOp::Sum, &[json!(f64::MAX), json!(f64::MAX)]),
         Some(Accumulated::Omitted(OmitReason::Overflow))
     );
+    let long = json!("x".repeat(MAX_LAST_VALUE_BYTES));
+    assert_eq!(
+        totals_of(AggregateOp::Last, &[long, json!("short")]),
+        Some(Accumulated::Omitted(OmitReason::TooLarge)),
+        "a value too large to journal"
+    );
 }
 
 #[test]

@@ -63,7 +63,11 @@ impl Core {
                 continue;
             }
             let letter = DeadLetter {
-                reason: "openlayer_rejected",
+                // A session row is not a trace: replaying it to the traces topic would be wrong.
+                reason: match batch.kind {
+                    RowKind::Trace => "openlayer_rejected",
+                    RowKind::Session => "openlayer_rejected_session_row",
+                },
                 stage: "sink",
                 message: rejection.body,
                 origin,
@@ -256,9 +260,11 @@ impl Core {
             "row": { crate::enrich::FINAL_TURN_COLUMN: true },
         });
         let letter = DeadLetter {
-            reason: "openlayer_row_update_failed",
+            reason: "final_turn_update_failed",
             stage: "sink",
-            message: "openlayer did not accept the final-turn row update".to_owned(),
+            message: "openlayer did not accept the final-turn row update (refused, or failed \
+                      through its retries)"
+                .to_owned(),
             origin,
             key: None,
             payload: payload.to_string().into_bytes(),
