@@ -15,6 +15,7 @@ use super::*;
 use crate::batch::{Origin, RowKind};
 use crate::sessionize::SessionKey;
 use crate::sink::{Rejection, ShipReport};
+use crate::source::dlq::DeadLetter;
 use proptest::prelude::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,16 +54,37 @@ fn spec() -> impl Strategy<Value = Spec> {
 #[derive(Debug, Clone)]
 enum Op {
     Deliver(u8),
-    Ack { pick: u8, reject_one: bool },
+    Ack {
+        pick: u8,
+        reject_one: bool,
+    },
     LoseShip(u8),
-    DeadLetterDone { pick: u8, delivered: bool },
-    CheckpointDone { pick: u8, delivered: bool },
+    DeadLetterDone {
+        pick: u8,
+        delivered: bool,
+    },
+    CheckpointDone {
+        pick: u8,
+        delivered: bool,
+    },
     RestoreDone(u8),
-    SummaryDone { pick: u8, delivered: bool },
+    SummaryDone {
+        pick: u8,
+        delivered: bool,
+    },
+    UpdateDone {
+        pick: u8,
+        accepted: bool,
+    },
+    /// A gap of wall clock without traces, once every partition was read to its end: the
+    /// sessions left open close by idleness.
+    Idle,
     Tick(u16),
     AutoCommit,
     Rebalance(u8),
-    Crash { landed: u8 },
+    Crash {
+        landed: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,6 +96,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, delivered)| Op::CheckpointDone { pick, delivered }),
         3 => any::<u8>().prop_map(Op::RestoreDone),
         3 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, delivered)| Op::SummaryDone { pick, delivered }),
+        3 => (any::<u8>(), prop::bool::weighted(0.9)).prop_map(|(pick, accepted)| Op::UpdateDone { pick, accepted }),
+        1 => Just(Op::Idle),
         6 => (1..400u16).prop_map(Op::Tick),
         2 => Just(Op::AutoCommit),
         1 => any::<u8>().prop_map(Op::Rebalance),
@@ -147,7 +171,7 @@ pub(super) fn settings(changelog: bool) -> CoreSettings {
             max_in_flight_requests: 2,
             max_unacked_rows: 8,
         },
-        mark_final_turn: false,
+        mark_final_turn: true,
         checkpoint_interval: Duration::from_millis(200),
         changelog,
         summaries: true,
@@ -208,14 +232,19 @@ struct World {
     committed: BTreeMap<i32, i64>,
     changelog_records: Vec<(i32, String, Vec<u8>)>,
     ships: Vec<Batch>,
-    dead_letters: Vec<Origin>,
+    dead_letters: Vec<DeadLetter>,
     checkpoints: Vec<(CheckpointId, Vec<crate::sessionize::store::ChangelogWrite>)>,
     restores: Vec<i32>,
     /// Rows Openlayer acknowledged, every delivery, by inference id.
     acknowledged: BTreeMap<String, Vec<Value>>,
     dead_lettered: BTreeSet<(i32, i64)>,
-    /// Session rows Openlayer refused (dead-lettered with the refusal), by inference id.
+    /// Session rows Openlayer refused, whose dead letter Kafka has, by inference id.
     refused_session_rows: BTreeSet<String>,
+    /// Final-turn updates in flight.
+    final_turn_updates: Vec<crate::core::FinalTurnUpdate>,
+    /// Rows marked as their session's final turn (accepted, or dead-lettered as failed), by
+    /// inference id.
+    marked_final: BTreeSet<String>,
     /// Session summaries in flight, with the close they settle.
     summaries: Vec<(Origin, trace_model::SessionSummary)>,
     /// Session summaries Kafka has, as `key@start`.
@@ -244,6 +273,8 @@ impl World {
             acknowledged: BTreeMap::new(),
             dead_lettered: BTreeSet::new(),
             refused_session_rows: BTreeSet::new(),
+            final_turn_updates: Vec::new(),
+            marked_final: BTreeSet::new(),
             summaries: Vec::new(),
             summarized: BTreeSet::new(),
         };
@@ -275,7 +306,7 @@ impl World {
         for effect in effects {
             match effect {
                 Effect::Ship(batch) => self.ships.push(batch),
-                Effect::DeadLetter(letter) => self.dead_letters.push(letter.origin),
+                Effect::DeadLetter(letter) => self.dead_letters.push(letter),
                 Effect::StoreOffset {
                     stream,
                     partition,
@@ -310,7 +341,8 @@ impl World {
                 Effect::ProduceSummary { summary, origin } => {
                     self.summaries.push((origin, summary));
                 }
-                Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}
+                Effect::MarkFinalTurn(update) => self.final_turn_updates.push(update),
+                Effect::ForwardUpdate(_) => {}
             }
         }
     }
@@ -340,6 +372,29 @@ impl World {
             Outcome::DeadLetter => dead_lettered,
             Outcome::Nothing => true,
             Outcome::Row(id) => self.acknowledged.contains_key(id) || dead_lettered,
+        }
+    }
+
+    /// Kafka has a dead letter: a message of the traces topic settled, or a session row or a
+    /// final-turn update kept there.
+    fn letter_delivered(&mut self, letter: &DeadLetter) {
+        let payload: Option<Value> = serde_json::from_slice(&letter.payload).ok();
+        let id = payload
+            .as_ref()
+            .and_then(|payload| payload["inferenceId"].as_str())
+            .map(str::to_owned);
+        match (letter.reason, id) {
+            ("openlayer_rejected_session_row", Some(id)) => {
+                self.refused_session_rows.insert(id);
+            }
+            ("final_turn_update_failed", Some(id)) => {
+                self.marked_final.insert(id);
+            }
+            _ => {
+                let read_at = letter.origin.read_at;
+                self.dead_lettered
+                    .insert((read_at.partition, read_at.offset));
+            }
         }
     }
 
@@ -396,9 +451,7 @@ impl World {
                 .expect("rows have ids")
                 .to_owned();
             if reject_one && index == 0 {
-                if batch.kind == RowKind::Session {
-                    self.refused_session_rows.insert(id);
-                }
+                // Its dead letter says which row it was (`letter_delivered`).
                 continue;
             }
             self.acknowledged.entry(id).or_default().push(row);
@@ -425,13 +478,12 @@ impl World {
                 pick: index,
                 delivered,
             } => {
-                if let Some(origin) = pick(&mut self.dead_letters, index) {
+                if let Some(letter) = pick(&mut self.dead_letters, index) {
                     if delivered {
-                        let read_at = origin.read_at;
-                        self.dead_lettered
-                            .insert((read_at.partition, read_at.offset));
+                        self.letter_delivered(&letter);
                     }
-                    self.core.dead_letter_delivered(origin, delivered, &mut out);
+                    self.core
+                        .dead_letter_delivered(letter.origin, delivered, &mut out);
                 }
             }
             Op::CheckpointDone {
@@ -469,9 +521,29 @@ impl World {
                     self.core.restored(partition, restored, &mut out);
                 }
             }
+            Op::UpdateDone {
+                pick: index,
+                accepted,
+            } => {
+                if let Some(update) = pick(&mut self.final_turn_updates, index) {
+                    if accepted {
+                        self.marked_final.insert(update.inference_id.clone());
+                    }
+                    self.core.final_turn_marked(update, accepted, &mut out);
+                }
+            }
             Op::Tick(ms) => {
                 self.elapsed_ms += u64::from(ms);
                 self.core.tick(self.now(), &mut out);
+            }
+            Op::Idle => {
+                let read_all = self.positions.iter().all(|(partition, position)| {
+                    *position as usize >= self.logs[*partition as usize].len()
+                });
+                if read_all {
+                    self.elapsed_ms += GAP_MS as u64 + 1_000;
+                    self.core.tick(self.now(), &mut out);
+                }
             }
             Op::AutoCommit => self.committed.extend(self.stored.clone()),
             Op::Rebalance(choice) => {
@@ -519,6 +591,7 @@ impl World {
         self.ships.clear();
         self.dead_letters.clear();
         self.summaries.clear();
+        self.final_turn_updates.clear();
         self.checkpoints.clear();
         self.restores.clear();
         self.stored.clear();
@@ -533,6 +606,7 @@ impl World {
                 || !self.ships.is_empty()
                 || !self.dead_letters.is_empty()
                 || !self.summaries.is_empty()
+                || !self.final_turn_updates.is_empty()
                 || !self.checkpoints.is_empty()
                 || self.positions.iter().any(|(partition, position)| {
                     // Lost requests can keep the partitions paused by backpressure for the
@@ -559,6 +633,10 @@ impl World {
                 Op::SummaryDone {
                     pick: 0,
                     delivered: true,
+                },
+                Op::UpdateDone {
+                    pick: 0,
+                    accepted: true,
                 },
                 Op::CheckpointDone {
                     pick: 0,
@@ -625,28 +703,48 @@ fn check_no_loss(world: &World) {
 }
 
 /// Every session whose trace rows were acknowledged and that is no longer open got its session
-/// row acknowledged and its summary delivered: a close is never lost, whatever crashed in
-/// between.
+/// row acknowledged, its summary delivered and its last row marked as the final turn: a close
+/// is never lost, whatever crashed in between.
 fn check_session_rows(world: &World) {
-    for row in world.acknowledged.values().flatten() {
-        let (Some(session_id), Some(segment), Some(started_at)) = (
-            row["session_id"].as_str(),
-            row["session_segment"].as_i64(),
-            row["session_started_at"].as_f64(),
-        ) else {
-            continue;
-        };
+    let is_open = |session_id: &str, started_at_ms: i64| {
         let key = SessionKey {
             pipeline_id: "pipe".to_owned(),
             session_id: session_id.to_owned(),
         };
-        let open = world.core.owned.values().any(|owned| {
+        world.core.owned.values().any(|owned| {
             owned
                 .windows
                 .session(&key)
-                .is_some_and(|state| i64::from(state.segment) == segment)
-        });
+                .is_some_and(|state| state.started_at_ms == started_at_ms)
+        })
+    };
+    for row in world.acknowledged.values().flatten() {
+        if row.get("close_reason").is_none() {
+            continue;
+        }
+        let started_at_ms = (row["started_at"].as_f64().unwrap_or_default() * 1000.0).round();
+        if is_open(
+            row["session_id"].as_str().unwrap_or_default(),
+            started_at_ms as i64,
+        ) {
+            // Closed in an earlier life, whose close a crash undid: it closes again later.
+            continue;
+        }
+        let last = row["last_inference_id"].as_str().unwrap_or_default();
+        assert!(
+            world.marked_final.contains(last),
+            "session row {row} acknowledged but its last row {last} never marked"
+        );
+    }
+    for row in world.acknowledged.values().flatten() {
+        let (Some(session_id), Some(started_at)) = (
+            row["session_id"].as_str(),
+            row["session_started_at"].as_f64(),
+        ) else {
+            continue;
+        };
         let started_at_ms = (started_at * 1000.0).round() as i64;
+        let open = is_open(session_id, started_at_ms);
         let id = format!("pipe/{session_id}@{started_at_ms}");
         assert!(
             open || world.summarized.contains(&id),
@@ -700,6 +798,11 @@ proptest! {
         for (id, rows) in &world.acknowledged {
             let expected = reference.get(id).map(without_close_reason);
             for row in rows {
+                if expected.is_none() && row.get("close_reason").is_some() {
+                    // Closed by idleness (`Op::Idle`), after the last trace: the
+                    // uninterrupted run leaves it open.
+                    continue;
+                }
                 prop_assert_eq!(Some(without_close_reason(row)), expected.clone(), "row {} differs from the uninterrupted run", id);
             }
         }
@@ -717,7 +820,7 @@ proptest! {
 }
 
 #[test]
-fn a_session_end_closes_its_session_and_settles_at_once() {
+fn a_session_end_closes_its_session_and_settles_with_the_effects_of_the_close() {
     let logs = build_logs(&[
         vec![
             Spec::Trace {
@@ -736,7 +839,7 @@ fn a_session_end_closes_its_session_and_settles_at_once() {
     assert_eq!(
         world.core.num_unsettled(),
         2,
-        "the trace waits for its row, the end for the session row and summary"
+        "the trace waits for its row, the end for the session row, summary and final turn"
     );
     world.step(&Op::Tick(150));
     assert_eq!(world.ships.len(), 2);
@@ -754,6 +857,18 @@ fn a_session_end_closes_its_session_and_settles_at_once() {
     world.step(&Op::SummaryDone {
         pick: 0,
         delivered: true,
+    });
+    assert_eq!(
+        world.stored.get(&0),
+        Some(&1),
+        "the final-turn update is not accepted"
+    );
+    world.step(&Op::Tick(1));
+    assert_eq!(world.final_turn_updates.len(), 1, "its row is acknowledged");
+    assert_eq!(world.final_turn_updates[0].inference_id, "p0-0");
+    world.step(&Op::UpdateDone {
+        pick: 0,
+        accepted: true,
     });
     assert_eq!(world.stored.get(&0), Some(&2));
     let key = SessionKey {
@@ -802,7 +917,7 @@ fn with_a_changelog_offsets_wait_for_the_checkpoint() {
 }
 
 #[test]
-fn a_closing_message_settles_once_its_session_row_and_summary_are_acknowledged() {
+fn a_closing_message_settles_once_its_session_row_summary_and_final_turn_update_are_done() {
     let logs = build_logs(&[
         vec![
             Spec::Trace {
@@ -885,11 +1000,24 @@ fn a_closing_message_settles_once_its_session_row_and_summary_are_acknowledged()
         pick: 0,
         delivered: true,
     });
+    assert_eq!(world.final_turn_updates.len(), 1);
+    // Refused (or failed through its retries): dead-lettered, which settles it.
+    world.step(&Op::UpdateDone {
+        pick: 0,
+        accepted: false,
+    });
+    assert_eq!(world.stored.get(&0), Some(&1));
+    assert_eq!(world.dead_letters.len(), 1);
+    assert_eq!(world.dead_letters[0].reason, "final_turn_update_failed");
+    world.step(&Op::DeadLetterDone {
+        pick: 0,
+        delivered: true,
+    });
     assert_eq!(world.stored.get(&0), Some(&2));
 }
 
 #[test]
-fn an_idle_close_holds_the_checkpoint_until_its_session_row_and_summary_are_acknowledged() {
+fn an_idle_close_holds_the_checkpoint_until_its_effects_are_done() {
     let logs = build_logs(&[
         vec![Spec::Trace {
             session: 0,
@@ -938,6 +1066,15 @@ fn an_idle_close_holds_the_checkpoint_until_its_session_row_and_summary_are_ackn
     world.step(&Op::SummaryDone {
         pick: 0,
         delivered: true,
+    });
+    world.step(&Op::Tick(300));
+    assert!(
+        world.checkpoints.is_empty(),
+        "nor before its final-turn update is accepted"
+    );
+    world.step(&Op::UpdateDone {
+        pick: 0,
+        accepted: true,
     });
     world.step(&Op::Tick(300));
     assert_eq!(world.checkpoints.len(), 1, "the close is checkpointed");
