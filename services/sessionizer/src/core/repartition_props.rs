@@ -326,7 +326,13 @@ impl World {
                     self.core.summary_produced(summary, origin, true, &mut more);
                     self.perform(more);
                 }
-                Effect::MarkFinalTurn(_) | Effect::ForwardUpdate(_) => {}
+                Effect::MarkFinalTurn(update) => {
+                    // Accepted at once, as summaries are delivered.
+                    let mut more = Vec::new();
+                    self.core.final_turn_marked(update, true, &mut more);
+                    self.perform(more);
+                }
+                Effect::ForwardUpdate(_) => {}
             }
         }
     }
