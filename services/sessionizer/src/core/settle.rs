@@ -144,15 +144,7 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let origin = update.origin;
-        if !self.offsets.owns(origin.partition) {
-            return;
-        }
-        if accepted {
-            self.offsets.settle(origin.partition, origin.sequence);
-            self.offsets.store_advanced(out);
-            return;
-        }
-        let letter = DeadLetter {
+        self.row_update_done(origin, accepted, out, || DeadLetter {
             reason: "openlayer_row_update_failed",
             stage: "sink",
             message: "openlayer did not accept the row update".to_owned(),
@@ -164,8 +156,41 @@ impl Core {
             payload: trace_model::codec::json::encode_trace(&update.event),
             http_status: None,
             pipeline_id: Some(update.pipeline_id),
-        };
-        self.dead_letter(letter, out);
+        });
+    }
+
+    /// A row update's outcome for the message at `origin`: accepted settles its part; not
+    /// accepted, `letter` goes to the dead-letter topic, which settles it once delivered.
+    fn row_update_done(
+        &mut self,
+        origin: Origin,
+        accepted: bool,
+        out: &mut Vec<Effect>,
+        letter: impl FnOnce() -> DeadLetter,
+    ) {
+        if !self.offsets.owns(origin.partition) {
+            return;
+        }
+        if accepted {
+            self.offsets.settle(origin.partition, origin.sequence);
+            self.offsets.store_advanced(out);
+            return;
+        }
+        self.dead_letter(letter(), out);
+    }
+
+    /// Splits `updates` of owned partitions into those whose messages below `origin` are all
+    /// settled and those still waiting; drops those of partitions no longer owned.
+    fn ready_updates<T>(&self, updates: Vec<T>, origin: impl Fn(&T) -> Origin) -> (Vec<T>, Vec<T>) {
+        updates
+            .into_iter()
+            .filter(|update| self.offsets.owns(origin(update).partition))
+            .partition(|update| {
+                let origin = origin(update);
+                self.offsets
+                    .watermark(origin.partition)
+                    .is_some_and(|watermark| watermark >= origin.sequence)
+            })
     }
 
     /// A checkpoint's outcome: once delivered, its watermark is stored.
@@ -223,15 +248,8 @@ impl Core {
         if self.final_turns.is_empty() {
             return;
         }
-        let (ready, waiting): (Vec<FinalTurnUpdate>, Vec<FinalTurnUpdate>) =
-            std::mem::take(&mut self.final_turns)
-                .into_iter()
-                .filter(|update| self.offsets.owns(update.origin.partition))
-                .partition(|update| {
-                    self.offsets
-                        .watermark(update.origin.partition)
-                        .is_some_and(|watermark| watermark >= update.origin.sequence)
-                });
+        let updates = std::mem::take(&mut self.final_turns);
+        let (ready, waiting) = self.ready_updates(updates, |update| update.origin);
         self.final_turns = waiting;
         for update in ready {
             out.push(Effect::MarkFinalTurn(update));
@@ -247,19 +265,7 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let origin = update.origin;
-        if !self.offsets.owns(origin.partition) {
-            return;
-        }
-        if accepted {
-            self.offsets.settle(origin.partition, origin.sequence);
-            self.offsets.store_advanced(out);
-            return;
-        }
-        let payload = serde_json::json!({
-            "inferenceId": update.inference_id,
-            "row": { crate::enrich::FINAL_TURN_COLUMN: true },
-        });
-        let letter = DeadLetter {
+        self.row_update_done(origin, accepted, out, || DeadLetter {
             reason: "final_turn_update_failed",
             stage: "sink",
             message: "openlayer did not accept the final-turn row update (refused, or failed \
@@ -267,11 +273,15 @@ impl Core {
                 .to_owned(),
             origin,
             key: None,
-            payload: payload.to_string().into_bytes(),
+            payload: serde_json::json!({
+                "inferenceId": update.inference_id,
+                "row": { crate::enrich::FINAL_TURN_COLUMN: true },
+            })
+            .to_string()
+            .into_bytes(),
             http_status: None,
             pipeline_id: Some(update.pipeline_id),
-        };
-        self.dead_letter(letter, out);
+        });
     }
 
     /// A session summary's outcome: delivered settles its part of the close; otherwise it is
@@ -332,15 +342,8 @@ impl Core {
         if self.forwarded_updates.is_empty() {
             return;
         }
-        let (ready, waiting): (Vec<ForwardedUpdate>, Vec<ForwardedUpdate>) =
-            std::mem::take(&mut self.forwarded_updates)
-                .into_iter()
-                .filter(|update| self.offsets.owns(update.origin.partition))
-                .partition(|update| {
-                    self.offsets
-                        .watermark(update.origin.partition)
-                        .is_some_and(|watermark| watermark >= update.origin.sequence)
-                });
+        let updates = std::mem::take(&mut self.forwarded_updates);
+        let (ready, waiting) = self.ready_updates(updates, |update| update.origin);
         self.forwarded_updates = waiting;
         out.extend(
             ready
