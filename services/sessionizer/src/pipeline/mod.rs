@@ -435,13 +435,20 @@ impl Pipeline {
         self.fatal.get_or_insert(RunError::Forward { topic });
     }
 
-    fn on_forwarded_update(&mut self, forwarded: Result<(ForwardedUpdate, bool), JoinError>) {
-        let Ok((update, accepted)) = forwarded else {
-            // Only a panic in the sink gets here; the message stays unsettled (redelivered).
+    /// A side task's result; `None` after a panic in it (counted), which leaves its message
+    /// unsettled until a restart redelivers it.
+    fn joined<T>(&self, result: Result<T, JoinError>) -> Option<T> {
+        if result.is_err() {
             self.metrics
                 .errors
                 .with_label_values(&["panic", "sending"])
                 .inc();
+        }
+        result.ok()
+    }
+
+    fn on_forwarded_update(&mut self, forwarded: Result<(ForwardedUpdate, bool), JoinError>) {
+        let Some((update, accepted)) = self.joined(forwarded) else {
             return;
         };
         self.core
@@ -458,16 +465,11 @@ impl Pipeline {
         self.perform();
     }
 
-    /// A lost task (a panic) leaves its close unsettled until a restart.
     fn on_summary(
         &mut self,
         produced: Result<(trace_model::SessionSummary, Origin, bool), JoinError>,
     ) {
-        let Ok((summary, origin, delivered)) = produced else {
-            self.metrics
-                .errors
-                .with_label_values(&["panic", "sending"])
-                .inc();
+        let Some((summary, origin, delivered)) = self.joined(produced) else {
             return;
         };
         self.core
@@ -476,7 +478,7 @@ impl Pipeline {
     }
 
     fn on_final_turn_marked(&mut self, updated: Result<(FinalTurnUpdate, bool), JoinError>) {
-        let Ok((update, accepted)) = updated else {
+        let Some((update, accepted)) = self.joined(updated) else {
             return;
         };
         self.core
