@@ -33,7 +33,6 @@ impl StreamOffsets {
 #[derive(Debug, Default)]
 pub struct MergedLog {
     next_sequence: i64,
-    last_sequence: Option<i64>,
     /// Messages applied and not yet below a translated watermark: (sequence, stream and
     /// offset), in sequence order; a tick has no stream offset.
     unstored: VecDeque<(i64, Option<(Stream, i64)>)>,
@@ -78,7 +77,6 @@ impl MergedLog {
     pub fn push(&mut self, stream: Stream, offset: i64) -> i64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.last_sequence = Some(sequence);
         self.unstored.push_back((sequence, Some((stream, offset))));
         self.open.insert((stream, offset));
         sequence
@@ -89,14 +87,8 @@ impl MergedLog {
     pub fn push_tick(&mut self) -> i64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.last_sequence = Some(sequence);
         self.unstored.push_back((sequence, None));
         sequence
-    }
-
-    /// Sequence of the newest message read in this log, if any.
-    pub fn last_sequence(&self) -> Option<i64> {
-        self.last_sequence
     }
 
     /// The stream offsets equivalent to sequence watermark `sequence` (everything below it
@@ -171,7 +163,6 @@ mod tests {
                 repartition: Some(5)
             }
         );
-        assert_eq!(log.last_sequence(), Some(3));
     }
 
     #[test]
@@ -179,7 +170,6 @@ mod tests {
         let mut log = MergedLog::starting_at(0);
         assert_eq!(log.push(Stream::Traces, 4), 0);
         assert_eq!(log.push_tick(), 1);
-        assert_eq!(log.last_sequence(), Some(1));
         assert_eq!(log.push(Stream::Traces, 5), 2);
         // The tick unsettled: the trace after it is not stored either.
         assert_eq!(
@@ -208,7 +198,6 @@ mod tests {
     #[test]
     fn a_stream_never_read_stores_nothing() {
         let mut log = MergedLog::starting_at(7);
-        assert_eq!(log.last_sequence(), None);
         assert_eq!(log.push(Stream::Traces, 0), 7);
         assert_eq!(
             log.offsets_at(8),
@@ -217,7 +206,6 @@ mod tests {
                 repartition: None
             }
         );
-        assert_eq!(log.last_sequence(), Some(7));
     }
 
     #[test]

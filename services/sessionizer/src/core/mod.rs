@@ -188,7 +188,6 @@ pub struct Core {
     waiting: VecDeque<Batch>,
     num_shipping: usize,
     /// Final-turn updates waiting for their session's rows to be acknowledged.
-    /// Final-turn updates waiting for their session's rows to be acknowledged.
     final_turns: Vec<FinalTurnUpdate>,
     /// Row updates from the traces topic waiting for the messages below them to settle.
     forwarded_updates: Vec<ForwardedUpdate>,

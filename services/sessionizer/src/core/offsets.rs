@@ -104,11 +104,6 @@ impl Offsets {
         }
     }
 
-    /// Sequence of the newest message read from `partition`.
-    pub fn last_sequence(&self, partition: i32) -> Option<i64> {
-        self.logs.get(&partition)?.last_sequence()
-    }
-
     pub fn owns(&self, partition: i32) -> bool {
         self.tracker.owns(partition)
     }

@@ -224,12 +224,12 @@ impl PartitionWindows {
         self.sessions.get(key)
     }
 
-    /// Open sessions, for persistence.
     /// The open session `key`, to add what the window does not keep itself.
     pub fn session_mut(&mut self, key: &SessionKey) -> Option<&mut SessionState> {
         self.sessions.get_mut(key)
     }
 
+    /// Open sessions, for persistence.
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionKey, &SessionState)> {
         self.sessions.iter()
     }
