@@ -2,7 +2,9 @@
 //!
 //! 1. A message is *tracked* when consumed, with the number of parts it waits for: its row,
 //!    its dead letter, or its forwarded update (0 when it produces nothing, e.g. a session end
-//!    or a replayed message already in the restored state).
+//!    or a replayed message already in the restored state), plus the effects of the session
+//!    closes it caused (session row, summary, final-turn update). Closes by idleness happen
+//!    between messages and get a sequence of their own (a *tick*) that waits the same way.
 //! 2. A part *settles* when Openlayer acknowledged the row or update, or Kafka acknowledged
 //!    the dead letter. [`OffsetTracker`] keeps the watermark: the lowest unsettled offset, or
 //!    one past the last consumed when all are settled.
