@@ -25,7 +25,25 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts it on `topic` with client key [`CLIENT_KEY`]; `extra` environment overrides.
+    ///
+    /// Free ports are picked and then bound by the gateway: another process may take one in
+    /// between, so a gateway that stops before it is ready is started again on new ports.
     pub async fn start(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Gateway {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut gateway = Gateway::spawn(bootstrap, topic, extra);
+            match gateway.wait_ready().await {
+                Ok(()) => return gateway,
+                Err(stopped) if attempt < ATTEMPTS => {
+                    eprintln!("the gateway stopped before it was ready ({stopped}); again");
+                }
+                Err(stopped) => panic!("the gateway stopped before it was ready: {stopped}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(bootstrap: &str, topic: &str, extra: &[(&str, &str)]) -> Gateway {
         let listen = free_local_address();
         let ops = free_local_address();
         let mut env: HashMap<String, String> = [
@@ -51,14 +69,12 @@ impl Gateway {
         let task = tokio::spawn(gateway::run(config, async move {
             let _stopped = stopped.await;
         }));
-        let gateway = Gateway {
+        Gateway {
             listen,
             ops,
             stop: Some(stop),
             task,
-        };
-        gateway.wait_ready().await;
-        gateway
+        }
     }
 
     /// The API base URL, as SDKs take it (`.../v1`).
@@ -77,12 +93,18 @@ impl Gateway {
         Some((status, response.text().await.ok()?))
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/readyz` answers 200; `Err` with how it ended when the gateway stopped
+    /// first (a port taken meanwhile, say).
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let until = Instant::now() + WAIT;
         while self.get_ops("/readyz").await.map(|(status, _)| status) != Some(200) {
+            if self.task.is_finished() {
+                return Err(format!("{:?}", (&mut self.task).await));
+            }
             assert!(Instant::now() < until, "the gateway never became ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     /// The sum of every series of metric `name` on `/metrics` whose labels contain `labels`.
