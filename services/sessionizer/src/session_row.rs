@@ -85,6 +85,13 @@ pub struct SessionRowSettings {
 }
 
 impl SessionRowSettings {
+    /// Whether `pipeline_id` receives session rows (a trace naming it would mix two kinds of
+    /// rows in one pipeline).
+    pub fn is_sessions_pipeline(&self, pipeline_id: &str) -> bool {
+        self.pipeline_id.as_deref() == Some(pipeline_id)
+            || self.by_traces_pipeline.values().any(|id| id == pipeline_id)
+    }
+
     /// The sessions pipeline of a session of traces pipeline `traces_pipeline_id`, if any.
     pub fn pipeline_for(&self, traces_pipeline_id: &str) -> Option<&str> {
         self.by_traces_pipeline

@@ -108,6 +108,22 @@ impl Core {
                     "no_pipeline_id",
                     "trace names no pipeline_id and no default is configured".to_owned(),
                 ),
+                Some(pipeline_id)
+                    if self
+                        .settings
+                        .session_rows
+                        .as_ref()
+                        .is_some_and(|rows| rows.is_sessions_pipeline(&pipeline_id)) =>
+                {
+                    rejected(
+                        received,
+                        "sessions_pipeline",
+                        format!(
+                            "trace names pipeline {pipeline_id}, which receives session rows \
+                             (openlayer.sessions_pipeline_id / sessions_pipelines)"
+                        ),
+                    )
+                }
                 Some(pipeline_id) if event.kind == TraceKind::RowUpdate => {
                     Apply::Update { event, pipeline_id }
                 }

@@ -1092,3 +1092,20 @@ fn an_idle_close_holds_the_checkpoint_until_its_effects_are_done() {
         "the session is closed in the changelog"
     );
 }
+
+#[test]
+fn a_trace_naming_a_sessions_pipeline_is_dead_lettered() {
+    let mut event = TraceEvent::new("turn", 1_700_000_000_000);
+    event.session_id = Some("s".to_owned());
+    event.pipeline_id = Some("sessions".to_owned());
+    let logs = vec![vec![trace_model::codec::json::encode_trace(&event)], vec![]];
+    let mut world = World::new(false, logs);
+    world.step(&Op::Deliver(0));
+    let reasons: Vec<&str> = world
+        .dead_letters
+        .iter()
+        .map(|letter| letter.reason)
+        .collect();
+    assert_eq!(reasons, ["sessions_pipeline"]);
+    assert!(world.ships.is_empty());
+}
