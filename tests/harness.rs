@@ -148,6 +148,40 @@ pub fn read_topic(
     expected: usize,
     deadline: Duration,
 ) -> Vec<ReadRecord> {
+    read_records(bootstrap, topic, partitions, expected, deadline, None)
+}
+
+/// Every record of `topic`'s `partitions`: read until none came for `quiet` (at most
+/// `deadline`). Not the high watermark: the test broker reports the base offset of a
+/// partition's last batch plus one, short of the records in that batch.
+///
+/// # Panics
+/// On consumer errors.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    quiet: Duration,
+    deadline: Duration,
+) -> Vec<ReadRecord> {
+    read_records(
+        bootstrap,
+        topic,
+        partitions,
+        usize::MAX,
+        deadline,
+        Some(quiet),
+    )
+}
+
+fn read_records(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    deadline: Duration,
+    quiet: Option<Duration>,
+) -> Vec<ReadRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("reader"))
@@ -162,11 +196,16 @@ pub fn read_topic(
     }
     consumer.assign(&assignment).expect("assign");
     let until = Instant::now() + deadline;
-    let mut records = Vec::with_capacity(expected);
+    let mut records = Vec::with_capacity(expected.min(1 << 16));
+    let mut last_record = Instant::now();
     while records.len() < expected && Instant::now() < until {
         let Some(result) = consumer.poll(Duration::from_millis(200)) else {
+            if quiet.is_some_and(|quiet| last_record.elapsed() >= quiet) {
+                break;
+            }
             continue;
         };
+        last_record = Instant::now();
         let message = result.expect("consume");
         let headers = message
             .headers()
@@ -195,22 +234,6 @@ pub fn read_topic(
     // alive can hang; see rust-rdkafka's consumer drop notes).
     drop(assignment);
     records
-}
-
-/// How many records partition 0 of `topic` holds (its high watermark; the topics of these
-/// tests are never compacted nor trimmed).
-///
-/// # Panics
-/// When the broker does not answer within ten seconds.
-pub fn records_in(bootstrap: &str, topic: &str) -> usize {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("consumer");
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks");
-    usize::try_from(high - low).expect("a high watermark at or above the low one")
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch, as trace timestamps use it.

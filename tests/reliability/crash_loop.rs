@@ -7,7 +7,7 @@
 use super::feed::{Feed, Plan};
 use super::probe::{Instance, Rng, wait_until};
 use super::{CloseEffects, Outcome, Scene, Size};
-use crate::{bootstrap, read_topic, records_in};
+use crate::{bootstrap, read_all};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -119,10 +119,13 @@ pub async fn run(size: Size) -> Outcome {
 
     let mut last = Instance::start(&scene.env);
     let timeout = size.pick(Duration::from_secs(180), Duration::from_secs(900));
-    // Every session ends: its row comes once its end event was applied.
+    // Every session ends: its row and its summary come once its end event was applied, which
+    // for a close a kill undid is when this instance replays it (an earlier life may have
+    // shipped the row already).
     let all_closed = wait_until(timeout, async || {
         last.sample(&scene.server).await;
         session_rows(&scene).len() >= plan.num_sessions
+            && summaries(&scene).len() >= plan.num_sessions
     })
     .await;
     outcome.check(all_closed, || "not every session closed in time".to_owned());
@@ -142,18 +145,16 @@ fn session_rows(scene: &Scene) -> HashMap<String, Vec<Value>> {
     rows
 }
 
-/// Every session's summary and session row came, with the session's turn count, and copies
-/// stay within what was in flight at the kills (a close redone after a crash).
-fn check_closes(scene: &Scene, plan: &Plan, outcome: &mut Outcome) {
+/// The turn count of each copy of each session's summary, by session id.
+fn summaries(scene: &Scene) -> HashMap<String, Vec<i64>> {
     let mut summaries: HashMap<String, Vec<i64>> = HashMap::new();
     // Every copy: the sessions topic holds them all, duplicates too.
-    let num_records = records_in(&bootstrap(), &scene.topics.sessions);
-    let records = read_topic(
+    let records = read_all(
         &bootstrap(),
         &scene.topics.sessions,
         1,
-        num_records,
-        Duration::from_secs(30),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
     );
     for record in &records {
         let summary = trace_model::codec::avro::decode_session_summary(&record.payload)
@@ -163,6 +164,13 @@ fn check_closes(scene: &Scene, plan: &Plan, outcome: &mut Outcome) {
             .or_default()
             .push(summary.num_turns);
     }
+    summaries
+}
+
+/// Every session's summary and session row came, with the session's turn count, and copies
+/// stay within what was in flight at the kills (a close redone after a crash).
+fn check_closes(scene: &Scene, plan: &Plan, outcome: &mut Outcome) {
+    let summaries = summaries(scene);
     let rows: HashMap<String, Vec<i64>> = session_rows(scene)
         .into_iter()
         .map(|(session, rows)| {
@@ -189,9 +197,28 @@ fn check_closes(scene: &Scene, plan: &Plan, outcome: &mut Outcome) {
                 &wrong[..wrong.len().min(3)]
             )
         });
-        let known = (0..plan.num_sessions)
-            .filter(|n| by_session.contains_key(&plan.session_id(*n)))
-            .count();
+        let missing: Vec<String> = (0..plan.num_sessions)
+            .map(|n| plan.session_id(n))
+            .filter(|session| !by_session.contains_key(session))
+            .collect();
+        if !missing.is_empty() {
+            let copies: Vec<String> = missing
+                .iter()
+                .take(8)
+                .map(|session| {
+                    format!(
+                        "{session} ({} summaries, {} rows)",
+                        summaries.get(session).map_or(0, Vec::len),
+                        rows.get(session).map_or(0, Vec::len)
+                    )
+                })
+                .collect();
+            outcome.note(format!(
+                "{name} missing for {} sessions, e.g. {copies:?}",
+                missing.len(),
+            ));
+        }
+        let known = plan.num_sessions - missing.len();
         outcome.take_close_effects(CloseEffects {
             name,
             num_sessions: plan.num_sessions,

@@ -123,12 +123,19 @@ impl Feed {
             let started = Instant::now();
             let base_ms = crate::now_ms();
             let mut index = 0_usize;
-            // Sessions whose last turn went out in the previous round: their end events go
-            // first in the next one, half a second of event time after that turn, before any
-            // later turn (the user closed the chat after the answer came).
+            // Sessions whose last turn went out two rounds ago: their end events go first in
+            // this one, a second and a half of event time after that turn, once Kafka has the
+            // turn (the user closed the chat a while after the answer came). An end event
+            // sent before its last turn was appended could be read ahead of it in one
+            // partition, and the sessionizer's event-time order is only as fine as what each
+            // partition has read (docs/ARCHITECTURE.md, "Repartition").
             let mut ending: Vec<String> = Vec::new();
-            for turn in 1..=plan.num_turns as i64 + 1 {
-                let end_at_ms = base_ms + (turn - 1) * 1000 + 500;
+            let mut ended_last_round: Vec<String> = Vec::new();
+            for turn in 1..=plan.num_turns as i64 + 2 {
+                let end_at_ms = base_ms + (turn - 2) * 1000 + 500;
+                if !ending.is_empty() {
+                    num_failed += settle(&mut pending).await;
+                }
                 for session_id in ending.drain(..) {
                     let mut end = TraceEvent::new("session_end", end_at_ms);
                     end.kind = TraceKind::SessionEnd;
@@ -143,8 +150,9 @@ impl Feed {
                         Err((error, _)) => panic!("the feed's producer queue refused: {error}"),
                     }
                 }
+                ending.append(&mut ended_last_round);
                 if turn > plan.num_turns as i64 {
-                    break;
+                    continue;
                 }
                 for session in 0..plan.num_sessions {
                     let num_turns = plan.turns_of(session) as i64;
@@ -183,7 +191,7 @@ impl Feed {
                     }
                     expected.produced(&event);
                     if plan.end_sessions && turn == num_turns {
-                        ending.push(session_id);
+                        ended_last_round.push(session_id);
                     }
                     index += 1;
                     counter.store(index, Ordering::Relaxed);
