@@ -46,11 +46,34 @@ fn demo_runs_the_whole_pipeline_in_process_and_exits_zero() {
         .lines()
         .map(|line| serde_json::from_str(line).expect("json line"))
         .collect();
-    let rows: Vec<&Value> = requests
+    let rows_of = |pipeline: &str| -> Vec<&Value> {
+        requests
+            .iter()
+            .filter(|request| request["request"] == "data-stream")
+            .filter(|request| request["pipeline_id"] == pipeline)
+            .flat_map(|request| request["rows"].as_array().expect("rows").iter())
+            .collect()
+    };
+    // One row per closed session in the sessions pipeline, each with its turn count.
+    assert!(
+        stdout.contains("session rows shipped to the sessions pipeline demo-sessions: 14"),
+        "{stdout}"
+    );
+    let session_rows = rows_of("demo-sessions");
+    assert_eq!(session_rows.len(), 14);
+    let session_ids: std::collections::HashSet<&str> = session_rows
         .iter()
-        .filter(|request| request["request"] == "data-stream")
-        .flat_map(|request| request["rows"].as_array().expect("rows").iter())
+        .filter_map(|row| row["session_id"].as_str())
         .collect();
+    assert_eq!(session_ids.len(), 14, "one row per session");
+    for row in &session_rows {
+        assert!(
+            row["turns"].as_i64().is_some_and(|turns| turns >= 1),
+            "{row}"
+        );
+        assert!(row["output"].is_string(), "{row}");
+    }
+    let rows = rows_of("demo-pipeline");
     assert_eq!(rows.len(), 51);
     let ids: std::collections::HashSet<&str> = rows
         .iter()
