@@ -9,7 +9,7 @@
 
 use end_to_end::gateway::{CLIENT_KEY, Gateway};
 use end_to_end::otel::{self, OtelTurn, assert_exact_sessions};
-use end_to_end::service::{Sessionizer, free_local_address, service_env};
+use end_to_end::service::{Sessionizer, free_local_address, service_env, set};
 use end_to_end::workspace;
 use end_to_end::{
     ServiceTopics, bootstrap, create_service_topics, create_topic, num_partitions, read_topic,
@@ -607,16 +607,44 @@ async fn with_the_broker_down_the_gateway_answers_503_and_sdk_retries_deliver_on
 // OpenTelemetry: the official Python SDK exporting OTLP/HTTP to the gateway
 // ---------------------------------------------------------------------------------------------
 
+/// Where the gateway puts OTLP spans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Assembly {
+    /// Each request's traces assembled at the gateway (no `kafka.spans_topic`).
+    PerRequest,
+    /// Forwarded to a spans topic, assembled by the sessionizer (`otel.spans_topic`).
+    SpansTopic,
+}
+
 /// `client` exports multi-turn GenAI traces to the gateway; every turn must reach Openlayer
 /// once, numbered in its conversation, with running tokens and the mapped chat step.
-async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &str) {
+async fn otel_client_ships_exact_sessions(client: Command, service_name: &str) {
+    otel_client_ships_through(client, service_name, Assembly::PerRequest).await;
+}
+
+async fn otel_client_ships_through(mut client: Command, service_name: &str, assembly: Assembly) {
     const SESSIONS: usize = 3;
     const TURNS: usize = 4;
     let topics = create_service_topics("gw-otel-", 3).await;
     let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&shipping_key).await;
-    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
-    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
+    let spans_topic = unique_name("gw-otlp-spans");
+    let mut env = service_env(
+        &topics,
+        &unique_name("gateway-sdk-group"),
+        &server,
+        &shipping_key,
+        free_local_address(),
+    );
+    let mut gateway_env = Vec::new();
+    if assembly == Assembly::SpansTopic {
+        create_topic(&bootstrap(), &spans_topic, 3).await;
+        set(&mut env, "SESSIONIZER__OTEL__SPANS_TOPIC", &spans_topic);
+        set(&mut env, "SESSIONIZER__OTEL__QUIET_MS", "500");
+        gateway_env.push(("GATEWAY__KAFKA__SPANS_TOPIC", spans_topic.as_str()));
+    }
+    let _sessionizer = Sessionizer::run(&env);
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, &gateway_env).await;
 
     let sent = std::env::temp_dir().join(format!("{}.jsonl", unique_name("otel-sent")));
     client
@@ -647,13 +675,37 @@ async fn otel_client_ships_exact_sessions(mut client: Command, service_name: &st
     assert_eq!(turns.len(), SESSIONS * TURNS);
     let shipped = server.wait_for_rows(turns.len(), WAIT).await;
     assert_exact_sessions(&turns, &shipped, service_name);
+    let (kind, records) = match assembly {
+        Assembly::PerRequest => ("otel_trace", turns.len()),
+        // Two spans per turn, each exported alone by the client this mode is tested with.
+        Assembly::SpansTopic => ("otel_spans", 2 * turns.len()),
+    };
     assert!(
         gateway
-            .metric("gateway_rows_produced_total", r#"kind="otel_trace""#)
+            .metric("gateway_rows_produced_total", &format!(r#"kind="{kind}""#))
             .await
-            >= turns.len() as f64
+            >= records as f64
+    );
+    assert_eq!(
+        gateway
+            .metric(
+                "gateway_otlp_spans_rejected_total",
+                r#"reason="otel_no_root""#
+            )
+            .await,
+        0.0
     );
     gateway.stop().await;
+}
+
+/// Every span in an export request of its own (`--batch-size 1`), as the batch span
+/// processor sends a trace whose spans end on either side of an export: with
+/// `kafka.spans_topic` the sessionizer assembles each trace from its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_exported_in_several_requests_ships_whole_through_the_spans_topic() {
+    let mut client = otel::python("genai_chat.py");
+    client.args(["--batch-size", "1"]);
+    otel_client_ships_through(client, "genai-chat", Assembly::SpansTopic).await;
 }
 
 /// The official Python SDK's OTLP/HTTP exporter sends protobuf.

@@ -111,6 +111,11 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// The traces topic the sessionizer reads.
     pub topic: String,
+    /// OTLP/HTTP spans go here as they come, one message per trace and request keyed by trace
+    /// id, for the sessionizer to assemble (its `otel.spans_topic`): a trace whose spans come
+    /// in several export requests is then whole. Empty: each request's traces are assembled
+    /// here from that request's spans alone.
+    pub spans_topic: String,
     /// Longest wait for Kafka to acknowledge a request's rows (librdkafka
     /// `message.timeout.ms`); after it the request is answered 503 and the SDK retries.
     pub produce_timeout_ms: u64,
@@ -215,6 +220,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             bootstrap_servers: default_bootstrap_servers(),
             topic: default_topic(),
+            spans_topic: String::new(),
             produce_timeout_ms: default_produce_timeout_ms(),
             client: ClientProperties::default(),
         }
@@ -292,6 +298,8 @@ pub struct ValidatedConfig {
 pub struct KafkaSettings {
     pub bootstrap_servers: String,
     pub topic: String,
+    /// `kafka.spans_topic`, when set.
+    pub spans_topic: Option<String>,
     pub produce_timeout: Duration,
     /// librdkafka passthrough applied last; `Debug` redacts secret values.
     pub client: ClientProperties,
@@ -394,17 +402,28 @@ fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings
             "must not be empty, e.g. `kafka-0.kafka:9092`",
         );
     }
-    let topic = &kafka.topic;
-    if topic.is_empty()
-        || topic.len() > MAX_TOPIC_CHARS
-        || !topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !is_topic_name(&kafka.topic) {
         problems.push(
             "kafka.topic",
             format!(
-                "must be a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `llm-traces`, got `{topic}`"
+                "must be a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `llm-traces`, got `{}`",
+                kafka.topic
+            ),
+        );
+    }
+    let spans_topic = &kafka.spans_topic;
+    if !spans_topic.is_empty() && !is_topic_name(spans_topic) {
+        problems.push(
+            "kafka.spans_topic",
+            format!(
+                "must be empty or a Kafka topic name (letters, digits, `.`, `_`, `-`; at most {MAX_TOPIC_CHARS}), e.g. `otlp_spans`, got `{spans_topic}`"
+            ),
+        );
+    } else if !spans_topic.is_empty() && *spans_topic == kafka.topic {
+        problems.push(
+            "kafka.spans_topic",
+            format!(
+                "must differ from kafka.topic (`{spans_topic}`): spans are assembled into the traces that topic holds"
             ),
         );
     }
@@ -416,9 +435,18 @@ fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings
     KafkaSettings {
         bootstrap_servers: kafka.bootstrap_servers.clone(),
         topic: kafka.topic.clone(),
+        spans_topic: (!spans_topic.is_empty()).then(|| spans_topic.clone()),
         produce_timeout: Duration::from_millis(kafka.produce_timeout_ms),
         client: kafka.client.clone(),
     }
+}
+
+fn is_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_CHARS
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Every accepted key, from `auth.api_keys` and `auth.api_keys_file`.
@@ -513,12 +541,41 @@ mod tests {
         let mut config = GatewayConfig::default();
         config.http.listen = "nowhere".into();
         config.kafka.topic = "bad topic".into();
+        config.kafka.spans_topic = "spans?".into();
         let error = config.validate().expect_err("invalid");
         let keys: Vec<String> = match &error {
             ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.clone()).collect(),
             other => panic!("{other}"),
         };
-        assert_eq!(keys, ["http.listen", "kafka.topic", "auth.api_keys"]);
+        assert_eq!(
+            keys,
+            [
+                "http.listen",
+                "kafka.topic",
+                "kafka.spans_topic",
+                "auth.api_keys"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_spans_topic_is_off_by_default_and_not_the_traces_topic() {
+        let mut config = GatewayConfig::default();
+        config.auth.api_keys = vec![Secret::new("key")];
+        assert_eq!(config.validate().expect("valid").kafka.spans_topic, None);
+        config.kafka.spans_topic = "otlp_spans".into();
+        assert_eq!(
+            config
+                .validate()
+                .expect("valid")
+                .kafka
+                .spans_topic
+                .as_deref(),
+            Some("otlp_spans")
+        );
+        config.kafka.spans_topic = config.kafka.topic.clone();
+        let error = config.validate().expect_err("the traces topic");
+        assert!(error.to_string().contains("kafka.spans_topic"), "{error}");
     }
 
     #[test]

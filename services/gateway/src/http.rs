@@ -90,6 +90,8 @@ pub struct AppState {
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub request_deadline: Duration,
+    /// OTLP spans go to the spans topic as they come (`kafka.spans_topic` set).
+    pub forward_spans: bool,
     rows_in_flight: Arc<AtomicUsize>,
     /// Permits for request body bytes (`http.max_body_bytes_in_flight`).
     body_bytes: Arc<Semaphore>,
@@ -120,6 +122,8 @@ pub struct ApiSettings {
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub update_key_cache_entries: usize,
+    /// `kafka.spans_topic` is set: OTLP spans are forwarded there, not assembled here.
+    pub forward_spans: bool,
 }
 
 impl AppState {
@@ -140,6 +144,7 @@ impl AppState {
             retry_after: settings.retry_after,
             max_rows_in_flight: settings.max_rows_in_flight,
             request_deadline: settings.request_deadline,
+            forward_spans: settings.forward_spans,
             rows_in_flight: Arc::default(),
             body_bytes: Arc::new(Semaphore::new(
                 settings

@@ -90,6 +90,7 @@ pub async fn run(
             retry_after: config.retry_after,
             max_rows_in_flight: config.max_rows_in_flight,
             update_key_cache_entries: config.update_key_cache_entries,
+            forward_spans: config.kafka.spans_topic.is_some(),
         },
     );
     // The bound addresses: a configured port 0 becomes a real one.

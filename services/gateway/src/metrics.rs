@@ -23,7 +23,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Requests being handled right now.
     pub requests_in_flight: IntGauge,
-    /// Records Kafka acknowledged, by kind (`trace`, `row_update`).
+    /// Records Kafka acknowledged, by kind (`trace`, `row_update`, `otel_trace`, `otel_spans`).
     pub rows_produced: IntCounterVec,
     /// Time from handing a request's records to the producer until Kafka acknowledged all.
     pub produce_duration: Histogram,
@@ -122,7 +122,7 @@ impl Metrics {
         for route in ROUTES {
             let _zero = request_duration.with_label_values(&[route]);
         }
-        for kind in ["trace", "row_update", "otel_trace"] {
+        for kind in ["trace", "row_update", "otel_trace", "otel_spans"] {
             let _zero = rows_produced.with_label_values(&[kind]);
         }
         for reason in crate::publish::PublishError::REASONS {

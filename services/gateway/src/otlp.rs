@@ -3,27 +3,32 @@
 //! `OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer <key>`).
 //!
 //! The body is an `ExportTraceServiceRequest`, protobuf (`application/x-protobuf`) or JSON
-//! (`application/json`), plain or gzip. Its spans are grouped by trace and each trace is
-//! assembled into one record (`otel_ingest`), keyed by session as every trace is. The answer,
-//! in the request's encoding, comes once Kafka acknowledged every record: an
+//! (`application/json`), plain or gzip. Its spans are grouped by trace, then either
+//! - forwarded (`kafka.spans_topic` set): one `otlp_proto` message per trace, keyed by trace
+//!   id, to the spans topic the sessionizer assembles traces from, across requests; or
+//! - assembled here into one record per trace (`otel_ingest`), keyed by session as every
+//!   trace is. The spans of one trace must then come in one request: spans of a trace
+//!   exported in several requests are each assembled on their own (a part without its root
+//!   is refused).
+//!
+//! The answer, in the request's encoding, comes once Kafka acknowledged every record: an
 //! `ExportTraceServiceResponse`, whose `partial_success` counts the spans refused (no trace
-//! id, no single root, a cycle, beyond the limits) with the first reason. The spans of one
-//! trace must come in one request: spans of a trace exported in several requests are each
-//! assembled on their own (a part without its root is refused).
+//! id, beyond the limits, and when assembling here no single root or a cycle) with the first
+//! reason.
 //!
 //! Errors: 415 for another content type, 400 for a body that does not decode (or does not
 //! inflate), 413 for a body over `http.max_body_bytes` before or after inflating, 503 with
 //! `Retry-After` when Kafka does not acknowledge (OTLP exporters retry it).
 
 use crate::http::{ApiError, AppState, body_bytes, produce};
-use crate::rows::{Outgoing, Refusal, encode_checked};
+use crate::rows::{Destination, Outgoing, Refusal, encode_checked};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use otel_ingest::request::{ExportTracePartialSuccess, ExportTraceServiceResponse};
-use otel_ingest::{Encoding, assemble, decode, group_by_trace};
+use otel_ingest::{Encoding, assemble, decode, group_by_trace, split_by_trace};
 use prost::Message as _;
 use std::io::Read as _;
 use trace_model::Limits;
@@ -37,6 +42,7 @@ pub(crate) async fn traces(
     let gzip = gzip(&headers)?;
     let body = body_bytes(&state, body)?;
     let (max_body_bytes, limits) = (state.max_body_bytes, state.limits);
+    let forward = state.forward_spans;
     // Inflating, decoding and assembling cost CPU in proportion to the body: off the async
     // workers. The body and its decoded form are gone before the wait for Kafka.
     let (records, rejected) = tokio::task::spawn_blocking(move || {
@@ -45,7 +51,11 @@ pub(crate) async fn traces(
         } else {
             body
         };
-        records_of(&body, encoding, &limits)
+        if forward {
+            spans_of(&body, encoding, &limits)
+        } else {
+            records_of(&body, encoding, &limits)
+        }
     })
     .await
     .map_err(|_| ApiError::Unavailable {
@@ -60,7 +70,8 @@ pub(crate) async fn traces(
             .inc_by(*spans as u64);
     }
     if !records.is_empty() {
-        produce(&state, records, "otel_trace").await?;
+        let kind = if forward { "otel_spans" } else { "otel_trace" };
+        produce(&state, records, kind).await?;
     }
     let response = ExportTraceServiceResponse {
         partial_success: (rejected.spans > 0).then(|| ExportTracePartialSuccess {
@@ -102,6 +113,7 @@ fn records_of(
         let trace_id = event.inference_id.clone().unwrap_or_default();
         match encode_checked(&event, None, limits) {
             Ok(payload) => records.push(Outgoing {
+                destination: Destination::Traces,
                 key: event.partition_key().map(str::to_owned),
                 payload,
                 inference_id: event.inference_id,
@@ -112,6 +124,64 @@ fn records_of(
         }
     }
     Ok((records, rejected))
+}
+
+/// The request's spans as one `otlp_proto` message per trace for the spans topic, keyed by
+/// trace id, and the spans refused. Whether a trace has one root and no cycle is the
+/// assembler's to find: its other spans may come in later requests.
+fn spans_of(
+    body: &[u8],
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<(Vec<Outgoing>, Rejected), ApiError> {
+    let request =
+        decode(body, encoding).map_err(|error| refused(400, "body", error.to_string()))?;
+    let (traces, without_trace_id) = split_by_trace(request);
+    let mut rejected = Rejected::default();
+    rejected.add(count_spans(&without_trace_id), "otel_trace_id", || {
+        "spans without a valid trace id".to_owned()
+    });
+    let mut records = Vec::with_capacity(traces.len());
+    for (trace_id, spans) in traces {
+        let num_spans = count_spans(&spans);
+        // The root and `limits.max_steps` steps: more in one request can never assemble.
+        if num_spans > limits.max_steps.saturating_add(1) {
+            rejected.add(num_spans, "too_many_steps", || {
+                format!(
+                    "trace {trace_id}: {num_spans} spans, more than the root and {} steps",
+                    limits.max_steps
+                )
+            });
+            continue;
+        }
+        let payload = spans.encode_to_vec();
+        if payload.len() > limits.max_message_bytes {
+            rejected.add(num_spans, "too_large", || {
+                format!(
+                    "trace {trace_id}: its spans take {} bytes, more than the limit of {}",
+                    payload.len(),
+                    limits.max_message_bytes
+                )
+            });
+            continue;
+        }
+        records.push(Outgoing {
+            destination: Destination::Spans,
+            key: Some(trace_id),
+            payload,
+            inference_id: None,
+        });
+    }
+    Ok((records, rejected))
+}
+
+fn count_spans(request: &otel_ingest::request::ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|resource| &resource.scope_spans)
+        .map(|scope| scope.spans.len())
+        .sum()
 }
 
 /// Spans refused so far, by reason, and the first message (OTLP reports one).

@@ -17,7 +17,7 @@
 //! answers metadata requests.
 
 use crate::config::KafkaSettings;
-use crate::rows::Outgoing;
+use crate::rows::{Destination, Outgoing};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -97,6 +97,7 @@ pub struct KafkaPublisher {
     client: ClientConfig,
     consecutive_failures: AtomicU32,
     topic: String,
+    spans_topic: Option<String>,
     produce_timeout: Duration,
     broker: BrokerState,
     /// The command that creates the topic, logged once when the broker does not know it.
@@ -141,6 +142,7 @@ impl KafkaPublisher {
             client,
             consecutive_failures: AtomicU32::new(0),
             topic: settings.topic.clone(),
+            spans_topic: settings.spans_topic.clone(),
             produce_timeout: settings.produce_timeout,
             broker,
             create_topic_command: TopicCommands {
@@ -245,7 +247,13 @@ impl KafkaPublisher {
     ) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            let mut future_record = FutureRecord::to(&self.topic).payload(&record.payload);
+            let topic = match (record.destination, &self.spans_topic) {
+                (Destination::Traces, _) => &self.topic,
+                (Destination::Spans, Some(spans_topic)) => spans_topic,
+                // The OTLP handler sends spans only when the topic is set.
+                (Destination::Spans, None) => return Err(PublishError::Kafka),
+            };
+            let mut future_record = FutureRecord::to(topic).payload(&record.payload);
             if let Some(key) = &record.key {
                 future_record = future_record.key(key);
             }

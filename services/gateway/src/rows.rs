@@ -57,11 +57,21 @@ fn bad_request(row: Option<usize>, field: impl Into<String>, message: String) ->
 /// One record ready for Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
+    pub destination: Destination,
     /// Partition key: session id, else user id, else (updates) the row's inference id.
     pub key: Option<String>,
     pub payload: Vec<u8>,
     /// Remembered with `key` once produced, so a later row update finds the partition.
     pub inference_id: Option<String>,
+}
+
+/// The topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// `kafka.topic`: trace events, which the sessionizer sessionizes.
+    Traces,
+    /// `kafka.spans_topic`: OTLP spans, which the sessionizer assembles into traces first.
+    Spans,
 }
 
 /// The column names a request's `config` declares.
@@ -404,6 +414,7 @@ pub fn stream_records(
             };
             let event = trace_of_row(pipeline_id, &config, &columns, index, row, limits, now_ms)?;
             Ok(Outgoing {
+                destination: Destination::Traces,
                 key: event.partition_key().map(str::to_owned),
                 payload: encode_checked(&event, Some(index), limits)?,
                 inference_id: event.inference_id,
@@ -491,6 +502,7 @@ pub fn update_record(
         .or_else(|| known_key(inference_id))
         .unwrap_or_else(|| inference_id.to_owned());
     Ok(Outgoing {
+        destination: Destination::Traces,
         key: Some(key),
         payload: encode_checked(&event, None, limits)?,
         inference_id: None,

@@ -71,6 +71,11 @@ struct Fixture {
 }
 
 fn fixture(max_body_bytes: usize) -> Fixture {
+    fixture_with(max_body_bytes, false)
+}
+
+/// With `forward_spans`, as with `kafka.spans_topic` set.
+fn fixture_with(max_body_bytes: usize, forward_spans: bool) -> Fixture {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::try_new(&registry).expect("metrics");
     let publisher = Arc::new(RecordingPublisher::default());
@@ -90,6 +95,7 @@ fn fixture(max_body_bytes: usize) -> Fixture {
             retry_after: Duration::from_secs(3),
             max_rows_in_flight: 100,
             update_key_cache_entries: 10,
+            forward_spans,
         },
     );
     Fixture {
@@ -704,6 +710,108 @@ mod otlp {
         assert!(
             metrics.contains(r#"gateway_otlp_spans_rejected_total{reason="otel_several_roots"} 2"#),
             "{metrics}"
+        );
+    }
+
+    /// With a spans topic: each trace's spans of the request, keyed by trace id, as they
+    /// came (a part without its root included: its root may come in another request).
+    #[tokio::test]
+    async fn with_a_spans_topic_spans_are_forwarded_per_trace_keyed_by_trace_id() {
+        use gateway::rows::Destination;
+        let fixture = fixture_with(1 << 20, true);
+        let mut spans = turn_spans(1, "conv-1", 1);
+        // Trace 2's chat span without its root, and a span without a trace id.
+        spans.push(turn_spans(2, "conv-1", 2).remove(1));
+        let mut no_trace_id = turn_spans(3, "conv-1", 3).remove(0);
+        no_trace_id.trace_id.clear();
+        spans.push(no_trace_id);
+        let (status, bytes) = answer(
+            &fixture.app,
+            post(
+                "application/x-protobuf",
+                None,
+                export(spans).encode_to_vec(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let partial = ExportTraceServiceResponse::decode(&bytes[..])
+            .expect("protobuf answer")
+            .partial_success
+            .expect("partial success");
+        assert_eq!(partial.rejected_spans, 1, "the span without a trace id");
+
+        let published = fixture
+            .publisher
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let forwarded: Vec<(Option<&str>, usize)> = published
+            .iter()
+            .map(|record| {
+                assert_eq!(record.destination, Destination::Spans);
+                let request =
+                    ExportTraceServiceRequest::decode(&record.payload[..]).expect("otlp_proto");
+                let spans = request.resource_spans[0].scope_spans[0].spans.len();
+                (record.key.as_deref(), spans)
+            })
+            .collect();
+        assert_eq!(
+            forwarded,
+            [
+                (Some("01010101010101010101010101010101"), 2),
+                (Some("02020202020202020202020202020202"), 1)
+            ]
+        );
+        let metrics = prometheus::TextEncoder::new()
+            .encode_to_string(&fixture.registry.gather())
+            .expect("metrics");
+        assert!(
+            metrics.contains(r#"gateway_rows_produced_total{kind="otel_spans"} 2"#),
+            "{metrics}"
+        );
+    }
+
+    /// More spans of one trace in one request than a trace may have are refused at once.
+    #[tokio::test]
+    async fn with_a_spans_topic_a_trace_beyond_the_step_limit_is_refused() {
+        let fixture = fixture_with(1 << 20, true);
+        let max_steps = Limits::default().max_steps;
+        let spans: Vec<Span> = (0..=max_steps + 1)
+            .map(|index| {
+                let mut span = turn_spans(1, "conv-1", 1).remove(1);
+                span.span_id = u64::try_from(index + 10)
+                    .expect("fits")
+                    .to_be_bytes()
+                    .to_vec();
+                span
+            })
+            .collect();
+        let (status, bytes) = answer(
+            &fixture.app,
+            post(
+                "application/x-protobuf",
+                None,
+                export(spans).encode_to_vec(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let partial = ExportTraceServiceResponse::decode(&bytes[..])
+            .expect("protobuf answer")
+            .partial_success
+            .expect("partial success");
+        assert_eq!(
+            partial.rejected_spans,
+            i64::try_from(max_steps + 2).expect("fits")
+        );
+        assert!(
+            fixture
+                .publisher
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
         );
     }
 

@@ -27,11 +27,16 @@ fn unique_topic(test: &str) -> String {
 
 /// Runs `gateway preflight` configured through the environment; (succeeded, stdout).
 fn preflight(brokers: &str, topic: &str) -> (bool, String) {
+    preflight_with(brokers, topic, &[])
+}
+
+fn preflight_with(brokers: &str, topic: &str, extra: &[(&str, &str)]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["preflight", "--timeout-secs", "5"])
         .env("GATEWAY__KAFKA__BOOTSTRAP_SERVERS", brokers)
         .env("GATEWAY__KAFKA__TOPIC", topic)
         .env("GATEWAY__AUTH__API_KEYS", "client-key")
+        .envs(extra.iter().copied())
         .env_remove("GATEWAY_CONFIG")
         .output()
         .expect("the gateway runs");
@@ -90,6 +95,32 @@ fn a_missing_topic_gets_the_command_that_creates_it() {
              most: kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} \
              --partitions <partitions>"
         )),
+        "{stdout}"
+    );
+}
+
+/// With `kafka.spans_topic` set, the spans topic is checked as the traces topic is.
+#[test]
+fn a_missing_spans_topic_is_named_by_its_key() {
+    let bootstrap = bootstrap();
+    let topic = unique_topic("traces-absent");
+    let spans_topic = unique_topic("spans-absent");
+
+    let (passed, stdout) = preflight_with(
+        &bootstrap,
+        &topic,
+        &[("GATEWAY__KAFKA__SPANS_TOPIC", &spans_topic)],
+    );
+
+    assert!(!passed, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "✗ topic `{spans_topic}` (kafka.spans_topic): does not exist"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("--create --topic {spans_topic} ")),
         "{stdout}"
     );
 }
