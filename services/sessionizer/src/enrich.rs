@@ -226,7 +226,9 @@ fn serialize_placement<M: SerializeMap>(
             session_id,
             user_id,
         } => (user_id.as_deref(), session_id.as_deref()),
-        Placement::Passthrough | Placement::End { .. } => (event.user_id.as_deref(), None),
+        Placement::Passthrough | Placement::End { .. } | Placement::Duplicate => {
+            (event.user_id.as_deref(), None)
+        }
     };
     if let Some(user_id) = user_id
         && !present("user_id")
@@ -241,7 +243,7 @@ fn serialize_placement<M: SerializeMap>(
     match placement {
         Placement::Turn(turn) => serialize_turn(map, turn),
         Placement::Late { .. } => map.serialize_entry("session_late", &true),
-        Placement::Passthrough | Placement::End { .. } => Ok(()),
+        Placement::Passthrough | Placement::End { .. } | Placement::Duplicate => Ok(()),
     }
 }
 
@@ -288,7 +290,7 @@ fn placement_columns(placement: &Placement) -> &'static [&'static str] {
     match placement {
         Placement::Turn(_) => SESSION_COLUMNS,
         Placement::Late { .. } => &["session_late"],
-        Placement::Passthrough | Placement::End { .. } => &[],
+        Placement::Passthrough | Placement::End { .. } | Placement::Duplicate => &[],
     }
 }
 
@@ -346,7 +348,9 @@ pub fn row_id_columns(event: &TraceEvent, placement: &Placement) -> (bool, bool)
             session_id,
             user_id,
         } => (user_id.is_some(), session_id.is_some()),
-        Placement::Passthrough | Placement::End { .. } => (event.user_id.is_some(), false),
+        Placement::Passthrough | Placement::End { .. } | Placement::Duplicate => {
+            (event.user_id.is_some(), false)
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub late_events: IntCounterVec,
     pub passthrough_events: IntCounter,
+    /// Copies of a session's recent turns (same inference id), not numbered again.
+    pub duplicate_traces: IntCounter,
     /// Traces forwarded to their session's partition, by why they were elsewhere.
     pub repartitioned: IntCounterVec,
     /// Forwards read again (their sender crashed before committing) and skipped.
@@ -202,6 +204,11 @@ impl Metrics {
                 registry,
                 "sessionizer_passthrough_events_total",
                 "Traces without user or session shipped without session enrichment.",
+            )?,
+            duplicate_traces: counter(
+                registry,
+                "sessionizer_duplicate_traces_total",
+                "Traces carrying the inference id of one of their open session's latest turns (produced again after a crash or a client's retry): no new turn, no row.",
             )?,
             repartitioned: counter_vec(
                 registry,

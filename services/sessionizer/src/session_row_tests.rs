@@ -1,4 +1,5 @@
 use super::*;
+use crate::sessionize::recent::RecentIds;
 use crate::sessionize::{CloseReason, SessionKey, SessionState};
 use serde_json::json;
 
@@ -124,6 +125,7 @@ fn the_row_has_every_session_column_and_the_aggregates_that_could_be_computed() 
             latency_ms: 800.0,
             first_inference_id: "a".to_owned(),
             last_inference_id: "b".to_owned(),
+            recent_ids: RecentIds::default(),
             totals: Some(Box::new(totals)),
         },
         reason: CloseReason::Gap,

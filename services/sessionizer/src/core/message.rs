@@ -310,7 +310,10 @@ impl Core {
         for session in closed {
             self.on_session_closed(session, origin, now, out);
         }
-        if let Placement::End { .. } = placement {
+        if let Placement::End { .. } | Placement::Duplicate = placement {
+            if matches!(placement, Placement::Duplicate) {
+                self.metrics.duplicate_traces.inc();
+            }
             self.offsets.track(partition, sequence, 0);
             self.offsets.store_advanced(out);
             return;
@@ -386,7 +389,7 @@ impl Core {
                     .inc();
             }
             Placement::Passthrough => self.metrics.passthrough_events.inc(),
-            Placement::End { .. } => {}
+            Placement::End { .. } | Placement::Duplicate => {}
         }
     }
 

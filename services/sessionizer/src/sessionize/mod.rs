@@ -3,6 +3,7 @@
 //! [`window`] is the pure state machine; the pipeline owns one [`window::PartitionWindows`]
 //! per assigned partition, so a session's state moves with its partition on rebalance.
 
+pub mod recent;
 pub mod store;
 pub mod window;
 

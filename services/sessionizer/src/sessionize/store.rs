@@ -356,6 +356,7 @@ impl RestoredPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sessionize::recent::RecentIds;
 
     fn key(session: &str) -> SessionKey {
         SessionKey {
@@ -378,6 +379,11 @@ mod tests {
             latency_ms: 0.0,
             first_inference_id: "first".into(),
             last_inference_id: format!("t{turns}"),
+            recent_ids: {
+                let mut recent = RecentIds::default();
+                recent.push(&format!("t{turns}"));
+                recent
+            },
             totals: None,
         }
     }

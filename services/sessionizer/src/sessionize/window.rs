@@ -14,11 +14,14 @@
 //!   segment of the same session id;
 //! - a `session_end` trace closes its session at once;
 //! - a trace older than the partition's event time minus `grace` is late: it is shipped with
-//!   a late marker and joins no window; within grace it joins its session as the next turn.
+//!   a late marker and joins no window; within grace it joins its session as the next turn;
+//! - a trace whose inference id is one of its open session's latest turns' is a copy
+//!   ([`RecentIds`]): no turn, no row.
 //!
 //! Turns are numbered in arrival (offset) order within a window, which is what makes a replay
 //! of the same offsets produce the same numbers.
 
+use super::recent::RecentIds;
 use crate::session_row::SessionTotals;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -104,6 +107,9 @@ pub struct SessionState {
     pub latency_ms: f64,
     pub first_inference_id: String,
     pub last_inference_id: String,
+    /// The producers' inference ids of the latest turns.
+    #[serde(default, skip_serializing_if = "RecentIds::is_empty")]
+    pub recent_ids: RecentIds,
     /// What a session row needs beyond the above; kept only with a sessions pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<Box<SessionTotals>>,
@@ -123,6 +129,8 @@ pub enum Placement {
     },
     /// A `session_end` trace: no row. `closed` is the session it ended, if one was open.
     End { closed: Option<ClosedSession> },
+    /// A copy of one of the open session's latest turns (same inference id): no row.
+    Duplicate,
 }
 
 /// Session context of one turn, as the row's enrichment columns show it.
@@ -300,13 +308,6 @@ impl PartitionWindows {
         if session_id.is_none() && !inferred {
             return Placement::Passthrough;
         }
-        if is_late {
-            return Placement::Late {
-                session_id: event.session_id.clone(),
-                user_id: event.user_id.clone(),
-            };
-        }
-
         let mut key = match session_id {
             Some(session_id) => SessionKey {
                 pipeline_id: pipeline_id.to_owned(),
@@ -314,6 +315,21 @@ impl PartitionWindows {
             },
             None => self.inferred_key(pipeline_id, event, timestamp),
         };
+        if let Some(inference_id) = event.inference_id.as_deref()
+            && self
+                .sessions
+                .get(&key)
+                .is_some_and(|state| state.recent_ids.contains(inference_id))
+        {
+            return Placement::Duplicate;
+        }
+        if is_late {
+            return Placement::Late {
+                session_id: event.session_id.clone(),
+                user_id: event.user_id.clone(),
+            };
+        }
+
         let gap = self.gap_for(inferred);
         if let Some(state) = self.sessions.get(&key) {
             let reason = if timestamp.saturating_sub(state.last_event_ms) >= gap {
@@ -341,6 +357,9 @@ impl PartitionWindows {
         let late_within_grace = self.event_time_ms.is_some_and(|now| timestamp < now);
         match self.sessions.get_mut(&key) {
             Some(state) => {
+                if let Some(inference_id) = event.inference_id.as_deref() {
+                    state.recent_ids.push(inference_id);
+                }
                 let previous_turn_ms = state.previous_turn_ms;
                 let previous_inference_id =
                     std::mem::replace(&mut state.last_inference_id, inference_id);
@@ -384,7 +403,7 @@ impl PartitionWindows {
                         key.session_id.clone(),
                     );
                 }
-                let state = SessionState {
+                let mut state = SessionState {
                     user_id: event.user_id.clone(),
                     segment,
                     inferred,
@@ -397,8 +416,12 @@ impl PartitionWindows {
                     latency_ms: event.latency_ms.unwrap_or(0.0),
                     first_inference_id: inference_id.clone(),
                     last_inference_id: inference_id,
+                    recent_ids: RecentIds::default(),
                     totals: None,
                 };
+                if let Some(inference_id) = event.inference_id.as_deref() {
+                    state.recent_ids.push(inference_id);
+                }
                 let turn = Turn {
                     key: key.clone(),
                     user_id: state.user_id.clone(),
@@ -607,6 +630,37 @@ mod tests {
         assert_eq!(second.tokens_so_far, 20);
         assert!((second.cost_so_far - 1.0).abs() < 1e-12);
         assert_eq!(windows.num_open(), 1);
+    }
+
+    #[test]
+    fn a_copy_of_a_recent_turn_is_no_new_turn() {
+        use crate::sessionize::recent::RECENT_TURNS;
+        let mut windows = PartitionWindows::new(settings());
+        add(&mut windows, &trace("a", Some("u"), Some("s"), 0));
+        add(&mut windows, &trace("b", Some("u"), Some("s"), MINUTE));
+        let (copy, closed) = add(&mut windows, &trace("a", Some("u"), Some("s"), 0));
+        assert_eq!((copy, closed.len()), (Placement::Duplicate, 0));
+        // Another session's turn with the same id is its own.
+        assert_eq!(
+            turn(add(&mut windows, &trace("a", Some("u"), Some("other"), MINUTE)).0).turn,
+            1
+        );
+        // Traces without an id are never copies.
+        let mut anonymous = trace("", Some("u"), Some("s"), 2 * MINUTE);
+        anonymous.inference_id = None;
+        assert_eq!(turn(add(&mut windows, &anonymous).0).turn, 3);
+        assert_eq!(turn(add(&mut windows, &anonymous).0).turn, 4);
+        // Only the latest turns are remembered.
+        for index in 0..RECENT_TURNS {
+            add(
+                &mut windows,
+                &trace(&format!("n{index}"), Some("u"), Some("s"), 3 * MINUTE),
+            );
+        }
+        let forgotten = turn(add(&mut windows, &trace("b", Some("u"), Some("s"), 3 * MINUTE)).0);
+        assert_eq!(forgotten.turn, 5 + RECENT_TURNS as i64);
+        let state = windows.session(&forgotten.key).expect("open");
+        assert_eq!(state.turns, forgotten.turn, "the copy counted nowhere");
     }
 
     #[test]
