@@ -366,3 +366,77 @@ async fn run_before_the_traces_topic_exists_names_it_and_the_command_then_exits_
     );
     assert!(stderr.contains("sessionizer preflight"), "{stderr}");
 }
+
+/// With the Collector path on, its topics are checked as `run` treats them: the spans topic
+/// must exist, the repartition topic is created when absent, and a state topic of another
+/// partition count is refused with the command that fixes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_paths_topics_are_checked_by_their_keys() {
+    let names = Names::new();
+    let bootstrap = bootstrap();
+    let spans = unique_name("preflight-spans");
+    let repartition = unique_name("preflight-otel-repartition");
+    let state = unique_name("preflight-otel-state");
+    create_topic(&bootstrap, &names.traces, 3).await;
+    let openlayer = OpenlayerServer::start(KEY).await;
+    let with_otel = || {
+        let mut command = sessionizer(&names, &bootstrap, &openlayer, KEY);
+        command
+            .env("SESSIONIZER__OTEL__SPANS_TOPIC", &spans)
+            .env("SESSIONIZER__OTEL__REPARTITION_TOPIC", &repartition)
+            .env("SESSIONIZER__OTEL__STATE_TOPIC", &state);
+        command
+    };
+
+    let (passed, stdout) = preflight(with_otel(), &[]).await;
+    assert!(!passed, "{stdout}");
+    let spans_line = line(&stdout, &format!("topic `{spans}`"));
+    assert!(
+        spans_line.starts_with('✗') && spans_line.contains("(otel.spans_topic): does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        fix(&stdout, &format!("topic `{spans}`")).contains(&format!("--create --topic {spans}")),
+        "{stdout}"
+    );
+    for (topic, key) in [
+        (&repartition, "otel.repartition_topic"),
+        (&state, "otel.state_topic"),
+    ] {
+        let topic_line = line(&stdout, &format!("topic `{topic}`"));
+        assert!(
+            topic_line.starts_with('✓')
+                && topic_line.contains(key)
+                && topic_line.contains("`run` creates it"),
+            "{stdout}"
+        );
+    }
+
+    create_topic(&bootstrap, &spans, 2).await;
+    create_topic(&bootstrap, &state, 1).await;
+    let (passed, stdout) = preflight(with_otel(), &[]).await;
+    assert!(!passed, "{stdout}");
+    assert!(
+        line(&stdout, &format!("topic `{spans}`")).starts_with('✓'),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, &format!("topic `{repartition}`")).contains("--partitions 2"),
+        "created like the spans topic: {stdout}"
+    );
+    let state_line = line(&stdout, &format!("topic `{state}`"));
+    assert!(
+        state_line.starts_with('✗') && state_line.contains("1 partitions"),
+        "{stdout}"
+    );
+    assert!(
+        fix(&stdout, &format!("topic `{state}`"))
+            .contains(&format!("--alter --topic {state} --partitions 2")),
+        "{stdout}"
+    );
+    assert_eq!(
+        num_partitions(&bootstrap, &repartition),
+        None,
+        "preflight creates nothing"
+    );
+}

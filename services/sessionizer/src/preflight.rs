@@ -1,19 +1,22 @@
 //! `sessionizer preflight`: connects with the service's own configuration and checks what
 //! `run` will need, one line each (see [`service_kit::preflight`]): the brokers with the
-//! configured TLS/SASL, every topic and the changelog's partition count, the consumer group,
+//! configured TLS/SASL, every topic and the changelog's partition count (the Collector path's
+//! too, when `otel.spans_topic` is set), the consumer group,
 //! the Schema Registry when one is configured (with its credentials), and Openlayer with the
 //! key, through a read-only request. Nothing is written: topics the service would create are
 //! reported, not created, and the consumer group is only read, never joined.
 
 use crate::config::{SchemaRegistrySettings, ValidatedConfig};
 use crate::metrics::Metrics;
+use crate::otel::OtelSettings;
+use crate::otel::topics::state_partitions_fix;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::kafka::KafkaSettings;
 use crate::source::topics::{
-    NeededTopic, TopicRole, Verdict, creation_settings, judge, needed_topics,
+    CHANGELOG_SETTINGS, NeededTopic, TopicRole, Verdict, creation_settings, judge, needed_topics,
     partition_mismatch_fix,
 };
-use service_kit::kafka::KafkaProbe;
+use service_kit::kafka::{KafkaProbe, TopicState};
 use service_kit::preflight::{
     Check, Report, connect_brokers, inaccessible_topic, missing_topic, unanswered_topic,
 };
@@ -28,7 +31,9 @@ pub async fn run(
 ) -> Report {
     let mut report = Report::default();
     let kafka = config.kafka.clone();
-    let kafka_checks = tokio::task::spawn_blocking(move || kafka_checks(&kafka, timeout)).await;
+    let otel = config.otel.clone();
+    let kafka_checks =
+        tokio::task::spawn_blocking(move || kafka_checks(&kafka, otel.as_ref(), timeout)).await;
     match kafka_checks {
         Ok(checks) => report.checks.extend(checks),
         Err(error) => report.push(Check::failed(
@@ -47,7 +52,11 @@ pub async fn run(
 }
 
 /// Brokers, topics and the consumer group; blocking.
-pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
+pub fn kafka_checks(
+    settings: &KafkaSettings,
+    otel: Option<&OtelSettings>,
+    timeout: Duration,
+) -> Vec<Check> {
     let mut report = Report::default();
     let Some(probe) = connect_brokers(
         &settings.bootstrap_servers,
@@ -82,6 +91,9 @@ pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
             Err(error) => checks.push(unanswered_topic(subject, &error)),
         }
     }
+    if let Some(otel) = otel {
+        checks.extend(otel_checks(&probe, otel));
+    }
     let subject = format!("consumer group `{}` (kafka.group_id)", settings.group_id);
     match num_traces_partitions {
         None => checks.push(Check::failed(
@@ -112,6 +124,100 @@ pub fn kafka_checks(settings: &KafkaSettings, timeout: Duration) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// The Collector path's topics, judged as `run` treats them (`otel::topics::prepare`): the
+/// spans topic must exist; the repartition topic is created with the spans topic's partition
+/// count, and the state topic, compacted, with the repartition topic's.
+fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let subject = |topic: &str, key: &str| format!("topic `{topic}` ({key})");
+    let spans = subject(&otel.spans_topic, "otel.spans_topic");
+    let num_spans = match probe.topic(&otel.spans_topic) {
+        Ok(TopicState::Present { num_partitions }) => {
+            checks.push(Check::passed(
+                spans,
+                format!("present, {num_partitions} partitions"),
+            ));
+            Some(num_partitions)
+        }
+        Ok(TopicState::Absent) => {
+            checks.push(Check::failed(
+                spans,
+                "does not exist",
+                format!(
+                    "point the Collector's Kafka exporter at it, or create it: {}",
+                    probe.create_topic_command(&otel.spans_topic, None, &[])
+                ),
+            ));
+            None
+        }
+        Ok(TopicState::Inaccessible(code)) => {
+            checks.push(inaccessible_topic(spans, code));
+            None
+        }
+        Err(error) => {
+            checks.push(unanswered_topic(spans, &error));
+            None
+        }
+    };
+    let repartition = subject(&otel.repartition_topic, "otel.repartition_topic");
+    let num_repartition = match probe.topic(&otel.repartition_topic) {
+        Ok(TopicState::Present { num_partitions }) => {
+            checks.push(Check::passed(
+                repartition,
+                format!("present, {num_partitions} partitions"),
+            ));
+            Some(num_partitions)
+        }
+        Ok(TopicState::Absent) => {
+            checks.push(created_by_run(
+                repartition,
+                &probe.create_topic_command(&otel.repartition_topic, num_spans, &[]),
+            ));
+            num_spans
+        }
+        Ok(TopicState::Inaccessible(code)) => {
+            checks.push(inaccessible_topic(repartition, code));
+            None
+        }
+        Err(error) => {
+            checks.push(unanswered_topic(repartition, &error));
+            None
+        }
+    };
+    let state = subject(&otel.state_topic, "otel.state_topic");
+    checks.push(match probe.topic(&otel.state_topic) {
+        Ok(TopicState::Present { num_partitions }) => match num_repartition {
+            Some(expected) if expected != num_partitions => Check::failed(
+                state,
+                format!(
+                    "{num_partitions} partitions, but the repartition topic `{}` has \
+                     {expected}; the two must match partition for partition",
+                    otel.repartition_topic
+                ),
+                state_partitions_fix(probe, otel, num_partitions, expected),
+            ),
+            _ => Check::passed(state, format!("present, {num_partitions} partitions")),
+        },
+        Ok(TopicState::Absent) => created_by_run(
+            state,
+            &probe.create_topic_command(&otel.state_topic, num_repartition, CHANGELOG_SETTINGS),
+        ),
+        Ok(TopicState::Inaccessible(code)) => inaccessible_topic(state, code),
+        Err(error) => unanswered_topic(state, &error),
+    });
+    checks
+}
+
+fn created_by_run(subject: String, command: &str) -> Check {
+    Check::passed(
+        subject,
+        format!(
+            "absent; `run` creates it, which needs permission to create topics, or create it \
+             yourself: {command}"
+        ),
+    )
 }
 
 /// The check line for one topic's verdict.

@@ -58,6 +58,25 @@ pub enum OtelTopicError {
     },
 }
 
+/// The fix when the state topic has `found` partitions and the repartition topic `expected`:
+/// raise the smaller one (partitions can be added, never removed).
+pub fn state_partitions_fix(
+    probe: &KafkaProbe,
+    otel: &OtelSettings,
+    found: usize,
+    expected: usize,
+) -> String {
+    let (topic, partitions) = if found < expected {
+        (&otel.state_topic, expected)
+    } else {
+        (&otel.repartition_topic, found)
+    };
+    format!(
+        "add partitions to `{topic}`: {}",
+        probe.add_partitions_command(topic, partitions)
+    )
+}
+
 /// The partition counts the Collector path works with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionCounts {
@@ -129,24 +148,11 @@ pub async fn prepare(
         TopicState::Present {
             num_partitions: found,
         } if found != num_repartition => {
-            let fix = if found < num_repartition {
-                format!(
-                    "add partitions to `{}`: {}",
-                    otel.state_topic,
-                    probe.add_partitions_command(&otel.state_topic, num_repartition)
-                )
-            } else {
-                format!(
-                    "add partitions to `{}`: {}",
-                    otel.repartition_topic,
-                    probe.add_partitions_command(&otel.repartition_topic, found)
-                )
-            };
             return Err(OtelTopicError::PartitionMismatch {
                 topic: otel.state_topic.clone(),
                 found,
                 expected: num_repartition,
-                fix,
+                fix: state_partitions_fix(&probe, otel, found, num_repartition),
             });
         }
         TopicState::Present { .. } => {}
