@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ with the real tools, offline:
 #   1. promtool check rules (lint fatal) and promtool test rules on deploy/prometheus;
-#   2. kubectl kustomize renders deploy/k8s/base and every overlay;
+#   2. kubectl kustomize renders deploy/k8s/base, every overlay, and the prod overlay with
+#      components/opentelemetry;
 #   3. each render's PrometheusRule .spec equals deploy/prometheus/alerts.yml (and passes promtool)
 #      up to the runbook links' base URL; every runbook_url, in both, is absolute, on one base
 #      (the render's: the PrometheusRule's runbook-base-url annotation, set in the base
@@ -11,7 +12,9 @@
 #      served by the generated ConfigMap, the API key file (openlayer.api_key_file) mounted
 #      read-only from Secret sessionizer-openlayer key api-key, Service/ServiceMonitor/PDB/
 #      ScaledObject wiring (a lag trigger for the traces topic and, unless repartitioning is
-#      off, one for the repartition topic), terminationGracePeriodSeconds > drain timeout + 10 s;
+#      off, one for the repartition topic; with otel.spans_topic, one for the spans topic and
+#      one for the Collector path's repartition topic), terminationGracePeriodSeconds > drain
+#      timeout + 10 s;
 #      gateway: ports http 8080 (http.listen) and metrics 9465 (ops.listen), probes /healthz and
 #      /readyz on metrics, the --config path served by its ConfigMap, the client key file
 #      (auth.api_keys_file) mounted read-only from Secret gateway-api-keys key keys, Service
@@ -128,6 +131,16 @@ jq -S -c "$runbook_anchors" "$tmp/alerts.json" >"$tmp/alerts.anchors.json"
 targets=(deploy/k8s/base)
 for overlay in deploy/k8s/overlays/*/; do targets+=("${overlay%/}"); done
 [[ ${#targets[@]} -ge 3 ]] || fail "expected overlays under deploy/k8s/overlays"
+# The prod overlay with components/opentelemetry listed first, as its header says to: SASL/TLS
+# and the connection must reach the component's lag triggers too.
+prod_otel="$tmp/prod-otel"
+cp -r deploy/k8s/overlays/prod "$prod_otel"
+k8s_rel="$(python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$root/deploy/k8s" "$prod_otel")"
+sed -i -e "s#^  - ../../components/kafka-connection\$#  - $k8s_rel/components/opentelemetry\n  - $k8s_rel/components/kafka-connection#" \
+  -e "s#^  - ../../components/#  - $k8s_rel/components/#" -e "s#^  - ../../base\$#  - $k8s_rel/base#" \
+  "$prod_otel/kustomization.yaml"
+grep -q "components/opentelemetry" "$prod_otel/kustomization.yaml" || fail "could not add components/opentelemetry to a copy of the prod overlay"
+targets+=("$prod_otel")
 
 for target in "${targets[@]}"; do
   name="$(basename "$target")"
@@ -321,10 +334,16 @@ if effective:
     wanted = {(kafka_cfg["topic"], kafka_cfg["group_id"])}
     if kafka_cfg.get("repartition_topic"):
         wanted.add((kafka_cfg["repartition_topic"], kafka_cfg["group_id"] + ".repartition"))
+    # The Collector path's two groups: the spans topic's router and the assembly.
+    otel_cfg = effective.get("otel", {})
+    if otel_cfg.get("spans_topic"):
+        wanted.add((otel_cfg["spans_topic"], kafka_cfg["group_id"] + ".otel"))
+        wanted.add((otel_cfg["repartition_topic"], kafka_cfg["group_id"] + ".otel-assembly"))
     triggers = [t.get("metadata", {}) for t in so.get("spec", {}).get("triggers", []) if t.get("type") == "kafka"]
     found = {(t.get("topic"), t.get("consumerGroup")) for t in triggers}
     check(found == wanted, f"ScaledObject kafka triggers (topic, consumerGroup) {sorted(found)} != {sorted(wanted)} "
-          f"(kafka.topic/group_id, and kafka.repartition_topic/<group_id>.repartition unless it is empty)")
+          f"(kafka.topic/group_id, kafka.repartition_topic/<group_id>.repartition unless it is empty, and with "
+          f"otel.spans_topic set otel.spans_topic/<group_id>.otel and otel.repartition_topic/<group_id>.otel-assembly)")
     for trig in triggers:
         check(trig.get("bootstrapServers") == kafka_cfg["bootstrap_servers"],
               f"ScaledObject bootstrapServers {trig.get('bootstrapServers')} != kafka.bootstrap_servers {kafka_cfg['bootstrap_servers']}")
@@ -442,6 +461,11 @@ if geffective:
           f"gateway: ops.listen {geffective['ops']['listen']} is not on the container port metrics {gports.get('metrics')}")
     check(geffective["auth"].get("api_keys_file") == dummy_keys and not geffective["auth"].get("api_keys"),
           "gateway: the client keys must come from auth.api_keys_file only")
+    # Forwarded OTLP spans must reach the topic the sessionizer assembles from.
+    if effective and geffective["kafka"].get("spans_topic"):
+        check(geffective["kafka"]["spans_topic"] == effective.get("otel", {}).get("spans_topic"),
+              f"gateway: kafka.spans_topic {geffective['kafka']['spans_topic']!r} is not the sessionizer's "
+              f"otel.spans_topic {effective.get('otel', {}).get('spans_topic')!r}")
     unready, drain = geffective["shutdown"]["unready_delay_secs"], geffective["shutdown"]["drain_timeout_secs"]
     grace = gpod.get("terminationGracePeriodSeconds", 30)
     check(grace >= unready + drain + 5,
