@@ -58,6 +58,7 @@ fi
 echo "bench: size $size" >&2
 cargo bench --locked -p trace-emit --bench emit_path
 cargo bench --locked -p otel-ingest --bench assembly
+cargo bench --locked -p sessionizer --bench decode_row
 cargo run --locked --release -p pipeline-bench -- "${size_args[@]}" "$@"
 python3 scripts/bench_report.py target/criterion target/bench/pipeline.json \
   bench-results/latest.json "$size"

@@ -140,6 +140,47 @@ def otel_report(root: Path) -> None:
             )
 
 
+def decode_row_report(root: Path, goals: list) -> None:
+    print()
+    print("Decode + row per trace, against the naive crate path on the same records")
+    try:
+        baseline = median_ns(root, "decode_row", "naive_crate_path")
+        baseline_mtime = estimates_path(root, "decode_row", "naive_crate_path").stat().st_mtime
+    except OSError as error:
+        print(f"  no criterion results ({error})")
+        return
+    # One iteration handles the bench's 2 records.
+    records = 2
+    print(
+        f"  baseline naive_crate_path (SpecificSingleObjectReader + serde_json): "
+        f"median {baseline / records / 1000:.2f} µs per trace"
+    )
+    for label, bench, goal in [
+        ("project decode + row", "project_path", 1.0),
+        ("  of which decode", "project_decode_only", None),
+    ]:
+        value = same_run_median(root, "decode_row", bench, baseline_mtime)
+        if value is None:
+            continue
+        ratio = value / baseline
+        text = f"  {label}: median {value / records / 1000:.2f} µs per trace = {ratio:.2f}x baseline"
+        if goal is not None:
+            met = ratio <= goal
+            text += f"  goal <= {goal:.1f}x: {verdict(met)}"
+            goals.append((f"decode + row <= {goal:.1f}x the naive crate path", f"{ratio:.2f}x", met))
+            figure(
+                "decode + row per trace (single thread)",
+                value / records / 1000,
+                "µs/trace",
+                f"naive crate path (apache-avro SpecificSingleObjectReader + serde_json), "
+                f"{baseline / records / 1000:.2f} µs",
+                ratio,
+                f"<= {goal:.1f}x",
+                met,
+            )
+        print(text)
+
+
 def throughput_report(t: dict, goals: list) -> None:
     w = t["workload"]
     print(
@@ -633,6 +674,7 @@ def main() -> int:
     RUN["machine"] = machine()
     goals: list = []
     producer_report(root, goals)
+    decode_row_report(root, goals)
     otel_report(root)
     pipeline_report(pipeline, goals)
     if goals:
