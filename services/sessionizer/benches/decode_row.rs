@@ -139,7 +139,9 @@ struct NaiveRow {
     latency: f64,
     tokens: i64,
     cost: f64,
+    #[serde(rename = "user_id")]
     user_id: Option<String>,
+    #[serde(rename = "session_id")]
     session_id: Option<String>,
     #[serde(flatten)]
     inputs: HashMap<String, Value>,
@@ -148,6 +150,18 @@ struct NaiveRow {
     steps: Vec<NaiveRowStep>,
     #[serde(rename = "session_turn")]
     session_turn: i64,
+    #[serde(rename = "session_started_at")]
+    session_started_at: f64,
+    #[serde(rename = "seconds_since_session_start")]
+    seconds_since_session_start: f64,
+    #[serde(rename = "seconds_since_previous_turn")]
+    seconds_since_previous_turn: Option<f64>,
+    #[serde(rename = "session_segment")]
+    session_segment: i32,
+    #[serde(rename = "session_inferred")]
+    session_inferred: bool,
+    #[serde(rename = "session_late")]
+    session_late: bool,
     #[serde(rename = "previous_inference_id")]
     previous_inference_id: Option<String>,
     #[serde(rename = "session_tokens_so_far")]
@@ -165,6 +179,7 @@ struct NaiveRowStep {
     step_type: String,
     inputs: HashMap<String, Value>,
     output: Value,
+    ground_truth: Value,
     start_time: f64,
     end_time: f64,
     latency: f64,
@@ -196,6 +211,7 @@ fn naive_step(step: NaiveStep) -> NaiveRowStep {
         step_type: step.step_type,
         inputs: parse_texts(step.inputs),
         output: parse_text(step.output),
+        ground_truth: Value::Null,
         start_time: step.start_time_ms as f64 / 1000.0,
         end_time: step.end_time_ms as f64 / 1000.0,
         latency: step.latency_ms,
@@ -211,35 +227,49 @@ fn naive_step(step: NaiveStep) -> NaiveRowStep {
 
 fn naive_path(reader: &SpecificSingleObjectReader<NaiveTrace>, bytes: &[u8]) -> Vec<u8> {
     let trace = reader.read(&mut &bytes[..]).expect("decodes");
+    // The official tracer's shape: the trace's inputs, output and metadata both as columns
+    // and on the root `user_call` step that holds the steps.
+    let inputs = parse_texts(trace.inputs);
+    let metadata = parse_texts(trace.metadata);
+    let output = parse_text(trace.output);
+    let latency = trace.latency_ms.unwrap_or(0.0);
+    let inference_id = trace.inference_id.unwrap_or_default();
     let row = NaiveRow {
-        inference_id: trace.inference_id.unwrap_or_default(),
+        inference_id: inference_id.clone(),
         inference_timestamp: trace.timestamp_ms / 1000,
-        output: parse_text(trace.output),
-        latency: trace.latency_ms.unwrap_or(0.0),
+        output: output.clone(),
+        latency,
         tokens: trace.tokens.unwrap_or(0),
         cost: trace.cost.unwrap_or(0.0),
         user_id: trace.user_id,
         session_id: trace.session_id,
-        inputs: parse_texts(trace.inputs),
-        metadata: parse_texts(trace.metadata),
         steps: vec![NaiveRowStep {
-            id: String::new(),
+            id: inference_id,
             name: trace.name,
             step_type: "user_call".to_owned(),
-            inputs: HashMap::new(),
-            output: Value::Null,
-            start_time: 0.0,
-            end_time: 0.0,
-            latency: 0.0,
+            inputs: inputs.clone(),
+            output,
+            ground_truth: Value::Null,
+            start_time: trace.timestamp_ms as f64 / 1000.0,
+            end_time: (trace.timestamp_ms as f64 + latency) / 1000.0,
+            latency,
             tokens: None,
             prompt_tokens: None,
             completion_tokens: None,
             cost: None,
-            model: None,
-            metadata: HashMap::new(),
+            model: trace.model,
+            metadata: metadata.clone(),
             steps: trace.steps.into_iter().map(naive_step).collect(),
         }],
+        inputs,
+        metadata,
         session_turn: 3,
+        session_started_at: 1_780_000_000.0,
+        seconds_since_session_start: 60.0,
+        seconds_since_previous_turn: Some(30.0),
+        session_segment: 0,
+        session_inferred: false,
+        session_late: false,
         previous_inference_id: Some("previous".to_owned()),
         session_tokens_so_far: 500,
         session_cost_so_far: 0.001,
@@ -273,14 +303,30 @@ fn decode_row(c: &mut Criterion) {
     let reader = SpecificSingleObjectReader::<NaiveTrace>::new().expect("a reader");
     let decoder = Decoder::new(Limits::default());
     let placement = placement();
-    // Both paths read the same records and write rows of the same information.
+    // Both paths read the same records and write rows of the same columns.
     for bytes in &records {
         let naive: Value = serde_json::from_slice(&naive_path(&reader, bytes)).expect("JSON");
         let event = decoder.decode(bytes).expect("decodes");
-        let ours: Value = serde_json::from_str(openlayer_row(&event, "id", &placement).get())
-            .expect("JSON");
-        assert_eq!(naive["tokens"], ours["tokens"]);
-        assert_eq!(naive["session_turn"], ours["session_turn"]);
+        let id = event.inference_id.as_deref().unwrap_or_default();
+        let ours: Value =
+            serde_json::from_str(openlayer_row(&event, id, &placement).get()).expect("JSON");
+        let columns = |row: &Value| -> Vec<String> {
+            let mut names: Vec<String> = row.as_object().expect("a row").keys().cloned().collect();
+            names.sort();
+            names
+        };
+        assert_eq!(columns(&naive), columns(&ours));
+        for column in [
+            "inferenceId",
+            "tokens",
+            "output",
+            "session_turn",
+            "user_message",
+        ] {
+            assert_eq!(naive[column], ours[column], "{column}");
+        }
+        let step_names = |row: &Value| row["steps"][0]["steps"].to_string().len();
+        assert!(step_names(&naive) > 0 && step_names(&ours) > 0);
     }
 
     let mut group = c.benchmark_group("decode_row");

@@ -5,6 +5,7 @@
 //! cannot drift from the files. JSON-typed fields travel as JSON text.
 
 use super::DecodeError;
+use super::avro_read::{ReadError, read_trace};
 use super::avro_scan::{ScanError, ScanPlan};
 use crate::record::{JsonMap, SessionSummary, Step, TraceEvent, TraceKind};
 use crate::validate::Limits;
@@ -32,13 +33,12 @@ pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Magic, then the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema.
 pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
 
-/// Parsed schemas and the fast reader and writer for the current one, built once.
+/// Parsed schemas, the summary's reader and the scan plans, built once.
 struct Schemas {
     trace_event: Schema,
     trace_event_fingerprint: u64,
     session_summary: Schema,
     session_summary_fingerprint: u64,
-    trace_event_reader: SpecificDatumReader<WireTraceEvent>,
     session_summary_reader: SpecificDatumReader<WireSessionSummary>,
     scan_plan: ScanPlan,
     /// Earlier writer schemas by fingerprint; decoded through schema resolution.
@@ -78,9 +78,6 @@ fn schemas() -> &'static Schemas {
             scan_plan: plan(&trace_event),
             trace_event,
             session_summary,
-            trace_event_reader: SpecificDatumReader::builder()
-                .build()
-                .expect("derived schema resolves"),
             session_summary_reader: SpecificDatumReader::builder()
                 .build()
                 .expect("derived schema resolves"),
@@ -251,11 +248,10 @@ pub(crate) fn decode_current_datum(
     if length != datum.len() {
         return Err(DecodeError::TrailingBytes(datum.len() - length));
     }
-    let mut reader = datum;
-    let wire: WireTraceEvent = schemas
-        .trace_event_reader
-        .read(&mut reader)
-        .map_err(avro_error)?;
+    let wire = read_trace(datum).map_err(|error| match error {
+        ReadError::Truncated => DecodeError::Truncated,
+        ReadError::Malformed(what) => DecodeError::Avro(what.to_owned()),
+    })?;
     wire.try_into()
 }
 
@@ -292,51 +288,51 @@ pub(crate) fn decode_resolving_datum(
 #[serde(rename = "TraceEvent")]
 #[avro(namespace = "llmtrace")]
 pub(crate) struct WireTraceEvent {
-    schema_version: i32,
-    inference_id: Option<String>,
-    pipeline_id: Option<String>,
-    user_id: Option<String>,
-    session_id: Option<String>,
-    kind: String,
-    timestamp_ms: i64,
-    name: String,
-    inputs: HashMap<String, String>,
-    output: Option<String>,
-    latency_ms: Option<f64>,
-    tokens: Option<i64>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    cost: Option<f64>,
-    model: Option<String>,
-    metadata: HashMap<String, String>,
-    steps: Vec<WireStep>,
-    row: Option<String>,
-    row_config: Option<String>,
+    pub(super) schema_version: i32,
+    pub(super) inference_id: Option<String>,
+    pub(super) pipeline_id: Option<String>,
+    pub(super) user_id: Option<String>,
+    pub(super) session_id: Option<String>,
+    pub(super) kind: String,
+    pub(super) timestamp_ms: i64,
+    pub(super) name: String,
+    pub(super) inputs: HashMap<String, String>,
+    pub(super) output: Option<String>,
+    pub(super) latency_ms: Option<f64>,
+    pub(super) tokens: Option<i64>,
+    pub(super) prompt_tokens: Option<i64>,
+    pub(super) completion_tokens: Option<i64>,
+    pub(super) cost: Option<f64>,
+    pub(super) model: Option<String>,
+    pub(super) metadata: HashMap<String, String>,
+    pub(super) steps: Vec<WireStep>,
+    pub(super) row: Option<String>,
+    pub(super) row_config: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[serde(rename = "Step")]
 #[avro(namespace = "llmtrace")]
 pub(crate) struct WireStep {
-    id: String,
-    name: String,
-    step_type: String,
-    inputs: HashMap<String, String>,
-    output: Option<String>,
-    start_time_ms: i64,
-    end_time_ms: i64,
-    latency_ms: f64,
-    tokens: Option<i64>,
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    cost: Option<f64>,
-    model: Option<String>,
-    metadata: HashMap<String, String>,
-    steps: Vec<WireStep>,
-    documents: Option<String>,
-    provider: Option<String>,
-    model_parameters: Option<String>,
-    raw_output: Option<String>,
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) step_type: String,
+    pub(super) inputs: HashMap<String, String>,
+    pub(super) output: Option<String>,
+    pub(super) start_time_ms: i64,
+    pub(super) end_time_ms: i64,
+    pub(super) latency_ms: f64,
+    pub(super) tokens: Option<i64>,
+    pub(super) prompt_tokens: Option<i64>,
+    pub(super) completion_tokens: Option<i64>,
+    pub(super) cost: Option<f64>,
+    pub(super) model: Option<String>,
+    pub(super) metadata: HashMap<String, String>,
+    pub(super) steps: Vec<WireStep>,
+    pub(super) documents: Option<String>,
+    pub(super) provider: Option<String>,
+    pub(super) model_parameters: Option<String>,
+    pub(super) raw_output: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

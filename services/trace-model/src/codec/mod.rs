@@ -10,6 +10,7 @@
 //! Every decode ends with [`crate::validate::validate_trace`], so a decoded trace is a valid one.
 
 pub mod avro;
+mod avro_read;
 mod avro_scan;
 mod avro_write;
 pub mod json;
