@@ -166,7 +166,9 @@ pub struct ClosedSession {
 #[derive(Debug, Clone, Default)]
 pub struct PartitionWindows {
     settings: WindowSettingsCell,
-    sessions: HashMap<SessionKey, SessionState>,
+    /// Boxed: the table holds twice as many slots as sessions after it grows, and a slot of
+    /// key and box is a quarter of one of key and state (`pipeline-bench`'s memory probe).
+    sessions: HashMap<SessionKey, Box<SessionState>>,
     /// Newest trace timestamp seen in this partition (stream time).
     event_time_ms: Option<i64>,
     /// Wall-clock time the partition last received a trace, for the idleness rule.
@@ -229,17 +231,17 @@ impl PartitionWindows {
     }
 
     pub fn session(&self, key: &SessionKey) -> Option<&SessionState> {
-        self.sessions.get(key)
+        self.sessions.get(key).map(|state| &**state)
     }
 
     /// The open session `key`, to add what the window does not keep itself.
     pub fn session_mut(&mut self, key: &SessionKey) -> Option<&mut SessionState> {
-        self.sessions.get_mut(key)
+        self.sessions.get_mut(key).map(|state| &mut **state)
     }
 
     /// Open sessions, for persistence.
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionKey, &SessionState)> {
-        self.sessions.iter()
+        self.sessions.iter().map(|(key, state)| (key, &**state))
     }
 
     /// Puts a restored session back (state recovery).
@@ -253,7 +255,7 @@ impl PartitionWindows {
                 key.session_id.clone(),
             );
         }
-        self.sessions.insert(key, state);
+        self.sessions.insert(key, Box::new(state));
     }
 
     fn gap_for(&self, inferred: bool) -> i64 {
@@ -436,7 +438,7 @@ impl PartitionWindows {
                     cost_so_far: state.cost,
                     late_within_grace,
                 };
-                self.sessions.insert(key, state);
+                self.sessions.insert(key, Box::new(state));
                 Placement::Turn(turn)
             }
         }
@@ -471,7 +473,7 @@ impl PartitionWindows {
         }
         Some(ClosedSession {
             key: key.clone(),
-            state,
+            state: *state,
             reason,
         })
     }
@@ -567,7 +569,10 @@ impl PartitionWindows {
     pub fn close_all(&mut self) -> Vec<(SessionKey, SessionState)> {
         self.next_segment.clear();
         self.inferred_by_user.clear();
-        self.sessions.drain().collect()
+        self.sessions
+            .drain()
+            .map(|(key, state)| (key, *state))
+            .collect()
     }
 }
 
