@@ -205,6 +205,7 @@ pub(crate) fn state_memory(memory_sessions: &[usize], journal_sessions: usize) -
         marginal_bytes_per_session: marginal,
         probes,
         journal,
-        goal_bytes_per_session: 1024.0,
+        // The memory goal (docs/performance.md): 512 B per open session at a million, linear.
+        goal_bytes_per_session: 512.0,
     })
 }

@@ -103,6 +103,9 @@ pub struct KafkaPublisher {
     /// The command that creates the topic, logged once when the broker does not know it.
     create_topic_command: String,
     topic_absent_logged: AtomicBool,
+    /// `kafka.spans_topic` and the command that creates it, when set.
+    spans_topic_check: Option<(String, String)>,
+    spans_topic_absent_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -137,6 +140,10 @@ impl KafkaPublisher {
         for (key, value) in &settings.client.0 {
             client.set(key, value);
         }
+        let commands = TopicCommands {
+            bootstrap_servers: &settings.bootstrap_servers,
+            secured: TopicCommands::is_secured(&settings.client.0),
+        };
         Ok(KafkaPublisher {
             producer: RwLock::new(Arc::new(client.create()?)),
             client,
@@ -145,12 +152,13 @@ impl KafkaPublisher {
             spans_topic: settings.spans_topic.clone(),
             produce_timeout: settings.produce_timeout,
             broker,
-            create_topic_command: TopicCommands {
-                bootstrap_servers: &settings.bootstrap_servers,
-                secured: TopicCommands::is_secured(&settings.client.0),
-            }
-            .create_topic(&settings.topic, None, &[]),
+            create_topic_command: commands.create_topic(&settings.topic, None, &[]),
             topic_absent_logged: AtomicBool::new(false),
+            spans_topic_check: settings
+                .spans_topic
+                .as_ref()
+                .map(|topic| (topic.clone(), commands.create_topic(topic, None, &[]))),
+            spans_topic_absent_logged: AtomicBool::new(false),
         })
     }
 
@@ -159,30 +167,52 @@ impl KafkaPublisher {
     /// creates topics on first produce) must not keep the gateway from producing.
     /// A missing topic is logged once, with the command that creates it.
     pub fn check_broker(&self, timeout: Duration) -> bool {
-        let metadata = self
-            .producer()
-            .client()
-            .fetch_metadata(Some(&self.topic), timeout);
-        let reachable = metadata.is_ok();
-        if let Ok(metadata) = metadata {
-            let absent = metadata
-                .topics()
-                .iter()
-                .find(|topic| topic.name() == self.topic)
-                .is_none_or(|topic| topic.error().is_some() || topic.partitions().is_empty());
-            if !absent {
-                self.topic_absent_logged.store(false, Ordering::Relaxed);
-            } else if !self.topic_absent_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    topic = %self.topic,
-                    command = %self.create_topic_command,
-                    "the traces topic does not exist: requests fail with 503 unless the brokers \
-                     create topics on first produce; create it with the command"
-                );
-            }
+        let reachable = self.check_topic(
+            &self.topic,
+            &self.create_topic_command,
+            &self.topic_absent_logged,
+            timeout,
+        );
+        if reachable && let Some((topic, command)) = &self.spans_topic_check {
+            self.check_topic(topic, command, &self.spans_topic_absent_logged, timeout);
         }
         self.broker.set_reachable(reachable);
         reachable
+    }
+
+    /// Whether the broker answered for `topic`; logs once (until it appears) that it is
+    /// missing, with `command`, the command that creates it.
+    fn check_topic(
+        &self,
+        topic: &str,
+        command: &str,
+        absent_logged: &AtomicBool,
+        timeout: Duration,
+    ) -> bool {
+        let metadata = self
+            .producer()
+            .client()
+            .fetch_metadata(Some(topic), timeout);
+        let Ok(metadata) = metadata else {
+            return false;
+        };
+        let absent = metadata
+            .topics()
+            .iter()
+            .find(|known| known.name() == topic)
+            .is_none_or(|known| known.error().is_some() || known.partitions().is_empty());
+        if !absent {
+            absent_logged.store(false, Ordering::Relaxed);
+        } else if !absent_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                topic,
+                command,
+                "a topic the gateway produces to does not exist: requests that need it fail \
+                 with 503 unless the brokers create topics on first produce; create it with \
+                 the command"
+            );
+        }
+        true
     }
 
     /// Waits for records still queued, at most `timeout` (shutdown).
@@ -245,13 +275,20 @@ impl KafkaPublisher {
         producer: &FutureProducer,
         records: &[Outgoing],
     ) -> Result<(), PublishError> {
+        // The OTLP handler sends spans only when the topic is set; checked before anything
+        // is produced.
+        if self.spans_topic.is_none()
+            && records
+                .iter()
+                .any(|record| record.destination == Destination::Spans)
+        {
+            return Err(PublishError::Kafka);
+        }
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
             let topic = match (record.destination, &self.spans_topic) {
-                (Destination::Traces, _) => &self.topic,
                 (Destination::Spans, Some(spans_topic)) => spans_topic,
-                // The OTLP handler sends spans only when the topic is set.
-                (Destination::Spans, None) => return Err(PublishError::Kafka),
+                _ => &self.topic,
             };
             let mut future_record = FutureRecord::to(topic).payload(&record.payload);
             if let Some(key) = &record.key {

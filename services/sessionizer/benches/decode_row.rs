@@ -280,7 +280,7 @@ fn naive_path(reader: &SpecificSingleObjectReader<NaiveTrace>, bytes: &[u8]) -> 
 fn placement() -> Placement {
     Placement::Turn(Turn {
         key: SessionKey {
-            pipeline_id: "pipeline".to_owned(),
+            pipeline_id: "pipeline".into(),
             session_id: "session-42".to_owned(),
         },
         user_id: Some("user-000042".to_owned()),

@@ -162,6 +162,7 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
         }
     };
     let repartition = subject(&otel.repartition_topic, "otel.repartition_topic");
+    let mut repartition_absent = false;
     let num_repartition = match probe.topic(&otel.repartition_topic) {
         Ok(TopicState::Present { num_partitions }) => {
             checks.push(Check::passed(
@@ -171,6 +172,7 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
             Some(num_partitions)
         }
         Ok(TopicState::Absent) => {
+            repartition_absent = true;
             checks.push(created_by_run(
                 repartition,
                 &probe.create_topic_command(&otel.repartition_topic, num_spans, &[]),
@@ -196,7 +198,20 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
                      {expected}; the two must match partition for partition",
                     otel.repartition_topic
                 ),
-                state_partitions_fix(probe, otel, num_partitions, expected),
+                if repartition_absent && num_partitions > expected {
+                    // No topic to add partitions to yet: create it as large as the state.
+                    format!(
+                        "create `{}` with {num_partitions} partitions before `run` does: {}",
+                        otel.repartition_topic,
+                        probe.create_topic_command(
+                            &otel.repartition_topic,
+                            Some(num_partitions),
+                            &[]
+                        )
+                    )
+                } else {
+                    state_partitions_fix(probe, otel, num_partitions, expected)
+                },
             ),
             _ => Check::passed(state, format!("present, {num_partitions} partitions")),
         },

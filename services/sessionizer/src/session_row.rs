@@ -282,7 +282,7 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
     }
     row.insert(
         "traces_pipeline_id".into(),
-        session.key.pipeline_id.clone().into(),
+        Value::from(&*session.key.pipeline_id),
     );
     row.insert(
         "first_inference_id".into(),

@@ -109,7 +109,7 @@ fn the_row_has_every_session_column_and_the_aggregates_that_could_be_computed() 
     totals.add(&second, true, &aggregates);
     let session = ClosedSession {
         key: SessionKey {
-            pipeline_id: "traces".to_owned(),
+            pipeline_id: "traces".into(),
             session_id: "s1".to_owned(),
         },
         state: SessionState {

@@ -465,7 +465,7 @@ impl Core {
             // is settled): updating a row Openlayer has not stored yet would be lost.
             self.offsets.track(partition, close_sequence, 1);
             self.final_turns.push(FinalTurnUpdate {
-                pipeline_id: session.key.pipeline_id.clone(),
+                pipeline_id: session.key.pipeline_id.to_string(),
                 inference_id: state.last_inference_id.clone(),
                 origin: closed_by,
             });
@@ -477,7 +477,7 @@ impl Core {
         let summary = SessionSummary {
             schema_version: trace_model::record::SESSION_SUMMARY_SCHEMA_VERSION,
             session_key: session.key.joined(),
-            pipeline_id: session.key.pipeline_id.clone(),
+            pipeline_id: session.key.pipeline_id.to_string(),
             session_id: session.key.session_id.clone(),
             user_id: state.user_id.clone(),
             segment: state.segment,

@@ -708,7 +708,7 @@ fn check_no_loss(world: &World) {
 fn check_session_rows(world: &World) {
     let is_open = |session_id: &str, started_at_ms: i64| {
         let key = SessionKey {
-            pipeline_id: "pipe".to_owned(),
+            pipeline_id: "pipe".into(),
             session_id: session_id.to_owned(),
         };
         world.core.owned.values().any(|owned| {

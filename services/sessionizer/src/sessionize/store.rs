@@ -240,7 +240,7 @@ impl PartitionJournal {
             let record = SessionRecord {
                 w: at.traces,
                 rw: at.repartition,
-                pipeline_id: key.pipeline_id.clone(),
+                pipeline_id: key.pipeline_id.to_string(),
                 session_id: key.session_id.clone(),
                 state: after.state,
                 next_segment: after.next_segment,
@@ -307,7 +307,7 @@ impl RestoredPartition {
         }
         let record: SessionRecord = serde_json::from_slice(value)?;
         let session_key = SessionKey {
-            pipeline_id: record.pipeline_id.clone(),
+            pipeline_id: record.pipeline_id.as_str().into(),
             session_id: record.session_id.clone(),
         };
         self.sessions.insert(session_key, record);

@@ -23,7 +23,8 @@
 
 use super::recent::RecentIds;
 use crate::session_row::SessionTotals;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use trace_model::{TraceEvent, TraceKind};
 
@@ -78,7 +79,8 @@ impl CloseReason {
 /// Identifies a session within the pipeline: Openlayer pipeline and session id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionKey {
-    pub pipeline_id: String,
+    /// Shared by the partition's sessions of one pipeline ([`PartitionWindows`] interns it).
+    pub pipeline_id: Arc<str>,
     pub session_id: String,
 }
 
@@ -175,6 +177,8 @@ pub struct PartitionWindows {
     last_message_wall_ms: Option<i64>,
     /// Open inferred session of each (pipeline, user).
     inferred_by_user: HashMap<(String, String), String>,
+    /// The pipeline ids the sessions' keys share; forgotten on the tick once no key holds it.
+    pipelines: HashSet<Arc<str>>,
     /// Segment and end (event time) of sessions split by `max_duration`, for the window that
     /// continues them; forgotten once used or a gap later.
     next_segment: HashMap<SessionKey, (i32, i64)>,
@@ -247,15 +251,50 @@ impl PartitionWindows {
     /// Puts a restored session back (state recovery).
     pub fn restore(&mut self, key: SessionKey, state: SessionState, event_time_ms: Option<i64>) {
         self.event_time_ms = self.event_time_ms.max(event_time_ms);
+        let key = SessionKey {
+            pipeline_id: self.intern(&key.pipeline_id),
+            session_id: key.session_id,
+        };
         if state.inferred
             && let Some(user_id) = &state.user_id
         {
             self.inferred_by_user.insert(
-                (key.pipeline_id.clone(), user_id.clone()),
+                (key.pipeline_id.to_string(), user_id.clone()),
                 key.session_id.clone(),
             );
         }
         self.sessions.insert(key, Box::new(state));
+    }
+
+    /// The shared copy of `pipeline_id`, added when new.
+    fn intern(&mut self, pipeline_id: &str) -> Arc<str> {
+        if let Some(known) = self.pipelines.get(pipeline_id) {
+            return Arc::clone(known);
+        }
+        let interned: Arc<str> = pipeline_id.into();
+        self.pipelines.insert(Arc::clone(&interned));
+        interned
+    }
+
+    /// The shared copy of `pipeline_id` if there is one, else a copy of its own.
+    fn pipeline(&self, pipeline_id: &str) -> Arc<str> {
+        self.pipelines
+            .get(pipeline_id)
+            .map_or_else(|| pipeline_id.into(), Arc::clone)
+    }
+
+    /// Whether `state` is a session this trace would close (gap, max duration) or a tick
+    /// could have closed by now (the watermark a gap past it): a copy is judged only in a
+    /// session open either way, so that a replay, which runs no ticks, places it alike.
+    fn would_close(&self, state: &SessionState, timestamp: i64) -> bool {
+        let settings = self.settings();
+        let gap = self.gap_for(state.inferred);
+        let watermark = self
+            .event_time_ms
+            .map_or(i64::MIN, |now| now.saturating_sub(millis(settings.grace)));
+        timestamp.saturating_sub(state.last_event_ms) >= gap
+            || timestamp.saturating_sub(state.started_at_ms) >= millis(settings.max_duration)
+            || watermark.saturating_sub(state.last_event_ms) >= gap
     }
 
     fn gap_for(&self, inferred: bool) -> i64 {
@@ -298,7 +337,7 @@ impl PartitionWindows {
         if event.kind == TraceKind::SessionEnd {
             let closed_session = session_id.and_then(|session_id| {
                 let key = SessionKey {
-                    pipeline_id: pipeline_id.to_owned(),
+                    pipeline_id: self.pipeline(pipeline_id),
                     session_id,
                 };
                 self.close(&key, CloseReason::EndEvent)
@@ -310,28 +349,28 @@ impl PartitionWindows {
         if session_id.is_none() && !inferred {
             return Placement::Passthrough;
         }
-        let mut key = match session_id {
-            Some(session_id) => SessionKey {
-                pipeline_id: pipeline_id.to_owned(),
-                session_id,
-            },
-            None => self.inferred_key(pipeline_id, event, timestamp),
-        };
-        if let Some(inference_id) = event.inference_id.as_deref()
-            && self
-                .sessions
-                .get(&key)
-                .is_some_and(|state| state.recent_ids.contains(inference_id))
-        {
-            return Placement::Duplicate;
-        }
         if is_late {
             return Placement::Late {
                 session_id: event.session_id.clone(),
                 user_id: event.user_id.clone(),
             };
         }
-
+        // Interned before any key is made: a new session's key then shares it.
+        let pipeline = self.intern(pipeline_id);
+        let mut key = match session_id {
+            Some(session_id) => SessionKey {
+                pipeline_id: pipeline,
+                session_id,
+            },
+            None => self.inferred_key(pipeline_id, event, timestamp),
+        };
+        if let Some(inference_id) = event.inference_id.as_deref()
+            && let Some(state) = self.sessions.get(&key)
+            && state.recent_ids.contains(inference_id)
+            && !self.would_close(state, timestamp)
+        {
+            return Placement::Duplicate;
+        }
         let gap = self.gap_for(inferred);
         if let Some(state) = self.sessions.get(&key) {
             let reason = if timestamp.saturating_sub(state.last_event_ms) >= gap {
@@ -451,7 +490,7 @@ impl PartitionWindows {
             .inferred_by_user
             .get(&(pipeline_id.to_owned(), user_id.to_owned()));
         SessionKey {
-            pipeline_id: pipeline_id.to_owned(),
+            pipeline_id: self.pipeline(pipeline_id),
             session_id: open
                 .cloned()
                 .unwrap_or_else(|| inferred_session_id(user_id, timestamp)),
@@ -464,7 +503,7 @@ impl PartitionWindows {
             && let Some(user_id) = &state.user_id
         {
             self.inferred_by_user
-                .remove(&(key.pipeline_id.clone(), user_id.clone()));
+                .remove(&(key.pipeline_id.to_string(), user_id.clone()));
         }
         // A session split by max_duration continues in a new segment; other closes end it.
         if reason == CloseReason::MaxDuration && !state.inferred {
@@ -517,6 +556,9 @@ impl PartitionWindows {
         self.next_segment.retain(|_, (_, ended_ms)| {
             watermark.saturating_sub(*ended_ms) < gap && quiet_for < gap
         });
+        // Pipelines no key holds any more.
+        self.pipelines
+            .retain(|pipeline| Arc::strong_count(pipeline) > 1);
     }
 
     /// The partition's state was restored at wall-clock `wall_ms`: its sessions close by the
@@ -555,7 +597,7 @@ impl PartitionWindows {
     pub fn peek_key(&self, event: &TraceEvent, pipeline_id: &str) -> Option<SessionKey> {
         match (&event.session_id, &event.user_id) {
             (Some(session_id), _) => Some(SessionKey {
-                pipeline_id: pipeline_id.to_owned(),
+                pipeline_id: self.pipeline(pipeline_id),
                 session_id: session_id.clone(),
             }),
             (None, Some(_)) if self.settings().infer_user_sessions => {
@@ -569,6 +611,7 @@ impl PartitionWindows {
     pub fn close_all(&mut self) -> Vec<(SessionKey, SessionState)> {
         self.next_segment.clear();
         self.inferred_by_user.clear();
+        self.pipelines.clear();
         self.sessions
             .drain()
             .map(|(key, state)| (key, *state))
@@ -710,6 +753,36 @@ mod tests {
             }
         }
         assert_eq!(with_tick.num_open(), without_tick.num_open());
+    }
+
+    /// A copy is placed alike with or without a tick before it (a replay runs none): past
+    /// grace it ships marked late, whether or not a tick closed its session meanwhile.
+    #[test]
+    fn a_tick_does_not_change_how_a_copy_is_placed() {
+        for (copy_at, later_at) in [(0, 40 * MINUTE), (20 * MINUTE, 51 * MINUTE)] {
+            let traces = [
+                trace("a", Some("u"), Some("s"), copy_at),
+                trace("b", Some("v"), Some("t"), later_at),
+                trace("a", Some("u"), Some("s"), copy_at),
+            ];
+            let mut with_tick = PartitionWindows::new(settings());
+            let mut without_tick = PartitionWindows::new(settings());
+            let mut placements = Vec::new();
+            for (index, event) in traces.iter().enumerate() {
+                if index == 2 {
+                    with_tick.expire(event.timestamp_ms, &mut Vec::new());
+                }
+                let ticked = add(&mut with_tick, event).0;
+                let straight = add(&mut without_tick, event).0;
+                assert_eq!(
+                    std::mem::discriminant(&ticked),
+                    std::mem::discriminant(&straight),
+                    "{ticked:?} / {straight:?}"
+                );
+                placements.push(ticked);
+            }
+            assert_ne!(placements[2], Placement::Duplicate, "copy at {copy_at}");
+        }
     }
 
     #[test]

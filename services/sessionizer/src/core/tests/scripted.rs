@@ -56,7 +56,7 @@ fn a_session_end_closes_its_session_and_settles_with_the_effects_of_the_close() 
     });
     assert_eq!(world.stored.get(&0), Some(&2));
     let key = SessionKey {
-        pipeline_id: "pipe".to_owned(),
+        pipeline_id: "pipe".into(),
         session_id: "s0-0".to_owned(),
     };
     let owned = world.core.owned.get(&0).expect("partition 0 is owned");
