@@ -14,6 +14,16 @@ cargo fetch --locked
 WITH_BROKER_NAME="test"
 # shellcheck source=scripts/with-broker.sh
 source scripts/with-broker.sh
+# On failure, last (where a CI log's tail shows it): the step's exit code and the free disk
+# space, since a full disk fails the build or link with a cargo error far up the log.
+on_exit() {
+  local status=$?
+  stop_broker
+  if [ "$status" != 0 ]; then
+    echo "test: failed with exit code $status; free space for the build: $(df -h "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk 'NR == 2 {print $4 " of " $2}')" >&2
+  fi
+}
+trap on_exit EXIT
 
 # The binary tests run the real sessionizer executable as a child process.
 cargo build --locked -p sessionizer
