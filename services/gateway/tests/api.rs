@@ -534,7 +534,7 @@ async fn bodies_beyond_the_bytes_in_flight_are_shed_before_they_are_read() {
 mod otlp {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -622,6 +622,24 @@ mod otlp {
         encoder.finish().expect("gzip")
     }
 
+    /// Exports `spans` in protobuf; the answer must be 200 with a partial success.
+    async fn partial_success(app: &Router, spans: Vec<Span>) -> ExportTracePartialSuccess {
+        let (status, bytes) = answer(
+            app,
+            post(
+                "application/x-protobuf",
+                None,
+                export(spans).encode_to_vec(),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        ExportTraceServiceResponse::decode(&bytes[..])
+            .expect("protobuf answer")
+            .partial_success
+            .expect("partial success")
+    }
+
     #[tokio::test]
     async fn protobuf_and_gzip_exports_become_one_record_per_trace_keyed_by_session() {
         let fixture = fixture(1 << 20);
@@ -683,20 +701,7 @@ mod otlp {
         let mut second_root = turn_spans(2, "conv-2", 1);
         second_root[1].parent_span_id.clear();
         spans.extend(second_root);
-        let (status, bytes) = answer(
-            &fixture.app,
-            post(
-                "application/x-protobuf",
-                None,
-                export(spans).encode_to_vec(),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        let partial = ExportTraceServiceResponse::decode(&bytes[..])
-            .expect("protobuf answer")
-            .partial_success
-            .expect("partial success");
+        let partial = partial_success(&fixture.app, spans).await;
         assert_eq!(partial.rejected_spans, 2);
         assert!(
             partial.error_message.contains("root spans"),
@@ -725,20 +730,7 @@ mod otlp {
         let mut no_trace_id = turn_spans(3, "conv-1", 3).remove(0);
         no_trace_id.trace_id.clear();
         spans.push(no_trace_id);
-        let (status, bytes) = answer(
-            &fixture.app,
-            post(
-                "application/x-protobuf",
-                None,
-                export(spans).encode_to_vec(),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        let partial = ExportTraceServiceResponse::decode(&bytes[..])
-            .expect("protobuf answer")
-            .partial_success
-            .expect("partial success");
+        let partial = partial_success(&fixture.app, spans).await;
         assert_eq!(partial.rejected_spans, 1, "the span without a trace id");
 
         let published = fixture
@@ -787,20 +779,7 @@ mod otlp {
                 span
             })
             .collect();
-        let (status, bytes) = answer(
-            &fixture.app,
-            post(
-                "application/x-protobuf",
-                None,
-                export(spans).encode_to_vec(),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        let partial = ExportTraceServiceResponse::decode(&bytes[..])
-            .expect("protobuf answer")
-            .partial_success
-            .expect("partial success");
+        let partial = partial_success(&fixture.app, spans).await;
         assert_eq!(
             partial.rejected_spans,
             i64::try_from(max_steps + 2).expect("fits")
