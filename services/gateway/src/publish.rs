@@ -173,10 +173,10 @@ impl KafkaPublisher {
             &self.topic_absent_logged,
             timeout,
         );
+        self.broker.set_reachable(reachable);
         if reachable && let Some((topic, command)) = &self.spans_topic_check {
             self.check_topic(topic, command, &self.spans_topic_absent_logged, timeout);
         }
-        self.broker.set_reachable(reachable);
         reachable
     }
 

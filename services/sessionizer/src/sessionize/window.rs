@@ -590,6 +590,10 @@ impl PartitionWindows {
 
     /// Restores a pending max-duration continuation (state recovery).
     pub fn restore_next_segment(&mut self, key: SessionKey, segment: i32, ended_ms: i64) {
+        let key = SessionKey {
+            pipeline_id: self.intern(&key.pipeline_id),
+            session_id: key.session_id,
+        };
         self.next_segment.insert(key, (segment, ended_ms));
     }
 
