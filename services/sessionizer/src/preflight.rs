@@ -70,7 +70,7 @@ pub fn kafka_checks(
     let mut checks = report.checks;
     let mut num_traces_partitions = None;
     for needed in needed_topics(settings) {
-        let subject = format!("topic `{}` ({})", needed.name, needed.key);
+        let subject = topic_subject(needed.name, needed.key);
         match probe.topic(needed.name) {
             Ok(state) => {
                 let verdict = judge(needed.role, state, num_traces_partitions);
@@ -131,17 +131,16 @@ pub fn kafka_checks(
 /// count, and the state topic, compacted, with the repartition topic's.
 fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
     let mut checks = Vec::new();
-    let subject = |topic: &str, key: &str| format!("topic `{topic}` ({key})");
-    let spans = subject(&otel.spans_topic, "otel.spans_topic");
-    let num_spans = match probe.topic(&otel.spans_topic) {
-        Ok(TopicState::Present { num_partitions }) => {
-            checks.push(Check::passed(
-                spans,
-                format!("present, {num_partitions} partitions"),
-            ));
+    let present = |subject: String, num_partitions: usize| {
+        Check::passed(subject, format!("present, {num_partitions} partitions"))
+    };
+    let spans = topic_subject(&otel.spans_topic, "otel.spans_topic");
+    let num_spans = match readable(probe, &otel.spans_topic, &spans, &mut checks) {
+        Some(TopicState::Present { num_partitions }) => {
+            checks.push(present(spans, num_partitions));
             Some(num_partitions)
         }
-        Ok(TopicState::Absent) => {
+        Some(_) => {
             checks.push(Check::failed(
                 spans,
                 "does not exist",
@@ -152,26 +151,17 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
             ));
             None
         }
-        Ok(TopicState::Inaccessible(code)) => {
-            checks.push(inaccessible_topic(spans, code));
-            None
-        }
-        Err(error) => {
-            checks.push(unanswered_topic(spans, &error));
-            None
-        }
+        None => None,
     };
-    let repartition = subject(&otel.repartition_topic, "otel.repartition_topic");
+    let repartition = topic_subject(&otel.repartition_topic, "otel.repartition_topic");
     let mut repartition_absent = false;
-    let num_repartition = match probe.topic(&otel.repartition_topic) {
-        Ok(TopicState::Present { num_partitions }) => {
-            checks.push(Check::passed(
-                repartition,
-                format!("present, {num_partitions} partitions"),
-            ));
+    let num_repartition = match readable(probe, &otel.repartition_topic, &repartition, &mut checks)
+    {
+        Some(TopicState::Present { num_partitions }) => {
+            checks.push(present(repartition, num_partitions));
             Some(num_partitions)
         }
-        Ok(TopicState::Absent) => {
+        Some(_) => {
             repartition_absent = true;
             checks.push(created_by_run(
                 repartition,
@@ -179,18 +169,11 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
             ));
             num_spans
         }
-        Ok(TopicState::Inaccessible(code)) => {
-            checks.push(inaccessible_topic(repartition, code));
-            None
-        }
-        Err(error) => {
-            checks.push(unanswered_topic(repartition, &error));
-            None
-        }
+        None => None,
     };
-    let state = subject(&otel.state_topic, "otel.state_topic");
-    checks.push(match probe.topic(&otel.state_topic) {
-        Ok(TopicState::Present { num_partitions }) => match num_repartition {
+    let state = topic_subject(&otel.state_topic, "otel.state_topic");
+    match readable(probe, &otel.state_topic, &state, &mut checks) {
+        Some(TopicState::Present { num_partitions }) => checks.push(match num_repartition {
             Some(expected) if expected != num_partitions => Check::failed(
                 state,
                 format!(
@@ -213,16 +196,39 @@ fn otel_checks(probe: &KafkaProbe, otel: &OtelSettings) -> Vec<Check> {
                     state_partitions_fix(probe, otel, num_partitions, expected)
                 },
             ),
-            _ => Check::passed(state, format!("present, {num_partitions} partitions")),
-        },
-        Ok(TopicState::Absent) => created_by_run(
+            _ => present(state, num_partitions),
+        }),
+        Some(_) => checks.push(created_by_run(
             state,
             &probe.create_topic_command(&otel.state_topic, num_repartition, CHANGELOG_SETTINGS),
-        ),
-        Ok(TopicState::Inaccessible(code)) => inaccessible_topic(state, code),
-        Err(error) => unanswered_topic(state, &error),
-    });
+        )),
+        None => {}
+    }
     checks
+}
+
+fn topic_subject(topic: &str, key: &str) -> String {
+    format!("topic `{topic}` ({key})")
+}
+
+/// The topic's state when the broker described it; otherwise the failed check is pushed.
+fn readable(
+    probe: &KafkaProbe,
+    topic: &str,
+    subject: &str,
+    checks: &mut Vec<Check>,
+) -> Option<TopicState> {
+    match probe.topic(topic) {
+        Ok(TopicState::Inaccessible(code)) => {
+            checks.push(inaccessible_topic(subject.to_owned(), code));
+            None
+        }
+        Ok(state) => Some(state),
+        Err(error) => {
+            checks.push(unanswered_topic(subject.to_owned(), &error));
+            None
+        }
+    }
 }
 
 fn created_by_run(subject: String, command: &str) -> Check {
