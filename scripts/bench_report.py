@@ -63,6 +63,15 @@ def same_run_median(root: Path, group: str, bench: str, baseline_mtime: float):
         return None
 
 
+def criterion_baseline(root: Path, group: str, bench: str):
+    """(median, modification time) of a group's baseline, or None, said, when it is missing."""
+    try:
+        return median_ns(root, group, bench), estimates_path(root, group, bench).stat().st_mtime
+    except OSError as error:
+        print(f"  no criterion results ({error})")
+        return None
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
@@ -70,18 +79,16 @@ def verdict(met: bool) -> str:
 def producer_report(root: Path, goals: list) -> None:
     print()
     print("Producer helper cost per trace, against a bare rdkafka send of the same bytes")
-    try:
-        baseline = median_ns(root, "emit_path", "bare_send")
-    except OSError as error:
-        print(f"  no criterion results ({error})")
+    found = criterion_baseline(root, "emit_path", "bare_send")
+    if found is None:
         return
+    baseline, baseline_mtime = found
     rows = [
         ("request path (context, 3-step trace, enqueue)", "request_path", 1.5),
         ("  of which building the trace", "build_only", None),
         ("  of which Avro encoding", "encode_only", None),
         ("full cost (plus Avro encode and hand-off, throughput)", "full_cost", None),
     ]
-    baseline_mtime = estimates_path(root, "emit_path", "bare_send").stat().st_mtime
     print(f"  baseline bare_send: median {baseline / 1000:.2f} µs per trace")
     for label, bench, goal in rows:
         value = same_run_median(root, "emit_path", bench, baseline_mtime)
@@ -108,12 +115,10 @@ def producer_report(root: Path, goals: list) -> None:
 def otel_report(root: Path) -> None:
     print()
     print("OpenTelemetry ingest per trace (4 spans), against the native decode of the same traces")
-    try:
-        baseline = median_ns(root, "otel_assembly", "native_decode")
-        baseline_mtime = estimates_path(root, "otel_assembly", "native_decode").stat().st_mtime
-    except OSError as error:
-        print(f"  no criterion results ({error})")
+    found = criterion_baseline(root, "otel_assembly", "native_decode")
+    if found is None:
         return
+    baseline, baseline_mtime = found
     # Criterion's throughput groups report the time of one iteration: 100 traces.
     traces = 100
     print(f"  baseline native_decode: median {baseline / traces / 1000:.2f} µs per trace")
@@ -147,12 +152,10 @@ RUN_STATE: dict = {}
 def decode_row_report(root: Path, goals: list) -> None:
     print()
     print("Decode + row per trace, against the naive crate path on the same records")
-    try:
-        baseline = median_ns(root, "decode_row", "naive_crate_path")
-        baseline_mtime = estimates_path(root, "decode_row", "naive_crate_path").stat().st_mtime
-    except OSError as error:
-        print(f"  no criterion results ({error})")
+    found = criterion_baseline(root, "decode_row", "naive_crate_path")
+    if found is None:
         return
+    baseline, baseline_mtime = found
     # One iteration handles the bench's 2 records.
     records = 2
     print(
