@@ -6,16 +6,36 @@
 //! - `request_path`: what a request pays: context scope and lookup, building a trace with
 //!   three nested steps, Avro encoding and the hand-off to librdkafka.
 //! - `build_only` and `encode_only`: the two parts of the difference, for the report.
+//! - `otel_sdk`: the peer a Rust team would pick instead, the `opentelemetry` SDK recording the
+//!   same request as four spans (the trace and its three steps) with the same values as
+//!   attributes, named as the GenAI conventions the Collector path reads. Its batch span
+//!   processor hands every span to its own thread, whose exporter does what an OTLP-to-Kafka
+//!   path does: each batch grouped and encoded as OTLP protobuf, sent to the same cluster.
+//!   That work is off the request path, as the processor intends; ours encodes on it.
+//!   The values a service has at run time are owned strings (see `otel_request`);
+//!   `otel_sdk_static_values`, reported only, records them as `'static` strings instead.
 //!
 //! Every variant produces to an in-process cluster, so no broker is needed; delivery runs in
 //! librdkafka's threads for all of them alike. `scripts/bench.sh` turns the medians into ratios.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+};
+use prost::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use trace_emit::{
     CHAT_COMPLETION, CollectingSink, Emitter, EmitterConfig, RETRIEVER, TraceSink, Usage,
@@ -72,6 +92,104 @@ fn traced_request(sink: Arc<dyn TraceSink>) {
                     })
             });
     });
+}
+
+/// The same request through the OpenTelemetry SDK: four spans, the same values as attributes
+/// (the return values as `output`), as an instrumented service records them with `in_span`.
+/// The values a service gets at run time (the ids and the question from its request, the
+/// documents and the answer from its calls) are attributes as owned strings, as a service
+/// holding them borrowed from its request or response must hand them over (an attribute value
+/// is `'static` or owned); names and constants stay `'static`, as with the helpers. `runtime`
+/// makes those values: owned copies for the figure, or `'static` for the reported variant
+/// that shows what the copies cost the peer.
+fn otel_request(tracer: &SdkTracer, runtime: fn(&'static str) -> opentelemetry::Value) {
+    let question_tokens = 40 + QUESTION.len() as i64 / 4;
+    tracer.in_span("chat", |root| {
+        let span = root.span();
+        span.set_attribute(KeyValue::new("user.id", runtime("user-004711")));
+        span.set_attribute(KeyValue::new(
+            "session.id",
+            "session-4711-lisbon".to_owned(),
+        ));
+        span.set_attribute(KeyValue::new("input.user_message", runtime(QUESTION)));
+        span.set_attribute(KeyValue::new("app_version", "2.14.1"));
+        span.set_attribute(KeyValue::new("region", "eu-west-1"));
+        let documents = tracer.in_span("retrieve", |retrieve| {
+            let span = retrieve.span();
+            span.set_attribute(KeyValue::new("gen_ai.operation.name", "retrieval"));
+            span.set_attribute(KeyValue::new("input.query", runtime(QUESTION)));
+            tracer.in_span("embed_query", |embed| {
+                let span = embed.span();
+                span.set_attribute(KeyValue::new("gen_ai.operation.name", "embeddings"));
+                span.set_attribute(KeyValue::new(
+                    "gen_ai.request.model",
+                    "text-embedding-3-small",
+                ));
+                span.set_attribute(KeyValue::new("gen_ai.usage.input_tokens", question_tokens));
+                span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", 0));
+                span.set_attribute(KeyValue::new("gen_ai.usage.cost", 2e-8 * 20.0));
+                span.set_attribute(KeyValue::new("output", 1536));
+            });
+            let documents = vec![DOCUMENT];
+            span.set_attribute(KeyValue::new(
+                "output",
+                opentelemetry::Value::Array(
+                    documents
+                        .iter()
+                        .map(|document| match runtime(document) {
+                            opentelemetry::Value::String(text) => text,
+                            other => other.as_str().into_owned().into(),
+                        })
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+            ));
+            documents
+        });
+        let answer = tracer.in_span("complete", |complete| {
+            let span = complete.span();
+            span.set_attribute(KeyValue::new("gen_ai.operation.name", "chat"));
+            span.set_attribute(KeyValue::new("gen_ai.request.model", "gpt-4o-mini"));
+            span.set_attribute(KeyValue::new("input.context", runtime(documents[0])));
+            span.set_attribute(KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                question_tokens + 60,
+            ));
+            span.set_attribute(KeyValue::new("gen_ai.usage.output_tokens", 45));
+            span.set_attribute(KeyValue::new("gen_ai.usage.cost", 0.000_119));
+            span.set_attribute(KeyValue::new("gen_ai.completion", runtime(ANSWER)));
+            ANSWER
+        });
+        span.set_attribute(KeyValue::new("output", runtime(answer)));
+    });
+}
+
+/// An OTLP-to-Kafka exporter: each batch becomes one OTLP protobuf request on the topic.
+struct OtlpKafkaExporter {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    resource: ResourceAttributesWithSchema,
+    /// Spans exported, to check that none was dropped.
+    exported: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for OtlpKafkaExporter {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("OtlpKafkaExporter")
+    }
+}
+
+impl SpanExporter for OtlpKafkaExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.exported
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let request = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+        };
+        let payload = request.encode_to_vec();
+        self.producer
+            .send(BaseRecord::<(), _>::to(TOPIC).payload(&payload))
+            .map_err(|(error, _)| OTelSdkError::InternalFailure(error.to_string()))
+    }
 }
 
 /// Producer settings shared by the baseline and the emitter, plus room for a long run.
@@ -182,7 +300,51 @@ fn bench_emit_path(criterion: &mut Criterion) {
             )
         });
     });
+
+    let resource = Resource::builder_empty()
+        .with_attribute(KeyValue::new("service.name", "bench-service"))
+        .build();
+    let exported = Arc::new(AtomicU64::new(0));
+    let exporter = OtlpKafkaExporter {
+        producer: producer_settings(&bootstrap).create().expect("producer"),
+        resource: (&resource).into(),
+        exported: exported.clone(),
+    };
+    // Room for every span between flushes, so no span is dropped (dropping is cheaper).
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(4 * CHUNK as usize * 2)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("bench");
+    let mut requests = 0u64;
+    let owned: fn(&'static str) -> opentelemetry::Value = |text| text.to_owned().into();
+    let borrowed: fn(&'static str) -> opentelemetry::Value = |text| text.into();
+    for (name, runtime) in [("otel_sdk", owned), ("otel_sdk_static_values", borrowed)] {
+        group.bench_function(name, |bencher| {
+            bencher.iter_custom(|iterations| {
+                requests += iterations;
+                time_in_chunks(
+                    iterations,
+                    || otel_request(black_box(&tracer), runtime),
+                    || provider.force_flush().expect("flush the span processor"),
+                )
+            });
+        });
+    }
     group.finish();
+    provider.shutdown().expect("shut the tracer provider down");
+    assert_eq!(
+        exported.load(Ordering::Relaxed),
+        4 * requests,
+        "the peer must export every span (dropping is cheaper)"
+    );
 
     emitter
         .close(Duration::from_secs(30))

@@ -49,6 +49,8 @@ struct RootState {
     /// Ids from the user/session context when the trace started, changed field by field by
     /// [`update_trace_user_session`]; moved into the event when the trace finishes.
     ids: Mutex<UserSession>,
+    /// The process the trace's ids are drawn for (`ids::process`).
+    pid: u32,
     /// Wall-clock start of the trace, read once: steps derive theirs from it and the
     /// monotonic clock, so a step costs one clock read at each end and a wall-clock step
     /// during the trace cannot reorder its steps.
@@ -58,6 +60,7 @@ struct RootState {
 
 /// One step being recorded.
 struct Frame {
+    /// Empty for the trace itself (its id is the inference id).
     id: String,
     name: String,
     /// `None`: [`USER_CALL`], allocated only when the step is recorded.
@@ -360,20 +363,22 @@ impl Trace {
     }
 
     fn start(self) -> (Active, Finish) {
-        let (root, start_ms, started, finish) = match ACTIVE.try_with(Active::clone) {
+        let (root, id, start_ms, started, finish) = match ACTIVE.try_with(Active::clone) {
             Ok(parent) => {
                 let root = parent.root.clone();
+                let id = crate::ids::next_id(root.pid);
                 let started = Instant::now();
                 let offset_ms = started.saturating_duration_since(root.started).as_millis();
                 let start_ms = root
                     .start_ms
                     .saturating_add(i64::try_from(offset_ms).unwrap_or(i64::MAX));
-                (root, start_ms, started, Finish::Step { parent })
+                (root, id, start_ms, started, Finish::Step { parent })
             }
             Err(_) => {
                 let (start_ms, started) = (now_ms(), Instant::now());
                 let root = Arc::new(RootState {
                     ids: Mutex::new(current_user_session()),
+                    pid: crate::ids::process(),
                     start_ms,
                     started,
                 });
@@ -382,11 +387,11 @@ impl Trace {
                     inference_id: self.inference_id,
                     sink: self.sink,
                 };
-                (root, start_ms, started, finish)
+                (root, String::new(), start_ms, started, finish)
             }
         };
         let frame = Arc::new(Mutex::new(Frame {
-            id: crate::ids::new_id(),
+            id,
             name: self.name,
             step_type: self.step_type,
             inputs: self.inputs,
@@ -445,6 +450,8 @@ impl Finish {
                 sink,
             } => {
                 let ids = std::mem::take(&mut *lock(&active.root.ids));
+                let inference_id =
+                    inference_id.unwrap_or_else(|| crate::ids::next_id(active.root.pid));
                 let event = frame.into_event(output, latency, ids, pipeline_id, inference_id);
                 match sink.or_else(global_sink) {
                     Some(sink) => sink.emit(event),
@@ -525,7 +532,7 @@ impl Frame {
         latency_ms: f64,
         ids: UserSession,
         pipeline_id: Option<String>,
-        inference_id: Option<String>,
+        inference_id: String,
     ) -> TraceEvent {
         // Row totals are the root's own usage plus every nested step's: the official tracer
         // reports only the top-level step's, which reads 0 when completions are nested.
@@ -548,7 +555,7 @@ impl Frame {
         let mut totals: UsageTotals = (tokens, prompt_tokens, completion_tokens, cost);
         sum_into(&event.steps, &mut totals);
         (tokens, prompt_tokens, completion_tokens, cost) = totals;
-        event.inference_id = Some(inference_id.unwrap_or_else(crate::ids::new_id));
+        event.inference_id = Some(inference_id);
         event.pipeline_id = pipeline_id;
         event.user_id = ids.user_id;
         event.session_id = ids.session_id;
