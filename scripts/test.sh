@@ -30,11 +30,15 @@ cargo build --locked -p sessionizer
 cargo test --locked --workspace "$@"
 # Benchmarks run once each in test mode, so a broken bench fails here, not in `make bench`.
 cargo test --locked --workspace --benches "$@"
-# The pipeline bench at a smoke size, so it cannot rot (its figures mean nothing at this size).
-cargo run --locked -q -p pipeline-bench -- --sessions 20 --turns 3 --reps 1 --lag-secs 2 \
+# The pipeline bench at a smoke size, so it cannot rot (its figures mean nothing at this size),
+# with the official SDK's venv (the SDK tests made it) so its parts run too.
+sdk_bin=$(scripts/python-venv.sh openlayer-sdk)
+OPENLAYER_SDK_PYTHON="$sdk_bin/python" \
+  cargo run --locked -q -p pipeline-bench -- --sessions 20 --turns 3 --reps 1 --lag-secs 2 \
   --lag-warmup-secs 0 --memory-sessions 1000 --journal-sessions 1000 --otel-traces 1000 --scaling-sessions 20 \
   --scaling-reps 1 --partition-counts 1,2 --batch-rows 100,1000 --sdk-traces 5 --sdk-burst 5 \
-  --gateway-traces 50 --gateway-batch-rows 10 --gateway-clients 4 --gateway-latency-secs 1 --out target/bench/smoke.json
+  --gateway-traces 50 --gateway-batch-rows 10 --gateway-clients 4 --gateway-latency-secs 1 \
+  --sdk-gateway-traces 5 --sdk-gateway-reps 1 --out target/bench/smoke.json
 # Everything under deploy/ checked with the real tools (promtool, kubectl kustomize, check-config).
 scripts/check-deploy.sh
 # deploy/Dockerfile's COPY lines give the image build every file the binaries need.

@@ -78,6 +78,13 @@ pub(crate) struct Args {
     /// Concurrent HTTP requests driving the gateway.
     #[arg(long, default_value_t = 64)]
     pub(crate) gateway_clients: usize,
+    /// Traces the official SDK (sync) publishes per run through the gateway and straight to
+    /// the ack server.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) sdk_gateway_traces: usize,
+    /// Runs of each, in turns.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) sdk_gateway_reps: usize,
     /// Seconds of the gateway's latency run at half its measured rate.
     #[arg(long, default_value_t = 10)]
     pub(crate) gateway_latency_secs: u64,

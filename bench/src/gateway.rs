@@ -24,9 +24,14 @@
 //!    each latency runs from the scheduled send time to the answer, so a client-side delay
 //!    counts against the gateway rather than hiding it. p50/p99 exact over all requests.
 //!
+//! 4. The official SDK (sync) publishing through the gateway, against the same SDK publishing
+//!    straight to the ack server, in turns ([`crate::sdk::through_gateway`]); when its venv is
+//!    there.
+//!
 //! The ratio to the sessionizer divides 1. by the sessionizer's median end-to-end throughput
 //! of the same run (`throughput` part), both in rows (traces) per second.
 
+use crate::ack::AckServer;
 use crate::measure::{Clocks, percentile};
 use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, cores, now_ms};
 use crate::traces::Population;
@@ -61,6 +66,8 @@ pub(crate) struct Plan {
     pub(crate) sessions: usize,
     /// The broker's pid, to report its CPU apart from other people's work.
     pub(crate) broker_pid: Option<u32>,
+    /// The official SDK (sync) through the gateway against straight to the ack server.
+    pub(crate) sdk: Option<crate::sdk::Script>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +115,7 @@ pub(crate) struct Gateway {
     pub(crate) single: ThroughputRun,
     pub(crate) batched: ThroughputRun,
     pub(crate) latency: LatencyRun,
+    pub(crate) sdk: Option<crate::sdk::ThroughGateway>,
 }
 
 /// The gateway running on its own runtime and threads, stopped by `stop`.
@@ -115,6 +123,8 @@ struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<Result<()>>,
     url: String,
+    /// What the SDK's `OPENLAYER_BASE_URL` is set to.
+    base_url: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -156,6 +166,7 @@ fn start(bootstrap: &str, topic: &str) -> Result<(Running, String)> {
         url: format!(
             "http://127.0.0.1:{api_port}/v1/inference-pipelines/{PIPELINE_ID}/data-stream"
         ),
+        base_url: format!("http://127.0.0.1:{api_port}/v1"),
     };
     Ok((running, format!("http://127.0.0.1:{ops_port}/readyz")))
 }
@@ -396,6 +407,7 @@ pub(crate) fn measure(
     bootstrap: &str,
     topic: &str,
     plan: &Plan,
+    ack: &AckServer,
 ) -> Result<Gateway> {
     let traces = plan.traces.max(plan.batch_rows);
     eprintln!(
@@ -414,6 +426,7 @@ pub(crate) fn measure(
         .build()?;
     let (running, readyz) = start(bootstrap, topic)?;
     let url = running.url.clone();
+    let base_url = running.base_url.clone();
     let outcome = (|| -> Result<Gateway> {
         runtime.block_on(wait_ready(&client, &readyz))?;
         warm_up(runtime, &client, &url, &warmup, plan.clients)?;
@@ -475,11 +488,23 @@ pub(crate) fn measure(
                 "gateway {label} run: requests not acknowledged: {failures:?}"
             );
         }
+        let sdk = match &plan.sdk {
+            Some(script) => {
+                let through = crate::sdk::through_gateway(script, ack, (&base_url, API_KEY))?;
+                eprintln!(
+                    "bench: official SDK sync through the gateway: {:.0} rows/s, straight {:.0} rows/s",
+                    through.gateway_median, through.direct_median
+                );
+                Some(through)
+            }
+            None => None,
+        };
         Ok(Gateway {
             clients: plan.clients,
             single,
             batched: batched_run,
             latency,
+            sdk,
         })
     })();
     let stopped = running.stop();

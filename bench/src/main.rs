@@ -156,16 +156,19 @@ fn run_broker_parts(bench: &mut Bench<'_>, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// Where the SDK's trace files go: beside the report.
+fn work_dir(args: &Args) -> PathBuf {
+    args.out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
+
 fn run_sdk(bench: &Bench<'_>, python: &Path) -> Result<sdk::Sdk> {
     let args = bench.args;
-    let work_dir = args
-        .out
-        .parent()
-        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     sdk::measure(
         python,
         &args.sdk_script,
-        &work_dir,
+        &work_dir(args),
         args.sessions,
         (args.sdk_traces, args.sdk_burst),
         &bench.ack,
@@ -191,7 +194,16 @@ fn run_gateway(bench: &mut Bench<'_>) -> Result<gateway::Gateway> {
             latency_secs: args.gateway_latency_secs,
             sessions: args.sessions,
             broker_pid: args.broker_pid,
+            sdk: args.sdk_python.as_ref().map(|python| sdk::Script {
+                python: python.clone(),
+                script: args.sdk_script.clone(),
+                work_dir: work_dir(args),
+                sessions: args.sessions,
+                traces: args.sdk_gateway_traces,
+                reps: args.sdk_gateway_reps,
+            }),
         },
+        &bench.ack,
     )
 }
 

@@ -16,6 +16,7 @@
 //! acknowledged: delivered = produced, dropped = 0.
 
 use crate::ack::AckServer;
+use crate::measure::median;
 use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, now_ms};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, ensure};
@@ -86,15 +87,15 @@ fn write_traces(path: &Path, sessions: usize, count: usize) -> Result<f64> {
     Ok(bytes as f64 / count.max(1) as f64)
 }
 
-fn run_script(
+/// Runs the script against `base_url`; its output.
+fn script_output(
     python: &Path,
     script: &Path,
     traces: &Path,
     mode: &'static str,
     limit: usize,
-    ack: &AckServer,
-) -> Result<(SdkRun, String)> {
-    ack.reset(false);
+    (base_url, api_key): (&str, &str),
+) -> Result<ScriptOutput> {
     let output = Command::new(python)
         .arg(script)
         .arg("--traces")
@@ -103,8 +104,8 @@ fn run_script(
         .arg(mode)
         .arg("--limit")
         .arg(limit.to_string())
-        .env("OPENLAYER_BASE_URL", ack.base_url())
-        .env("OPENLAYER_API_KEY", "bench-key-not-a-secret")
+        .env("OPENLAYER_BASE_URL", base_url)
+        .env("OPENLAYER_API_KEY", api_key)
         .env("OPENLAYER_INFERENCE_PIPELINE_ID", PIPELINE_ID)
         .env_remove("OPENLAYER_DISABLE_PUBLISH")
         .output()
@@ -121,7 +122,26 @@ fn run_script(
         .rev()
         .find(|line| line.starts_with('{'))
         .context("the SDK script printed no result")?;
-    let result: ScriptOutput = serde_json::from_str(line).context("the SDK script's result")?;
+    serde_json::from_str(line).context("the SDK script's result")
+}
+
+fn run_script(
+    python: &Path,
+    script: &Path,
+    traces: &Path,
+    mode: &'static str,
+    limit: usize,
+    ack: &AckServer,
+) -> Result<(SdkRun, String)> {
+    ack.reset(false);
+    let result = script_output(
+        python,
+        script,
+        traces,
+        mode,
+        limit,
+        (&ack.base_url(), "bench-key-not-a-secret"),
+    )?;
     let delivered = ack.rows().saturating_sub(result.warmup_traces);
     let run = SdkRun {
         mode,
@@ -134,6 +154,86 @@ fn run_script(
         request_bytes_per_row: ack.body_bytes() as f64 / ack.rows().max(1) as f64,
     };
     Ok((run, result.sdk_version))
+}
+
+/// The SDK in sync mode publishing straight to the ack server, then through the gateway at
+/// `gateway_base_url` (which answers once Kafka acknowledged the row), `reps` times in turn.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ThroughGateway {
+    pub(crate) traces: usize,
+    /// Rows per second of each rep, straight to the ack server.
+    pub(crate) direct_rows_per_second: Vec<f64>,
+    /// Rows per second of each rep, through the gateway (every row acknowledged by Kafka).
+    pub(crate) gateway_rows_per_second: Vec<f64>,
+    pub(crate) direct_median: f64,
+    pub(crate) gateway_median: f64,
+}
+
+/// What [`through_gateway`] runs: the SDK's python, the script and where to write traces.
+#[derive(Debug, Clone)]
+pub(crate) struct Script {
+    pub(crate) python: PathBuf,
+    pub(crate) script: PathBuf,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) sessions: usize,
+    pub(crate) traces: usize,
+    pub(crate) reps: usize,
+}
+
+pub(crate) fn through_gateway(
+    script: &Script,
+    ack: &AckServer,
+    (gateway_base_url, gateway_key): (&str, &str),
+) -> Result<ThroughGateway> {
+    std::fs::create_dir_all(&script.work_dir)?;
+    let traces = script.work_dir.join("sdk-gateway-traces.jsonl");
+    write_traces(&traces, script.sessions, script.traces + 1)?;
+    let (mut direct, mut via_gateway) = (Vec::new(), Vec::new());
+    for rep in 1..=script.reps {
+        let (run, _) = run_script(
+            &script.python,
+            &script.script,
+            &traces,
+            "sync",
+            script.traces + 1,
+            ack,
+        )?;
+        ensure!(
+            run.delivered == run.traces && run.failed_logged == 0,
+            "the SDK straight to the ack server delivered {} of {} traces",
+            run.delivered,
+            run.traces
+        );
+        let gateway = script_output(
+            &script.python,
+            &script.script,
+            &traces,
+            "sync",
+            script.traces + 1,
+            (gateway_base_url, gateway_key),
+        )?;
+        ensure!(
+            gateway.failed == 0 && gateway.traces == run.traces,
+            "the SDK through the gateway: {} publish errors in {} traces",
+            gateway.failed,
+            gateway.traces
+        );
+        let gateway_rate = gateway.traces as f64 / gateway.seconds;
+        eprintln!(
+            "bench: official SDK sync, rep {rep}: {:.0} rows/s straight, {gateway_rate:.0} rows/s through the gateway",
+            run.rows_per_second
+        );
+        direct.push(run.rows_per_second);
+        via_gateway.push(gateway_rate);
+    }
+    ack.reset(false);
+    Ok(ThroughGateway {
+        traces: script.traces,
+        direct_median: median(&direct),
+        gateway_median: median(&via_gateway),
+        direct_rows_per_second: direct,
+        gateway_rows_per_second: via_gateway,
+    })
 }
 
 /// Runs the script in sync mode on `sync_traces` traces and in background mode on a burst of

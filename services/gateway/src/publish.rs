@@ -134,6 +134,10 @@ impl KafkaPublisher {
             .set("message.timeout.ms", &timeout_ms)
             // The producer helpers' codec: cheap, and the sessionizer reads it.
             .set("compression.type", "lz4")
+            // Every request waits for its acknowledgement: a linger would add to each one
+            // (librdkafka's default is 5 ms). Records of concurrent requests still share
+            // batches, those queued while earlier ones are in flight.
+            .set("linger.ms", "0")
             // Java's partitioner (trace_model::routing): a session's rows land in the
             // partition the sessionizer keeps it in, and need no repartitioning hop.
             .set("partitioner", "murmur2_random");
