@@ -2,11 +2,13 @@
 # Runs the benchmarks and reports each figure as a ratio to a baseline measured in the same
 # run on the same machine, so the numbers mean something on a noisy shared box.
 #
-# 1. The criterion benches: the producer helper (in-process Kafka, no broker needed) and the
-#    OpenTelemetry assembly against the native decode of the same traces.
+# 1. The criterion benches: the producer helpers against the OpenTelemetry SDK (in-process
+#    Kafka, no broker needed), the OpenTelemetry assembly against the native decode of the
+#    same traces, and decode plus row against the naive crate path.
 # 2. `pipeline-bench`: the sessionizer end to end on the real broker (throughput against a
 #    minimal consumer and a bare one, rows/s against the official Openlayer Python SDK on the
-#    same traces, the ingest gateway's rows/s and request latency at half that rate, scaling
+#    same traces, the ingest gateway's rows/s and request latency at half that rate and the
+#    SDK through it, scaling
 #    with partitions and batch size, lag at half the maximum rate, state memory per session). Uses KAFKA_BOOTSTRAP when set, else the running test broker, else
 #    starts one with scripts/kafka-broker.sh and stops it again on exit.
 # 3. scripts/bench_report.py: the report, one table, and bench-results/latest.json.
