@@ -420,6 +420,8 @@ def lag_report(lag: dict, goals: list) -> None:
     whole = lag["whole_run"]
     p99 = whole["sessionization_lag"]["p99_seconds"]
     reference = whole["reference_consumer_lag"]
+    if not lag.get("repartitioning", True):
+        print("    (repartitioning OFF in this lag run, --lag-repartition-off: not the default)")
     goal = lag["goal_p99_to_reference"]
     ratio = p99 / reference["p99_seconds"] if reference["p99_seconds"] else None
     met = ratio is not None and ratio <= goal

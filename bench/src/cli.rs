@@ -31,6 +31,10 @@ pub(crate) struct Args {
     /// throughput.
     #[arg(long)]
     pub(crate) lag_rate: Option<f64>,
+    /// Run the lag part with `kafka.repartition_topic` empty (to see what the repartition
+    /// stage's alignment adds to the lag; the figure's goal is for the default).
+    #[arg(long)]
+    pub(crate) lag_repartition_off: bool,
     /// Seconds at the start of the lag run also reported apart (steady state after them).
     #[arg(long, default_value_t = 5)]
     pub(crate) lag_warmup_secs: u64,

@@ -102,6 +102,8 @@ pub(crate) struct Lag {
     pub(crate) ack_arrival_delay: Quantiles,
     /// Goal: sessionization lag p99 at most this times the reference consumer's.
     pub(crate) goal_p99_to_reference: f64,
+    /// Whether the repartition stage ran (off only with `--lag-repartition-off`).
+    pub(crate) repartitioning: bool,
 }
 
 /// The reference consumer on its own thread, and what it shares with the bench.
@@ -333,6 +335,7 @@ fn lag_figures(
         end_to_end_delay: end_to_end.as_ref().map(Quantiles::of_histogram),
         ack_arrival_delay: Quantiles::of_samples(&mut arrivals),
         goal_p99_to_reference: 1.2,
+        repartitioning: true,
     }
 }
 
@@ -361,7 +364,12 @@ fn start_consumers(bench: &mut Bench<'_>) -> Result<(Topics, Running, Reference)
     if let Some(changelog) = &changelog {
         created.push(changelog.clone());
     }
-    let settings = sessionizer_settings(bootstrap, &lag_topics, ack, changelog, &|_| {})?;
+    let repartition_off = args.lag_repartition_off;
+    let settings = sessionizer_settings(bootstrap, &lag_topics, ack, changelog, &|config| {
+        if repartition_off {
+            config.kafka.repartition_topic = Some(String::new());
+        }
+    })?;
     created.extend(repartition_topic(&settings));
     ack.reset(true);
     let running = start_pipeline(runtime, settings)?;
@@ -444,12 +452,15 @@ pub(crate) fn lag(bench: &mut Bench<'_>, rate: f64, rate_source: &'static str) -
     let after = Histograms::read(&registry)?;
     let arrivals = ack.take_delays();
     ack.reset(false);
-    Ok(lag_figures(
-        (rate, rate_source),
-        production,
-        (before, after),
-        &reference,
-        arrivals,
-        warmup,
-    ))
+    Ok(Lag {
+        repartitioning: !args.lag_repartition_off,
+        ..lag_figures(
+            (rate, rate_source),
+            production,
+            (before, after),
+            &reference,
+            arrivals,
+            warmup,
+        )
+    })
 }

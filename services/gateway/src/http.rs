@@ -78,9 +78,22 @@ impl KeyCache {
     }
 }
 
-/// What the handlers share; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
+/// What the handlers share. Axum clones the state for every extractor and middleware of
+/// every request: one reference count, not one per metric handle (cloning the fields was a
+/// tenth of the gateway's CPU at one row per request).
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<ApiShared>);
+
+impl std::ops::Deref for AppState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct ApiShared {
     pub keys: Arc<ApiKeys>,
     pub publisher: Arc<dyn Publish>,
     pub metrics: Metrics,
@@ -100,10 +113,10 @@ pub struct AppState {
     draining: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for AppState {
+impl std::fmt::Debug for ApiShared {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
-            .debug_struct("AppState")
+            .debug_struct("ApiShared")
             .field("limits", &self.limits)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish_non_exhaustive()
@@ -134,7 +147,7 @@ impl AppState {
         broker: BrokerState,
         settings: ApiSettings,
     ) -> Self {
-        AppState {
+        AppState(Arc::new(ApiShared {
             keys: Arc::new(keys),
             publisher,
             metrics,
@@ -153,7 +166,7 @@ impl AppState {
             )),
             key_cache: Arc::new(Mutex::new(KeyCache::new(settings.update_key_cache_entries))),
             draining: Arc::default(),
-        }
+        }))
     }
 
     /// Marks the start of shutdown: `/readyz` fails from now on.
