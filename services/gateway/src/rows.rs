@@ -5,8 +5,10 @@
 //! (`outputColumnName`, `inferenceIdColumnName`, `timestampColumnName`, `userIdColumnName`,
 //! `sessionIdColumnName`, `latencyColumnName`, `costColumnName`, `numOfTokenColumnName`,
 //! `inputVariableNames`). The typed fields of the record are read from those columns; the
-//! whole row, unknown columns included, travels as sent in `TraceEvent::row` (and the config
-//! in `row_config`), so the sessionizer ships what the SDK sent.
+//! whole row, unknown columns included, travels as its text in the record's `row` (and the
+//! config in `row_config`), so the sessionizer ships what the SDK sent. Only the columns the
+//! record reads are parsed into values (the steps only for a total that needs their sum):
+//! parsing whole rows and writing them again was most of the gateway's work per row.
 //!
 //! Token and cost totals: the official tracer's row `tokens`/`cost` come from the top-level
 //! step only and read 0 when the tokens sit in nested completion steps. When the row's column
@@ -16,8 +18,11 @@
 //! Any refusal names the row (its index in `rows`) and the column; one bad row refuses the
 //! whole request, so a request is produced entirely or not at all.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::fmt;
+use trace_model::codec::avro::{RawRow, encode_trace_with_raw_row};
 use trace_model::validate::{Limits, validate_id, validate_trace};
 use trace_model::{Encoding, JsonMap, TraceEvent, TraceKind, encode};
 
@@ -222,12 +227,35 @@ fn sum_over_steps(steps: Option<&Value>, key: &str) -> Option<f64> {
 }
 
 /// The row's column when present and positive, else the steps' sum (see the module doc).
-fn total(column: Option<f64>, steps: Option<&Value>, key: &str) -> Option<f64> {
+fn total(column: Option<f64>, steps: &Steps<'_>, key: &str) -> Option<f64> {
     match column {
         Some(value) if value > 0.0 => Some(value),
-        _ => sum_over_steps(steps, key)
+        _ => sum_over_steps(steps.parsed().as_ref(), key)
             .filter(|sum| *sum > 0.0)
             .or(column),
+    }
+}
+
+/// A row's `steps` column as sent: parsed only when a total needs the steps' sum.
+struct Steps<'a>(Option<&'a RawValue>);
+
+impl Steps<'_> {
+    fn parsed(&self) -> Option<Value> {
+        self.0.and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// The first step's `name`, the trace's name: only that field of it is parsed.
+    fn root_name(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            name: Option<Value>,
+        }
+        let steps: Vec<&RawValue> = serde_json::from_str(self.0?.get()).ok()?;
+        let head: Head = serde_json::from_str(steps.first()?.get()).ok()?;
+        match head.name? {
+            Value::String(name) => Some(name),
+            _ => None,
+        }
     }
 }
 
@@ -242,6 +270,15 @@ pub(crate) fn encode_checked(
         field: None,
         message: format!("cannot be encoded: {error}"),
     })?;
+    checked_size(payload, index, limits)
+}
+
+/// `payload`, or 413 when it is over the message size limit.
+fn checked_size(
+    payload: Vec<u8>,
+    index: Option<usize>,
+    limits: &Limits,
+) -> Result<Vec<u8>, Refusal> {
     if payload.len() > limits.max_message_bytes {
         return Err(Refusal {
             status: 413,
@@ -274,26 +311,40 @@ pub fn check_pipeline_id(pipeline_id: &str, limits: &Limits) -> Result<(), Refus
 fn parse_object(body: &[u8]) -> Result<JsonMap, Refusal> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(bad_request(
-            None,
-            "body",
-            "the body must be a JSON object".to_owned(),
-        )),
-        Err(error) => Err(bad_request(
-            None,
-            "body",
-            format!("the body is not valid JSON: {error}"),
-        )),
+        Ok(_) => Err(not_an_object()),
+        Err(error) => Err(not_json(&error)),
     }
 }
 
-/// Maps one row to its record.
+fn not_an_object() -> Refusal {
+    bad_request(None, "body", "the body must be a JSON object".to_owned())
+}
+
+fn not_json(error: &dyn fmt::Display) -> Refusal {
+    bad_request(None, "body", format!("the body is not valid JSON: {error}"))
+}
+
+/// An object's members as sent (last of a repeated name wins, as when parsed into a map).
+type RawObject<'a> = BTreeMap<String, &'a RawValue>;
+
+/// The body's top-level members, their values kept as text.
+fn parse_raw_object(body: &[u8]) -> Result<RawObject<'_>, Refusal> {
+    let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
+    serde_json::from_str(text).map_err(|error| match error.classify() {
+        // Valid JSON of another shape.
+        serde_json::error::Category::Data => not_an_object(),
+        _ => not_json(&error),
+    })
+}
+
+/// Maps one row to its record, but for the row and its config, which travel as sent:
+/// `row` holds the columns the record reads, parsed (see [`read_columns`]), `steps` the
+/// row's `steps` column.
 fn trace_of_row(
     pipeline_id: &str,
-    config: &JsonMap,
     columns: &Columns,
     index: usize,
-    row: JsonMap,
+    (row, steps): (JsonMap, Steps<'_>),
     limits: &Limits,
     now_ms: i64,
 ) -> Result<TraceEvent, Refusal> {
@@ -322,15 +373,12 @@ fn trace_of_row(
             }
         },
     };
-    let steps = row.get("steps");
     let tokens_column = amount_column(&row, index, columns.tokens.as_deref())?;
     let cost_column = amount_column(&row, index, columns.cost.as_deref())?;
     let mut event = TraceEvent::new(
         steps
-            .and_then(|steps| steps.get(0))
-            .and_then(|root| root.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_TRACE_NAME),
+            .root_name()
+            .unwrap_or_else(|| DEFAULT_TRACE_NAME.to_owned()),
         timestamp_ms,
     );
     event.pipeline_id = Some(pipeline_id.to_owned());
@@ -350,16 +398,15 @@ fn trace_of_row(
         limits,
     )?;
     event.latency_ms = amount_column(&row, index, columns.latency.as_deref())?;
-    event.tokens = total(tokens_column, steps, "tokens").map(|tokens| tokens.round() as i64);
-    event.cost = total(cost_column, steps, "cost");
-    event.output = row.get(&columns.output).cloned().unwrap_or(Value::Null);
+    event.tokens = total(tokens_column, &steps, "tokens").map(|tokens| tokens.round() as i64);
+    event.cost = total(cost_column, &steps, "cost");
+    let mut row = row;
+    event.output = row.remove(&columns.output).unwrap_or(Value::Null);
     for name in &columns.inputs {
-        if let Some(value) = row.get(name) {
-            event.inputs.insert(name.clone(), value.clone());
+        if let Some(value) = row.remove(name) {
+            event.inputs.insert(name.clone(), value);
         }
     }
-    event.row_config = Some(config.clone());
-    event.row = Some(row);
     validate_trace(&event, limits).map_err(|error| Refusal {
         status: 400,
         row: Some(index),
@@ -380,9 +427,12 @@ pub fn stream_records(
     now_ms: i64,
 ) -> Result<Vec<Outgoing>, Refusal> {
     check_pipeline_id(pipeline_id, limits)?;
-    let mut body = parse_object(body)?;
-    let config = match body.remove("config") {
-        Some(Value::Object(config)) => config,
+    let body = parse_raw_object(body)?;
+    let (config_text, config) = match body
+        .get("config")
+        .map(|raw| (raw, serde_json::from_str(raw.get())))
+    {
+        Some((raw, Ok(Value::Object(config)))) => (raw.get(), config),
         _ => {
             return Err(bad_request(
                 None,
@@ -391,8 +441,8 @@ pub fn stream_records(
             ));
         }
     };
-    let rows = match body.remove("rows") {
-        Some(Value::Array(rows)) if !rows.is_empty() => rows,
+    let rows: Vec<&RawValue> = match body.get("rows").map(|raw| serde_json::from_str(raw.get())) {
+        Some(Ok(rows)) if !Vec::is_empty(&rows) => rows,
         _ => {
             return Err(bad_request(
                 None,
@@ -404,23 +454,52 @@ pub fn stream_records(
     let columns = Columns::from_config(&config)?;
     rows.into_iter()
         .enumerate()
-        .map(|(index, row)| {
-            let Value::Object(row) = row else {
-                return Err(bad_request(
+        .map(|(index, row_text)| {
+            let row: RawObject<'_> = serde_json::from_str(row_text.get()).map_err(|_| {
+                bad_request(
                     Some(index),
                     "rows",
                     "a row must be a JSON object".to_owned(),
-                ));
+                )
+            })?;
+            let read = read_columns(&row, &columns);
+            let event = trace_of_row(pipeline_id, &columns, index, read, limits, now_ms)?;
+            let raw = RawRow {
+                row: row_text.get(),
+                config: config_text,
             };
-            let event = trace_of_row(pipeline_id, &config, &columns, index, row, limits, now_ms)?;
             Ok(Outgoing {
                 destination: Destination::Traces,
                 key: event.partition_key().map(str::to_owned),
-                payload: encode_checked(&event, Some(index), limits)?,
+                payload: checked_size(encode_trace_with_raw_row(&event, raw), Some(index), limits)?,
                 inference_id: event.inference_id,
             })
         })
         .collect()
+}
+
+/// The columns of `row` the record reads, parsed, and its `steps` as sent: the rest of the
+/// row (most of it, the steps' texts) is never parsed into values.
+fn read_columns<'a>(row: &RawObject<'a>, columns: &Columns) -> (JsonMap, Steps<'a>) {
+    let names = [
+        Some(&columns.output),
+        columns.inference_id.as_ref(),
+        columns.timestamp.as_ref(),
+        columns.user_id.as_ref(),
+        columns.session_id.as_ref(),
+        columns.latency.as_ref(),
+        columns.cost.as_ref(),
+        columns.tokens.as_ref(),
+    ];
+    let mut read = JsonMap::new();
+    for name in names.into_iter().flatten().chain(&columns.inputs) {
+        if let Some(raw) = row.get(name.as_str())
+            && let Ok(value) = serde_json::from_str(raw.get())
+        {
+            read.insert(name.clone(), value);
+        }
+    }
+    (read, Steps(row.get("steps").copied()))
 }
 
 /// Maps a row update (`PUT .../rows?inferenceId=`, body `{"row": {..}, "config": {..} | null}`)
@@ -594,6 +673,34 @@ mod tests {
         assert_eq!(
             Value::Object(event.row_config.expect("config")),
             request["config"]
+        );
+    }
+
+    #[test]
+    fn ships_the_row_as_its_text_and_reads_columns_named_with_escapes() {
+        let row = r#"{ "out\u0070ut" : "Spring.",  "session_id": "trip", "steps": [7],
+            "extra": {"deep": [1, 2.50, "x"]} }"#;
+        let body = format!(
+            r#"{{"config": {{"outputColumnName": "output",
+            "sessionIdColumnName": "session_id"}}, "rows": [{row}]}}"#
+        );
+        let records = stream_records("pipe-1", body.as_bytes(), &Limits::default(), NOW_MS)
+            .expect("accepted");
+        let payload = &records[0].payload;
+        assert!(
+            payload
+                .windows(row.len())
+                .any(|window| window == row.as_bytes()),
+            "the row's text is in the record as sent"
+        );
+        let event = decode(&records[0]);
+        assert_eq!(event.output, json!("Spring."));
+        assert_eq!(event.session_id.as_deref(), Some("trip"));
+        // A first step that is not an object names nothing.
+        assert_eq!(event.name, DEFAULT_TRACE_NAME);
+        assert_eq!(
+            Value::Object(event.row.expect("row")),
+            serde_json::from_str::<Value>(row).expect("json")
         );
     }
 

@@ -13,8 +13,8 @@ use prometheus::{
 /// healthy pipeline's p99 lies (with 0.25 and 0.5 only, a p99 interpolated between them
 /// could be off by 200 ms).
 const LAG_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
-    30.0, 60.0, 300.0, 1800.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1800.0,
 ];
 /// Buckets for Openlayer request durations.
 const REQUEST_BUCKETS: &[f64] = &[

@@ -137,6 +137,26 @@ pub fn encode_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) -> Result<(), E
     Ok(())
 }
 
+/// An Openlayer row and its config as JSON text, each an object, as a client sent them.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRow<'a> {
+    pub row: &'a str,
+    pub config: &'a str,
+}
+
+/// Avro single-object encoding of a trace whose `row` and `row_config` are `raw`'s text,
+/// written as it is (the gateway ships rows as sent, without parsing them into values and
+/// writing them again). `event.row` and `event.row_config` are not written. Decoding gives
+/// the event with `raw`'s objects in them.
+pub fn encode_trace_with_raw_row(event: &TraceEvent, raw: RawRow<'_>) -> Vec<u8> {
+    let mut bytes = single_object_header(
+        trace_event_fingerprint(),
+        1024 + raw.row.len() + raw.config.len(),
+    );
+    super::avro_write::write_trace_datum_with(event, Some(raw), &mut bytes);
+    bytes
+}
+
 /// Avro single-object encoding of a trace: `C3 01`, fingerprint, datum.
 ///
 /// # Errors

@@ -199,6 +199,16 @@ fn write_step(out: &mut Vec<u8>, step: &Step, scratch: &mut Vec<u8>) {
 
 /// Appends the Avro datum of `event` (current `TraceEvent` schema) to `out`.
 pub(crate) fn write_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) {
+    write_trace_datum_with(event, None, out);
+}
+
+/// As [`write_trace_datum`], the `row` and `row_config` fields written from JSON text as
+/// given (`raw`) instead of `event.row` and `event.row_config`.
+pub(crate) fn write_trace_datum_with(
+    event: &TraceEvent,
+    raw: Option<super::avro::RawRow<'_>>,
+    out: &mut Vec<u8>,
+) {
     let mut scratch = Vec::with_capacity(256);
     long(out, i64::from(event.schema_version));
     optional(out, event.inference_id.as_deref(), string);
@@ -218,8 +228,18 @@ pub(crate) fn write_trace_datum(event: &TraceEvent, out: &mut Vec<u8>) {
     optional(out, event.model.as_deref(), string);
     json_map(out, &event.metadata, &mut scratch);
     steps(out, &event.steps, &mut scratch);
-    optional_json_object(out, event.row.as_ref(), &mut scratch);
-    optional_json_object(out, event.row_config.as_ref(), &mut scratch);
+    match raw {
+        None => {
+            optional_json_object(out, event.row.as_ref(), &mut scratch);
+            optional_json_object(out, event.row_config.as_ref(), &mut scratch);
+        }
+        Some(raw) => {
+            for text in [raw.row, raw.config] {
+                long(out, 1);
+                string(out, text);
+            }
+        }
+    }
 }
 
 /// `["null", "string"]` holding the JSON text of an array.
@@ -317,6 +337,32 @@ mod tests {
                 assert_eq!(written, expected, "byte {byte:#04x} at {position}");
             }
         }
+    }
+
+    #[test]
+    fn a_raw_row_decodes_as_the_row_and_config_it_holds() {
+        let row_text = r#"{ "output": "Hi \u00e9", "steps": [{"name": "chat", "tokens": 1.5}],
+            "user_id": 42, "dup": 1, "dup": 2 }"#;
+        let config_text = r#"{"outputColumnName":"output"}"#;
+        let mut event = TraceEvent::new("chat", 1_700_000_000_000);
+        event.session_id = Some("s-1".to_owned());
+        let raw = super::super::avro::RawRow {
+            row: row_text,
+            config: config_text,
+        };
+        let bytes = super::super::avro::encode_trace_with_raw_row(&event, raw);
+        let decoded = crate::Decoder::new(crate::Limits::default())
+            .decode(&bytes)
+            .expect("decodes");
+        event.row = serde_json::from_str(row_text).expect("an object");
+        event.row_config = serde_json::from_str(config_text).expect("an object");
+        assert_eq!(decoded, event);
+        // Shipped as sent: the text itself, spacing and duplicate keys included.
+        assert!(
+            bytes
+                .windows(row_text.len())
+                .any(|window| window == row_text.as_bytes())
+        );
     }
 
     #[test]
