@@ -244,15 +244,32 @@ impl Steps<'_> {
         self.0.and_then(|raw| serde_json::from_str(raw.get()).ok())
     }
 
-    /// The first step's `name`, the trace's name: only that field of it is parsed.
+    /// The first step's `name`, the trace's name, in one pass over the steps: only that
+    /// field is parsed, the rest skipped.
     fn root_name(&self) -> Option<String> {
         #[derive(serde::Deserialize)]
         struct Head {
             name: Option<Value>,
         }
-        let steps: Vec<&RawValue> = serde_json::from_str(self.0?.get()).ok()?;
-        let head: Head = serde_json::from_str(steps.first()?.get()).ok()?;
-        match head.name? {
+        struct FirstName;
+        impl<'de> serde::de::Visitor<'de> for FirstName {
+            type Value = Option<Value>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a list of steps")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut steps: A,
+            ) -> Result<Option<Value>, A::Error> {
+                let name = steps.next_element::<Head>()?.and_then(|head| head.name);
+                while steps.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(name)
+            }
+        }
+        let mut steps = serde_json::Deserializer::from_str(self.0?.get());
+        match serde::Deserializer::deserialize_seq(&mut steps, FirstName).ok()?? {
             Value::String(name) => Some(name),
             _ => None,
         }
@@ -427,11 +444,8 @@ pub fn stream_records(
     now_ms: i64,
 ) -> Result<Vec<Outgoing>, Refusal> {
     check_pipeline_id(pipeline_id, limits)?;
-    let body = parse_raw_object(body)?;
-    let (config_text, config) = match body
-        .get("config")
-        .map(|raw| (raw, serde_json::from_str(raw.get())))
-    {
+    let (config, rows) = body_members(body)?;
+    let (config_text, config) = match config.map(|raw| (raw, serde_json::from_str(raw.get()))) {
         Some((raw, Ok(Value::Object(config)))) => (raw.get(), config),
         _ => {
             return Err(bad_request(
@@ -441,7 +455,7 @@ pub fn stream_records(
             ));
         }
     };
-    let rows: Vec<&RawValue> = match body.get("rows").map(|raw| serde_json::from_str(raw.get())) {
+    let rows: Vec<&RawValue> = match rows {
         Some(Ok(rows)) if !Vec::is_empty(&rows) => rows,
         _ => {
             return Err(bad_request(
@@ -476,6 +490,30 @@ pub fn stream_records(
             })
         })
         .collect()
+}
+
+/// What a data-stream body's `rows` holds: its rows' texts, or an error when it is no list.
+type RawRows<'a> = Result<Vec<&'a RawValue>, serde_json::Error>;
+
+/// A data-stream body's `config` and `rows`, as text: one pass over the body when it has the
+/// expected shape, a second one (member by member) to tell what is wrong when it has not.
+fn body_members(body: &[u8]) -> Result<(Option<&RawValue>, Option<RawRows<'_>>), Refusal> {
+    #[derive(serde::Deserialize)]
+    struct StreamBody<'a> {
+        #[serde(borrow)]
+        config: Option<&'a RawValue>,
+        #[serde(borrow)]
+        rows: Option<Vec<&'a RawValue>>,
+    }
+    let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
+    if let Ok(body) = serde_json::from_str::<StreamBody<'_>>(text) {
+        return Ok((body.config, body.rows.map(Ok)));
+    }
+    let body = parse_raw_object(body)?;
+    Ok((
+        body.get("config").copied(),
+        body.get("rows").map(|raw| serde_json::from_str(raw.get())),
+    ))
 }
 
 /// The columns of `row` the record reads, parsed, and its `steps` as sent: the rest of the
@@ -702,6 +740,23 @@ mod tests {
             Value::Object(event.row.expect("row")),
             serde_json::from_str::<Value>(row).expect("json")
         );
+    }
+
+    #[test]
+    fn the_trace_is_named_by_its_first_steps_name_alone() {
+        let name = |steps: &str| {
+            let raw: Box<RawValue> = serde_json::from_str(steps).expect("json");
+            Steps(Some(&raw)).root_name()
+        };
+        assert_eq!(
+            name(r#"[{"steps": [{"name": "inner"}], "name": "outer"}, "junk", {"name": "2nd"}]"#)
+                .as_deref(),
+            Some("outer")
+        );
+        assert_eq!(name(r#"[{"name": 5}]"#), None);
+        assert_eq!(name(r#"[{"type": "chat"}]"#), None);
+        assert_eq!(name("[]"), None);
+        assert_eq!(name(r#"{"name": "not a list"}"#), None);
     }
 
     #[test]
