@@ -417,11 +417,11 @@ fn trace_of_row(
     event.latency_ms = amount_column(&row, index, columns.latency.as_deref())?;
     event.tokens = total(tokens_column, &steps, "tokens").map(|tokens| tokens.round() as i64);
     event.cost = total(cost_column, &steps, "cost");
-    let mut row = row;
-    event.output = row.remove(&columns.output).unwrap_or(Value::Null);
+    // Cloned, not moved: a column may be both the output and an input.
+    event.output = row.get(&columns.output).cloned().unwrap_or(Value::Null);
     for name in &columns.inputs {
-        if let Some(value) = row.remove(name) {
-            event.inputs.insert(name.clone(), value);
+        if let Some(value) = row.get(name) {
+            event.inputs.insert(name.clone(), value.clone());
         }
     }
     validate_trace(&event, limits).map_err(|error| Refusal {
@@ -720,7 +720,8 @@ mod tests {
             "extra": {"deep": [1, 2.50, "x"]} }"#;
         let body = format!(
             r#"{{"config": {{"outputColumnName": "output",
-            "sessionIdColumnName": "session_id"}}, "rows": [{row}]}}"#
+            "sessionIdColumnName": "session_id", "inputVariableNames": ["output"]}},
+            "rows": [{row}]}}"#
         );
         let records = stream_records("pipe-1", body.as_bytes(), &Limits::default(), NOW_MS)
             .expect("accepted");
@@ -733,6 +734,8 @@ mod tests {
         );
         let event = decode(&records[0]);
         assert_eq!(event.output, json!("Spring."));
+        // A column may be the output and an input at once.
+        assert_eq!(event.inputs.get("output"), Some(&json!("Spring.")));
         assert_eq!(event.session_id.as_deref(), Some("trip"));
         // A first step that is not an object names nothing.
         assert_eq!(event.name, DEFAULT_TRACE_NAME);
