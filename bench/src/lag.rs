@@ -63,7 +63,9 @@ impl Quantiles {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LagFigures {
     /// `sessionizer_sessionization_lag_seconds`: enrichment time minus Kafka timestamp,
-    /// interpolated inside histogram buckets (bounds 5, 10, 25, 50, 100, 250, 500, 1000 ms ...).
+    /// interpolated inside histogram buckets (bounds 5, 10, 25, 50, 100, 150, 200, 250, 300,
+    /// 400, 500, 750, 1000 ms ...): against the reference consumer's exact p99, a ratio near a
+    /// goal is an estimate to within a bucket.
     pub(crate) sessionization_lag: Quantiles,
     /// Share of traces enriched within 1 s of their Kafka timestamp (exact: a bucket bound).
     /// p99 < 1 s exactly when this is at least 0.99; the interpolated p99 is an estimate.

@@ -245,11 +245,37 @@ impl Steps<'_> {
     }
 
     /// The first step's `name`, the trace's name, in one pass over the steps: only that
-    /// field is parsed, the rest skipped.
+    /// field is parsed, the rest skipped. A first step that is not an object names nothing;
+    /// of a repeated `name`, the last counts (as in a parsed map).
     fn root_name(&self) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            name: Option<Value>,
+        struct HeadName;
+        impl<'de> serde::de::Visitor<'de> for HeadName {
+            type Value = Option<Value>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a step object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut step: A,
+            ) -> Result<Option<Value>, A::Error> {
+                let mut name = None;
+                while let Some(key) = step.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "name" {
+                        name = Some(step.next_value::<Value>()?);
+                    } else {
+                        step.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(name)
+            }
+        }
+        struct Head(Option<Value>);
+        impl<'de> serde::Deserialize<'de> for Head {
+            fn deserialize<D: serde::Deserializer<'de>>(step: D) -> Result<Head, D::Error> {
+                step.deserialize_map(HeadName).map(Head)
+            }
         }
         struct FirstName;
         impl<'de> serde::de::Visitor<'de> for FirstName {
@@ -263,7 +289,7 @@ impl Steps<'_> {
                 self,
                 mut steps: A,
             ) -> Result<Option<Value>, A::Error> {
-                let name = steps.next_element::<Head>()?.and_then(|head| head.name);
+                let name = steps.next_element::<Head>()?.and_then(|head| head.0);
                 while steps.next_element::<serde::de::IgnoredAny>()?.is_some() {}
                 Ok(name)
             }
@@ -273,6 +299,59 @@ impl Steps<'_> {
             Value::String(name) => Some(name),
             _ => None,
         }
+    }
+}
+
+/// Any JSON value, parsed as fully as into a `Value` (numbers, escapes, nesting depth) but
+/// kept nowhere: what the gateway ships as text must parse at the sessionizer, and
+/// skipping over text (as `RawValue` does) checks less.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(value: D) -> Result<Checked, D::Error> {
+        value.deserialize_any(Checked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Checked, A::Error> {
+        while items.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<Checked, A::Error> {
+        while members.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
     }
 }
 
@@ -495,8 +574,10 @@ pub fn stream_records(
 /// What a data-stream body's `rows` holds: its rows' texts, or an error when it is no list.
 type RawRows<'a> = Result<Vec<&'a RawValue>, serde_json::Error>;
 
-/// A data-stream body's `config` and `rows`, as text: one pass over the body when it has the
-/// expected shape, a second one (member by member) to tell what is wrong when it has not.
+/// A data-stream body's `config` and `rows`, as text, once the whole body is checked to be
+/// JSON a parser takes (numbers in range, valid escapes, nesting within serde_json's limit):
+/// one more pass over it when it has the expected shape, member by member to tell what is
+/// wrong when it has not.
 fn body_members(body: &[u8]) -> Result<(Option<&RawValue>, Option<RawRows<'_>>), Refusal> {
     #[derive(serde::Deserialize)]
     struct StreamBody<'a> {
@@ -506,7 +587,12 @@ fn body_members(body: &[u8]) -> Result<(Option<&RawValue>, Option<RawRows<'_>>),
         rows: Option<Vec<&'a RawValue>>,
     }
     let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
-    if let Ok(body) = serde_json::from_str::<StreamBody<'_>>(text) {
+    // The whole body as a parser into values would check it: what is refused stays refused.
+    serde_json::from_str::<Checked>(text).map_err(|error| not_json(&error))?;
+    // A derived struct would also take its members from a list.
+    if text.trim_start().starts_with('{')
+        && let Ok(body) = serde_json::from_str::<StreamBody<'_>>(text)
+    {
         return Ok((body.config, body.rows.map(Ok)));
     }
     let body = parse_raw_object(body)?;
@@ -746,6 +832,39 @@ mod tests {
     }
 
     #[test]
+    fn refuses_what_a_json_parser_refuses_anywhere_in_the_body() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            r#"{"config": {"outputColumnName": "o"}, "rows": [{"o": 1, "x": 1e400}]}"#.to_owned(),
+            r#"{"config": {"outputColumnName": "o"}, "rows": [{"o": 1, "x": "\ud800"}]}"#
+                .to_owned(),
+            format!(
+                r#"{{"config": {{"outputColumnName": "o"}}, "rows": [{{"o": 1, "x": {deep}}}]}}"#
+            ),
+            r#"{"config": {"outputColumnName": "o"}, "rows": [{"o": 1}], "junk": 1e400}"#
+                .to_owned(),
+        ] {
+            let refusal = stream_records("pipe-1", body.as_bytes(), &Limits::default(), NOW_MS)
+                .expect_err("refused");
+            assert_eq!(refusal.status, 400, "{body}");
+            assert!(
+                refusal.message.starts_with("the body is not valid JSON"),
+                "{}",
+                refusal.message
+            );
+        }
+        // Members of a list are no body, even in the order the body's would be.
+        let refusal = stream_records(
+            "pipe-1",
+            br#"[{"outputColumnName": "o"}, [{"o": "hi"}]]"#,
+            &Limits::default(),
+            NOW_MS,
+        )
+        .expect_err("refused");
+        assert_eq!(refusal.message, "the body must be a JSON object");
+    }
+
+    #[test]
     fn the_trace_is_named_by_its_first_steps_name_alone() {
         let name = |steps: &str| {
             let raw: Box<RawValue> = serde_json::from_str(steps).expect("json");
@@ -757,6 +876,11 @@ mod tests {
             Some("outer")
         );
         assert_eq!(name(r#"[{"name": 5}]"#), None);
+        assert_eq!(name(r#"[["Evil"]]"#), None);
+        assert_eq!(
+            name(r#"[{"name": "a", "name": "b"}]"#).as_deref(),
+            Some("b")
+        );
         assert_eq!(name(r#"[{"type": "chat"}]"#), None);
         assert_eq!(name("[]"), None);
         assert_eq!(name(r#"{"name": "not a list"}"#), None);

@@ -107,10 +107,7 @@ fn otel_request(tracer: &SdkTracer, runtime: fn(&'static str) -> opentelemetry::
     tracer.in_span("chat", |root| {
         let span = root.span();
         span.set_attribute(KeyValue::new("user.id", runtime("user-004711")));
-        span.set_attribute(KeyValue::new(
-            "session.id",
-            "session-4711-lisbon".to_owned(),
-        ));
+        span.set_attribute(KeyValue::new("session.id", runtime("session-4711-lisbon")));
         span.set_attribute(KeyValue::new("input.user_message", runtime(QUESTION)));
         span.set_attribute(KeyValue::new("app_version", "2.14.1"));
         span.set_attribute(KeyValue::new("region", "eu-west-1"));

@@ -271,7 +271,7 @@ const fn default_checkpoint_interval_ms() -> u64 {
     1_000
 }
 // Long enough for a partition's owner to be heard of after a restart (markers go out every
-// 100 ms while behind, statistics every 2 s), short enough that a dead owner stalls little.
+// 50-100 ms while behind, statistics every 2 s), short enough that a dead owner stalls little.
 const fn default_repartition_max_wait_ms() -> u64 {
     5_000
 }

@@ -419,11 +419,11 @@ fn a_marker_of_an_earlier_owner_does_not_cover_what_was_appended_since() {
 }
 
 #[test]
-fn markers_come_every_25_ms_for_a_few_partitions_and_space_out_to_100_ms_for_many() {
-    assert_eq!(marker_interval(3, 3), Duration::from_millis(25));
-    assert_eq!(marker_interval(1, 1), Duration::from_millis(25));
+fn markers_come_every_50_ms_for_a_few_partitions_and_space_out_to_100_ms_for_many() {
+    assert_eq!(marker_interval(3, 3), Duration::from_millis(50));
+    assert_eq!(marker_interval(1, 1), Duration::from_millis(50));
     // 12 of 24 partitions: 288 records per round, 4,000 a second at 72 ms.
     assert_eq!(marker_interval(12, 24), Duration::from_millis(72));
     assert_eq!(marker_interval(12, 100), Duration::from_millis(100));
-    assert_eq!(marker_interval(0, 0), Duration::from_millis(25));
+    assert_eq!(marker_interval(0, 0), Duration::from_millis(50));
 }
