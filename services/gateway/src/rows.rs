@@ -230,18 +230,34 @@ fn sum_over_steps(steps: Option<&Value>, key: &str) -> Option<f64> {
 fn total(column: Option<f64>, steps: &Steps<'_>, key: &str) -> Option<f64> {
     match column {
         Some(value) if value > 0.0 => Some(value),
-        _ => sum_over_steps(steps.parsed().as_ref(), key)
+        _ => sum_over_steps(steps.parsed(), key)
             .filter(|sum| *sum > 0.0)
             .or(column),
     }
 }
 
-/// A row's `steps` column as sent: parsed only when a total needs the steps' sum.
-struct Steps<'a>(Option<&'a RawValue>);
+/// A row's `steps` column as sent: parsed only when a total needs the steps' sum, and then
+/// once for both totals (the official tracer's rows read 0 for both when usage is nested).
+struct Steps<'a> {
+    raw: Option<&'a RawValue>,
+    parsed: std::cell::OnceCell<Option<Value>>,
+}
 
-impl Steps<'_> {
-    fn parsed(&self) -> Option<Value> {
-        self.0.and_then(|raw| serde_json::from_str(raw.get()).ok())
+impl<'a> Steps<'a> {
+    fn new(raw: Option<&'a RawValue>) -> Self {
+        Steps {
+            raw,
+            parsed: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn parsed(&self) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| {
+                self.raw
+                    .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            })
+            .as_ref()
     }
 
     /// The first step's `name`, the trace's name, in one pass over the steps: only that
@@ -294,7 +310,7 @@ impl Steps<'_> {
                 Ok(name)
             }
         }
-        let mut steps = serde_json::Deserializer::from_str(self.0?.get());
+        let mut steps = serde_json::Deserializer::from_str(self.raw?.get());
         match serde::Deserializer::deserialize_seq(&mut steps, FirstName).ok()?? {
             Value::String(name) => Some(name),
             _ => None,
@@ -424,8 +440,7 @@ fn not_json(error: &dyn fmt::Display) -> Refusal {
 type RawObject<'a> = BTreeMap<String, &'a RawValue>;
 
 /// The body's top-level members, their values kept as text.
-fn parse_raw_object(body: &[u8]) -> Result<RawObject<'_>, Refusal> {
-    let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
+fn parse_raw_object(text: &str) -> Result<RawObject<'_>, Refusal> {
     serde_json::from_str(text).map_err(|error| match error.classify() {
         // Valid JSON of another shape.
         serde_json::error::Category::Data => not_an_object(),
@@ -595,7 +610,7 @@ fn body_members(body: &[u8]) -> Result<(Option<&RawValue>, Option<RawRows<'_>>),
     {
         return Ok((body.config, body.rows.map(Ok)));
     }
-    let body = parse_raw_object(body)?;
+    let body = parse_raw_object(text)?;
     Ok((
         body.get("config").copied(),
         body.get("rows").map(|raw| serde_json::from_str(raw.get())),
@@ -623,7 +638,7 @@ fn read_columns<'a>(row: &RawObject<'a>, columns: &Columns) -> (JsonMap, Steps<'
             read.insert(name.clone(), value);
         }
     }
-    (read, Steps(row.get("steps").copied()))
+    (read, Steps::new(row.get("steps").copied()))
 }
 
 /// Maps a row update (`PUT .../rows?inferenceId=`, body `{"row": {..}, "config": {..} | null}`)

@@ -148,7 +148,7 @@ fn refuses_what_a_json_parser_refuses_anywhere_in_the_body() {
 fn the_trace_is_named_by_its_first_steps_name_alone() {
     let name = |steps: &str| {
         let raw: Box<RawValue> = serde_json::from_str(steps).expect("json");
-        Steps(Some(&raw)).root_name()
+        Steps::new(Some(&raw)).root_name()
     };
     assert_eq!(
         name(r#"[{"steps": [{"name": "inner"}], "name": "outer"}, "junk", {"name": "2nd"}]"#)
