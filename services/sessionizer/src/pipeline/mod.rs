@@ -3,7 +3,8 @@
 //! core what happened and performs the effects it returns. Decisions live in the core.
 //!
 //! In its `select!`, acknowledgements and settlements come before new input (`biased`),
-//! which keeps in-flight state bounded. Openlayer requests, dead letters and checkpoint
+//! which keeps in-flight state bounded; the repartition topic (forwards and markers, which
+//! let held traces go) comes before the traces topic, which a backlog keeps always ready. Openlayer requests, dead letters and checkpoint
 //! writes run as owned tasks (`JoinSet`s) whose outcome goes back to the core; nothing is
 //! fire-and-forget.
 //!
@@ -249,11 +250,11 @@ impl Pipeline {
                     self.on_restore_finished(read);
                 }
                 _ = tick.tick() => self.on_tick(),
-                received = self.source.consumer.recv() => {
-                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
-                }
                 received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
                     self.on_received(received.map(|message| message.detach()), Stream::Repartition).await;
+                }
+                received = self.source.consumer.recv() => {
+                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
                 }
             }
         }
