@@ -50,6 +50,10 @@ pub struct Metrics {
     pub alignment_held: IntGauge,
     /// Traces applied before the other inputs caught up: waited too long, or too many waited.
     pub alignment_forced: IntCounter,
+    /// Times a partition's reading paused because enough of its traces waited.
+    pub alignment_throttled: IntCounter,
+    /// Owned partitions whose reading is paused for that.
+    pub partitions_throttled: IntGauge,
     pub sessions_open: IntGauge,
     pub sessions_opened: IntCounter,
     pub sessions_closed: IntCounterVec,
@@ -233,6 +237,16 @@ impl Metrics {
                 registry,
                 "sessionizer_alignment_forced_total",
                 "Traces applied before every other input of their partition caught up with them (they waited the maximum, or too many waited); their sessions may be numbered out of event-time order.",
+            )?,
+            alignment_throttled: counter(
+                registry,
+                "sessionizer_alignment_throttled_total",
+                "Times an owned partition's reading of the traces topic paused because kafka.repartition_max_buffered of its traces waited for the other partitions to catch up (a backlog read at uneven paces).",
+            )?,
+            partitions_throttled: gauge(
+                registry,
+                "sessionizer_partitions_throttled",
+                "Owned partitions whose reading of the traces topic is paused until the other partitions catch up (event-time alignment).",
             )?,
             sessions_open: gauge(
                 registry,

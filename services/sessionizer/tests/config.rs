@@ -649,6 +649,7 @@ fn every_problem_is_reported_at_once_with_an_example() {
             bootstrap_servers = ""
             topic = "traces with spaces"
             dead_letter_topic = "llm-sessions"
+            repartition_max_buffered = 0
             [batch]
             max_rows = 0
             [http]
@@ -666,6 +667,7 @@ fn every_problem_is_reported_at_once_with_an_example() {
             "kafka.bootstrap_servers",
             "kafka.topic",
             "kafka.sessions_topic",
+            "kafka.repartition_max_buffered",
             "batch.max_rows",
             "http.listen",
             "log.filter",

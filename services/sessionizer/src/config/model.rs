@@ -71,6 +71,10 @@ pub struct KafkaConfig {
     /// forwards to catch up with it, so that a session's traces are applied in event-time
     /// order after a backlog. A partition whose owner is gone holds the others back this long.
     pub repartition_max_wait_ms: u64,
+    /// With repartitioning, how many of a partition's own traces may wait for the other
+    /// partitions before its reading pauses until they catch up (as Kafka Streams'
+    /// `buffered.records.per.partition`): bounds the memory of a backlog read unevenly.
+    pub repartition_max_buffered: usize,
     /// How often session state is written to `changelog_topic` and acknowledged offsets are
     /// stored for the next commit.
     pub checkpoint_interval_ms: u64,
@@ -275,6 +279,12 @@ const fn default_checkpoint_interval_ms() -> u64 {
 const fn default_repartition_max_wait_ms() -> u64 {
     5_000
 }
+// Above what one fetch brings of a partition (1 MiB of compressed traces is 10,000-20,000 of
+// them): a pause discards what librdkafka fetched ahead. Below `batch.max_unacked_rows`, where
+// waiting traces are forced out of order.
+const fn default_repartition_max_buffered() -> usize {
+    20_000
+}
 // librdkafka 2.x default (Kafka clients since 3.0 use the same 45 s); it must exceed the
 // drain timeout (20 s), which librdkafka's pre-2.0 default of 10 s would not.
 const fn default_session_timeout_ms() -> u64 {
@@ -364,6 +374,7 @@ impl Default for KafkaConfig {
             changelog_topic: default_changelog_topic(),
             repartition_topic: None,
             repartition_max_wait_ms: default_repartition_max_wait_ms(),
+            repartition_max_buffered: default_repartition_max_buffered(),
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             schema_registry_url: String::new(),
             schema_registry_username: None,

@@ -45,6 +45,7 @@ impl ValidatedConfig {
                 repartition_topic: Some(self.kafka.repartition_topic.clone().unwrap_or_default()),
                 checkpoint_interval_ms: millis(self.kafka.checkpoint_interval),
                 repartition_max_wait_ms: millis(self.kafka.repartition_max_wait),
+                repartition_max_buffered: self.kafka.repartition_max_buffered,
                 schema_registry_url: registry.url,
                 schema_registry_username: registry.username,
                 schema_registry_password: registry.password,

@@ -167,7 +167,10 @@ impl ValidatedConfig {
                 // Known once the traces topic is described (`pipeline::run`).
                 repartition_partitions: None,
                 align_max_wait: self.kafka.repartition_max_wait,
+                align_max_buffered: self.kafka.repartition_max_buffered,
                 session_rows: self.session_rows.clone(),
+                // Drawn per run (`pipeline::run`).
+                instance: 0,
             },
         }
     }

@@ -54,6 +54,8 @@ struct Lane<T> {
     /// When its bound last moved (or its liveness changed); `None`: never, count from the
     /// aligner's start.
     heard_at: Option<Instant>,
+    /// The sender's ownership of the newest marker read (`Marker::epoch`).
+    epoch: Option<u64>,
 }
 
 impl<T> Lane<T> {
@@ -63,6 +65,7 @@ impl<T> Lane<T> {
             bound: None,
             read_through_ms: None,
             heard_at: None,
+            epoch: None,
         }
     }
 
@@ -186,6 +189,18 @@ impl<T> Aligner<T> {
         lane.read_through_ms = lane.read_through_ms.max(read_through_ms);
     }
 
+    /// A marker of the sender of `from` named the ownership it was sent in.
+    pub fn heard_epoch(&mut self, from: i32, epoch: u64, now: Instant) {
+        self.lane(Input::From(from), now).epoch = Some(epoch);
+    }
+
+    /// The ownership of `from` whose marker was read last.
+    pub fn epoch(&self, from: i32) -> Option<u64> {
+        self.lanes
+            .get(&Input::From(from))
+            .and_then(|lane| lane.epoch)
+    }
+
     /// How far the partition's own input has been read.
     pub fn read_in_place_through(&mut self, read_through_ms: Option<i64>, now: Instant) {
         let lane = self.lane(Input::InPlace, now);
@@ -209,6 +224,13 @@ impl<T> Aligner<T> {
 
     pub fn num_held(&self) -> usize {
         self.num_held
+    }
+
+    /// Items of the partition's own input waiting.
+    pub fn num_held_in_place(&self) -> usize {
+        self.lanes
+            .get(&Input::InPlace)
+            .map_or(0, |lane| lane.held.len())
     }
 
     /// Releases, in order, every item that may go now, into `out`.

@@ -64,6 +64,11 @@ pub enum Effect {
     Pause(Vec<i32>),
     /// Fetch these partitions again.
     Resume(Vec<i32>),
+    /// Stop fetching these partitions of the traces topic only (their alignment holds
+    /// enough); their forwards and markers keep coming.
+    PauseTraces(Vec<i32>),
+    /// Fetch these partitions of the traces topic again (unless paused as a whole).
+    ResumeTraces(Vec<i32>),
     /// Read these partitions' session state back from the changelog.
     Restore(Vec<i32>),
     /// Stop reading these partitions' state and drop the messages held for them: they were
@@ -121,6 +126,11 @@ pub struct Marker {
     /// Every record of that partition with a Kafka timestamp at or before it was read, and
     /// forwarded before this marker; `None`: nothing known yet.
     pub read_through_ms: Option<i64>,
+    /// Which ownership of `from` sent it (unique per instance and assignment; `None` from a
+    /// sender before epochs): a partition owned by the same instance that has read a marker of
+    /// the current ownership has read every forward sent before that ownership began, and
+    /// may follow the sender's progress directly (`Core::follow_local`).
+    pub epoch: Option<u64>,
 }
 
 /// A row update read from the traces topic (the gateway's `PUT .../rows`). It is sent once

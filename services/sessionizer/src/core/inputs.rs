@@ -112,6 +112,7 @@ impl Core {
 
     /// Applies what the partition's aligner lets go now.
     pub(super) fn release(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
+        self.follow_local(partition, now);
         let mut ready = Vec::new();
         let Some(aligner) = self.aligner_mut(partition) else {
             return;
@@ -122,6 +123,62 @@ impl Core {
         }
         for pending in ready {
             self.apply(partition, pending, now, out);
+        }
+        self.throttle(partition, now, out);
+    }
+
+    /// Releases what the other partitions owned here hold, after `partition` read on.
+    pub(super) fn release_others(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
+        if self.owned.len() < 2 {
+            return;
+        }
+        let holding: Vec<i32> = self
+            .owned
+            .iter()
+            .filter(|(other, owned)| {
+                **other != partition && owned.aligner.as_ref().is_some_and(|a| a.num_held() > 0)
+            })
+            .map(|(other, _)| *other)
+            .collect();
+        for other in holding {
+            self.release(other, now, out);
+        }
+    }
+
+    /// Raises the inputs of `partition` from the other partitions owned here to their
+    /// progress now, as their next marker would (a marker's delay is most of a trace's wait).
+    /// Only once `partition` has read a marker of the sender's current ownership (so every
+    /// forward sent to it before that ownership began has been read) and every forward this
+    /// ownership sent it (so nothing still on its way could come before).
+    fn follow_local(&mut self, partition: i32, now: Now) {
+        let Some(owned) = self.owned.get(&partition) else {
+            return;
+        };
+        let Some(aligner) = owned.aligner.as_ref().filter(|a| a.num_held() > 0) else {
+            return;
+        };
+        let progress: Vec<(i32, Option<i64>, Option<i64>)> = self
+            .owned
+            .iter()
+            .filter(|(from, sender)| {
+                **from != partition
+                    && aligner.epoch(**from) == Some(sender.epoch)
+                    && sender.forwards_sent.get(&partition).is_none_or(|sent| {
+                        owned
+                            .forwards_read
+                            .get(from)
+                            .is_some_and(|read| read >= sent)
+                    })
+            })
+            .filter_map(|(from, sender)| {
+                let bound = sender.aligner.as_ref()?.in_place_bound();
+                Some((*from, bound, sender.read_through_ms))
+            })
+            .collect();
+        if let Some(aligner) = self.aligner_mut(partition) {
+            for (from, bound, read_through_ms) in progress {
+                aligner.marker(from, bound, read_through_ms, now.instant);
+            }
         }
     }
 

@@ -57,6 +57,9 @@ impl Core {
                     marker.read_through_ms,
                     now.instant,
                 );
+                if let Some(epoch) = marker.epoch {
+                    aligner.heard_epoch(marker.from, epoch, now.instant);
+                }
             }
             true
         } else if owned
@@ -68,6 +71,11 @@ impl Core {
             // it twice.
             true
         } else if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
+            let read = owned
+                .forwards_read
+                .entry(first_read.partition)
+                .or_insert(-1);
+            *read = (*read).max(first_read.offset);
             let highest = owned.forwarded.entry(first_read.partition).or_insert(-1);
             let duplicate = first_read.offset <= *highest;
             if duplicate {
@@ -143,6 +151,10 @@ impl Core {
             what,
         };
         self.admit(pending, received, now, out);
+        if stream == Stream::Traces {
+            // The partition's progress may let traces of others owned here go.
+            self.release_others(partition, now, out);
+        }
     }
 
     /// The partition a trace read in `received.partition` belongs in instead, and why it was
@@ -178,6 +190,10 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         self.offsets.track(origin.partition, origin.sequence, 1);
+        if let Some(owned) = self.owned.get_mut(&origin.partition) {
+            let sent = owned.forwards_sent.entry(to_partition).or_insert(-1);
+            *sent = (*sent).max(origin.read_at.offset);
+        }
         out.push(Effect::Repartition(Forward {
             origin,
             to_partition,

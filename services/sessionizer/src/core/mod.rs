@@ -75,8 +75,14 @@ pub struct CoreSettings {
     /// With repartitioning, how long a trace waits at most for the partition's other inputs
     /// to catch up with it (`align`).
     pub align_max_wait: Duration,
+    /// With repartitioning, how many of a partition's own traces wait at most for its other
+    /// inputs before its reading pauses (resumed at half); see [`Core::throttle`].
+    pub align_max_buffered: usize,
     /// Where closed sessions' rows go; `None`: no session rows.
     pub session_rows: Option<SessionRowSettings>,
+    /// Tells this process's markers from other processes' (random per run): with a count of
+    /// the partitions it was assigned, it makes each ownership's marker epoch.
+    pub instance: u64,
 }
 
 /// How often at most a partition tells the others how far it has come: every
@@ -133,10 +139,21 @@ struct Owned {
     fetching_since_ms: Option<i64>,
     /// The last marker sent: its bound, its read-through time, and when.
     last_marker: Option<(Option<i64>, Option<i64>, Instant)>,
+    /// Whether its reading of the traces topic is paused because enough of its traces wait
+    /// for the other partitions ([`Core::throttle`]).
+    throttled: bool,
+    /// This ownership's marker epoch (`Marker::epoch`).
+    epoch: u64,
+    /// Per partition, the highest offset (of this partition) of a trace this ownership
+    /// forwarded there.
+    forwards_sent: HashMap<i32, i64>,
+    /// Per traces partition, the highest offset first read there of a forward read here
+    /// (applied, held or skipped as a duplicate).
+    forwards_read: HashMap<i32, i64>,
 }
 
 impl Owned {
-    fn new(windows: PartitionWindows, aligner: Option<Aligner<Pending>>) -> Self {
+    fn new(windows: PartitionWindows, aligner: Option<Aligner<Pending>>, epoch: u64) -> Self {
         Owned {
             windows,
             journal: None,
@@ -149,6 +166,10 @@ impl Owned {
             fetching_since_ms: None,
             behind_records: None,
             last_marker: None,
+            throttled: false,
+            epoch,
+            forwards_sent: HashMap::new(),
+            forwards_read: HashMap::new(),
         }
     }
 
@@ -181,6 +202,7 @@ impl Owned {
             from: partition,
             bound_ms: bound,
             read_through_ms,
+            epoch: Some(self.epoch),
         })
     }
 }
@@ -211,6 +233,8 @@ pub struct Core {
     last_summary_retry: Instant,
     paused: bool,
     paused_since: Option<Instant>,
+    /// Partitions installed so far: numbers each ownership's marker epoch.
+    num_installed: u64,
     last_idle_check: Instant,
     last_checkpoint: Instant,
 }
@@ -234,6 +258,7 @@ impl Core {
             last_summary_retry: now.instant,
             paused: false,
             paused_since: None,
+            num_installed: 0,
             last_idle_check: now.instant,
             last_checkpoint: now.instant,
         }
@@ -280,7 +305,7 @@ impl Core {
         } else {
             for partition in partitions {
                 let windows = PartitionWindows::new(self.settings.windows);
-                let owned = Owned::new(windows, self.aligner_for(*partition));
+                let owned = Owned::new(windows, self.aligner_for(*partition), self.next_epoch());
                 self.owned.insert(*partition, owned);
             }
             if self.paused {
@@ -307,11 +332,15 @@ impl Core {
         if !abandoned.is_empty() {
             out.push(Effect::AbandonRestore(abandoned));
         }
+        let mut unthrottled = Vec::new();
         for partition in partitions {
             self.offsets.revoke(*partition);
             if let Some(mut owned) = self.owned.remove(partition) {
                 let num_dropped = owned.windows.close_all().len();
                 self.metrics.sessions_open.sub(num_dropped as i64);
+                if owned.throttled {
+                    unthrottled.push(*partition);
+                }
             }
             let label = partition.to_string();
             // The gauge may not have this partition yet; nothing to remove then.
@@ -322,6 +351,11 @@ impl Core {
                 .checkpoint_timestamp
                 .remove_label_values(&[&label]);
         }
+        if !unthrottled.is_empty() {
+            // librdkafka keeps a partition's pause across assignments.
+            out.push(Effect::ResumeTraces(unthrottled));
+        }
+        self.update_throttled_gauge();
         self.batcher.forget_partitions(partitions);
         // Their new owner sends them again; kept, they would go out after a quick re-assign
         // for rows the revoke dropped.
@@ -404,13 +438,20 @@ impl Core {
                     .and(checkpoint.as_ref().map(|checkpoint| checkpoint.rw)),
             },
         );
-        let mut owned = Owned::new(windows, self.aligner_for(partition));
+        let mut owned = Owned::new(windows, self.aligner_for(partition), self.next_epoch());
         owned.journal = Some(PartitionJournal::new(checkpoint.as_ref()));
         if let Some(checkpoint) = &checkpoint {
             owned.forwarded.extend(&checkpoint.forwarded);
         }
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
+    }
+
+    /// The marker epoch of an ownership beginning now: unique in this process, and across
+    /// processes as far as their random `instance` differs.
+    fn next_epoch(&mut self) -> u64 {
+        self.num_installed += 1;
+        self.settings.instance.wrapping_add(self.num_installed)
     }
 
     /// The aligner of an owned partition, when it has other partitions' forwards to merge.
@@ -510,6 +551,10 @@ impl Core {
         }
         let mut closed_by_partition = Vec::new();
         for (partition, owned) in &mut self.owned {
+            if owned.throttled {
+                // Not quiet either: its traces wait in Kafka.
+                continue;
+            }
             let mut closed = Vec::new();
             owned.windows.resumed(now.wall_ms);
             owned.windows.expire(now.wall_ms, &mut closed);
@@ -558,7 +603,7 @@ impl Core {
     /// is quiet.
     pub fn update_lag_gauges(&mut self, high_watermarks: &HashMap<i32, HighWatermark>, now: Now) {
         for (partition, owned) in &mut self.owned {
-            if self.paused {
+            if self.paused || owned.throttled {
                 owned.fetching_since_ms = None;
             } else {
                 owned.fetching_since_ms.get_or_insert(now.wall_ms);
@@ -633,7 +678,58 @@ impl Core {
                 owned.windows.restart_quiet_clock(wall_ms);
             }
             out.push(Effect::Resume(self.owned_partitions()));
+            let throttled: Vec<i32> = self
+                .owned
+                .iter()
+                .filter(|(_, owned)| owned.throttled)
+                .map(|(partition, _)| *partition)
+                .collect();
+            if !throttled.is_empty() {
+                out.push(Effect::PauseTraces(throttled));
+            }
         }
+    }
+
+    /// Flow control of the alignment, as Kafka Streams pauses a partition whose buffer is
+    /// full: once `align_max_buffered` of a partition's own traces wait for the other
+    /// partitions (in a backlog every partition is read at its own pace, and a restore or a
+    /// rebalance starts them at different times), its reading of the traces topic pauses
+    /// until half of them went, while the other partitions catch up. Its forwards and
+    /// markers keep coming. Without it, the partition read ahead would hold its whole
+    /// backlog in memory, and force it out of order at `batch.max_unacked_rows`.
+    ///
+    /// It cannot stall: the partition whose oldest waiting trace was appended first has it
+    /// released once the others' markers come (each of them has read past it, or holds
+    /// traces of its own and so waits for nothing from it).
+    fn throttle(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
+        let limit = self.settings.align_max_buffered.max(1);
+        let paused = self.paused;
+        let Some(owned) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        let held = owned.aligner.as_ref().map_or(0, Aligner::num_held_in_place);
+        if !owned.throttled && held >= limit {
+            owned.throttled = true;
+            owned.fetching_since_ms = None;
+            self.metrics.alignment_throttled.inc();
+            if !paused {
+                out.push(Effect::PauseTraces(vec![partition]));
+            }
+        } else if owned.throttled && held <= limit / 2 {
+            owned.throttled = false;
+            owned.windows.restart_quiet_clock(now.wall_ms);
+            if !paused {
+                out.push(Effect::ResumeTraces(vec![partition]));
+            }
+        } else {
+            return;
+        }
+        self.update_throttled_gauge();
+    }
+
+    fn update_throttled_gauge(&self) {
+        let throttled = self.owned.values().filter(|owned| owned.throttled).count();
+        self.metrics.partitions_throttled.set(throttled as i64);
     }
 }
 

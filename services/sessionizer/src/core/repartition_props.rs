@@ -202,7 +202,9 @@ struct World {
     elapsed_ms: u64,
     /// Next offset the consumer fetches, per stream and partition.
     positions: BTreeMap<(Stream, i32), i64>,
-    paused: BTreeSet<i32>,
+    /// Paused partitions of each topic: one flag each, as librdkafka keeps it (`Pause` and
+    /// `Resume` are both topics', `PauseTraces` and `ResumeTraces` the traces topic's).
+    paused: BTreeSet<(Stream, i32)>,
     stored: BTreeMap<(Stream, i32), i64>,
     committed: BTreeMap<(Stream, i32), i64>,
     changelog_records: Vec<(i32, String, Vec<u8>)>,
@@ -222,7 +224,7 @@ struct World {
 impl World {
     fn new(changelog: bool, num_partitions: i32, specs: &[Spec]) -> Self {
         let base = Instant::now();
-        let (core, registry) = new_core(changelog, num_partitions, base);
+        let (core, registry) = new_core(changelog, num_partitions, base, 0);
         let mut world = World {
             changelog,
             num_partitions,
@@ -309,10 +311,25 @@ impl World {
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.checkpoints.push((checkpoint, writes));
                 }
-                Effect::Pause(partitions) => self.paused.extend(partitions),
+                Effect::Pause(partitions) => {
+                    for partition in partitions {
+                        self.paused.insert((Stream::Traces, partition));
+                        self.paused.insert((Stream::Repartition, partition));
+                    }
+                }
+                Effect::PauseTraces(partitions) => {
+                    self.paused
+                        .extend(partitions.into_iter().map(|p| (Stream::Traces, p)));
+                }
+                Effect::ResumeTraces(partitions) => {
+                    for partition in partitions {
+                        self.paused.remove(&(Stream::Traces, partition));
+                    }
+                }
                 Effect::Resume(partitions) => {
                     for partition in partitions {
-                        self.paused.remove(&partition);
+                        self.paused.remove(&(Stream::Traces, partition));
+                        self.paused.remove(&(Stream::Repartition, partition));
                     }
                 }
                 Effect::Restore(partitions) => self.restores.extend(partitions),
@@ -404,7 +421,7 @@ impl World {
         self.partitions()
             .into_iter()
             .filter(|partition| {
-                !self.paused.contains(partition)
+                !self.paused.contains(&(stream, *partition))
                     && (self.positions[&(stream, *partition)] as usize)
                         < self.log_len(stream, *partition)
             })
@@ -637,10 +654,10 @@ impl World {
         self.checkpoints.clear();
         self.restores.clear();
         self.forced_before = self.forced();
-        let (core, registry) = new_core(self.changelog, self.num_partitions, self.base);
+        self.life += 1;
+        let (core, registry) = new_core(self.changelog, self.num_partitions, self.base, self.life);
         self.core = core;
         self.registry = registry;
-        self.life += 1;
         self.assign_all();
     }
 
@@ -722,7 +739,13 @@ impl World {
     }
 }
 
-fn new_core(changelog: bool, num_partitions: i32, base: Instant) -> (Core, prometheus::Registry) {
+/// The core of life `life`: another process, so its marker epochs are its own.
+fn new_core(
+    changelog: bool,
+    num_partitions: i32,
+    base: Instant,
+    life: usize,
+) -> (Core, prometheus::Registry) {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).expect("fresh registry");
     let now = Now {
@@ -732,6 +755,9 @@ fn new_core(changelog: bool, num_partitions: i32, base: Instant) -> (Core, prome
     let mut settings = settings(changelog);
     settings.repartition_partitions = Some(num_partitions);
     settings.align_max_wait = Duration::from_secs(5);
+    // Small, so that a partition read ahead pauses and resumes in many runs.
+    settings.align_max_buffered = 2;
+    settings.instance = (life as u64) << 32;
     let core = Core::new(
         settings,
         trace_model::Decoder::new(Limits::default()),

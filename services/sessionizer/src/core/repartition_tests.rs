@@ -92,6 +92,7 @@ fn caught_up(core: &mut Core, partition: i32, out: &mut Vec<Effect>) {
             from,
             bound_ms: None,
             read_through_ms: caught_up_ms(),
+            epoch: None,
         };
         read_marker(core, (partition, offset), marker, out);
     }
@@ -320,6 +321,7 @@ fn a_backlog_is_applied_in_event_time_order_across_the_inputs() {
         from,
         bound_ms,
         read_through_ms,
+        epoch: None,
     };
     let caught_up = caught_up_ms();
     read_marker(&mut core, (2, 0), marker(1, None, caught_up), &mut out);
@@ -395,6 +397,7 @@ fn a_marker_of_an_earlier_owner_does_not_cover_what_was_appended_since() {
         from: 0,
         bound_ms: Some(1_000),
         read_through_ms: Some(now().wall_ms - 60_000),
+        epoch: None,
     };
     read_marker(&mut core, (2, 0), stale, &mut out);
     for from in [1, 3] {
@@ -402,6 +405,7 @@ fn a_marker_of_an_earlier_owner_does_not_cover_what_was_appended_since() {
             from,
             bound_ms: None,
             read_through_ms: Some(now().wall_ms),
+            epoch: None,
         };
         read_marker(&mut core, (2, from.into()), marker, &mut out);
     }
@@ -413,6 +417,7 @@ fn a_marker_of_an_earlier_owner_does_not_cover_what_was_appended_since() {
         from: 0,
         bound_ms: Some(1_000),
         read_through_ms: Some(now().wall_ms),
+        epoch: None,
     };
     read_marker(&mut core, (2, 4), new_owner, &mut out);
     assert_eq!(ship_all(&mut core, &mut out).len(), 1);
@@ -426,4 +431,186 @@ fn markers_come_every_50_ms_for_a_few_partitions_and_space_out_to_100_ms_for_man
     assert_eq!(marker_interval(12, 24), Duration::from_millis(72));
     assert_eq!(marker_interval(12, 100), Duration::from_millis(100));
     assert_eq!(marker_interval(0, 0), Duration::from_millis(50));
+}
+
+fn traces_fetching(effects: &[Effect]) -> Vec<(bool, Vec<i32>)> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::PauseTraces(partitions) => Some((false, partitions.clone())),
+            Effect::ResumeTraces(partitions) => Some((true, partitions.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_partition_read_ahead_pauses_its_traces_until_the_others_catch_up() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.settings.align_max_buffered = 4;
+    core.assigned(&[2], &mut out);
+    let session = session_in(2);
+    let caught_up = caught_up_ms();
+    for (offset, from) in [(0, 1), (1, 3)] {
+        let marker = Marker {
+            from,
+            bound_ms: None,
+            read_through_ms: caught_up,
+            epoch: None,
+        };
+        read_marker(&mut core, (2, offset), marker, &mut out);
+    }
+    // Partition 0 says nothing: everything read in place waits for it.
+    for offset in 0..4 {
+        let payload = trace_at(&session, 1_000 * (offset + 1));
+        let message = received(Stream::Traces, 2, offset, None, &payload, None);
+        core.message(message, None, now(), &mut out);
+        let expected = if offset < 3 {
+            vec![]
+        } else {
+            vec![(false, vec![2])]
+        };
+        assert_eq!(traces_fetching(&out), expected, "after offset {offset}");
+    }
+    assert_eq!(metric(&registry, "sessionizer_partitions_throttled"), 1.0);
+    // Only the traces topic pauses: partition 0's marker still comes, and lets them go.
+    out.clear();
+    let marker = Marker {
+        from: 0,
+        bound_ms: None,
+        read_through_ms: caught_up,
+        epoch: None,
+    };
+    read_marker(&mut core, (2, 2), marker, &mut out);
+    assert_eq!(traces_fetching(&out), [(true, vec![2])]);
+    assert_eq!(ship_all(&mut core, &mut out).len(), 4);
+    assert_eq!(metric(&registry, "sessionizer_partitions_throttled"), 0.0);
+    assert_eq!(
+        metric(&registry, "sessionizer_alignment_throttled_total"),
+        1.0
+    );
+    assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
+}
+
+#[test]
+fn a_partition_revoked_while_paused_for_alignment_is_resumed() {
+    let (mut core, _) = new_core(false);
+    let mut out = Vec::new();
+    core.settings.align_max_buffered = 1;
+    core.assigned(&[2], &mut out);
+    let payload = trace_at(&session_in(2), 1_000);
+    let message = received(Stream::Traces, 2, 0, None, &payload, None);
+    core.message(message, None, now(), &mut out);
+    assert_eq!(traces_fetching(&out), [(false, vec![2])]);
+    out.clear();
+    core.revoked(&[2], &mut out);
+    // librdkafka would keep the pause for the partition's next assignment.
+    assert_eq!(traces_fetching(&out), [(true, vec![2])]);
+}
+
+/// Partition `partition` reads, at `offset`, a trace of `session` that happened and was
+/// appended at `at_ms`.
+fn read_trace_at(
+    core: &mut Core,
+    (partition, offset): (i32, i64),
+    session: &str,
+    at_ms: i64,
+    out: &mut Vec<Effect>,
+) {
+    let payload = trace_at(session, at_ms);
+    let mut message = received(Stream::Traces, partition, offset, None, &payload, None);
+    message.kafka_timestamp_ms = Some(at_ms);
+    core.message(message, None, now(), out);
+}
+
+#[test]
+fn a_partition_follows_another_owned_here_once_it_read_its_marker_and_forwards() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[0, 2], &mut out);
+    // Partitions 1 and 3 are owned elsewhere, and caught up.
+    for (offset, from) in [(0, 1), (1, 3)] {
+        let marker = Marker {
+            from,
+            bound_ms: None,
+            read_through_ms: caught_up_ms(),
+            epoch: None,
+        };
+        read_marker(&mut core, (2, offset), marker, &mut out);
+    }
+    let start = now().wall_ms;
+    // Partition 2 reads turn 2 of its session; partition 0 reads turn 1, and forwards it.
+    read_trace_at(&mut core, (2, 0), &session_in(2), start + 1_000, &mut out);
+    read_trace_at(&mut core, (0, 0), &session_in(2), start + 500, &mut out);
+    let forward = forwards(&out).pop().expect("turn 1 forwarded");
+    core.tick(now(), &mut out);
+    let marker_of_0 = out
+        .iter()
+        .find_map(|effect| match effect {
+            Effect::Marker(marker) if marker.from == 0 => Some(*marker),
+            _ => None,
+        })
+        .expect("partition 0 sends a marker");
+    assert!(marker_of_0.epoch.is_some());
+    read_marker(&mut core, (2, 2), marker_of_0, &mut out);
+    // Partition 0 reads on, past turn 2's append time; turn 1 is still on its way.
+    read_trace_at(&mut core, (0, 1), &session_in(0), start + 2_000, &mut out);
+    assert!(
+        ship_all(&mut core, &mut out).is_empty(),
+        "turn 2 waits for the forward partition 0 sent"
+    );
+    let mut message = received(
+        Stream::Repartition,
+        2,
+        3,
+        Some(forward.key.as_bytes()),
+        &forward.payload,
+        Some(Position {
+            partition: 0,
+            offset: 0,
+        }),
+    );
+    message.order_key_ms = Some(forward.order_key_ms);
+    message.kafka_timestamp_ms = Some(start + 500);
+    core.message(message, None, now(), &mut out);
+    // No marker of partition 0 says it read past turn 2; its owner here knows.
+    assert_eq!(
+        ship_all(&mut core, &mut out),
+        [("traces-0-0".to_owned(), 1), ("traces-2-0".to_owned(), 2)]
+    );
+    assert_eq!(metric(&registry, "sessionizer_alignment_forced_total"), 0.0);
+}
+
+#[test]
+fn a_partition_owned_here_is_not_followed_before_its_marker_is_read() {
+    let (mut core, _) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[0, 2], &mut out);
+    for (offset, from) in [(0, 1), (1, 3)] {
+        let marker = Marker {
+            from,
+            bound_ms: None,
+            read_through_ms: caught_up_ms(),
+            epoch: None,
+        };
+        read_marker(&mut core, (2, offset), marker, &mut out);
+    }
+    let start = now().wall_ms;
+    read_trace_at(&mut core, (2, 0), &session_in(2), start + 1_000, &mut out);
+    // An earlier owner of partition 0 may have forwarded something that partition 2 has not
+    // read yet: only a marker of this ownership, read after it, rules that out.
+    read_trace_at(&mut core, (0, 0), &session_in(0), start + 2_000, &mut out);
+    assert!(ship_all(&mut core, &mut out).is_empty());
+    let stale = Marker {
+        from: 0,
+        bound_ms: None,
+        read_through_ms: None,
+        epoch: Some(u64::MAX),
+    };
+    read_marker(&mut core, (2, 2), stale, &mut out);
+    assert!(
+        ship_all(&mut core, &mut out).is_empty(),
+        "another ownership's"
+    );
 }

@@ -177,6 +177,8 @@ pub(super) fn settings(changelog: bool) -> CoreSettings {
         summaries: true,
         repartition_partitions: None,
         align_max_wait: Duration::from_secs(5),
+        align_max_buffered: 10_000,
+        instance: 0,
         session_rows: Some(crate::session_row::SessionRowSettings {
             pipeline_id: Some("sessions".to_owned()),
             ..Default::default()
@@ -326,6 +328,9 @@ impl World {
                 Effect::Marker(marker) => panic!("a marker with repartitioning off: {marker:?}"),
                 Effect::WriteCheckpoint { checkpoint, writes } => {
                     self.checkpoints.push((checkpoint, writes));
+                }
+                Effect::PauseTraces(partitions) | Effect::ResumeTraces(partitions) => {
+                    panic!("alignment flow control with repartitioning off: {partitions:?}")
                 }
                 Effect::Pause(partitions) => self.paused.extend(partitions),
                 Effect::Resume(partitions) => {

@@ -14,8 +14,8 @@
 use crate::core::{Forward, Marker};
 use crate::source::kafka::{FIRST_READ_OFFSET_HEADER, FIRST_READ_PARTITION_HEADER, KafkaSettings};
 use crate::source::repartition::{
-    MARKER_BOUND_HEADER, MARKER_FROM_HEADER, MARKER_READ_THROUGH_HEADER, ORDER_KEY_HEADER,
-    create_forward_producer,
+    MARKER_BOUND_HEADER, MARKER_EPOCH_HEADER, MARKER_FROM_HEADER, MARKER_READ_THROUGH_HEADER,
+    ORDER_KEY_HEADER, create_forward_producer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -119,8 +119,9 @@ impl Forwarder {
         let from = marker.from.to_string();
         let bound = marker.bound_ms.map(|bound| bound.to_string());
         let read_through = marker.read_through_ms.map(|through| through.to_string());
+        let epoch = marker.epoch.map(|epoch| epoch.to_string());
         for partition in (0..self.num_partitions).filter(|partition| *partition != marker.from) {
-            let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
+            let mut headers = OwnedHeaders::new_with_capacity(4).insert(Header {
                 key: MARKER_FROM_HEADER,
                 value: Some(from.as_str()),
             });
@@ -134,6 +135,12 @@ impl Forwarder {
                 headers = headers.insert(Header {
                     key: MARKER_BOUND_HEADER,
                     value: Some(bound.as_str()),
+                });
+            }
+            if let Some(epoch) = &epoch {
+                headers = headers.insert(Header {
+                    key: MARKER_EPOCH_HEADER,
+                    value: Some(epoch.as_str()),
                 });
             }
             let record = FutureRecord::<(), ()>::to(&self.topic)

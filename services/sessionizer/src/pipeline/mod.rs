@@ -150,6 +150,7 @@ pub async fn run(
     let (repartition, forwarder) = match &settings.kafka.repartition_topic {
         Some(topic) => {
             settings.core.repartition_partitions = Some(num_partitions);
+            settings.core.instance = fastrand::u64(..);
             let consumer = RepartitionSource::try_new(&settings.kafka, topic)
                 .map_err(RunError::RepartitionClient)?;
             let forwarder = Forwarder::try_new(&settings.kafka, topic, num_partitions)

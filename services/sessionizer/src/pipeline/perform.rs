@@ -55,6 +55,8 @@ impl Pipeline {
                 }
                 Effect::Pause(partitions) => self.set_fetching(&partitions, false),
                 Effect::Resume(partitions) => self.set_fetching(&partitions, true),
+                Effect::PauseTraces(partitions) => self.set_fetching_traces(&partitions, false),
+                Effect::ResumeTraces(partitions) => self.set_fetching_traces(&partitions, true),
                 Effect::Restore(partitions) => {
                     if let Some(restoring) = self.restoring.as_mut() {
                         restoring.begin(&partitions);
@@ -234,6 +236,14 @@ impl Pipeline {
     }
 
     fn set_fetching(&mut self, partitions: &[i32], fetching: bool) {
+        self.set_fetching_traces(partitions, fetching);
+        if let Some(repartition) = &self.repartition {
+            repartition.set_fetching(partitions, fetching);
+        }
+    }
+
+    /// Pauses or resumes these partitions of the traces topic only.
+    fn set_fetching_traces(&mut self, partitions: &[i32], fetching: bool) {
         if partitions.is_empty() {
             return;
         }
@@ -248,9 +258,6 @@ impl Pipeline {
         };
         if let Err(error) = result {
             tracing::warn!(%error, fetching, "failed to pause or resume partitions");
-        }
-        if let Some(repartition) = &self.repartition {
-            repartition.set_fetching(partitions, fetching);
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct KafkaSettings {
     pub checkpoint_interval: Duration,
     /// With repartitioning, the longest a trace waits for the other partitions' forwards.
     pub repartition_max_wait: Duration,
+    /// With repartitioning, how many of a partition's own traces wait at most before its
+    /// reading pauses.
+    pub repartition_max_buffered: usize,
     /// Group session timeout (`session.timeout.ms`); validation bounds it to an hour.
     pub session_timeout: Duration,
     /// librdkafka settings applied last (TLS, SASL, ...) with [`ClientProperties::apply_to`].

@@ -158,6 +158,8 @@ pub const MARKER_BOUND_HEADER: &str = "marker.bound";
 /// Header of a marker: every record of that partition with a Kafka timestamp at or before it
 /// was read and forwarded (absent: nothing known yet).
 pub const MARKER_READ_THROUGH_HEADER: &str = "marker.read_through";
+/// Header of a marker: the sender's ownership of the partition (`Marker::epoch`).
+pub const MARKER_EPOCH_HEADER: &str = "marker.epoch";
 
 /// What the headers of a record of the repartition topic say.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +182,7 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
     let mut marker_from = None;
     let mut marker_bound = None;
     let mut marker_read_through = None;
+    let mut marker_epoch = None;
     for header in headers.iter() {
         let value = header
             .value
@@ -193,6 +196,7 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
             MARKER_READ_THROUGH_HEADER => {
                 marker_read_through = value.and_then(|value| value.parse().ok());
             }
+            MARKER_EPOCH_HEADER => marker_epoch = value.and_then(|value| value.parse().ok()),
             _ => {}
         }
     }
@@ -205,6 +209,7 @@ pub fn forward_headers(message: &impl Message) -> ForwardHeaders {
             from,
             bound_ms: marker_bound,
             read_through_ms: marker_read_through,
+            epoch: marker_epoch,
         }),
     }
 }

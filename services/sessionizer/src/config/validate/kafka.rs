@@ -47,6 +47,11 @@ pub(super) fn validate_kafka(
         kafka.repartition_max_wait_ms,
         "5000",
     );
+    problems.require_at_least_one(
+        "kafka.repartition_max_buffered",
+        kafka.repartition_max_buffered,
+        "20000",
+    );
     check_client_properties(&kafka.client, problems);
     let schema_registry_url = validate_schema_registry(&kafka, problems, warnings);
     KafkaSettings {
@@ -60,6 +65,7 @@ pub(super) fn validate_kafka(
         schema_registry_url,
         checkpoint_interval: Duration::from_millis(kafka.checkpoint_interval_ms),
         repartition_max_wait: Duration::from_millis(kafka.repartition_max_wait_ms),
+        repartition_max_buffered: kafka.repartition_max_buffered,
         session_timeout: Duration::from_millis(kafka.session_timeout_ms),
         client: kafka.client,
     }
