@@ -67,7 +67,8 @@ pub enum Effect {
     /// Stop fetching these partitions of the traces topic only (their alignment holds
     /// enough); their forwards and markers keep coming.
     PauseTraces(Vec<i32>),
-    /// Fetch these partitions of the traces topic again (unless paused as a whole).
+    /// Fetch these partitions of the traces topic again (the core sends it only for
+    /// partitions not paused as a whole: librdkafka has one pause per partition).
     ResumeTraces(Vec<i32>),
     /// Read these partitions' session state back from the changelog.
     Restore(Vec<i32>),

@@ -1,10 +1,10 @@
 //! Where a decoded message goes: applied now, forwarded, or held until its turn among the
 //! partition's inputs (`core::align`), then applied with the partition's next sequence.
 
-use super::Core;
 use super::align::{Aligner, Input};
 use super::effect::{Effect, ForwardedUpdate, Now, Received};
 use super::merge::Stream;
+use super::{CROSS_RELEASE_INTERVAL, Core};
 use crate::batch::{Origin, Position};
 use trace_model::TraceEvent;
 
@@ -127,11 +127,19 @@ impl Core {
         self.throttle(partition, now, out);
     }
 
-    /// Releases what the other partitions owned here hold, after `partition` read on.
+    /// Releases what the other partitions owned here hold, after `partition` read on: at
+    /// most every `CROSS_RELEASE_INTERVAL` (each release looks at every partition owned
+    /// here), and on every tick.
     pub(super) fn release_others(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
-        if self.owned.len() < 2 {
+        if self.owned.len() < 2
+            || now
+                .instant
+                .saturating_duration_since(self.last_cross_release)
+                < CROSS_RELEASE_INTERVAL
+        {
             return;
         }
+        self.last_cross_release = now.instant;
         let holding: Vec<i32> = self
             .owned
             .iter()
@@ -147,9 +155,12 @@ impl Core {
 
     /// Raises the inputs of `partition` from the other partitions owned here to their
     /// progress now, as their next marker would (a marker's delay is most of a trace's wait).
-    /// Only once `partition` has read a marker of the sender's current ownership (so every
-    /// forward sent to it before that ownership began has been read) and every forward this
-    /// ownership sent it (so nothing still on its way could come before).
+    /// Only once `partition` has read a marker of the sender's current ownership and every
+    /// forward this ownership sent it. Forwards an earlier ownership in this process sent are
+    /// before that marker (one producer, in order); those of an owner in another process are
+    /// before it too, except ones still landing after its revoke, which this ownership read
+    /// again and forwards again, so their second copy is the one applied (the duplicate check
+    /// skips whichever comes later).
     fn follow_local(&mut self, partition: i32, now: Now) {
         let Some(owned) = self.owned.get(&partition) else {
             return;

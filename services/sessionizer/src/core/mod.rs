@@ -104,6 +104,9 @@ fn marker_interval(owned: usize, partitions: i32) -> Duration {
 }
 /// How often a partition says where it stands even when nothing changed.
 const MARKER_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often at most a partition's progress releases what other partitions owned here hold
+/// (`Core::release_others`); every tick does too.
+const CROSS_RELEASE_INTERVAL: Duration = Duration::from_millis(1);
 /// A partition found caught up has read every record appended up to its last fetch, which
 /// the statistics report this much later at most (fetches return every 500 ms when idle).
 const CAUGHT_UP_MARGIN_MS: i64 = 1_000;
@@ -235,6 +238,8 @@ pub struct Core {
     paused_since: Option<Instant>,
     /// Partitions installed so far: numbers each ownership's marker epoch.
     num_installed: u64,
+    /// When partitions last released what another one's progress let go (`release_others`).
+    last_cross_release: Instant,
     last_idle_check: Instant,
     last_checkpoint: Instant,
 }
@@ -259,6 +264,7 @@ impl Core {
             paused: false,
             paused_since: None,
             num_installed: 0,
+            last_cross_release: now.instant,
             last_idle_check: now.instant,
             last_checkpoint: now.instant,
         }
@@ -351,8 +357,11 @@ impl Core {
                 .checkpoint_timestamp
                 .remove_label_values(&[&label]);
         }
-        if !unthrottled.is_empty() {
-            // librdkafka keeps a partition's pause across assignments.
+        // librdkafka keeps a partition's pause across assignments, and a partition assigned
+        // again without a changelog is not resumed.
+        if self.paused {
+            out.push(Effect::Resume(partitions.to_vec()));
+        } else if !unthrottled.is_empty() {
             out.push(Effect::ResumeTraces(unthrottled));
         }
         self.update_throttled_gauge();
@@ -442,6 +451,7 @@ impl Core {
         owned.journal = Some(PartitionJournal::new(checkpoint.as_ref()));
         if let Some(checkpoint) = &checkpoint {
             owned.forwarded.extend(&checkpoint.forwarded);
+            owned.forwards_read.extend(&checkpoint.forwarded);
         }
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
@@ -691,18 +701,24 @@ impl Core {
     }
 
     /// Flow control of the alignment, as Kafka Streams pauses a partition whose buffer is
-    /// full: once `align_max_buffered` of a partition's own traces wait for the other
-    /// partitions (in a backlog every partition is read at its own pace, and a restore or a
-    /// rebalance starts them at different times), its reading of the traces topic pauses
-    /// until half of them went, while the other partitions catch up. Its forwards and
-    /// markers keep coming. Without it, the partition read ahead would hold its whole
-    /// backlog in memory, and force it out of order at `batch.max_unacked_rows`.
+    /// full: once `align_max_buffered` (at most `batch.max_unacked_rows`) of a partition's
+    /// own traces wait for the other partitions (a partition far ahead of one that lags),
+    /// its reading of the traces topic pauses until half of them went, while the others
+    /// catch up. Its forwards and markers keep coming. Without it, the partition read ahead
+    /// would hold its backlog in memory, and force it out of order at
+    /// `batch.max_unacked_rows`. Forwards waiting in its other inputs are not limited here
+    /// (their senders may be owned elsewhere): `batch.max_unacked_rows` bounds them.
     ///
-    /// It cannot stall: the partition whose oldest waiting trace was appended first has it
-    /// released once the others' markers come (each of them has read past it, or holds
-    /// traces of its own and so waits for nothing from it).
+    /// The partition whose oldest waiting trace was appended first has it released once the
+    /// others' progress is known (each has read past it, or holds traces of its own and so
+    /// holds nothing back); only traces with equal order keys can wait on each other, and
+    /// `align_max_wait` bounds that.
     fn throttle(&mut self, partition: i32, now: Now, out: &mut Vec<Effect>) {
-        let limit = self.settings.align_max_buffered.max(1);
+        let limit = self
+            .settings
+            .align_max_buffered
+            .min(self.settings.batch.max_unacked_rows)
+            .max(1);
         let paused = self.paused;
         let Some(owned) = self.owned.get_mut(&partition) else {
             return;

@@ -219,6 +219,9 @@ struct World {
     forwarded: BTreeSet<(i32, i64)>,
     /// Checkpoints that landed in part (some records, not all).
     partial_landings: usize,
+    /// After the first life settled: a pause the consumer kept that the core did not mean
+    /// (a stuck pause would look idle, and the next life clears it).
+    stray_pause: Option<String>,
 }
 
 impl World {
@@ -250,6 +253,7 @@ impl World {
             dead_lettered: BTreeSet::new(),
             forwarded: BTreeSet::new(),
             partial_landings: 0,
+            stray_pause: None,
         };
         world.assign_all();
         world
@@ -672,6 +676,30 @@ impl World {
 
     /// Lets everything finish: restores, deliveries of both topics, the producer queue,
     /// acknowledgements, checkpoints, and time beyond `align_max_wait`.
+    /// The pauses the consumer holds against those the core means: both topics of every
+    /// partition under backpressure or awaiting its state, and the traces topic of those
+    /// throttled for alignment.
+    fn stray_pause(&self) -> Option<String> {
+        let held: Vec<(Stream, i32)> = self.paused.iter().copied().collect();
+        let mut meant = Vec::new();
+        for partition in self.partitions() {
+            let whole = self.core.paused || self.core.awaiting_state.contains(&partition);
+            let throttled = self
+                .core
+                .owned
+                .get(&partition)
+                .is_some_and(|owned| owned.throttled);
+            if whole || throttled {
+                meant.push((Stream::Traces, partition));
+            }
+            if whole {
+                meant.push((Stream::Repartition, partition));
+            }
+        }
+        meant.sort();
+        (held != meant).then(|| format!("paused {held:?}, meant {meant:?}"))
+    }
+
     fn quiesce(&mut self) {
         for _round in 0..10_000 {
             let busy = !self.restores.is_empty()
@@ -777,6 +805,7 @@ fn run_world(changelog: bool, num_partitions: i32, specs: &[Spec], ops: &[Op]) -
         world.step(op);
     }
     world.quiesce();
+    world.stray_pause = world.stray_pause();
     // Whatever stayed unsettled in that life (lost requests) is redone by the next one.
     world.step(&Op::AutoCommit);
     world.crash(0);
@@ -881,6 +910,7 @@ fn check(
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
     let world = run_world(changelog, num_partitions, specs, ops);
+    prop_assert!(world.stray_pause.is_none(), "{:?}", world.stray_pause);
     check_no_loss(&world)?;
     let unforced = world.forced() == 0.0;
     // Only without forced alignment: a forced release depends on when things arrived, which

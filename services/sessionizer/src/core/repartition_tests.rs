@@ -614,3 +614,32 @@ fn a_partition_owned_here_is_not_followed_before_its_marker_is_read() {
         "another ownership's"
     );
 }
+
+#[test]
+fn a_partition_revoked_under_backpressure_is_resumed_for_its_next_assignment() {
+    let (mut core, _) = new_core(false);
+    let mut out = Vec::new();
+    core.assigned(&[2], &mut out);
+    caught_up(&mut core, 2, &mut out);
+    let session = session_in(2);
+    // More rows than `batch.max_unacked_rows` (8) unacknowledged: fetching pauses.
+    for offset in 0..8 {
+        let payload = trace(&session);
+        let message = received(Stream::Traces, 2, offset, None, &payload, None);
+        core.message(message, None, now(), &mut out);
+    }
+    core.tick(now(), &mut out);
+    assert!(
+        out.iter()
+            .any(|effect| matches!(effect, Effect::Pause(partitions) if partitions == &[2])),
+        "{out:?}"
+    );
+    out.clear();
+    core.revoked(&[2], &mut out);
+    // Without a changelog, nothing resumes it when it is assigned again.
+    assert!(
+        out.iter()
+            .any(|effect| matches!(effect, Effect::Resume(partitions) if partitions == &[2])),
+        "{out:?}"
+    );
+}

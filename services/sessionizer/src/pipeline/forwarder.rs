@@ -44,6 +44,9 @@ pub(super) struct Forwarder {
     /// Set while recovering: the forwards to send through the next producer, undelivered
     /// ones and newer ones alike.
     waiting: Option<Vec<Forward>>,
+    /// A recovery that failed after the last forward in flight was delivered: reported by
+    /// the next [`Forwarder::next`].
+    failed: Option<KafkaError>,
     /// Producers made after a fatal error, for the log.
     num_recoveries: u64,
 }
@@ -75,13 +78,15 @@ impl Forwarder {
             num_partitions,
             in_flight: JoinSet::new(),
             waiting: None,
+            failed: None,
             num_recoveries: 0,
         })
     }
 
-    /// Whether forwards are in flight (their outcomes come from [`Forwarder::next`]).
+    /// Whether forwards are in flight, or a failure waits to be reported (both come from
+    /// [`Forwarder::next`]).
     pub(super) fn has_in_flight(&self) -> bool {
-        !self.in_flight.is_empty()
+        !self.in_flight.is_empty() || self.failed.is_some()
     }
 
     /// Stops waiting for the forwards in flight (the drain's deadline passed).
@@ -162,6 +167,9 @@ impl Forwarder {
     /// The next forward delivered (or the failure that ends the run). Cancel-safe: waits only
     /// in [`JoinSet::join_next`].
     pub(super) async fn next(&mut self) -> Option<Outcome> {
+        if let Some(error) = self.failed.take() {
+            return Some(Outcome::Failed(error));
+        }
         loop {
             let (forward, delivered) = match self.in_flight.join_next().await? {
                 Ok(outcome) => outcome,
@@ -172,6 +180,13 @@ impl Forwarder {
                 }
             };
             if delivered {
+                // A refused send (a full queue) waits for what was in flight: if that was the
+                // last, the recovery starts now, or nothing would send again.
+                if self.waiting.is_some()
+                    && let Some(Outcome::Failed(error)) = self.recover_when_settled()
+                {
+                    self.failed = Some(error);
+                }
                 return Some(Outcome::Delivered(forward));
             }
             self.waiting.get_or_insert_with(Vec::new).push(forward);

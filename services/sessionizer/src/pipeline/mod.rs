@@ -3,8 +3,9 @@
 //! core what happened and performs the effects it returns. Decisions live in the core.
 //!
 //! In its `select!`, acknowledgements and settlements come before new input (`biased`),
-//! which keeps in-flight state bounded; the repartition topic (forwards and markers, which
-//! let held traces go) comes before the traces topic, which a backlog keeps always ready. Openlayer requests, dead letters and checkpoint
+//! which keeps in-flight state bounded. The two consumers take turns: a backlog keeps either
+//! always ready, and markers read only once the traces ran dry had every trace read
+//! meanwhile held (`core::align`), while traces never read let no forward go either. Openlayer requests, dead letters and checkpoint
 //! writes run as owned tasks (`JoinSet`s) whose outcome goes back to the core; nothing is
 //! fire-and-forget.
 //!
@@ -213,6 +214,8 @@ impl Pipeline {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The repartition topic is read first unless its message was the last one read.
+        let mut repartition_last = false;
         loop {
             self.apply_rebalances();
             if self.fatal.is_some() {
@@ -251,10 +254,16 @@ impl Pipeline {
                     self.on_restore_finished(read);
                 }
                 _ = tick.tick() => self.on_tick(),
+                received = self.source.consumer.recv(), if repartition_last => {
+                    repartition_last = false;
+                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
+                }
                 received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
+                    repartition_last = true;
                     self.on_received(received.map(|message| message.detach()), Stream::Repartition).await;
                 }
                 received = self.source.consumer.recv() => {
+                    repartition_last = false;
                     self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
                 }
             }
