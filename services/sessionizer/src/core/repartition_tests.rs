@@ -524,12 +524,10 @@ fn read_trace_at(
     core.message(message, None, now(), out);
 }
 
-#[test]
-fn a_partition_follows_another_owned_here_once_it_read_its_marker_and_forwards() {
-    let (mut core, registry) = new_core(false);
-    let mut out = Vec::new();
-    core.assigned(&[0, 2], &mut out);
-    // Partitions 1 and 3 are owned elsewhere, and caught up.
+/// Partitions 0 and 2 owned here, 1 and 3 elsewhere and caught up; partition 2 has read a
+/// trace of its session (turn 2), appended a second after the returned start.
+fn owning_0_and_2_with_turn_2_read(core: &mut Core, out: &mut Vec<Effect>) -> i64 {
+    core.assigned(&[0, 2], out);
     for (offset, from) in [(0, 1), (1, 3)] {
         let marker = Marker {
             from,
@@ -537,11 +535,19 @@ fn a_partition_follows_another_owned_here_once_it_read_its_marker_and_forwards()
             read_through_ms: caught_up_ms(),
             epoch: None,
         };
-        read_marker(&mut core, (2, offset), marker, &mut out);
+        read_marker(core, (2, offset), marker, out);
     }
     let start = now().wall_ms;
+    read_trace_at(core, (2, 0), &session_in(2), start + 1_000, out);
+    start
+}
+
+#[test]
+fn a_partition_follows_another_owned_here_once_it_read_its_marker_and_forwards() {
+    let (mut core, registry) = new_core(false);
+    let mut out = Vec::new();
     // Partition 2 reads turn 2 of its session; partition 0 reads turn 1, and forwards it.
-    read_trace_at(&mut core, (2, 0), &session_in(2), start + 1_000, &mut out);
+    let start = owning_0_and_2_with_turn_2_read(&mut core, &mut out);
     read_trace_at(&mut core, (0, 0), &session_in(2), start + 500, &mut out);
     let forward = forwards(&out).pop().expect("turn 1 forwarded");
     core.tick(now(), &mut out);
@@ -586,18 +592,7 @@ fn a_partition_follows_another_owned_here_once_it_read_its_marker_and_forwards()
 fn a_partition_owned_here_is_not_followed_before_its_marker_is_read() {
     let (mut core, _) = new_core(false);
     let mut out = Vec::new();
-    core.assigned(&[0, 2], &mut out);
-    for (offset, from) in [(0, 1), (1, 3)] {
-        let marker = Marker {
-            from,
-            bound_ms: None,
-            read_through_ms: caught_up_ms(),
-            epoch: None,
-        };
-        read_marker(&mut core, (2, offset), marker, &mut out);
-    }
-    let start = now().wall_ms;
-    read_trace_at(&mut core, (2, 0), &session_in(2), start + 1_000, &mut out);
+    let start = owning_0_and_2_with_turn_2_read(&mut core, &mut out);
     // An earlier owner of partition 0 may have forwarded something that partition 2 has not
     // read yet: only a marker of this ownership, read after it, rules that out.
     read_trace_at(&mut core, (0, 0), &session_in(0), start + 2_000, &mut out);
