@@ -50,7 +50,7 @@ pub(super) fn validate_kafka(
     problems.require_at_least_one(
         "kafka.repartition_max_buffered",
         kafka.repartition_max_buffered,
-        "20000",
+        "50000",
     );
     check_client_properties(&kafka.client, problems);
     let schema_registry_url = validate_schema_registry(&kafka, problems, warnings);
