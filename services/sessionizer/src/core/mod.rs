@@ -26,6 +26,8 @@ pub mod offsets;
 mod repartition_props;
 #[cfg(test)]
 mod repartition_tests;
+#[cfg(test)]
+mod repartition_world;
 mod settle;
 #[cfg(test)]
 mod tests;
