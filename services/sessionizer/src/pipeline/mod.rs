@@ -6,9 +6,9 @@
 //! which keeps in-flight state bounded. The repartition topic comes before the traces topic
 //! (markers and forwards let held traces go; read only once a backlog of traces ran dry,
 //! every trace read meanwhile was held, `core::align`), but the traces topic gets a turn
-//! after `REPARTITION_STREAK` repartition messages in a row (its traces let forwards go). Openlayer requests, dead letters and checkpoint
-//! writes run as owned tasks (`JoinSet`s) whose outcome goes back to the core; nothing is
-//! fire-and-forget.
+//! after `REPARTITION_STREAK` repartition messages in a row (its traces let forwards go).
+//! Openlayer requests, dead letters and checkpoint writes run as owned tasks (`JoinSet`s)
+//! whose outcome goes back to the core; nothing is fire-and-forget.
 //!
 //! Lifecycle: Consuming → Draining (stop fetching, flush batches, wait for acknowledgements
 //! until the drain deadline) → Complete (store and commit offsets, flush producers).
