@@ -175,10 +175,7 @@ impl Core {
                 **from != partition
                     && aligner.epoch(**from) == Some(sender.epoch)
                     && sender.forwards_sent.get(&partition).is_none_or(|sent| {
-                        owned
-                            .forwards_read
-                            .get(from)
-                            .is_some_and(|read| read >= sent)
+                        owned.forwarded.get(from).is_some_and(|read| read >= sent)
                     })
             })
             .filter_map(|(from, sender)| {

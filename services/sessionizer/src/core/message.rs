@@ -49,13 +49,6 @@ impl Core {
             owned.position = Some(offset + 1);
             owned.read_through(received.kafka_timestamp_ms, now);
         }
-        if let (Stream::Repartition, Some(first_read)) = (stream, received.first_read) {
-            let read = owned
-                .forwards_read
-                .entry(first_read.partition)
-                .or_insert(-1);
-            *read = (*read).max(first_read.offset);
-        }
         let skip = if let Some(marker) = received.marker {
             if let Some(aligner) = owned.aligner.as_mut() {
                 aligner.marker(

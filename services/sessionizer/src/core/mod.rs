@@ -82,8 +82,8 @@ pub struct CoreSettings {
     pub align_max_buffered: usize,
     /// Where closed sessions' rows go; `None`: no session rows.
     pub session_rows: Option<SessionRowSettings>,
-    /// Tells this process's markers from other processes' (random per run): with a count of
-    /// the partitions it was assigned, it makes each ownership's marker epoch.
+    /// Tells this process's markers from other processes' (random per run): with the
+    /// ownership's number (`Offsets::ownership`), it makes each ownership's marker epoch.
     pub instance: u64,
 }
 
@@ -130,6 +130,7 @@ struct Owned {
     newest_timestamp_ms: Option<i64>,
     /// Per traces partition, the highest offset first read there whose forward arrived
     /// here: a forward at or below it is a duplicate (sent again after its sender crashed).
+    /// Local following (`Core::follow_local`) compares it with a sibling's `forwards_sent`.
     forwarded: HashMap<i32, i64>,
     /// With repartitioning: the partition's inputs, merged in event-time order.
     aligner: Option<Aligner<Pending>>,
@@ -152,9 +153,6 @@ struct Owned {
     /// Per partition, the highest offset (of this partition) of a trace this ownership
     /// forwarded there.
     forwards_sent: HashMap<i32, i64>,
-    /// Per traces partition, the highest offset first read there of a forward read here
-    /// (applied, held or skipped as a duplicate).
-    forwards_read: HashMap<i32, i64>,
 }
 
 impl Owned {
@@ -174,7 +172,6 @@ impl Owned {
             throttled: false,
             epoch,
             forwards_sent: HashMap::new(),
-            forwards_read: HashMap::new(),
         }
     }
 
@@ -238,8 +235,6 @@ pub struct Core {
     last_summary_retry: Instant,
     paused: bool,
     paused_since: Option<Instant>,
-    /// Partitions installed so far: numbers each ownership's marker epoch.
-    num_installed: u64,
     /// When partitions last released what another one's progress let go (`release_others`).
     last_cross_release: Instant,
     last_idle_check: Instant,
@@ -265,7 +260,6 @@ impl Core {
             last_summary_retry: now.instant,
             paused: false,
             paused_since: None,
-            num_installed: 0,
             last_cross_release: now.instant,
             last_idle_check: now.instant,
             last_checkpoint: now.instant,
@@ -313,7 +307,11 @@ impl Core {
         } else {
             for partition in partitions {
                 let windows = PartitionWindows::new(self.settings.windows);
-                let owned = Owned::new(windows, self.aligner_for(*partition), self.next_epoch());
+                let owned = Owned::new(
+                    windows,
+                    self.aligner_for(*partition),
+                    self.epoch(*partition),
+                );
                 self.owned.insert(*partition, owned);
             }
             if self.paused {
@@ -449,21 +447,20 @@ impl Core {
                     .and(checkpoint.as_ref().map(|checkpoint| checkpoint.rw)),
             },
         );
-        let mut owned = Owned::new(windows, self.aligner_for(partition), self.next_epoch());
+        let mut owned = Owned::new(windows, self.aligner_for(partition), self.epoch(partition));
         owned.journal = Some(PartitionJournal::new(checkpoint.as_ref()));
         if let Some(checkpoint) = &checkpoint {
             owned.forwarded.extend(&checkpoint.forwarded);
-            owned.forwards_read.extend(&checkpoint.forwarded);
         }
         owned.restored = Some(restored);
         self.owned.insert(partition, owned);
     }
 
-    /// The marker epoch of an ownership beginning now: unique in this process, and across
-    /// processes as far as their random `instance` differs.
-    fn next_epoch(&mut self) -> u64 {
-        self.num_installed += 1;
-        self.settings.instance.wrapping_add(self.num_installed)
+    /// The marker epoch of the partition's current ownership: unique in this process, and
+    /// across processes as far as their random `instance` differs.
+    fn epoch(&self, partition: i32) -> u64 {
+        let ownership = self.offsets.ownership(partition).unwrap_or_default();
+        self.settings.instance.wrapping_add(ownership)
     }
 
     /// The aligner of an owned partition, when it has other partitions' forwards to merge.

@@ -74,6 +74,11 @@ impl Offsets {
         self.ownerships.insert(partition, self.num_ownerships);
     }
 
+    /// The current ownership of an owned partition: numbered from 1 in this process.
+    pub fn ownership(&self, partition: i32) -> Option<u64> {
+        self.ownerships.get(&partition).copied()
+    }
+
     /// Forgets a partition; later settlements and checkpoint outcomes for it are ignored (a
     /// checkpoint in flight stays known until its outcome, see rule 4).
     pub fn revoke(&mut self, partition: i32) {
