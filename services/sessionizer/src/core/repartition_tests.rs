@@ -288,7 +288,7 @@ fn the_duplicate_check_survives_a_restore_from_the_changelog() {
         if let Effect::WriteCheckpoint { checkpoint, writes } = effect {
             for write in writes {
                 restored
-                    .apply(write.key.as_bytes(), &write.value)
+                    .apply(write.key().as_bytes(), &write.value())
                     .expect("record decodes");
             }
             written = Some(*checkpoint);

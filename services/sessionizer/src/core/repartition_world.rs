@@ -616,7 +616,7 @@ impl World {
     pub(super) fn land(&mut self, partition: i32, writes: &[ChangelogWrite]) {
         for write in writes {
             self.changelog_records
-                .push((partition, write.key.clone(), write.value.clone()));
+                .push((partition, write.key(), write.value()));
         }
     }
 

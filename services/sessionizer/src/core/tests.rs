@@ -570,7 +570,7 @@ impl World {
     fn land(&mut self, partition: i32, writes: &[crate::sessionize::store::ChangelogWrite]) {
         for write in writes {
             self.changelog_records
-                .push((partition, write.key.clone(), write.value.clone()));
+                .push((partition, write.key(), write.value()));
         }
     }
 

@@ -9,7 +9,7 @@ use crate::source::dlq::{DeadLetter, send_dead_letter};
 use crate::source::kafka::store_next_offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::time::Instant;
 use trace_model::SessionSummary;
 use trace_model::codec::avro::encode_session_summary;
@@ -51,7 +51,7 @@ impl Pipeline {
                     offset,
                 } => self.store_offset(stream, partition, offset),
                 Effect::WriteCheckpoint { checkpoint, writes } => {
-                    self.write_checkpoint(checkpoint, &writes);
+                    self.write_checkpoint(checkpoint, writes);
                 }
                 Effect::Pause(partitions) => self.set_fetching(&partitions, false),
                 Effect::Resume(partitions) => self.set_fetching(&partitions, true),
@@ -205,28 +205,26 @@ impl Pipeline {
 
     /// Queues a checkpoint's records; its outcome goes back to the core when Kafka has them
     /// all (or one failed).
-    fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: &[ChangelogWrite]) {
-        let partition = checkpoint.partition;
-        let Some(changelog) = self.settings.kafka.changelog_topic.as_deref() else {
+    /// Serializes and queues a checkpoint's records in order on a blocking thread, so that a
+    /// checkpoint of thousands of sessions does not stall the loop; at most one checkpoint
+    /// per partition is in flight (`core::offsets`), so partitions' records stay in order.
+    fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: Vec<ChangelogWrite>) {
+        let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
             return;
         };
-        let mut deliveries = Vec::with_capacity(writes.len());
-        let mut queued_all = true;
-        for write in writes {
-            let record = FutureRecord::to(changelog)
-                .partition(partition)
-                .key(write.key.as_str())
-                .payload(write.value.as_slice());
-            match self.producer.send_result(record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => {
-                    tracing::error!(%error, partition, "failed to queue a changelog record");
-                    queued_all = false;
-                    break;
-                }
-            }
-        }
+        let producer = self.producer.clone();
         self.checkpoints.spawn(async move {
+            let queued = tokio::task::spawn_blocking(move || {
+                queue_changelog_writes(&producer, &changelog, checkpoint.partition, &writes)
+            })
+            .await;
+            let Ok((deliveries, queued_all)) = queued else {
+                tracing::error!(
+                    partition = checkpoint.partition,
+                    "the task queueing a checkpoint failed"
+                );
+                return (checkpoint, false);
+            };
             let mut delivered = queued_all;
             for delivery in deliveries {
                 delivered &= matches!(delivery.await, Ok(Ok(_)));
@@ -260,4 +258,30 @@ impl Pipeline {
             tracing::warn!(%error, fetching, "failed to pause or resume partitions");
         }
     }
+}
+
+/// Queues `writes` to `partition` of `changelog`, in order, until one is refused; returns
+/// their deliveries and whether all were queued.
+fn queue_changelog_writes(
+    producer: &FutureProducer,
+    changelog: &str,
+    partition: i32,
+    writes: &[ChangelogWrite],
+) -> (Vec<DeliveryFuture>, bool) {
+    let mut deliveries = Vec::with_capacity(writes.len());
+    for write in writes {
+        let (key, value) = (write.key(), write.value());
+        let record = FutureRecord::to(changelog)
+            .partition(partition)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((error, _)) => {
+                tracing::error!(%error, partition, "failed to queue a changelog record");
+                return (deliveries, false);
+            }
+        }
+    }
+    (deliveries, true)
 }

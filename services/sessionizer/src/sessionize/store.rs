@@ -31,7 +31,7 @@ use super::window::{SessionKey, SessionState};
 use crate::batch::Position;
 use crate::source::Stream;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Key of the checkpoint record of a partition (cannot collide with a session key, which
 /// always starts with a digit).
@@ -40,12 +40,11 @@ pub const CHECKPOINT_KEY: &str = "checkpoint";
 /// Changelog key of a session: length-prefixed so that no two (pipeline, session) pairs share
 /// one, whatever characters the ids hold.
 pub fn changelog_key(key: &SessionKey) -> String {
-    format!(
-        "{}:{}/{}",
-        key.pipeline_id.len(),
-        key.pipeline_id,
-        key.session_id
-    )
+    session_record_key(&key.pipeline_id, &key.session_id)
+}
+
+fn session_record_key(pipeline_id: &str, session_id: &str) -> String {
+    format!("{}:{pipeline_id}/{session_id}", pipeline_id.len())
 }
 
 /// A session's state as of a checkpoint.
@@ -106,11 +105,35 @@ pub struct Watermarks {
     pub repartition: i64,
 }
 
-/// One record to write to the changelog.
+/// One record to write to the changelog, serialized by its writer: a checkpoint can hold
+/// every session of a partition, and serializing and queueing 5,000 sessions' records took
+/// 15-25 ms, a stall of the loop that reads traces.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChangelogWrite {
-    pub key: String,
-    pub value: Vec<u8>,
+pub enum ChangelogWrite {
+    Session(SessionRecord),
+    Checkpoint(CheckpointRecord),
+}
+
+impl ChangelogWrite {
+    /// The record's key in the changelog.
+    pub fn key(&self) -> String {
+        match self {
+            ChangelogWrite::Session(record) => {
+                session_record_key(&record.pipeline_id, &record.session_id)
+            }
+            ChangelogWrite::Checkpoint(_) => CHECKPOINT_KEY.to_owned(),
+        }
+    }
+
+    /// The record's value (JSON).
+    pub fn value(&self) -> Vec<u8> {
+        // Serializing plain data to a Vec cannot fail.
+        match self {
+            ChangelogWrite::Session(record) => serde_json::to_vec(record),
+            ChangelogWrite::Checkpoint(record) => serde_json::to_vec(record),
+        }
+        .unwrap_or_default()
+    }
 }
 
 /// A session's state after one message, as the journal keeps it.
@@ -120,27 +143,17 @@ pub struct StateAfter {
     pub next_segment: i32,
 }
 
-#[derive(Debug, Default)]
-struct KeyJournal {
-    /// State after the messages below the last checkpoint... or, once `pending` moved on, below
-    /// the current watermark. `None` inside `Some` means closed; outer `None` means unknown
-    /// (the session was not touched before: its base is whatever the window held then).
-    base: Option<StateAfter>,
-    pending: VecDeque<(i64, StateAfter)>,
-}
-
 /// The journal of one partition between checkpoints.
 #[derive(Debug, Default)]
 pub struct PartitionJournal {
-    keys: HashMap<SessionKey, KeyJournal>,
+    /// Per session, its state after each unsettled message that touched it (by sequence).
+    keys: HashMap<SessionKey, VecDeque<(i64, StateAfter)>>,
     /// Event time after each unsettled message.
     event_times: VecDeque<(i64, Option<i64>)>,
     base_event_time: Option<i64>,
     /// Forwards applied by unsettled messages: (sequence, first-read partition, offset).
     forwards: VecDeque<(i64, i32, i64)>,
     base_forwarded: BTreeMap<i32, i64>,
-    /// Keys whose state as of the watermark changed since the last checkpoint.
-    dirty: HashSet<SessionKey>,
     /// Watermark (a sequence) of the last checkpoint written by this journal.
     checkpointed: Option<i64>,
 }
@@ -159,11 +172,14 @@ impl PartitionJournal {
 
     /// Records the state of `key` after the message at `sequence`.
     pub fn record_state(&mut self, sequence: i64, key: &SessionKey, after: StateAfter) {
-        self.keys
-            .entry(key.clone())
-            .or_default()
-            .pending
-            .push_back((sequence, after));
+        // Not `entry`: it would copy the key for every message, not just a session's first.
+        match self.keys.get_mut(key) {
+            Some(pending) => pending.push_back((sequence, after)),
+            None => {
+                self.keys
+                    .insert(key.clone(), VecDeque::from([(sequence, after)]));
+            }
+        }
     }
 
     /// Records the partition's event time after the message at `sequence`.
@@ -182,24 +198,8 @@ impl PartitionJournal {
         self.checkpointed
     }
 
-    /// Moves the journal to watermark `w`: everything below `w` becomes the base.
+    /// Moves the partition's event time and applied forwards to watermark `w`.
     fn advance(&mut self, w: i64) {
-        for (key, journal) in &mut self.keys {
-            let mut moved = false;
-            while journal
-                .pending
-                .front()
-                .is_some_and(|(offset, _)| *offset < w)
-            {
-                if let Some((_, after)) = journal.pending.pop_front() {
-                    journal.base = Some(after);
-                    moved = true;
-                }
-            }
-            if moved {
-                self.dirty.insert(key.clone());
-            }
-        }
         while self
             .event_times
             .front()
@@ -232,38 +232,34 @@ impl PartitionJournal {
             return Vec::new();
         }
         self.advance(w);
-        let mut writes = Vec::with_capacity(self.dirty.len() + 1);
-        for key in self.dirty.drain() {
-            let Some(after) = self.keys.get(&key).and_then(|journal| journal.base.clone()) else {
-                continue;
-            };
-            let record = SessionRecord {
-                w: at.traces,
-                rw: at.repartition,
-                pipeline_id: key.pipeline_id.to_string(),
-                session_id: key.session_id.clone(),
-                state: after.state,
-                next_segment: after.next_segment,
-                rf: self.base_forwarded.clone(),
-            };
-            writes.push(ChangelogWrite {
-                key: changelog_key(&key),
-                // Serializing plain data to a Vec cannot fail.
-                value: serde_json::to_vec(&record).unwrap_or_default(),
-            });
-        }
-        let checkpoint = CheckpointRecord {
+        let mut writes = Vec::new();
+        // One pass: a session whose state changed below `w` is written as of `w` (its state
+        // after the last of those messages); one with nothing pending any more is fully
+        // described by the window now, and forgotten.
+        self.keys.retain(|key, pending| {
+            let mut as_of_w = None;
+            while let Some((_, after)) = pending.pop_front_if(|(sequence, _)| *sequence < w) {
+                as_of_w = Some(after);
+            }
+            if let Some(after) = as_of_w {
+                writes.push(ChangelogWrite::Session(SessionRecord {
+                    w: at.traces,
+                    rw: at.repartition,
+                    pipeline_id: key.pipeline_id.to_string(),
+                    session_id: key.session_id.clone(),
+                    state: after.state,
+                    next_segment: after.next_segment,
+                    rf: self.base_forwarded.clone(),
+                }));
+            }
+            !pending.is_empty()
+        });
+        writes.push(ChangelogWrite::Checkpoint(CheckpointRecord {
             w: at.traces,
             rw: at.repartition,
             event_time_ms: self.base_event_time,
             forwarded: self.base_forwarded.clone(),
-        };
-        writes.push(ChangelogWrite {
-            key: CHECKPOINT_KEY.to_owned(),
-            value: serde_json::to_vec(&checkpoint).unwrap_or_default(),
-        });
-        // Keys with nothing pending are fully described by the window now; forget them.
-        self.keys.retain(|_, journal| !journal.pending.is_empty());
+        }));
         writes
     }
 
@@ -407,7 +403,7 @@ mod tests {
         let mut restored = RestoredPartition::default();
         for write in writes {
             restored
-                .apply(write.key.as_bytes(), &write.value)
+                .apply(write.key().as_bytes(), &write.value())
                 .expect("record decodes");
         }
         restored
@@ -605,7 +601,7 @@ mod forward_tests {
         );
         let mut read = RestoredPartition::default();
         for write in &writes {
-            read.apply(write.key.as_bytes(), &write.value)
+            read.apply(write.key().as_bytes(), &write.value())
                 .expect("decodes");
         }
         let checkpoint = read.checkpoint.expect("checkpoint record");
