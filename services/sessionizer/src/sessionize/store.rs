@@ -109,6 +109,8 @@ pub struct Watermarks {
 /// every session of a partition, and serializing and queueing 5,000 sessions' records took
 /// 15-25 ms, a stall of the loop that reads traces.
 #[derive(Debug, Clone, PartialEq)]
+// Nearly every write is a session's: boxing it would allocate once more per session.
+#[allow(clippy::large_enum_variant)]
 pub enum ChangelogWrite {
     Session(SessionRecord),
     Checkpoint(CheckpointRecord),
