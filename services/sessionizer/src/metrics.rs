@@ -48,6 +48,9 @@ pub struct Metrics {
     pub repartitioned_duplicates: IntCounter,
     /// Traces waiting for the partition's other inputs to catch up (event-time alignment).
     pub alignment_held: IntGauge,
+    /// Traces read but not yet handed on, waiting for the other owned partitions to be read as
+    /// far (`source::partition_group`).
+    pub partition_group_buffered: IntGauge,
     /// Traces applied before the other inputs caught up: waited too long, or too many waited.
     pub alignment_forced: IntCounter,
     /// Times a partition's reading paused because enough of its traces waited.
@@ -232,6 +235,11 @@ impl Metrics {
                 registry,
                 "sessionizer_alignment_held_traces",
                 "Traces waiting for their partition's other inputs (its own traces, forwards from each other partition) to catch up, so sessions are applied in event-time order.",
+            )?,
+            partition_group_buffered: gauge(
+                registry,
+                "sessionizer_partition_group_buffered_traces",
+                "Traces read from the traces topic, not yet decoded, waiting for the other owned partitions to be read as far so that they are handed on in timestamp order.",
             )?,
             alignment_forced: counter(
                 registry,

@@ -7,6 +7,8 @@
 //! (markers and forwards let held traces go; read only once a backlog of traces ran dry,
 //! every trace read meanwhile was held, `core::align`), but the traces topic gets a turn
 //! after `REPARTITION_STREAK` repartition messages in a row (its traces let forwards go).
+//! With repartitioning, traces read wait in a partition group to be handed to the core in
+//! timestamp order across the owned partitions (`source::partition_group`).
 //! Openlayer requests, dead letters and checkpoint writes run as owned tasks (`JoinSet`s)
 //! whose outcome goes back to the core; nothing is fire-and-forget.
 //!
@@ -30,6 +32,7 @@ use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
+use crate::source::partition_group::PartitionGroup;
 use crate::source::repartition::{ForwardHeaders, RepartitionSource, forward_headers};
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
@@ -47,6 +50,14 @@ use trace_model::{DecodeError, Decoder};
 
 /// How often batches are checked for linger and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(50);
+
+/// How long the partition group waits at most for a partition that may have earlier traces
+/// but delivers none (paused, or fetched slowly) before handing on the others'.
+const PARTITION_GROUP_MAX_IDLE: Duration = Duration::from_millis(100);
+
+/// Traces the partition group hands on before the loop looks at acknowledgements again: one
+/// message can let tens of thousands go.
+const PARTITION_GROUP_CHUNK: usize = 256;
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, Error)]
@@ -116,6 +127,11 @@ struct Pipeline {
     /// The repartition topic's consumer, following `source`'s assignment, and the producer of
     /// forwards to it.
     repartition: Option<RepartitionSource>,
+    /// With repartitioning, traces read wait here to be handed on in timestamp order across
+    /// the owned partitions, so that the alignment holds few of them (decoded).
+    group: Option<PartitionGroup<OwnedMessage>>,
+    /// The group stopped handing on at a chunk's end, not because nothing may go.
+    group_ready: bool,
     forwarder: Option<Forwarder>,
     producer: FutureProducer,
     sink: Arc<OpenlayerSink>,
@@ -154,6 +170,10 @@ pub async fn run(
     let num_partitions = prepare_topics(&settings.kafka)
         .await
         .map_err(RunError::Topics)?;
+    let group =
+        settings.kafka.repartition_topic.as_ref().map(|_| {
+            PartitionGroup::new(settings.core.align_max_buffered, PARTITION_GROUP_MAX_IDLE)
+        });
     let (repartition, forwarder) = match &settings.kafka.repartition_topic {
         Some(topic) => {
             settings.core.repartition_partitions = Some(num_partitions);
@@ -194,6 +214,8 @@ pub async fn run(
         health,
         source,
         repartition,
+        group,
+        group_ready: false,
         forwarder,
         producer,
         sink: Arc::new(sink),
@@ -259,10 +281,14 @@ impl Pipeline {
                     self.apply_rebalances();
                     self.on_restore_finished(read);
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    self.hand_on_in_order().await;
+                }
+                () = std::future::ready(()), if self.group_ready => self.hand_on_in_order().await,
                 received = self.source.consumer.recv(), if repartition_streak >= REPARTITION_STREAK => {
                     repartition_streak = 0;
-                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
+                    self.on_traces_received(received.map(|message| message.detach())).await;
                 }
                 received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
                     repartition_streak += 1;
@@ -270,10 +296,65 @@ impl Pipeline {
                 }
                 received = self.source.consumer.recv() => {
                     repartition_streak = 0;
-                    self.on_received(received.map(|message| message.detach()), Stream::Traces).await;
+                    self.on_traces_received(received.map(|message| message.detach())).await;
                 }
             }
         }
+    }
+
+    /// A message (or error) from the traces topic: with a partition group, it waits there to be
+    /// handed on in order.
+    async fn on_traces_received(
+        &mut self,
+        received: Result<OwnedMessage, rdkafka::error::KafkaError>,
+    ) {
+        // The group must know the message's ownership: a message read after its partition was
+        // revoked and assigned again would otherwise join, and be dropped with, the earlier
+        // ownership's queue (a trace lost: the ones after it would still be committed).
+        self.apply_rebalances();
+        let received = match (received, self.group.as_mut()) {
+            (Ok(message), Some(group)) => group
+                .push(
+                    message.partition(),
+                    message.timestamp().to_millis(),
+                    message,
+                )
+                .map(Ok),
+            (received, _) => Some(received),
+        };
+        if let Some(received) = received {
+            self.on_received(received, Stream::Traces).await;
+        }
+        self.hand_on_in_order().await;
+    }
+
+    /// Hands on the traces the partition group lets go, a chunk at a time.
+    async fn hand_on_in_order(&mut self) {
+        self.group_ready = false;
+        for _ in 0..PARTITION_GROUP_CHUNK {
+            let Some(message) = self.next_in_order() else {
+                return;
+            };
+            self.on_received(Ok(message), Stream::Traces).await;
+        }
+        self.group_ready = true;
+    }
+
+    fn next_in_order(&mut self) -> Option<OwnedMessage> {
+        let group = self.group.as_mut()?;
+        let lags = self
+            .source
+            .fetch_lags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Without statistics yet, a partition may have more.
+        let next = group.pop(Instant::now(), |partition| {
+            lags.get(&partition).is_none_or(|(lag, _)| *lag > 0)
+        });
+        self.metrics
+            .partition_group_buffered
+            .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
+        next
     }
 
     /// A message (or error) from either consumer: its Confluent schema is fetched first,
@@ -323,11 +404,17 @@ impl Pipeline {
                     if let Some(repartition) = &self.repartition {
                         repartition.assign(&partitions);
                     }
+                    if let Some(group) = self.group.as_mut() {
+                        group.assigned(&partitions);
+                    }
                     self.core.assigned(&partitions, &mut self.effects);
                 }
                 RebalanceEvent::Revoked(partitions) => {
                     if let Some(repartition) = &self.repartition {
                         repartition.revoke(&partitions);
+                    }
+                    if let Some(group) = self.group.as_mut() {
+                        group.revoked(&partitions);
                     }
                     self.core.revoked(&partitions, &mut self.effects);
                 }
