@@ -32,7 +32,7 @@ use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
-use crate::source::partition_group::PartitionGroup;
+use crate::source::partition_group::{PartitionGroup, Patience};
 use crate::source::repartition::{ForwardHeaders, RepartitionSource, forward_headers};
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
@@ -54,6 +54,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long the partition group waits at most for a partition that may have earlier traces
 /// but delivers none (paused, or fetched slowly) before handing on the others'.
 const PARTITION_GROUP_MAX_IDLE: Duration = Duration::from_millis(100);
+
+/// How long a trace waits in the partition group at most (its partition's markers stand still
+/// meanwhile), and at most a fifth of `kafka.repartition_max_wait_ms`, after which the
+/// partitions owned elsewhere stop waiting for them.
+const PARTITION_GROUP_MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Traces the partition group hands on before the loop looks at acknowledgements again: one
 /// message can let tens of thousands go.
@@ -170,10 +175,13 @@ pub async fn run(
     let num_partitions = prepare_topics(&settings.kafka)
         .await
         .map_err(RunError::Topics)?;
-    let group =
-        settings.kafka.repartition_topic.as_ref().map(|_| {
-            PartitionGroup::new(settings.core.align_max_buffered, PARTITION_GROUP_MAX_IDLE)
-        });
+    let group = settings.kafka.repartition_topic.as_ref().map(|_| {
+        let patience = Patience {
+            max_idle: PARTITION_GROUP_MAX_IDLE,
+            max_wait: PARTITION_GROUP_MAX_WAIT.min(settings.core.align_max_wait / 5),
+        };
+        PartitionGroup::new(settings.core.align_max_buffered, patience)
+    });
     let (repartition, forwarder) = match &settings.kafka.repartition_topic {
         Some(topic) => {
             settings.core.repartition_partitions = Some(num_partitions);
@@ -315,9 +323,10 @@ impl Pipeline {
         let received = match (received, self.group.as_mut()) {
             (Ok(message), Some(group)) => group
                 .push(
-                    message.partition(),
+                    (message.partition(), message.offset()),
                     message.timestamp().to_millis(),
                     message,
+                    Instant::now(),
                 )
                 .map(Ok),
             (received, _) => Some(received),
@@ -330,6 +339,9 @@ impl Pipeline {
 
     /// Hands on the traces the partition group lets go, a chunk at a time.
     async fn hand_on_in_order(&mut self) {
+        // A rebalance the consumer reported while the tick won the `select!`: a message of a
+        // partition revoked and assigned again must not reach the new ownership.
+        self.apply_rebalances();
         self.group_ready = false;
         for _ in 0..PARTITION_GROUP_CHUNK {
             let Some(message) = self.next_in_order() else {
@@ -342,14 +354,15 @@ impl Pipeline {
 
     fn next_in_order(&mut self) -> Option<OwnedMessage> {
         let group = self.group.as_mut()?;
-        let lags = self
+        let high_watermarks = self
             .source
-            .fetch_lags
+            .high_watermarks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Without statistics yet, a partition may have more.
         let next = group.pop(Instant::now(), |partition| {
-            lags.get(&partition).is_none_or(|(lag, _)| *lag > 0)
+            high_watermarks
+                .get(&partition)
+                .map(|high_watermark| high_watermark.offset)
         });
         self.metrics
             .partition_group_buffered
@@ -414,7 +427,14 @@ impl Pipeline {
                         repartition.revoke(&partitions);
                     }
                     if let Some(group) = self.group.as_mut() {
-                        group.revoked(&partitions);
+                        let dropped = group.revoked(&partitions);
+                        tracing::debug!(
+                            dropped,
+                            "traces read ahead of revoked partitions dropped (their next owner reads them)"
+                        );
+                        self.metrics
+                            .partition_group_buffered
+                            .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
                     }
                     self.core.revoked(&partitions, &mut self.effects);
                 }

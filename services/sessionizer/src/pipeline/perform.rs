@@ -203,11 +203,10 @@ impl Pipeline {
         }
     }
 
-    /// Queues a checkpoint's records; its outcome goes back to the core when Kafka has them
-    /// all (or one failed).
     /// Serializes and queues a checkpoint's records in order on a blocking thread, so that a
     /// checkpoint of thousands of sessions does not stall the loop; at most one checkpoint
-    /// per partition is in flight (`core::offsets`), so partitions' records stay in order.
+    /// per partition is in flight (`core::offsets`), so partitions' records stay in order. Its
+    /// outcome goes back to the core when Kafka has them all (or one failed).
     fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: Vec<ChangelogWrite>) {
         let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
             return;

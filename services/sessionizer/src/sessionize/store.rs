@@ -234,7 +234,7 @@ impl PartitionJournal {
             return Vec::new();
         }
         self.advance(w);
-        let mut writes = Vec::new();
+        let mut writes = Vec::with_capacity(self.keys.len() + 1);
         // One pass: a session whose state changed below `w` is written as of `w` (its state
         // after the last of those messages); one with nothing pending any more is fully
         // described by the window now, and forgotten.

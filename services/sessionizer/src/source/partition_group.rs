@@ -10,11 +10,14 @@
 //! its way:
 //!
 //! - every other partition has a head too, or has been read past that timestamp;
-//! - or has nothing left to fetch (the consumer's statistics say so);
-//! - or has kept the group waiting for `max_idle` without delivering anything (paused, slow);
-//! - or the group holds `max_buffered` messages.
+//! - or has nothing left to fetch: its high watermark (from the consumer's statistics, so
+//!   perhaps older, never higher) is not past what was read;
+//! - or has kept the group waiting for `max_idle` without delivering anything (paused, slow).
 //!
-//! This is an optimization only: the order that is correct per session is still the aligner's.
+//! A head that has waited `max_wait` goes anyway: while its traces wait here, its partition's
+//! markers stand still and the partitions owned elsewhere wait for them. So does the smallest
+//! head while the group holds `max_buffered` messages. Either way the order that is correct
+//! per session is still the aligner's: this only spares it most of the holding.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -22,14 +25,26 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 struct Buffered<M> {
     timestamp_ms: i64,
+    since: Instant,
     message: M,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Queue<M> {
     buffered: VecDeque<Buffered<M>>,
     /// Timestamp of the newest message read (pushed) from the partition.
     read_through_ms: Option<i64>,
+    /// The offset after the newest message read.
+    next_offset: Option<i64>,
+}
+
+/// How long the group waits, at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// For a partition that may have an earlier message but delivers none.
+    pub max_idle: Duration,
+    /// For any message.
+    pub max_wait: Duration,
 }
 
 /// The owned partitions' queues; see the module docs.
@@ -38,20 +53,19 @@ pub struct PartitionGroup<M> {
     queues: BTreeMap<i32, Queue<M>>,
     num_buffered: usize,
     max_buffered: usize,
-    max_idle: Duration,
+    patience: Patience,
     /// Since when each empty partition that may have more to fetch has kept a head waiting.
     waiting_for: HashMap<i32, Instant>,
 }
 
 impl<M> PartitionGroup<M> {
-    /// A group holding at most `max_buffered` messages, waiting at most `max_idle` for a
-    /// partition that does not deliver.
-    pub fn new(max_buffered: usize, max_idle: Duration) -> Self {
+    /// A group holding at most `max_buffered` messages.
+    pub fn new(max_buffered: usize, patience: Patience) -> Self {
         PartitionGroup {
             queues: BTreeMap::new(),
             num_buffered: 0,
             max_buffered: max_buffered.max(1),
-            max_idle,
+            patience,
             waiting_for: HashMap::new(),
         }
     }
@@ -62,6 +76,7 @@ impl<M> PartitionGroup<M> {
             self.queues.entry(*partition).or_insert_with(|| Queue {
                 buffered: VecDeque::new(),
                 read_through_ms: None,
+                next_offset: None,
             });
         }
     }
@@ -80,16 +95,24 @@ impl<M> PartitionGroup<M> {
         dropped
     }
 
-    /// A message read from `partition` with this Kafka timestamp (`None`: first, whenever).
-    /// Returns it when the partition is not in the group.
-    pub fn push(&mut self, partition: i32, timestamp_ms: Option<i64>, message: M) -> Option<M> {
+    /// A message read at `offset` of `partition`, with this Kafka timestamp (`None`: first,
+    /// whenever). Returns it when the partition is not in the group.
+    pub fn push(
+        &mut self,
+        (partition, offset): (i32, i64),
+        timestamp_ms: Option<i64>,
+        message: M,
+        now: Instant,
+    ) -> Option<M> {
         let Some(queue) = self.queues.get_mut(&partition) else {
             return Some(message);
         };
         let timestamp_ms = timestamp_ms.unwrap_or(i64::MIN);
         queue.read_through_ms = queue.read_through_ms.max(Some(timestamp_ms));
+        queue.next_offset = Some(offset + 1);
         queue.buffered.push_back(Buffered {
             timestamp_ms,
+            since: now,
             message,
         });
         self.num_buffered += 1;
@@ -102,41 +125,65 @@ impl<M> PartitionGroup<M> {
         self.num_buffered
     }
 
-    /// The next message to hand on, if one may go (see the module docs). `may_have_more(p)`:
-    /// whether partition `p` may have messages not read yet.
-    pub fn pop(&mut self, now: Instant, may_have_more: impl Fn(i32) -> bool) -> Option<M> {
-        let (partition, timestamp_ms) = self
-            .queues
-            .iter()
-            .filter_map(|(partition, queue)| {
-                Some((*partition, queue.buffered.front()?.timestamp_ms))
-            })
-            .min_by_key(|(_, timestamp_ms)| *timestamp_ms)?;
-        if self.num_buffered < self.max_buffered {
-            let mut blocked_by = Vec::new();
-            for (other, queue) in &self.queues {
-                let waits = queue.buffered.is_empty()
-                    && queue
-                        .read_through_ms
-                        .is_none_or(|through| through < timestamp_ms)
-                    && may_have_more(*other);
-                if waits {
-                    blocked_by.push(*other);
-                }
-            }
-            let mut blocked = false;
-            for other in blocked_by {
-                let since = *self.waiting_for.entry(other).or_insert(now);
-                blocked |= now.saturating_duration_since(since) < self.max_idle;
-            }
-            if blocked {
-                return None;
-            }
+    /// The next message to hand on, if one may go (see the module docs). `high_watermark(p)`:
+    /// partition `p`'s, if known.
+    pub fn pop(&mut self, now: Instant, high_watermark: impl Fn(i32) -> Option<i64>) -> Option<M> {
+        let (mut partition, timestamp_ms) = self.smallest_head(|_| true)?;
+        if self.num_buffered < self.max_buffered && self.blocked(timestamp_ms, now, high_watermark)
+        {
+            let max_wait = self.patience.max_wait;
+            (partition, _) =
+                self.smallest_head(|head| now.saturating_duration_since(head.since) >= max_wait)?;
         }
-        let queue = self.queues.get_mut(&partition)?;
-        let buffered = queue.buffered.pop_front()?;
+        let buffered = self.queues.get_mut(&partition)?.buffered.pop_front()?;
         self.num_buffered -= 1;
         Some(buffered.message)
+    }
+
+    /// The partition whose head has the smallest timestamp, among heads that pass `filter`.
+    fn smallest_head(&self, filter: impl Fn(&Buffered<M>) -> bool) -> Option<(i32, i64)> {
+        self.queues
+            .iter()
+            .filter_map(|(partition, queue)| {
+                let head = queue.buffered.front().filter(|head| filter(head))?;
+                Some((*partition, head.timestamp_ms))
+            })
+            .min_by_key(|(_, timestamp_ms)| *timestamp_ms)
+    }
+
+    /// Whether a partition may still deliver a message before `timestamp_ms`, and has not
+    /// kept the group waiting for `max_idle` yet.
+    fn blocked(
+        &mut self,
+        timestamp_ms: i64,
+        now: Instant,
+        high_watermark: impl Fn(i32) -> Option<i64>,
+    ) -> bool {
+        let mut blocking = Vec::new();
+        for (other, queue) in &self.queues {
+            let may_have_more = match (high_watermark(*other), queue.next_offset) {
+                (Some(high_watermark), Some(next)) => high_watermark > next,
+                (Some(high_watermark), None) => high_watermark > 0,
+                (None, _) => true,
+            };
+            if queue.buffered.is_empty()
+                && queue
+                    .read_through_ms
+                    .is_none_or(|through| through < timestamp_ms)
+                && may_have_more
+            {
+                blocking.push(*other);
+            }
+        }
+        // A partition that stopped blocking starts its wait afresh next time.
+        self.waiting_for
+            .retain(|partition, _| blocking.contains(partition));
+        let mut blocked = false;
+        for other in blocking {
+            let since = *self.waiting_for.entry(other).or_insert(now);
+            blocked |= now.saturating_duration_since(since) < self.patience.max_idle;
+        }
+        blocked
     }
 }
 
@@ -144,28 +191,47 @@ impl<M> PartitionGroup<M> {
 mod tests {
     use super::*;
 
-    const IDLE: Duration = Duration::from_millis(100);
+    const PATIENCE: Patience = Patience {
+        max_idle: Duration::from_millis(100),
+        max_wait: Duration::from_millis(1_000),
+    };
+    const IDLE: Duration = PATIENCE.max_idle;
 
-    fn group(partitions: &[i32]) -> PartitionGroup<(i32, i64)> {
-        let mut group = PartitionGroup::new(1_000, IDLE);
+    type Group = PartitionGroup<(i32, i64)>;
+
+    fn group(partitions: &[i32]) -> Group {
+        let mut group = PartitionGroup::new(1_000, PATIENCE);
         group.assigned(partitions);
         group
     }
 
-    fn push(group: &mut PartitionGroup<(i32, i64)>, partition: i32, timestamp_ms: i64) {
-        assert!(
-            group
-                .push(partition, Some(timestamp_ms), (partition, timestamp_ms))
-                .is_none()
-        );
+    /// Pushes the message of `timestamp` (its offset too) read at `now`.
+    fn push_at(group: &mut Group, partition: i32, timestamp: i64, now: Instant) {
+        let message = (partition, timestamp);
+        let returned = group.push((partition, timestamp), Some(timestamp), message, now);
+        assert_eq!(returned, None, "partition {partition} is in the group");
+    }
+
+    fn push(group: &mut Group, partition: i32, timestamp: i64) {
+        push_at(group, partition, timestamp, Instant::now());
+    }
+
+    /// Every partition may have more (no statistics yet).
+    fn unknown(_: i32) -> Option<i64> {
+        None
+    }
+
+    /// No partition has anything left to fetch.
+    fn fetched_all(_: i32) -> Option<i64> {
+        Some(0)
     }
 
     fn drain(
-        group: &mut PartitionGroup<(i32, i64)>,
+        group: &mut Group,
         now: Instant,
-        may_have_more: impl Fn(i32) -> bool,
+        high_watermark: impl Fn(i32) -> Option<i64>,
     ) -> Vec<(i32, i64)> {
-        std::iter::from_fn(|| group.pop(now, &may_have_more)).collect()
+        std::iter::from_fn(|| group.pop(now, &high_watermark)).collect()
     }
 
     #[test]
@@ -177,27 +243,26 @@ mod tests {
         for timestamp in [10, 20, 30] {
             push(&mut group, 0, timestamp);
         }
-        assert_eq!(drain(&mut group, now, |_| true), []);
+        assert_eq!(drain(&mut group, now, unknown), []);
         for timestamp in [15, 25] {
             push(&mut group, 1, timestamp);
         }
-        assert_eq!(drain(&mut group, now, |_| true), []);
+        assert_eq!(drain(&mut group, now, unknown), []);
         for timestamp in [5, 35] {
             push(&mut group, 2, timestamp);
         }
         // Each partition's head is there: the smallest goes, until one runs dry and may have
         // more (partition 1 after 25: 30 and 35 wait for it).
         assert_eq!(
-            drain(&mut group, now, |_| true),
+            drain(&mut group, now, unknown),
             [(2, 5), (0, 10), (1, 15), (0, 20), (1, 25)]
         );
         assert_eq!(group.num_buffered(), 2);
-        // Partition 1 has nothing more to fetch: 30 goes, then 35 waits for partition 0.
-        assert_eq!(
-            drain(&mut group, now, |partition| partition != 1),
-            [(0, 30)]
-        );
-        assert_eq!(drain(&mut group, now, |_| false), [(2, 35)]);
+        // Partition 1's high watermark is what was read: 30 goes, then 35 waits for partition
+        // 0, whose high watermark is past what was read.
+        let watermarks = |partition| Some(if partition == 1 { 26 } else { 100 });
+        assert_eq!(drain(&mut group, now, watermarks), [(0, 30)]);
+        assert_eq!(drain(&mut group, now, fetched_all), [(2, 35)]);
         assert_eq!(group.num_buffered(), 0);
     }
 
@@ -206,58 +271,93 @@ mod tests {
         let mut group = group(&[0, 1]);
         let now = Instant::now();
         push(&mut group, 1, 50);
-        assert_eq!(drain(&mut group, now, |_| false), [(1, 50)]);
+        assert_eq!(drain(&mut group, now, fetched_all), [(1, 50)]);
         // Partition 1 was read through 50: partition 0's 40 need not wait for it.
         push(&mut group, 0, 40);
-        assert_eq!(drain(&mut group, now, |_| true), [(0, 40)]);
+        assert_eq!(drain(&mut group, now, unknown), [(0, 40)]);
         // 60 is past what partition 1 was read through, and it may have more.
         push(&mut group, 0, 60);
-        assert_eq!(drain(&mut group, now, |_| true), []);
-        assert_eq!(drain(&mut group, now, |_| false), [(0, 60)]);
+        assert_eq!(drain(&mut group, now, unknown), []);
+        assert_eq!(drain(&mut group, now, |_| Some(51)), [(0, 60)]);
     }
 
     #[test]
     fn a_partition_that_does_not_deliver_holds_the_others_for_max_idle_at_most() {
         let mut group = group(&[0, 1]);
         let start = Instant::now();
-        push(&mut group, 0, 10);
-        assert_eq!(drain(&mut group, start, |_| true), []);
-        assert_eq!(drain(&mut group, start + IDLE / 2, |_| true), []);
-        assert_eq!(drain(&mut group, start + IDLE, |_| true), [(0, 10)]);
+        push_at(&mut group, 0, 10, start);
+        assert_eq!(drain(&mut group, start, unknown), []);
+        assert_eq!(drain(&mut group, start + IDLE / 2, unknown), []);
+        assert_eq!(drain(&mut group, start + IDLE, unknown), [(0, 10)]);
         // Still silent: it holds nothing back until it delivers again.
-        push(&mut group, 0, 20);
-        assert_eq!(drain(&mut group, start + IDLE * 2, |_| true), [(0, 20)]);
-        push(&mut group, 1, 5);
-        push(&mut group, 0, 30);
+        push_at(&mut group, 0, 20, start + IDLE);
+        assert_eq!(drain(&mut group, start + IDLE * 2, unknown), [(0, 20)]);
+        push_at(&mut group, 1, 5, start + IDLE * 2);
+        push_at(&mut group, 0, 30, start + IDLE * 2);
         let later = start + IDLE * 3;
-        assert_eq!(drain(&mut group, later, |_| true), [(1, 5)]);
-        assert_eq!(drain(&mut group, later, |_| true), []);
+        assert_eq!(drain(&mut group, later, unknown), [(1, 5)]);
+        assert_eq!(drain(&mut group, later, unknown), []);
+        // Once it stops blocking (nothing to fetch), a later wait starts afresh.
+        assert_eq!(drain(&mut group, later, fetched_all), [(0, 30)]);
+        let much_later = later + IDLE * 2;
+        push_at(&mut group, 0, 40, much_later);
+        assert_eq!(drain(&mut group, much_later, unknown), []);
+        assert_eq!(drain(&mut group, much_later + IDLE, unknown), [(0, 40)]);
+    }
+
+    #[test]
+    fn a_message_goes_after_max_wait_even_while_a_partition_delivers_earlier_ones() {
+        let mut group = group(&[0, 1]);
+        let start = Instant::now();
+        push_at(&mut group, 0, 100, start);
+        let mut now = start;
+        // Partition 1 keeps delivering older traces, one at a time, more often than max_idle.
+        for timestamp in 1..=19 {
+            now += PATIENCE.max_wait / 20;
+            push_at(&mut group, 1, timestamp, now);
+            assert_eq!(drain(&mut group, now, unknown), [(1, timestamp)]);
+        }
+        now += PATIENCE.max_wait / 20;
+        assert_eq!(drain(&mut group, now, unknown), [(0, 100)]);
     }
 
     #[test]
     fn a_full_group_hands_on_its_smallest_head() {
-        let mut group = PartitionGroup::new(2, IDLE);
+        let mut group = PartitionGroup::new(2, PATIENCE);
         group.assigned(&[0, 1, 2]);
         let now = Instant::now();
         push(&mut group, 1, 20);
-        assert_eq!(drain(&mut group, now, |_| true), []);
+        assert_eq!(drain(&mut group, now, unknown), []);
         // Two held while partition 2 may have an earlier one: the smallest goes anyway.
         push(&mut group, 0, 10);
-        assert_eq!(drain(&mut group, now, |_| true), [(0, 10)]);
+        assert_eq!(drain(&mut group, now, unknown), [(0, 10)]);
         assert_eq!(group.num_buffered(), 1);
     }
 
     #[test]
-    fn messages_of_partitions_outside_the_group_pass_and_revoked_ones_are_dropped() {
+    fn messages_without_a_timestamp_go_first() {
         let mut group = group(&[0, 1]);
         let now = Instant::now();
-        assert_eq!(group.push(7, Some(1), (7, 1)), Some((7, 1)));
+        push(&mut group, 1, 10);
+        assert_eq!(group.push((0, 0), None, (0, -1), now), None);
+        assert_eq!(drain(&mut group, now, fetched_all), [(0, -1), (1, 10)]);
+    }
+
+    #[test]
+    fn outside_partitions_pass_revoked_ones_are_dropped_and_start_afresh_when_assigned() {
+        let mut group = group(&[0, 1]);
+        let now = Instant::now();
+        assert_eq!(group.push((7, 1), Some(1), (7, 1), now), Some((7, 1)));
         push(&mut group, 1, 10);
         push(&mut group, 1, 20);
         push(&mut group, 0, 30);
         assert_eq!(group.revoked(&[1]), 2);
         assert_eq!(group.num_buffered(), 1);
-        assert_eq!(drain(&mut group, now, |_| true), [(0, 30)]);
-        assert_eq!(group.push(1, Some(40), (1, 40)), Some((1, 40)));
+        assert_eq!(drain(&mut group, now, unknown), [(0, 30)]);
+        assert_eq!(group.push((1, 40), Some(40), (1, 40), now), Some((1, 40)));
+        // Assigned again: what it was read through before is forgotten, so it holds 50 back.
+        group.assigned(&[1]);
+        push(&mut group, 0, 50);
+        assert_eq!(drain(&mut group, now, unknown), []);
     }
 }
