@@ -291,9 +291,11 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {
                     self.on_tick();
-                    self.hand_on_in_order().await;
+                    self.hand_on_in_order(Instant::now()).await;
                 }
-                () = std::future::ready(()), if self.group_ready => self.hand_on_in_order().await,
+                () = std::future::ready(()), if self.group_ready => {
+                    self.hand_on_in_order(Instant::now()).await;
+                }
                 received = self.source.consumer.recv(), if repartition_streak >= REPARTITION_STREAK => {
                     repartition_streak = 0;
                     self.on_traces_received(received.map(|message| message.detach())).await;
@@ -320,13 +322,16 @@ impl Pipeline {
         // revoked and assigned again would otherwise join, and be dropped with, the earlier
         // ownership's queue (a trace lost: the ones after it would still be committed).
         self.apply_rebalances();
+        // One clock read for the message and the chunk it lets go (reading it per message
+        // showed in profiles).
+        let now = Instant::now();
         let received = match (received, self.group.as_mut()) {
             (Ok(message), Some(group)) => group
                 .push(
                     (message.partition(), message.offset()),
                     message.timestamp().to_millis(),
                     message,
-                    Instant::now(),
+                    now,
                 )
                 .map(Ok),
             (received, _) => Some(received),
@@ -334,40 +339,44 @@ impl Pipeline {
         if let Some(received) = received {
             self.on_received(received, Stream::Traces).await;
         }
-        self.hand_on_in_order().await;
+        self.hand_on_in_order(now).await;
     }
 
-    /// Hands on the traces the partition group lets go, a chunk at a time.
-    async fn hand_on_in_order(&mut self) {
+    /// Hands on the traces the partition group lets go by `now`, a chunk at a time.
+    async fn hand_on_in_order(&mut self, now: Instant) {
         // A rebalance the consumer reported while the tick won the `select!`: a message of a
-        // partition revoked and assigned again must not reach the new ownership.
+        // partition revoked and assigned again must not reach the new ownership. None is
+        // reported while the chunk is handed on (only polling the consumer reports them).
         self.apply_rebalances();
-        self.group_ready = false;
-        for _ in 0..PARTITION_GROUP_CHUNK {
-            let Some(message) = self.next_in_order() else {
-                return;
-            };
+        let chunk = self.next_in_order(now);
+        self.group_ready = chunk.len() == PARTITION_GROUP_CHUNK;
+        for message in chunk {
             self.on_received(Ok(message), Stream::Traces).await;
         }
-        self.group_ready = true;
     }
 
-    fn next_in_order(&mut self) -> Option<OwnedMessage> {
-        let group = self.group.as_mut()?;
+    /// Up to a chunk of the traces the partition group lets go by `now`.
+    fn next_in_order(&mut self, now: Instant) -> Vec<OwnedMessage> {
+        let Some(group) = self.group.as_mut() else {
+            return Vec::new();
+        };
         let high_watermarks = self
             .source
             .high_watermarks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let next = group.pop(Instant::now(), |partition| {
+        let high_watermark = |partition: i32| {
             high_watermarks
                 .get(&partition)
                 .map(|high_watermark| high_watermark.offset)
-        });
+        };
+        let chunk: Vec<OwnedMessage> = std::iter::from_fn(|| group.pop(now, high_watermark))
+            .take(PARTITION_GROUP_CHUNK)
+            .collect();
         self.metrics
             .partition_group_buffered
             .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
-        next
+        chunk
     }
 
     /// A message (or error) from either consumer: its Confluent schema is fetched first,
