@@ -360,4 +360,101 @@ mod tests {
         push(&mut group, 0, 50);
         assert_eq!(drain(&mut group, now, unknown), []);
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A message of this partition, its timestamp this much after the partition's last.
+        Read {
+            partition: i32,
+            step_ms: i64,
+        },
+        /// Time passes, then the group is drained with these partitions caught up.
+        Pop {
+            elapsed_ms: u64,
+            caught_up: Vec<bool>,
+        },
+        Revoke(i32),
+        Assign(i32),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0..3i32, -5..20i64).prop_map(|(partition, step_ms)| Op::Read { partition, step_ms }),
+            3 => (0..1_500u64, proptest::collection::vec(any::<bool>(), 3))
+                .prop_map(|(elapsed_ms, caught_up)| Op::Pop { elapsed_ms, caught_up }),
+            1 => (0..3i32).prop_map(Op::Revoke),
+            1 => (0..3i32).prop_map(Op::Assign),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the reads, waits and rebalances: every message read while its partition is
+        /// in the group comes out once, in its partition's order, unless its partition was
+        /// revoked first; the count of those waiting is exact; and once every partition is
+        /// caught up, nothing stays.
+        #[test]
+        fn every_message_comes_out_once_in_its_partitions_order(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let mut group = PartitionGroup::new(50, PATIENCE);
+            group.assigned(&[0, 1, 2]);
+            let mut now = Instant::now();
+            let mut owned = [true; 3];
+            let mut next_offset = [0i64; 3];
+            let mut timestamp = [0i64; 3];
+            // Per partition, the offsets waiting in the group, in read order.
+            let mut waiting: [VecDeque<i64>; 3] = Default::default();
+            let check_out = |out: Vec<(i32, i64)>, waiting: &mut [VecDeque<i64>; 3]| {
+                for (partition, offset) in out {
+                    let expected = waiting[partition as usize].pop_front();
+                    proptest::prop_assert_eq!(expected, Some(offset), "partition {}", partition);
+                }
+                Ok(())
+            };
+            for op in ops {
+                match op {
+                    Op::Read { partition, step_ms } => {
+                        let index = partition as usize;
+                        let offset = next_offset[index];
+                        next_offset[index] += 1;
+                        timestamp[index] += step_ms;
+                        let returned =
+                            group.push((partition, offset), Some(timestamp[index]), (partition, offset), now);
+                        if owned[index] {
+                            proptest::prop_assert_eq!(returned, None);
+                            waiting[index].push_back(offset);
+                        } else {
+                            proptest::prop_assert_eq!(returned, Some((partition, offset)));
+                        }
+                    }
+                    Op::Pop { elapsed_ms, caught_up } => {
+                        now += Duration::from_millis(elapsed_ms);
+                        let offsets = next_offset;
+                        let out = drain(&mut group, now, |partition| {
+                            let index = partition as usize;
+                            Some(offsets[index] + i64::from(!caught_up[index]))
+                        });
+                        check_out(out, &mut waiting)?;
+                    }
+                    Op::Revoke(partition) => {
+                        let index = partition as usize;
+                        let dropped = group.revoked(&[partition]);
+                        proptest::prop_assert_eq!(dropped, waiting[index].len());
+                        waiting[index].clear();
+                        owned[index] = false;
+                    }
+                    Op::Assign(partition) => {
+                        group.assigned(&[partition]);
+                        owned[partition as usize] = true;
+                    }
+                }
+                let total: usize = waiting.iter().map(VecDeque::len).sum();
+                proptest::prop_assert_eq!(group.num_buffered(), total);
+            }
+            let out = drain(&mut group, now, fetched_all);
+            check_out(out, &mut waiting)?;
+            proptest::prop_assert_eq!(group.num_buffered(), 0);
+        }
+    }
 }
