@@ -253,6 +253,12 @@ impl Pipeline {
         } else {
             self.source.consumer.pause(&list)
         };
+        // What the partitions read ahead waits in the group while they are paused (librdkafka
+        // resumes after it), so that a pause bounds what reaches the core.
+        if let Some(group) = self.group.as_mut() {
+            group.set_paused(partitions, !fetching);
+            self.group_ready |= fetching;
+        }
         if let Err(error) = result {
             tracing::warn!(%error, fetching, "failed to pause or resume partitions");
         }

@@ -18,6 +18,9 @@
 //! markers stand still and the partitions owned elsewhere wait for them. So does the smallest
 //! head while the group holds `max_buffered` messages. Either way the order that is correct
 //! per session is still the aligner's: this only spares it most of the holding.
+//!
+//! A partition the core paused (backpressure, flow control) hands nothing on and holds
+//! nothing back until resumed: what it read ahead waits here, as it would in Kafka.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,6 +39,8 @@ struct Queue<M> {
     read_through_ms: Option<i64>,
     /// The offset after the newest message read.
     next_offset: Option<i64>,
+    /// Paused by the core: nothing of it goes.
+    paused: bool,
 }
 
 /// How long the group waits, at most.
@@ -77,7 +82,17 @@ impl<M> PartitionGroup<M> {
                 buffered: VecDeque::new(),
                 read_through_ms: None,
                 next_offset: None,
+                paused: false,
             });
+        }
+    }
+
+    /// The core paused (or resumed) reading these partitions.
+    pub fn set_paused(&mut self, partitions: &[i32], paused: bool) {
+        for partition in partitions {
+            if let Some(queue) = self.queues.get_mut(partition) {
+                queue.paused = paused;
+            }
         }
     }
 
@@ -144,6 +159,7 @@ impl<M> PartitionGroup<M> {
     fn smallest_head(&self, filter: impl Fn(&Buffered<M>) -> bool) -> Option<(i32, i64)> {
         self.queues
             .iter()
+            .filter(|(_, queue)| !queue.paused)
             .filter_map(|(partition, queue)| {
                 let head = queue.buffered.front().filter(|head| filter(head))?;
                 Some((*partition, head.timestamp_ms))
@@ -166,7 +182,8 @@ impl<M> PartitionGroup<M> {
                 (Some(high_watermark), None) => high_watermark > 0,
                 (None, _) => true,
             };
-            if queue.buffered.is_empty()
+            if !queue.paused
+                && queue.buffered.is_empty()
                 && queue
                     .read_through_ms
                     .is_none_or(|through| through < timestamp_ms)
@@ -319,6 +336,22 @@ mod tests {
         }
         now += PATIENCE.max_wait / 20;
         assert_eq!(drain(&mut group, now, unknown), [(0, 100)]);
+    }
+
+    #[test]
+    fn a_paused_partition_hands_nothing_on_and_holds_nothing_back_until_resumed() {
+        let mut group = group(&[0, 1]);
+        let now = Instant::now();
+        push(&mut group, 0, 10);
+        push(&mut group, 0, 20);
+        push(&mut group, 1, 30);
+        group.set_paused(&[0], true);
+        assert_eq!(drain(&mut group, now, unknown), [(1, 30)]);
+        // Empty and paused, partition 1 holds nothing back either.
+        group.set_paused(&[0], false);
+        group.set_paused(&[1], true);
+        assert_eq!(drain(&mut group, now, unknown), [(0, 10), (0, 20)]);
+        assert_eq!(group.num_buffered(), 0);
     }
 
     #[test]
