@@ -12,14 +12,14 @@
 //! - every other partition has a head too, or has been read past that timestamp;
 //! - or has nothing left to fetch: its high watermark (from the consumer's statistics, so
 //!   perhaps older, never higher) is not past what was read;
-//! - or has kept the group waiting for `max_idle` without delivering anything (paused, slow).
+//! - or has kept the group waiting for `max_idle` without delivering anything (fetched slowly).
 //!
 //! A head that has waited `max_wait` goes anyway: while its traces wait here, its partition's
 //! markers stand still and the partitions owned elsewhere wait for them. So does the smallest
 //! head while the group holds `max_buffered` messages. Either way the order that is correct
 //! per session is still the aligner's: this only spares it most of the holding.
 //!
-//! A partition the core paused (backpressure, flow control) hands nothing on and holds
+//! A partition the core paused (backpressure, a restore, flow control) hands nothing on and holds
 //! nothing back until resumed: what it read ahead waits here, as it would in Kafka.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
