@@ -52,7 +52,8 @@ use trace_model::{DecodeError, Decoder};
 const TICK: Duration = Duration::from_millis(50);
 
 /// How long the partition group waits at most for a partition that may have earlier traces
-/// but delivers none (fetched slowly; a paused one holds nothing back) before handing on the others'.
+/// but delivers none (fetched slowly; a paused one holds nothing back) before handing on the
+/// others'.
 const PARTITION_GROUP_MAX_IDLE: Duration = Duration::from_millis(100);
 
 /// How long a trace waits in the partition group at most (its partition's markers stand still
