@@ -102,6 +102,13 @@ pub enum RunError {
 /// forwarded (the forwards waited longer, so more were held).
 const REPARTITION_STREAK: u32 = 16;
 
+/// `sessionizer_partition_group_buffered_traces` from the group.
+fn set_buffered_gauge(metrics: &Metrics, group: &PartitionGroup<OwnedMessage>) {
+    metrics
+        .partition_group_buffered
+        .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
+}
+
 /// The next message of the repartition topic (never, without one: the `select!` guard keeps
 /// this from being polled then).
 async fn recv_repartitioned(
@@ -374,9 +381,7 @@ impl Pipeline {
         let chunk: Vec<OwnedMessage> = std::iter::from_fn(|| group.pop(now, high_watermark))
             .take(PARTITION_GROUP_CHUNK)
             .collect();
-        self.metrics
-            .partition_group_buffered
-            .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
+        set_buffered_gauge(&self.metrics, group);
         chunk
     }
 
@@ -442,9 +447,7 @@ impl Pipeline {
                             dropped,
                             "traces read ahead of revoked partitions dropped (their next owner reads them)"
                         );
-                        self.metrics
-                            .partition_group_buffered
-                            .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
+                        set_buffered_gauge(&self.metrics, group);
                     }
                     self.core.revoked(&partitions, &mut self.effects);
                 }

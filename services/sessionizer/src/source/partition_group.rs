@@ -19,8 +19,8 @@
 //! head while the group holds `max_buffered` messages. Either way the order that is correct
 //! per session is still the aligner's: this only spares it most of the holding.
 //!
-//! A partition the core paused (backpressure, a restore, flow control) hands nothing on and holds
-//! nothing back until resumed: what it read ahead waits here, as it would in Kafka.
+//! A partition the core paused (backpressure, a restore, flow control) hands nothing on and
+//! holds nothing back until resumed: what it read ahead waits here, as it would in Kafka.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ struct Buffered<M> {
     message: M,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue<M> {
     buffered: VecDeque<Buffered<M>>,
     /// Timestamp of the newest message read (pushed) from the partition.
