@@ -33,11 +33,11 @@ use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
 use crate::source::partition_group::{PartitionGroup, Patience};
-use crate::source::repartition::{ForwardHeaders, RepartitionSource, forward_headers};
+use crate::source::read::{ReadMessage, Reader};
+use crate::source::repartition::RepartitionSource;
 use crate::source::restoring::{AttemptDone, RestoreOutcome, Restoring};
 use crate::source::topics::{TopicError, prepare_topics};
 use forwarder::{Forwarder, Outcome};
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use std::collections::HashMap;
 use std::future::Future;
@@ -103,7 +103,7 @@ pub enum RunError {
 const REPARTITION_STREAK: u32 = 16;
 
 /// `sessionizer_partition_group_buffered_traces` from the group.
-fn set_buffered_gauge(metrics: &Metrics, group: &PartitionGroup<OwnedMessage>) {
+fn set_buffered_gauge(metrics: &Metrics, group: &PartitionGroup<ReadMessage>) {
     metrics
         .partition_group_buffered
         .set(i64::try_from(group.num_buffered()).unwrap_or(i64::MAX));
@@ -142,7 +142,9 @@ struct Pipeline {
     repartition: Option<RepartitionSource>,
     /// With repartitioning, traces read wait here to be handed on in timestamp order across
     /// the owned partitions, so that the alignment holds few of them (decoded).
-    group: Option<PartitionGroup<OwnedMessage>>,
+    group: Option<PartitionGroup<ReadMessage>>,
+    /// Copies what is read out of librdkafka's buffers.
+    reader: Reader,
     /// The group stopped handing on at a chunk's end, not because nothing may go.
     group_ready: bool,
     forwarder: Option<Forwarder>,
@@ -231,6 +233,7 @@ pub async fn run(
         source,
         repartition,
         group,
+        reader: Reader::default(),
         group_ready: false,
         forwarder,
         producer,
@@ -306,15 +309,18 @@ impl Pipeline {
                 }
                 received = self.source.consumer.recv(), if repartition_streak >= REPARTITION_STREAK => {
                     repartition_streak = 0;
-                    self.on_traces_received(received.map(|message| message.detach())).await;
+                    let received = received.map(|message| self.reader.read(&message, Stream::Traces));
+                    self.on_traces_received(received).await;
                 }
                 received = recv_repartitioned(self.repartition.as_ref()), if self.repartition.is_some() => {
                     repartition_streak += 1;
-                    self.on_received(received.map(|message| message.detach()), Stream::Repartition).await;
+                    let received = received.map(|message| self.reader.read(&message, Stream::Repartition));
+                    self.on_received(received).await;
                 }
                 received = self.source.consumer.recv() => {
                     repartition_streak = 0;
-                    self.on_traces_received(received.map(|message| message.detach())).await;
+                    let received = received.map(|message| self.reader.read(&message, Stream::Traces));
+                    self.on_traces_received(received).await;
                 }
             }
         }
@@ -324,7 +330,7 @@ impl Pipeline {
     /// handed on in order.
     async fn on_traces_received(
         &mut self,
-        received: Result<OwnedMessage, rdkafka::error::KafkaError>,
+        received: Result<ReadMessage, rdkafka::error::KafkaError>,
     ) {
         // The group must know the message's ownership: a message read after its partition was
         // revoked and assigned again would otherwise join, and be dropped with, the earlier
@@ -336,8 +342,8 @@ impl Pipeline {
         let received = match (received, self.group.as_mut()) {
             (Ok(message), Some(group)) => group
                 .push(
-                    (message.partition(), message.offset()),
-                    message.timestamp().to_millis(),
+                    (message.partition, message.offset),
+                    message.timestamp_ms,
                     message,
                     now,
                 )
@@ -345,7 +351,7 @@ impl Pipeline {
             (received, _) => Some(received),
         };
         if let Some(received) = received {
-            self.on_received(received, Stream::Traces).await;
+            self.on_received(received).await;
         }
         self.hand_on_in_order(now).await;
     }
@@ -359,12 +365,12 @@ impl Pipeline {
         let chunk = self.next_in_order(now);
         self.group_ready = chunk.len() == PARTITION_GROUP_CHUNK;
         for message in chunk {
-            self.on_received(Ok(message), Stream::Traces).await;
+            self.on_received(Ok(message)).await;
         }
     }
 
     /// Up to a chunk of the traces the partition group lets go by `now`.
-    fn next_in_order(&mut self, now: Instant) -> Vec<OwnedMessage> {
+    fn next_in_order(&mut self, now: Instant) -> Vec<ReadMessage> {
         let Some(group) = self.group.as_mut() else {
             return Vec::new();
         };
@@ -378,7 +384,7 @@ impl Pipeline {
                 .get(&partition)
                 .map(|high_watermark| high_watermark.offset)
         };
-        let chunk: Vec<OwnedMessage> = std::iter::from_fn(|| group.pop(now, high_watermark))
+        let chunk: Vec<ReadMessage> = std::iter::from_fn(|| group.pop(now, high_watermark))
             .take(PARTITION_GROUP_CHUNK)
             .collect();
         set_buffered_gauge(&self.metrics, group);
@@ -387,17 +393,13 @@ impl Pipeline {
 
     /// A message (or error) from either consumer: its Confluent schema is fetched first,
     /// rebalances that happened meanwhile are applied, then the core gets it.
-    async fn on_received(
-        &mut self,
-        received: Result<OwnedMessage, rdkafka::error::KafkaError>,
-        stream: Stream,
-    ) {
+    async fn on_received(&mut self, received: Result<ReadMessage, rdkafka::error::KafkaError>) {
         match received {
             Ok(message) => {
                 let schema_error =
-                    prefetch_schema(self.core.decoder(), &self.metrics, &message).await;
+                    prefetch_schema(self.core.decoder(), &self.metrics, message.payload()).await;
                 self.apply_rebalances();
-                self.on_message(message, schema_error, stream);
+                self.on_message(message, schema_error);
             }
             Err(error) => self.on_consumer_error(&error),
         }
@@ -449,6 +451,7 @@ impl Pipeline {
                         );
                         set_buffered_gauge(&self.metrics, group);
                     }
+                    self.reader.forget(&partitions);
                     self.core.revoked(&partitions, &mut self.effects);
                 }
             }
@@ -456,36 +459,27 @@ impl Pipeline {
         }
     }
 
-    fn on_message(
-        &mut self,
-        message: OwnedMessage,
-        schema_error: Option<DecodeError>,
-        stream: Stream,
-    ) {
+    fn on_message(&mut self, message: ReadMessage, schema_error: Option<DecodeError>) {
         self.health.record_progress();
         self.health.set_broker_reachable(true);
-        if self.core.is_awaiting_state(message.partition())
+        if self.core.is_awaiting_state(message.partition)
             && let Some(restoring) = self.restoring.as_mut()
         {
             // Fetched before the partition's pause took effect: processed once its state is
             // back, in order.
-            restoring.hold(message, schema_error, stream);
+            restoring.hold(message, schema_error);
             return;
         }
-        let headers = match stream {
-            Stream::Traces => ForwardHeaders::default(),
-            Stream::Repartition => forward_headers(&message),
-        };
         let received = Received {
-            stream,
-            partition: message.partition(),
-            offset: message.offset(),
-            first_read: headers.first_read,
-            order_key_ms: headers.order_key_ms,
-            marker: headers.marker,
-            kafka_timestamp_ms: message.timestamp().to_millis(),
+            stream: message.stream,
+            partition: message.partition,
+            offset: message.offset,
+            first_read: message.headers.first_read,
+            order_key_ms: message.headers.order_key_ms,
+            marker: message.headers.marker,
+            kafka_timestamp_ms: message.timestamp_ms,
             key: message.key(),
-            payload: message.payload().unwrap_or_default(),
+            payload: message.payload(),
         };
         self.core
             .message(received, schema_error, Now::system(), &mut self.effects);
@@ -635,8 +629,8 @@ impl Pipeline {
             RestoreOutcome::Restored(partitions) => {
                 for (partition, state, held) in partitions {
                     self.core.restored(partition, state, &mut self.effects);
-                    for (message, schema_error, stream) in held {
-                        self.on_message(message, schema_error, stream);
+                    for (message, schema_error) in held {
+                        self.on_message(message, schema_error);
                     }
                 }
                 self.perform();
@@ -671,9 +665,8 @@ impl Pipeline {
 async fn prefetch_schema(
     decoder: &Decoder,
     metrics: &Metrics,
-    message: &OwnedMessage,
+    payload: &[u8],
 ) -> Option<DecodeError> {
-    let payload = message.payload().unwrap_or_default();
     let mut wait = Duration::from_millis(500);
     loop {
         match decoder.prefetch_schema(payload).await {

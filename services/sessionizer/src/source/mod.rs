@@ -4,6 +4,7 @@ pub mod changelog;
 pub mod dlq;
 pub mod kafka;
 pub mod partition_group;
+pub mod read;
 pub mod repartition;
 pub mod restore;
 pub mod restoring;

@@ -9,11 +9,10 @@
 
 use crate::metrics::Metrics;
 use crate::sessionize::store::RestoredPartition;
-use crate::source::Stream;
 use crate::source::changelog::{ChangelogError, RestoreRead, read_partitions};
 use crate::source::kafka::KafkaSettings;
+use crate::source::read::ReadMessage;
 use crate::source::restore::{RestoreDecision, STALL_TIMEOUT, decide};
-use rdkafka::message::OwnedMessage;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ use tokio::task::{JoinError, JoinSet};
 use trace_model::DecodeError;
 
 /// A message fetched before its partition's state was back, with its schema prefetch result.
-pub type HeldMessage = (OwnedMessage, Option<DecodeError>, Stream);
+pub type HeldMessage = (ReadMessage, Option<DecodeError>);
 
 /// One read of some partitions: which, the how-many-th, and when their restore began.
 #[derive(Debug, Clone)]
@@ -122,17 +121,11 @@ impl Restoring {
     }
 
     /// Keeps a message of a restoring partition, to be processed once its state is back.
-    pub fn hold(
-        &mut self,
-        message: OwnedMessage,
-        schema_error: Option<DecodeError>,
-        stream: Stream,
-    ) {
-        use rdkafka::Message as _;
+    pub fn hold(&mut self, message: ReadMessage, schema_error: Option<DecodeError>) {
         self.held
-            .entry(message.partition())
+            .entry(message.partition)
             .or_default()
-            .push((message, schema_error, stream));
+            .push((message, schema_error));
     }
 
     /// Some partition's restore failed at least once and is still being retried.
