@@ -11,11 +11,12 @@ use crate::record::TraceEvent;
 /// The routing key of a trace: its session id, else its user id (for inferred sessions);
 /// `None` for a trace with neither, which has no session to keep together.
 pub fn route_key(event: &TraceEvent) -> Option<&str> {
-    event
-        .session_id
-        .as_deref()
-        .or(event.user_id.as_deref())
-        .filter(|key| !key.is_empty())
+    route_key_of(event.session_id.as_deref(), event.user_id.as_deref())
+}
+
+/// The routing key of a trace with these ids (see [`route_key`]).
+pub fn route_key_of<'a>(session_id: Option<&'a str>, user_id: Option<&'a str>) -> Option<&'a str> {
+    session_id.or(user_id).filter(|key| !key.is_empty())
 }
 
 /// The partition, of `num_partitions`, that records keyed `key` belong in.

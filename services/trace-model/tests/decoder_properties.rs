@@ -59,6 +59,19 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// Where a peek and a decode of the same bytes both succeed, they agree on the peeked fields.
+fn check_peek(decoder: &Decoder, bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let (Some(head), Ok(event)) = (decoder.peek(bytes), decoder.decode(bytes)) {
+        prop_assert_eq!(head.pipeline_id, event.pipeline_id.as_deref());
+        prop_assert_eq!(head.user_id, event.user_id.as_deref());
+        prop_assert_eq!(head.session_id, event.session_id.as_deref());
+        prop_assert_eq!(head.kind, event.kind);
+        prop_assert_eq!(head.timestamp_ms, event.timestamp_ms);
+        prop_assert_eq!(head.route_key(), trace_model::routing::route_key(&event));
+    }
+    Ok(())
+}
+
 /// A decode either yields a trace that passes validation or a known, permanent error.
 fn check_outcome(
     limits: &Limits,
@@ -107,6 +120,7 @@ proptest! {
     ) {
         let decoder = Decoder::default();
         check_outcome(decoder.limits(), decoder.decode(&bytes))?;
+        check_peek(&decoder, &bytes)?;
     }
 }
 
@@ -185,6 +199,7 @@ proptest! {
         }
         let decoder = Decoder::default();
         check_outcome(decoder.limits(), decoder.decode(&bytes))?;
+        check_peek(&decoder, &bytes)?;
     }
 }
 
@@ -411,5 +426,19 @@ proptest! {
     fn arbitrary_valid_traces_round_trip_through_json(event in trace_event()) {
         let bytes = encode(&event, Encoding::Json).expect("encodes");
         prop_assert_eq!(Decoder::default().decode(&bytes).expect("decodes"), event);
+    }
+
+    #[test]
+    fn arbitrary_valid_avro_traces_are_peeked_as_they_decode(event in trace_event()) {
+        let bytes = encode(&event, Encoding::Avro).expect("encodes");
+        let decoder = Decoder::default();
+        prop_assert!(decoder.peek(&bytes).is_some());
+        check_peek(&decoder, &bytes)?;
+    }
+
+    #[test]
+    fn json_traces_are_not_peeked(event in trace_event()) {
+        let bytes = encode(&event, Encoding::Json).expect("encodes");
+        prop_assert_eq!(Decoder::default().peek(&bytes), None);
     }
 }

@@ -12,6 +12,7 @@ use super::merge::{Stream, StreamOffsets};
 use crate::batch::{Batch, Origin, Position};
 use crate::sessionize::store::ChangelogWrite;
 use crate::source::dlq::DeadLetter;
+use bytes::Bytes;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use trace_model::{SessionSummary, TraceEvent};
 
@@ -160,6 +161,9 @@ pub struct Received<'a> {
     pub kafka_timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    /// The same payload in a shared buffer, when the IO loop has one: a trace the alignment
+    /// holds undecoded keeps it rather than a copy.
+    pub shared_payload: Option<&'a Bytes>,
 }
 
 /// The time an input happens at: the core has no clock of its own.

@@ -12,6 +12,7 @@ use crate::session_row::session_row;
 use crate::sessionize::store::StateAfter;
 use crate::sessionize::{ClosedSession, Placement, SessionKey};
 use crate::source::dlq::DeadLetter;
+use bytes::Bytes;
 use trace_model::routing::{partition_for, route_key};
 use trace_model::{DecodeError, SessionSummary, TraceEvent, TraceKind};
 
@@ -92,46 +93,19 @@ impl Core {
             self.release(partition, now, out);
             return;
         }
-        let decoded = match schema_error {
-            Some(error) => Err(error),
-            None => self.decoder.decode(received.payload),
-        };
-        let what = match decoded {
-            Err(error) => {
-                tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
-                rejected(received, error.reason(), error.to_string())
+        let what = match self.undecoded(received, schema_error.as_ref()) {
+            Some(what) => what,
+            None => {
+                let decoded = match schema_error {
+                    Some(error) => Err(error),
+                    None => self.decoder.decode(received.payload),
+                };
+                self.classify(
+                    decoded,
+                    (received.key, received.payload),
+                    (partition, offset),
+                )
             }
-            Ok(event) => match event
-                .pipeline_id
-                .clone()
-                .or_else(|| self.settings.default_pipeline_id.clone())
-            {
-                None => rejected(
-                    received,
-                    "no_pipeline_id",
-                    "trace names no pipeline_id and no default is configured".to_owned(),
-                ),
-                Some(pipeline_id)
-                    if self
-                        .settings
-                        .session_rows
-                        .as_ref()
-                        .is_some_and(|rows| rows.is_sessions_pipeline(&pipeline_id)) =>
-                {
-                    rejected(
-                        received,
-                        "sessions_pipeline",
-                        format!(
-                            "trace names pipeline {pipeline_id}, which receives session rows \
-                             (openlayer.sessions_pipeline_id / sessions_pipelines)"
-                        ),
-                    )
-                }
-                Some(pipeline_id) if event.kind == TraceKind::RowUpdate => {
-                    Apply::Update { event, pipeline_id }
-                }
-                Some(pipeline_id) => Apply::Trace { event, pipeline_id },
-            },
         };
         let pending = Pending {
             stream,
@@ -150,6 +124,94 @@ impl Core {
             // The partition's progress may let traces of others owned here go.
             self.release_others(partition, now, out);
         }
+    }
+
+    /// What becomes of a decoded message (or of one that failed to decode).
+    pub(super) fn classify(
+        &self,
+        decoded: Result<TraceEvent, DecodeError>,
+        message: (Option<&[u8]>, &[u8]),
+        (partition, offset): (i32, i64),
+    ) -> Apply {
+        let event = match decoded {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::debug!(%error, partition, offset, "undecodable trace, dead-lettering");
+                return rejected(message, error.reason(), error.to_string());
+            }
+        };
+        let pipeline_id = match self.pipeline_of(event.pipeline_id.as_deref()) {
+            Ok(pipeline_id) => pipeline_id.to_owned(),
+            Err((reason, description)) => return rejected(message, reason, description),
+        };
+        if event.kind == TraceKind::RowUpdate {
+            Apply::Update { event, pipeline_id }
+        } else {
+            Apply::Trace { event, pipeline_id }
+        }
+    }
+
+    /// The pipeline a trace naming `pipeline_id` goes to, or why it cannot go anywhere.
+    fn pipeline_of<'a>(
+        &'a self,
+        pipeline_id: Option<&'a str>,
+    ) -> Result<&'a str, (&'static str, String)> {
+        let Some(pipeline_id) = pipeline_id.or(self.settings.default_pipeline_id.as_deref()) else {
+            return Err((
+                "no_pipeline_id",
+                "trace names no pipeline_id and no default is configured".to_owned(),
+            ));
+        };
+        if self
+            .settings
+            .session_rows
+            .as_ref()
+            .is_some_and(|rows| rows.is_sessions_pipeline(pipeline_id))
+        {
+            return Err((
+                "sessions_pipeline",
+                format!(
+                    "trace names pipeline {pipeline_id}, which receives session rows \
+                     (openlayer.sessions_pipeline_id / sessions_pipelines)"
+                ),
+            ));
+        }
+        Ok(pipeline_id)
+    }
+
+    /// A trace read in place that the alignment may hold undecoded ([`Apply::Undecoded`]):
+    /// its head is readable, it is a plain trace of a pipeline it may go to, and it stays in
+    /// this partition. Anything else is decoded now, as before.
+    fn undecoded(
+        &self,
+        received: Received<'_>,
+        schema_error: Option<&DecodeError>,
+    ) -> Option<Apply> {
+        if received.stream != Stream::Traces
+            || schema_error.is_some()
+            || self
+                .owned
+                .get(&received.partition)
+                .is_none_or(|owned| owned.aligner.is_none())
+        {
+            return None;
+        }
+        let head = self.decoder.peek(received.payload)?;
+        if head.kind != TraceKind::Trace || self.pipeline_of(head.pipeline_id).is_err() {
+            return None;
+        }
+        let num_partitions = self.settings.repartition_partitions?;
+        let stays = head
+            .route_key()
+            .is_none_or(|key| partition_for(key.as_bytes(), num_partitions) == received.partition);
+        stays.then(|| Apply::Undecoded {
+            timestamp_ms: head.timestamp_ms,
+            key: received.key.map(<[u8]>::to_vec),
+            payload: received
+                .shared_payload
+                .cloned()
+                .unwrap_or_else(|| Bytes::copy_from_slice(received.payload)),
+        })
     }
 
     /// The partition a trace read in `received.partition` belongs in instead, and why it was

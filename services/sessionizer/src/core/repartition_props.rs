@@ -19,11 +19,18 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use trace_model::routing::partition_for;
 
-/// Every trace has its row or its dead letter; every traces message is settled.
+/// Every trace has its row or its dead letter (only garbage for what it is); every traces
+/// message is settled.
 fn check_no_loss(world: &World) -> Result<(), TestCaseError> {
     for partition in world.partitions() {
         for (offset, (_, trace)) in world.traces[partition as usize].iter().enumerate() {
             let position = (partition, offset as i64);
+            prop_assert!(
+                matches!(trace, Trace::Garbage { .. }) || !world.undecodable.contains(&position),
+                "trace {:?} at {:?} was dead-lettered as undecodable",
+                trace,
+                position
+            );
             let done = match trace {
                 Trace::Garbage { .. } => world.dead_lettered.contains(&position),
                 Trace::Row { id, .. } => {

@@ -64,6 +64,7 @@ fn received<'a>(
         kafka_timestamp_ms: Some(now().wall_ms),
         key,
         payload,
+        shared_payload: None,
     }
 }
 

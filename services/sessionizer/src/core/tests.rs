@@ -429,6 +429,7 @@ impl World {
             kafka_timestamp_ms: None,
             key: None,
             payload: &payload,
+            shared_payload: None,
         };
         let mut out = Vec::new();
         self.core.message(received, None, self.now(), &mut out);

@@ -480,6 +480,7 @@ impl Pipeline {
             kafka_timestamp_ms: message.timestamp_ms,
             key: message.key(),
             payload: message.payload(),
+            shared_payload: Some(message.shared_payload()),
         };
         self.core
             .message(received, schema_error, Now::system(), &mut self.effects);

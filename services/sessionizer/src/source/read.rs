@@ -41,6 +41,11 @@ impl ReadMessage {
     pub fn payload(&self) -> &[u8] {
         &self.payload
     }
+
+    /// The payload as its shared buffer, to be kept without a copy.
+    pub fn shared_payload(&self) -> &Bytes {
+        &self.payload
+    }
 }
 
 /// Copies read records out of librdkafka's buffers, one run of chunks per partition.

@@ -5,7 +5,7 @@
 //! cannot drift from the files. JSON-typed fields travel as JSON text.
 
 use super::DecodeError;
-use super::avro_read::{ReadError, read_trace};
+use super::avro_read::{ReadError, WireHead, read_head, read_trace};
 use super::avro_scan::{ScanError, ScanPlan};
 use crate::record::{JsonMap, SessionSummary, Step, TraceEvent, TraceKind};
 use crate::validate::Limits;
@@ -253,6 +253,16 @@ pub(crate) fn decode_single_object(
         Some((writer, plan)) => decode_resolving_datum(datum, writer, plan, limits),
         None => Err(DecodeError::UnknownFingerprint(fingerprint)),
     }
+}
+
+/// The leading fields of a single-object record of the current schema; `None` for any other
+/// (an earlier schema's, or one too short to hold them).
+pub(crate) fn peek_single_object(bytes: &[u8]) -> Option<WireHead<'_>> {
+    let datum = strip_single_object_header(bytes).ok()?;
+    if read_fingerprint(bytes) != schemas().trace_event_fingerprint {
+        return None;
+    }
+    read_head(datum).ok()
 }
 
 /// Decodes a datum written with the current schema (the fast path).

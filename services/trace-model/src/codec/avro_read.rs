@@ -61,11 +61,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self) -> Result<String, ReadError> {
+        self.str().map(str::to_owned)
+    }
+
+    fn str(&mut self) -> Result<&'a str, ReadError> {
         let len = self.length()?;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| ReadError::Malformed("string is not valid utf-8"))
+        std::str::from_utf8(bytes).map_err(|_| ReadError::Malformed("string is not valid utf-8"))
     }
 
     /// `["null", T]`: branch 0 is null, branch 1 the value.
@@ -170,6 +172,30 @@ impl<'a> Cursor<'a> {
             row_config: self.optional(Self::string)?,
         })
     }
+}
+
+/// The fields of a datum of the current schema up to its timestamp, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WireHead<'a> {
+    pub(crate) pipeline_id: Option<&'a str>,
+    pub(crate) user_id: Option<&'a str>,
+    pub(crate) session_id: Option<&'a str>,
+    pub(crate) kind: &'a str,
+    pub(crate) timestamp_ms: i64,
+}
+
+/// Reads the leading fields of a datum of the current schema, and nothing after them.
+pub(crate) fn read_head(datum: &[u8]) -> Result<WireHead<'_>, ReadError> {
+    let mut cursor = Cursor { input: datum };
+    cursor.int()?;
+    cursor.optional(Cursor::str)?;
+    Ok(WireHead {
+        pipeline_id: cursor.optional(Cursor::str)?,
+        user_id: cursor.optional(Cursor::str)?,
+        session_id: cursor.optional(Cursor::str)?,
+        kind: cursor.str()?,
+        timestamp_ms: cursor.long()?,
+    })
 }
 
 /// Reads a whole datum of the current schema; bytes after it are an error.

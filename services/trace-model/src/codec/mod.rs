@@ -16,7 +16,7 @@ mod avro_write;
 pub mod json;
 pub mod registry;
 
-use crate::record::TraceEvent;
+use crate::record::{TraceEvent, TraceKind};
 use crate::validate::{Limits, ValidationError, validate_trace};
 use registry::{RegistryError, SchemaRegistry};
 use serde::{Deserialize, Serialize};
@@ -178,6 +178,23 @@ pub fn detect_framing(bytes: &[u8]) -> Result<Framing, DecodeError> {
     }
 }
 
+/// The leading fields of a trace, borrowed from its bytes ([`Decoder::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceHead<'a> {
+    pub pipeline_id: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub kind: TraceKind,
+    pub timestamp_ms: i64,
+}
+
+impl TraceHead<'_> {
+    /// Its routing key, as [`crate::routing::route_key`] gives it for the decoded trace.
+    pub fn route_key(&self) -> Option<&str> {
+        crate::routing::route_key_of(self.session_id, self.user_id)
+    }
+}
+
 /// Decodes and validates traces in any supported framing.
 #[derive(Debug, Clone, Default)]
 pub struct Decoder {
@@ -202,6 +219,27 @@ impl Decoder {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// What ordering and routing need of a trace, read without decoding the rest of it, for
+    /// a caller that decodes it later (the repartition stage's alignment holds traces
+    /// undecoded). Only Avro single-object records of the current schema are read so; `None`
+    /// for any other, which must be decoded instead. Nothing is validated: when
+    /// [`Decoder::decode`] succeeds on the same bytes, its trace has these values.
+    pub fn peek<'a>(&self, bytes: &'a [u8]) -> Option<TraceHead<'a>> {
+        if bytes.len() > self.limits.max_message_bytes
+            || !matches!(detect_framing(bytes), Ok(Framing::AvroSingleObject))
+        {
+            return None;
+        }
+        let head = avro::peek_single_object(bytes)?;
+        Some(TraceHead {
+            pipeline_id: head.pipeline_id,
+            user_id: head.user_id,
+            session_id: head.session_id,
+            kind: TraceKind::parse(head.kind)?,
+            timestamp_ms: head.timestamp_ms,
+        })
     }
 
     /// Decodes without network access: a Confluent schema id must already be cached.
