@@ -442,3 +442,29 @@ proptest! {
         prop_assert_eq!(Decoder::default().peek(&bytes), None);
     }
 }
+
+/// What `peek` declines, to be decoded instead: other framings and schemas, records over the
+/// size limit, and ids that would fail validation.
+#[test]
+fn only_current_schema_single_objects_with_valid_ids_within_limits_are_peeked() {
+    let event = full_trace();
+    let bytes = encode(&event, Encoding::Avro).expect("encodes");
+    let datum = &bytes[SINGLE_OBJECT_HEADER_LEN..];
+    let decoder = Decoder::default();
+    let head = decoder
+        .peek(&bytes)
+        .expect("the current schema's record is peeked");
+    assert_eq!(head.session_id, event.session_id.as_deref());
+    assert_eq!(decoder.peek(&single_object(v1_fingerprint(), datum)), None);
+    assert_eq!(decoder.peek(&confluent(1, datum)), None);
+    let small = Decoder::new(Limits {
+        max_message_bytes: bytes.len() - 1,
+        ..Limits::default()
+    });
+    assert_eq!(small.peek(&bytes), None);
+    let mut control = event.clone();
+    control.session_id = Some("session\u{7}".to_owned());
+    let control = encode(&control, Encoding::Avro).expect("encodes");
+    assert!(decoder.decode(&control).is_err(), "the id fails validation");
+    assert_eq!(decoder.peek(&control), None);
+}

@@ -1,4 +1,4 @@
-//! Where a decoded message goes: applied now, forwarded, or held until its turn among the
+//! Where a read message goes: applied now, forwarded, or held until its turn among the
 //! partition's inputs (`core::align`), then applied with the partition's next sequence.
 
 use super::align::{Aligner, Input};
@@ -212,6 +212,9 @@ impl Core {
 
     /// Applies a message: it takes the partition's next sequence.
     fn apply(&mut self, partition: i32, mut pending: Pending, now: Now, out: &mut Vec<Effect>) {
+        let Some(sequence) = self.offsets.read(partition, pending.stream, pending.offset) else {
+            return;
+        };
         if let Apply::Undecoded { key, payload, .. } = &pending.what {
             let decoded = self.decoder.decode(payload);
             let what = self.classify(
@@ -221,9 +224,6 @@ impl Core {
             );
             pending.what = what;
         }
-        let Some(sequence) = self.offsets.read(partition, pending.stream, pending.offset) else {
-            return;
-        };
         if let (Some(first_read), Some(journal)) = (
             pending.first_read,
             self.owned

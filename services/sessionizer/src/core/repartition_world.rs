@@ -92,7 +92,19 @@ pub(super) fn build_logs(num_partitions: i32, specs: &[Spec]) -> Vec<Vec<(Vec<u8
         let partition = i32::from(spec.partition) % num_partitions;
         let log = &mut logs[partition as usize];
         if spec.garbage {
-            log.push((b"\x07not a trace".to_vec(), Trace::Garbage { at_ms }));
+            // Half of it unreadable from the first byte, half an Avro record whose head reads
+            // (it may wait in the alignment undecoded) and whose body is cut short.
+            let payload = if index % 2 == 0 {
+                b"\x07not a trace".to_vec()
+            } else {
+                let mut event = TraceEvent::new("cut", at_ms);
+                event.session_id = Some(session_id(spec.session));
+                let mut bytes = trace_model::encode(&event, trace_model::Encoding::Avro)
+                    .expect("a trace encodes");
+                bytes.truncate(bytes.len() - 3);
+                bytes
+            };
+            log.push((payload, Trace::Garbage { at_ms }));
             continue;
         }
         at_ms += spec.advance_ms;

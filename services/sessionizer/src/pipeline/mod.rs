@@ -141,7 +141,7 @@ struct Pipeline {
     /// forwards to it.
     repartition: Option<RepartitionSource>,
     /// With repartitioning, traces read wait here to be handed on in timestamp order across
-    /// the owned partitions, so that the alignment holds few of them (decoded).
+    /// the owned partitions, so that the alignment holds few of them.
     group: Option<PartitionGroup<ReadMessage>>,
     /// Copies what is read out of librdkafka's buffers.
     reader: Reader,

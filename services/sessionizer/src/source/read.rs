@@ -6,8 +6,11 @@
 //! tens of thousands. Held as `OwnedMessage`s (payload, key, topic name and headers, each its
 //! own allocation) they fragmented the heap, which kept growing into fresh pages: clearing
 //! them was a tenth of the process's CPU in a profile, with repartitioning on only. A
-//! partition's messages leave in the order they came (the group and the restore hold are
-//! FIFO per partition), so a chunk is released soon after its last message is handed on.
+//! partition's messages leave in the order they came (the group, the restore hold and the
+//! alignment's lane of the partition's own traces, which keeps their payloads, are FIFO per
+//! partition), so a chunk is released soon after its last message is done with: what one
+//! message keeps alive is at most what its partition read after it, forwards included. Each
+//! partition read keeps its current chunk (64 KiB) between reads.
 
 use crate::source::Stream;
 use crate::source::repartition::{ForwardHeaders, forward_headers};
@@ -15,8 +18,11 @@ use bytes::{Bytes, BytesMut};
 use rdkafka::message::Message;
 use std::collections::HashMap;
 
-/// Bytes a partition's chunk holds: a few hundred traces.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes a partition's chunk holds: a few dozen traces.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A payload larger than this gets an allocation of its own rather than most of a chunk.
+const LARGE_BYTES: usize = CHUNK_BYTES / 4;
 
 /// A record read from the traces or the repartition topic.
 #[derive(Debug, Clone)]
@@ -63,6 +69,18 @@ impl Reader {
             Stream::Repartition => forward_headers(message),
         };
         let chunk = self.chunks.entry((stream, partition)).or_default();
+        // Room for both first: a chunk is reused in place only when nothing read into it is
+        // alive, and the key copied into it would be.
+        let payload_len = message.payload().map_or(0, <[u8]>::len);
+        make_room(
+            chunk,
+            message.key().map_or(0, <[u8]>::len)
+                + if payload_len > LARGE_BYTES {
+                    0
+                } else {
+                    payload_len
+                },
+        );
         ReadMessage {
             stream,
             partition,
@@ -85,11 +103,19 @@ impl Reader {
 /// `bytes` copied into `chunk`: where the chunk has room, or into a fresh one (the current
 /// one is reused in place when nothing read into it is alive any more).
 fn copy(chunk: &mut BytesMut, bytes: &[u8]) -> Bytes {
-    if chunk.capacity() < bytes.len() {
-        chunk.reserve(bytes.len().max(CHUNK_BYTES));
+    if bytes.len() > LARGE_BYTES {
+        return Bytes::copy_from_slice(bytes);
     }
+    make_room(chunk, bytes.len());
     chunk.extend_from_slice(bytes);
     chunk.split().freeze()
+}
+
+/// Makes room for `len` bytes in `chunk`, in a fresh chunk if need be.
+fn make_room(chunk: &mut BytesMut, len: usize) {
+    if chunk.capacity() < len {
+        chunk.reserve(CHUNK_BYTES.max(len));
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +160,28 @@ mod tests {
             assert_eq!(read.timestamp_ms, Some(1_000 + offset));
             assert_eq!(read.headers, ForwardHeaders::default());
         }
+    }
+
+    /// Whether a read into partition 0, after `first` (kept alive or not), starts the chunk
+    /// `first` started.
+    fn chunk_reused(keep_first_alive: bool) -> bool {
+        let mut reader = Reader::default();
+        let payload = vec![1u8; 1000];
+        let first = reader.read(&message(0, 0, &payload), Stream::Traces);
+        let start = first.key().map(<[u8]>::as_ptr);
+        let kept = keep_first_alive.then_some(first);
+        let reused = (1..)
+            .take(CHUNK_BYTES / 1000 + 2)
+            .map(|offset| reader.read(&message(0, offset, &payload), Stream::Traces))
+            .any(|read| read.key().map(<[u8]>::as_ptr) == start);
+        drop(kept);
+        reused
+    }
+
+    #[test]
+    fn a_chunk_is_reused_once_nothing_read_into_it_is_alive_and_not_before() {
+        assert!(chunk_reused(false));
+        assert!(!chunk_reused(true));
     }
 
     #[test]

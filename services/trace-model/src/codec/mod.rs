@@ -224,8 +224,10 @@ impl Decoder {
     /// What ordering and routing need of a trace, read without decoding the rest of it, for
     /// a caller that decodes it later (the repartition stage's alignment holds traces
     /// undecoded). Only Avro single-object records of the current schema are read so; `None`
-    /// for any other, which must be decoded instead. Nothing is validated: when
-    /// [`Decoder::decode`] succeeds on the same bytes, its trace has these values.
+    /// for any other, which must be decoded instead, and for one whose ids would fail
+    /// validation (so that a record rejected for them never orders others). The rest is not
+    /// validated: when [`Decoder::decode`] succeeds on the same bytes, its trace has these
+    /// values.
     pub fn peek<'a>(&self, bytes: &'a [u8]) -> Option<TraceHead<'a>> {
         if bytes.len() > self.limits.max_message_bytes
             || !matches!(detect_framing(bytes), Ok(Framing::AvroSingleObject))
@@ -233,6 +235,15 @@ impl Decoder {
             return None;
         }
         let head = avro::peek_single_object(bytes)?;
+        for (field, id) in [
+            ("pipeline_id", head.pipeline_id),
+            ("user_id", head.user_id),
+            ("session_id", head.session_id),
+        ] {
+            if let Some(id) = id {
+                crate::validate::validate_id(field, id, &self.limits).ok()?;
+            }
+        }
         Some(TraceHead {
             pipeline_id: head.pipeline_id,
             user_id: head.user_id,
