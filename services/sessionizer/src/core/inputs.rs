@@ -92,8 +92,15 @@ impl Core {
                     }
                     return;
                 }
-                if let Apply::Reject { .. } = pending.what {
-                    // Nothing of the partition's state depends on where it goes.
+                if let Apply::Reject { .. } = pending.what
+                    && self
+                        .aligner_mut(partition)
+                        .is_none_or(|aligner| aligner.num_held_in_place() == 0)
+                {
+                    // Nothing of the partition's state depends on where it goes. Behind the
+                    // partition's own traces still held it waits its turn, so that dead letters
+                    // keep the order they were read in (a held trace may be one that fails to
+                    // decode when applied).
                     self.apply(partition, pending, now, out);
                     return;
                 }

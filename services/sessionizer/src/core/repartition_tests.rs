@@ -639,3 +639,41 @@ fn a_partition_revoked_under_backpressure_is_resumed_for_its_next_assignment() {
         "{out:?}"
     );
 }
+
+/// The reasons of the dead letters in `out`, in order.
+fn dead_letter_reasons(out: &[Effect]) -> Vec<&'static str> {
+    out.iter()
+        .filter_map(|effect| match effect {
+            Effect::DeadLetter(letter) => Some(letter.reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dead_letters_keep_the_read_order_when_a_held_trace_fails_to_decode() {
+    let (mut core, _) = new_core(false);
+    let mut out = Vec::new();
+    // Partition 2 owned here, the others elsewhere and silent: its traces wait.
+    core.assigned(&[2], &mut out);
+    out.clear();
+    let mut event = TraceEvent::new("cut", 1_000);
+    event.session_id = Some(session_in(2));
+    let mut cut = trace_model::encode(&event, trace_model::Encoding::Avro).expect("encodes");
+    cut.truncate(cut.len() - 3);
+    let garbage = b"\x42not a trace".to_vec();
+    for (offset, payload) in [(0, &cut), (1, &garbage)] {
+        let mut message = received(Stream::Traces, 2, offset, None, payload, None);
+        message.kafka_timestamp_ms = Some(1_000);
+        core.message(message, None, now(), &mut out);
+    }
+    assert_eq!(dead_letter_reasons(&out), Vec::<&str>::new(), "both wait");
+    // Past `align_max_wait`: what waits goes, in order.
+    let start = now();
+    let later = Now {
+        instant: start.instant + Duration::from_secs(6),
+        wall_ms: start.wall_ms + 6_000,
+    };
+    core.tick(later, &mut out);
+    assert_eq!(dead_letter_reasons(&out), ["truncated", "unknown_framing"]);
+}
