@@ -130,7 +130,7 @@ pub fn validate_id(field: &'static str, id: &str, limits: &Limits) -> Result<(),
     Ok(())
 }
 
-fn validate_optional_id(
+pub(crate) fn validate_optional_id(
     field: &'static str,
     id: Option<&str>,
     limits: &Limits,

@@ -8,6 +8,7 @@ use super::{CROSS_RELEASE_INTERVAL, Core};
 use crate::batch::{Origin, Position};
 use bytes::Bytes;
 use trace_model::TraceEvent;
+use trace_model::routing::route_key;
 
 /// A message read and waiting to be applied (`core::align`), or applied at once.
 #[derive(Debug)]
@@ -81,7 +82,8 @@ impl Core {
                     None => event_time.unwrap_or(i64::MIN),
                 };
                 if let Apply::Trace { event, .. } = &pending.what
-                    && let Some((to_partition, reason)) = self.belongs_elsewhere(event, received)
+                    && let Some((to_partition, reason)) =
+                        self.belongs_elsewhere(route_key(event), received)
                 {
                     // Forwards leave in the order they were read, held back by nothing here.
                     if let Some(sequence) =

@@ -200,10 +200,7 @@ impl Core {
         if head.kind != TraceKind::Trace || self.pipeline_of(head.pipeline_id).is_err() {
             return None;
         }
-        let num_partitions = self.settings.repartition_partitions?;
-        let stays = head
-            .route_key()
-            .is_none_or(|key| partition_for(key.as_bytes(), num_partitions) == received.partition);
+        let stays = self.belongs_elsewhere(head.route_key(), received).is_none();
         stays.then(|| Apply::Undecoded {
             timestamp_ms: head.timestamp_ms,
             key: received.key.map(<[u8]>::to_vec),
@@ -216,13 +213,14 @@ impl Core {
 
     /// The partition a trace read in `received.partition` belongs in instead, and why it was
     /// not there, when repartitioning is on.
+    /// `route_key`: the trace's ([`trace_model::routing::route_key`]).
     pub(super) fn belongs_elsewhere(
         &self,
-        event: &TraceEvent,
+        route_key: Option<&str>,
         received: Received<'_>,
     ) -> Option<(i32, &'static str)> {
         let num_partitions = self.settings.repartition_partitions?;
-        let key = route_key(event)?;
+        let key = route_key?;
         let to_partition = partition_for(key.as_bytes(), num_partitions);
         if to_partition == received.partition {
             return None;

@@ -17,7 +17,7 @@ pub mod json;
 pub mod registry;
 
 use crate::record::{TraceEvent, TraceKind};
-use crate::validate::{Limits, ValidationError, validate_trace};
+use crate::validate::{Limits, ValidationError, validate_optional_id, validate_trace};
 use registry::{RegistryError, SchemaRegistry};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -235,15 +235,9 @@ impl Decoder {
             return None;
         }
         let head = avro::peek_single_object(bytes)?;
-        for (field, id) in [
-            ("pipeline_id", head.pipeline_id),
-            ("user_id", head.user_id),
-            ("session_id", head.session_id),
-        ] {
-            if let Some(id) = id {
-                crate::validate::validate_id(field, id, &self.limits).ok()?;
-            }
-        }
+        validate_optional_id("pipeline_id", head.pipeline_id, &self.limits).ok()?;
+        validate_optional_id("user_id", head.user_id, &self.limits).ok()?;
+        validate_optional_id("session_id", head.session_id, &self.limits).ok()?;
         Some(TraceHead {
             pipeline_id: head.pipeline_id,
             user_id: head.user_id,
