@@ -342,6 +342,46 @@ async fn a_burst_of_2000_sdk_traces_in_sync_mode_loses_none() {
     gateway.stop().await;
 }
 
+/// Answered once queued (`http.answer_after = "queued"`), the SDK never waits for Kafka, and a
+/// gateway stopped (SIGTERM) right after the last answer still delivers every row: its
+/// producer is flushed before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_once_queued_sdk_traces_all_arrive_when_the_gateway_stops_at_once() {
+    const SESSIONS: usize = 20;
+    const TURNS: usize = 25;
+    let topics = create_service_topics("gw-queued-", 3).await;
+    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&shipping_key).await;
+    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
+    let gateway = Gateway::start(
+        &bootstrap(),
+        &topics.traces,
+        &[("GATEWAY__HTTP__ANSWER_AFTER", "queued")],
+    )
+    .await;
+
+    let sdk = run_sdk(
+        gateway.base_url(),
+        CLIENT_KEY,
+        sdk_args(&unique_name("queued"), SESSIONS, TURNS, &[]),
+    )
+    .await;
+    assert_sdk_succeeded(&sdk);
+    let sent: HashSet<String> = sdk.rows.iter().map(inference_id).collect();
+    assert_eq!(sent.len(), SESSIONS * TURNS, "distinct inference ids");
+    assert_eq!(gateway.metric("gateway_rows_lost_total", "").await, 0.0);
+    gateway.stop().await;
+
+    let shipped = server.wait_for_rows(sent.len(), WAIT).await;
+    let shipped_ids: Vec<String> = shipped
+        .iter()
+        .map(|row| inference_id(row.as_object().expect("row")))
+        .collect();
+    let unique: HashSet<String> = shipped_ids.iter().cloned().collect();
+    assert_eq!(unique, sent, "every trace shipped");
+    assert_eq!(shipped_ids.len(), sent.len(), "none twice");
+}
+
 async fn post(url: &str, key: &str, body: Vec<u8>) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(url)

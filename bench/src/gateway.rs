@@ -16,8 +16,10 @@
 //!
 //! 1. Throughput, one trace per request (what the SDK sends): `--gateway-traces` requests, a
 //!    few hundred warm-up requests first (connections, producer id, metadata). The window
-//!    runs from the first request to the last answer; only 200 answers (rows acknowledged by
-//!    Kafka) count, anything else is reported and fails the bench.
+//!    runs from the first request to the last answer, and, when the gateway answers once
+//!    queued, on until it holds no unacknowledged row: the figure is rows in Kafka either
+//!    way. A 503 is sent again after a few milliseconds (counted); only 200 answers count,
+//!    anything else is reported and fails the bench, as does a row lost after its answer.
 //! 2. Throughput, batched: the same rows, `--gateway-batch-rows` per request.
 //! 3. Latency: requests of one trace at half the rate of 1., open loop (a request is sent at
 //!    its scheduled time whether or not earlier ones were answered) for `--gateway-latency-secs`;
@@ -30,6 +32,9 @@
 //!
 //! The ratio to the sessionizer divides 1. by the sessionizer's median end-to-end throughput
 //! of the same run (`throughput` part), both in rows (traces) per second.
+//!
+//! All of it runs twice, on fresh topics: with the gateway's default `http.answer_after =
+//! "acknowledged"` (an answer waits for Kafka), then with `"queued"`.
 
 use crate::ack::AckServer;
 use crate::measure::{Clocks, percentile};
@@ -37,6 +42,7 @@ use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, cores, now_ms};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, bail, ensure};
 use axum::body::Bytes;
+use gateway::config::AnswerAfter;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sessionizer::enrich::{openlayer_config, openlayer_row};
@@ -48,6 +54,14 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use trace_model::secret::Secret;
 
+/// How `http.answer_after` is written in the configuration.
+pub(crate) fn answer_label(answer_after: AnswerAfter) -> &'static str {
+    match answer_after {
+        AnswerAfter::Acknowledged => "acknowledged",
+        AnswerAfter::Queued => "queued",
+    }
+}
+
 const API_KEY: &str = "bench-gateway-key-not-a-secret";
 /// Requests sent before any window opens.
 /// Warm-up rounds before a failing one is an error.
@@ -55,6 +69,11 @@ const WARMUP_ROUNDS: usize = 5;
 const WARMUP_REQUESTS: usize = 300;
 /// Longest wait for the gateway's `/readyz` (it checks the broker first).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A throughput run's client sends a request answered 503 again after this long (the SDK
+/// waits `Retry-After`, seconds, which would measure the wait instead of the gateway)...
+const RETRY_503_AFTER: Duration = Duration::from_millis(5);
+/// ...this many times at most, about a produce timeout, before it counts as a failure.
+const RETRIES_503: usize = 2_000;
 
 /// What the gateway part is told to do.
 #[derive(Debug, Clone)]
@@ -77,8 +96,12 @@ pub(crate) struct ThroughputRun {
     pub(crate) rows_acknowledged: u64,
     pub(crate) seconds: f64,
     pub(crate) rows_per_second: f64,
-    /// Answers other than 200, by status (0: no answer, a client error).
+    /// Answers other than 200, by status (0: no answer, a client error), once retries of
+    /// 503 gave up.
     pub(crate) failures: BTreeMap<u16, u64>,
+    /// 503 answers that were retried, as the SDK retries them (the in-flight bound, mostly:
+    /// answering once queued, rows wait for a slow broker in the gateway).
+    pub(crate) retried_503: u64,
     /// Request body bytes per row.
     pub(crate) body_bytes_per_row: f64,
     /// CPU of the gateway's threads over the window, per row.
@@ -111,6 +134,8 @@ pub(crate) struct LatencyRun {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Gateway {
+    /// `http.answer_after` of this run: `acknowledged` or `queued`.
+    pub(crate) answer_after: AnswerAfter,
     pub(crate) clients: usize,
     pub(crate) single: ThroughputRun,
     pub(crate) batched: ThroughputRun,
@@ -125,6 +150,8 @@ struct Running {
     url: String,
     /// What the SDK's `OPENLAYER_BASE_URL` is set to.
     base_url: String,
+    /// The gateway's `/metrics`.
+    metrics_url: String,
 }
 
 fn free_port() -> Result<u16> {
@@ -132,7 +159,7 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn start(bootstrap: &str, topic: &str) -> Result<(Running, String)> {
+fn start(bootstrap: &str, topic: &str, answer_after: AnswerAfter) -> Result<(Running, String)> {
     let (api_port, ops_port) = (free_port()?, free_port()?);
     let mut config = gateway::config::GatewayConfig::default();
     config.http.listen = format!("127.0.0.1:{api_port}");
@@ -140,6 +167,7 @@ fn start(bootstrap: &str, topic: &str) -> Result<(Running, String)> {
     config.auth.api_keys = vec![Secret::new(API_KEY)];
     config.kafka.bootstrap_servers = bootstrap.to_owned();
     config.kafka.topic = topic.to_owned();
+    config.http.answer_after = answer_after;
     // The bench stops it once every request is answered: nothing to drain.
     config.shutdown.unready_delay_secs = 0;
     config.shutdown.drain_timeout_secs = 5;
@@ -167,6 +195,7 @@ fn start(bootstrap: &str, topic: &str) -> Result<(Running, String)> {
             "http://127.0.0.1:{api_port}/v1/inference-pipelines/{PIPELINE_ID}/data-stream"
         ),
         base_url: format!("http://127.0.0.1:{api_port}/v1"),
+        metrics_url: format!("http://127.0.0.1:{ops_port}/metrics"),
     };
     Ok((running, format!("http://127.0.0.1:{ops_port}/readyz")))
 }
@@ -255,11 +284,14 @@ fn cpu_by_prefix(threads: &BTreeMap<String, f64>, prefix: &str) -> f64 {
         .sum()
 }
 
-/// Sends every body with `clients` requests in flight; the window is first send to last answer.
+/// Sends every body with `clients` requests in flight; the window is first send to last answer,
+/// and, with `metrics_url` (answers once queued), until the gateway has no row left
+/// unacknowledged: the figure is rows in Kafka either way.
+#[allow(clippy::too_many_arguments)]
 fn saturate(
     runtime: &Runtime,
     client: &reqwest::Client,
-    url: &str,
+    (url, metrics_url): (&str, Option<&str>),
     bodies: &Arc<Vec<Bytes>>,
     rows_per_request: usize,
     clients: usize,
@@ -267,7 +299,7 @@ fn saturate(
 ) -> Result<ThroughputRun> {
     let before = Clocks::take(None, broker_pid)?;
     let started = Instant::now();
-    let statuses: Vec<Vec<u16>> = runtime.block_on(async {
+    let outcomes: Vec<(Vec<u16>, u64)> = runtime.block_on(async {
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..clients {
@@ -275,23 +307,37 @@ fn saturate(
                 (client.clone(), url.to_owned(), bodies.clone(), next.clone());
             tasks.spawn(async move {
                 let mut statuses = Vec::new();
+                let mut retried = 0u64;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(index) else {
-                        return statuses;
+                        return (statuses, retried);
                     };
-                    statuses.push(post(&client, &url, body.clone()).await);
+                    let mut status = post(&client, &url, body.clone()).await;
+                    for _ in 0..RETRIES_503 {
+                        if status != 503 {
+                            break;
+                        }
+                        retried += 1;
+                        tokio::time::sleep(RETRY_503_AFTER).await;
+                        status = post(&client, &url, body.clone()).await;
+                    }
+                    statuses.push(status);
                 }
             });
         }
         tasks.join_all().await
     });
+    if let Some(metrics_url) = metrics_url {
+        runtime.block_on(wait_acknowledged(client, metrics_url))?;
+    }
     let seconds = started.elapsed().as_secs_f64();
     let window = Clocks::take(None, broker_pid)?.since(&before);
     let threads = &window.threads;
     let mut failures = BTreeMap::new();
     let mut acknowledged = 0u64;
-    for status in statuses.into_iter().flatten() {
+    let retried_503 = outcomes.iter().map(|(_, retried)| retried).sum();
+    for status in outcomes.into_iter().flat_map(|(statuses, _)| statuses) {
         if status == 200 {
             acknowledged += 1;
         } else {
@@ -308,6 +354,7 @@ fn saturate(
         seconds,
         rows_per_second: rows as f64 / seconds,
         failures,
+        retried_503,
         body_bytes_per_row: body_bytes as f64 / (bodies.len() * rows_per_request) as f64,
         gateway_cpu_us_per_row: per_row(cpu_by_prefix(threads, "gateway-")),
         librdkafka_cpu_us_per_row: per_row(cpu_by_prefix(threads, "rdk:")),
@@ -315,6 +362,27 @@ fn saturate(
         broker_cpu_us_per_row: window.broker_cpu_seconds.map(per_row),
         others_cpu_share: window.others_cpu_seconds / window.seconds / cores(),
     })
+}
+
+/// Reads one unlabelled sample of the gateway's `/metrics`.
+async fn gateway_metric(client: &reqwest::Client, metrics_url: &str, name: &str) -> Result<f64> {
+    let text = client.get(metrics_url).send().await?.text().await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in the gateway's metrics"))
+}
+
+/// Waits until the gateway holds no row that Kafka has not acknowledged.
+async fn wait_acknowledged(client: &reqwest::Client, metrics_url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway_metric(client, metrics_url, "gateway_rows_in_flight").await? > 0.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the gateway's rows were not acknowledged within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 /// One-trace requests at `rate` per second for `seconds`, open loop.
@@ -385,13 +453,13 @@ fn warm_up(
     warmup: &Arc<Vec<Bytes>>,
     clients: usize,
 ) -> Result<()> {
-    let mut warm = saturate(runtime, client, url, warmup, 1, clients, None)?;
+    let mut warm = saturate(runtime, client, (url, None), warmup, 1, clients, None)?;
     for _ in 1..WARMUP_ROUNDS {
         if warm.failures.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
-        warm = saturate(runtime, client, url, warmup, 1, clients, None)?;
+        warm = saturate(runtime, client, (url, None), warmup, 1, clients, None)?;
     }
     ensure!(
         warm.failures.is_empty(),
@@ -401,17 +469,19 @@ fn warm_up(
     Ok(())
 }
 
-/// Runs the three measurements against a gateway producing to `topic` (already created).
+/// Runs the three measurements against a gateway producing to `topic` (already created),
+/// answering as `answer_after` says.
 pub(crate) fn measure(
     runtime: &Runtime,
-    bootstrap: &str,
-    topic: &str,
+    (bootstrap, topic): (&str, &str),
+    answer_after: AnswerAfter,
     plan: &Plan,
     ack: &AckServer,
 ) -> Result<Gateway> {
     let traces = plan.traces.max(plan.batch_rows);
     eprintln!(
-        "bench: gateway: building {traces} SDK-shaped requests ({} concurrent clients)",
+        "bench: gateway answering {}: building {traces} SDK-shaped requests ({} concurrent clients)",
+        answer_label(answer_after),
         plan.clients
     );
     let (rows, config) = sdk_rows(plan.sessions, traces + WARMUP_REQUESTS)?;
@@ -424,41 +494,49 @@ pub(crate) fn measure(
         .pool_max_idle_per_host(plan.clients)
         .timeout(Duration::from_secs(60))
         .build()?;
-    let (running, readyz) = start(bootstrap, topic)?;
+    let (running, readyz) = start(bootstrap, topic, answer_after)?;
     let url = running.url.clone();
     let base_url = running.base_url.clone();
+    let metrics_url = running.metrics_url.clone();
+    // Answered once queued, a window lasts until Kafka acknowledged every row too.
+    let settled = (answer_after == AnswerAfter::Queued).then_some(metrics_url.as_str());
     let outcome = (|| -> Result<Gateway> {
         runtime.block_on(wait_ready(&client, &readyz))?;
         warm_up(runtime, &client, &url, &warmup, plan.clients)?;
         let single = saturate(
             runtime,
             &client,
-            &url,
+            (&url, settled),
             &single_bodies,
             1,
             plan.clients,
             plan.broker_pid,
         )?;
         eprintln!(
-            "bench: gateway 1 trace/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
-            single.rows_per_second, single.rows_acknowledged, single.seconds, single.failures
+            "bench: gateway 1 trace/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?}, 503 retried {})",
+            single.rows_per_second,
+            single.rows_acknowledged,
+            single.seconds,
+            single.failures,
+            single.retried_503
         );
         let batched_run = saturate(
             runtime,
             &client,
-            &url,
+            (&url, settled),
             &batched_bodies,
             plan.batch_rows,
             plan.clients,
             plan.broker_pid,
         )?;
         eprintln!(
-            "bench: gateway {} traces/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?})",
+            "bench: gateway {} traces/request: {:.0} rows/s ({} rows in {:.2} s, failures {:?}, 503 retried {})",
             plan.batch_rows,
             batched_run.rows_per_second,
             batched_run.rows_acknowledged,
             batched_run.seconds,
-            batched_run.failures
+            batched_run.failures,
+            batched_run.retried_503
         );
         let rate = single.rows_per_second / 2.0;
         eprintln!(
@@ -499,7 +577,17 @@ pub(crate) fn measure(
             }
             None => None,
         };
+        // Rows answered once queued that Kafka then refused would not be in the figures.
+        let lost = runtime.block_on(async {
+            wait_acknowledged(&client, &metrics_url).await?;
+            gateway_metric(&client, &metrics_url, "gateway_rows_lost_total").await
+        })?;
+        ensure!(
+            lost == 0.0,
+            "the gateway lost {lost} rows answered once queued"
+        );
         Ok(Gateway {
+            answer_after,
             clients: plan.clients,
             single,
             batched: batched_run,

@@ -44,6 +44,7 @@ mod setup;
 mod throughput;
 mod traces;
 
+use ::gateway::config::AnswerAfter;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
 use cli::{Args, Part, ProbeCommand};
@@ -138,7 +139,8 @@ fn run_broker_parts(bench: &mut Bench<'_>, report: &mut Report) -> Result<()> {
         report.sdk = Some(run_sdk(bench, python)?);
     }
     if args.wants(Part::Gateway) {
-        report.gateway = Some(run_gateway(bench)?);
+        report.gateway = Some(run_gateway(bench, AnswerAfter::Acknowledged)?);
+        report.gateway_queued = Some(run_gateway(bench, AnswerAfter::Queued)?);
     }
     if args.wants(Part::Scaling) {
         let throughput_traces = report.throughput.as_ref().map(|t| t.workload.traces);
@@ -175,7 +177,7 @@ fn run_sdk(bench: &Bench<'_>, python: &Path) -> Result<sdk::Sdk> {
     )
 }
 
-fn run_gateway(bench: &mut Bench<'_>) -> Result<gateway::Gateway> {
+fn run_gateway(bench: &mut Bench<'_>, answer_after: AnswerAfter) -> Result<gateway::Gateway> {
     let args = bench.args;
     let topic = unique("bench-gateway");
     bench.created.push(topic.clone());
@@ -185,8 +187,8 @@ fn run_gateway(bench: &mut Bench<'_>) -> Result<gateway::Gateway> {
     ))?;
     gateway::measure(
         &bench.runtime,
-        &bench.bootstrap,
-        &topic,
+        (&bench.bootstrap, &topic),
+        answer_after,
         &gateway::Plan {
             traces: args.gateway_traces,
             batch_rows: args.gateway_batch_rows,

@@ -18,7 +18,10 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
     pub(crate) throughput: Option<Throughput>,
     pub(crate) sdk: Option<Sdk>,
+    /// The gateway answering once Kafka acknowledged (its default).
     pub(crate) gateway: Option<Gateway>,
+    /// The gateway answering once queued (`http.answer_after = "queued"`).
+    pub(crate) gateway_queued: Option<Gateway>,
     pub(crate) scaling: Option<Scaling>,
     pub(crate) lag: Option<Lag>,
     pub(crate) memory: Option<Memory>,
@@ -35,6 +38,7 @@ impl Report {
             throughput: None,
             sdk: None,
             gateway: None,
+            gateway_queued: None,
             scaling: None,
             lag: None,
             memory: None,
@@ -57,7 +61,10 @@ pub(crate) fn print(report: &Report) {
     if let Some(sdk) = &report.sdk {
         print_sdk(sdk, report.throughput.as_ref());
     }
-    if let Some(gateway) = &report.gateway {
+    for gateway in [&report.gateway, &report.gateway_queued]
+        .into_iter()
+        .flatten()
+    {
         print_gateway(gateway, report.throughput.as_ref());
     }
     if let Some(scaling) = &report.scaling {
@@ -174,9 +181,10 @@ fn print_sdk(sdk: &Sdk, throughput: Option<&Throughput>) {
 fn print_gateway(g: &Gateway, throughput: Option<&Throughput>) {
     for run in [&g.single, &g.batched] {
         println!(
-            "  gateway, {} trace(s)/request, {} clients: {:.0} rows/s acknowledged by Kafka \
-             ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients {:.1} µs; \
-             others busy {:.0} % of the machine)",
+            "  gateway answering {}, {} trace(s)/request, {} clients: {:.0} rows/s acknowledged by \
+             Kafka ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients \
+             {:.1} µs; others busy {:.0} % of the machine)",
+            crate::gateway::answer_label(g.answer_after),
             run.rows_per_request,
             g.clients,
             run.rows_per_second,

@@ -74,6 +74,35 @@ pub struct HttpConfig {
     /// Recently produced rows whose partition key is remembered, so that a later row update
     /// (`PUT .../rows?inferenceId=`) goes to the same partition as its row, after it.
     pub update_key_cache_entries: usize,
+    /// When a request is answered 200: `"acknowledged"`, once Kafka acknowledged all its
+    /// rows (nothing answered 200 is ever lost; the SDK retries what was not), or
+    /// `"queued"`, once they are queued in the producer (the SDK waits for no broker, but a
+    /// replica that dies with rows queued loses them; see docs/operations.md).
+    pub answer_after: AnswerAfter,
+}
+
+/// When a request is answered 200 (`http.answer_after`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerAfter {
+    /// Once Kafka acknowledged every row of the request.
+    #[default]
+    Acknowledged,
+    /// Once every row is queued in the producer; Kafka's acknowledgement is awaited behind
+    /// the answer, and rows it refuses then are counted as lost.
+    Queued,
+}
+
+impl AnswerAfter {
+    /// The producer's `linger.ms`: none while requests wait for their acknowledgement, which
+    /// a linger would add to; librdkafka's default when nobody waits, so that rows share
+    /// produce requests (a fraction of the CPU per row at one row per request).
+    pub fn linger(self) -> Duration {
+        match self {
+            AnswerAfter::Acknowledged => Duration::ZERO,
+            AnswerAfter::Queued => Duration::from_millis(5),
+        }
+    }
 }
 
 /// `[ops]`: the operations endpoint.
@@ -202,6 +231,7 @@ impl Default for HttpConfig {
             retry_after_secs: default_retry_after_secs(),
             max_rows_in_flight: default_max_rows_in_flight(),
             update_key_cache_entries: default_update_key_cache_entries(),
+            answer_after: AnswerAfter::default(),
         }
     }
 }
@@ -283,6 +313,7 @@ pub struct ValidatedConfig {
     pub retry_after: Duration,
     pub max_rows_in_flight: usize,
     pub update_key_cache_entries: usize,
+    pub answer_after: AnswerAfter,
     pub readiness_check: Duration,
     /// Every accepted key, from `auth.api_keys` and `auth.api_keys_file`.
     pub api_keys: Vec<Secret>,
@@ -301,6 +332,8 @@ pub struct KafkaSettings {
     /// `kafka.spans_topic`, when set.
     pub spans_topic: Option<String>,
     pub produce_timeout: Duration,
+    /// librdkafka `linger.ms`, from `http.answer_after` ([`AnswerAfter::linger`]).
+    pub linger: Duration,
     /// librdkafka passthrough applied last; `Debug` redacts secret values.
     pub client: ClientProperties,
 }
@@ -353,7 +386,7 @@ impl GatewayConfig {
             self.ops.readiness_check_ms,
             "2000",
         );
-        let kafka = validate_kafka(&self.kafka, &mut problems);
+        let kafka = validate_kafka(&self.kafka, self.http.answer_after, &mut problems);
         if self.limits.max_id_chars == 0 || self.limits.max_message_bytes == 0 {
             problems.push(
                 "limits",
@@ -373,6 +406,7 @@ impl GatewayConfig {
             retry_after: Duration::from_secs(self.http.retry_after_secs),
             max_rows_in_flight: self.http.max_rows_in_flight,
             update_key_cache_entries: self.http.update_key_cache_entries,
+            answer_after: self.http.answer_after,
             readiness_check: Duration::from_millis(self.ops.readiness_check_ms),
             api_keys,
             kafka,
@@ -395,7 +429,11 @@ fn parse_address(key: &str, text: &str, problems: &mut Problems) -> Option<Socke
     parsed
 }
 
-fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings {
+fn validate_kafka(
+    kafka: &KafkaConfig,
+    answer_after: AnswerAfter,
+    problems: &mut Problems,
+) -> KafkaSettings {
     if kafka.bootstrap_servers.trim().is_empty() {
         problems.push(
             "kafka.bootstrap_servers",
@@ -437,6 +475,7 @@ fn validate_kafka(kafka: &KafkaConfig, problems: &mut Problems) -> KafkaSettings
         topic: kafka.topic.clone(),
         spans_topic: (!spans_topic.is_empty()).then(|| spans_topic.clone()),
         produce_timeout: Duration::from_millis(kafka.produce_timeout_ms),
+        linger: answer_after.linger(),
         client: kafka.client.clone(),
     }
 }
@@ -534,6 +573,25 @@ mod tests {
         let wrong = GatewayConfig::load(None, env(&[("GATEWAY__HTTP__MAX_BODY_BYTES", "lots")]))
             .expect_err("wrong type");
         assert!(wrong.to_string().contains("http.max_body_bytes"), "{wrong}");
+        let answer = GatewayConfig::load(None, env(&[("GATEWAY__HTTP__ANSWER_AFTER", "sent")]))
+            .expect_err("no such answer");
+        assert!(answer.to_string().contains("http.answer_after"), "{answer}");
+    }
+
+    #[test]
+    fn answering_once_queued_lets_the_producer_linger() {
+        let mut config = GatewayConfig::default();
+        config.auth.api_keys = vec![Secret::new("key")];
+        let acknowledged = config.validate().expect("valid");
+        assert_eq!(acknowledged.answer_after, AnswerAfter::Acknowledged);
+        assert_eq!(acknowledged.kafka.linger, Duration::ZERO);
+        let queued = GatewayConfig::load(None, env(&[("GATEWAY__HTTP__ANSWER_AFTER", "queued")]))
+            .expect("loads");
+        let mut queued_config = queued;
+        queued_config.auth.api_keys = vec![Secret::new("key")];
+        let queued = queued_config.validate().expect("valid");
+        assert_eq!(queued.answer_after, AnswerAfter::Queued);
+        assert_eq!(queued.kafka.linger, Duration::from_millis(5));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! API (what Openlayer accepts, under `/v1`):
 //! - `POST /v1/inference-pipelines/{id}/data-stream` with `{"config", "rows"}`: every row
 //!   becomes a record on the traces topic; `200 {"success": true}` once Kafka acknowledged
-//!   all of them;
+//!   all of them (or once all are queued, with `http.answer_after = "queued"`);
 //! - `PUT /v1/inference-pipelines/{id}/rows?inferenceId=..` with `{"row", "config"}`: one
 //!   `row_update` record, shipped by the sessionizer after the rows before it;
 //! - `POST /v1/traces`: OTLP/HTTP, what OpenTelemetry SDKs export (`crate::otlp`).
@@ -22,6 +22,7 @@
 //! outage shows in `gateway_broker_reachable` and its alert.
 
 use crate::auth::ApiKeys;
+use crate::config::AnswerAfter;
 use crate::metrics::Metrics;
 use crate::publish::{BrokerState, Publish, PublishError};
 use crate::rows::{self, Outgoing, Refusal};
@@ -105,6 +106,7 @@ pub struct ApiShared {
     pub request_deadline: Duration,
     /// OTLP spans go to the spans topic as they come (`kafka.spans_topic` set).
     pub forward_spans: bool,
+    pub answer_after: AnswerAfter,
     rows_in_flight: Arc<AtomicUsize>,
     /// Permits for request body bytes (`http.max_body_bytes_in_flight`).
     body_bytes: Arc<Semaphore>,
@@ -137,6 +139,7 @@ pub struct ApiSettings {
     pub update_key_cache_entries: usize,
     /// `kafka.spans_topic` is set: OTLP spans are forwarded there, not assembled here.
     pub forward_spans: bool,
+    pub answer_after: AnswerAfter,
 }
 
 impl AppState {
@@ -158,6 +161,7 @@ impl AppState {
             max_rows_in_flight: settings.max_rows_in_flight,
             request_deadline: settings.request_deadline,
             forward_spans: settings.forward_spans,
+            answer_after: settings.answer_after,
             rows_in_flight: Arc::default(),
             body_bytes: Arc::new(Semaphore::new(
                 settings
@@ -258,32 +262,34 @@ fn route_label(path: &str) -> &'static str {
 /// An amount counted in flight (a gauge, and the admission counter when there is one), given
 /// back when dropped: a request whose client goes away is dropped mid-await, and its count
 /// must not stay behind.
-struct InFlight<'a> {
-    gauge: &'a prometheus::IntGauge,
-    admitted: Option<&'a AtomicUsize>,
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    admitted: Option<Arc<AtomicUsize>>,
     amount: usize,
 }
 
-impl<'a> InFlight<'a> {
+impl InFlight {
+    /// Owned, so that rows still unacknowledged after their request was answered
+    /// (`http.answer_after = "queued"`) keep their place in the bound.
     fn new(
-        gauge: &'a prometheus::IntGauge,
-        admitted: Option<&'a AtomicUsize>,
+        gauge: &prometheus::IntGauge,
+        admitted: Option<&Arc<AtomicUsize>>,
         amount: usize,
     ) -> Self {
         gauge.add(i64::try_from(amount).unwrap_or(i64::MAX));
         InFlight {
-            gauge,
-            admitted,
+            gauge: gauge.clone(),
+            admitted: admitted.cloned(),
             amount,
         }
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.gauge
             .sub(i64::try_from(self.amount).unwrap_or(i64::MAX));
-        if let Some(admitted) = self.admitted {
+        if let Some(admitted) = &self.admitted {
             admitted.fetch_sub(self.amount, Ordering::SeqCst);
         }
     }
@@ -422,7 +428,8 @@ pub(crate) fn body_bytes(
     })
 }
 
-/// Hands the records to Kafka, within the in-flight bound; `Ok` once all are acknowledged.
+/// Hands the records to Kafka, within the in-flight bound; `Ok` once all are acknowledged,
+/// or once all are queued with `http.answer_after = "queued"`.
 pub(crate) async fn produce(
     state: &AppState,
     records: Vec<Outgoing>,
@@ -457,29 +464,71 @@ pub(crate) async fn produce(
         num_rows,
     );
     let started = Instant::now();
-    let published = state.publisher.publish(records).await;
-    drop(in_flight);
-    match published {
+    let acknowledgement = match Arc::clone(&state.publisher).publish(records) {
+        Ok(acknowledgement) => acknowledgement,
+        Err(error) => {
+            drop(in_flight);
+            let _refused = settled(state, kind, num_rows, started, Err(error), true);
+            return Err(unavailable("kafka did not take the rows"));
+        }
+    };
+    match state.answer_after {
+        AnswerAfter::Acknowledged => {
+            let outcome = acknowledgement.await;
+            drop(in_flight);
+            settled(state, kind, num_rows, started, outcome, true)
+                .map_err(|()| unavailable("kafka did not acknowledge the rows"))
+        }
+        AnswerAfter::Queued => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let outcome = acknowledgement.await;
+                drop(in_flight);
+                let _ = settled(&state, kind, num_rows, started, outcome, false);
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Counts what became of a request's rows; `answering` while the request still waits for it.
+fn settled(
+    state: &AppState,
+    kind: &'static str,
+    num_rows: usize,
+    started: Instant,
+    outcome: Result<(), PublishError>,
+    answering: bool,
+) -> Result<(), ()> {
+    let metrics = &state.metrics;
+    match outcome {
         Ok(()) => {
-            state
-                .metrics
+            metrics
                 .produce_duration
                 .observe(started.elapsed().as_secs_f64());
-            state
-                .metrics
+            metrics
                 .rows_produced
                 .with_label_values(&[kind])
                 .inc_by(num_rows as u64);
             Ok(())
         }
         Err(error) => {
-            state
-                .metrics
+            metrics
                 .produce_errors
                 .with_label_values(&[error.reason()])
                 .inc();
-            tracing::warn!(%error, num_rows, "records not produced, answering 503");
-            Err(unavailable("kafka did not acknowledge the rows"))
+            if answering {
+                tracing::warn!(%error, num_rows, "records not produced, answering 503");
+            } else {
+                metrics.rows_lost.inc_by(num_rows as u64);
+                tracing::error!(
+                    %error,
+                    num_rows,
+                    "records answered 200 (http.answer_after = queued) were not acknowledged \
+                     by kafka: lost"
+                );
+            }
+            Err(())
         }
     }
 }

@@ -24,7 +24,7 @@ pub mod publish;
 pub mod rows;
 
 use crate::auth::ApiKeys;
-use crate::config::ValidatedConfig;
+use crate::config::{AnswerAfter, ValidatedConfig};
 use crate::http::{ApiSettings, AppState, OpsState};
 use crate::metrics::Metrics;
 use crate::publish::{BrokerState, KafkaPublisher};
@@ -54,7 +54,8 @@ pub enum RunError {
 /// Serves the API and the operations endpoint until `shutdown` resolves, then drains:
 /// `/readyz` fails at once, requests are still served for `unready_delay` (so the Service
 /// routes elsewhere first), then the listener closes, open requests finish (their rows
-/// acknowledged or answered 503) within `drain_timeout`, and the producer is flushed.
+/// acknowledged or answered 503) within `drain_timeout`, and the producer is flushed: with
+/// `http.answer_after = "queued"`, that is when rows answered already reach Kafka.
 ///
 /// # Errors
 /// When the producer cannot be created or a port cannot be bound.
@@ -91,6 +92,7 @@ pub async fn run(
             max_rows_in_flight: config.max_rows_in_flight,
             update_key_cache_entries: config.update_key_cache_entries,
             forward_spans: config.kafka.spans_topic.is_some(),
+            answer_after: config.answer_after,
         },
     );
     // The bound addresses: a configured port 0 becomes a real one.
@@ -126,7 +128,7 @@ pub async fn run(
             api_task.abort();
         }
     }
-    flush_publisher(&publisher, deadline).await;
+    flush_publisher(&publisher, deadline, config.answer_after).await;
     let _stopped = stop_checks.send(true);
     let _stopped = readiness.await;
     let _closing = close_ops.send(true);
@@ -175,16 +177,27 @@ fn serve_until_closed(
 }
 
 /// Waits for the producer's outstanding records until `deadline` (at least a second).
-async fn flush_publisher(publisher: &Arc<KafkaPublisher>, deadline: tokio::time::Instant) {
+async fn flush_publisher(
+    publisher: &Arc<KafkaPublisher>,
+    deadline: tokio::time::Instant,
+    answer_after: AnswerAfter,
+) {
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let flusher = publisher.clone();
     let flushed = tokio::task::spawn_blocking(move || {
         flusher.flush(remaining.max(std::time::Duration::from_secs(1)))
     })
     .await;
-    if !matches!(flushed, Ok(Ok(()))) {
-        tracing::warn!(
+    if matches!(flushed, Ok(Ok(()))) {
+        return;
+    }
+    match answer_after {
+        AnswerAfter::Acknowledged => tracing::warn!(
             "records left unacknowledged at shutdown (their requests were answered 503)"
-        );
+        ),
+        AnswerAfter::Queued => tracing::error!(
+            "records left unacknowledged at shutdown were answered 200 (http.answer_after = \
+             queued): lost"
+        ),
     }
 }

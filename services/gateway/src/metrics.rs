@@ -29,8 +29,11 @@ pub struct Metrics {
     pub produce_duration: Histogram,
     /// Records handed to the producer and not yet acknowledged.
     pub rows_in_flight: IntGauge,
-    /// Requests answered 503 because producing failed, by reason.
+    /// Requests whose records could not be produced, by reason: answered 503, or, answered
+    /// already (`http.answer_after = "queued"`), lost.
     pub produce_errors: IntCounterVec,
+    /// Records answered 200 before Kafka's acknowledgement that Kafka then refused.
+    pub rows_lost: prometheus::IntCounter,
     /// 1 while the broker answered the last readiness check or delivery, else 0.
     pub broker_reachable: IntGauge,
     /// OTLP spans refused (answered as partial success), by reason.
@@ -85,9 +88,13 @@ impl Metrics {
         let produce_errors = IntCounterVec::new(
             Opts::new(
                 "gateway_produce_errors_total",
-                "Requests answered 503 because their records could not be produced, by reason.",
+                "Requests whose records could not be produced, by reason: answered 503, or lost when answered once queued.",
             ),
             &["reason"],
+        )?;
+        let rows_lost = prometheus::IntCounter::new(
+            "gateway_rows_lost_total",
+            "Records answered 200 once queued (http.answer_after = queued) that Kafka did not acknowledge.",
         )?;
         let broker_reachable = IntGauge::new(
             "gateway_broker_reachable",
@@ -115,6 +122,7 @@ impl Metrics {
         registry.register(Box::new(produce_duration.clone()))?;
         registry.register(Box::new(rows_in_flight.clone()))?;
         registry.register(Box::new(produce_errors.clone()))?;
+        registry.register(Box::new(rows_lost.clone()))?;
         registry.register(Box::new(broker_reachable.clone()))?;
         registry.register(Box::new(otlp_spans_rejected.clone()))?;
         registry.register(Box::new(body_bytes_in_flight.clone()))?;
@@ -136,6 +144,7 @@ impl Metrics {
             produce_duration,
             rows_in_flight,
             produce_errors,
+            rows_lost,
             broker_reachable,
             otlp_spans_rejected,
             body_bytes_in_flight,

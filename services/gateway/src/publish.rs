@@ -1,8 +1,10 @@
 //! Producing a request's records to the traces topic, and knowing whether the broker answers.
 //!
 //! [`Publish`] is the seam between HTTP and Kafka: the handlers hand it every record of one
-//! request and answer 200 only when it returns `Ok`, i.e. when Kafka acknowledged them all
-//! (idempotent producer, `acks=all`). [`KafkaPublisher`] sets librdkafka's
+//! request, which it queues at once, in order, and get back their [`Acknowledgement`]: it
+//! resolves `Ok` when Kafka acknowledged them all (idempotent producer, `acks=all`). By
+//! default a request is answered 200 only then; with `http.answer_after = "queued"` it is
+//! answered once queued, and the acknowledgement is awaited behind it. [`KafkaPublisher`] sets librdkafka's
 //! `message.timeout.ms` to the produce timeout, so librdkafka itself reports a record it could
 //! not deliver in time and no record is delivered after its request was answered 503; the SDK
 //! then retries the whole request. A request some of whose records were acknowledged before
@@ -20,7 +22,7 @@ use crate::config::KafkaSettings;
 use crate::rows::{Destination, Outgoing};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use service_kit::kafka::TopicCommands;
 use std::future::Future;
@@ -62,12 +64,18 @@ impl PublishError {
     }
 }
 
-pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+/// Resolves when every record of a request is acknowledged, or with the first failure. It
+/// owns what it needs, so it can be awaited after the request was answered.
+pub type Acknowledgement = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 
 /// Where the handlers put a request's records.
 pub trait Publish: Send + Sync + 'static {
-    /// Resolves when every record is acknowledged, or with the first failure.
-    fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_>;
+    /// Queues every record, in order, and returns their acknowledgement; `Err` when one could
+    /// not be queued (records queued before it may still be delivered: at least once).
+    ///
+    /// # Errors
+    /// The reason a record could not be queued.
+    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError>;
 }
 
 /// Whether the broker answers: set by the readiness check and by deliveries.
@@ -134,10 +142,10 @@ impl KafkaPublisher {
             .set("message.timeout.ms", &timeout_ms)
             // The producer helpers' codec: cheap, and the sessionizer reads it.
             .set("compression.type", "lz4")
-            // Every request waits for its acknowledgement: a linger would add to each one
-            // (librdkafka's default is 5 ms). Records of concurrent requests still share
-            // batches, those queued while earlier ones are in flight.
-            .set("linger.ms", "0")
+            // 0 when requests wait for their acknowledgement: a linger would add to each one.
+            // Records of concurrent requests still share batches, those queued while earlier
+            // ones are in flight. See `KafkaSettings::linger`.
+            .set("linger.ms", settings.linger.as_millis().to_string())
             // Java's partitioner (trace_model::routing): a session's rows land in the
             // partition the sessionizer keeps it in, and need no repartitioning hop.
             .set("partitioner", "murmur2_random");
@@ -262,23 +270,30 @@ impl KafkaPublisher {
 }
 
 impl Publish for KafkaPublisher {
-    fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_> {
-        Box::pin(async move {
-            let producer = self.producer();
-            let outcome = self.publish_with(&producer, &records).await;
+    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError> {
+        let producer = self.producer();
+        let deliveries = match self.queue(&producer, &records) {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                self.record_outcome(&producer, false);
+                return Err(error);
+            }
+        };
+        Ok(Box::pin(async move {
+            let outcome = self.acknowledged(deliveries).await;
             self.record_outcome(&producer, outcome.is_ok());
             outcome
-        })
+        }))
     }
 }
 
 impl KafkaPublisher {
-    /// Produces `records` with `producer` and waits for every acknowledgement.
-    async fn publish_with(
+    /// Hands `records` to `producer`, in order.
+    fn queue(
         &self,
         producer: &FutureProducer,
         records: &[Outgoing],
-    ) -> Result<(), PublishError> {
+    ) -> Result<Vec<DeliveryFuture>, PublishError> {
         // The OTLP handler sends spans only when the topic is set; checked before anything
         // is produced.
         if self.spans_topic.is_none()
@@ -306,6 +321,11 @@ impl KafkaPublisher {
                 Err(_) => return Err(PublishError::Kafka),
             }
         }
+        Ok(deliveries)
+    }
+
+    /// Waits for every delivery report.
+    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<(), PublishError> {
         // librdkafka reports every record within message.timeout.ms; the margin only
         // guards against a report that never comes.
         let all_acknowledged =

@@ -5,9 +5,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gateway::auth::ApiKeys;
+use gateway::config::AnswerAfter;
 use gateway::http::{ApiSettings, AppState, OpsState, api_app, ops_app};
 use gateway::metrics::Metrics;
-use gateway::publish::{BrokerState, Publish, PublishError, PublishFuture};
+use gateway::publish::{Acknowledgement, BrokerState, Publish, PublishError};
 use gateway::rows::Outgoing;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,22 +19,31 @@ use trace_model::{Decoder, Limits, TraceEvent, TraceKind};
 
 const KEY: &str = "client-key-1";
 
-/// Records what it is given, or fails every publish with `failure`.
+/// Records what it is given once acknowledged, or fails every acknowledgement with
+/// `failure`, or refuses to queue with `refusal`.
 #[derive(Default)]
 struct RecordingPublisher {
     published: Mutex<Vec<Outgoing>>,
     failure: Mutex<Option<PublishError>>,
+    refusal: Mutex<Option<PublishError>>,
     /// Never acknowledges (a Kafka that hangs).
     hang: std::sync::atomic::AtomicBool,
 }
 
 impl Publish for RecordingPublisher {
-    fn publish(&self, records: Vec<Outgoing>) -> PublishFuture<'_> {
-        Box::pin(async move {
-            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError> {
+        if let Some(error) = *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(error);
+        }
+        // What Kafka will answer is settled when the records are queued, as the broker's
+        // state then decides it; the acknowledgement may be awaited much later.
+        let hang = self.hang.load(std::sync::atomic::Ordering::SeqCst);
+        let failure = *self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Box::pin(async move {
+            if hang {
                 std::future::pending::<()>().await;
             }
-            if let Some(error) = *self.failure.lock().unwrap_or_else(PoisonError::into_inner) {
+            if let Some(error) = failure {
                 return Err(error);
             }
             self.published
@@ -41,7 +51,7 @@ impl Publish for RecordingPublisher {
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(records);
             Ok(())
-        })
+        }))
     }
 }
 
@@ -71,11 +81,11 @@ struct Fixture {
 }
 
 fn fixture(max_body_bytes: usize) -> Fixture {
-    fixture_with(max_body_bytes, false)
+    fixture_with(max_body_bytes, false, AnswerAfter::Acknowledged)
 }
 
 /// With `forward_spans`, as with `kafka.spans_topic` set.
-fn fixture_with(max_body_bytes: usize, forward_spans: bool) -> Fixture {
+fn fixture_with(max_body_bytes: usize, forward_spans: bool, answer_after: AnswerAfter) -> Fixture {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::try_new(&registry).expect("metrics");
     let publisher = Arc::new(RecordingPublisher::default());
@@ -96,6 +106,7 @@ fn fixture_with(max_body_bytes: usize, forward_spans: bool) -> Fixture {
             max_rows_in_flight: 100,
             update_key_cache_entries: 10,
             forward_spans,
+            answer_after,
         },
     );
     Fixture {
@@ -278,6 +289,77 @@ async fn refuses_bodies_over_the_limit_with_413_and_produces_nothing() {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(fixture.publisher.events().is_empty());
+}
+
+/// Polls the metrics until one reads `line`; panics after many polls.
+async fn wait_for_metric(registry: &prometheus::Registry, line: &str) {
+    let mut metrics = String::new();
+    for _ in 0..500 {
+        metrics = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("metrics");
+        if metrics.lines().any(|candidate| candidate == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no `{line}` in\n{metrics}");
+}
+
+#[tokio::test]
+async fn answered_once_queued_rows_wait_for_kafka_behind_the_answer() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let fixture = fixture_with(1 << 20, false, AnswerAfter::Queued);
+    let post = |rows: usize| {
+        request(
+            "POST",
+            STREAM,
+            Some(KEY),
+            serde_json::to_vec(&tracer_body(rows)).expect("json"),
+        )
+    };
+    // Kafka hangs: answered all the same, and the 60 rows stay in flight.
+    fixture.publisher.hang.store(true, SeqCst);
+    let (status, _, _) = send(&fixture.app, post(60)).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 60").await;
+    // 60 more would pass the bound of 100 rows in flight.
+    let (status, retry_after, _) = send(&fixture.app, post(60)).await;
+    assert_eq!(
+        (status, retry_after.as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("3"))
+    );
+    assert!(fixture.publisher.events().is_empty(), "none acknowledged");
+
+    // Kafka refuses rows already answered: they are counted lost.
+    fixture.publisher.hang.store(false, SeqCst);
+    *fixture.publisher.failure.lock().expect("lock") = Some(PublishError::Timeout);
+    let (status, _, _) = send(&fixture.app, post(2)).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_metric(&fixture.registry, "gateway_rows_lost_total 2").await;
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_produce_errors_total{reason="timeout"} 1"#,
+    )
+    .await;
+
+    // Acknowledged behind the answer: produced, and out of the bound.
+    *fixture.publisher.failure.lock().expect("lock") = None;
+    let (status, _, _) = send(&fixture.app, post(3)).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_rows_produced_total{kind="trace"} 3"#,
+    )
+    .await;
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 60").await;
+    assert_eq!(fixture.publisher.events().len(), 3);
+
+    // Rows the producer cannot even queue are refused: nothing was answered for them.
+    *fixture.publisher.refusal.lock().expect("lock") = Some(PublishError::QueueFull);
+    let (status, _, _) = send(&fixture.app, post(1)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    wait_for_metric(&fixture.registry, "gateway_rows_lost_total 2").await;
 }
 
 #[tokio::test]
@@ -723,7 +805,7 @@ mod otlp {
     #[tokio::test]
     async fn with_a_spans_topic_spans_are_forwarded_per_trace_keyed_by_trace_id() {
         use gateway::rows::Destination;
-        let fixture = fixture_with(1 << 20, true);
+        let fixture = fixture_with(1 << 20, true, AnswerAfter::Acknowledged);
         let mut spans = turn_spans(1, "conv-1", 1);
         // Trace 2's chat span without its root, and a span without a trace id.
         spans.push(turn_spans(2, "conv-1", 2).remove(1));
@@ -767,7 +849,7 @@ mod otlp {
     /// More spans of one trace in one request than a trace may have are refused at once.
     #[tokio::test]
     async fn with_a_spans_topic_a_trace_beyond_the_step_limit_is_refused() {
-        let fixture = fixture_with(1 << 20, true);
+        let fixture = fixture_with(1 << 20, true, AnswerAfter::Acknowledged);
         let max_steps = Limits::default().max_steps;
         let spans: Vec<Span> = (0..=max_steps + 1)
             .map(|index| {
