@@ -83,11 +83,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 64)]
     pub(crate) gateway_clients: usize,
     /// Traces the official SDK (sync) publishes per run through the gateway and straight to
-    /// the ack server.
-    #[arg(long, default_value_t = 500)]
+    /// the ack server (per answer mode of the gateway).
+    #[arg(long, default_value_t = 1_000)]
     pub(crate) sdk_gateway_traces: usize,
-    /// Runs of each, in turns.
-    #[arg(long, default_value_t = 3)]
+    /// Runs of each, in turns: runs of 500 traces moved by a fifth between repetitions.
+    #[arg(long, default_value_t = 5)]
     pub(crate) sdk_gateway_reps: usize,
     /// Seconds of the gateway's latency run at half its measured rate.
     #[arg(long, default_value_t = 10)]

@@ -69,7 +69,8 @@ const WARMUP_ROUNDS: usize = 5;
 const WARMUP_REQUESTS: usize = 300;
 /// Longest wait for the gateway's `/readyz` (it checks the broker first).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// A throughput run's client sends a request answered 503 again after this long (the SDK
+/// Answered once queued, a throughput run's client sends a request answered 503 again after
+/// this long (the SDK
 /// waits `Retry-After`, seconds, which would measure the wait instead of the gateway)...
 const RETRY_503_AFTER: Duration = Duration::from_millis(5);
 /// ...this many times at most, about a produce timeout, before it counts as a failure.
@@ -286,7 +287,9 @@ fn cpu_by_prefix(threads: &BTreeMap<String, f64>, prefix: &str) -> f64 {
 
 /// Sends every body with `clients` requests in flight; the window is first send to last answer,
 /// and, with `metrics_url` (answers once queued), until the gateway has no row left
-/// unacknowledged: the figure is rows in Kafka either way.
+/// unacknowledged: the figure is rows in Kafka either way. With it too, a 503 is sent again
+/// (the in-flight bound: rows answered once queued wait in the gateway for a slow broker);
+/// answering once acknowledged, a 503 is a failure.
 #[allow(clippy::too_many_arguments)]
 fn saturate(
     runtime: &Runtime,
@@ -302,6 +305,11 @@ fn saturate(
     let outcomes: Vec<(Vec<u16>, u64)> = runtime.block_on(async {
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
+        let retries = if metrics_url.is_some() {
+            RETRIES_503
+        } else {
+            0
+        };
         for _ in 0..clients {
             let (client, url, bodies, next) =
                 (client.clone(), url.to_owned(), bodies.clone(), next.clone());
@@ -314,7 +322,7 @@ fn saturate(
                         return (statuses, retried);
                     };
                     let mut status = post(&client, &url, body.clone()).await;
-                    for _ in 0..RETRIES_503 {
+                    for _ in 0..retries {
                         if status != 503 {
                             break;
                         }

@@ -183,7 +183,7 @@ fn print_gateway(g: &Gateway, throughput: Option<&Throughput>) {
         println!(
             "  gateway answering {}, {} trace(s)/request, {} clients: {:.0} rows/s acknowledged by \
              Kafka ({:.0} B/row; CPU per row: gateway {:.1} µs, librdkafka {:.1} µs, clients \
-             {:.1} µs; others busy {:.0} % of the machine)",
+             {:.1} µs; others busy {:.0} % of the machine; {} answers 503 retried)",
             crate::gateway::answer_label(g.answer_after),
             run.rows_per_request,
             g.clients,
@@ -192,7 +192,8 @@ fn print_gateway(g: &Gateway, throughput: Option<&Throughput>) {
             run.gateway_cpu_us_per_row,
             run.librdkafka_cpu_us_per_row,
             run.client_cpu_us_per_row,
-            run.others_cpu_share * 100.0
+            run.others_cpu_share * 100.0,
+            run.retried_503
         );
     }
     println!(

@@ -107,6 +107,9 @@ pub struct ApiShared {
     /// OTLP spans go to the spans topic as they come (`kafka.spans_topic` set).
     pub forward_spans: bool,
     pub answer_after: AnswerAfter,
+    /// Longest wait for Kafka's reports on a request's records: the produce timeout and a
+    /// margin.
+    pub acknowledgement_deadline: Duration,
     rows_in_flight: Arc<AtomicUsize>,
     /// Permits for request body bytes (`http.max_body_bytes_in_flight`).
     body_bytes: Arc<Semaphore>,
@@ -140,6 +143,8 @@ pub struct ApiSettings {
     /// `kafka.spans_topic` is set: OTLP spans are forwarded there, not assembled here.
     pub forward_spans: bool,
     pub answer_after: AnswerAfter,
+    /// `kafka.produce_timeout_ms`: librdkafka reports on every record within it.
+    pub produce_timeout: Duration,
 }
 
 impl AppState {
@@ -162,6 +167,7 @@ impl AppState {
             request_deadline: settings.request_deadline,
             forward_spans: settings.forward_spans,
             answer_after: settings.answer_after,
+            acknowledgement_deadline: settings.produce_timeout + Duration::from_secs(5),
             rows_in_flight: Arc::default(),
             body_bytes: Arc::new(Semaphore::new(
                 settings
@@ -464,34 +470,43 @@ pub(crate) async fn produce(
         num_rows,
     );
     let started = Instant::now();
-    let acknowledgement = match Arc::clone(&state.publisher).publish(records) {
-        Ok(acknowledgement) => acknowledgement,
-        Err(error) => {
-            drop(in_flight);
-            let _refused = settled(state, kind, num_rows, started, Err(error), true);
-            return Err(unavailable("kafka did not take the rows"));
-        }
+    // Answered once queued, unless Kafka's last answer was a failure: then this request
+    // waits for its own, and a failure is a 503 the SDK retries rather than a loss.
+    let wait = state.answer_after == AnswerAfter::Acknowledged || state.publisher.failing();
+    let (acknowledged, acknowledgement) = if wait {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (Some(sender), Some(receiver))
+    } else {
+        (None, None)
     };
-    match state.answer_after {
-        AnswerAfter::Acknowledged => {
-            let outcome = acknowledgement.await;
-            drop(in_flight);
-            settled(state, kind, num_rows, started, outcome, true)
-                .map_err(|()| unavailable("kafka did not acknowledge the rows"))
+    // Settled where Kafka reports, on the producer's delivery thread: the rows count against
+    // the in-flight bound until then, even when the client went away; no task per request.
+    let behind = state.clone();
+    let settle = Box::new(move |outcome| {
+        drop(in_flight);
+        let _counted = settled(&behind, kind, num_rows, started, outcome, wait);
+        if let Some(acknowledged) = acknowledged {
+            let _answering = acknowledged.send(outcome);
         }
-        AnswerAfter::Queued => {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let outcome = acknowledgement.await;
-                drop(in_flight);
-                let _ = settled(&state, kind, num_rows, started, outcome, false);
-            });
-            Ok(())
-        }
+    });
+    if let Err(error) = state.publisher.publish(records, settle) {
+        let _refused = settled(state, kind, num_rows, started, Err(error), true);
+        return Err(unavailable("kafka did not take the rows"));
     }
+    let Some(acknowledgement) = acknowledgement else {
+        return Ok(());
+    };
+    // librdkafka reports every record within the produce timeout; the margin only guards
+    // against a report that never comes.
+    tokio::time::timeout(state.acknowledgement_deadline, acknowledgement)
+        .await
+        .unwrap_or(Ok(Err(PublishError::Timeout)))
+        .unwrap_or(Err(PublishError::Kafka))
+        .map_err(|_| unavailable("kafka did not acknowledge the rows"))
 }
 
-/// Counts what became of a request's rows; `answering` while the request still waits for it.
+/// Counts what became of a request's rows; `answering` when the request waits for it (else it
+/// was answered 200 already).
 fn settled(
     state: &AppState,
     kind: &'static str,

@@ -93,6 +93,7 @@ pub async fn run(
             update_key_cache_entries: config.update_key_cache_entries,
             forward_spans: config.kafka.spans_topic.is_some(),
             answer_after: config.answer_after,
+            produce_timeout: config.kafka.produce_timeout,
         },
     );
     // The bound addresses: a configured port 0 becomes a real one.
@@ -196,8 +197,8 @@ async fn flush_publisher(
             "records left unacknowledged at shutdown (their requests were answered 503)"
         ),
         AnswerAfter::Queued => tracing::error!(
-            "records left unacknowledged at shutdown were answered 200 (http.answer_after = \
-             queued): lost"
+            "records left unacknowledged at shutdown: those of requests answered 200 \
+             (http.answer_after = queued) are lost"
         ),
     }
 }

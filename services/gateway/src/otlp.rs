@@ -11,14 +11,16 @@
 //!   exported in several requests are each assembled on their own (a part without its root
 //!   is refused).
 //!
-//! The answer, in the request's encoding, comes once Kafka acknowledged every record: an
+//! The answer, in the request's encoding, comes once Kafka acknowledged every record (or
+//! once all are queued, with `http.answer_after = "queued"`): an
 //! `ExportTraceServiceResponse`, whose `partial_success` counts the spans refused (no trace
 //! id, beyond the limits, and when assembling here no single root or a cycle) with the first
 //! reason.
 //!
 //! Errors: 415 for another content type, 400 for a body that does not decode (or does not
 //! inflate), 413 for a body over `http.max_body_bytes` before or after inflating, 503 with
-//! `Retry-After` when Kafka does not acknowledge (OTLP exporters retry it).
+//! `Retry-After` when Kafka does not acknowledge while the request waits (OTLP exporters
+//! retry it).
 
 use crate::http::{ApiError, AppState, body_bytes, produce};
 use crate::rows::{Destination, Outgoing, Refusal, encode_checked};

@@ -1,10 +1,11 @@
 //! Producing a request's records to the traces topic, and knowing whether the broker answers.
 //!
 //! [`Publish`] is the seam between HTTP and Kafka: the handlers hand it every record of one
-//! request, which it queues at once, in order, and get back their [`Acknowledgement`]: it
-//! resolves `Ok` when Kafka acknowledged them all (idempotent producer, `acks=all`). By
-//! default a request is answered 200 only then; with `http.answer_after = "queued"` it is
-//! answered once queued, and the acknowledgement is awaited behind it. [`KafkaPublisher`] sets librdkafka's
+//! request, which it queues at once, in order, with a [`Settle`] callback: called once, with
+//! `Ok` when Kafka acknowledged them all (idempotent producer, `acks=all`), on the producer's
+//! delivery thread. By default a request is answered 200 only then; with
+//! `http.answer_after = "queued"` it is answered once queued, and the callback settles the
+//! rows' accounting behind it, with no task per request. [`KafkaPublisher`] sets librdkafka's
 //! `message.timeout.ms` to the produce timeout, so librdkafka itself reports a record it could
 //! not deliver in time and no record is delivered after its request was answered 503; the SDK
 //! then retries the whole request. A request some of whose records were acknowledged before
@@ -20,17 +21,15 @@
 
 use crate::config::KafkaSettings;
 use crate::rows::{Destination, Outgoing};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 use service_kit::kafka::TopicCommands;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Why records could not be produced (the request is answered 503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,19 +63,119 @@ impl PublishError {
     }
 }
 
-/// Resolves when every record of a request is acknowledged, or with the first failure. It
-/// owns what it needs, so it can be awaited after the request was answered.
-pub type Acknowledgement = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+/// Called once with the outcome of a request's records: `Ok` when Kafka acknowledged every
+/// one, else the first failure. It may run on a thread of the producer: it must not block.
+pub type Settle = Box<dyn FnOnce(Result<(), PublishError>) + Send>;
 
 /// Where the handlers put a request's records.
 pub trait Publish: Send + Sync + 'static {
-    /// Queues every record, in order, and returns their acknowledgement; `Err` when one could
-    /// not be queued (records queued before it may still be delivered: at least once).
+    /// Queues every record, in order; `settle` is called once all are reported on. `Err` when
+    /// one could not be queued: `settle` is then dropped uncalled (records queued before it
+    /// may still be delivered: at least once).
     ///
     /// # Errors
     /// The reason a record could not be queued.
-    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError>;
+    fn publish(&self, records: Vec<Outgoing>, settle: Settle) -> Result<(), PublishError>;
+
+    /// Whether the last request to settle failed: requests that would be answered once
+    /// queued wait for their acknowledgement instead until one succeeds, so that a failing
+    /// Kafka gets 503s the SDK retries rather than rows lost behind 200s.
+    fn failing(&self) -> bool;
 }
+
+/// A request's records not yet reported on, shared by their delivery reports.
+struct Pending {
+    remaining: AtomicUsize,
+    failure: Mutex<Option<PublishError>>,
+    /// Taken by the last report; dropped uncalled when queueing failed.
+    settle: Mutex<Option<Settle>>,
+}
+
+impl Pending {
+    fn new(records: usize, settle: Settle) -> Self {
+        Pending {
+            remaining: AtomicUsize::new(records),
+            failure: Mutex::new(None),
+            settle: Mutex::new(Some(settle)),
+        }
+    }
+
+    /// Counts `records` reported on; the outcome of the request once the last one is.
+    fn report(
+        &self,
+        records: usize,
+        outcome: Result<(), PublishError>,
+    ) -> Option<Result<(), PublishError>> {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(error) = outcome {
+            failure.get_or_insert(error);
+        }
+        if self.remaining.fetch_sub(records, Ordering::AcqRel) != records {
+            return None;
+        }
+        Some((*failure).map_or(Ok(()), Err))
+    }
+
+    /// The callback, unless queueing failed and took it away.
+    fn take_settle(&self) -> Option<Settle> {
+        self.settle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// What delivery reports update, shared by every producer the publisher builds.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Requests failed in a row, in Kafka or while queueing.
+    consecutive_failures: AtomicU32,
+    broker: BrokerState,
+}
+
+impl Outcomes {
+    fn record(&self, succeeded: bool) {
+        if succeeded {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            // Only the metadata check marks the broker unreachable: a stuck producer times
+            // out while the broker answers, and must be told apart from a broker that is down.
+            self.broker.set_reachable(true);
+        } else {
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The producer's context: settles requests from librdkafka's delivery reports, on the
+/// producer's polling thread.
+struct Deliveries {
+    outcomes: Arc<Outcomes>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<Pending>;
+
+    fn delivery(&self, delivery: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        let outcome = match delivery {
+            Ok(_) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut), _)) => {
+                Err(PublishError::Timeout)
+            }
+            Err(_) => Err(PublishError::Kafka),
+        };
+        // No callback left: queueing failed, and that failure was counted then.
+        if let Some(outcome) = pending.report(1, outcome)
+            && let Some(settle) = pending.take_settle()
+        {
+            self.outcomes.record(outcome.is_ok());
+            settle(outcome);
+        }
+    }
+}
+
+type TracesProducer = ThreadedProducer<Deliveries>;
 
 /// Whether the broker answers: set by the readiness check and by deliveries.
 #[derive(Debug, Clone, Default)]
@@ -100,14 +199,16 @@ pub const REBUILD_AFTER_FAILURES: u32 = 3;
 /// The idempotent producer on the traces topic.
 pub struct KafkaPublisher {
     /// Replaced when stuck (see the module doc); requests in flight keep the old one.
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<TracesProducer>>,
     /// How to build another producer.
     client: ClientConfig,
-    consecutive_failures: AtomicU32,
+    /// When the producer was last replaced: at most once per produce timeout, as requests
+    /// still failing on the old one count against the new one.
+    replaced_at: Mutex<Option<Instant>>,
+    outcomes: Arc<Outcomes>,
     topic: String,
     spans_topic: Option<String>,
     produce_timeout: Duration,
-    broker: BrokerState,
     /// The command that creates the topic, logged once when the broker does not know it.
     create_topic_command: String,
     topic_absent_logged: AtomicBool,
@@ -156,14 +257,18 @@ impl KafkaPublisher {
             bootstrap_servers: &settings.bootstrap_servers,
             secured: TopicCommands::is_secured(&settings.client.0),
         };
-        Ok(KafkaPublisher {
-            producer: RwLock::new(Arc::new(client.create()?)),
-            client,
+        let outcomes = Arc::new(Outcomes {
             consecutive_failures: AtomicU32::new(0),
+            broker,
+        });
+        Ok(KafkaPublisher {
+            producer: RwLock::new(Arc::new(create_producer(&client, &outcomes)?)),
+            client,
+            replaced_at: Mutex::new(None),
+            outcomes,
             topic: settings.topic.clone(),
             spans_topic: settings.spans_topic.clone(),
             produce_timeout: settings.produce_timeout,
-            broker,
             create_topic_command: commands.create_topic(&settings.topic, None, &[]),
             topic_absent_logged: AtomicBool::new(false),
             spans_topic_check: settings
@@ -185,7 +290,7 @@ impl KafkaPublisher {
             &self.topic_absent_logged,
             timeout,
         );
-        self.broker.set_reachable(reachable);
+        self.outcomes.broker.set_reachable(reachable);
         if reachable && let Some((topic, command)) = &self.spans_topic_check {
             self.check_topic(topic, command, &self.spans_topic_absent_logged, timeout);
         }
@@ -235,65 +340,76 @@ impl KafkaPublisher {
         self.producer().flush(timeout)
     }
 
-    fn producer(&self) -> Arc<FutureProducer> {
+    fn producer(&self) -> Arc<TracesProducer> {
         Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Counts a publish outcome; replaces the producer when it looks stuck.
-    fn record_outcome(&self, producer: &FutureProducer, succeeded: bool) {
-        if succeeded {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            return;
+    /// The producer to queue with: a new one when the current one looks stuck (a fatal
+    /// error, or [`REBUILD_AFTER_FAILURES`] failed requests in a row while the broker
+    /// answers). Decided here rather than in a delivery report, which runs on the thread
+    /// that dropping the old producer would have to join.
+    fn healthy_producer(&self) -> Arc<TracesProducer> {
+        let producer = self.producer();
+        let failures = self.outcomes.consecutive_failures.load(Ordering::Relaxed);
+        if failures == 0 {
+            return producer;
         }
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let fatal = producer.client().fatal_error();
-        let stuck = failures >= REBUILD_AFTER_FAILURES && self.broker.is_reachable();
+        let stuck = failures >= REBUILD_AFTER_FAILURES && self.outcomes.broker.is_reachable();
         if fatal.is_none() && !stuck {
-            return;
+            return producer;
         }
-        match self.client.create::<FutureProducer>() {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut replaced_at = self
+            .replaced_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let recently = replaced_at.is_some_and(|at| at.elapsed() < self.produce_timeout);
+        if !Arc::ptr_eq(&current, &producer) || recently {
+            // Another request replaced it meanwhile, or the new one still gets the failures
+            // of requests queued on the old one.
+            return Arc::clone(&current);
+        }
+        match create_producer(&self.client, &self.outcomes) {
             Ok(fresh) => {
                 tracing::warn!(
                     failures,
                     fatal = ?fatal.map(|(code, _)| code),
                     "kafka producer stuck; replaced with a new one"
                 );
-                *self
-                    .producer
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
-                self.consecutive_failures.store(0, Ordering::Relaxed);
+                *current = Arc::new(fresh);
+                *replaced_at = Some(Instant::now());
+                self.outcomes
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
+                Arc::clone(&current)
             }
-            Err(error) => tracing::error!(%error, "failed to replace the kafka producer"),
+            Err(error) => {
+                tracing::error!(%error, "failed to replace the kafka producer");
+                producer
+            }
         }
     }
 }
 
-impl Publish for KafkaPublisher {
-    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError> {
-        let producer = self.producer();
-        let deliveries = match self.queue(&producer, &records) {
-            Ok(deliveries) => deliveries,
-            Err(error) => {
-                self.record_outcome(&producer, false);
-                return Err(error);
-            }
-        };
-        Ok(Box::pin(async move {
-            let outcome = self.acknowledged(deliveries).await;
-            self.record_outcome(&producer, outcome.is_ok());
-            outcome
-        }))
-    }
+fn create_producer(
+    client: &ClientConfig,
+    outcomes: &Arc<Outcomes>,
+) -> Result<TracesProducer, KafkaError> {
+    client.create_with_context(Deliveries {
+        outcomes: Arc::clone(outcomes),
+    })
 }
 
-impl KafkaPublisher {
-    /// Hands `records` to `producer`, in order.
-    fn queue(
-        &self,
-        producer: &FutureProducer,
-        records: &[Outgoing],
-    ) -> Result<Vec<DeliveryFuture>, PublishError> {
+impl Publish for KafkaPublisher {
+    fn failing(&self) -> bool {
+        self.outcomes.consecutive_failures.load(Ordering::Relaxed) > 0
+    }
+
+    fn publish(&self, records: Vec<Outgoing>, settle: Settle) -> Result<(), PublishError> {
         // The OTLP handler sends spans only when the topic is set; checked before anything
         // is produced.
         if self.spans_topic.is_none()
@@ -301,57 +417,40 @@ impl KafkaPublisher {
                 .iter()
                 .any(|record| record.destination == Destination::Spans)
         {
+            self.outcomes.record(false);
             return Err(PublishError::Kafka);
         }
-        let mut deliveries = Vec::with_capacity(records.len());
-        for record in records {
+        let producer = self.healthy_producer();
+        let pending = Arc::new(Pending::new(records.len(), settle));
+        for (queued, record) in records.iter().enumerate() {
             let topic = match (record.destination, &self.spans_topic) {
                 (Destination::Spans, Some(spans_topic)) => spans_topic,
                 _ => &self.topic,
             };
-            let mut future_record = FutureRecord::to(topic).payload(&record.payload);
+            let mut base =
+                BaseRecord::with_opaque_to(topic, Arc::clone(&pending)).payload(&record.payload);
             if let Some(key) = &record.key {
-                future_record = future_record.key(key);
+                base = base.key(key);
             }
-            match producer.send_result(future_record) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    return Err(PublishError::QueueFull);
-                }
-                Err(_) => return Err(PublishError::Kafka),
-            }
-        }
-        Ok(deliveries)
-    }
-
-    /// Waits for every delivery report.
-    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<(), PublishError> {
-        // librdkafka reports every record within message.timeout.ms; the margin only
-        // guards against a report that never comes.
-        let all_acknowledged =
-            tokio::time::timeout(self.produce_timeout + Duration::from_secs(5), async {
-                let mut outcome = Ok(());
-                for delivery in deliveries {
-                    match delivery.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((
-                            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                            _,
-                        ))) => {
-                            outcome = outcome.and(Err(PublishError::Timeout));
-                        }
-                        Ok(Err(_)) | Err(_) => outcome = outcome.and(Err(PublishError::Kafka)),
+            if let Err((error, _)) = producer.send(base) {
+                // The request is answered 503: nothing may settle it, whatever becomes of
+                // the records queued before this one.
+                drop(pending.take_settle());
+                let _settled = pending.report(records.len() - queued, Err(PublishError::Kafka));
+                self.outcomes.record(false);
+                return Err(match error {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        PublishError::QueueFull
                     }
-                }
-                outcome
-            })
-            .await
-            .unwrap_or(Err(PublishError::Timeout));
-        // Only the metadata check marks the broker unreachable: a stuck producer times out
-        // while the broker answers, and must be told apart from a broker that is down.
-        if all_acknowledged.is_ok() {
-            self.broker.set_reachable(true);
+                    _ => PublishError::Kafka,
+                });
+            }
         }
-        all_acknowledged
+        if records.is_empty()
+            && let Some(settle) = pending.take_settle()
+        {
+            settle(Ok(()));
+        }
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use gateway::auth::ApiKeys;
 use gateway::config::AnswerAfter;
 use gateway::http::{ApiSettings, AppState, OpsState, api_app, ops_app};
 use gateway::metrics::Metrics;
-use gateway::publish::{Acknowledgement, BrokerState, Publish, PublishError};
+use gateway::publish::{BrokerState, Publish, PublishError, Settle};
 use gateway::rows::Outgoing;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,36 +26,55 @@ struct RecordingPublisher {
     published: Mutex<Vec<Outgoing>>,
     failure: Mutex<Option<PublishError>>,
     refusal: Mutex<Option<PublishError>>,
-    /// Never acknowledges (a Kafka that hangs).
+    /// Never acknowledges (a Kafka that hangs): the callbacks are kept uncalled.
     hang: std::sync::atomic::AtomicBool,
+    hanging: Mutex<Vec<Settle>>,
+    /// The last settled request failed (what `KafkaPublisher` reports).
+    last_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Publish for RecordingPublisher {
-    fn publish(self: Arc<Self>, records: Vec<Outgoing>) -> Result<Acknowledgement, PublishError> {
+    fn publish(&self, records: Vec<Outgoing>, settle: Settle) -> Result<(), PublishError> {
         if let Some(error) = *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) {
             return Err(error);
         }
-        // What Kafka will answer is settled when the records are queued, as the broker's
-        // state then decides it; the acknowledgement may be awaited much later.
-        let hang = self.hang.load(std::sync::atomic::Ordering::SeqCst);
-        let failure = *self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(Box::pin(async move {
-            if hang {
-                std::future::pending::<()>().await;
-            }
-            if let Some(error) = failure {
-                return Err(error);
-            }
-            self.published
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            self.hanging
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(records);
-            Ok(())
-        }))
+                .push(settle);
+            return Ok(());
+        }
+        let failure = *self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        self.last_failed
+            .store(failure.is_some(), std::sync::atomic::Ordering::SeqCst);
+        if let Some(error) = failure {
+            settle(Err(error));
+            return Ok(());
+        }
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(records);
+        settle(Ok(()));
+        Ok(())
+    }
+
+    fn failing(&self) -> bool {
+        self.last_failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 impl RecordingPublisher {
+    /// Kafka answers at last the requests it hung on.
+    fn release_hanging(&self, outcome: Result<(), PublishError>) {
+        let hanging =
+            std::mem::take(&mut *self.hanging.lock().unwrap_or_else(PoisonError::into_inner));
+        for settle in hanging {
+            settle(outcome);
+        }
+    }
+
     fn events(&self) -> Vec<(Option<String>, TraceEvent)> {
         let decoder = Decoder::new(Limits::default());
         self.published
@@ -107,6 +126,7 @@ fn fixture_with(max_body_bytes: usize, forward_spans: bool, answer_after: Answer
             update_key_cache_entries: 10,
             forward_spans,
             answer_after,
+            produce_timeout: Duration::from_secs(10),
         },
     );
     Fixture {
@@ -342,8 +362,19 @@ async fn answered_once_queued_rows_wait_for_kafka_behind_the_answer() {
         r#"gateway_produce_errors_total{reason="timeout"} 1"#,
     )
     .await;
+    // Kafka failed last: requests wait for their acknowledgement, so this failure is a 503
+    // the SDK retries, not a loss.
+    let (status, _, _) = send(&fixture.app, post(1)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_produce_errors_total{reason="timeout"} 2"#,
+    )
+    .await;
+    wait_for_metric(&fixture.registry, "gateway_rows_lost_total 2").await;
 
-    // Acknowledged behind the answer: produced, and out of the bound.
+    // Kafka is back: the waiting request is acknowledged, produced, out of the bound, and the
+    // next ones are answered once queued again.
     *fixture.publisher.failure.lock().expect("lock") = None;
     let (status, _, _) = send(&fixture.app, post(3)).await;
     assert_eq!(status, StatusCode::OK);
@@ -352,6 +383,7 @@ async fn answered_once_queued_rows_wait_for_kafka_behind_the_answer() {
         r#"gateway_rows_produced_total{kind="trace"} 3"#,
     )
     .await;
+    assert!(!fixture.publisher.failing());
     wait_for_metric(&fixture.registry, "gateway_rows_in_flight 60").await;
     assert_eq!(fixture.publisher.events().len(), 3);
 
@@ -359,7 +391,23 @@ async fn answered_once_queued_rows_wait_for_kafka_behind_the_answer() {
     *fixture.publisher.refusal.lock().expect("lock") = Some(PublishError::QueueFull);
     let (status, _, _) = send(&fixture.app, post(1)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // One for the in-flight bound above, one for this refusal.
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_produce_errors_total{reason="queue_full"} 2"#,
+    )
+    .await;
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 60").await;
     wait_for_metric(&fixture.registry, "gateway_rows_lost_total 2").await;
+
+    // Kafka answers the first request at last.
+    fixture.publisher.release_hanging(Ok(()));
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 0").await;
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_rows_produced_total{kind="trace"} 63"#,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -524,18 +572,37 @@ async fn a_request_whose_client_goes_away_gives_back_what_it_held() {
     let metrics = prometheus::TextEncoder::new()
         .encode_to_string(&fixture.registry.gather())
         .expect("metrics");
+    // Its rows are still queued in the producer: they count against the bound until Kafka
+    // reports on them, whoever waits.
     for gauge in [
-        "gateway_rows_in_flight 0",
+        "gateway_rows_in_flight 60",
         "gateway_requests_in_flight 0",
         "gateway_body_bytes_in_flight 0",
     ] {
         assert!(metrics.contains(gauge), "{gauge}: {metrics}");
     }
-    // Its 60 rows no longer count against the 100 in flight.
     fixture
         .publisher
         .hang
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, _, _) = send(
+        &fixture.app,
+        request("POST", STREAM, Some(KEY), body.clone()),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "60 + 60 rows > 100"
+    );
+    // Kafka acknowledges them at last: counted as produced, and out of the bound.
+    fixture.publisher.release_hanging(Ok(()));
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 0").await;
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_rows_produced_total{kind="trace"} 60"#,
+    )
+    .await;
     let (status, _, _) = send(&fixture.app, request("POST", STREAM, Some(KEY), body)).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -557,7 +624,12 @@ async fn a_request_running_past_its_deadline_gets_408_and_gives_back_what_it_hel
         metrics.contains("gateway_body_bytes_in_flight 0"),
         "{metrics}"
     );
-    assert!(metrics.contains("gateway_rows_in_flight 0"), "{metrics}");
+    // Its 3 rows stay queued in the producer until Kafka reports on them.
+    assert!(metrics.contains("gateway_rows_in_flight 3"), "{metrics}");
+    fixture
+        .publisher
+        .release_hanging(Err(PublishError::Timeout));
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 0").await;
 }
 
 #[tokio::test]
