@@ -343,7 +343,7 @@ async fn a_burst_of_2000_sdk_traces_in_sync_mode_loses_none() {
 }
 
 /// Answered once queued (`http.answer_after = "queued"`): every trace of the official SDK
-/// (sync) arrives once, and none is counted lost. The gateway is stopped as soon as the SDK
+/// (sync) arrives once. The gateway is stopped as soon as the SDK
 /// is done, before anything is shipped (whether rows are still queued then depends on the
 /// broker's speed: the flush at shutdown is not forced here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

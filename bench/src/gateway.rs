@@ -364,7 +364,10 @@ fn saturate(
         failures,
         retried_503,
         body_bytes_per_row: body_bytes as f64 / (bodies.len() * rows_per_request) as f64,
-        gateway_cpu_us_per_row: per_row(cpu_by_prefix(threads, "gateway-")),
+        // The gateway's threads and its producer's polling thread, which settles requests.
+        gateway_cpu_us_per_row: per_row(
+            cpu_by_prefix(threads, "gateway-") + cpu_by_prefix(threads, "producer pol"),
+        ),
         librdkafka_cpu_us_per_row: per_row(cpu_by_prefix(threads, "rdk:")),
         client_cpu_us_per_row: per_row(cpu_by_prefix(threads, "tokio-rt-worker")),
         broker_cpu_us_per_row: window.broker_cpu_seconds.map(per_row),

@@ -77,7 +77,9 @@ pub struct HttpConfig {
     /// When a request is answered 200: `"acknowledged"`, once Kafka acknowledged all its
     /// rows (nothing answered 200 is ever lost; the SDK retries what was not), or
     /// `"queued"`, once they are queued in the producer (the SDK waits for no broker, but a
-    /// replica that dies with rows queued loses them; see docs/operations.md).
+    /// replica that dies with rows queued loses them, as do rows Kafka refuses before a
+    /// failure is reported; after one, requests wait for their acknowledgement until one
+    /// succeeds; see docs/operations.md).
     pub answer_after: AnswerAfter,
 }
 

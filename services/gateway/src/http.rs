@@ -97,7 +97,9 @@ impl std::ops::Deref for AppState {
 pub struct ApiShared {
     pub keys: Arc<ApiKeys>,
     pub publisher: Arc<dyn Publish>,
-    pub metrics: Metrics,
+    /// Shared with the settle callbacks, which must not hold the state (it holds the
+    /// publisher, whose producer holds them).
+    pub metrics: Arc<Metrics>,
     pub broker: BrokerState,
     pub limits: Limits,
     pub max_body_bytes: usize,
@@ -158,7 +160,7 @@ impl AppState {
         AppState(Arc::new(ApiShared {
             keys: Arc::new(keys),
             publisher,
-            metrics,
+            metrics: Arc::new(metrics),
             broker,
             limits: settings.limits,
             max_body_bytes: settings.max_body_bytes,
@@ -481,16 +483,16 @@ pub(crate) async fn produce(
     };
     // Settled where Kafka reports, on the producer's delivery thread: the rows count against
     // the in-flight bound until then, even when the client went away; no task per request.
-    let behind = state.clone();
+    let metrics = Arc::clone(&state.metrics);
     let settle = Box::new(move |outcome| {
         drop(in_flight);
-        let _counted = settled(&behind, kind, num_rows, started, outcome, wait);
+        let _counted = settled(&metrics, kind, num_rows, started, outcome, wait);
         if let Some(acknowledged) = acknowledged {
             let _answering = acknowledged.send(outcome);
         }
     });
     if let Err(error) = state.publisher.publish(records, settle) {
-        let _refused = settled(state, kind, num_rows, started, Err(error), true);
+        let _refused = settled(&state.metrics, kind, num_rows, started, Err(error), true);
         return Err(unavailable("kafka did not take the rows"));
     }
     let Some(acknowledgement) = acknowledgement else {
@@ -498,9 +500,16 @@ pub(crate) async fn produce(
     };
     // librdkafka reports every record within the produce timeout; the margin only guards
     // against a report that never comes.
-    tokio::time::timeout(state.acknowledgement_deadline, acknowledgement)
-        .await
-        .unwrap_or(Ok(Err(PublishError::Timeout)))
+    let Ok(reported) = tokio::time::timeout(state.acknowledgement_deadline, acknowledgement).await
+    else {
+        // Counted when (if ever) the report comes.
+        tracing::warn!(
+            num_rows,
+            "no report from kafka within the produce timeout, answering 503"
+        );
+        return Err(unavailable("kafka did not acknowledge the rows"));
+    };
+    reported
         .unwrap_or(Err(PublishError::Kafka))
         .map_err(|_| unavailable("kafka did not acknowledge the rows"))
 }
@@ -508,14 +517,13 @@ pub(crate) async fn produce(
 /// Counts what became of a request's rows; `answering` when the request waits for it (else it
 /// was answered 200 already).
 fn settled(
-    state: &AppState,
+    metrics: &Metrics,
     kind: &'static str,
     num_rows: usize,
     started: Instant,
     outcome: Result<(), PublishError>,
     answering: bool,
 ) -> Result<(), ()> {
-    let metrics = &state.metrics;
     match outcome {
         Ok(()) => {
             metrics

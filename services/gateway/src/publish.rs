@@ -7,8 +7,8 @@
 //! `http.answer_after = "queued"` it is answered once queued, and the callback settles the
 //! rows' accounting behind it, with no task per request. [`KafkaPublisher`] sets librdkafka's
 //! `message.timeout.ms` to the produce timeout, so librdkafka itself reports a record it could
-//! not deliver in time and no record is delivered after its request was answered 503; the SDK
-//! then retries the whole request. A request some of whose records were acknowledged before
+//! not deliver in time; the SDK then retries the whole request (a record that timed out in
+//! flight may still have been written: at least once). A request some of whose records were acknowledged before
 //! the failure is produced again in full on retry: at-least-once, with the rows' inference
 //! ids unchanged. Tests use their own implementation to answer with `.oneshot`.
 //!
@@ -17,7 +17,8 @@
 //! broker loses it on restart), or hits a fatal error. Because the rows of a failed request
 //! are retried by the SDK anyway, the publisher then replaces its producer: after a fatal
 //! error, or after [`REBUILD_AFTER_FAILURES`] failed publishes in a row while the broker
-//! answers metadata requests.
+//! answers metadata requests, at most once per produce timeout. The replaced producer is
+//! flushed on a thread of its own, so its records are reported on, not purged.
 
 use crate::config::KafkaSettings;
 use crate::rows::{Destination, Outgoing};
@@ -69,17 +70,19 @@ pub type Settle = Box<dyn FnOnce(Result<(), PublishError>) + Send>;
 
 /// Where the handlers put a request's records.
 pub trait Publish: Send + Sync + 'static {
-    /// Queues every record, in order; `settle` is called once all are reported on. `Err` when
-    /// one could not be queued: `settle` is then dropped uncalled (records queued before it
-    /// may still be delivered: at least once).
+    /// Queues every record, in order; `settle` is called once all are reported on, on
+    /// whatever thread reports last (possibly before `publish` returns). `Err` when one could
+    /// not be queued: `settle` is then dropped uncalled (records queued before it may still
+    /// be delivered: at least once).
     ///
     /// # Errors
     /// The reason a record could not be queued.
     fn publish(&self, records: Vec<Outgoing>, settle: Settle) -> Result<(), PublishError>;
 
-    /// Whether the last request to settle failed: requests that would be answered once
-    /// queued wait for their acknowledgement instead until one succeeds, so that a failing
-    /// Kafka gets 503s the SDK retries rather than rows lost behind 200s.
+    /// Whether the last request to settle failed, or could not be queued: requests that would
+    /// be answered once queued wait for their acknowledgement instead until one succeeds, so
+    /// that once Kafka's failures are reported they are 503s the SDK retries rather than rows
+    /// lost behind 200s.
     fn failing(&self) -> bool;
 }
 
@@ -116,6 +119,17 @@ impl Pending {
         Some((*failure).map_or(Ok(()), Err))
     }
 
+    /// Counts `records` reported on; once the last one is, records the request's outcome and
+    /// settles it, unless queueing failed (that failure was counted then, and answered).
+    fn deliver(&self, records: usize, outcome: Result<(), PublishError>, outcomes: &Outcomes) {
+        if let Some(outcome) = self.report(records, outcome)
+            && let Some(settle) = self.take_settle()
+        {
+            outcomes.record(outcome.is_ok());
+            settle(outcome);
+        }
+    }
+
     /// The callback, unless queueing failed and took it away.
     fn take_settle(&self) -> Option<Settle> {
         self.settle
@@ -128,13 +142,17 @@ impl Pending {
 /// What delivery reports update, shared by every producer the publisher builds.
 #[derive(Debug, Default)]
 struct Outcomes {
-    /// Requests failed in a row, in Kafka or while queueing.
+    /// Requests failed in a row, in Kafka or while queueing; reset when the producer is
+    /// replaced.
     consecutive_failures: AtomicU32,
+    /// The last request failed ([`Publish::failing`]); only a success clears it.
+    last_failed: AtomicBool,
     broker: BrokerState,
 }
 
 impl Outcomes {
     fn record(&self, succeeded: bool) {
+        self.last_failed.store(!succeeded, Ordering::Relaxed);
         if succeeded {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             // Only the metadata check marks the broker unreachable: a stuck producer times
@@ -165,13 +183,7 @@ impl ProducerContext for Deliveries {
             }
             Err(_) => Err(PublishError::Kafka),
         };
-        // No callback left: queueing failed, and that failure was counted then.
-        if let Some(outcome) = pending.report(1, outcome)
-            && let Some(settle) = pending.take_settle()
-        {
-            self.outcomes.record(outcome.is_ok());
-            settle(outcome);
-        }
+        pending.deliver(1, outcome, &self.outcomes);
     }
 }
 
@@ -198,8 +210,11 @@ pub const REBUILD_AFTER_FAILURES: u32 = 3;
 
 /// The idempotent producer on the traces topic.
 pub struct KafkaPublisher {
-    /// Replaced when stuck (see the module doc); requests in flight keep the old one.
+    /// Replaced when stuck (see the module doc): the old one is flushed on a thread of its
+    /// own, so that the records still in it are reported on, not purged.
     producer: RwLock<Arc<TracesProducer>>,
+    /// Threads flushing replaced producers; shutdown waits for them too.
+    retiring: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// How to build another producer.
     client: ClientConfig,
     /// When the producer was last replaced: at most once per produce timeout, as requests
@@ -259,12 +274,14 @@ impl KafkaPublisher {
         };
         let outcomes = Arc::new(Outcomes {
             consecutive_failures: AtomicU32::new(0),
+            last_failed: AtomicBool::new(false),
             broker,
         });
         Ok(KafkaPublisher {
             producer: RwLock::new(Arc::new(create_producer(&client, &outcomes)?)),
             client,
             replaced_at: Mutex::new(None),
+            retiring: Mutex::new(Vec::new()),
             outcomes,
             topic: settings.topic.clone(),
             spans_topic: settings.spans_topic.clone(),
@@ -332,12 +349,45 @@ impl KafkaPublisher {
         true
     }
 
-    /// Waits for records still queued, at most `timeout` (shutdown).
+    /// Waits for records still queued, in this producer and in those replaced, at most
+    /// `timeout` (shutdown).
     ///
     /// # Errors
     /// When records are still unacknowledged after it.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer().flush(timeout)
+        let deadline = Instant::now() + timeout;
+        let flushed = self.producer().flush(timeout);
+        let retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in retiring {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _joined = thread.join();
+            }
+        }
+        flushed
+    }
+
+    /// Flushes a replaced producer on a thread of its own (its records are reported on,
+    /// failed or not, within the produce timeout), then drops it there: dropping it where
+    /// it was replaced would purge its records and block a request's thread.
+    fn retire(&self, old: Arc<TracesProducer>) {
+        let timeout = self.produce_timeout + Duration::from_secs(5);
+        let spawned = std::thread::Builder::new()
+            .name("gateway-retire".to_owned())
+            .spawn(move || {
+                let _flushed = old.flush(timeout);
+            });
+        match spawned {
+            Ok(thread) => {
+                let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+                retiring.retain(|thread| !thread.is_finished());
+                retiring.push(thread);
+            }
+            Err(error) => tracing::error!(%error, "no thread to flush the replaced producer"),
+        }
     }
 
     fn producer(&self) -> Arc<TracesProducer> {
@@ -380,7 +430,8 @@ impl KafkaPublisher {
                     fatal = ?fatal.map(|(code, _)| code),
                     "kafka producer stuck; replaced with a new one"
                 );
-                *current = Arc::new(fresh);
+                let old = std::mem::replace(&mut *current, Arc::new(fresh));
+                self.retire(old);
                 *replaced_at = Some(Instant::now());
                 self.outcomes
                     .consecutive_failures
@@ -406,7 +457,7 @@ fn create_producer(
 
 impl Publish for KafkaPublisher {
     fn failing(&self) -> bool {
-        self.outcomes.consecutive_failures.load(Ordering::Relaxed) > 0
+        self.outcomes.last_failed.load(Ordering::Relaxed)
     }
 
     fn publish(&self, records: Vec<Outgoing>, settle: Settle) -> Result<(), PublishError> {
@@ -417,7 +468,6 @@ impl Publish for KafkaPublisher {
                 .iter()
                 .any(|record| record.destination == Destination::Spans)
         {
-            self.outcomes.record(false);
             return Err(PublishError::Kafka);
         }
         let producer = self.healthy_producer();
@@ -452,5 +502,86 @@ impl Publish for KafkaPublisher {
             settle(Ok(()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outcomes a settle was called with.
+    type Settled = Arc<Mutex<Vec<Result<(), PublishError>>>>;
+
+    /// A `Pending` of `records` whose settle pushes its outcome to the returned list.
+    fn recording(records: usize) -> (Pending, Settled) {
+        let settled = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&settled);
+        let settle: Settle = Box::new(move |outcome| into.lock().expect("lock").push(outcome));
+        (Pending::new(records, settle), settled)
+    }
+
+    #[test]
+    fn settles_once_when_the_last_record_is_reported_with_the_first_failure() {
+        let outcomes = Outcomes::default();
+        let (pending, settled) = recording(3);
+        pending.deliver(1, Ok(()), &outcomes);
+        pending.deliver(1, Err(PublishError::Timeout), &outcomes);
+        assert!(settled.lock().expect("lock").is_empty());
+        pending.deliver(1, Err(PublishError::Kafka), &outcomes);
+        assert_eq!(*settled.lock().expect("lock"), [Err(PublishError::Timeout)]);
+        assert!(outcomes.last_failed.load(Ordering::Relaxed));
+        assert_eq!(outcomes.consecutive_failures.load(Ordering::Relaxed), 1);
+
+        let (pending, settled) = recording(2);
+        pending.deliver(1, Ok(()), &outcomes);
+        pending.deliver(1, Ok(()), &outcomes);
+        assert_eq!(*settled.lock().expect("lock"), [Ok(())]);
+        assert!(!outcomes.last_failed.load(Ordering::Relaxed));
+        assert_eq!(outcomes.consecutive_failures.load(Ordering::Relaxed), 0);
+    }
+
+    /// What `publish` does when record 3 of 5 cannot be queued, the first already reported:
+    /// the request is answered 503 and must never settle, nor count twice, whatever the
+    /// second queued record's report says.
+    #[test]
+    fn a_request_that_failed_to_queue_never_settles() {
+        let outcomes = Outcomes::default();
+        let (pending, settled) = recording(5);
+        pending.deliver(1, Ok(()), &outcomes);
+        drop(pending.take_settle());
+        assert!(
+            pending
+                .report(5 - 2, Err(PublishError::QueueFull))
+                .is_none()
+        );
+        assert_eq!(
+            pending.report(1, Ok(())),
+            Some(Err(PublishError::QueueFull))
+        );
+        assert!(settled.lock().expect("lock").is_empty());
+        assert_eq!(outcomes.consecutive_failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reports_from_many_threads_settle_exactly_once() {
+        const THREADS: usize = 8;
+        const EACH: usize = 1_000;
+        let outcomes = Arc::new(Outcomes::default());
+        let (pending, settled) = recording(THREADS * EACH);
+        let pending = Arc::new(pending);
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (pending, outcomes) = (Arc::clone(&pending), Arc::clone(&outcomes));
+                std::thread::spawn(move || {
+                    for _ in 0..EACH {
+                        pending.deliver(1, Ok(()), &outcomes);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("reporter");
+        }
+        assert_eq!(*settled.lock().expect("lock"), [Ok(())]);
     }
 }

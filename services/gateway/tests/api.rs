@@ -552,7 +552,8 @@ async fn readiness_follows_the_broker_and_shutdown() {
 }
 
 #[tokio::test]
-async fn a_request_whose_client_goes_away_gives_back_what_it_held() {
+async fn a_request_whose_client_goes_away_gives_back_its_body_and_keeps_its_rows_until_kafka_reports()
+ {
     let fixture = fixture(1 << 20);
     let body = serde_json::to_vec(&tracer_body(60)).expect("json");
     fixture
@@ -608,7 +609,7 @@ async fn a_request_whose_client_goes_away_gives_back_what_it_held() {
 }
 
 #[tokio::test]
-async fn a_request_running_past_its_deadline_gets_408_and_gives_back_what_it_held() {
+async fn a_request_running_past_its_deadline_gets_408_and_gives_back_its_body() {
     let fixture = fixture(1 << 20);
     fixture
         .publisher
