@@ -306,71 +306,56 @@ async fn sdk_traces_arrive_once_with_the_sdks_columns_and_session_enrichment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_2000_sdk_traces_in_sync_mode_loses_none() {
-    const SESSIONS: usize = 50;
-    const TURNS: usize = 40;
-    let topics = create_service_topics("gw-burst-", 3).await;
-    let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
-    let server = OpenlayerServer::start(&shipping_key).await;
-    let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
-    let gateway = Gateway::start(&bootstrap(), &topics.traces, &[]).await;
-
-    let sdk = run_sdk(
-        gateway.base_url(),
-        CLIENT_KEY,
-        sdk_args(&unique_name("burst"), SESSIONS, TURNS, &[]),
-    )
-    .await;
-    assert_sdk_succeeded(&sdk);
-    assert_eq!(sdk.rows.len(), SESSIONS * TURNS);
-    let sent: HashSet<String> = sdk.rows.iter().map(inference_id).collect();
-    assert_eq!(sent.len(), SESSIONS * TURNS, "distinct inference ids");
-
-    let shipped = server.wait_for_rows(sent.len(), WAIT).await;
-    let shipped_ids: Vec<String> = shipped
-        .iter()
-        .map(|row| inference_id(row.as_object().expect("row")))
-        .collect();
-    let unique: HashSet<String> = shipped_ids.iter().cloned().collect();
-    assert_eq!(unique, sent, "every trace shipped");
-    assert_eq!(shipped_ids.len(), sent.len(), "none twice");
-    assert_eq!(
-        gateway
-            .metric("gateway_rows_produced_total", "kind=\"trace\"")
-            .await,
-        (SESSIONS * TURNS) as f64
-    );
-    gateway.stop().await;
+    sdk_burst_ships_once("burst", (50, 40), &[], false).await;
 }
 
 /// Answered once queued (`http.answer_after = "queued"`): every trace of the official SDK
-/// (sync) arrives once. The gateway is stopped as soon as the SDK
-/// is done, before anything is shipped (whether rows are still queued then depends on the
-/// broker's speed: the flush at shutdown is not forced here).
+/// (sync) arrives once. The gateway is stopped as soon as the SDK is done, before anything is
+/// shipped (whether rows are still queued then depends on the broker's speed: the flush at
+/// shutdown is not forced here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_once_queued_sdk_traces_all_arrive_once() {
-    const SESSIONS: usize = 20;
-    const TURNS: usize = 25;
-    let topics = create_service_topics("gw-queued-", 3).await;
+    sdk_burst_ships_once(
+        "queued",
+        (20, 25),
+        &[("GATEWAY__HTTP__ANSWER_AFTER", "queued")],
+        true,
+    )
+    .await;
+}
+
+/// The official SDK (sync) publishes `sessions` x `turns` traces through a gateway started
+/// with `gateway_env`; every one must be shipped once. With `stop_first` the gateway stops as
+/// soon as the SDK is done, else once all are shipped, after its count of rows produced is
+/// checked.
+async fn sdk_burst_ships_once(
+    name: &str,
+    (sessions, turns): (usize, usize),
+    gateway_env: &[(&str, &str)],
+    stop_first: bool,
+) {
+    let topics = create_service_topics(&format!("gw-{name}-"), 3).await;
     let shipping_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let server = OpenlayerServer::start(&shipping_key).await;
     let _sessionizer = run_sessionizer(&topics, &server, &shipping_key);
-    let gateway = Gateway::start(
-        &bootstrap(),
-        &topics.traces,
-        &[("GATEWAY__HTTP__ANSWER_AFTER", "queued")],
-    )
-    .await;
+    let gateway = Gateway::start(&bootstrap(), &topics.traces, gateway_env).await;
 
     let sdk = run_sdk(
         gateway.base_url(),
         CLIENT_KEY,
-        sdk_args(&unique_name("queued"), SESSIONS, TURNS, &[]),
+        sdk_args(&unique_name(name), sessions, turns, &[]),
     )
     .await;
     assert_sdk_succeeded(&sdk);
+    assert_eq!(sdk.rows.len(), sessions * turns);
     let sent: HashSet<String> = sdk.rows.iter().map(inference_id).collect();
-    assert_eq!(sent.len(), SESSIONS * TURNS, "distinct inference ids");
-    gateway.stop().await;
+    assert_eq!(sent.len(), sessions * turns, "distinct inference ids");
+    let running = if stop_first {
+        gateway.stop().await;
+        None
+    } else {
+        Some(gateway)
+    };
 
     let shipped = server.wait_for_rows(sent.len(), WAIT).await;
     let shipped_ids: Vec<String> = shipped
@@ -380,6 +365,15 @@ async fn answered_once_queued_sdk_traces_all_arrive_once() {
     let unique: HashSet<String> = shipped_ids.iter().cloned().collect();
     assert_eq!(unique, sent, "every trace shipped");
     assert_eq!(shipped_ids.len(), sent.len(), "none twice");
+    if let Some(gateway) = running {
+        assert_eq!(
+            gateway
+                .metric("gateway_rows_produced_total", "kind=\"trace\"")
+                .await,
+            (sessions * turns) as f64
+        );
+        gateway.stop().await;
+    }
 }
 
 async fn post(url: &str, key: &str, body: Vec<u8>) -> (u16, Value) {

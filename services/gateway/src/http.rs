@@ -486,13 +486,13 @@ pub(crate) async fn produce(
     let metrics = Arc::clone(&state.metrics);
     let settle = Box::new(move |outcome| {
         drop(in_flight);
-        let _counted = settled(&metrics, kind, num_rows, started, outcome, wait);
+        settled(&metrics, kind, num_rows, started, outcome, wait);
         if let Some(acknowledged) = acknowledged {
             let _answering = acknowledged.send(outcome);
         }
     });
     if let Err(error) = state.publisher.publish(records, settle) {
-        let _refused = settled(&state.metrics, kind, num_rows, started, Err(error), true);
+        settled(&state.metrics, kind, num_rows, started, Err(error), true);
         return Err(unavailable("kafka did not take the rows"));
     }
     let Some(acknowledgement) = acknowledgement else {
@@ -523,7 +523,7 @@ fn settled(
     started: Instant,
     outcome: Result<(), PublishError>,
     answering: bool,
-) -> Result<(), ()> {
+) {
     match outcome {
         Ok(()) => {
             metrics
@@ -533,7 +533,6 @@ fn settled(
                 .rows_produced
                 .with_label_values(&[kind])
                 .inc_by(num_rows as u64);
-            Ok(())
         }
         Err(error) => {
             metrics
@@ -551,7 +550,6 @@ fn settled(
                      by kafka: lost"
                 );
             }
-            Err(())
         }
     }
 }
