@@ -277,8 +277,8 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Owned, so that rows still unacknowledged after their request was answered
-    /// (`http.answer_after = "queued"`) keep their place in the bound.
+    /// Owned, so that a request's rows are given back where Kafka reports on them (the settle
+    /// callback), whether or not the request is still there.
     fn new(
         gauge: &prometheus::IntGauge,
         admitted: Option<&Arc<AtomicUsize>>,
@@ -475,12 +475,7 @@ pub(crate) async fn produce(
     // Answered once queued, unless Kafka's last answer was a failure: then this request
     // waits for its own, and a failure is a 503 the SDK retries rather than a loss.
     let wait = state.answer_after == AnswerAfter::Acknowledged || state.publisher.failing();
-    let (acknowledged, acknowledgement) = if wait {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        (Some(sender), Some(receiver))
-    } else {
-        (None, None)
-    };
+    let (acknowledged, acknowledgement) = wait.then(tokio::sync::oneshot::channel).unzip();
     // Settled where Kafka reports, on the producer's delivery thread: the rows count against
     // the in-flight bound until then, even when the client went away; no task per request.
     let metrics = Arc::clone(&state.metrics);

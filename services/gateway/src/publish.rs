@@ -8,9 +8,9 @@
 //! rows' accounting behind it, with no task per request. [`KafkaPublisher`] sets librdkafka's
 //! `message.timeout.ms` to the produce timeout, so librdkafka itself reports a record it could
 //! not deliver in time; the SDK then retries the whole request (a record that timed out in
-//! flight may still have been written: at least once). A request some of whose records were acknowledged before
-//! the failure is produced again in full on retry: at-least-once, with the rows' inference
-//! ids unchanged. Tests use their own implementation to answer with `.oneshot`.
+//! flight may still have been written). A request some of whose records were acknowledged
+//! before the failure is produced again in full on retry: at-least-once, with the rows'
+//! inference ids unchanged. Tests use their own implementation to answer with `.oneshot`.
 //!
 //! A producer can get stuck: librdkafka's idempotent producer keeps retrying with a producer
 //! id the cluster no longer knows (a cluster whose state was lost, as the in-memory test
@@ -273,9 +273,8 @@ impl KafkaPublisher {
             secured: TopicCommands::is_secured(&settings.client.0),
         };
         let outcomes = Arc::new(Outcomes {
-            consecutive_failures: AtomicU32::new(0),
-            last_failed: AtomicBool::new(false),
             broker,
+            ..Outcomes::default()
         });
         Ok(KafkaPublisher {
             producer: RwLock::new(Arc::new(create_producer(&client, &outcomes)?)),
