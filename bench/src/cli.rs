@@ -24,6 +24,10 @@ pub(crate) struct Args {
     /// Runs of each throughput variant, interleaved (medians are reported).
     #[arg(long, default_value_t = 5)]
     pub(crate) reps: usize,
+    /// Throughput variants to run (all by default; a subset leaves the others' figures out,
+    /// e.g. to profile one).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::throughput::Variant::ALL)]
+    pub(crate) variants: Vec<crate::throughput::Variant>,
     /// Seconds of production at half the maximum rate for the lag figure.
     #[arg(long, default_value_t = 30)]
     pub(crate) lag_secs: u64,

@@ -23,7 +23,10 @@
 //!   is forwarded once through the repartition topic and read back (checked: the counter
 //!   equals the traces, and every row is shipped).
 //!
-//! Repetitions alternate which of `sessionizer` and `sessionizer_repartition_off` runs first.
+//! Repetitions alternate which of `sessionizer` and `sessionizer_repartition_off` runs first,
+//! and their ratio is the median of the repetitions' ratios: the two run back to back, while
+//! this machine's speed drifts by a third within minutes (other tenants of its host), so a
+//! ratio of medians taken apart would mostly measure the drift.
 //! Each sessionizer run has a fresh group, hence a fresh `<group>-repartition` topic, which
 //! it creates at start (before its window opens) and the bench deletes at the end.
 //!
@@ -59,8 +62,9 @@ use tokio::runtime::Runtime;
 use trace_model::{Decoder, Limits};
 
 /// What consumes the topic in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub(crate) enum Variant {
     Bare,
     Minimal,
@@ -73,7 +77,7 @@ pub(crate) enum Variant {
 
 impl Variant {
     /// Every variant, in the order a repetition runs them.
-    const ALL: [Variant; 5] = [
+    pub(crate) const ALL: [Variant; 5] = [
         Variant::Bare,
         Variant::Minimal,
         Variant::Sessionizer,
@@ -133,6 +137,20 @@ pub(crate) struct Run {
     /// Traces forwarded through the repartition topic
     /// (`sessionizer_traces_repartitioned_total`, sessionizer only).
     pub(crate) repartitioned: Option<u64>,
+    /// What the repartition stage held at most at once, sampled every millisecond, and how
+    /// many traces it let go before their inputs caught up (sessionizer only).
+    pub(crate) holding: Option<Holding>,
+}
+
+/// The repartition stage's holding in one sessionizer run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Holding {
+    /// Peak of `sessionizer_partition_group_buffered_traces`.
+    pub(crate) peak_partition_group: i64,
+    /// Peak of `sessionizer_alignment_held_traces`.
+    pub(crate) peak_alignment: i64,
+    /// `sessionizer_alignment_forced_total` at the end.
+    pub(crate) forced: u64,
 }
 
 /// A run's figures from its measured window; `cores` scales CPU seconds to machine shares.
@@ -155,6 +173,7 @@ pub(crate) fn run_from(variant: Variant, traces: u64, window: Window, cores: f64
         row_json_bytes_mean: None,
         requests: None,
         repartitioned: None,
+        holding: None,
     }
 }
 
@@ -236,9 +255,20 @@ pub(crate) fn run_sessionizer(
     ack.reset(false);
     let running = start_pipeline(runtime, settings)?;
     let metrics = running.metrics.clone();
+    let holding = std::cell::Cell::new(Holding::default());
     let window = measure::window(
         &|| metrics.events_consumed.get(),
-        &|| metrics.rows_shipped.get(),
+        &|| {
+            let peak = holding.get();
+            holding.set(Holding {
+                peak_partition_group: peak
+                    .peak_partition_group
+                    .max(metrics.partition_group_buffered.get()),
+                peak_alignment: peak.peak_alignment.max(metrics.alignment_held.get()),
+                forced: metrics.alignment_forced.get(),
+            });
+            metrics.rows_shipped.get()
+        },
         traces,
         (Some(ack.tid()), broker_pid),
         RUN_TIMEOUT,
@@ -261,6 +291,7 @@ pub(crate) fn run_sessionizer(
     // A whole number: the sum of integer counters.
     run.repartitioned =
         Some(counter_sum(&registry, "sessionizer_traces_repartitioned_total") as u64);
+    run.holding = Some(holding.get());
     Ok(run)
 }
 
@@ -302,7 +333,9 @@ pub(crate) fn summarize(runs: &[Run], variant: Variant) -> VariantSummary {
 pub(crate) struct Throughput {
     pub(crate) workload: Workload,
     pub(crate) changelog: bool,
-    /// Repetitions: each ran every variant once, in [`Variant::in_rep`]'s order.
+    /// The variants run (all, unless `--variants` chose some): the others' figures are NaN.
+    pub(crate) variants: Vec<Variant>,
+    /// Repetitions: each ran every variant in `variants` once, in [`Variant::in_rep`]'s order.
     pub(crate) reps: usize,
     pub(crate) runs: Vec<Run>,
     pub(crate) bare: VariantSummary,
@@ -317,7 +350,8 @@ pub(crate) struct Throughput {
     pub(crate) ratio_to_bare: f64,
     pub(crate) minimal_ratio_to_bare: f64,
     pub(crate) goal_ratio_to_minimal: f64,
-    /// Agreeing producers: median sessionizer throughput with repartitioning on over off.
+    /// Agreeing producers: sessionizer throughput with repartitioning on over off, the median
+    /// of the repetitions' ratios.
     pub(crate) ratio_repartition_on_to_off: f64,
     pub(crate) ratio_repartition_on_to_off_per_rep: Vec<f64>,
     pub(crate) goal_ratio_repartition_on_to_off: f64,
@@ -327,14 +361,19 @@ pub(crate) struct Throughput {
     pub(crate) ratio_all_forwarded_to_agreeing_per_rep: Vec<f64>,
 }
 
-/// `numerator`'s throughput over `denominator`'s in each repetition.
-fn ratio_per_rep(runs: &[Run], numerator: Variant, denominator: Variant) -> Vec<f64> {
+/// `numerator`'s throughput over `denominator`'s in each repetition of `per_rep` runs.
+fn ratio_per_rep(
+    runs: &[Run],
+    per_rep: usize,
+    numerator: Variant,
+    denominator: Variant,
+) -> Vec<f64> {
     let throughput_of = |rep: &[Run], variant: Variant| {
         rep.iter()
             .find(|run| run.variant == variant)
             .map_or(f64::NAN, |run| run.traces_per_second)
     };
-    runs.chunks(Variant::ALL.len())
+    runs.chunks(per_rep.max(1))
         .map(|rep| throughput_of(rep, numerator) / throughput_of(rep, denominator))
         .collect()
 }
@@ -389,9 +428,15 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         workload.preload_seconds, workload.preload_traces_per_second, workload.avro_bytes_mean
     );
     let traces = workload.traces;
+    let mut variants = args.variants.clone();
+    variants.sort_unstable();
+    variants.dedup();
     let mut runs = Vec::new();
     for rep in 1..=args.reps {
-        for variant in Variant::in_rep(rep) {
+        for variant in Variant::in_rep(rep)
+            .into_iter()
+            .filter(|variant| variants.contains(variant))
+        {
             let run = match variant {
                 Variant::Bare | Variant::Minimal => {
                     run_baseline(bootstrap, &topics.traces, traces, variant, *broker_pid)?
@@ -425,9 +470,15 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
                     run
                 }
             };
+            let held = run.holding.map_or(String::new(), |holding| {
+                format!(
+                    ", held at most {} + {}, {} forced",
+                    holding.peak_partition_group, holding.peak_alignment, holding.forced
+                )
+            });
             eprintln!(
                 "bench: rep {rep} {:<27} {:>8.0} traces/s  {:>6.1} µs CPU/trace  ({:.2} s, \
-                 the last tenth {:.2} s)",
+                 the last tenth {:.2} s{held})",
                 variant.label(),
                 run.traces_per_second,
                 run.cpu_us_per_trace,
@@ -442,27 +493,36 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let sessionizer = summarize(&runs, Variant::Sessionizer);
     let repartition_off = summarize(&runs, Variant::SessionizerRepartitionOff);
     let all_forwarded = summarize(&runs, Variant::SessionizerAllForwarded);
+    let per_rep = variants.len();
+    let on_to_off_per_rep = ratio_per_rep(
+        &runs,
+        per_rep,
+        Variant::Sessionizer,
+        Variant::SessionizerRepartitionOff,
+    );
     Ok(Throughput {
         workload,
         changelog: !args.no_changelog,
+        variants,
         reps: args.reps,
         ratio_to_minimal: sessionizer.median_traces_per_second / minimal.median_traces_per_second,
-        ratio_to_minimal_per_rep: ratio_per_rep(&runs, Variant::Sessionizer, Variant::Minimal),
+        ratio_to_minimal_per_rep: ratio_per_rep(
+            &runs,
+            per_rep,
+            Variant::Sessionizer,
+            Variant::Minimal,
+        ),
         ratio_to_bare: sessionizer.median_traces_per_second / bare.median_traces_per_second,
         minimal_ratio_to_bare: minimal.median_traces_per_second / bare.median_traces_per_second,
         goal_ratio_to_minimal: 0.6,
-        ratio_repartition_on_to_off: sessionizer.median_traces_per_second
-            / repartition_off.median_traces_per_second,
-        ratio_repartition_on_to_off_per_rep: ratio_per_rep(
-            &runs,
-            Variant::Sessionizer,
-            Variant::SessionizerRepartitionOff,
-        ),
+        ratio_repartition_on_to_off: median(&on_to_off_per_rep),
+        ratio_repartition_on_to_off_per_rep: on_to_off_per_rep,
         goal_ratio_repartition_on_to_off: 0.98,
         ratio_all_forwarded_to_agreeing: all_forwarded.median_traces_per_second
             / sessionizer.median_traces_per_second,
         ratio_all_forwarded_to_agreeing_per_rep: ratio_per_rep(
             &runs,
+            per_rep,
             Variant::SessionizerAllForwarded,
             Variant::Sessionizer,
         ),

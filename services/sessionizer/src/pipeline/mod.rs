@@ -42,6 +42,8 @@ use rdkafka::producer::FutureProducer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::task::{JoinError, JoinSet};
@@ -51,9 +53,10 @@ use trace_model::{DecodeError, Decoder};
 /// How often batches are checked for linger and lag gauges refreshed.
 const TICK: Duration = Duration::from_millis(50);
 
-/// How long the partition group waits at most for a partition that may have earlier traces
-/// but delivers none (fetched slowly; a paused one holds nothing back) before handing on the
-/// others'.
+/// How long the partition group waits for a partition that may have earlier traces but
+/// delivers none (fetched slowly; a paused one holds nothing back) before handing on the
+/// others', once the consumer had nothing else to deliver (before that, its records may be
+/// queued behind the others': `PARTITION_GROUP_MAX_WAIT` bounds that wait).
 const PARTITION_GROUP_MAX_IDLE: Duration = Duration::from_millis(100);
 
 /// How long a trace waits in the partition group at most (its partition's markers stand still
@@ -64,6 +67,25 @@ const PARTITION_GROUP_MAX_WAIT: Duration = Duration::from_secs(1);
 /// Traces the partition group hands on before the loop looks at acknowledgements again: one
 /// message can let tens of thousands go.
 const PARTITION_GROUP_CHUNK: usize = 256;
+
+/// Polls of the traces consumer that may serve librdkafka's other events before one tells
+/// whether it ran dry (otherwise the next `select!` asks again).
+const DRY_CHECK_POLLS: usize = 4;
+
+/// A waker that notes being woken: a consumer poll that served an event other than a message
+/// wakes its task at once and is not a sign that the consumer ran dry.
+#[derive(Debug, Default)]
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, Error)]
@@ -147,6 +169,8 @@ struct Pipeline {
     reader: Reader,
     /// The group stopped handing on at a chunk's end, not because nothing may go.
     group_ready: bool,
+    /// Woken by the traces consumer during `check_traces_dry`'s poll.
+    traces_woken: Arc<Woken>,
     forwarder: Option<Forwarder>,
     producer: FutureProducer,
     sink: Arc<OpenlayerSink>,
@@ -235,6 +259,7 @@ pub async fn run(
         group,
         reader: Reader::default(),
         group_ready: false,
+        traces_woken: Arc::default(),
         forwarder,
         producer,
         sink: Arc::new(sink),
@@ -322,6 +347,11 @@ impl Pipeline {
                     let received = received.map(|message| self.reader.read(&message, Stream::Traces));
                     self.on_traces_received(received).await;
                 }
+                // Last: reached only when everything above, the traces consumer included, had
+                // nothing ready. Until the next message read, it is not reached again.
+                () = std::future::ready(()), if self.group.as_ref().is_some_and(PartitionGroup::awaits_consumer_dry) => {
+                    self.check_traces_dry().await;
+                }
             }
         }
     }
@@ -354,6 +384,38 @@ impl Pipeline {
             self.on_received(received).await;
         }
         self.hand_on_in_order(now).await;
+    }
+
+    /// The traces consumer had nothing ready when the `select!` last polled it: tells the
+    /// partition group it ran dry (a partition delivering nothing from now on is idle, not
+    /// queued behind the others' records), unless that poll only served one of librdkafka's
+    /// other events (statistics, a commit, a rebalance), which wakes the task at once: then
+    /// the consumer is polled again, and a message it has is read as the `select!` would.
+    async fn check_traces_dry(&mut self) {
+        for _ in 0..DRY_CHECK_POLLS {
+            self.traces_woken.0.store(false, Ordering::Relaxed);
+            let ready = {
+                let waker = std::task::Waker::from(self.traces_woken.clone());
+                let mut context = std::task::Context::from_waker(&waker);
+                match std::pin::pin!(self.source.consumer.recv()).poll(&mut context) {
+                    Poll::Ready(received) => {
+                        Some(received.map(|message| self.reader.read(&message, Stream::Traces)))
+                    }
+                    Poll::Pending => None,
+                }
+            };
+            if let Some(received) = ready {
+                self.on_traces_received(received).await;
+                return;
+            }
+            if !self.traces_woken.0.load(Ordering::Relaxed) {
+                if let Some(group) = self.group.as_mut() {
+                    group.consumer_ran_dry();
+                }
+                self.hand_on_in_order(Instant::now()).await;
+                return;
+            }
+        }
     }
 
     /// Hands on the traces the partition group lets go by `now`, a chunk at a time.

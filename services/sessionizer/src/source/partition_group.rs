@@ -13,6 +13,10 @@
 //! - or has nothing left to fetch: its high watermark (from the consumer's statistics, so
 //!   perhaps older, never higher) is not past what was read;
 //! - or has kept the group waiting for `max_idle` without delivering anything (fetched slowly).
+//!   That wait starts only once the consumer had nothing else to deliver: in a backlog a
+//!   partition's records are often fetched already and queued behind the others' (librdkafka
+//!   hands out a partition's record batches whole, thousands of records each), and letting
+//!   the others go then only moved their wait into the aligner, where it costs more.
 //!
 //! A head that has waited `max_wait` goes anyway: while its traces wait here, its partition's
 //! markers stand still and the partitions owned elsewhere wait for them. So does the smallest
@@ -46,7 +50,9 @@ struct Queue<M> {
 /// How long the group waits, at most.
 #[derive(Debug, Clone, Copy)]
 pub struct Patience {
-    /// For a partition that may have an earlier message but delivers none.
+    /// For a partition that may have an earlier message but delivers none, counted from when
+    /// the consumer had nothing else to deliver (until then its records may be queued behind
+    /// the others').
     pub max_idle: Duration,
     /// For any message.
     pub max_wait: Duration,
@@ -59,8 +65,11 @@ pub struct PartitionGroup<M> {
     num_buffered: usize,
     max_buffered: usize,
     patience: Patience,
-    /// Since when each empty partition that may have more to fetch has kept a head waiting.
+    /// Since when each empty partition that may have more to fetch has kept a head waiting
+    /// while the consumer had nothing else to deliver.
     waiting_for: HashMap<i32, Instant>,
+    /// The consumer had nothing to deliver when last asked, and delivered nothing since.
+    consumer_dry: bool,
 }
 
 impl<M> PartitionGroup<M> {
@@ -72,6 +81,7 @@ impl<M> PartitionGroup<M> {
             max_buffered: max_buffered.max(1),
             patience,
             waiting_for: HashMap::new(),
+            consumer_dry: false,
         }
     }
 
@@ -119,6 +129,7 @@ impl<M> PartitionGroup<M> {
         message: M,
         now: Instant,
     ) -> Option<M> {
+        self.consumer_dry = false;
         let Some(queue) = self.queues.get_mut(&partition) else {
             return Some(message);
         };
@@ -133,6 +144,18 @@ impl<M> PartitionGroup<M> {
         self.num_buffered += 1;
         self.waiting_for.remove(&partition);
         None
+    }
+
+    /// The consumer had nothing to deliver: a partition that keeps a head waiting from now on
+    /// is not just queued behind the others' records.
+    pub fn consumer_ran_dry(&mut self) {
+        self.consumer_dry = true;
+    }
+
+    /// Whether the consumer running dry would change anything: messages wait, and it was not
+    /// reported dry since the last one read.
+    pub fn awaits_consumer_dry(&self) -> bool {
+        !self.consumer_dry && self.num_buffered > 0
     }
 
     /// Messages waiting.
@@ -168,7 +191,7 @@ impl<M> PartitionGroup<M> {
     }
 
     /// Whether a partition may still deliver a message before `timestamp_ms`, and has not
-    /// kept the group waiting for `max_idle` yet.
+    /// kept the group waiting for `max_idle` yet since the consumer ran dry.
     fn blocked(
         &mut self,
         timestamp_ms: i64,
@@ -197,7 +220,12 @@ impl<M> PartitionGroup<M> {
             .retain(|partition, _| blocking.contains(partition));
         let mut blocked = false;
         for other in blocking {
-            let since = *self.waiting_for.entry(other).or_insert(now);
+            let since = match self.waiting_for.get(&other) {
+                Some(since) => *since,
+                None if self.consumer_dry => *self.waiting_for.entry(other).or_insert(now),
+                // Its records may be queued behind the ones being delivered.
+                None => return true,
+            };
             blocked |= now.saturating_duration_since(since) < self.patience.max_idle;
         }
         blocked
@@ -303,10 +331,12 @@ mod tests {
         let mut group = group(&[0, 1]);
         let start = Instant::now();
         push_at(&mut group, 0, 10, start);
+        group.consumer_ran_dry();
         assert_eq!(drain(&mut group, start, unknown), []);
         assert_eq!(drain(&mut group, start + IDLE / 2, unknown), []);
         assert_eq!(drain(&mut group, start + IDLE, unknown), [(0, 10)]);
-        // Still silent: it holds nothing back until it delivers again.
+        // Still silent: it holds nothing back until it delivers again, whatever the others
+        // deliver meanwhile (its wait started when the consumer ran dry).
         push_at(&mut group, 0, 20, start + IDLE);
         assert_eq!(drain(&mut group, start + IDLE * 2, unknown), [(0, 20)]);
         push_at(&mut group, 1, 5, start + IDLE * 2);
@@ -318,8 +348,55 @@ mod tests {
         assert_eq!(drain(&mut group, later, fetched_all), [(0, 30)]);
         let much_later = later + IDLE * 2;
         push_at(&mut group, 0, 40, much_later);
+        group.consumer_ran_dry();
         assert_eq!(drain(&mut group, much_later, unknown), []);
         assert_eq!(drain(&mut group, much_later + IDLE, unknown), [(0, 40)]);
+    }
+
+    #[test]
+    fn a_partition_queued_behind_the_others_is_not_idle_while_the_consumer_delivers() {
+        let mut group = group(&[0, 1]);
+        let start = Instant::now();
+        // Partition 0's batch is being delivered; partition 1's records are queued behind it.
+        let mut now = start;
+        for timestamp in 1..=10 {
+            push_at(&mut group, 0, timestamp * 10, now);
+            assert_eq!(drain(&mut group, now, unknown), []);
+            now += IDLE / 2;
+        }
+        // Five times max_idle later nothing went: the consumer never ran dry.
+        assert_eq!(group.num_buffered(), 10);
+        // Partition 1's first record comes: the heads go in timestamp order.
+        push_at(&mut group, 1, 25, now);
+        assert_eq!(drain(&mut group, now, unknown), [(0, 10), (0, 20), (1, 25)]);
+        // The consumer runs dry while partition 1 may have more: its wait starts then.
+        group.consumer_ran_dry();
+        assert_eq!(drain(&mut group, now, unknown), []);
+        assert_eq!(drain(&mut group, now + IDLE / 2, unknown), []);
+        let rest: Vec<_> = (3..=10).map(|timestamp| (0, timestamp * 10)).collect();
+        assert_eq!(drain(&mut group, now + IDLE, unknown), rest);
+        assert_eq!(group.num_buffered(), 0);
+    }
+
+    #[test]
+    fn while_the_consumer_never_runs_dry_a_head_waits_max_wait_at_most() {
+        let mut group = group(&[0, 1]);
+        let start = Instant::now();
+        let mut now = start;
+        push_at(&mut group, 0, 10, now);
+        // Partition 0 keeps delivering, partition 1 nothing: only max_wait lets the head go.
+        while now < start + PATIENCE.max_wait {
+            assert!(group.awaits_consumer_dry());
+            assert_eq!(drain(&mut group, now, unknown), []);
+            now += IDLE / 2;
+            push_at(&mut group, 0, 20, now);
+        }
+        assert_eq!(drain(&mut group, now, unknown), [(0, 10)]);
+        // Reported dry, it is not asked again until a message is read.
+        group.consumer_ran_dry();
+        assert!(!group.awaits_consumer_dry());
+        push_at(&mut group, 0, 30, now);
+        assert!(group.awaits_consumer_dry());
     }
 
     #[test]
@@ -408,6 +485,8 @@ mod tests {
         },
         Revoke(i32),
         Assign(i32),
+        /// The consumer had nothing to deliver.
+        RanDry,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -418,6 +497,7 @@ mod tests {
                 .prop_map(|(elapsed_ms, caught_up)| Op::Pop { elapsed_ms, caught_up }),
             1 => (0..3i32).prop_map(Op::Revoke),
             1 => (0..3i32).prop_map(Op::Assign),
+            1 => Just(Op::RanDry),
         ]
     }
 
@@ -481,6 +561,7 @@ mod tests {
                         group.assigned(&[partition]);
                         owned[partition as usize] = true;
                     }
+                    Op::RanDry => group.consumer_ran_dry(),
                 }
                 let total: usize = waiting.iter().map(VecDeque::len).sum();
                 proptest::prop_assert_eq!(group.num_buffered(), total);
