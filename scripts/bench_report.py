@@ -222,6 +222,10 @@ def decode_row_report(root: Path, goals: list) -> None:
         print(text)
 
 
+# Every variant of pipeline-bench's throughput part.
+THROUGHPUT_VARIANTS = ("bare", "minimal", "sessionizer", "sessionizer_repartition_off", "sessionizer_all_forwarded")
+
+
 def throughput_report(t: dict, goals: list) -> None:
     w = t["workload"]
     print(
@@ -361,7 +365,8 @@ def repartition_report(t: dict, goals: list) -> None:
         on["median_cpu_us_per_trace_without_ack"],
         "µs/trace",
         f"repartitioning off, {off['median_cpu_us_per_trace_without_ack']:.1f} µs/trace",
-        on["median_cpu_us_per_trace_without_ack"] / off["median_cpu_us_per_trace_without_ack"],
+        t.get("cpu_ratio_repartition_on_to_off",
+              on["median_cpu_us_per_trace_without_ack"] / off["median_cpu_us_per_trace_without_ack"]),
     )
     ratio = t["ratio_all_forwarded_to_agreeing"]
     per_rep = ", ".join(f"{r:.2f}" for r in t["ratio_all_forwarded_to_agreeing_per_rep"])
@@ -702,7 +707,9 @@ def pipeline_report(path: Path, goals: list) -> None:
     print(f"  {report['cores']:.0f} cores; pipeline-bench took {report['seconds']:.0f} s")
     RUN["cores"] = report["cores"]
     RUN["pipeline_bench_seconds"] = round(report["seconds"], 1)
-    if report.get("throughput") and len(report["throughput"].get("variants", [])) < 5:
+    # Reports written before `--variants` existed ran every variant and have no such key.
+    variants = (report.get("throughput") or {}).get("variants")
+    if variants is not None and len(variants) < len(THROUGHPUT_VARIANTS):
         print(f"  throughput: only {', '.join(report['throughput']['variants'])} ran; its figures are left out")
         report["throughput"] = None
     if report.get("throughput"):

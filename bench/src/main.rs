@@ -214,7 +214,9 @@ fn lag_rate(
     args: &Args,
     throughput: Option<&throughput::Throughput>,
 ) -> Result<(f64, &'static str)> {
-    let measured = throughput.map(|t| t.sessionizer.median_traces_per_second / 2.0);
+    let measured = throughput
+        .map(|t| t.sessionizer.median_traces_per_second / 2.0)
+        .filter(|rate| rate.is_finite());
     Ok(match (args.lag_rate, measured) {
         (Some(rate), _) => (rate, "--lag-rate"),
         (None, Some(rate)) => (rate, "half the measured sessionizer maximum"),

@@ -333,7 +333,8 @@ pub(crate) fn summarize(runs: &[Run], variant: Variant) -> VariantSummary {
 pub(crate) struct Throughput {
     pub(crate) workload: Workload,
     pub(crate) changelog: bool,
-    /// The variants run (all, unless `--variants` chose some): the others' figures are NaN.
+    /// The variants run (all, unless `--variants` chose some): the others' figures are NaN
+    /// (`null` in the JSON).
     pub(crate) variants: Vec<Variant>,
     /// Repetitions: each ran every variant in `variants` once, in [`Variant::in_rep`]'s order.
     pub(crate) reps: usize,
@@ -354,6 +355,9 @@ pub(crate) struct Throughput {
     /// of the repetitions' ratios.
     pub(crate) ratio_repartition_on_to_off: f64,
     pub(crate) ratio_repartition_on_to_off_per_rep: Vec<f64>,
+    /// The same pairs' ratios of CPU per trace without the ack server, and their median.
+    pub(crate) cpu_ratio_repartition_on_to_off: f64,
+    pub(crate) cpu_ratio_repartition_on_to_off_per_rep: Vec<f64>,
     pub(crate) goal_ratio_repartition_on_to_off: f64,
     /// Median throughput with every trace forwarded over agreeing producers' (repartitioning
     /// on in both); no goal.
@@ -368,13 +372,25 @@ fn ratio_per_rep(
     numerator: Variant,
     denominator: Variant,
 ) -> Vec<f64> {
-    let throughput_of = |rep: &[Run], variant: Variant| {
+    figure_ratio_per_rep(runs, per_rep, (numerator, denominator), |run| {
+        run.traces_per_second
+    })
+}
+
+/// `figure` of `numerator` over `denominator` in each repetition of `per_rep` runs.
+fn figure_ratio_per_rep(
+    runs: &[Run],
+    per_rep: usize,
+    (numerator, denominator): (Variant, Variant),
+    figure: fn(&Run) -> f64,
+) -> Vec<f64> {
+    let of = |rep: &[Run], variant: Variant| {
         rep.iter()
             .find(|run| run.variant == variant)
-            .map_or(f64::NAN, |run| run.traces_per_second)
+            .map_or(f64::NAN, figure)
     };
     runs.chunks(per_rep.max(1))
-        .map(|rep| throughput_of(rep, numerator) / throughput_of(rep, denominator))
+        .map(|rep| of(rep, numerator) / of(rep, denominator))
         .collect()
 }
 
@@ -494,12 +510,11 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let repartition_off = summarize(&runs, Variant::SessionizerRepartitionOff);
     let all_forwarded = summarize(&runs, Variant::SessionizerAllForwarded);
     let per_rep = variants.len();
-    let on_to_off_per_rep = ratio_per_rep(
-        &runs,
-        per_rep,
-        Variant::Sessionizer,
-        Variant::SessionizerRepartitionOff,
-    );
+    let on_to_off = (Variant::Sessionizer, Variant::SessionizerRepartitionOff);
+    let on_to_off_per_rep = ratio_per_rep(&runs, per_rep, on_to_off.0, on_to_off.1);
+    let cpu_on_to_off_per_rep = figure_ratio_per_rep(&runs, per_rep, on_to_off, |run| {
+        run.cpu_us_per_trace_without_ack
+    });
     Ok(Throughput {
         workload,
         changelog: !args.no_changelog,
@@ -517,6 +532,8 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         goal_ratio_to_minimal: 0.6,
         ratio_repartition_on_to_off: median(&on_to_off_per_rep),
         ratio_repartition_on_to_off_per_rep: on_to_off_per_rep,
+        cpu_ratio_repartition_on_to_off: median(&cpu_on_to_off_per_rep),
+        cpu_ratio_repartition_on_to_off_per_rep: cpu_on_to_off_per_rep,
         goal_ratio_repartition_on_to_off: 0.98,
         ratio_all_forwarded_to_agreeing: all_forwarded.median_traces_per_second
             / sessionizer.median_traces_per_second,

@@ -68,8 +68,9 @@ const PARTITION_GROUP_MAX_WAIT: Duration = Duration::from_secs(1);
 /// message can let tens of thousands go.
 const PARTITION_GROUP_CHUNK: usize = 256;
 
-/// Polls of the traces consumer that may serve librdkafka's other events before one tells
-/// whether it ran dry (otherwise the next `select!` asks again).
+/// Polls of the traces consumer that may serve librdkafka's other events (each takes one off
+/// its queue) before one tells whether it ran dry: a few, so that one check does not drain a
+/// burst of them; the next `select!` that finds nothing ready asks again.
 const DRY_CHECK_POLLS: usize = 4;
 
 /// A waker that notes being woken: a consumer poll that served an event other than a message
@@ -169,7 +170,8 @@ struct Pipeline {
     reader: Reader,
     /// The group stopped handing on at a chunk's end, not because nothing may go.
     group_ready: bool,
-    /// Woken by the traces consumer during `check_traces_dry`'s poll.
+    /// Woken by the traces consumer during `check_traces_dry`'s poll; kept, not made per
+    /// check (an allocation each time the consumer runs dry).
     traces_woken: Arc<Woken>,
     forwarder: Option<Forwarder>,
     producer: FutureProducer,
@@ -348,9 +350,12 @@ impl Pipeline {
                     self.on_traces_received(received).await;
                 }
                 // Last: reached only when everything above, the traces consumer included, had
-                // nothing ready. Until the next message read, it is not reached again.
+                // nothing ready. Once it reported the consumer dry, not reached again until a
+                // message is read.
                 () = std::future::ready(()), if self.group.as_ref().is_some_and(PartitionGroup::awaits_consumer_dry) => {
-                    self.check_traces_dry().await;
+                    if self.check_traces_dry().await {
+                        repartition_streak = 0;
+                    }
                 }
             }
         }
@@ -391,7 +396,8 @@ impl Pipeline {
     /// queued behind the others' records), unless that poll only served one of librdkafka's
     /// other events (statistics, a commit, a rebalance), which wakes the task at once: then
     /// the consumer is polled again, and a message it has is read as the `select!` would.
-    async fn check_traces_dry(&mut self) {
+    /// Returns whether it read one.
+    async fn check_traces_dry(&mut self) -> bool {
         for _ in 0..DRY_CHECK_POLLS {
             self.traces_woken.0.store(false, Ordering::Relaxed);
             let ready = {
@@ -406,16 +412,17 @@ impl Pipeline {
             };
             if let Some(received) = ready {
                 self.on_traces_received(received).await;
-                return;
+                return true;
             }
             if !self.traces_woken.0.load(Ordering::Relaxed) {
                 if let Some(group) = self.group.as_mut() {
                     group.consumer_ran_dry();
                 }
                 self.hand_on_in_order(Instant::now()).await;
-                return;
+                return false;
             }
         }
+        false
     }
 
     /// Hands on the traces the partition group lets go by `now`, a chunk at a time.

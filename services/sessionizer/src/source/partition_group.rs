@@ -152,7 +152,7 @@ impl<M> PartitionGroup<M> {
         self.consumer_dry = true;
     }
 
-    /// Whether the consumer running dry would change anything: messages wait, and it was not
+    /// Whether the consumer running dry may change something: messages wait, and it was not
     /// reported dry since the last one read.
     pub fn awaits_consumer_dry(&self) -> bool {
         !self.consumer_dry && self.num_buffered > 0
@@ -221,6 +221,9 @@ impl<M> PartitionGroup<M> {
         let mut blocked = false;
         for other in blocking {
             let since = match self.waiting_for.get(&other) {
+                // A wait that started keeps counting when the consumer delivers again: the
+                // partition was found silent with nothing else to read, so it is slow, not
+                // queued behind (a backlog that resumes right then is the rare exception).
                 Some(since) => *since,
                 None if self.consumer_dry => *self.waiting_for.entry(other).or_insert(now),
                 // Its records may be queued behind the ones being delivered.
