@@ -366,15 +366,8 @@ pub(crate) struct Throughput {
 }
 
 /// `numerator`'s throughput over `denominator`'s in each repetition of `per_rep` runs.
-fn ratio_per_rep(
-    runs: &[Run],
-    per_rep: usize,
-    numerator: Variant,
-    denominator: Variant,
-) -> Vec<f64> {
-    figure_ratio_per_rep(runs, per_rep, (numerator, denominator), |run| {
-        run.traces_per_second
-    })
+fn ratio_per_rep(runs: &[Run], per_rep: usize, pair: (Variant, Variant)) -> Vec<f64> {
+    figure_ratio_per_rep(runs, per_rep, pair, |run| run.traces_per_second)
 }
 
 /// `figure` of `numerator` over `denominator` in each repetition of `per_rep` runs.
@@ -511,7 +504,7 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
     let all_forwarded = summarize(&runs, Variant::SessionizerAllForwarded);
     let per_rep = variants.len();
     let on_to_off = (Variant::Sessionizer, Variant::SessionizerRepartitionOff);
-    let on_to_off_per_rep = ratio_per_rep(&runs, per_rep, on_to_off.0, on_to_off.1);
+    let on_to_off_per_rep = ratio_per_rep(&runs, per_rep, on_to_off);
     let cpu_on_to_off_per_rep = figure_ratio_per_rep(&runs, per_rep, on_to_off, |run| {
         run.cpu_us_per_trace_without_ack
     });
@@ -524,8 +517,7 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         ratio_to_minimal_per_rep: ratio_per_rep(
             &runs,
             per_rep,
-            Variant::Sessionizer,
-            Variant::Minimal,
+            (Variant::Sessionizer, Variant::Minimal),
         ),
         ratio_to_bare: sessionizer.median_traces_per_second / bare.median_traces_per_second,
         minimal_ratio_to_bare: minimal.median_traces_per_second / bare.median_traces_per_second,
@@ -540,8 +532,7 @@ pub(crate) fn throughput(bench: &mut Bench<'_>) -> Result<Throughput> {
         ratio_all_forwarded_to_agreeing_per_rep: ratio_per_rep(
             &runs,
             per_rep,
-            Variant::SessionizerAllForwarded,
-            Variant::Sessionizer,
+            (Variant::SessionizerAllForwarded, Variant::Sessionizer),
         ),
         runs,
         bare,
