@@ -364,7 +364,9 @@ def repartition_report(t: dict, goals: list) -> None:
         "agreeing producers, repartitioning on / off (CPU per trace, without the ack server)",
         on["median_cpu_us_per_trace_without_ack"],
         "µs/trace",
-        f"repartitioning off, {off['median_cpu_us_per_trace_without_ack']:.1f} µs/trace",
+        f"repartitioning off, {off['median_cpu_us_per_trace_without_ack']:.1f} µs/trace"
+        + (f" (ratio: median of {len(t['cpu_ratio_repartition_on_to_off_per_rep'])} back-to-back pairs)"
+           if "cpu_ratio_repartition_on_to_off_per_rep" in t else ""),
         t.get("cpu_ratio_repartition_on_to_off",
               on["median_cpu_us_per_trace_without_ack"] / off["median_cpu_us_per_trace_without_ack"]),
     )

@@ -5,7 +5,7 @@
 //! producer's and consumers' start-up is not measured), traces are produced at half the
 //! measured maximum for `--lag-secs`; p50/p99 come from the pipeline's own histogram
 //! (`sessionizer_sessionization_lag_seconds`: enrichment time minus Kafka timestamp, snapshot
-//! before and after, interpolated in buckets 2 % apart that the bench gives it), the
+//! before and after, given buckets 2 % apart for this run and interpolated in them), the
 //! reference consumer's lag exactly per message (what broker and fetching cost before any
 //! sessionizer code), and the delay to the ack server per row.
 
@@ -64,8 +64,8 @@ impl Quantiles {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct LagFigures {
     /// `sessionizer_sessionization_lag_seconds`: enrichment time minus Kafka timestamp,
-    /// interpolated inside the lag run's buckets, 2 % apart (`start_pipeline_fine_lag`), so
-    /// within 2 % of the exact quantile.
+    /// interpolated inside the lag run's buckets, 2 % apart (`start_pipeline_fine_lag`): at
+    /// most one bucket off the exact quantile.
     pub(crate) sessionization_lag: Quantiles,
     /// Share of traces enriched within 1 s of their Kafka timestamp (exact: a bucket bound).
     pub(crate) share_within_1s: f64,

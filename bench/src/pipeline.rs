@@ -70,18 +70,17 @@ pub(crate) fn start_pipeline(runtime: &Runtime, settings: PipelineSettings) -> R
 /// The lag histogram's name: the service's, whose buckets the lag run replaces.
 pub(crate) const LAG_HISTOGRAM: &str = "sessionizer_sessionization_lag_seconds";
 
-/// Starts the pipeline as [`start_pipeline`] does, with its lag histogram's buckets 2 % apart
-/// (10 ms to about 2 minutes) rather than the service's (0.25, 0.3, 0.4, 0.5 s): the lag goal
-/// is a ratio of 1.2 to the reference consumer's exact p99, and a p99 interpolated in a
-/// 100 ms bucket read 366 ms where the per-trace times of the same run gave 310 ms. Each
-/// observation looks through up to a few hundred bounds (about 0.1 µs), which the
-/// sessionizer's figures of the lag run then include.
+/// Starts the pipeline as [`start_pipeline`] does, with its lag histogram's buckets 2 % apart:
+/// the service's are 100 ms wide around the p99, too coarse for a goal of 1.2x the reference
+/// consumer's exact p99. Each observation looks through a few hundred bounds (about 0.1 µs),
+/// which the sessionizer's figures of the lag run then include.
 pub(crate) fn start_pipeline_fine_lag(
     runtime: &Runtime,
     settings: PipelineSettings,
 ) -> Result<Running> {
     let registry = prometheus::Registry::new();
     let mut metrics = Metrics::register(&registry)?;
+    // The registry keeps a name's help text after unregistering it, and refuses another.
     let help = metrics.sessionization_lag.desc()[0].help.clone();
     registry.unregister(Box::new(metrics.sessionization_lag.clone()))?;
     let fine = prometheus::Histogram::with_opts(
