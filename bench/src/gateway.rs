@@ -3,8 +3,9 @@
 //!
 //! The gateway runs in this process through its library (`gateway::run`, production defaults,
 //! a fresh 3-partition topic) on its own multi-threaded runtime and threads (`gateway-*`), so
-//! its CPU can be told apart from the clients'. The clients run on the bench's runtime: one
-//! `reqwest` client, `--gateway-clients` concurrent requests over keep-alive connections.
+//! its CPU can be told apart from the clients'. The clients run on the bench's runtime:
+//! `--gateway-clients` concurrent requests over keep-alive connections
+//! ([`crate::http_client`], lighter than reqwest, which takes the gateway's CPU).
 //!
 //! Requests have the official SDK's shape: `POST /v1/inference-pipelines/{id}/data-stream`
 //! with `{"config": {..}, "rows": [row]}`, the row as the Python tracer builds it (inputs and
@@ -37,7 +38,9 @@
 //! "acknowledged"` (an answer waits for Kafka), then with `"queued"`.
 
 use crate::ack::AckServer;
+use crate::http_client::Poster;
 use crate::measure::{Clocks, percentile};
+use crate::produce_latency::{self, ProduceLatency};
 use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, cores, now_ms};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, bail, ensure};
@@ -129,6 +132,9 @@ pub(crate) struct LatencyRun {
     pub(crate) max_seconds: f64,
     /// Share of the machine's cores busy in this process (gateway and clients) during the run.
     pub(crate) process_cpu_share: f64,
+    /// Answering once acknowledged: a bare producer with the gateway's settings at the same
+    /// rate, right after ([`crate::produce_latency`]).
+    pub(crate) bare_producer: Option<ProduceLatency>,
     /// Share of the machine's cores busy with neither this process nor the broker (noise).
     pub(crate) others_cpu_share: f64,
 }
@@ -153,6 +159,8 @@ struct Running {
     base_url: String,
     /// The gateway's `/metrics`.
     metrics_url: String,
+    /// What its producer is built from.
+    kafka: gateway::config::KafkaSettings,
 }
 
 fn free_port() -> Result<u16> {
@@ -175,6 +183,7 @@ fn start(bootstrap: &str, topic: &str, answer_after: AnswerAfter) -> Result<(Run
     let validated = config
         .validate()
         .map_err(|error| anyhow::anyhow!("gateway configuration: {error}"))?;
+    let kafka = validated.kafka.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("gateway-rt")
         .enable_all()
@@ -197,6 +206,7 @@ fn start(bootstrap: &str, topic: &str, answer_after: AnswerAfter) -> Result<(Run
         ),
         base_url: format!("http://127.0.0.1:{api_port}/v1"),
         metrics_url: format!("http://127.0.0.1:{ops_port}/metrics"),
+        kafka,
     };
     Ok((running, format!("http://127.0.0.1:{ops_port}/readyz")))
 }
@@ -257,26 +267,6 @@ fn bodies(rows: &[Value], config: &Value, rows_per_request: usize) -> Result<Vec
         .collect()
 }
 
-/// Sends one body; its status, 0 when no answer came.
-async fn post(client: &reqwest::Client, url: &str, body: Bytes) -> u16 {
-    let sent = client
-        .post(url)
-        .bearer_auth(API_KEY)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
-    match sent {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            // Read the answer so the connection goes back to the pool.
-            let _answer = response.bytes().await;
-            status
-        }
-        Err(_) => 0,
-    }
-}
-
 fn cpu_by_prefix(threads: &BTreeMap<String, f64>, prefix: &str) -> f64 {
     threads
         .iter()
@@ -293,8 +283,8 @@ fn cpu_by_prefix(threads: &BTreeMap<String, f64>, prefix: &str) -> f64 {
 #[allow(clippy::too_many_arguments)]
 fn saturate(
     runtime: &Runtime,
-    client: &reqwest::Client,
-    (url, metrics_url): (&str, Option<&str>),
+    (poster, client): (&Arc<Poster>, &reqwest::Client),
+    metrics_url: Option<&str>,
     bodies: &Arc<Vec<Bytes>>,
     rows_per_request: usize,
     clients: usize,
@@ -311,8 +301,7 @@ fn saturate(
             0
         };
         for _ in 0..clients {
-            let (client, url, bodies, next) =
-                (client.clone(), url.to_owned(), bodies.clone(), next.clone());
+            let (poster, bodies, next) = (poster.clone(), bodies.clone(), next.clone());
             tasks.spawn(async move {
                 let mut statuses = Vec::new();
                 let mut retried = 0u64;
@@ -321,14 +310,14 @@ fn saturate(
                     let Some(body) = bodies.get(index) else {
                         return (statuses, retried);
                     };
-                    let mut status = post(&client, &url, body.clone()).await;
+                    let mut status = poster.post(body.clone()).await;
                     for _ in 0..retries {
                         if status != 503 {
                             break;
                         }
                         retried += 1;
                         tokio::time::sleep(RETRY_503_AFTER).await;
-                        status = post(&client, &url, body.clone()).await;
+                        status = poster.post(body.clone()).await;
                     }
                     statuses.push(status);
                 }
@@ -399,8 +388,7 @@ async fn wait_acknowledged(client: &reqwest::Client, metrics_url: &str) -> Resul
 /// One-trace requests at `rate` per second for `seconds`, open loop.
 fn paced(
     runtime: &Runtime,
-    client: &reqwest::Client,
-    url: &str,
+    poster: &Arc<Poster>,
     bodies: &Arc<Vec<Bytes>>,
     rate: f64,
     seconds: u64,
@@ -415,10 +403,10 @@ fn paced(
         for index in 0..total {
             let scheduled = origin + Duration::from_secs_f64(index as f64 / rate);
             tokio::time::sleep_until(scheduled).await;
-            let (client, url) = (client.clone(), url.to_owned());
+            let poster = poster.clone();
             let body = bodies[index % bodies.len()].clone();
             tasks.spawn(async move {
-                let status = post(&client, &url, body).await;
+                let status = poster.post(body).await;
                 (status, scheduled.elapsed().as_secs_f64())
             });
         }
@@ -451,6 +439,7 @@ fn paced(
         max_seconds: latencies.last().copied().unwrap_or_default(),
         process_cpu_share: window.process_cpu_seconds / window.seconds / cores(),
         others_cpu_share: window.others_cpu_seconds / window.seconds / cores(),
+        bare_producer: None,
     })
 }
 
@@ -459,18 +448,17 @@ fn paced(
 /// once: the warm-up goes again, as the SDK would retry, until a whole round is acknowledged.
 fn warm_up(
     runtime: &Runtime,
-    client: &reqwest::Client,
-    url: &str,
+    clients_of: (&Arc<Poster>, &reqwest::Client),
     warmup: &Arc<Vec<Bytes>>,
     clients: usize,
 ) -> Result<()> {
-    let mut warm = saturate(runtime, client, (url, None), warmup, 1, clients, None)?;
+    let mut warm = saturate(runtime, clients_of, None, warmup, 1, clients, None)?;
     for _ in 1..WARMUP_ROUNDS {
         if warm.failures.is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
-        warm = saturate(runtime, client, (url, None), warmup, 1, clients, None)?;
+        warm = saturate(runtime, clients_of, None, warmup, 1, clients, None)?;
     }
     ensure!(
         warm.failures.is_empty(),
@@ -506,18 +494,18 @@ pub(crate) fn measure(
         .timeout(Duration::from_secs(60))
         .build()?;
     let (running, readyz) = start(bootstrap, topic, answer_after)?;
-    let url = running.url.clone();
+    let poster = Arc::new(Poster::new(&running.url, API_KEY)?);
     let base_url = running.base_url.clone();
     let metrics_url = running.metrics_url.clone();
     // Answered once queued, a window lasts until Kafka acknowledged every row too.
     let settled = (answer_after == AnswerAfter::Queued).then_some(metrics_url.as_str());
     let outcome = (|| -> Result<Gateway> {
         runtime.block_on(wait_ready(&client, &readyz))?;
-        warm_up(runtime, &client, &url, &warmup, plan.clients)?;
+        warm_up(runtime, (&poster, &client), &warmup, plan.clients)?;
         let single = saturate(
             runtime,
-            &client,
-            (&url, settled),
+            (&poster, &client),
+            settled,
             &single_bodies,
             1,
             plan.clients,
@@ -533,8 +521,8 @@ pub(crate) fn measure(
         );
         let batched_run = saturate(
             runtime,
-            &client,
-            (&url, settled),
+            (&poster, &client),
+            settled,
             &batched_bodies,
             plan.batch_rows,
             plan.clients,
@@ -554,10 +542,9 @@ pub(crate) fn measure(
             "bench: gateway latency at {rate:.0} requests/s for {} s",
             plan.latency_secs
         );
-        let latency = paced(
+        let mut latency = paced(
             runtime,
-            &client,
-            &url,
+            &poster,
             &single_bodies,
             rate,
             plan.latency_secs,
@@ -567,6 +554,15 @@ pub(crate) fn measure(
             "bench: gateway latency p50 {:.4} s, p99 {:.4} s (achieved {:.0}/s, failures {:?})",
             latency.p50_seconds, latency.p99_seconds, latency.achieved_rate, latency.failures
         );
+        if answer_after == AnswerAfter::Acknowledged {
+            let bare =
+                produce_latency::measure(&running.kafka, &single_bodies, rate, plan.latency_secs)?;
+            eprintln!(
+                "bench: bare producer at {rate:.0} records/s: p50 {:.4} s, p99 {:.4} s",
+                bare.p50_seconds, bare.p99_seconds
+            );
+            latency.bare_producer = Some(bare);
+        }
         for (label, failures) in [
             ("single", &single.failures),
             ("batched", &batched_run.failures),

@@ -30,6 +30,7 @@
 mod ack;
 mod cli;
 mod gateway;
+mod http_client;
 mod kafka;
 mod lag;
 mod measure;
@@ -37,6 +38,7 @@ mod memory;
 mod otel_memory;
 mod pipeline;
 mod preload;
+mod produce_latency;
 mod report;
 mod scaling;
 mod sdk;

@@ -208,6 +208,16 @@ fn print_gateway(g: &Gateway, throughput: Option<&Throughput>) {
         g.latency.process_cpu_share * 100.0,
         g.latency.others_cpu_share * 100.0
     );
+    if let Some(bare) = &g.latency.bare_producer {
+        println!(
+            "    a bare producer with the gateway's settings at that rate: p50 {:.4} s, p99 {:.4} s, \
+             max {:.4} s; gateway p99 / bare p99 = {:.2}x",
+            bare.p50_seconds,
+            bare.p99_seconds,
+            bare.max_seconds,
+            g.latency.p99_seconds / bare.p99_seconds
+        );
+    }
     if let Some(t) = throughput {
         println!(
             "    gateway / sessionizer throughput = {:.2}x",

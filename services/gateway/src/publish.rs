@@ -242,38 +242,45 @@ impl std::fmt::Debug for KafkaPublisher {
     }
 }
 
+/// The producer's librdkafka settings, the `kafka.client` passthrough applied last. Public
+/// for the bench, whose bare producer baseline produces with the same.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let timeout_ms = settings.produce_timeout.as_millis().to_string();
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        // Exactly-once per partition and no reordering on retries; implies acks=all.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // librdkafka gives up on (and reports) a record after this long, so a record is
+        // never delivered after its request was answered 503.
+        .set("message.timeout.ms", &timeout_ms)
+        // The producer helpers' codec: cheap, and the sessionizer reads it.
+        .set("compression.type", "lz4")
+        // 0 when requests wait for their acknowledgement: a linger would add to each one.
+        // Records of concurrent requests still share batches, those queued while earlier
+        // ones are in flight. See `KafkaSettings::linger`.
+        .set("linger.ms", settings.linger.as_millis().to_string())
+        // One produce request in flight per broker (librdkafka's default is 5 with
+        // idempotence): a broker handles a connection's requests one after another anyway,
+        // so records that come while one is in flight wait either way, and going together
+        // in the next request they cost the broker and librdkafka less per record. At one
+        // row per request this also lowered the latency (docs/performance.md, "Gateway").
+        .set("max.in.flight.requests.per.connection", "1")
+        // Java's partitioner (trace_model::routing): a session's rows land in the
+        // partition the sessionizer keeps it in, and need no repartitioning hop.
+        .set("partitioner", "murmur2_random");
+    for (key, value) in &settings.client.0 {
+        client.set(key, value);
+    }
+    client
+}
+
 impl KafkaPublisher {
     /// # Errors
     /// When librdkafka refuses a setting (a passthrough property, most likely).
     pub fn try_new(settings: &KafkaSettings, broker: BrokerState) -> Result<Self, KafkaError> {
-        let timeout_ms = settings.produce_timeout.as_millis().to_string();
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            // Exactly-once per partition and no reordering on retries; implies acks=all.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // librdkafka gives up on (and reports) a record after this long, so a record is
-            // never delivered after its request was answered 503.
-            .set("message.timeout.ms", &timeout_ms)
-            // The producer helpers' codec: cheap, and the sessionizer reads it.
-            .set("compression.type", "lz4")
-            // 0 when requests wait for their acknowledgement: a linger would add to each one.
-            // Records of concurrent requests still share batches, those queued while earlier
-            // ones are in flight. See `KafkaSettings::linger`.
-            .set("linger.ms", settings.linger.as_millis().to_string())
-            // One produce request in flight per broker (librdkafka's default is 5 with
-            // idempotence): a broker handles a connection's requests one after another anyway,
-            // so records that come while one is in flight wait either way, and going together
-            // in the next request they cost the broker and librdkafka less per record. At one
-            // row per request this also lowered the latency (docs/performance.md, "Gateway").
-            .set("max.in.flight.requests.per.connection", "1")
-            // Java's partitioner (trace_model::routing): a session's rows land in the
-            // partition the sessionizer keeps it in, and need no repartitioning hop.
-            .set("partitioner", "murmur2_random");
-        for (key, value) in &settings.client.0 {
-            client.set(key, value);
-        }
+        let client = producer_config(settings);
         let commands = TopicCommands {
             bootstrap_servers: &settings.bootstrap_servers,
             secured: TopicCommands::is_secured(&settings.client.0),
@@ -543,10 +550,7 @@ mod tests {
     #[test]
     fn one_produce_request_in_flight_unless_the_passthrough_says_otherwise() {
         let in_flight = |client: &[(&str, &str)]| {
-            let publisher = KafkaPublisher::try_new(&settings(client), BrokerState::default())
-                .expect("producer");
-            publisher
-                .client
+            producer_config(&settings(client))
                 .get("max.in.flight.requests.per.connection")
                 .map(str::to_owned)
         };
