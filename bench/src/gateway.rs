@@ -5,7 +5,7 @@
 //! a fresh 3-partition topic) on its own multi-threaded runtime and threads (`gateway-*`), so
 //! its CPU can be told apart from the clients'. The clients run on the bench's runtime:
 //! `--gateway-clients` concurrent requests over keep-alive connections
-//! ([`crate::http_client`], lighter than reqwest, which takes the gateway's CPU).
+//! ([`crate::http_client`]: their CPU per request comes out of the gateway's two cores).
 //!
 //! Requests have the official SDK's shape: `POST /v1/inference-pipelines/{id}/data-stream`
 //! with `{"config": {..}, "rows": [row]}`, the row as the Python tracer builds it (inputs and
@@ -26,7 +26,9 @@
 //!    its scheduled time whether or not earlier ones were answered) for `--gateway-latency-secs`;
 //!    each latency runs from the scheduled send time to the answer, so a client-side delay
 //!    counts against the gateway rather than hiding it. p50/p99 exact over all requests.
-//!
+//!    Answering once acknowledged, a bare producer with the gateway's settings then produces
+//!    at the same rate: the broker's round trip, the floor of that latency
+//!    ([`crate::produce_latency`]).
 //! 4. The official SDK (sync) publishing through the gateway, against the same SDK publishing
 //!    straight to the ack server, in turns ([`crate::sdk::through_gateway`]); when its venv is
 //!    there.
@@ -494,7 +496,7 @@ pub(crate) fn measure(
         .timeout(Duration::from_secs(60))
         .build()?;
     let (running, readyz) = start(bootstrap, topic, answer_after)?;
-    let poster = Arc::new(Poster::new(&running.url, API_KEY)?);
+    let poster = Arc::new(Poster::new(&running.url, API_KEY, plan.clients)?);
     let base_url = running.base_url.clone();
     let metrics_url = running.metrics_url.clone();
     // Answered once queued, a window lasts until Kafka acknowledged every row too.

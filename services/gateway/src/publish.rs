@@ -261,12 +261,6 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         // Records of concurrent requests still share batches, those queued while earlier
         // ones are in flight. See `KafkaSettings::linger`.
         .set("linger.ms", settings.linger.as_millis().to_string())
-        // One produce request in flight per broker (librdkafka's default is 5 with
-        // idempotence): a broker handles a connection's requests one after another anyway,
-        // so records that come while one is in flight wait either way, and going together
-        // in the next request they cost the broker and librdkafka less per record. At one
-        // row per request this also lowered the latency (docs/performance.md, "Gateway").
-        .set("max.in.flight.requests.per.connection", "1")
         // Java's partitioner (trace_model::routing): a session's rows land in the
         // partition the sessionizer keeps it in, and need no repartitioning hop.
         .set("partitioner", "murmur2_random");
@@ -548,15 +542,14 @@ mod tests {
     }
 
     #[test]
-    fn one_produce_request_in_flight_unless_the_passthrough_says_otherwise() {
-        let in_flight = |client: &[(&str, &str)]| {
+    fn the_passthrough_overrides_the_gateways_own_settings() {
+        let linger = |client: &[(&str, &str)]| {
             producer_config(&settings(client))
-                .get("max.in.flight.requests.per.connection")
+                .get("linger.ms")
                 .map(str::to_owned)
         };
-        assert_eq!(in_flight(&[]).as_deref(), Some("1"));
-        let passthrough = [("max.in.flight.requests.per.connection", "5")];
-        assert_eq!(in_flight(&passthrough).as_deref(), Some("5"));
+        assert_eq!(linger(&[]).as_deref(), Some("0"));
+        assert_eq!(linger(&[("linger.ms", "2")]).as_deref(), Some("2"));
     }
 
     #[test]
