@@ -59,7 +59,8 @@ impl Poster {
     }
 
     async fn try_post(&self, body: Bytes) -> Result<u16> {
-        // A connection the server closed while idle is replaced before anything is sent on it.
+        // An idle connection found closed is replaced; one the server closes later fails the
+        // request (status 0): the gateway keeps idle connections open.
         let reused = match self.take_idle() {
             Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
             None => None,

@@ -2,7 +2,9 @@
 //! the gateway's own librdkafka settings (`gateway::publish::producer_config`) producing one
 //! record at a time at the latency run's rate, open loop, each latency from the scheduled
 //! send to Kafka's acknowledgement. It is what such an answer cannot avoid: the broker's
-//! produce round trip at that load, on the same machine.
+//! produce round trip at that load, on the same machine. The payloads are the run's request
+//! bodies (about the size of the gateway's records), written to the gateway's topic, which
+//! nothing in the bench reads.
 
 use crate::measure::percentile;
 use anyhow::{Result, ensure};

@@ -545,6 +545,11 @@ mod tests {
                 ("GATEWAY__KAFKA__TOPIC", "traces-x"),
                 ("GATEWAY__KAFKA__CLIENT__SASL__PASSWORD", "hunter2"),
                 ("GATEWAY__KAFKA__CLIENT__SASL__USERNAME", "007"),
+                // The property operations.md suggests, five dots deep.
+                (
+                    "GATEWAY__KAFKA__CLIENT__MAX__IN__FLIGHT__REQUESTS__PER__CONNECTION",
+                    "1",
+                ),
                 ("GATEWAY__HTTP__MAX_BODY_BYTES", "1024"),
             ]),
         )
@@ -557,6 +562,13 @@ mod tests {
         assert_eq!(validated.kafka.client.get("sasl.password"), Some("hunter2"));
         // Digit-only text stays text: a SASL username `007` is not the number 7.
         assert_eq!(validated.kafka.client.get("sasl.username"), Some("007"));
+        assert_eq!(
+            validated
+                .kafka
+                .client
+                .get("max.in.flight.requests.per.connection"),
+            Some("1")
+        );
         let shown = format!(
             "{validated:?} {}",
             serde_json::to_string(&config).expect("serializes")
