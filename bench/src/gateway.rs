@@ -41,8 +41,9 @@
 
 use crate::ack::AckServer;
 use crate::http_client::Poster;
+use crate::lag::Quantiles;
 use crate::measure::{Clocks, percentile};
-use crate::produce_latency::{self, ProduceLatency};
+use crate::produce_latency;
 use crate::setup::{PIPELINE_ID, TURN_SPACING_MS, cores, now_ms};
 use crate::traces::Population;
 use anyhow::{Context as _, Result, bail, ensure};
@@ -136,7 +137,7 @@ pub(crate) struct LatencyRun {
     pub(crate) process_cpu_share: f64,
     /// Answering once acknowledged: a bare producer with the gateway's settings at the same
     /// rate, right after ([`crate::produce_latency`]).
-    pub(crate) bare_producer: Option<ProduceLatency>,
+    pub(crate) bare_producer: Option<Quantiles>,
     /// Share of the machine's cores busy with neither this process nor the broker (noise).
     pub(crate) others_cpu_share: f64,
 }

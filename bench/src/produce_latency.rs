@@ -6,7 +6,7 @@
 //! bodies (about the size of the gateway's records), written to the gateway's topic, which
 //! nothing in the bench reads.
 
-use crate::measure::percentile;
+use crate::lag::Quantiles;
 use anyhow::{Result, ensure};
 use axum::body::Bytes;
 use gateway::config::KafkaSettings;
@@ -14,21 +14,12 @@ use rdkafka::ClientContext;
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
-use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Records produced and flushed before the clock starts (connection, producer id).
 const WARMUP_RECORDS: usize = 100;
-
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ProduceLatency {
-    pub(crate) records: usize,
-    pub(crate) p50_seconds: f64,
-    pub(crate) p99_seconds: f64,
-    pub(crate) max_seconds: f64,
-}
 
 /// Acknowledgement latencies, from each record's scheduled send.
 #[derive(Default)]
@@ -61,7 +52,7 @@ pub(crate) fn measure(
     payloads: &[Bytes],
     rate: f64,
     seconds: u64,
-) -> Result<ProduceLatency> {
+) -> Result<Quantiles> {
     let producer: ThreadedProducer<Latencies> =
         gateway::publish::producer_config(settings).create_with_context(Latencies::default())?;
     let send = |index: usize, scheduled: Instant| -> Result<()> {
@@ -111,11 +102,5 @@ pub(crate) fn measure(
         !latencies.is_empty(),
         "no record of the bare producer was acknowledged"
     );
-    latencies.sort_by(f64::total_cmp);
-    Ok(ProduceLatency {
-        records: total,
-        p50_seconds: percentile(&latencies, 0.5),
-        p99_seconds: percentile(&latencies, 0.99),
-        max_seconds: latencies.last().copied().unwrap_or_default(),
-    })
+    Ok(Quantiles::of_samples(&mut latencies))
 }

@@ -214,7 +214,7 @@ fn print_gateway(g: &Gateway, throughput: Option<&Throughput>) {
              max {:.4} s; gateway p99 / bare p99 = {:.2}x",
             bare.p50_seconds,
             bare.p99_seconds,
-            bare.max_seconds,
+            bare.max_seconds.unwrap_or(f64::NAN),
             g.latency.p99_seconds / bare.p99_seconds
         );
     }
