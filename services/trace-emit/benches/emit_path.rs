@@ -163,7 +163,7 @@ fn otel_request(tracer: &SdkTracer, runtime: fn(&'static str) -> opentelemetry::
 
 /// An OTLP-to-Kafka exporter: each batch becomes one OTLP protobuf request on the topic.
 struct OtlpKafkaExporter {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: Arc<ThreadedProducer<DefaultProducerContext>>,
     resource: ResourceAttributesWithSchema,
     /// Spans exported, to check that none was dropped.
     exported: Arc<AtomicU64>,
@@ -201,6 +201,19 @@ fn producer_settings(bootstrap: &str) -> ClientConfig {
         .set("queue.buffering.max.messages", "2000000")
         .set("queue.buffering.max.kbytes", "2097151");
     config
+}
+
+/// Waits until nothing is in flight. rdkafka's `flush` polls the queue that the producer's own
+/// polling thread serves, so it returns up to 100 ms after the last delivery; criterion plans a
+/// sample's iterations from wall time, and gave samples of a few hundred traces. Each turn
+/// calls `flush` without waiting, which sends what is lingering at once.
+fn wait_delivered(in_flight: impl Fn() -> i32, send_lingering: impl Fn()) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_flight() > 0 {
+        assert!(Instant::now() < deadline, "delivery stalled");
+        send_lingering();
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Runs `one` `iterations` times in chunks of `CHUNK`, timing only the chunks: `deliver`
@@ -254,9 +267,10 @@ fn bench_emit_path(criterion: &mut Criterion) {
                         .expect("librdkafka has room");
                 },
                 || {
-                    producer
-                        .flush(Duration::from_secs(30))
-                        .expect("flush baseline")
+                    wait_delivered(
+                        || producer.in_flight_count(),
+                        || drop(producer.flush(Duration::ZERO)),
+                    )
                 },
             )
         });
@@ -290,9 +304,10 @@ fn bench_emit_path(criterion: &mut Criterion) {
                 iterations,
                 || traced_request(black_box(sink.clone())),
                 || {
-                    emitter
-                        .flush(Duration::from_secs(30))
-                        .expect("flush emitter")
+                    wait_delivered(
+                        || emitter.in_flight(),
+                        || drop(emitter.flush(Duration::ZERO)),
+                    )
                 },
             )
         });
@@ -302,8 +317,10 @@ fn bench_emit_path(criterion: &mut Criterion) {
         .with_attribute(KeyValue::new("service.name", "bench-service"))
         .build();
     let exported = Arc::new(AtomicU64::new(0));
+    let otlp_producer: Arc<ThreadedProducer<DefaultProducerContext>> =
+        Arc::new(producer_settings(&bootstrap).create().expect("producer"));
     let exporter = OtlpKafkaExporter {
-        producer: producer_settings(&bootstrap).create().expect("producer"),
+        producer: otlp_producer.clone(),
         resource: (&resource).into(),
         exported: exported.clone(),
     };
@@ -330,7 +347,13 @@ fn bench_emit_path(criterion: &mut Criterion) {
                 time_in_chunks(
                     iterations,
                     || otel_request(black_box(&tracer), runtime),
-                    || provider.force_flush().expect("flush the span processor"),
+                    || {
+                        provider.force_flush().expect("flush the span processor");
+                        wait_delivered(
+                            || otlp_producer.in_flight_count(),
+                            || drop(otlp_producer.flush(Duration::ZERO)),
+                        );
+                    },
                 )
             });
         });

@@ -1,29 +1,20 @@
 //! Random v4 UUIDs for traces and steps.
 //!
-//! Ids come from OS randomness drawn [`IDS_PER_DRAW`] ids at a time into a buffer kept per
-//! thread: one call per id was a third of building a trace. A `fork` copies that buffer, so
-//! the buffer remembers the process it was drawn in, and a trace, when it starts, gives its
-//! process id (read once per trace): a buffer drawn in another process is thrown away, and
-//! parent and child never hand out the same ids. (A trace started before a fork and finished
-//! in the child would still use its parent's process id; nothing does that.)
+//! Ids come from a generator kept per thread (rand's ChaCha12, the algorithm of its
+//! `ThreadRng`, seeded from the OS): a call into the OS per id was a third of building a
+//! trace, and one per 16 ids still a tenth. A `fork` copies that generator, so it remembers the
+//! process it was seeded in, and a trace, when it starts, gives its process id (read once per
+//! trace): in another process the generator is seeded from the OS again, and parent and child
+//! never hand out the same ids. (A trace started before a fork and finished in the child would
+//! still use its parent's process id; nothing does that.)
 
+use rand::rngs::{StdRng, SysRng};
+use rand::{Rng as _, SeedableRng as _};
 use std::cell::RefCell;
 
-/// Ids one draw from the OS covers.
-const IDS_PER_DRAW: usize = 16;
-const ID_BYTES: usize = 16;
-
-struct Pool {
-    /// The process the bytes were drawn in.
-    pid: u32,
-    random: [u8; IDS_PER_DRAW * ID_BYTES],
-    next: usize,
-}
-
 thread_local! {
-    static POOL: RefCell<Pool> = const {
-        RefCell::new(Pool { pid: 0, random: [0; IDS_PER_DRAW * ID_BYTES], next: IDS_PER_DRAW * ID_BYTES })
-    };
+    /// This thread's generator and the process it was seeded in.
+    static GENERATOR: RefCell<Option<(u32, StdRng)>> = const { RefCell::new(None) };
 }
 
 /// The process that ids are drawn for: read once when a trace starts.
@@ -33,24 +24,25 @@ pub(crate) fn process() -> u32 {
 
 /// A new random (version 4) UUID in its hyphenated lowercase form, for `pid` ([`process`]).
 pub(crate) fn next_id(pid: u32) -> String {
-    let bytes = POOL.with_borrow_mut(|pool| {
-        if pool.pid != pid || pool.next == pool.random.len() {
-            getrandom::fill(&mut pool.random).ok()?;
-            pool.pid = pid;
-            pool.next = 0;
+    let bytes = GENERATOR.with_borrow_mut(|generator| {
+        if generator
+            .as_ref()
+            .is_none_or(|(seeded_in, _)| *seeded_in != pid)
+        {
+            // First id of the thread, or a fork copied the parent's generator.
+            *generator = Some((pid, StdRng::try_from_rng(&mut SysRng).ok()?));
         }
-        let mut bytes = [0; ID_BYTES];
-        bytes.copy_from_slice(&pool.random[pool.next..pool.next + ID_BYTES]);
-        pool.next += ID_BYTES;
+        let mut bytes = [0; 16];
+        generator.as_mut()?.1.fill_bytes(&mut bytes);
         Some(bytes)
     });
-    match bytes {
+    let id = match bytes {
         Some(bytes) => uuid::Builder::from_random_bytes(bytes).into_uuid(),
-        // As `Uuid::new_v4`, which draws again (and panics if the OS still refuses).
+        // As `Uuid::new_v4`, which draws from the OS again (and panics if it still refuses).
         None => uuid::Uuid::new_v4(),
-    }
-    .hyphenated()
-    .to_string()
+    };
+    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+    String::from(&*id.hyphenated().encode_lower(&mut text))
 }
 
 /// One id outside any trace.
@@ -74,7 +66,7 @@ mod tests {
     #[test]
     fn ids_are_hyphenated_lowercase_version_4_uuids_and_never_repeat() {
         let mut seen = HashSet::new();
-        for _ in 0..IDS_PER_DRAW * 3 + 1 {
+        for _ in 0..100 {
             let id = new_id();
             assert_v4(&id);
             assert!(seen.insert(id), "an id came twice");
@@ -82,15 +74,31 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_drawn_in_another_process_is_drawn_again() {
+    fn a_generator_seeded_in_another_process_is_seeded_again() {
         let pid = process();
-        let first = next_id(pid);
-        // What a forked child sees: the parent's buffer, under its own process id.
-        let copied = POOL.with_borrow(|pool| pool.random);
+        let id_from = |rng: &mut StdRng| {
+            let mut bytes = [0; 16];
+            rng.fill_bytes(&mut bytes);
+            uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .hyphenated()
+                .to_string()
+        };
+        // Two copies of one state, as a fork leaves in parent and child.
+        let mut parent = StdRng::seed_from_u64(7);
+        GENERATOR.set(Some((pid, StdRng::seed_from_u64(7))));
+        assert_eq!(
+            next_id(pid),
+            id_from(&mut parent),
+            "the same process goes on"
+        );
         let in_child = next_id(pid.wrapping_add(1));
         assert_v4(&in_child);
-        assert_ne!(in_child, first);
-        let fresh = POOL.with_borrow(|pool| pool.random);
-        assert_ne!(copied, fresh, "the child kept the parent's random bytes");
+        assert_ne!(
+            in_child,
+            id_from(&mut parent),
+            "the child kept the parent's generator"
+        );
+        assert_ne!(next_id(pid.wrapping_add(1)), id_from(&mut parent));
     }
 }
