@@ -16,7 +16,10 @@
 //!   `otel_sdk_static_values`, reported only, records them as `'static` strings instead.
 //!
 //! Every variant produces to an in-process cluster, so no broker is needed; delivery runs in
-//! librdkafka's threads for all of them alike. `scripts/bench.sh` turns the medians into ratios.
+//! librdkafka's threads for all of them alike. Traces are timed in chunks, and between chunks
+//! every variant waits, untimed, until its records are delivered (the SDK's spans exported
+//! first), so no chunk shares the machine with the last one's delivery.
+//! `scripts/bench.sh` turns the medians into ratios.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use opentelemetry::KeyValue;
