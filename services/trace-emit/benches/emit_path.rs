@@ -46,7 +46,7 @@ use trace_emit::{
 };
 
 const TOPIC: &str = "bench-traces";
-/// Traces sent between flushes (flushing is not measured); far below the buffer size.
+/// Traces sent between waits for delivery (not measured); far below the buffer size.
 const CHUNK: u64 = 2_000;
 
 // The first of pipeline-bench's realistic traces (bench/src/traces.rs): same shape, same
@@ -209,7 +209,7 @@ fn producer_settings(bootstrap: &str) -> ClientConfig {
 /// Waits until nothing is in flight. rdkafka's `flush` polls the queue that the producer's own
 /// polling thread serves, so it returns up to 100 ms after the last delivery; criterion plans a
 /// sample's iterations from wall time, and gave samples of a few hundred traces. Each turn
-/// calls `flush` without waiting, which sends what is lingering at once.
+/// calls `flush` without waiting, a nudge to send what is lingering.
 fn wait_delivered(in_flight: impl Fn() -> i32, send_lingering: impl Fn()) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while in_flight() > 0 {
