@@ -2,11 +2,11 @@
 //!
 //! Ids come from a generator kept per thread (rand's ChaCha12, the algorithm of its
 //! `ThreadRng`, seeded from the OS): a call into the OS per id was a third of building a
-//! trace, and one per 16 ids still a tenth. A `fork` copies that generator, so it remembers the
-//! process it was seeded in, and a trace, when it starts, gives its process id (read once per
-//! trace): in another process the generator is seeded from the OS again, and parent and child
-//! never hand out the same ids. It is also seeded again every [`IDS_PER_SEED`] ids, as
-//! `ThreadRng` is every 64 KiB: a grandchild that got an exited process's id (pid reuse) and
+//! trace, and one per 16 ids still a tenth. A `fork` copies that generator, so it remembers
+//! the process it was seeded in, and a trace, when it starts, gives its process id (read once
+//! per trace): in another process the generator is seeded from the OS again, and parent and
+//! child never hand out the same ids. It is also seeded again every [`IDS_PER_SEED`] ids, as
+//! `ThreadRng` is every 64 KiB: a descendant that got an exited process's id (pid reuse) and
 //! still holds that process's generator repeats at most those. (A trace started before a fork
 //! and finished in the child would still use its parent's process id; nothing does that.)
 
