@@ -148,6 +148,14 @@ mod tests {
     }
 
     #[test]
+    fn an_id_drawn_while_the_generator_is_borrowed_comes_from_the_os() {
+        GENERATOR.with(|cell| {
+            let _held = cell.borrow_mut();
+            assert_v4(&new_id());
+        });
+    }
+
+    #[test]
     fn a_generator_is_seeded_again_after_its_ids_per_seed() {
         let pid = process();
         let mut copy = install(pid, 1);
