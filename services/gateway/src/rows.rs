@@ -106,6 +106,24 @@ fn optional_name(config: &JsonMap, key: &str) -> Result<Option<String>, Refusal>
 }
 
 impl Columns {
+    /// Whether the record reads column `name`.
+    fn reads(&self, name: &str) -> bool {
+        self.output == name
+            || [
+                &self.inference_id,
+                &self.timestamp,
+                &self.user_id,
+                &self.session_id,
+                &self.latency,
+                &self.cost,
+                &self.tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(&self.inputs)
+            .any(|column| column == name)
+    }
+
     fn from_config(config: &JsonMap) -> Result<Self, Refusal> {
         let output = optional_name(config, "outputColumnName")?.ok_or_else(|| {
             bad_request(
@@ -205,116 +223,262 @@ fn amount_column(
     }
 }
 
-/// Sum of `key` over every step of a `steps` tree (any depth); `None` when no step has one.
-fn sum_over_steps(steps: Option<&Value>, key: &str) -> Option<f64> {
-    let mut stack: Vec<&Value> = match steps {
-        Some(Value::Array(steps)) => steps.iter().collect(),
-        _ => return None,
-    };
+/// Sum of one amount over every step of a `steps` tree (any depth), in the order of a stack
+/// of the steps, last first; `None` when no step has one.
+fn sum_over_steps(steps: &[StepAmounts], amount: fn(&StepAmounts) -> Option<f64>) -> Option<f64> {
+    let mut stack: Vec<&StepAmounts> = steps.iter().collect();
     let mut total = None;
     while let Some(step) = stack.pop() {
-        if let Some(value) = step.get(key).and_then(Value::as_f64)
+        if let Some(value) = amount(step)
             && value.is_finite()
             && value >= 0.0
         {
             total = Some(total.unwrap_or(0.0) + value);
         }
-        if let Some(Value::Array(children)) = step.get("steps") {
-            stack.extend(children.iter());
-        }
+        stack.extend(step.steps.iter());
     }
     total
 }
 
 /// The row's column when present and positive, else the steps' sum (see the module doc).
-fn total(column: Option<f64>, steps: &Steps<'_>, key: &str) -> Option<f64> {
+fn total(
+    column: Option<f64>,
+    steps: &[StepAmounts],
+    amount: fn(&StepAmounts) -> Option<f64>,
+) -> Option<f64> {
     match column {
         Some(value) if value > 0.0 => Some(value),
-        _ => sum_over_steps(steps.parsed(), key)
+        _ => sum_over_steps(steps, amount)
             .filter(|sum| *sum > 0.0)
             .or(column),
     }
 }
 
-/// A row's `steps` column as sent: parsed only when a total needs the steps' sum, and then
-/// once for both totals (the official tracer's rows read 0 for both when usage is nested).
-struct Steps<'a> {
-    raw: Option<&'a RawValue>,
-    parsed: std::cell::OnceCell<Option<Value>>,
+/// What a record reads of a row, in one pass over the row's text: the columns the config
+/// names, parsed, and its `steps` summed up. The rest of the row (most of it: the steps' texts)
+/// is never parsed into values; it travels as sent. Of a repeated member, the last counts (as
+/// in a parsed map).
+#[derive(Debug, Default)]
+struct RowFields {
+    columns: JsonMap,
+    steps: StepList,
 }
 
-impl<'a> Steps<'a> {
-    fn new(raw: Option<&'a RawValue>) -> Self {
-        Steps {
-            raw,
-            parsed: std::cell::OnceCell::new(),
-        }
+/// A `steps` list as the record needs it: the first step's `name` (the trace's name) and
+/// every step's amounts, for totals when the row's own column reads 0 (the official tracer's
+/// rows do when usage is nested). Anything but a list of objects names and sums nothing.
+#[derive(Debug, Default)]
+struct StepList {
+    first_name: Option<String>,
+    steps: Vec<StepAmounts>,
+}
+
+/// A step's `tokens` and `cost` (any number, checked when summed) and its own steps.
+#[derive(Debug, Default)]
+struct StepAmounts {
+    tokens: Option<f64>,
+    cost: Option<f64>,
+    steps: Vec<StepAmounts>,
+}
+
+/// Reads `row_text` for the record (see [`RowFields`]); an error when it is no JSON object.
+fn read_row(row_text: &str, columns: &Columns) -> Result<RowFields, serde_json::Error> {
+    let mut row = serde_json::Deserializer::from_str(row_text);
+    let fields = serde::de::DeserializeSeed::deserialize(RowSeed(columns), &mut row)?;
+    row.end()?;
+    Ok(fields)
+}
+
+struct RowSeed<'c>(&'c Columns);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = RowFields;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, row: D) -> Result<RowFields, D::Error> {
+        row.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = RowFields;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a row object")
     }
 
-    fn parsed(&self) -> Option<&Value> {
-        self.parsed
-            .get_or_init(|| {
-                self.raw
-                    .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            })
-            .as_ref()
-    }
-
-    /// The first step's `name`, the trace's name, in one pass over the steps: only that
-    /// field is parsed, the rest skipped. A first step that is not an object names nothing;
-    /// of a repeated `name`, the last counts (as in a parsed map).
-    fn root_name(&self) -> Option<String> {
-        struct HeadName;
-        impl<'de> serde::de::Visitor<'de> for HeadName {
-            type Value = Option<Value>;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a step object")
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> Result<RowFields, A::Error> {
+        let mut fields = RowFields::default();
+        while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+            let read = self.0.reads(&name);
+            if name == "steps" {
+                fields.steps = if read {
+                    let steps: Value = members.next_value()?;
+                    let list = serde::de::DeserializeSeed::deserialize(StepListSeed, &steps)
+                        .unwrap_or_default();
+                    fields.columns.insert(name.into_owned(), steps);
+                    list
+                } else {
+                    members.next_value_seed(StepListSeed)?
+                };
+            } else if read {
+                fields
+                    .columns
+                    .insert(name.into_owned(), members.next_value()?);
+            } else {
+                members.next_value::<serde::de::IgnoredAny>()?;
             }
+        }
+        Ok(fields)
+    }
+}
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut step: A,
-            ) -> Result<Option<Value>, A::Error> {
-                let mut name = None;
-                while let Some(key) = step.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "name" {
-                        name = Some(step.next_value::<Value>()?);
-                    } else {
-                        step.next_value::<serde::de::IgnoredAny>()?;
-                    }
+/// Visits the scalars a steps value may hold instead of what is read, as the default value.
+macro_rules! scalars_read_as_default {
+    () => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+    };
+}
+
+/// A `steps` value: a list read step by step, the first one's name kept.
+struct StepListSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StepListSeed {
+    type Value = StepList;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, steps: D) -> Result<StepList, D::Error> {
+        steps.deserialize_any(StepListVisitor { named: true })
+    }
+}
+
+/// A list of steps; `named`: the first step's name is kept (the top level's).
+struct StepListVisitor {
+    named: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for StepListVisitor {
+    type Value = StepList;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a list of steps")
+    }
+
+    scalars_read_as_default!();
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<StepList, A::Error> {
+        let mut list = StepList::default();
+        let mut named = self.named;
+        while let Some(step) = items.next_element_seed(StepSeed { named })? {
+            if let Some((name, amounts)) = step {
+                if named {
+                    list.first_name = name;
                 }
-                Ok(name)
+                list.steps.push(amounts);
             }
+            named = false;
         }
-        struct Head(Option<Value>);
-        impl<'de> serde::Deserialize<'de> for Head {
-            fn deserialize<D: serde::Deserializer<'de>>(step: D) -> Result<Head, D::Error> {
-                step.deserialize_map(HeadName).map(Head)
-            }
-        }
-        struct FirstName;
-        impl<'de> serde::de::Visitor<'de> for FirstName {
-            type Value = Option<Value>;
+        Ok(list)
+    }
 
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a list of steps")
-            }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<StepList, A::Error> {
+        while members
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(StepList::default())
+    }
+}
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut steps: A,
-            ) -> Result<Option<Value>, A::Error> {
-                let name = steps.next_element::<Head>()?.and_then(|head| head.0);
-                while steps.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(name)
+/// One step: `None` when it is no object; its name read when `named`.
+struct StepSeed {
+    named: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StepSeed {
+    type Value = Option<(Option<String>, StepAmounts)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, step: D) -> Result<Self::Value, D::Error> {
+        step.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StepSeed {
+    type Value = Option<(Option<String>, StepAmounts)>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a step object")
+    }
+
+    scalars_read_as_default!();
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut items: A,
+    ) -> Result<Self::Value, A::Error> {
+        while items.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> Result<Self::Value, A::Error> {
+        let mut name = None;
+        let mut amounts = StepAmounts::default();
+        while let Some(key) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "name" if self.named => {
+                    name = match members.next_value()? {
+                        Value::String(name) => Some(name),
+                        _ => None,
+                    };
+                }
+                "tokens" => amounts.tokens = members.next_value::<Value>()?.as_f64(),
+                "cost" => amounts.cost = members.next_value::<Value>()?.as_f64(),
+                "steps" => {
+                    amounts.steps = members.next_value_seed(ChildStepsSeed)?.steps;
+                }
+                _ => {
+                    members.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
         }
-        let mut steps = serde_json::Deserializer::from_str(self.raw?.get());
-        match serde::Deserializer::deserialize_seq(&mut steps, FirstName).ok()?? {
-            Value::String(name) => Some(name),
-            _ => None,
-        }
+        Ok(Some((name, amounts)))
+    }
+}
+
+/// A step's own `steps`: no name read.
+struct ChildStepsSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ChildStepsSeed {
+    type Value = StepList;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, steps: D) -> Result<StepList, D::Error> {
+        steps.deserialize_any(StepListVisitor { named: false })
     }
 }
 
@@ -449,16 +613,19 @@ fn parse_raw_object(text: &str) -> Result<RawObject<'_>, Refusal> {
 }
 
 /// Maps one row to its record, but for the row and its config, which travel as sent:
-/// `row` holds the columns the record reads, parsed (see [`read_columns`]), `steps` the
-/// row's `steps` column.
+/// `fields` holds what the record reads of the row (see [`RowFields`]).
 fn trace_of_row(
     pipeline_id: &str,
     columns: &Columns,
     index: usize,
-    (row, steps): (JsonMap, Steps<'_>),
+    fields: RowFields,
     limits: &Limits,
     now_ms: i64,
 ) -> Result<TraceEvent, Refusal> {
+    let RowFields {
+        columns: row,
+        steps,
+    } = fields;
     if !row.contains_key(&columns.output) {
         return Err(bad_request(
             Some(index),
@@ -488,7 +655,7 @@ fn trace_of_row(
     let cost_column = amount_column(&row, index, columns.cost.as_deref())?;
     let mut event = TraceEvent::new(
         steps
-            .root_name()
+            .first_name
             .unwrap_or_else(|| DEFAULT_TRACE_NAME.to_owned()),
         timestamp_ms,
     );
@@ -509,8 +676,9 @@ fn trace_of_row(
         limits,
     )?;
     event.latency_ms = amount_column(&row, index, columns.latency.as_deref())?;
-    event.tokens = total(tokens_column, &steps, "tokens").map(|tokens| tokens.round() as i64);
-    event.cost = total(cost_column, &steps, "cost");
+    event.tokens =
+        total(tokens_column, &steps.steps, |step| step.tokens).map(|tokens| tokens.round() as i64);
+    event.cost = total(cost_column, &steps.steps, |step| step.cost);
     // Cloned, not moved: a column may be both the output and an input.
     event.output = row.get(&columns.output).cloned().unwrap_or(Value::Null);
     for name in &columns.inputs {
@@ -563,15 +731,14 @@ pub fn stream_records(
     rows.into_iter()
         .enumerate()
         .map(|(index, row_text)| {
-            let row: RawObject<'_> = serde_json::from_str(row_text.get()).map_err(|_| {
+            let fields = read_row(row_text.get(), &columns).map_err(|_| {
                 bad_request(
                     Some(index),
                     "rows",
                     "a row must be a JSON object".to_owned(),
                 )
             })?;
-            let read = read_columns(&row, &columns);
-            let event = trace_of_row(pipeline_id, &columns, index, read, limits, now_ms)?;
+            let event = trace_of_row(pipeline_id, &columns, index, fields, limits, now_ms)?;
             let raw = RawRow {
                 row: row_text.get(),
                 config: config_text,
@@ -615,30 +782,6 @@ fn body_members(body: &[u8]) -> Result<(Option<&RawValue>, Option<RawRows<'_>>),
         body.get("config").copied(),
         body.get("rows").map(|raw| serde_json::from_str(raw.get())),
     ))
-}
-
-/// The columns of `row` the record reads, parsed, and its `steps` as sent: the rest of the
-/// row (most of it, the steps' texts) is never parsed into values.
-fn read_columns<'a>(row: &RawObject<'a>, columns: &Columns) -> (JsonMap, Steps<'a>) {
-    let names = [
-        Some(&columns.output),
-        columns.inference_id.as_ref(),
-        columns.timestamp.as_ref(),
-        columns.user_id.as_ref(),
-        columns.session_id.as_ref(),
-        columns.latency.as_ref(),
-        columns.cost.as_ref(),
-        columns.tokens.as_ref(),
-    ];
-    let mut read = JsonMap::new();
-    for name in names.into_iter().flatten().chain(&columns.inputs) {
-        if let Some(raw) = row.get(name.as_str())
-            && let Ok(value) = serde_json::from_str(raw.get())
-        {
-            read.insert(name.clone(), value);
-        }
-    }
-    (read, Steps::new(row.get("steps").copied()))
 }
 
 /// Maps a row update (`PUT .../rows?inferenceId=`, body `{"row": {..}, "config": {..} | null}`)

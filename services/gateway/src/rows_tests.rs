@@ -1,4 +1,5 @@
 use super::*;
+use proptest::prelude::*;
 use serde_json::json;
 use trace_model::Decoder;
 
@@ -146,10 +147,7 @@ fn refuses_what_a_json_parser_refuses_anywhere_in_the_body() {
 
 #[test]
 fn the_trace_is_named_by_its_first_steps_name_alone() {
-    let name = |steps: &str| {
-        let raw: Box<RawValue> = serde_json::from_str(steps).expect("json");
-        Steps::new(Some(&raw)).root_name()
-    };
+    let name = |steps: &str| steps_of(steps).first_name;
     assert_eq!(
         name(r#"[{"steps": [{"name": "inner"}], "name": "outer"}, "junk", {"name": "2nd"}]"#)
             .as_deref(),
@@ -164,6 +162,150 @@ fn the_trace_is_named_by_its_first_steps_name_alone() {
     assert_eq!(name(r#"[{"type": "chat"}]"#), None);
     assert_eq!(name("[]"), None);
     assert_eq!(name(r#"{"name": "not a list"}"#), None);
+}
+
+/// A `steps` value read as a row's `steps` column is.
+fn steps_of(steps: &str) -> StepList {
+    let columns = Columns {
+        output: "output".to_owned(),
+        ..Columns::default()
+    };
+    read_row(&format!(r#"{{"steps": {steps}}}"#), &columns)
+        .expect("a row")
+        .steps
+}
+
+/// The steps' sum of `key` as read from the steps parsed into values: the stack of steps,
+/// last first, as the gateway sums (the order of a float sum shows in its last bits).
+fn sum_of_parsed(steps: &Value, key: &str) -> Option<f64> {
+    let mut stack: Vec<&Value> = match steps {
+        Value::Array(steps) => steps.iter().collect(),
+        _ => return None,
+    };
+    let mut total = None;
+    while let Some(step) = stack.pop() {
+        if let Some(value) = step.get(key).and_then(Value::as_f64)
+            && value.is_finite()
+            && value >= 0.0
+        {
+            total = Some(total.unwrap_or(0.0) + value);
+        }
+        if let Some(Value::Array(children)) = step.get("steps") {
+            stack.extend(children.iter());
+        }
+    }
+    total
+}
+
+/// The first step's name as read from the steps parsed into values.
+fn first_name_of_parsed(steps: &Value) -> Option<String> {
+    steps
+        .as_array()?
+        .first()?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// An amount as a step may hold it: decimals whose float sum depends on its order, other
+/// numbers, and values of other types.
+fn amount_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec!["0.1", "0.2", "0.3", "0.7", "1e16", "3", "-1", "12"])
+            .prop_map(str::to_owned),
+        1 => any::<f64>()
+            .prop_filter("JSON has no NaN or infinity", |value| value.is_finite())
+            .prop_map(|value| value.to_string()),
+        1 => any::<u64>().prop_map(|value| value.to_string()),
+        1 => prop::sample::select(vec![r#""12""#, "null", "[1]", r#"{"tokens": 1}"#])
+            .prop_map(str::to_owned),
+    ]
+}
+
+/// A step object of `members`, some repeated, its own steps from `steps`.
+fn step_text(steps: BoxedStrategy<String>) -> impl Strategy<Value = String> {
+    let member = prop_oneof![
+        3 => (prop::sample::select(vec!["tokens", "cost", "t\\u006fkens"]), amount_text())
+            .prop_map(|(key, value)| format!(r#""{key}": {value}"#)),
+        1 => prop::sample::select(vec![
+            r#""name": "chat""#,
+            r#""name": "n\u0061me""#,
+            r#""name": 5"#,
+            r#""na\u006de": "escaped key""#,
+            r#""other": {"tokens": 3, "name": "no", "steps": [{"cost": 1}]}"#,
+        ])
+        .prop_map(str::to_owned),
+        2 => steps.prop_map(|steps| format!(r#""steps": {steps}"#)),
+    ];
+    prop::collection::vec(member, 0..6).prop_map(|members| format!("{{{}}}", members.join(", ")))
+}
+
+/// A `steps` value: mostly lists of step objects, nested; sometimes of other types.
+fn steps_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("[]".to_owned()),
+        Just("7".to_owned()),
+        Just(r#"{"name": "not a list"}"#.to_owned()),
+        step_text(Just("[]".to_owned()).boxed()).prop_map(|step| format!("[{step}]")),
+    ];
+    leaf.prop_recursive(4, 64, 5, |inner| {
+        let item = prop_oneof![
+            5 => step_text(inner.clone().boxed()).boxed(),
+            1 => Just(r#"["Evil"]"#.to_owned()).boxed(),
+            1 => Just("null".to_owned()).boxed(),
+        ];
+        prop::collection::vec(item, 0..5).prop_map(|items| format!("[{}]", items.join(", ")))
+    })
+}
+
+proptest! {
+    #[test]
+    fn steps_read_in_one_pass_sum_and_name_as_the_steps_parsed(steps in steps_text()) {
+        let parsed: Value = serde_json::from_str(&steps).expect("the strategy writes JSON");
+        let read = steps_of(&steps);
+        for (key, amount) in [
+            ("tokens", (|step| step.tokens) as fn(&StepAmounts) -> Option<f64>),
+            ("cost", |step| step.cost),
+        ] {
+            prop_assert_eq!(
+                sum_over_steps(&read.steps, amount).map(f64::to_bits),
+                sum_of_parsed(&parsed, key).map(f64::to_bits),
+                "{}", key
+            );
+        }
+        prop_assert_eq!(read.first_name, first_name_of_parsed(&parsed));
+    }
+}
+
+#[test]
+fn sums_the_steps_in_the_order_the_parsed_steps_were_summed() {
+    // Float sums of 0.1, 0.2 and 0.3 differ by order in their last bits.
+    for steps in [
+        r#"[{"cost": 0.1}, {"cost": 0.2}, {"cost": 0.3}]"#,
+        r#"[{"steps": [{"cost": 0.1}, {"cost": 0.2}, {"cost": 0.3}]}]"#,
+        r#"[{"cost": 0.3, "steps": [{"cost": 0.1, "steps": [{"cost": 0.7}]}, {"cost": 0.2}]}]"#,
+    ] {
+        let parsed: Value = serde_json::from_str(steps).expect("json");
+        assert_eq!(
+            sum_over_steps(&steps_of(steps).steps, |step| step.cost).map(f64::to_bits),
+            sum_of_parsed(&parsed, "cost").map(f64::to_bits),
+            "{steps}"
+        );
+    }
+}
+
+#[test]
+fn a_steps_column_the_config_reads_is_also_summed() {
+    let request = json!({
+        "config": {"outputColumnName": "steps"},
+        "rows": [{"steps": [{"name": "root", "tokens": 4, "steps": [{"tokens": 5}]}]}]
+    });
+    let records =
+        stream_records("p", &body(&request), &Limits::default(), NOW_MS).expect("accepted");
+    let event = decode(&records[0]);
+    assert_eq!(event.name, "root");
+    assert_eq!(event.tokens, Some(9), "no tokens column: the steps' sum");
+    assert_eq!(event.output, request["rows"][0]["steps"]);
 }
 
 #[test]
