@@ -4,7 +4,8 @@
 #
 # 1. The criterion benches: the producer helpers against the OpenTelemetry SDK (in-process
 #    Kafka, no broker needed), the OpenTelemetry assembly against the native decode of the
-#    same traces, and decode plus row against the naive crate path.
+#    same traces, decode plus row against the naive crate path, and the gateway's work on the
+#    official SDK's data-stream body against parsing it into values.
 # 2. `pipeline-bench`: the sessionizer end to end on the real broker (throughput against a
 #    minimal consumer and a bare one, rows/s against the official Openlayer Python SDK on the
 #    same traces, the ingest gateway's rows/s and request latency at half that rate and the
@@ -61,6 +62,7 @@ echo "bench: size $size" >&2
 cargo bench --locked -p trace-emit --bench emit_path
 cargo bench --locked -p otel-ingest --bench assembly
 cargo bench --locked -p sessionizer --bench decode_row
+cargo bench --locked -p gateway --bench data_stream
 cargo run --locked --release -p pipeline-bench -- "${size_args[@]}" "$@"
 python3 scripts/bench_report.py target/criterion target/bench/pipeline.json \
   bench-results/latest.json "$size"

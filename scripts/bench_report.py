@@ -176,6 +176,33 @@ def otel_report(root: Path) -> None:
             )
 
 
+def gateway_rows_report(root: Path) -> None:
+    print()
+    print("Gateway: a data-stream body to records per row, against parsing it into values")
+    for rows in [1, 100]:
+        group = f"data_stream_{rows}"
+        found = criterion_baseline(root, group, "values_and_text")
+        if found is None:
+            return
+        baseline, baseline_mtime = found
+        value = same_run_median(root, group, "stream_records", baseline_mtime)
+        if value is None:
+            print(f"  no stream_records result from the baseline's run ({group})")
+            continue
+        per_row, baseline_per_row = value / rows / 1000, baseline / rows / 1000
+        print(
+            f"  {rows} row(s) per request: stream_records median {per_row:.2f} µs per row, "
+            f"values and text {baseline_per_row:.2f} µs = {value / baseline:.2f}x"
+        )
+        figure(
+            f"gateway: the official SDK's data-stream body to records, {rows} row(s) per request",
+            per_row,
+            "µs/row",
+            f"serde_json parse into values, rows written back as text, {baseline_per_row:.2f} µs",
+            value / baseline,
+        )
+
+
 # Figures one part computes for another's goal.
 RUN_STATE: dict = {}
 
@@ -818,6 +845,7 @@ def main() -> int:
     producer_report(root, goals)
     decode_row_report(root, goals)
     otel_report(root)
+    gateway_rows_report(root)
     pipeline_report(pipeline, goals)
     if goals:
         print()
