@@ -206,10 +206,11 @@ fn producer_settings(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// Waits until nothing is in flight. rdkafka's `flush` polls the queue that the producer's own
-/// polling thread serves, so it returns up to 100 ms after the last delivery; criterion plans a
-/// sample's iterations from wall time, and gave samples of a few hundred traces. Each turn
-/// calls `flush` without waiting, a nudge to send what is lingering.
+/// Waits until nothing is in flight, as `Emitter::flush` does. rdkafka's `flush` polls the
+/// queue that the producer's own polling thread serves, so it returns up to 100 ms after the
+/// last delivery; criterion plans a sample's iterations from wall time, and gave samples of a
+/// few hundred traces. Each turn calls `flush` without waiting, a nudge to send what is
+/// lingering.
 fn wait_delivered(in_flight: impl Fn() -> i32, send_lingering: impl Fn()) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while in_flight() > 0 {
@@ -306,12 +307,7 @@ fn bench_emit_path(criterion: &mut Criterion) {
             time_in_chunks(
                 iterations,
                 || traced_request(black_box(sink.clone())),
-                || {
-                    wait_delivered(
-                        || emitter.in_flight(),
-                        || drop(emitter.flush(Duration::ZERO)),
-                    )
-                },
+                || emitter.flush(Duration::from_secs(30)).expect("delivered"),
             )
         });
     });
