@@ -183,7 +183,7 @@ def gateway_rows_report(root: Path) -> None:
         group = f"data_stream_{rows}"
         found = criterion_baseline(root, group, "values_and_text")
         if found is None:
-            return
+            continue
         baseline, baseline_mtime = found
         value = same_run_median(root, group, "stream_records", baseline_mtime)
         if value is None:

@@ -22,12 +22,20 @@ const SDK_BODY: &str = include_str!("sdk_body.json");
 const PIPELINE_ID: &str = "00000000-0000-0000-0000-000000000001";
 const NOW_MS: i64 = 1_796_442_620_000;
 
-/// The SDK's body with its one row repeated `rows` times.
+/// The SDK's body as sent, its one row's text repeated `rows` times (members in the SDK's
+/// order: parsing and writing it again would sort them).
 fn body_of(rows: usize) -> Vec<u8> {
-    let mut body: Value = serde_json::from_str(SDK_BODY).expect("the fixture is JSON");
-    let row = body["rows"][0].clone();
-    body["rows"] = Value::Array(vec![row; rows]);
-    serde_json::to_vec(&body).expect("serializes")
+    let fixture = SDK_BODY.trim_end();
+    let (head, row) = fixture.split_once(r#""rows":["#).expect("the SDK writes rows last");
+    let row = row.strip_suffix("]}").expect("one list of rows, last");
+    let body = format!(r#"{head}"rows":[{}]}}"#, vec![row; rows].join(","));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("JSON")["rows"]
+            .as_array()
+            .map(Vec::len),
+        Some(rows)
+    );
+    body.into_bytes()
 }
 
 /// The baseline: parsed into values, each row and the config written back as text.

@@ -7,8 +7,9 @@
 //! `inputVariableNames`). The typed fields of the record are read from those columns; the
 //! whole row, unknown columns included, travels as its text in the record's `row` (and the
 //! config in `row_config`), so the sessionizer ships what the SDK sent. Only the columns the
-//! record reads are parsed into values (the steps only for a total that needs their sum):
-//! parsing whole rows and writing them again was most of the gateway's work per row.
+//! record reads are parsed into values, in one pass over the row that also reads the steps'
+//! names and amounts: parsing whole rows and writing them again was most of the gateway's
+//! work per row.
 //!
 //! Token and cost totals: the official tracer's row `tokens`/`cost` come from the top-level
 //! step only and read 0 when the tokens sit in nested completion steps. When the row's column
@@ -255,18 +256,19 @@ fn total(
 }
 
 /// What a record reads of a row, in one pass over the row's text: the columns the config
-/// names, parsed, and its `steps` summed up. The rest of the row (most of it: the steps' texts)
-/// is never parsed into values; it travels as sent. Of a repeated member, the last counts (as
-/// in a parsed map).
+/// names, parsed, and what its `steps` hold for the trace's name and totals. The rest of the
+/// row (most of it: the steps' texts) is never parsed into values; it travels as sent. Of a
+/// repeated member, the last counts (as in a parsed map).
 #[derive(Debug, Default)]
 struct RowFields {
-    columns: JsonMap,
+    read: JsonMap,
     steps: StepList,
 }
 
-/// A `steps` list as the record needs it: the first step's `name` (the trace's name) and
-/// every step's amounts, for totals when the row's own column reads 0 (the official tracer's
-/// rows do when usage is nested). Anything but a list of objects names and sums nothing.
+/// A `steps` value as the record needs it: the first step's `name` when the first item is an
+/// object (the trace's name), and the amounts of every item that is an object, for totals
+/// when the row's own column reads 0 (the official tracer's rows do when usage is nested).
+/// A value that is no list names and holds nothing.
 #[derive(Debug, Default)]
 struct StepList {
     first_name: Option<String>,
@@ -287,6 +289,32 @@ fn read_row(row_text: &str, columns: &Columns) -> Result<RowFields, serde_json::
     let fields = serde::de::DeserializeSeed::deserialize(RowSeed(columns), &mut row)?;
     row.end()?;
     Ok(fields)
+}
+
+/// A member name, borrowed from the text unless it holds escapes: serde's `Cow<str>` always
+/// allocates, and a row and its steps have dozens of members.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(key: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a member name")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(key.to_owned())))
+            }
+        }
+        key.deserialize_str(KeyVisitor)
+    }
 }
 
 struct RowSeed<'c>(&'c Columns);
@@ -311,22 +339,21 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
         mut members: A,
     ) -> Result<RowFields, A::Error> {
         let mut fields = RowFields::default();
-        while let Some(name) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(name)) = members.next_key()? {
             let read = self.0.reads(&name);
             if name == "steps" {
                 fields.steps = if read {
+                    // A column the config names `steps`: parsed, and its steps read from that.
                     let steps: Value = members.next_value()?;
-                    let list = serde::de::DeserializeSeed::deserialize(StepListSeed, &steps)
-                        .unwrap_or_default();
-                    fields.columns.insert(name.into_owned(), steps);
-                    list
+                    let list = serde::de::DeserializeSeed::deserialize(StepListSeed::TOP, &steps);
+                    fields.read.insert(name.into_owned(), steps);
+                    // Reading a parsed value fails nowhere: every type is taken.
+                    list.unwrap_or_default()
                 } else {
-                    members.next_value_seed(StepListSeed)?
+                    members.next_value_seed(StepListSeed::TOP)?
                 };
             } else if read {
-                fields
-                    .columns
-                    .insert(name.into_owned(), members.next_value()?);
+                fields.read.insert(name.into_owned(), members.next_value()?);
             } else {
                 members.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -335,7 +362,8 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
     }
 }
 
-/// Visits the scalars a steps value may hold instead of what is read, as the default value.
+/// Takes a scalar where a list or a step was looked for: it names and holds nothing, as it
+/// did when the steps were parsed into values and then looked up.
 macro_rules! scalars_read_as_default {
     () => {
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -364,23 +392,25 @@ macro_rules! scalars_read_as_default {
     };
 }
 
-/// A `steps` value: a list read step by step, the first one's name kept.
-struct StepListSeed;
+/// A `steps` value; `named`: the first step's name is read (the row's steps, not a step's).
+#[derive(Clone, Copy)]
+struct StepListSeed {
+    named: bool,
+}
+
+impl StepListSeed {
+    const TOP: StepListSeed = StepListSeed { named: true };
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for StepListSeed {
     type Value = StepList;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, steps: D) -> Result<StepList, D::Error> {
-        steps.deserialize_any(StepListVisitor { named: true })
+        steps.deserialize_any(self)
     }
 }
 
-/// A list of steps; `named`: the first step's name is kept (the top level's).
-struct StepListVisitor {
-    named: bool,
-}
-
-impl<'de> serde::de::Visitor<'de> for StepListVisitor {
+impl<'de> serde::de::Visitor<'de> for StepListSeed {
     type Value = StepList;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -404,16 +434,13 @@ impl<'de> serde::de::Visitor<'de> for StepListVisitor {
         Ok(list)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<StepList, A::Error> {
-        while members
-            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-            .is_some()
-        {}
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, members: A) -> Result<StepList, A::Error> {
+        serde::de::Visitor::visit_map(serde::de::IgnoredAny, members)?;
         Ok(StepList::default())
     }
 }
 
-/// One step: `None` when it is no object; its name read when `named`.
+/// One item of a steps list: `None` when it is no object; its name read when `named`.
 struct StepSeed {
     named: bool,
 }
@@ -435,11 +462,8 @@ impl<'de> serde::de::Visitor<'de> for StepSeed {
 
     scalars_read_as_default!();
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut items: A,
-    ) -> Result<Self::Value, A::Error> {
-        while items.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, items: A) -> Result<Self::Value, A::Error> {
+        serde::de::Visitor::visit_seq(serde::de::IgnoredAny, items)?;
         Ok(None)
     }
 
@@ -449,18 +473,20 @@ impl<'de> serde::de::Visitor<'de> for StepSeed {
     ) -> Result<Self::Value, A::Error> {
         let mut name = None;
         let mut amounts = StepAmounts::default();
-        while let Some(key) = members.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(key)) = members.next_key()? {
             match key.as_ref() {
                 "name" if self.named => {
                     name = match members.next_value()? {
-                        Value::String(name) => Some(name),
+                        Value::String(text) => Some(text),
                         _ => None,
                     };
                 }
                 "tokens" => amounts.tokens = members.next_value::<Value>()?.as_f64(),
                 "cost" => amounts.cost = members.next_value::<Value>()?.as_f64(),
                 "steps" => {
-                    amounts.steps = members.next_value_seed(ChildStepsSeed)?.steps;
+                    amounts.steps = members
+                        .next_value_seed(StepListSeed { named: false })?
+                        .steps;
                 }
                 _ => {
                     members.next_value::<serde::de::IgnoredAny>()?;
@@ -468,17 +494,6 @@ impl<'de> serde::de::Visitor<'de> for StepSeed {
             }
         }
         Ok(Some((name, amounts)))
-    }
-}
-
-/// A step's own `steps`: no name read.
-struct ChildStepsSeed;
-
-impl<'de> serde::de::DeserializeSeed<'de> for ChildStepsSeed {
-    type Value = StepList;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, steps: D) -> Result<StepList, D::Error> {
-        steps.deserialize_any(StepListVisitor { named: false })
     }
 }
 
@@ -622,10 +637,7 @@ fn trace_of_row(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<TraceEvent, Refusal> {
-    let RowFields {
-        columns: row,
-        steps,
-    } = fields;
+    let RowFields { read: row, steps } = fields;
     if !row.contains_key(&columns.output) {
         return Err(bad_request(
             Some(index),

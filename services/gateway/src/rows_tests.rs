@@ -244,36 +244,94 @@ fn step_text(steps: BoxedStrategy<String>) -> impl Strategy<Value = String> {
 fn steps_text() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         Just("[]".to_owned()),
-        Just("7".to_owned()),
-        Just(r#"{"name": "not a list"}"#.to_owned()),
+        prop::sample::select(vec!["7", "-2.5", "true", "null", r#""steps""#])
+            .prop_map(str::to_owned),
+        Just(r#"{"name": "not a list", "steps": [{"tokens": 1}]}"#.to_owned()),
         step_text(Just("[]".to_owned()).boxed()).prop_map(|step| format!("[{step}]")),
     ];
     leaf.prop_recursive(4, 64, 5, |inner| {
         let item = prop_oneof![
-            5 => step_text(inner.clone().boxed()).boxed(),
-            1 => Just(r#"["Evil"]"#.to_owned()).boxed(),
-            1 => Just("null".to_owned()).boxed(),
+            6 => step_text(inner.clone().boxed()).boxed(),
+            1 => Just(r#"["Evil", {"tokens": 2}]"#.to_owned()).boxed(),
+            1 => prop::sample::select(vec!["null", "false", "4", "0.5", r#""a step""#])
+                .prop_map(str::to_owned)
+                .boxed(),
         ];
         prop::collection::vec(item, 0..5).prop_map(|items| format!("[{}]", items.join(", ")))
     })
+}
+
+/// Whether `read` names and sums as the steps parsed into values (`None`: no `steps`).
+fn reads_as_parsed(read: &StepList, parsed: Option<&Value>) -> Result<(), TestCaseError> {
+    for (key, amount) in [
+        (
+            "tokens",
+            (|step| step.tokens) as fn(&StepAmounts) -> Option<f64>,
+        ),
+        ("cost", |step| step.cost),
+    ] {
+        prop_assert_eq!(
+            sum_over_steps(&read.steps, amount).map(f64::to_bits),
+            parsed
+                .and_then(|steps| sum_of_parsed(steps, key))
+                .map(f64::to_bits),
+            "{}",
+            key
+        );
+    }
+    prop_assert_eq!(
+        read.first_name.clone(),
+        parsed.and_then(first_name_of_parsed)
+    );
+    Ok(())
+}
+
+/// A row's members: read columns, the steps (also under an escaped name), others; repeated.
+fn row_text() -> impl Strategy<Value = String> {
+    let member = prop_oneof![
+        2 => (
+            prop::sample::select(vec!["output", "q", "tokens", "outp\\u0075t"]),
+            prop_oneof![amount_text(), Just(r#"{"nested": [1, "x"]}"#.to_owned())],
+        )
+            .prop_map(|(key, value)| format!(r#""{key}": {value}"#)),
+        2 => (prop::sample::select(vec!["steps", "st\\u0065ps"]), steps_text())
+            .prop_map(|(key, steps)| format!(r#""{key}": {steps}"#)),
+        1 => Just(r#""other": {"steps": [{"tokens": 9}], "output": 1}"#.to_owned()),
+    ];
+    prop::collection::vec(member, 0..7).prop_map(|members| format!("{{{}}}", members.join(", ")))
 }
 
 proptest! {
     #[test]
     fn steps_read_in_one_pass_sum_and_name_as_the_steps_parsed(steps in steps_text()) {
         let parsed: Value = serde_json::from_str(&steps).expect("the strategy writes JSON");
-        let read = steps_of(&steps);
-        for (key, amount) in [
-            ("tokens", (|step| step.tokens) as fn(&StepAmounts) -> Option<f64>),
-            ("cost", |step| step.cost),
-        ] {
-            prop_assert_eq!(
-                sum_over_steps(&read.steps, amount).map(f64::to_bits),
-                sum_of_parsed(&parsed, key).map(f64::to_bits),
-                "{}", key
-            );
-        }
-        prop_assert_eq!(read.first_name, first_name_of_parsed(&parsed));
+        reads_as_parsed(&steps_of(&steps), Some(&parsed))?;
+    }
+
+    #[test]
+    fn a_row_read_in_one_pass_holds_what_the_parsed_row_holds(
+        row in row_text(),
+        steps_is_a_column in any::<bool>(),
+    ) {
+        let columns = Columns {
+            output: "output".to_owned(),
+            tokens: Some("tokens".to_owned()),
+            inputs: if steps_is_a_column {
+                vec!["q".to_owned(), "steps".to_owned()]
+            } else {
+                vec!["q".to_owned()]
+            },
+            ..Columns::default()
+        };
+        let parsed: JsonMap = serde_json::from_str(&row).expect("the strategy writes JSON");
+        let fields = read_row(&row, &columns).expect("a row");
+        let expected: JsonMap = parsed
+            .iter()
+            .filter(|(name, _)| columns.reads(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        prop_assert_eq!(&fields.read, &expected);
+        reads_as_parsed(&fields.steps, parsed.get("steps"))?;
     }
 }
 

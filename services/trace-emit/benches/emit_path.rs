@@ -206,9 +206,10 @@ fn producer_settings(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// Waits until nothing is in flight, as `Emitter::flush` does. rdkafka's `flush` polls the
-/// queue that the producer's own polling thread serves, so it returns up to 100 ms after the
-/// last delivery; criterion plans a sample's iterations from wall time, and gave samples of a
+/// Waits until nothing is in flight (for the raw producers; the emitter's variant waits with
+/// `Emitter::flush`). rdkafka's `flush` polls the queue that the producer's own polling thread
+/// serves, for up to 100 ms before it looks again, so it returns up to 100 ms after the last
+/// delivery; criterion plans a sample's iterations from wall time, and gave samples of a
 /// few hundred traces. Each turn calls `flush` without waiting, a nudge to send what is
 /// lingering.
 fn wait_delivered(in_flight: impl Fn() -> i32, send_lingering: impl Fn()) {
