@@ -26,7 +26,9 @@ const NOW_MS: i64 = 1_796_442_620_000;
 /// order: parsing and writing it again would sort them).
 fn body_of(rows: usize) -> Vec<u8> {
     let fixture = SDK_BODY.trim_end();
-    let (head, row) = fixture.split_once(r#""rows":["#).expect("the SDK writes rows last");
+    let (head, row) = fixture
+        .split_once(r#""rows":["#)
+        .expect("the SDK writes rows last");
     let row = row.strip_suffix("]}").expect("one list of rows, last");
     let body = format!(r#"{head}"rows":[{}]}}"#, vec![row; rows].join(","));
     assert_eq!(
