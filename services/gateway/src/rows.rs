@@ -317,6 +317,7 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Reads a row for the columns it is given (see [`RowFields`]).
 struct RowSeed<'c>(&'c Columns);
 
 impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
@@ -345,10 +346,10 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
                 fields.steps = if read {
                     // A column the config names `steps`: parsed, and its steps read from that.
                     let steps: Value = members.next_value()?;
-                    let list = serde::de::DeserializeSeed::deserialize(StepListSeed::TOP, &steps);
+                    let list = serde::de::DeserializeSeed::deserialize(StepListSeed::TOP, &steps)
+                        .map_err(serde::de::Error::custom)?;
                     fields.read.insert(name.into_owned(), steps);
-                    // Reading a parsed value fails nowhere: every type is taken.
-                    list.unwrap_or_default()
+                    list
                 } else {
                     members.next_value_seed(StepListSeed::TOP)?
                 };
@@ -399,7 +400,10 @@ struct StepListSeed {
 }
 
 impl StepListSeed {
+    /// A row's `steps`.
     const TOP: StepListSeed = StepListSeed { named: true };
+    /// A step's own `steps`.
+    const NESTED: StepListSeed = StepListSeed { named: false };
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for StepListSeed {
@@ -484,9 +488,7 @@ impl<'de> serde::de::Visitor<'de> for StepSeed {
                 "tokens" => amounts.tokens = members.next_value::<Value>()?.as_f64(),
                 "cost" => amounts.cost = members.next_value::<Value>()?.as_f64(),
                 "steps" => {
-                    amounts.steps = members
-                        .next_value_seed(StepListSeed { named: false })?
-                        .steps;
+                    amounts.steps = members.next_value_seed(StepListSeed::NESTED)?.steps;
                 }
                 _ => {
                     members.next_value::<serde::de::IgnoredAny>()?;

@@ -100,6 +100,8 @@ pub enum EmitterError {
     Metrics(#[source] prometheus::Error),
     #[error("traces were still undelivered after {0:?}")]
     FlushTimeout(Duration),
+    #[error("the producer could not flush")]
+    Flush(#[source] KafkaError),
 }
 
 /// Counts deliveries as librdkafka reports them (on the producer's thread).
@@ -246,30 +248,19 @@ impl Emitter {
     ///
     /// rdkafka's own `flush` asks librdkafka, then polls the queue of reports, which the
     /// producer's thread serves, for up to 100 ms before it asks again: it returned up to
-    /// 100 ms after the last delivery. This asks without waiting, after 1 ms and then at
-    /// intervals doubling up to 10 ms. Each ask also tells librdkafka to send what lingers,
-    /// best effort (only a broker thread that wakes during the ask sends at once).
+    /// 100 ms after the last delivery. This asks without waiting: at once, then after 1 ms
+    /// and at intervals doubling up to 10 ms. Each ask also tells librdkafka to send what
+    /// lingers, best effort (only a broker thread that wakes during the ask sends at once).
     ///
     /// # Errors
-    /// `FlushTimeout` when traces are still undelivered after `timeout`.
+    /// `FlushTimeout` when traces are still undelivered after `timeout`; `Flush` when
+    /// librdkafka refuses to flush (not a producer: not expected).
     pub fn flush(&self, timeout: Duration) -> Result<(), EmitterError> {
-        let deadline = Instant::now().checked_add(timeout);
-        let mut pause = FIRST_FLUSH_CHECK;
-        loop {
-            match self.producer.flush(Duration::ZERO) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
-                Err(_) => return Err(EmitterError::FlushTimeout(timeout)),
-            }
-            let left = deadline.map_or(pause, |deadline| {
-                deadline.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() {
-                return Err(EmitterError::FlushTimeout(timeout));
-            }
-            std::thread::sleep(left.min(pause));
-            pause = (pause * 2).min(LONGEST_FLUSH_CHECK);
-        }
+        wait_flushed(
+            timeout,
+            || self.producer.flush(Duration::ZERO),
+            std::thread::sleep,
+        )
     }
 
     /// Stops accepting traces, then flushes; later traces are dropped and counted.
@@ -284,6 +275,33 @@ impl Emitter {
     /// Traces buffered and not yet acknowledged by Kafka.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+/// Asks `ask` (a flush that does not wait) until it succeeds or `timeout` has passed, pausing
+/// with `pause` between asks as [`Emitter::flush`] says.
+fn wait_flushed(
+    timeout: Duration,
+    mut ask: impl FnMut() -> rdkafka::error::KafkaResult<()>,
+    mut pause: impl FnMut(Duration),
+) -> Result<(), EmitterError> {
+    // None: a timeout past what `Instant` holds, which is no deadline.
+    let deadline = Instant::now().checked_add(timeout);
+    let mut next = FIRST_FLUSH_CHECK;
+    loop {
+        match ask() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {}
+            Err(error) => return Err(EmitterError::Flush(error)),
+        }
+        let left = deadline.map_or(next, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            return Err(EmitterError::FlushTimeout(timeout));
+        }
+        pause(left.min(next));
+        next = (next * 2).min(LONGEST_FLUSH_CHECK);
     }
 }
 
@@ -334,15 +352,53 @@ mod tests {
     }
 
     #[test]
-    fn flush_sends_what_lingers_and_returns_once_every_trace_is_delivered() {
+    fn flush_asks_until_nothing_is_undelivered_pausing_longer_each_time() {
+        let timed_out = || Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        let ms = Duration::from_millis;
+        for timeout in [Duration::from_secs(30), Duration::MAX] {
+            let mut asks = 0;
+            let mut pauses = Vec::new();
+            let flushed = wait_flushed(
+                timeout,
+                || {
+                    asks += 1;
+                    if asks <= 6 { timed_out() } else { Ok(()) }
+                },
+                |pause| pauses.push(pause),
+            );
+            assert!(flushed.is_ok(), "{flushed:?}");
+            assert_eq!(asks, 7);
+            assert_eq!(pauses, [ms(1), ms(2), ms(4), ms(8), ms(10), ms(10)]);
+        }
+        // No time to wait: one ask, no pause.
+        let mut asks = 0;
+        let flushed = wait_flushed(
+            Duration::ZERO,
+            || {
+                asks += 1;
+                timed_out()
+            },
+            |_| panic!("no pause without time"),
+        );
+        assert!(matches!(flushed, Err(EmitterError::FlushTimeout(_))));
+        assert_eq!(asks, 1);
+        // Another error is no reason to wait.
+        let flushed = wait_flushed(
+            Duration::from_secs(30),
+            || Err(KafkaError::Flush(RDKafkaErrorCode::InvalidArgument)),
+            |_| panic!("no pause after an error"),
+        );
+        assert!(matches!(flushed, Err(EmitterError::Flush(_))));
+    }
+
+    #[test]
+    fn flush_returns_once_every_trace_is_delivered() {
         let cluster =
             rdkafka::mocking::MockCluster::<rdkafka::producer::DefaultProducerContext>::new(1)
                 .expect("mock cluster");
         cluster.create_topic("traces", 3, 1).expect("topic");
         let registry = prometheus::Registry::new();
-        let mut config = EmitterConfig::new(cluster.bootstrap_servers(), "traces");
-        // Lingering longer than the flush may wait: the flush must send what lingers.
-        config.client.insert("linger.ms".into(), "60000".into());
+        let config = EmitterConfig::new(cluster.bootstrap_servers(), "traces");
         let emitter = Emitter::try_new(config, &registry).expect("emitter");
         for turn in 0..50 {
             let mut event = TraceEvent::new(format!("t{turn}"), 0);
