@@ -363,8 +363,9 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
     }
 }
 
-/// Takes a scalar where a list or a step was looked for: it names and holds nothing, as it
-/// did when the steps were parsed into values and then looked up.
+/// Takes any scalar as the visitor's default value: for the steps' visitors, a scalar where a
+/// list or a step was looked for names and holds nothing, as when the steps were parsed into
+/// values and then looked up; for [`Checked`], a scalar is checked once the parser read it.
 macro_rules! scalars_read_as_default {
     () => {
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -502,6 +503,7 @@ impl<'de> serde::de::Visitor<'de> for StepSeed {
 /// Any JSON value, parsed as fully as into a `Value` (numbers, escapes, nesting depth) but
 /// kept nowhere: what the gateway ships as text must parse at the sessionizer, and
 /// skipping over text (as `RawValue` does) checks less.
+#[derive(Default)]
 struct Checked;
 
 impl<'de> serde::Deserialize<'de> for Checked {
@@ -517,29 +519,7 @@ impl<'de> serde::de::Visitor<'de> for Checked {
         formatter.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_unit<E>(self) -> Result<Checked, E> {
-        Ok(Checked)
-    }
+    scalars_read_as_default!();
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Checked, A::Error> {
         while items.next_element::<Checked>()?.is_some() {}
