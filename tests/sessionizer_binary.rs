@@ -6,21 +6,24 @@
 //! (`make test` builds it first). The key's secrecy under trace-level logging is checked by
 //! the reliability suite's security scenario (`tests/reliability/security.rs`).
 
+use end_to_end::reliability::probe::{sum, wait_until};
 use end_to_end::service::{
     Expectations, Sessionizer, WAIT, free_local_address, http_get, inference_ids, service_env, set,
     shipped_ids,
 };
 use end_to_end::{
-    ServiceTopics, chat_trace, create_service_topics, now_ms, produce, produce_trace, producer,
-    unique_name,
+    ServiceTopics, bootstrap, chat_trace, create_service_topics, now_ms, produce, produce_trace,
+    producer, read_all, unique_name,
 };
 use fakes::openlayer::{Fault, OpenlayerServer};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use trace_model::routing::partition_for;
 use trace_model::{TraceEvent, TraceKind};
 
 // ---------------------------------------------------------------------------------------------
@@ -194,6 +197,193 @@ async fn sigterm_then_restart(extra_env: &[(&str, &str)]) {
             None => assert_eq!(row["previous_inference_id"], Value::Null, "{row}"),
         }
     }
+}
+
+/// A partition moves to a second instance while the first one's changelog checkpoint of it is
+/// still in the first one's producer, held there by `linger.ms` (45 s, a passthrough
+/// librdkafka property). The revoke must wait for that checkpoint: one that lands later, after
+/// the new owner's checkpoints of the same sessions, is the last record of their keys, and the
+/// next restore of the partition reads that stale state and numbers turns again. Here the
+/// second instance is killed once the stale record could have landed, and the first one takes
+/// the partition back and restores it: every row must carry the enrichment of an uninterrupted
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state() {
+    const SESSIONS: usize = 8;
+    /// Longer than a handover takes here (two cooperative rounds, about 20 s from the first
+    /// instance's start).
+    const LINGER: Duration = Duration::from_secs(45);
+    let topics = create_service_topics("handover-", 2).await;
+    let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
+    let server = OpenlayerServer::start(&api_key).await;
+    let producer = producer();
+    let base = now_ms();
+    let mut expected = Expectations::default();
+    // Half of the sessions in each partition: whichever one moves holds some.
+    let sessions: Vec<String> = [0, 1]
+        .into_iter()
+        .flat_map(|partition| {
+            (0..)
+                .map(|n| format!("handover-{n}"))
+                .filter(move |session| partition_for(session.as_bytes(), 2) == partition)
+                .take(SESSIONS / 2)
+        })
+        .collect();
+    let mut produce_turn = async |turn: i64| {
+        let mut ids = Vec::new();
+        for (session, session_id) in (0..).zip(&sessions) {
+            let event = chat_trace(
+                &format!("user-{}", session % 3),
+                session_id,
+                turn,
+                (turn * 5 + session) % 11 + 1,
+                base + turn * 1000,
+            );
+            produce_trace(&producer, &topics.traces, &event).await;
+            expected.produced(&event);
+            ids.push(event.inference_id.clone().expect("inference id"));
+        }
+        ids
+    };
+    let all_shipped = async |ids: &[String]| {
+        wait_until(WAIT, async || {
+            let shipped = shipped_ids(&server);
+            ids.iter().all(|id| shipped.contains(id))
+        })
+        .await
+    };
+    let group = unique_name("handover-group");
+    let mut env = service_env(&topics, &group, &server, &api_key, free_local_address());
+    set(
+        &mut env,
+        "SESSIONIZER__KAFKA__CHECKPOINT_INTERVAL_MS",
+        "200",
+    );
+    let mut lingering = env.clone();
+    set(
+        &mut lingering,
+        "SESSIONIZER__KAFKA__CLIENT__LINGER__MS",
+        &LINGER.as_millis().to_string(),
+    );
+    // Its first checkpoint comes once it applied turns 1-2 (they wait on the topic), so the
+    // one that lingers holds their sessions' state.
+    set(
+        &mut lingering,
+        "SESSIONIZER__KAFKA__CHECKPOINT_INTERVAL_MS",
+        "2000",
+    );
+    let first_http = free_local_address();
+    set(
+        &mut lingering,
+        "SESSIONIZER__HTTP__LISTEN",
+        &first_http.to_string(),
+    );
+    let second_http = free_local_address();
+    set(
+        &mut env,
+        "SESSIONIZER__HTTP__LISTEN",
+        &second_http.to_string(),
+    );
+
+    let mut ids = produce_turn(1).await;
+    ids.extend(produce_turn(2).await);
+    let mut first = Sessionizer::run(&lingering);
+    let first_started = Instant::now();
+    assert!(
+        all_shipped(&ids).await,
+        "the first instance shipped turns 1-2\n{}",
+        first.output()
+    );
+    // Its checkpoints of them wait in its producer. The second instance joins and takes a
+    // partition.
+    let mut second = Sessionizer::run(&env);
+    let assigned = async |http: SocketAddr| {
+        http_get(http, "/metrics")
+            .await
+            .map(|(_, body)| sum(&body, "sessionizer_partitions_assigned"))
+    };
+    assert!(
+        wait_until(WAIT, async || {
+            assigned(first_http).await == Some(1.0) && assigned(second_http).await == Some(1.0)
+        })
+        .await,
+        "the second instance took one partition\n{}\n{}",
+        first.output(),
+        second.output()
+    );
+    assert!(
+        first_started.elapsed() < LINGER,
+        "the handover came while the first instance's checkpoints lingered"
+    );
+    let ids = produce_turn(3).await;
+    assert!(
+        all_shipped(&ids).await,
+        "turn 3 shipped\n{}\n{}",
+        first.output(),
+        second.output()
+    );
+    // The second instance checkpoints its sessions' third turn. Past the linger, a
+    // checkpoint the first instance still held when it gave the partition up has landed too.
+    tokio::time::sleep(
+        (first_started + LINGER + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    second.kill();
+    assert!(
+        wait_until(WAIT, async || assigned(first_http).await == Some(2.0)).await,
+        "the first instance took the partition back\n{}",
+        first.output()
+    );
+    let ids = produce_turn(4).await;
+    assert!(
+        all_shipped(&ids).await,
+        "turn 4 shipped\n{}",
+        first.output()
+    );
+    first.stop().await;
+    // No record of a key lands behind one written as of a later watermark (the compaction
+    // of the changelog keeps the last record of each key).
+    let mut watermarks: HashMap<(i32, Vec<u8>), (i64, i64, i64)> = HashMap::new();
+    let changelog = read_all(
+        &bootstrap(),
+        &topics.changelog,
+        2,
+        Duration::from_secs(2),
+        WAIT,
+    );
+    for record in &changelog {
+        let value: Value = serde_json::from_slice(&record.payload).expect("a JSON record");
+        let at = (
+            value["w"].as_i64().expect("w"),
+            value["rw"].as_i64().expect("rw"),
+        );
+        let key = (record.partition, record.key.clone().expect("a key"));
+        if let Some((w, rw, offset)) = watermarks.get(&key) {
+            assert!(
+                (*w, *rw) <= at,
+                "changelog partition {} key {}: offset {} as of {at:?} after offset {offset} \
+                 as of {:?}",
+                record.partition,
+                String::from_utf8_lossy(&key.1),
+                record.offset,
+                (w, rw)
+            );
+        }
+        watermarks.insert(key, (at.0, at.1, record.offset));
+    }
+    let verification = expected.verify(&server.rows());
+    assert!(
+        verification.lost.is_empty(),
+        "lost: {:?}",
+        verification.lost
+    );
+    assert!(
+        verification.mismatches.is_empty(),
+        "rows unlike an uninterrupted run's: {:#?}\n{}\n{}",
+        verification.mismatches,
+        first.output(),
+        second.output()
+    );
 }
 
 /// Metric names the catalogue declares: every `"sessionizer_..."` string literal of

@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::sink::ShipReport;
 use crate::sink::openlayer::OpenlayerSink;
 use crate::source::changelog::ChangelogError;
+use crate::source::handover::Handover;
 use crate::source::kafka::{RebalanceEvent, Source, create_producer, create_source};
 use crate::source::partition_group::{PartitionGroup, Patience};
 use crate::source::read::{ReadMessage, Reader};
@@ -175,6 +176,8 @@ struct Pipeline {
     traces_woken: Arc<Woken>,
     forwarder: Option<Forwarder>,
     producer: FutureProducer,
+    /// With a changelog: checkpoints being queued, which a revoke waits for.
+    handover: Option<Handover>,
     sink: Arc<OpenlayerSink>,
     shipping: JoinSet<(Batch, ShipReport)>,
     /// When each Openlayer request task started, for the sink health check.
@@ -230,8 +233,13 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let source = create_source(&settings.kafka).map_err(RunError::Consumer)?;
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
+    let handover = settings
+        .kafka
+        .changelog_topic
+        .is_some()
+        .then(|| Handover::new(producer.clone()));
+    let source = create_source(&settings.kafka, handover.clone()).map_err(RunError::Consumer)?;
     let sink =
         OpenlayerSink::try_new(settings.sink.clone(), metrics.clone()).map_err(RunError::Sink)?;
     let mut decoder = Decoder::new(settings.limits);
@@ -264,6 +272,7 @@ pub async fn run(
         traces_woken: Arc::default(),
         forwarder,
         producer,
+        handover,
         sink: Arc::new(sink),
         shipping: JoinSet::new(),
         shipping_started: HashMap::new(),

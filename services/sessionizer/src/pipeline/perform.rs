@@ -212,11 +212,21 @@ impl Pipeline {
             return;
         };
         let producer = self.producer.clone();
+        // A revoke of the partition waits until its records are queued, then delivered. The
+        // blocking thread starts here, not in the task below: the revoke hook blocks this
+        // loop's worker, which may be the runtime's only one.
+        let queueing = self
+            .handover
+            .as_ref()
+            .map(|handover| handover.queueing(checkpoint.partition));
+        let queued = tokio::task::spawn_blocking(move || {
+            let queued =
+                queue_changelog_writes(&producer, &changelog, checkpoint.partition, &writes);
+            drop(queueing);
+            queued
+        });
         self.checkpoints.spawn(async move {
-            let queued = tokio::task::spawn_blocking(move || {
-                queue_changelog_writes(&producer, &changelog, checkpoint.partition, &writes)
-            })
-            .await;
+            let queued = queued.await;
             let Ok((deliveries, queued_all)) = queued else {
                 tracing::error!(
                     partition = checkpoint.partition,

@@ -9,6 +9,7 @@
 //! partition are not committed; its new owner redoes them (at-least-once).
 
 use crate::core::{HighWatermark, Now};
+use crate::source::handover::{HANDOVER_TIMEOUT, Handover};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -83,6 +84,8 @@ pub struct SourceContext {
     events: Mutex<Sender<RebalanceEvent>>,
     high_watermarks: HighWatermarks,
     fetch_lags: FetchLags,
+    /// With a changelog: what a revoke waits for (`source::handover`).
+    handover: Option<Handover>,
 }
 
 impl std::fmt::Debug for SourceContext {
@@ -158,6 +161,17 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list, &self.topic);
+            if let Some(handover) = &self.handover
+                && let Err(error) = handover.wait(&partitions, HANDOVER_TIMEOUT)
+            {
+                tracing::warn!(
+                    ?partitions,
+                    error = %service_kit::fatal::cause_chain(&error),
+                    "revoking partitions whose last changelog checkpoint is not delivered: \
+                     if it lands after their next owner's checkpoints, a later restore of \
+                     these partitions reads older session state"
+                );
+            }
             // Offsets stored so far are acknowledged ones: commit them while we still own
             // the partitions, so the next owner starts exactly after them.
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -196,12 +210,16 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Creates the consumer of the traces topic and subscribes it.
+/// Creates the consumer of the traces topic and subscribes it; with `handover`, a revoke
+/// waits for the changelog checkpoints of its partitions.
 ///
 /// # Errors
 /// Invalid librdkafka settings or a failed subscription.
-pub fn create_source(settings: &KafkaSettings) -> Result<Source, rdkafka::error::KafkaError> {
-    create_consumer(settings, &settings.group_id, &settings.topic)
+pub fn create_source(
+    settings: &KafkaSettings,
+    handover: Option<Handover>,
+) -> Result<Source, rdkafka::error::KafkaError> {
+    subscribe(settings, &settings.group_id, &settings.topic, handover)
 }
 
 /// Creates a consumer like the traces topic's, for `topic` in group `group_id` (the Collector
@@ -214,6 +232,15 @@ pub fn create_consumer(
     group_id: &str,
     topic: &str,
 ) -> Result<Source, rdkafka::error::KafkaError> {
+    subscribe(settings, group_id, topic, None)
+}
+
+fn subscribe(
+    settings: &KafkaSettings,
+    group_id: &str,
+    topic: &str,
+    handover: Option<Handover>,
+) -> Result<Source, rdkafka::error::KafkaError> {
     let (sender, rebalances) = channel();
     let high_watermarks = HighWatermarks::default();
     let fetch_lags = FetchLags::default();
@@ -222,6 +249,7 @@ pub fn create_consumer(
         events: Mutex::new(sender),
         high_watermarks: high_watermarks.clone(),
         fetch_lags: fetch_lags.clone(),
+        handover,
     };
     let session_timeout_ms = settings.session_timeout.as_millis();
     let heartbeat_ms = (session_timeout_ms / 3).max(100);

@@ -2,6 +2,7 @@
 
 pub mod changelog;
 pub mod dlq;
+pub mod handover;
 pub mod kafka;
 pub mod partition_group;
 pub mod read;
