@@ -105,6 +105,26 @@ fn fixture(max_body_bytes: usize) -> Fixture {
 
 /// With `forward_spans`, as with `kafka.spans_topic` set.
 fn fixture_with(max_body_bytes: usize, forward_spans: bool, answer_after: AnswerAfter) -> Fixture {
+    fixture_from(settings(max_body_bytes, forward_spans, answer_after))
+}
+
+fn settings(max_body_bytes: usize, forward_spans: bool, answer_after: AnswerAfter) -> ApiSettings {
+    ApiSettings {
+        limits: Limits::default(),
+        max_body_bytes,
+        max_body_bytes_in_flight: 2 * max_body_bytes,
+        // Short, for the test of a request that runs past it.
+        request_deadline: Duration::from_millis(500),
+        retry_after: Duration::from_secs(3),
+        max_rows_in_flight: 100,
+        update_key_cache_entries: 10,
+        forward_spans,
+        answer_after,
+        produce_timeout: Duration::from_secs(10),
+    }
+}
+
+fn fixture_from(settings: ApiSettings) -> Fixture {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::try_new(&registry).expect("metrics");
     let publisher = Arc::new(RecordingPublisher::default());
@@ -115,19 +135,7 @@ fn fixture_with(max_body_bytes: usize, forward_spans: bool, answer_after: Answer
         publisher.clone(),
         metrics,
         broker.clone(),
-        ApiSettings {
-            limits: Limits::default(),
-            max_body_bytes,
-            max_body_bytes_in_flight: 2 * max_body_bytes,
-            // Short, for the test of a request that runs past it.
-            request_deadline: Duration::from_millis(500),
-            retry_after: Duration::from_secs(3),
-            max_rows_in_flight: 100,
-            update_key_cache_entries: 10,
-            forward_spans,
-            answer_after,
-            produce_timeout: Duration::from_secs(10),
-        },
+        settings,
     );
     Fixture {
         app: api_app(state.clone()),
@@ -631,6 +639,57 @@ async fn a_request_running_past_its_deadline_gets_408_and_gives_back_its_body() 
         .publisher
         .release_hanging(Err(PublishError::Timeout));
     wait_for_metric(&fixture.registry, "gateway_rows_in_flight 0").await;
+}
+
+/// librdkafka reports on every record within the produce timeout; a report that never comes
+/// (a defect) must not hold the request for its whole deadline: it is answered 503 once the
+/// produce timeout and a margin passed, and its rows count in flight until the report comes.
+/// The clock is tokio's, paused: it jumps to each timer.
+#[tokio::test(start_paused = true)]
+async fn a_report_that_never_comes_is_a_503_after_the_produce_timeout_and_a_margin() {
+    let fixture = fixture_from(ApiSettings {
+        // Beyond the acknowledgement deadline (produce timeout + 5 s), as by default.
+        request_deadline: Duration::from_secs(60),
+        produce_timeout: Duration::from_secs(1),
+        ..settings(1 << 20, false, AnswerAfter::Acknowledged)
+    });
+    fixture
+        .publisher
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let body = serde_json::to_vec(&tracer_body(3)).expect("json");
+    let started = tokio::time::Instant::now();
+    let (status, retry_after, answer) =
+        send(&fixture.app, request("POST", STREAM, Some(KEY), body)).await;
+    assert_eq!(
+        (status, retry_after.as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("3"))
+    );
+    assert_eq!(answer["success"], false);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(6),
+        "answered at the acknowledgement deadline, not the request's"
+    );
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&fixture.registry.gather())
+        .expect("metrics");
+    assert!(metrics.contains("gateway_rows_in_flight 3"), "{metrics}");
+    // Counted when the report comes, as a failure of a request that was waiting (not a loss).
+    assert!(
+        metrics.contains(r#"gateway_produce_errors_total{reason="timeout"} 0"#),
+        "{metrics}"
+    );
+    fixture
+        .publisher
+        .release_hanging(Err(PublishError::Timeout));
+    wait_for_metric(&fixture.registry, "gateway_rows_in_flight 0").await;
+    wait_for_metric(
+        &fixture.registry,
+        r#"gateway_produce_errors_total{reason="timeout"} 1"#,
+    )
+    .await;
+    wait_for_metric(&fixture.registry, "gateway_rows_lost_total 0").await;
 }
 
 #[tokio::test]
