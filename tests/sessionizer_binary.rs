@@ -204,9 +204,9 @@ async fn sigterm_then_restart(extra_env: &[(&str, &str)]) {
 /// librdkafka property). The revoke must wait for that checkpoint: one that lands later, after
 /// the new owner's checkpoints of the same sessions, is the last record of their keys, and the
 /// next restore of the partition reads that stale state and numbers turns again. Here the
-/// second instance is killed once the stale record could have landed, and the first one takes
-/// the partition back and restores it: every row must carry the enrichment of an uninterrupted
-/// run.
+/// second instance is killed once it checkpointed a later turn, and the first one takes the
+/// partition back and restores it: every row must carry the enrichment of an uninterrupted
+/// run, and no record of a key may land behind a newer one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state() {
     const SESSIONS: usize = 8;
@@ -322,12 +322,27 @@ async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state()
         first.output(),
         second.output()
     );
-    // The second instance checkpoints its sessions' third turn. Past the linger, a
-    // checkpoint the first instance still held when it gave the partition up has landed too.
-    tokio::time::sleep(
-        (first_started + LINGER + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
-    )
-    .await;
+    // The second instance checkpoints its sessions' third turn: a cut after every row of it
+    // was acknowledged.
+    let shipped_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!(
+        wait_until(WAIT, async || {
+            http_get(second_http, "/metrics")
+                .await
+                .is_some_and(|(_, body)| {
+                    sum(&body, "sessionizer_checkpoint_timestamp_seconds") >= shipped_at
+                })
+        })
+        .await,
+        "the second instance checkpointed turn 3\n{}",
+        second.output()
+    );
+    // Taking the partition back, the first instance restores it once its own checkpoint of
+    // it is delivered (in-process ownerships wait for each other): without the revoke's wait,
+    // that checkpoint lands only now, after the second instance's, 45 s after it was queued.
     second.kill();
     assert!(
         wait_until(WAIT, async || assigned(first_http).await == Some(2.0)).await,
@@ -341,6 +356,13 @@ async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state()
         first.output()
     );
     first.stop().await;
+    assert!(
+        !first
+            .output()
+            .contains("revoking partitions whose last changelog checkpoint is not delivered"),
+        "the revoke's wait ended in time\n{}",
+        first.output()
+    );
     // No record of a key lands behind one written as of a later watermark (the compaction
     // of the changelog keeps the last record of each key).
     let mut watermarks: HashMap<(i32, Vec<u8>), (i64, i64, i64)> = HashMap::new();

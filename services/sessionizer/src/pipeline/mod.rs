@@ -176,7 +176,8 @@ struct Pipeline {
     traces_woken: Arc<Woken>,
     forwarder: Option<Forwarder>,
     producer: FutureProducer,
-    /// With a changelog: checkpoints being queued, which a revoke waits for.
+    /// With a changelog: the producer of checkpoints, and those being queued, which a revoke
+    /// waits for.
     handover: Option<Handover>,
     sink: Arc<OpenlayerSink>,
     shipping: JoinSet<(Batch, ShipReport)>,
@@ -234,11 +235,13 @@ pub async fn run(
         None => (None, None),
     };
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
-    let handover = settings
-        .kafka
-        .changelog_topic
-        .is_some()
-        .then(|| Handover::new(producer.clone()));
+    // Checkpoints get a producer of their own: a revoke flushes it, and only it.
+    let handover = match settings.kafka.changelog_topic {
+        Some(_) => Some(Handover::new(
+            create_producer(&settings.kafka).map_err(RunError::Producer)?,
+        )),
+        None => None,
+    };
     let source = create_source(&settings.kafka, handover.clone()).map_err(RunError::Consumer)?;
     let sink =
         OpenlayerSink::try_new(settings.sink.clone(), metrics.clone()).map_err(RunError::Sink)?;
@@ -566,6 +569,9 @@ impl Pipeline {
     }
 
     fn on_tick(&mut self) {
+        // A revoke the consumer reported while the `select!` was last polled: the tick must
+        // not checkpoint the partition after the revoke hook waited for its checkpoints.
+        self.apply_rebalances();
         self.health.record_progress();
         if let Some(restoring) = self.restoring.as_mut() {
             restoring.start_due(Instant::now());

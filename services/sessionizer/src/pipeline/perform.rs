@@ -208,17 +208,17 @@ impl Pipeline {
     /// per partition is in flight (`core::offsets`), so partitions' records stay in order. Its
     /// outcome goes back to the core when Kafka has them all (or one failed).
     fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: Vec<ChangelogWrite>) {
-        let Some(changelog) = self.settings.kafka.changelog_topic.clone() else {
+        let (Some(changelog), Some(handover)) = (
+            self.settings.kafka.changelog_topic.clone(),
+            self.handover.as_ref(),
+        ) else {
             return;
         };
-        let producer = self.producer.clone();
+        let producer = handover.producer().clone();
         // A revoke of the partition waits until its records are queued, then delivered. The
         // blocking thread starts here, not in the task below: the revoke hook blocks this
         // loop's worker, which may be the runtime's only one.
-        let queueing = self
-            .handover
-            .as_ref()
-            .map(|handover| handover.queueing(checkpoint.partition));
+        let queueing = handover.queueing(checkpoint.partition);
         let queued = tokio::task::spawn_blocking(move || {
             let queued =
                 queue_changelog_writes(&producer, &changelog, checkpoint.partition, &writes);

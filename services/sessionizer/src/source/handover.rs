@@ -18,24 +18,19 @@ use std::time::{Duration, Instant};
 /// milliseconds, and the group's next round waits for this member meanwhile.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Checkpoints being queued per partition, and the producer they are queued on.
+/// The producer of checkpoints (of nothing else, so that a revoke waits for checkpoints only)
+/// and the checkpoints being queued on it.
 #[derive(Clone)]
 pub struct Handover {
-    shared: Arc<Shared>,
+    queueing: Queueings,
     producer: FutureProducer,
-}
-
-#[derive(Default)]
-struct Shared {
-    queueing: Mutex<HashMap<i32, usize>>,
-    queued: Condvar,
 }
 
 impl std::fmt::Debug for Handover {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Handover")
-            .field("queueing", &*self.shared.queueing())
+            .field("queueing", &self.queueing)
             .finish_non_exhaustive()
     }
 }
@@ -50,30 +45,25 @@ pub enum HandoverError {
     NotDelivered(#[source] rdkafka::error::KafkaError),
 }
 
-impl Shared {
-    fn queueing(&self) -> MutexGuard<'_, HashMap<i32, usize>> {
-        self.queueing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 impl Handover {
-    /// Checkpoints go to the changelog through `producer`.
+    /// `producer` writes checkpoints to the changelog, and nothing else.
     pub fn new(producer: FutureProducer) -> Self {
         Handover {
-            shared: Arc::default(),
+            queueing: Queueings::default(),
             producer,
         }
+    }
+
+    /// Where checkpoints are queued.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
     }
 
     /// Marks a checkpoint of `partition` as being queued until the guard is dropped (once
     /// every record of it is in the producer, or it gave up).
     #[must_use]
     pub fn queueing(&self, partition: i32) -> Queueing {
-        *self.shared.queueing().entry(partition).or_default() += 1;
-        Queueing {
-            shared: Arc::clone(&self.shared),
-            partition,
-        }
+        self.queueing.start(partition)
     }
 
     /// Waits, at most `timeout`, until no checkpoint of `partitions` is being queued and the
@@ -82,31 +72,13 @@ impl Handover {
     /// # Errors
     /// The wait ran out, or the producer failed to deliver.
     pub fn wait(&self, partitions: &[i32], timeout: Duration) -> Result<(), HandoverError> {
-        let deadline = Instant::now().checked_add(timeout);
-        let mut queueing = self.shared.queueing();
-        loop {
-            let pending: Vec<i32> = partitions
-                .iter()
-                .copied()
-                .filter(|partition| queueing.get(partition).is_some_and(|count| *count > 0))
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            let left = deadline.map_or(Duration::MAX, |deadline| {
-                deadline.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() {
-                return Err(HandoverError::StillQueueing(pending));
-            }
-            queueing = self
-                .shared
-                .queued
-                .wait_timeout(queueing, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        if partitions.is_empty() {
+            return Ok(());
         }
-        drop(queueing);
+        let deadline = Instant::now().checked_add(timeout);
+        self.queueing
+            .wait(partitions, deadline)
+            .map_err(HandoverError::StillQueueing)?;
         let left = deadline.map_or(timeout, |deadline| {
             deadline.saturating_duration_since(Instant::now())
         });
@@ -116,9 +88,74 @@ impl Handover {
     }
 }
 
+/// Checkpoints being queued, per partition.
+#[derive(Clone, Default)]
+struct Queueings(Arc<Counts>);
+
+#[derive(Default)]
+struct Counts {
+    per_partition: Mutex<HashMap<i32, usize>>,
+    queued: Condvar,
+}
+
+impl std::fmt::Debug for Queueings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_map()
+            .entries(self.0.counts().iter())
+            .finish()
+    }
+}
+
+impl Counts {
+    fn counts(&self) -> MutexGuard<'_, HashMap<i32, usize>> {
+        self.per_partition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Queueings {
+    fn start(&self, partition: i32) -> Queueing {
+        *self.0.counts().entry(partition).or_default() += 1;
+        Queueing {
+            counts: Arc::clone(&self.0),
+            partition,
+        }
+    }
+
+    /// Waits until no checkpoint of `partitions` is being queued, or `deadline` (`None`:
+    /// none); `Err` names those still being queued.
+    fn wait(&self, partitions: &[i32], deadline: Option<Instant>) -> Result<(), Vec<i32>> {
+        let mut counts = self.0.counts();
+        loop {
+            let pending: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|partition| counts.contains_key(partition))
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let left = deadline.map_or(Duration::MAX, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                return Err(pending);
+            }
+            counts = self
+                .0
+                .queued
+                .wait_timeout(counts, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
 /// A checkpoint being queued ([`Handover::queueing`]).
 pub struct Queueing {
-    shared: Arc<Shared>,
+    counts: Arc<Counts>,
     partition: i32,
 }
 
@@ -133,80 +170,73 @@ impl std::fmt::Debug for Queueing {
 
 impl Drop for Queueing {
     fn drop(&mut self) {
-        let mut queueing = self.shared.queueing();
-        if let Some(count) = queueing.get_mut(&self.partition) {
+        let mut counts = self.counts.counts();
+        if let Some(count) = counts.get_mut(&self.partition) {
             *count -= 1;
             if *count == 0 {
-                queueing.remove(&self.partition);
+                counts.remove(&self.partition);
             }
         }
-        drop(queueing);
-        self.shared.queued.notify_all();
+        drop(counts);
+        self.counts.queued.notify_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::ClientConfig;
 
-    /// A producer that never connects (nothing is sent here, so a flush returns at once).
-    fn handover() -> Handover {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .create()
-            .expect("producer");
-        Handover::new(producer)
+    fn soon() -> Option<Instant> {
+        Instant::now().checked_add(Duration::from_millis(20))
     }
 
     #[test]
     fn waits_until_the_partitions_checkpoints_are_queued() {
-        let handover = handover();
-        let revoked = handover.queueing(3);
-        let other = handover.queueing(4);
-        let (started, waiting) = std::sync::mpsc::channel();
-        let waiter = {
-            let handover = handover.clone();
-            std::thread::spawn(move || {
-                started.send(()).expect("main thread waits");
-                handover.wait(&[3], Duration::from_secs(30))
-            })
-        };
-        waiting.recv().expect("the waiter started");
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "a checkpoint of 3 is being queued");
-        drop(revoked);
+        let queueings = Queueings::default();
+        let revoked = queueings.start(3);
+        let other = queueings.start(4);
+        let (done, outcome) = std::sync::mpsc::channel();
+        {
+            let queueings = queueings.clone();
+            // A deadline far beyond the test's patience: only the drop below can end the wait.
+            let deadline = Instant::now().checked_add(Duration::from_secs(600));
+            std::thread::spawn(move || done.send(queueings.wait(&[3], deadline)));
+        }
         assert!(
-            waiter.join().expect("no panic").is_ok(),
-            "3's checkpoint is queued; 4's is not waited for"
+            outcome.recv_timeout(Duration::from_millis(50)).is_err(),
+            "a checkpoint of 3 is being queued"
+        );
+        drop(revoked);
+        assert_eq!(
+            outcome.recv_timeout(Duration::from_secs(10)),
+            Ok(Ok(())),
+            "woken once 3's checkpoint is queued; 4's is not waited for"
         );
         drop(other);
     }
 
     #[test]
-    fn gives_up_after_the_timeout_naming_the_partitions() {
-        let handover = handover();
-        let _revoked = handover.queueing(1);
-        let _again = handover.queueing(1);
-        let _kept = handover.queueing(2);
-        match handover.wait(&[1, 5], Duration::from_millis(20)) {
-            Err(HandoverError::StillQueueing(partitions)) => assert_eq!(partitions, vec![1]),
-            other => panic!("expected StillQueueing, got {other:?}"),
-        }
+    fn gives_up_at_the_deadline_naming_the_partitions() {
+        let queueings = Queueings::default();
+        let _revoked = queueings.start(1);
+        let _again = queueings.start(1);
+        let _kept = queueings.start(2);
+        assert_eq!(queueings.wait(&[1, 5], soon()), Err(vec![1]));
     }
 
     #[test]
     fn counts_each_checkpoint_of_a_partition() {
-        let handover = handover();
-        let first = handover.queueing(7);
-        let second = handover.queueing(7);
+        let queueings = Queueings::default();
+        let first = queueings.start(7);
+        let second = queueings.start(7);
         drop(first);
-        assert!(
-            handover.wait(&[7], Duration::from_millis(20)).is_err(),
+        assert_eq!(
+            queueings.wait(&[7], soon()),
+            Err(vec![7]),
             "one of two is still being queued"
         );
         drop(second);
-        assert!(handover.wait(&[7], Duration::from_millis(20)).is_ok());
-        assert!(handover.shared.queueing().is_empty());
+        assert_eq!(queueings.wait(&[7], soon()), Ok(()));
+        assert!(queueings.0.counts().is_empty());
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Rebalance protocol: rdkafka calls the context's rebalance hooks synchronously from inside
 //! the consumer's poll, which runs on the pipeline task itself. The hooks therefore never wait
-//! for the pipeline (that would deadlock); they do the synchronous part at once (commit the
-//! offsets already stored, i.e. acknowledged) and leave a [`RebalanceEvent`] for the pipeline,
-//! which drains them before handling anything else. Rows still in flight for a revoked
-//! partition are not committed; its new owner redoes them (at-least-once).
+//! for the pipeline (that would deadlock); they do the synchronous part at once and leave a
+//! [`RebalanceEvent`] for the pipeline, which applies them before handling a message or a
+//! tick. On revoke that part is: wait, at most [`HANDOVER_TIMEOUT`], for the revoked
+//! partitions' changelog checkpoints (queued on blocking threads and delivered by librdkafka's,
+//! neither of which needs the pipeline; `source::handover`), then commit the offsets already
+//! stored, i.e. acknowledged. Rows still in flight for a revoked partition are not committed;
+//! its new owner redoes them (at-least-once).
 
 use crate::core::{HighWatermark, Now};
 use crate::source::handover::{HANDOVER_TIMEOUT, Handover};
@@ -161,6 +164,9 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list, &self.topic);
+            // The next owner reads the changelog once this returns. Partitions lost (this
+            // member was evicted) may have been read already; delivering at once still
+            // narrows the window in which this member's last checkpoint lands after theirs.
             if let Some(handover) = &self.handover
                 && let Err(error) = handover.wait(&partitions, HANDOVER_TIMEOUT)
             {
