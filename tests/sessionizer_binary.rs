@@ -6,7 +6,7 @@
 //! (`make test` builds it first). The key's secrecy under trace-level logging is checked by
 //! the reliability suite's security scenario (`tests/reliability/security.rs`).
 
-use end_to_end::reliability::probe::{sum, wait_until};
+use end_to_end::reliability::probe::{partitions_of, sum, wait_until};
 use end_to_end::service::{
     Expectations, Sessionizer, WAIT, free_local_address, http_get, inference_ids, service_env, set,
     shipped_ids,
@@ -17,7 +17,7 @@ use end_to_end::{
 };
 use fakes::openlayer::{Fault, OpenlayerServer};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -322,22 +322,41 @@ async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state()
         first.output(),
         second.output()
     );
-    // The second instance checkpoints its sessions' third turn: a cut after every row of it
-    // was acknowledged.
-    let shipped_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
+    // The second instance checkpoints its sessions' third turn: a checkpoint record of the
+    // moved partition as of its end (4 sessions x 3 turns, one record each).
+    let mut moved = BTreeSet::new();
     assert!(
         wait_until(WAIT, async || {
-            http_get(second_http, "/metrics")
-                .await
-                .is_some_and(|(_, body)| {
-                    sum(&body, "sessionizer_checkpoint_timestamp_seconds") >= shipped_at
-                })
+            if let Some((_, body)) = http_get(second_http, "/metrics").await {
+                moved = partitions_of(&body, "sessionizer_consumer_lag_records");
+            }
+            moved.len() == 1
         })
         .await,
-        "the second instance checkpointed turn 3\n{}",
+        "the second instance reports its partition\n{}",
+        second.output()
+    );
+    let moved = moved.into_iter().next().expect("one partition");
+    let turn_3_end = (SESSIONS / 2 * 3) as i64;
+    assert!(
+        wait_until(WAIT, async || {
+            read_all(
+                &bootstrap(),
+                &topics.changelog,
+                2,
+                Duration::from_millis(500),
+                WAIT,
+            )
+            .iter()
+            .any(|record| {
+                record.partition == moved
+                    && record.key.as_deref() == Some(b"checkpoint".as_slice())
+                    && serde_json::from_slice::<Value>(&record.payload)
+                        .is_ok_and(|value| value["w"].as_i64() >= Some(turn_3_end))
+            })
+        })
+        .await,
+        "the second instance checkpointed turn 3 of partition {moved}\n{}",
         second.output()
     );
     // Taking the partition back, the first instance restores it once its own checkpoint of

@@ -1,5 +1,5 @@
 //! Draining for the pipeline's IO loop: stop fetching, flush, wait for acknowledgements until
-//! the drain deadline, checkpoint, commit, flush the producer.
+//! the drain deadline, checkpoint, commit, flush the producers.
 
 use super::forwarder::Forwarder;
 use super::{Pipeline, next_forward};
@@ -10,6 +10,10 @@ use std::time::Duration;
 
 impl Pipeline {
     pub(super) async fn drain(&mut self) {
+        // A revoke the consumer reported while shutdown won the `select!`: its partitions must
+        // not be checkpointed after the revoke hook waited for their checkpoints. The consumer
+        // is not polled again, so none comes later.
+        self.apply_rebalances();
         if let Some(restoring) = self.restoring.as_mut() {
             restoring.cancel();
         }
@@ -104,6 +108,14 @@ impl Pipeline {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(error) = self.producer.flush(remaining.max(Duration::from_secs(1))) {
             tracing::warn!(%error, "side outputs left undelivered at shutdown");
+        }
+        // The drain waited for every checkpoint it wrote; one left from a passed deadline
+        // gets what time is left (the consumer's close, which revokes, waits for it too).
+        if let Some(handover) = &self.handover {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(error) = handover.producer().flush(remaining) {
+                tracing::warn!(%error, "changelog checkpoints left undelivered at shutdown");
+            }
         }
         tracing::info!("pipeline stopped");
     }

@@ -1,11 +1,11 @@
-//! The Kafka consumer of the traces topic and the producer of side outputs (dead letters,
-//! session summaries).
+//! The Kafka consumer of the traces topic and the producers of side outputs (dead letters,
+//! session summaries) and of changelog checkpoints.
 //!
 //! Rebalance protocol: rdkafka calls the context's rebalance hooks synchronously from inside
 //! the consumer's poll, which runs on the pipeline task itself. The hooks therefore never wait
 //! for the pipeline (that would deadlock); they do the synchronous part at once and leave a
-//! [`RebalanceEvent`] for the pipeline, which applies them before handling a message or a
-//! tick. On revoke that part is: wait, at most [`HANDOVER_TIMEOUT`], for the revoked
+//! [`RebalanceEvent`] for the pipeline, which applies them before handling a message, a tick
+//! or the drain. On revoke that part is: wait, at most [`HANDOVER_TIMEOUT`], for the revoked
 //! partitions' changelog checkpoints (queued on blocking threads and delivered by librdkafka's,
 //! neither of which needs the pipeline; `source::handover`), then commit the offsets already
 //! stored, i.e. acknowledged. Rows still in flight for a revoked partition are not committed;
@@ -291,7 +291,8 @@ fn subscribe(
     })
 }
 
-/// Creates the producer of dead letters and session summaries.
+/// Creates a producer of side outputs (dead letters, session summaries) or of changelog
+/// checkpoints: the pipeline makes one of each.
 ///
 /// # Errors
 /// Invalid librdkafka settings.
