@@ -17,6 +17,7 @@ use end_to_end::{
 };
 use fakes::openlayer::{Fault, OpenlayerServer};
 use serde_json::Value;
+use sessionizer::sessionize::store::CHECKPOINT_KEY;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -350,7 +351,7 @@ async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state()
             .iter()
             .any(|record| {
                 record.partition == moved
-                    && record.key.as_deref() == Some(b"checkpoint".as_slice())
+                    && record.key.as_deref() == Some(CHECKPOINT_KEY.as_bytes())
                     && serde_json::from_slice::<Value>(&record.payload)
                         .is_ok_and(|value| value["w"].as_i64() >= Some(turn_3_end))
             })

@@ -236,9 +236,10 @@ pub async fn run(
     };
     let producer = create_producer(&settings.kafka).map_err(RunError::Producer)?;
     // Checkpoints get a producer of their own: a revoke flushes it, and only it.
-    let handover = match settings.kafka.changelog_topic {
-        Some(_) => Some(Handover::new(
+    let handover = match &settings.kafka.changelog_topic {
+        Some(changelog) => Some(Handover::new(
             create_producer(&settings.kafka).map_err(RunError::Producer)?,
+            changelog.clone(),
         )),
         None => None,
     };

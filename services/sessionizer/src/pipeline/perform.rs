@@ -208,13 +208,11 @@ impl Pipeline {
     /// per partition is in flight (`core::offsets`), so partitions' records stay in order. Its
     /// outcome goes back to the core when Kafka has them all (or one failed).
     fn write_checkpoint(&mut self, checkpoint: CheckpointId, writes: Vec<ChangelogWrite>) {
-        let (Some(changelog), Some(handover)) = (
-            self.settings.kafka.changelog_topic.clone(),
-            self.handover.as_ref(),
-        ) else {
+        let Some(handover) = self.handover.as_ref() else {
             return;
         };
         let producer = handover.producer().clone();
+        let changelog = handover.changelog().to_owned();
         // A revoke of the partition waits until its records are queued, then delivered. The
         // blocking thread starts here, not in the task below: the revoke hook blocks this
         // loop's worker, which may be the runtime's only one.

@@ -18,18 +18,20 @@ use std::time::{Duration, Instant};
 /// milliseconds, and the group's next round waits for this member meanwhile.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The producer of checkpoints (of nothing else, so that a revoke waits for checkpoints only)
-/// and the checkpoints being queued on it.
+/// The producer of checkpoints (of nothing else, so that a revoke waits for checkpoints only),
+/// the changelog it writes, and the checkpoints being queued on it.
 #[derive(Clone)]
 pub struct Handover {
     queueing: Queueings,
     producer: FutureProducer,
+    changelog: String,
 }
 
 impl std::fmt::Debug for Handover {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Handover")
+            .field("changelog", &self.changelog)
             .field("queueing", &self.queueing)
             .finish_non_exhaustive()
     }
@@ -46,17 +48,23 @@ pub enum HandoverError {
 }
 
 impl Handover {
-    /// `producer` writes checkpoints to the changelog, and nothing else.
-    pub fn new(producer: FutureProducer) -> Self {
+    /// `producer` writes checkpoints to `changelog`, and nothing else.
+    pub fn new(producer: FutureProducer, changelog: String) -> Self {
         Handover {
             queueing: Queueings::default(),
             producer,
+            changelog,
         }
     }
 
     /// Where checkpoints are queued.
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
+    }
+
+    /// The changelog topic.
+    pub fn changelog(&self) -> &str {
+        &self.changelog
     }
 
     /// Marks a checkpoint of `partition` as being queued until the guard is dropped (once
@@ -75,15 +83,12 @@ impl Handover {
         if partitions.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = Instant::now() + timeout;
         self.queueing
             .wait(partitions, deadline)
             .map_err(HandoverError::StillQueueing)?;
-        let left = deadline.map_or(timeout, |deadline| {
-            deadline.saturating_duration_since(Instant::now())
-        });
         self.producer
-            .flush(left)
+            .flush(deadline.saturating_duration_since(Instant::now()))
             .map_err(HandoverError::NotDelivered)
     }
 }
@@ -124,9 +129,9 @@ impl Queueings {
         }
     }
 
-    /// Waits until no checkpoint of `partitions` is being queued, or `deadline` (`None`:
-    /// none); `Err` names those still being queued.
-    fn wait(&self, partitions: &[i32], deadline: Option<Instant>) -> Result<(), Vec<i32>> {
+    /// Waits until no checkpoint of `partitions` is being queued, or `deadline`; `Err` names
+    /// those still being queued.
+    fn wait(&self, partitions: &[i32], deadline: Instant) -> Result<(), Vec<i32>> {
         let mut counts = self.0.counts();
         loop {
             let pending: Vec<i32> = partitions
@@ -137,9 +142,7 @@ impl Queueings {
             if pending.is_empty() {
                 return Ok(());
             }
-            let left = deadline.map_or(Duration::MAX, |deadline| {
-                deadline.saturating_duration_since(Instant::now())
-            });
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(pending);
             }
@@ -186,8 +189,8 @@ impl Drop for Queueing {
 mod tests {
     use super::*;
 
-    fn soon() -> Option<Instant> {
-        Instant::now().checked_add(Duration::from_millis(20))
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(20)
     }
 
     #[test]
@@ -199,7 +202,7 @@ mod tests {
         {
             let queueings = queueings.clone();
             // A deadline far beyond the test's patience: only the drop below can end the wait.
-            let deadline = Instant::now().checked_add(Duration::from_secs(600));
+            let deadline = Instant::now() + Duration::from_secs(600);
             std::thread::spawn(move || done.send(queueings.wait(&[3], deadline)));
         }
         assert!(
