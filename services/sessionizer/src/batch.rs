@@ -242,8 +242,7 @@ mod tests {
     }
 
     fn row(text: &str) -> RowJson {
-        serde_json::value::RawValue::from_string(format!("{{\"output\":\"{text}\"}}"))
-            .expect("json")
+        RowJson::from_text(format!("{{\"output\":\"{text}\"}}")).expect("json")
     }
 
     fn add(batcher: &mut Batcher, pipeline: &str, offset: i64, now: Instant) -> Vec<Batch> {

@@ -335,9 +335,8 @@ pub fn openlayer_row(event: &TraceEvent, inference_id: &str, placement: &Placeme
         inference_id,
         placement,
     };
-    // to_raw_value keeps the text serde_json just wrote instead of parsing it again.
     #[allow(clippy::expect_used)]
-    serde_json::value::to_raw_value(&view).expect("rows always serialize")
+    RowJson::serialize(&view).expect("rows always serialize")
 }
 
 /// Whether the row carries `user_id` / `session_id` columns (the config names them only then).

@@ -7,12 +7,12 @@
 
 pub mod openlayer;
 pub mod retry;
+mod row;
+
+pub use row::RowJson;
 
 use crate::secret::Secret;
 use std::time::Duration;
-
-/// One row ready to ship, serialized once.
-pub type RowJson = Box<serde_json::value::RawValue>;
 
 /// What the sink runs with, from the validated configuration.
 #[derive(Debug, Clone)]

@@ -663,7 +663,6 @@ fn describe_transport_error(error: reqwest::Error) -> String {
 mod tests {
     use super::*;
     use crate::secret::Secret;
-    use serde_json::value::RawValue;
     use std::time::Duration;
 
     fn settings(base_url: &str, api_key: &str) -> SinkSettings {
@@ -723,7 +722,7 @@ mod tests {
     fn writes_rows_verbatim_into_the_body() {
         let rows: Vec<RowJson> = ["{\"b\": 1,  \"a\":2.50}", "{\"x\":\"\\u00e9\"}"]
             .into_iter()
-            .map(|row| RawValue::from_string(row.to_owned()).expect("valid json"))
+            .map(|row| RowJson::from_text(row).expect("valid json"))
             .collect();
         let body = request_body(r#"{"outputColumnName":"output"}"#, &rows);
         assert_eq!(
@@ -769,7 +768,7 @@ mod tests {
         // Port 9 (discard) on loopback: a request would fail, not hang, if one were made.
         let sink = sink("http://127.0.0.1:9/v1");
         let rows: Vec<RowJson> = (0..3)
-            .map(|index| RawValue::from_string(format!("{{\"i\":{index}}}")).expect("json"))
+            .map(|index| RowJson::from_text(format!("{{\"i\":{index}}}")).expect("json"))
             .collect();
         let report = sink.ship("..", &serde_json::json!({}), &rows).await;
         assert_eq!(report.rejected.len(), 3);
