@@ -55,7 +55,7 @@ fn config() -> Value {
 fn rows(count: usize) -> Vec<RowJson> {
     (0..count)
         .map(|index| {
-            RowJson::from_text(format!(
+            RowJson::try_from_text(format!(
                 r#"{{"output": "answer {index}",  "inferenceId":"row-{index}","latency":{index}.50,"session_id":"s-1"}}"#
             ))
             .expect("valid row json")
@@ -305,7 +305,7 @@ async fn refuses_a_single_row_that_is_still_too_large() {
     let server = OpenlayerServer::start(KEY).await;
     let mut rows = rows(4);
     let small_body_len = format!(r#"{{"config":{},"rows":[{}]}}"#, config(), rows[0].get()).len();
-    rows[2] = RowJson::from_text(format!(
+    rows[2] = RowJson::try_from_text(format!(
         r#"{{"inferenceId":"huge","output":"{}"}}"#,
         "x".repeat(small_body_len * 3)
     ))

@@ -242,7 +242,7 @@ mod tests {
     }
 
     fn row(text: &str) -> RowJson {
-        RowJson::from_text(format!("{{\"output\":\"{text}\"}}")).expect("json")
+        RowJson::try_from_text(format!("{{\"output\":\"{text}\"}}")).expect("json")
     }
 
     fn add(batcher: &mut Batcher, pipeline: &str, offset: i64, now: Instant) -> Vec<Batch> {

@@ -336,7 +336,7 @@ pub fn openlayer_row(event: &TraceEvent, inference_id: &str, placement: &Placeme
         placement,
     };
     #[allow(clippy::expect_used)]
-    RowJson::serialize(&view).expect("rows always serialize")
+    RowJson::try_from_serialize(&view).expect("rows always serialize")
 }
 
 /// Whether the row carries `user_id` / `session_id` columns (the config names them only then).

@@ -323,7 +323,7 @@ pub fn session_row(session: &ClosedSession, reason: &str) -> (RowJson, Vec<OmitR
         };
         row.insert(column, value);
     }
-    let row = RowJson::serialize(&row).expect("a JSON map serializes");
+    let row = RowJson::try_from_serialize(&row).expect("a JSON map serializes");
     (row, omitted)
 }
 

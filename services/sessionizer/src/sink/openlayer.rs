@@ -722,7 +722,7 @@ mod tests {
     fn writes_rows_verbatim_into_the_body() {
         let rows: Vec<RowJson> = ["{\"b\": 1,  \"a\":2.50}", "{\"x\":\"\\u00e9\"}"]
             .into_iter()
-            .map(|row| RowJson::from_text(row).expect("valid json"))
+            .map(|row| RowJson::try_from_text(row).expect("valid json"))
             .collect();
         let body = request_body(r#"{"outputColumnName":"output"}"#, &rows);
         assert_eq!(
@@ -768,7 +768,7 @@ mod tests {
         // Port 9 (discard) on loopback: a request would fail, not hang, if one were made.
         let sink = sink("http://127.0.0.1:9/v1");
         let rows: Vec<RowJson> = (0..3)
-            .map(|index| RowJson::from_text(format!("{{\"i\":{index}}}")).expect("json"))
+            .map(|index| RowJson::try_from_text(format!("{{\"i\":{index}}}")).expect("json"))
             .collect();
         let report = sink.ship("..", &serde_json::json!({}), &rows).await;
         assert_eq!(report.rejected.len(), 3);
