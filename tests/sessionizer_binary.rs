@@ -375,6 +375,10 @@ async fn a_partition_moved_while_its_checkpoint_is_in_flight_keeps_exact_state()
         "turn 4 shipped\n{}",
         first.output()
     );
+    let undelivered = http_get(first_http, "/metrics")
+        .await
+        .map(|(_, body)| sum(&body, "sessionizer_handovers_undelivered_total"));
+    assert_eq!(undelivered, Some(0.0), "no handover counted undelivered");
     first.stop().await;
     assert!(
         !first

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub rows_in_flight: IntGauge,
     pub end_to_end_delay: Histogram,
     pub rebalances: IntCounterVec,
+    /// Revokes that gave partitions up before their last changelog checkpoint was delivered.
+    pub handovers_undelivered: IntCounter,
     pub partitions_assigned: IntGauge,
     pub partitions_paused: IntGauge,
     pub backpressure_seconds: prometheus::Counter,
@@ -344,6 +346,12 @@ impl Metrics {
                 "sessionizer_rebalances_total",
                 "Consumer group rebalances seen, by kind (assign, revoke).",
                 &["kind"],
+            )?,
+            handovers_undelivered: counter(
+                registry,
+                "sessionizer_handovers_undelivered_total",
+                "Revokes that gave partitions up before Kafka confirmed their last changelog \
+                 checkpoint (waited 5 s): a later restore of them may read older session state.",
             )?,
             partitions_assigned: gauge(
                 registry,

@@ -240,6 +240,7 @@ pub async fn run(
         Some(changelog) => Some(Handover::new(
             create_producer(&settings.kafka).map_err(RunError::Producer)?,
             changelog.clone(),
+            metrics.handovers_undelivered.clone(),
         )),
         None => None,
     };

@@ -9,6 +9,7 @@
 //! wait for the pipeline: checkpoints are queued on blocking threads (`pipeline::perform`)
 //! and delivered by librdkafka's own threads, neither of which needs it.
 
+use prometheus::IntCounter;
 use rdkafka::producer::{FutureProducer, Producer};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -25,6 +26,9 @@ pub struct Handover {
     queueing: Queueings,
     producer: FutureProducer,
     changelog: String,
+    /// `sessionizer_handovers_undelivered_total`: waits that ended without every checkpoint
+    /// delivered, for an alert rather than a log line only.
+    undelivered: IntCounter,
 }
 
 impl std::fmt::Debug for Handover {
@@ -48,12 +52,14 @@ pub enum HandoverError {
 }
 
 impl Handover {
-    /// `producer` writes checkpoints to `changelog`, and nothing else.
-    pub fn new(producer: FutureProducer, changelog: String) -> Self {
+    /// `producer` writes checkpoints to `changelog`, and nothing else; `undelivered` counts
+    /// the waits that ended without them.
+    pub fn new(producer: FutureProducer, changelog: String, undelivered: IntCounter) -> Self {
         Handover {
             queueing: Queueings::default(),
             producer,
             changelog,
+            undelivered,
         }
     }
 
@@ -75,7 +81,7 @@ impl Handover {
     }
 
     /// Waits, at most `timeout`, until no checkpoint of `partitions` is being queued and the
-    /// producer delivered everything queued on it.
+    /// producer delivered everything queued on it; counts a wait that ended otherwise.
     ///
     /// # Errors
     /// The wait ran out, or the producer failed to deliver.
@@ -84,12 +90,19 @@ impl Handover {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
-        self.queueing
+        let waited = self
+            .queueing
             .wait(partitions, deadline)
-            .map_err(HandoverError::StillQueueing)?;
-        self.producer
-            .flush(deadline.saturating_duration_since(Instant::now()))
-            .map_err(HandoverError::NotDelivered)
+            .map_err(HandoverError::StillQueueing)
+            .and_then(|()| {
+                self.producer
+                    .flush(deadline.saturating_duration_since(Instant::now()))
+                    .map_err(HandoverError::NotDelivered)
+            });
+        if waited.is_err() {
+            self.undelivered.inc();
+        }
+        waited
     }
 }
 
@@ -216,6 +229,28 @@ mod tests {
             "woken once 3's checkpoint is queued; 4's is not waited for"
         );
         drop(other);
+    }
+
+    #[test]
+    fn counts_the_waits_that_end_without_the_checkpoints() {
+        // Nothing is produced, so the producer never connects to this address.
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create()
+            .expect("a producer");
+        let undelivered = IntCounter::new("undelivered", "test").expect("a counter");
+        let handover = Handover::new(producer, "changelog".into(), undelivered.clone());
+        let _queueing = handover.queueing(1);
+        assert!(matches!(
+            handover.wait(&[1], Duration::from_millis(20)),
+            Err(HandoverError::StillQueueing(partitions)) if partitions == [1]
+        ));
+        assert_eq!(undelivered.get(), 1);
+        handover
+            .wait(&[2], Duration::from_secs(10))
+            .expect("nothing of 2 queued, nothing in the producer");
+        handover.wait(&[], Duration::ZERO).expect("no partitions");
+        assert_eq!(undelivered.get(), 1);
     }
 
     #[test]
