@@ -350,8 +350,9 @@ impl Metrics {
             handovers_undelivered: counter(
                 registry,
                 "sessionizer_handovers_undelivered_total",
-                "Revokes that gave partitions up before Kafka confirmed their last changelog \
-                 checkpoint (waited 5 s): a later restore of them may read older session state.",
+                "Handovers (revokes while running, one per revoke) that gave partitions up before \
+                 Kafka confirmed every changelog checkpoint queued until then (waited 5 s): a \
+                 later restore of those partitions may read older session state.",
             )?,
             partitions_assigned: gauge(
                 registry,

@@ -5,8 +5,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowJson(Box<str>);
 
-/// The buffer rows are written into is kept per thread up to this size; a rare larger row's
-/// buffer is given back rather than held by the thread.
+/// The buffer rows are written into is kept per thread up to this size; after a rare larger
+/// row it is shrunk back rather than held at that row's size by the thread.
 const KEPT_BUFFER_BYTES: usize = 64 * 1024;
 
 thread_local! {

@@ -26,8 +26,8 @@ pub struct Handover {
     queueing: Queueings,
     producer: FutureProducer,
     changelog: String,
-    /// `sessionizer_handovers_undelivered_total`: waits that ended without every checkpoint
-    /// delivered, for an alert rather than a log line only.
+    /// `sessionizer_handovers_undelivered_total`: waits that ended before every checkpoint
+    /// was delivered, for an alert rather than a log line only.
     undelivered: IntCounter,
 }
 
@@ -233,9 +233,11 @@ mod tests {
 
     #[test]
     fn counts_the_waits_that_end_without_the_checkpoints() {
-        // Nothing is produced, so the producer never connects to this address.
+        let cluster =
+            rdkafka::mocking::MockCluster::<rdkafka::producer::DefaultProducerContext>::new(1)
+                .expect("a mock cluster");
         let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("bootstrap.servers", cluster.bootstrap_servers())
             .create()
             .expect("a producer");
         let undelivered = IntCounter::new("undelivered", "test").expect("a counter");
