@@ -78,7 +78,8 @@ pub struct Metrics {
     pub rows_in_flight: IntGauge,
     pub end_to_end_delay: Histogram,
     pub rebalances: IntCounterVec,
-    /// Revokes that gave partitions up before their last changelog checkpoint was delivered.
+    /// Revokes, while running, that gave partitions up before every changelog checkpoint
+    /// queued until then was delivered.
     pub handovers_undelivered: IntCounter,
     pub partitions_assigned: IntGauge,
     pub partitions_paused: IntGauge,

@@ -82,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn a_row_larger_than_the_kept_buffer_is_whole_and_its_buffer_given_back() {
+    fn a_row_larger_than_the_kept_buffer_is_whole_and_its_buffer_shrunk_back() {
         let large = json!({"output": "x".repeat(3 * KEPT_BUFFER_BYTES)});
         let large_row = RowJson::try_from_serialize(&large).expect("serializes");
         assert_eq!(
